@@ -1,0 +1,88 @@
+// swift-tools-version: 6.1
+//
+// Sluice — an event-driven, asynchronous SMTP engine for Swift on Linux.
+// Layers (dependencies point down only) are described in ../shared/DESIGN.md:
+//
+//   sluice (CLI) ─┬─ Sluice ──────────┬─ SluiceTransport ─┬─ CLibUV
+//                 └─ SluiceSink ──────┘                   └─ COpenSSL
+//                    Sluice ─ SluiceMIME ─ SluiceCore (pure Swift, no I/O)
+//
+// The benchmark suites live in Benchmarks/, a package of their own, so that
+// building and testing Sluice does not build the benchmark harness.
+import PackageDescription
+
+let strict: [SwiftSetting] = [
+    .swiftLanguageMode(.v6),
+    .enableUpcomingFeature("ExistentialAny"),
+    .enableUpcomingFeature("InternalImportsByDefault"),
+]
+
+let package = Package(
+    name: "sluice",
+    platforms: [.macOS(.v15)],
+    products: [
+        .library(name: "Sluice", targets: ["Sluice"]),
+        .library(name: "SluiceCore", targets: ["SluiceCore"]),
+        .library(name: "SluiceMIME", targets: ["SluiceMIME"]),
+        .library(name: "SluiceTransport", targets: ["SluiceTransport"]),
+        .library(name: "SluiceSink", targets: ["SluiceSink"]),
+        .executable(name: "sluice", targets: ["sluice"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-log", from: "1.16.2"),
+        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
+    ],
+    targets: [
+        // MARK: C bridges (system libraries; the only C this package touches)
+        .systemLibrary(
+            name: "CLibUV",
+            pkgConfig: "libuv",
+            providers: [.apt(["libuv1-dev"]), .brew(["libuv"])]
+        ),
+        .systemLibrary(
+            name: "COpenSSL",
+            pkgConfig: "openssl",
+            providers: [.apt(["libssl-dev"]), .brew(["openssl@3"])]
+        ),
+
+        // MARK: Layers
+        .target(name: "SluiceCore", swiftSettings: strict),
+        .target(name: "SluiceMIME", dependencies: ["SluiceCore"], swiftSettings: strict),
+        .target(
+            name: "SluiceTransport",
+            dependencies: [
+                "CLibUV",
+                "COpenSSL",
+                .product(name: "Logging", package: "swift-log"),
+            ],
+            swiftSettings: strict
+        ),
+        .target(
+            name: "Sluice",
+            dependencies: ["SluiceCore", "SluiceMIME", "SluiceTransport"],
+            swiftSettings: strict
+        ),
+        .target(
+            name: "SluiceSink",
+            dependencies: ["SluiceCore", "SluiceTransport"],
+            swiftSettings: strict
+        ),
+        .executableTarget(
+            name: "sluice",
+            dependencies: [
+                "Sluice",
+                "SluiceSink",
+                "SluiceTransport",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            ],
+            swiftSettings: strict
+        ),
+
+        // MARK: Tests
+        .testTarget(
+            name: "SluiceTransportTests",
+            dependencies: ["SluiceTransport"],
+            swiftSettings: strict
+        ),
+    ]
+)
