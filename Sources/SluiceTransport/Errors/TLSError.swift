@@ -1,0 +1,124 @@
+import COpenSSL
+
+/// A TLS failure: a certificate that did not verify, a handshake the peer refused, a bad key
+/// or certificate file.
+///
+/// Each verification failure has its own ``Kind``, and the error keeps OpenSSL's verify result
+/// and error queue in words, so a log line says exactly why a peer was not trusted.
+public struct TLSError: Error, Sendable, Hashable, CustomStringConvertible {
+    /// The kind of TLS failure, in a form that can be matched.
+    public struct Kind: Hashable, Sendable, CustomStringConvertible {
+        private enum Base: Hashable, Sendable {
+            case certificateExpired
+            case certificateNotYetValid
+            case certificateUntrusted
+            case selfSignedCertificate
+            case hostnameMismatch
+            case certificateInvalid
+            case handshakeFailed
+            case protocolError
+            case invalidConfiguration
+        }
+
+        private let base: Base
+        private init(_ base: Base) { self.base = base }
+
+        /// The peer's certificate (or one in its chain) has expired.
+        public static let certificateExpired = Kind(.certificateExpired)
+        /// The peer's certificate is not valid yet.
+        public static let certificateNotYetValid = Kind(.certificateNotYetValid)
+        /// The peer's certificate does not chain to a trusted root.
+        public static let certificateUntrusted = Kind(.certificateUntrusted)
+        /// The peer presented a self-signed certificate that is not trusted.
+        public static let selfSignedCertificate = Kind(.selfSignedCertificate)
+        /// The certificate is valid but not for the host name or IP address connected to.
+        public static let hostnameMismatch = Kind(.hostnameMismatch)
+        /// The certificate failed verification for another reason (revoked, bad signature,
+        /// wrong purpose); ``TLSError/verifyMessage`` says which.
+        public static let certificateInvalid = Kind(.certificateInvalid)
+        /// The handshake failed (no shared protocol or cipher, the peer sent an alert).
+        public static let handshakeFailed = Kind(.handshakeFailed)
+        /// A TLS record after the handshake could not be processed.
+        public static let protocolError = Kind(.protocolError)
+        /// A certificate, key or trust file could not be loaded, or they do not match.
+        public static let invalidConfiguration = Kind(.invalidConfiguration)
+
+        public var description: String {
+            switch base {
+            case .certificateExpired: "certificate expired"
+            case .certificateNotYetValid: "certificate not yet valid"
+            case .certificateUntrusted: "certificate untrusted"
+            case .selfSignedCertificate: "self-signed certificate"
+            case .hostnameMismatch: "host name mismatch"
+            case .certificateInvalid: "certificate invalid"
+            case .handshakeFailed: "handshake failed"
+            case .protocolError: "TLS protocol error"
+            case .invalidConfiguration: "invalid TLS configuration"
+            }
+        }
+
+        /// Maps OpenSSL's `X509_V_ERR_*` verify result to a kind.
+        static func verification(_ result: Int) -> Kind {
+            switch Int32(result) {
+            case X509_V_ERR_CERT_HAS_EXPIRED, X509_V_ERR_CRL_HAS_EXPIRED:
+                return .certificateExpired
+            case X509_V_ERR_CERT_NOT_YET_VALID, X509_V_ERR_CRL_NOT_YET_VALID:
+                return .certificateNotYetValid
+            case X509_V_ERR_DEPTH_ZERO_SELF_SIGNED_CERT, X509_V_ERR_SELF_SIGNED_CERT_IN_CHAIN:
+                return .selfSignedCertificate
+            case X509_V_ERR_UNABLE_TO_GET_ISSUER_CERT_LOCALLY, X509_V_ERR_UNABLE_TO_GET_ISSUER_CERT,
+                X509_V_ERR_UNABLE_TO_VERIFY_LEAF_SIGNATURE, X509_V_ERR_CERT_UNTRUSTED:
+                return .certificateUntrusted
+            case X509_V_ERR_HOSTNAME_MISMATCH, X509_V_ERR_IP_ADDRESS_MISMATCH:
+                return .hostnameMismatch
+            default:
+                return .certificateInvalid
+            }
+        }
+    }
+
+    /// What went wrong.
+    public let kind: Kind
+    /// OpenSSL's verify result (`X509_V_ERR_*`), when certificate verification failed.
+    public let verifyResult: Int?
+    /// OpenSSL's words for ``verifyResult``, e.g. `certificate has expired`.
+    public let verifyMessage: String?
+    /// OpenSSL's error queue at the time of the failure, oldest first.
+    public let openSSLErrors: [String]
+    /// What the TLS layer was doing.
+    public let context: String
+
+    init(_ kind: Kind, context: String, verifyResult: Int? = nil, verifyMessage: String? = nil,
+         openSSLErrors: [String] = []) {
+        self.kind = kind
+        self.context = context
+        self.verifyResult = verifyResult
+        self.verifyMessage = verifyMessage
+        self.openSSLErrors = openSSLErrors
+    }
+
+    public var description: String {
+        var text = "\(kind) (\(context))"
+        if let verifyMessage, let verifyResult { text += ": verify error \(verifyResult): \(verifyMessage)" }
+        if !openSSLErrors.isEmpty { text += ": " + openSSLErrors.joined(separator: "; ") }
+        return text
+    }
+
+    /// Drains OpenSSL's thread-local error queue into readable strings, oldest first.
+    static func drainErrorQueue() -> [String] {
+        var errors: [String] = []
+        while true {
+            let code = ERR_get_error()
+            if code == 0 { break }
+            var buffer = [CChar](repeating: 0, count: 256)
+            ERR_error_string_n(code, &buffer, buffer.count)
+            errors.append(String(decoding: buffer.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self))
+        }
+        return errors
+    }
+
+    /// An error from a failed OpenSSL call, with the error queue drained into it.
+    static func openSSL(_ kind: Kind, _ context: String) -> TLSError {
+        TLSError(kind, context: context, openSSLErrors: drainErrorQueue())
+    }
+}

@@ -1,0 +1,113 @@
+import CLibUV
+
+/// An error from the transport layer: resolving, connecting, reading, writing, TLS, or the
+/// event loop itself.
+///
+/// Match on ``kind``; the ``description`` keeps libuv's error name and message
+/// (`ECONNREFUSED: connection refused`) and what the transport was doing.
+public struct TransportError: Error, Sendable, Hashable, CustomStringConvertible {
+    /// What went wrong, in a form that can be matched.
+    public struct Kind: Hashable, Sendable, CustomStringConvertible {
+        private enum Base: Hashable, Sendable {
+            case connectionRefused
+            case connectionReset
+            case hostNotFound
+            case connectTimeout
+            case connectionClosed
+            case eventLoopShutDown
+            case tls
+            case addressInUse
+            case invalidArgument
+            case system
+        }
+
+        private let base: Base
+        private init(_ base: Base) { self.base = base }
+
+        /// The peer refused the connection (`ECONNREFUSED`).
+        public static let connectionRefused = Kind(.connectionRefused)
+        /// The peer reset or broke the connection (`ECONNRESET`, `EPIPE`).
+        public static let connectionReset = Kind(.connectionReset)
+        /// The host name did not resolve to any address.
+        public static let hostNotFound = Kind(.hostNotFound)
+        /// No address answered within the connect timeout.
+        public static let connectTimeout = Kind(.connectTimeout)
+        /// The connection was already closed when the operation was asked for, or closed
+        /// before it finished.
+        public static let connectionClosed = Kind(.connectionClosed)
+        /// The event loop has been shut down and takes no more work.
+        public static let eventLoopShutDown = Kind(.eventLoopShutDown)
+        /// The TLS handshake or a TLS record failed; ``TransportError/tls`` says why.
+        public static let tls = Kind(.tls)
+        /// The address to listen on is taken (`EADDRINUSE`).
+        public static let addressInUse = Kind(.addressInUse)
+        /// An argument was not acceptable (a malformed address, a bad port).
+        public static let invalidArgument = Kind(.invalidArgument)
+        /// Any other system error; ``TransportError/systemErrorName`` names it.
+        public static let system = Kind(.system)
+
+        public var description: String {
+            switch base {
+            case .connectionRefused: "connection refused"
+            case .connectionReset: "connection reset"
+            case .hostNotFound: "host not found"
+            case .connectTimeout: "connect timeout"
+            case .connectionClosed: "connection closed"
+            case .eventLoopShutDown: "event loop shut down"
+            case .tls: "TLS"
+            case .addressInUse: "address in use"
+            case .invalidArgument: "invalid argument"
+            case .system: "system error"
+            }
+        }
+    }
+
+    /// What went wrong.
+    public let kind: Kind
+    /// The libuv error name (`ECONNREFUSED`, `EAI_NONAME`), when libuv reported the error.
+    public let systemErrorName: String?
+    /// The TLS failure, when ``kind`` is ``Kind/tls``.
+    public let tls: TLSError?
+    /// A sentence that says what failed and where.
+    public let message: String
+
+    /// Creates an error. Public so that layers above can report transport failures they detect.
+    public init(_ kind: Kind, _ message: String, systemErrorName: String? = nil, tls: TLSError? = nil) {
+        self.kind = kind
+        self.message = message
+        self.systemErrorName = systemErrorName
+        self.tls = tls
+    }
+
+    public var description: String {
+        if let tls { return "\(message): \(tls)" }
+        return message
+    }
+
+    /// Wraps a TLS failure.
+    static func tls(_ error: TLSError, _ context: String) -> TransportError {
+        TransportError(.tls, context, tls: error)
+    }
+
+    /// Maps a negative libuv status to an error that keeps libuv's name and message,
+    /// e.g. `ECONNREFUSED: connection refused (connecting to 127.0.0.1:1)`.
+    static func uv(_ status: Int32, _ context: String) -> TransportError {
+        let name = String(cString: uv_err_name(status))
+        let text = String(cString: uv_strerror(status))
+        let kind: Kind
+        switch status {
+        case Int32(UV_ECONNREFUSED.rawValue): kind = .connectionRefused
+        case Int32(UV_ECONNRESET.rawValue), Int32(UV_EPIPE.rawValue), Int32(UV_ECONNABORTED.rawValue):
+            kind = .connectionReset
+        case Int32(UV_EAI_NONAME.rawValue), Int32(UV_EAI_NODATA.rawValue), Int32(UV_EAI_FAIL.rawValue),
+            Int32(UV_EAI_AGAIN.rawValue):
+            kind = .hostNotFound
+        case Int32(UV_ETIMEDOUT.rawValue): kind = .connectTimeout
+        case Int32(UV_EOF.rawValue), Int32(UV_ECANCELED.rawValue): kind = .connectionClosed
+        case Int32(UV_EADDRINUSE.rawValue): kind = .addressInUse
+        case Int32(UV_EINVAL.rawValue), Int32(UV_EAFNOSUPPORT.rawValue): kind = .invalidArgument
+        default: kind = .system
+        }
+        return TransportError(kind, "\(name): \(text) (\(context))", systemErrorName: name)
+    }
+}

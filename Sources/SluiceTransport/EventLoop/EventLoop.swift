@@ -1,0 +1,201 @@
+import CLibUV
+import Synchronization
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// One libuv event loop running on its own thread.
+///
+/// Every libuv handle belongs to exactly one loop and is touched only on that loop's thread.
+/// Other threads hand the loop work with ``execute(_:)``: the job is appended to a
+/// mutex-guarded queue and `uv_async_send` wakes the loop, which drains the whole queue per
+/// wake-up. Loops are made and owned by an ``EventLoopGroup``.
+public final class EventLoop: @unchecked Sendable {
+    // Thread-safety of each field:
+    // - `uvLoop`, `wakeup`, `index`: set in init, never reassigned; the memory they point to is
+    //   touched only on the loop thread (after init) and freed by the loop thread as it exits.
+    // - `queue`: guarded by its Mutex.
+    // - `thread`, `loopThread`: written before init returns (init waits on `started`), read-only after.
+    // - `resources`: loop thread only.
+    // - `liveHandleCounter`: atomic.
+    let uvLoop: UnsafeMutablePointer<uv_loop_t>
+    private let wakeup: UnsafeMutablePointer<uv_async_t>
+    /// The loop's position in its group, for names and logs.
+    public let index: Int
+
+    private struct JobQueue {
+        var jobs: [@Sendable () -> Void] = []
+        var acceptsJobs = true
+        var shutdownWaiters: [CheckedContinuation<Void, Never>] = []
+        var finished = false
+    }
+
+    private let queue = Mutex(JobQueue())
+    private var thread: pthread_t = pthread_t()
+    private var loopThread: pthread_t = pthread_t()
+    private var resources: [ObjectIdentifier: any LoopResource] = [:]
+    private let liveHandleCounter = Atomic<Int>(0)
+
+    init(index: Int) {
+        self.index = index
+        uvLoop = .allocate(capacity: 1)
+        let status = uv_loop_init(uvLoop)
+        precondition(status == 0, "uv_loop_init failed: \(String(cString: uv_strerror(status)))")
+        wakeup = .allocate(capacity: 1)
+        uv_async_init(uvLoop, wakeup, eventLoopWakeupCallback)
+        // Safe: the loop outlives its async handle (the handle is closed before the loop ends),
+        // so an unretained pointer back to the loop is enough.
+        wakeup.pointee.data = Unmanaged.passUnretained(self).toOpaque()
+
+        let started = UnsafeMutablePointer<uv_sem_t>.allocate(capacity: 1)
+        uv_sem_init(started, 0)
+        defer {
+            uv_sem_destroy(started)
+            started.deallocate()
+        }
+        let context = ThreadStart(loop: self, started: started)
+        let box = Unmanaged.passRetained(context).toOpaque()
+        let result = pthread_create(&thread, nil, { raw in
+            // Safe: `raw` is the retained ThreadStart passed below; taken (released) exactly once here.
+            let context = Unmanaged<ThreadStart>.fromOpaque(raw!).takeRetainedValue()
+            context.loop.run(signalling: context.started)
+            return nil
+        }, box)
+        precondition(result == 0, "pthread_create failed: \(result)")
+        uv_sem_wait(started)
+    }
+
+    /// Carries the loop and the start semaphore into the new thread.
+    private final class ThreadStart {
+        let loop: EventLoop
+        let started: UnsafeMutablePointer<uv_sem_t>
+        init(loop: EventLoop, started: UnsafeMutablePointer<uv_sem_t>) {
+            self.loop = loop
+            self.started = started
+        }
+    }
+
+    /// The loop thread's body: run until every handle is closed, then free the loop.
+    private func run(signalling started: UnsafeMutablePointer<uv_sem_t>) {
+        loopThread = pthread_self()
+        cuv_set_thread_name("sluice-loop-\(index)")
+        uv_sem_post(started)
+
+        uv_run(uvLoop, UV_RUN_DEFAULT)
+
+        let closeStatus = uv_loop_close(uvLoop)
+        assert(closeStatus == 0, "loop closed with live handles: \(closeStatus)")
+        uvLoop.deallocate()
+        wakeup.deallocate()
+        let waiters = queue.withLock { queue in
+            queue.finished = true
+            defer { queue.shutdownWaiters = [] }
+            return queue.shutdownWaiters
+        }
+        for waiter in waiters { waiter.resume() }
+    }
+
+    /// True when called on this loop's thread.
+    public var inEventLoop: Bool { pthread_equal(pthread_self(), loopThread) != 0 }
+
+    /// Stops the program if not on this loop's thread. Loop-only state calls this.
+    @inline(__always)
+    func assertInEventLoop(file: StaticString = #fileID, line: UInt = #line) {
+        assert(inEventLoop, "not on event loop \(index)'s thread", file: file, line: line)
+    }
+
+    /// Runs `job` on the loop's thread, after every job submitted before it.
+    ///
+    /// - Returns: `false` if the loop is shutting down and the job will never run.
+    @discardableResult
+    public func execute(_ job: @escaping @Sendable () -> Void) -> Bool {
+        let accepted = queue.withLock { queue in
+            guard queue.acceptsJobs else { return false }
+            queue.jobs.append(job)
+            return true
+        }
+        if accepted { uv_async_send(wakeup) }
+        return accepted
+    }
+
+    /// Drains the job queue; called by the async handle on the loop thread.
+    fileprivate func runQueuedJobs() {
+        let jobs = queue.withLock { queue in
+            defer { queue.jobs.removeAll(keepingCapacity: true) }
+            return queue.jobs
+        }
+        for job in jobs { job() }
+    }
+
+    // MARK: Resources and handle accounting
+
+    /// Registers a resource that the loop closes if it shuts down first. Loop thread only.
+    func register(_ resource: any LoopResource) {
+        assertInEventLoop()
+        resources[ObjectIdentifier(resource)] = resource
+    }
+
+    /// Forgets a resource once it has closed. Loop thread only.
+    func deregister(_ resource: any LoopResource) {
+        assertInEventLoop()
+        resources[ObjectIdentifier(resource)] = nil
+    }
+
+    /// Counts a libuv handle that was initialised; balanced by ``handleClosed()``.
+    func handleOpened() { liveHandleCounter.add(1, ordering: .relaxed) }
+
+    /// Counts a libuv handle whose close callback ran.
+    func handleClosed() { liveHandleCounter.subtract(1, ordering: .relaxed) }
+
+    /// The number of libuv handles this loop's transport objects have open (connections,
+    /// listeners, timers), not counting the loop's own wake-up handle. Readable from any
+    /// thread; it returns to its earlier value once everything opened since has closed.
+    public var liveHandleCount: Int { liveHandleCounter.load(ordering: .relaxed) }
+
+    // MARK: Shutdown
+
+    /// Closes every handle on the loop, lets their close callbacks run, and ends the thread.
+    /// Jobs submitted before the call still run; later ones are refused.
+    func shutdown() async {
+        let first = queue.withLock { queue -> Bool in
+            defer { queue.acceptsJobs = false }
+            if queue.acceptsJobs {
+                // Appended while still accepting, so it runs after every earlier job.
+                queue.jobs.append { [self] in closeEverything() }
+            }
+            return queue.acceptsJobs
+        }
+        if first { uv_async_send(wakeup) }
+        await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
+            let resumeNow = queue.withLock { queue -> Bool in
+                if queue.finished { return true }
+                queue.shutdownWaiters.append(continuation)
+                return false
+            }
+            if resumeNow { continuation.resume() }
+        }
+        if first {
+            // The thread's last act was to resume us; joining only waits for it to return.
+            pthread_join(thread, nil)
+        }
+    }
+
+    private func closeEverything() {
+        let error = TransportError(.eventLoopShutDown, "event loop \(index) shut down")
+        for resource in resources.values { resource.close(dueTo: error) }
+        uv_close(UnsafeMutableRawPointer(wakeup).assumingMemoryBound(to: uv_handle_t.self), nil)
+    }
+}
+
+/// The async handle's callback: drains the job queue of the loop it belongs to.
+private func eventLoopWakeupCallback(_ handle: UnsafeMutablePointer<uv_async_t>?) {
+    // Safe: `data` is the unretained loop, which outlives its async handle.
+    let loop = Unmanaged<EventLoop>.fromOpaque(handle!.pointee.data).takeUnretainedValue()
+    loop.runQueuedJobs()
+}
+
+/// A loop-bound object owning libuv handles or requests, which the loop closes on shutdown.
+protocol LoopResource: AnyObject {
+    /// Closes the resource and fails whatever waits on it with `error`. Loop thread only.
+    func close(dueTo error: TransportError)
+}

@@ -1,0 +1,113 @@
+import CLibUV
+
+/// A one-shot timer on an event loop. Its body runs once on the loop's thread when it fires,
+/// unless it was cancelled first.
+///
+/// Create one with ``EventLoop/scheduleTimer(after:_:)``. ``cancel()`` may be called from any
+/// thread; called on the loop's thread it is certain to stop a timer that has not yet fired.
+public final class LoopTimer: @unchecked Sendable, LoopResource {
+    // `handle` and `body` are touched on `loop`'s thread only.
+    /// The loop the timer runs on.
+    public let loop: EventLoop
+    private var handle: UnsafeMutablePointer<uv_timer_t>?
+    private var body: (@Sendable () -> Void)?
+
+    fileprivate init(loop: EventLoop, body: @escaping @Sendable () -> Void) {
+        self.loop = loop
+        self.body = body
+    }
+
+    fileprivate func start(milliseconds: UInt64) {
+        loop.assertInEventLoop()
+        guard body != nil else { return }  // cancelled before it started
+        let handle = UnsafeMutablePointer<uv_timer_t>.allocate(capacity: 1)
+        uv_timer_init(loop.uvLoop, handle)
+        loop.handleOpened()
+        // Retained for the handle's life; released once, in timerClosed.
+        handle.pointee.data = Unmanaged.passRetained(self).toOpaque()
+        self.handle = handle
+        loop.register(self)
+        uv_timer_start(handle, timerFired, milliseconds, 0)
+    }
+
+    fileprivate func fire() {
+        loop.assertInEventLoop()
+        let body = self.body
+        self.body = nil
+        closeHandle()
+        body?()
+    }
+
+    /// Stops the timer if it has not fired. Safe from any thread, and more than once.
+    public func cancel() {
+        if loop.inEventLoop {
+            body = nil
+            closeHandle()
+        } else {
+            loop.execute { self.cancel() }
+        }
+    }
+
+    func close(dueTo error: TransportError) {
+        body = nil
+        closeHandle()
+    }
+
+    private func closeHandle() {
+        guard let handle else { return }
+        self.handle = nil
+        uv_timer_stop(handle)
+        uv_close(UnsafeMutableRawPointer(handle).assumingMemoryBound(to: uv_handle_t.self), timerClosed)
+    }
+
+    fileprivate func closed() {
+        loop.deregister(self)
+        loop.handleClosed()
+    }
+}
+
+private func timerFired(_ handle: UnsafeMutablePointer<uv_timer_t>?) {
+    // Safe: `data` holds the timer retained in start(); it is released only in timerClosed.
+    Unmanaged<LoopTimer>.fromOpaque(handle!.pointee.data).takeUnretainedValue().fire()
+}
+
+private func timerClosed(_ raw: UnsafeMutablePointer<uv_handle_t>?) {
+    // Safe: this is the end of the handle's life; take back the retain from start() once.
+    let timer = Unmanaged<LoopTimer>.fromOpaque(raw!.pointee.data).takeRetainedValue()
+    timer.closed()
+    raw!.withMemoryRebound(to: uv_timer_t.self, capacity: 1) { $0.deallocate() }
+}
+
+extension EventLoop {
+    /// Runs `body` on this loop's thread once `delay` has passed, unless the returned timer is
+    /// cancelled first. Callable from any thread.
+    @discardableResult
+    public func scheduleTimer(after delay: Duration, _ body: @escaping @Sendable () -> Void) -> LoopTimer {
+        let timer = LoopTimer(loop: self, body: body)
+        let milliseconds = delay.milliseconds
+        if inEventLoop {
+            timer.start(milliseconds: milliseconds)
+        } else {
+            execute { timer.start(milliseconds: milliseconds) }
+        }
+        return timer
+    }
+
+    /// Suspends the calling task for `delay`, measured by this loop's clock.
+    public func sleep(for delay: Duration) async throws {
+        try await perform("sleep") { (operation: LoopOperation<Void>) in
+            let timer = self.scheduleTimer(after: delay) { operation.succeed(()) }
+            operation.onCancel = { timer.cancel() }
+        }
+    }
+}
+
+extension Duration {
+    /// Whole milliseconds, rounded up so a short positive delay is never zero; never negative.
+    var milliseconds: UInt64 {
+        let (seconds, attoseconds) = components
+        if seconds < 0 { return 0 }
+        let millis = UInt64(seconds) * 1000 + UInt64((attoseconds + 999_999_999_999_999) / 1_000_000_000_000_000)
+        return millis
+    }
+}

@@ -1,0 +1,590 @@
+import CLibUV
+import Synchronization
+
+/// A TCP connection on one event loop, optionally with TLS, bridged to Swift concurrency.
+///
+/// Two ways to use it:
+/// - From any task: ``write(_:)-(SharedBytes)``, ``startTLS(context:serverName:)``, ``close()``
+///   suspend until the loop says the work is done.
+/// - From its ``ConnectionHandler``, on the loop: ``enqueueWrite(_:completion:)``,
+///   ``pauseReading()``, ``resumeReading()``, ``close(error:)`` act at once, without a hop.
+///
+/// Memory: the libuv handle is heap-allocated; its `data` holds this object retained, and both
+/// are released only in the close callback. A write owns its buffers until its write callback.
+public final class Connection: @unchecked Sendable, LoopResource {
+    // Thread-safety: `eventLoop`, `options`, `handle` (the pointer) are immutable. `addresses`
+    // is guarded by its Mutex. Every other field is touched on `eventLoop`'s thread only.
+
+    /// The loop this connection runs on.
+    public let eventLoop: EventLoop
+    /// The connection's tuning.
+    public let options: ConnectionOptions
+
+    private struct Addresses {
+        var local: SocketAddress?
+        var remote: SocketAddress?
+    }
+    private let addresses: Mutex<Addresses>
+
+    let handle: UnsafeMutablePointer<uv_tcp_t>
+    private var readBuffer: UnsafeMutableRawBufferPointer
+
+    enum State {
+        case connecting
+        case open
+        /// A graceful close is flushing writes (uv_shutdown); uv_close has not been called.
+        case shuttingDown
+        /// uv_close was called; the close callback has not run yet.
+        case closing
+        case closed
+    }
+    private(set) var state: State = .connecting
+
+    private enum TLSState {
+        case none
+        case handshaking(TLSSession, (Result<Void, TransportError>) -> Void)
+        case established(TLSSession)
+    }
+    private var tls: TLSState = .none
+    private var writesAwaitingHandshake: [([SharedBytes], ((TransportError?) -> Void)?)] = []
+
+    private var handler: (any ConnectionHandler)?
+    private var pausedByHandler = false
+    private var pausedByBacklog = false
+    private var isReading = false
+    private var isWritableState = true
+    private var closeError: TransportError?
+    private var closeWaiters: [() -> Void] = []
+    private var connectCompletion: ((Int32) -> Void)?
+    private var gracefulCloseTimer: LoopTimer?
+
+    /// Bytes handed to libuv and not yet written. Loop thread only.
+    public private(set) var pendingWriteBytes = 0
+
+    /// Creates the connection's handle on `loop`. Loop thread only.
+    init(on loop: EventLoop, options: ConnectionOptions, remote: SocketAddress?) {
+        loop.assertInEventLoop()
+        precondition(options.writeLowWatermark <= options.writeHighWatermark, "low watermark above high watermark")
+        eventLoop = loop
+        self.options = options
+        addresses = Mutex(Addresses(local: nil, remote: remote))
+        handle = .allocate(capacity: 1)
+        uv_tcp_init(loop.uvLoop, handle)
+        loop.handleOpened()
+        readBuffer = .allocate(byteCount: max(options.readBufferSize, 1024), alignment: 16)
+        // Retained for the handle's life; released once, in connectionHandleClosed.
+        handle.pointee.data = Unmanaged.passRetained(self).toOpaque()
+        loop.register(self)
+    }
+
+    var stream: UnsafeMutablePointer<uv_stream_t> { UnsafeMutablePointer(OpaquePointer(handle)) }
+    private var rawHandle: UnsafeMutablePointer<uv_handle_t> { UnsafeMutablePointer(OpaquePointer(handle)) }
+
+    /// The address of the peer.
+    public var remoteAddress: SocketAddress? { addresses.withLock { $0.remote } }
+    /// This side's address.
+    public var localAddress: SocketAddress? { addresses.withLock { $0.local } }
+
+    /// Whether the connection is open (not closing or closed). Loop thread only.
+    public var isOpen: Bool {
+        eventLoop.assertInEventLoop()
+        return state == .open
+    }
+
+    /// Whether the bytes waiting to be written are within the watermarks. Loop thread only.
+    public var isWritable: Bool {
+        eventLoop.assertInEventLoop()
+        return isWritableState
+    }
+
+    /// Whether TLS is established on this connection. Loop thread only.
+    public var isSecure: Bool {
+        eventLoop.assertInEventLoop()
+        if case .established = tls { return true }
+        return false
+    }
+
+    // MARK: Establishing
+
+    /// Starts connecting to `address`; `completion` gets libuv's status. Loop thread only.
+    func startConnect(to address: SocketAddress, completion: @escaping (Int32) -> Void) {
+        eventLoop.assertInEventLoop()
+        let request = UnsafeMutablePointer<uv_connect_t>.allocate(capacity: 1)
+        // Retained while libuv holds the request; released once, in connectFinished.
+        request.pointee.data = Unmanaged.passRetained(self).toOpaque()
+        connectCompletion = completion
+        let status = address.withSockaddr { uv_tcp_connect(request, handle, $0, connectFinished) }
+        if status != 0 {
+            Unmanaged<Connection>.fromOpaque(request.pointee.data).release()
+            request.deallocate()
+            connectCompletion = nil
+            completion(status)
+        }
+    }
+
+    fileprivate func connected(status: Int32) {
+        if status == 0, state == .connecting {
+            becameOpen()
+        }
+        let completion = connectCompletion
+        connectCompletion = nil
+        completion?(status)
+    }
+
+    /// Accepts a pending connection from `server` into this handle. Loop thread only.
+    func accept(from server: UnsafeMutablePointer<uv_stream_t>) -> Int32 {
+        let status = uv_accept(server, stream)
+        if status == 0 { becameOpen() }
+        return status
+    }
+
+    private func becameOpen() {
+        state = .open
+        uv_tcp_nodelay(handle, 1)
+        var storage = sockaddr_storage()
+        var length = Int32(MemoryLayout<sockaddr_storage>.size)
+        let local: SocketAddress? = withUnsafeMutablePointer(to: &storage) { pointer in
+            pointer.withMemoryRebound(to: sockaddr.self, capacity: 1) { address in
+                uv_tcp_getsockname(handle, address, &length) == 0 ? SocketAddress(address) : nil
+            }
+        }
+        length = Int32(MemoryLayout<sockaddr_storage>.size)
+        let remote: SocketAddress? = withUnsafeMutablePointer(to: &storage) { pointer in
+            pointer.withMemoryRebound(to: sockaddr.self, capacity: 1) { address in
+                uv_tcp_getpeername(handle, address, &length) == 0 ? SocketAddress(address) : nil
+            }
+        }
+        addresses.withLock {
+            $0.local = local
+            $0.remote = remote ?? $0.remote
+        }
+        updateReading()
+    }
+
+    /// Gives the connection its handler and delivers anything TLS already decrypted.
+    /// Loop thread only.
+    func install(_ handler: any ConnectionHandler) {
+        eventLoop.assertInEventLoop()
+        guard state == .open || state == .shuttingDown else {
+            // Closed before the handler existed: tell it, so it can release what it holds.
+            handler.connectionDidClose(self, error: closeError)
+            return
+        }
+        self.handler = handler
+        deliverDecryptedBytes()
+    }
+
+    // MARK: Reading
+
+    /// Stops delivering bytes to the handler until ``resumeReading()``. Loop thread only.
+    public func pauseReading() {
+        eventLoop.assertInEventLoop()
+        pausedByHandler = true
+        updateReading()
+    }
+
+    /// Resumes delivering bytes, starting with any TLS already decrypted. Loop thread only.
+    public func resumeReading() {
+        eventLoop.assertInEventLoop()
+        guard pausedByHandler else { return }
+        pausedByHandler = false
+        updateReading()
+        deliverDecryptedBytes()
+    }
+
+    private func updateReading() {
+        let handshaking: Bool
+        if case .handshaking = tls { handshaking = true } else { handshaking = false }
+        let wanted = (state == .open || state == .shuttingDown) && !pausedByBacklog && (handshaking || !pausedByHandler)
+        if wanted, !isReading {
+            let status = uv_read_start(stream, connectionAllocate, connectionRead)
+            if status == 0 {
+                isReading = true
+            } else {
+                closeNow(.uv(status, "starting to read"))
+            }
+        } else if !wanted, isReading {
+            uv_read_stop(stream)
+            isReading = false
+        }
+    }
+
+    fileprivate func allocate() -> uv_buf_t {
+        cuv_buf(readBuffer.baseAddress, readBuffer.count)
+    }
+
+    fileprivate func read(count: Int) {
+        if count > 0 {
+            received(UnsafeRawBufferPointer(rebasing: readBuffer[0..<count]))
+        } else if count < 0 {
+            if count == Int(UV_EOF.rawValue) {
+                closeNow(nil)
+            } else {
+                closeNow(.uv(Int32(count), "reading from \(remoteDescription)"))
+            }
+        }
+    }
+
+    private func received(_ bytes: UnsafeRawBufferPointer) {
+        switch tls {
+        case .none:
+            handler?.connection(self, didReceive: bytes)
+        case .handshaking(let session, _):
+            session.receive(bytes)
+            continueHandshake()
+        case .established(let session):
+            session.receive(bytes)
+            deliverDecryptedBytes()
+        }
+    }
+
+    /// Hands the handler every plaintext byte TLS can decrypt now, while it keeps reading.
+    private func deliverDecryptedBytes() {
+        guard case .established(let session) = tls else { return }
+        while handler != nil, !pausedByHandler, state == .open || state == .shuttingDown {
+            do {
+                // The read buffer is free: what the socket read was already copied into TLS.
+                switch try session.read(into: readBuffer) {
+                case .bytes(let count):
+                    handler?.connection(self, didReceive: UnsafeRawBufferPointer(rebasing: readBuffer[0..<count]))
+                case .needsMoreData:
+                    flushCiphertext(session)
+                    return
+                case .closed:
+                    closeNow(nil)
+                    return
+                }
+            } catch {
+                closeNow(.tls(error, "reading from \(remoteDescription)"))
+                return
+            }
+        }
+    }
+
+    // MARK: TLS
+
+    /// Starts TLS on this open connection (STARTTLS, or implicit TLS right after connecting):
+    /// every byte read from now on is ciphertext. Writes enqueued before the handshake ends
+    /// wait for it. `completion` runs once. Loop thread only.
+    public func startTLS(
+        context: TLSContext, serverName: String?, completion: @escaping (Result<Void, TransportError>) -> Void
+    ) {
+        eventLoop.assertInEventLoop()
+        guard state == .open else {
+            completion(.failure(closedError("starting TLS")))
+            return
+        }
+        guard case .none = tls else {
+            preconditionFailure("startTLS called on a connection that already has TLS")
+        }
+        let session: TLSSession
+        do {
+            session = try TLSSession(context: context, serverName: serverName)
+        } catch {
+            let failure = TransportError.tls(error, "starting TLS with \(remoteDescription)")
+            completion(.failure(failure))
+            closeNow(failure)
+            return
+        }
+        tls = .handshaking(session, completion)
+        updateReading()
+        continueHandshake()
+    }
+
+    private func continueHandshake() {
+        guard case .handshaking(let session, let completion) = tls else { return }
+        do {
+            let complete = try session.handshake()
+            flushCiphertext(session)
+            guard complete else { return }
+            tls = .established(session)
+            updateReading()
+            let waiting = writesAwaitingHandshake
+            writesAwaitingHandshake = []
+            for (chunks, writeCompletion) in waiting { enqueueWrite(chunks, completion: writeCompletion) }
+            completion(.success(()))
+            deliverDecryptedBytes()
+        } catch {
+            flushCiphertext(session)  // the alert that tells the peer why
+            let failure = TransportError.tls(error, "TLS handshake with \(remoteDescription)")
+            tls = .none
+            completion(.failure(failure))
+            closeNow(failure)
+        }
+    }
+
+    private func flushCiphertext(_ session: TLSSession, completion: ((TransportError?) -> Void)? = nil) {
+        if let ciphertext = session.takeCiphertext() {
+            writeToSocket([ciphertext], completion: completion)
+        } else {
+            completion?(nil)
+        }
+    }
+
+    // MARK: Writing
+
+    /// Queues `chunks` to be written in order, as one vectored write (encrypted first, if TLS
+    /// is on). `completion` runs once the bytes are written, or with the error that stopped
+    /// them. Loop thread only.
+    public func enqueueWrite(_ chunks: [SharedBytes], completion: ((TransportError?) -> Void)? = nil) {
+        eventLoop.assertInEventLoop()
+        guard state == .open else {
+            completion?(closedError("writing"))
+            return
+        }
+        switch tls {
+        case .none:
+            writeToSocket(chunks, completion: completion)
+        case .handshaking:
+            writesAwaitingHandshake.append((chunks, completion))
+        case .established(let session):
+            do {
+                for chunk in chunks { try session.write(chunk.bytes) }
+            } catch {
+                let failure = TransportError.tls(error, "writing to \(remoteDescription)")
+                completion?(failure)
+                closeNow(failure)
+                return
+            }
+            flushCiphertext(session, completion: completion)
+        }
+    }
+
+    /// Queues `bytes` (copied once) to be written. Loop thread only.
+    public func enqueueWrite(_ bytes: [UInt8], completion: ((TransportError?) -> Void)? = nil) {
+        enqueueWrite([SharedBytes(bytes)], completion: completion)
+    }
+
+    private func writeToSocket(_ chunks: [SharedBytes], completion: ((TransportError?) -> Void)?) {
+        let total = chunks.reduce(0) { $0 + $1.count }
+        guard total > 0 else {
+            completion?(nil)
+            return
+        }
+        let write = WriteRequest(connection: self, chunks: chunks, byteCount: total, completion: completion)
+        let status = uv_write(write.request, stream, write.buffers, UInt32(chunks.count), connectionWritten)
+        guard status == 0 else {
+            write.abandon()
+            let failure = TransportError.uv(status, "writing to \(remoteDescription)")
+            completion?(failure)
+            closeNow(failure)
+            return
+        }
+        pendingWriteBytes += total
+        updateWritability()
+    }
+
+    fileprivate func written(_ write: WriteRequest, status: Int32) {
+        pendingWriteBytes -= write.byteCount
+        if status == 0 {
+            write.completion?(nil)
+        } else {
+            let failure: TransportError =
+                status == Int32(UV_ECANCELED.rawValue)
+                ? closedError("writing") : .uv(status, "writing to \(remoteDescription)")
+            write.completion?(failure)
+            if status != Int32(UV_ECANCELED.rawValue) { closeNow(failure) }
+        }
+        updateWritability()
+    }
+
+    private func updateWritability() {
+        if isWritableState, pendingWriteBytes > options.writeHighWatermark {
+            isWritableState = false
+        } else if !isWritableState, pendingWriteBytes <= options.writeLowWatermark {
+            isWritableState = true
+        } else {
+            return
+        }
+        if options.pausesReadingWhenNotWritable {
+            pausedByBacklog = !isWritableState
+            updateReading()
+        }
+        if state == .open { handler?.connection(self, writabilityChanged: isWritableState) }
+        if isWritableState { deliverDecryptedBytes() }
+    }
+
+    // MARK: Closing
+
+    /// Closes the connection. Without an error it is graceful: queued writes are flushed
+    /// (for at most ``ConnectionOptions/gracefulCloseTimeout``), TLS sends close_notify, and
+    /// the write side is shut down before the handle closes. With an error it closes at once
+    /// and queued writes fail. The handler hears ``ConnectionHandler/connectionDidClose(_:error:)``
+    /// once. Loop thread only.
+    public func close(error: TransportError? = nil) {
+        eventLoop.assertInEventLoop()
+        if let error {
+            closeNow(error)
+            return
+        }
+        switch state {
+        case .open:
+            break
+        case .connecting:
+            closeNow(nil)
+            return
+        case .shuttingDown, .closing, .closed:
+            return  // already on its way
+        }
+        state = .shuttingDown
+        if case .established(let session) = tls {
+            session.shutdown()
+            flushCiphertext(session)
+        }
+        let request = UnsafeMutablePointer<uv_shutdown_t>.allocate(capacity: 1)
+        // Retained while libuv holds the request; released once, in connectionShutDown.
+        request.pointee.data = Unmanaged.passRetained(self).toOpaque()
+        if uv_shutdown(request, stream, connectionShutDown) != 0 {
+            Unmanaged<Connection>.fromOpaque(request.pointee.data).release()
+            request.deallocate()
+            closeNow(nil)
+            return
+        }
+        gracefulCloseTimer = eventLoop.scheduleTimer(after: options.gracefulCloseTimeout) { [self] in
+            closeNow(TransportError(.connectionClosed, "graceful close of \(remoteDescription) timed out"))
+        }
+    }
+
+    /// Closes at once. The first error given is the one reported.
+    func closeNow(_ error: TransportError?) {
+        switch state {
+        case .closing, .closed:
+            return
+        case .connecting, .open, .shuttingDown:
+            break
+        }
+        if closeError == nil { closeError = error }
+        state = .closing
+        gracefulCloseTimer?.cancel()
+        gracefulCloseTimer = nil
+        if isReading {
+            uv_read_stop(stream)
+            isReading = false
+        }
+        uv_close(rawHandle, connectionHandleClosed)
+    }
+
+    func close(dueTo error: TransportError) { closeNow(error) }
+
+    /// The close callback: the end of the handle's life.
+    fileprivate func handleClosed() {
+        state = .closed
+        eventLoop.deregister(self)
+        eventLoop.handleClosed()
+        readBuffer.deallocate()
+        readBuffer = UnsafeMutableRawBufferPointer(start: nil, count: 0)
+        let failure = closeError ?? closedError("the handshake")
+        if case .handshaking(_, let completion) = tls { completion(.failure(failure)) }
+        tls = .none
+        let waiting = writesAwaitingHandshake
+        writesAwaitingHandshake = []
+        for (_, completion) in waiting { completion?(closedError("writing")) }
+        let handler = self.handler
+        self.handler = nil
+        handler?.connectionDidClose(self, error: closeError)
+        let waiters = closeWaiters
+        closeWaiters = []
+        for waiter in waiters { waiter() }
+    }
+
+    /// Runs `body` once the connection has closed (at once if it already has). Loop thread only.
+    func whenClosed(_ body: @escaping () -> Void) {
+        eventLoop.assertInEventLoop()
+        if state == .closed { body() } else { closeWaiters.append(body) }
+    }
+
+    /// Why the connection was closed, if it was closed with an error. Loop thread only.
+    var closeReason: TransportError? {
+        eventLoop.assertInEventLoop()
+        return closeError
+    }
+
+    /// The error for an operation asked of a closed connection.
+    private func closedError(_ operation: String) -> TransportError {
+        if let closeError { return closeError }
+        return TransportError(.connectionClosed, "\(operation): the connection to \(remoteDescription) is closed")
+    }
+
+    var remoteDescription: String { remoteAddress?.description ?? "peer" }
+}
+
+// MARK: - libuv callbacks (non-capturing; they recover the connection from `data`)
+
+private func connectionAllocate(
+    _ handle: UnsafeMutablePointer<uv_handle_t>?, _ suggested: Int, _ buffer: UnsafeMutablePointer<uv_buf_t>?
+) {
+    // Safe: `data` is the connection retained until the close callback; reads stop before it.
+    let connection = Unmanaged<Connection>.fromOpaque(handle!.pointee.data).takeUnretainedValue()
+    buffer!.pointee = connection.allocate()
+}
+
+private func connectionRead(
+    _ stream: UnsafeMutablePointer<uv_stream_t>?, _ count: Int, _ buffer: UnsafePointer<uv_buf_t>?
+) {
+    // Safe: as above; the bytes are in the connection's own read buffer.
+    let connection = Unmanaged<Connection>.fromOpaque(stream!.pointee.data).takeUnretainedValue()
+    connection.read(count: count)
+}
+
+private func connectFinished(_ request: UnsafeMutablePointer<uv_connect_t>?, _ status: Int32) {
+    // Safe: the request's data is the connection retained in startConnect; released once here.
+    let connection = Unmanaged<Connection>.fromOpaque(request!.pointee.data).takeRetainedValue()
+    request!.deallocate()
+    connection.connected(status: status)
+}
+
+private func connectionWritten(_ request: UnsafeMutablePointer<uv_write_t>?, _ status: Int32) {
+    // Safe: the request's data is the WriteRequest retained at creation; released once here.
+    let write = Unmanaged<WriteRequest>.fromOpaque(request!.pointee.data).takeRetainedValue()
+    write.connection.written(write, status: status)
+}
+
+private func connectionShutDown(_ request: UnsafeMutablePointer<uv_shutdown_t>?, _ status: Int32) {
+    // Safe: the request's data is the connection retained in close(); released once here.
+    let connection = Unmanaged<Connection>.fromOpaque(request!.pointee.data).takeRetainedValue()
+    request!.deallocate()
+    connection.closeNow(nil)
+}
+
+private func connectionHandleClosed(_ handle: UnsafeMutablePointer<uv_handle_t>?) {
+    // Safe: the close callback ends the handle's life; take back the retain from init once.
+    let connection = Unmanaged<Connection>.fromOpaque(handle!.pointee.data).takeRetainedValue()
+    connection.handleClosed()
+    handle!.withMemoryRebound(to: uv_tcp_t.self, capacity: 1) { $0.deallocate() }
+}
+
+/// One `uv_write`: owns its request, its buffer array, and the chunks they point into, until
+/// libuv's write callback.
+final class WriteRequest {
+    let connection: Connection
+    let request: UnsafeMutablePointer<uv_write_t>
+    let buffers: UnsafeMutablePointer<uv_buf_t>
+    let byteCount: Int
+    let completion: ((TransportError?) -> Void)?
+    /// Keeps the bytes alive while libuv points into them.
+    private let chunks: [SharedBytes]
+
+    init(connection: Connection, chunks: [SharedBytes], byteCount: Int, completion: ((TransportError?) -> Void)?) {
+        self.connection = connection
+        self.chunks = chunks
+        self.byteCount = byteCount
+        self.completion = completion
+        request = .allocate(capacity: 1)
+        buffers = .allocate(capacity: chunks.count)
+        for (index, chunk) in chunks.enumerated() {
+            buffers[index] = cuv_buf(UnsafeMutableRawPointer(mutating: chunk.bytes.baseAddress), chunk.count)
+        }
+        // Retained while libuv holds the request; released once, in connectionWritten (or abandon).
+        request.pointee.data = Unmanaged.passRetained(self).toOpaque()
+    }
+
+    /// Undoes the retain when uv_write refused the request.
+    func abandon() {
+        Unmanaged<WriteRequest>.fromOpaque(request.pointee.data).release()
+    }
+
+    deinit {
+        request.deallocate()
+        buffers.deallocate()
+    }
+}
