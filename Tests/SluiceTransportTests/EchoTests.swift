@@ -1,0 +1,96 @@
+import Foundation
+import Testing
+import SluiceTransport
+
+@Suite("Echo over loopback")
+struct EchoTests {
+    @Test func thousandConcurrentConnectionsOverTwoLoopsEchoEveryByte() async throws {
+        let group = EventLoopGroup(numberOfLoops: 2)
+        let (server, stats) = try await startEchoServer(on: group)
+        let port = server.localAddress.port
+        let perConnection = 4096
+        let connections = 1000
+
+        let results = try await withDeadline(.seconds(120), "1,000 echo connections") {
+            try await withThrowingTaskGroup(of: (Int, Int, Int).self) { tasks in
+                for index in 0..<connections {
+                    tasks.addTask {
+                        let offset = index * 7919
+                        let collector = Collector(checksPattern: true, patternOffset: offset)
+                        let connection = try await Connection.connect(
+                            to: "127.0.0.1", port: port, on: group.next()) { _ in collector }
+                        try await connection.write(pattern(from: offset, count: perConnection))
+                        try await collector.waitForBytes(perConnection)
+                        await connection.close()
+                        return (collector.count, collector.mismatches, connection.eventLoop.index)
+                    }
+                }
+                var all: [(Int, Int, Int)] = []
+                for try await result in tasks { all.append(result) }
+                return all
+            }
+        }
+
+        #expect(results.count == connections)
+        #expect(results.allSatisfy { $0.0 == perConnection }, "every byte came back")
+        #expect(results.reduce(0) { $0 + $1.1 } == 0, "no byte was changed, lost or reordered")
+        #expect(Set(results.map(\.2)) == [0, 1], "client connections ran on both loops")
+        #expect(stats.acceptsByLoop.keys.sorted() == [0, 1], "the server accepted on both loops")
+        #expect(stats.acceptsByLoop.values.reduce(0, +) == connections)
+
+        await server.close()
+        #expect(await waitForHandles(group, toReturnTo: 0) == 0)
+        await group.shutdown()
+    }
+
+    @Test func sixtyFourMebibytesThroughOneConnectionWithBackpressureAndBoundedMemory() async throws {
+        let group = EventLoopGroup(numberOfLoops: 2)
+        let (server, stats) = try await startEchoServer(on: group)
+        let total = 64 * 1024 * 1024
+        let chunk = 1024 * 1024
+        let residentBefore = residentMemoryBytes()
+
+        let collector = Collector(checksPattern: true)
+        let connection = try await Connection.connect(
+            to: "127.0.0.1", port: server.localAddress.port, on: group.loops[0]) { _ in collector }
+        // Stop reading the echo for a while, so the server's replies back up and it must
+        // stop reading us (backpressure end to end), then carry on.
+        connection.eventLoop.execute { connection.pauseReading() }
+        let writer = Task {
+            var offset = 0
+            while offset < total {
+                try await connection.write(SharedBytes(pattern(from: offset, count: chunk)))
+                offset += chunk
+            }
+        }
+        try await Task.sleep(for: .milliseconds(500))
+        #expect(collector.count == 0)
+        connection.eventLoop.execute { connection.resumeReading() }
+
+        try await withDeadline(.seconds(300), "64 MiB echo") {
+            try await writer.value
+            try await collector.waitForBytes(total)
+        }
+        #expect(collector.count == total)
+        #expect(collector.mismatches == 0)
+        #expect(stats.backpressureEvents >= 1, "the server's writes backed up and it stopped reading")
+        let bound = ConnectionOptions().writeHighWatermark + ConnectionOptions().readBufferSize
+        #expect(stats.maxPendingWriteBytes <= bound,
+                "the server never buffered more than its high watermark plus one read")
+        let growth = residentMemoryBytes() - residentBefore
+        #expect(growth < 32 * 1024 * 1024, "resident memory grew by \(growth) bytes for 64 MiB")
+
+        await connection.close()
+        await server.close()
+        #expect(await waitForHandles(group, toReturnTo: 0) == 0)
+        await group.shutdown()
+    }
+}
+
+/// The resident set size of this process, from /proc/self/statm.
+func residentMemoryBytes() -> Int {
+    guard let text = try? String(contentsOfFile: "/proc/self/statm", encoding: .utf8) else { return 0 }
+    let fields = text.split(separator: " ")
+    guard fields.count > 1, let pages = Int(fields[1]) else { return 0 }
+    return pages * Int(sysconf(Int32(_SC_PAGESIZE)))
+}

@@ -1,0 +1,166 @@
+import Foundation
+import Testing
+import SluiceTransport
+
+/// This process's descriptors that are TCP sockets with a local or remote port in `ports`
+/// (read from /proc/self/fd and /proc/net/tcp{,6}), as "fd -> local remote" lines.
+func socketDescriptors(touchingPorts ports: Set<Int>) -> [String] {
+    var endpointsByInode: [String: String] = [:]
+    for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
+        guard let text = try? String(contentsOfFile: table, encoding: .utf8) else { continue }
+        for line in text.split(separator: "\n").dropFirst() {
+            let fields = line.split(separator: " ")
+            guard fields.count > 9 else { continue }
+            func port(_ field: Substring) -> Int { Int(field.split(separator: ":").last ?? "", radix: 16) ?? -1 }
+            if ports.contains(port(fields[1])) || ports.contains(port(fields[2])) {
+                endpointsByInode[String(fields[9])] = "\(fields[1]) \(fields[2])"
+            }
+        }
+    }
+    let descriptors = (try? FileManager.default.contentsOfDirectory(atPath: "/proc/self/fd")) ?? []
+    return descriptors.compactMap { fd in
+        guard let target = try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/fd/\(fd)"),
+              target.hasPrefix("socket:["), let endpoints = endpointsByInode[String(target.dropFirst(8).dropLast())]
+        else { return nil }
+        return "\(fd) -> \(endpoints)"
+    }
+}
+
+/// A port on 127.0.0.1 that nothing listens on (bound, then closed).
+func unusedPort() throws -> Int {
+    let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+    defer { close(fd) }
+    var address = sockaddr_in()
+    address.sin_family = sa_family_t(AF_INET)
+    address.sin_addr.s_addr = inet_addr("127.0.0.1")
+    address.sin_port = 0
+    var length = socklen_t(MemoryLayout<sockaddr_in>.size)
+    let bound = withUnsafeMutablePointer(to: &address) {
+        $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { pointer in
+            bind(fd, pointer, length) == 0 && getsockname(fd, pointer, &length) == 0
+        }
+    }
+    try #require(bound)
+    return Int(UInt16(bigEndian: address.sin_port))
+}
+
+/// A listener on 127.0.0.1 whose accept queue is full and never drained: a connect to it
+/// gets no answer, so it hangs until its timeout (the kernel drops SYNs on a full queue).
+final class BlackHole: Sendable {
+    let port: Int
+    private let listener: Int32
+    private let fillers: [Int32]
+
+    /// Makes a black hole and waits briefly (without blocking a thread) for the kernel to
+    /// fill its accept queue.
+    static func make() async throws -> BlackHole {
+        let hole = try BlackHole()
+        try await Task.sleep(for: .milliseconds(50))
+        return hole
+    }
+
+    private init() throws {
+        let listener = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        self.listener = listener
+        var address = sockaddr_in()
+        address.sin_family = sa_family_t(AF_INET)
+        address.sin_addr.s_addr = inet_addr("127.0.0.1")
+        var length = socklen_t(MemoryLayout<sockaddr_in>.size)
+        let ok = withUnsafeMutablePointer(to: &address) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { pointer in
+                bind(listener, pointer, length) == 0 && listen(listener, 0) == 0
+                    && getsockname(listener, pointer, &length) == 0
+            }
+        }
+        try #require(ok)
+        port = Int(UInt16(bigEndian: address.sin_port))
+        var fillers: [Int32] = []
+        for _ in 0..<3 {
+            let filler = socket(AF_INET, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_NONBLOCK.rawValue), 0)
+            _ = withUnsafeMutablePointer(to: &address) {
+                $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(filler, $0, length) }
+            }
+            fillers.append(filler)
+        }
+        self.fillers = fillers
+    }
+
+    deinit {
+        for filler in fillers { close(filler) }
+        close(listener)
+    }
+}
+
+/// Whether we run in CI, where a missing peer is a failure rather than a skip.
+let isCI = ProcessInfo.processInfo.environment["CI"].map { !$0.isEmpty && $0 != "false" } ?? false
+
+/// Finds an executable on PATH.
+func findExecutable(_ name: String) -> String? {
+    let path = ProcessInfo.processInfo.environment["PATH"] ?? "/usr/bin:/bin"
+    for directory in path.split(separator: ":") {
+        let candidate = "\(directory)/\(name)"
+        if FileManager.default.isExecutableFile(atPath: candidate) { return candidate }
+    }
+    return nil
+}
+
+/// Runs a program to completion and returns its exit status, standard output and error.
+@discardableResult
+func run(_ executable: String, _ arguments: [String], input: String? = nil,
+         in directory: String? = nil) throws -> (status: Int32, output: String, error: String) {
+    let process = Process()
+    process.executableURL = URL(fileURLWithPath: executable)
+    process.arguments = arguments
+    if let directory { process.currentDirectoryURL = URL(fileURLWithPath: directory) }
+    let output = Pipe()
+    let error = Pipe()
+    let inputPipe = Pipe()
+    process.standardOutput = output
+    process.standardError = error
+    process.standardInput = inputPipe
+    try process.run()
+    if let input { inputPipe.fileHandleForWriting.write(Data(input.utf8)) }
+    try inputPipe.fileHandleForWriting.close()
+    let outputData = output.fileHandleForReading.readDataToEndOfFile()
+    let errorData = error.fileHandleForReading.readDataToEndOfFile()
+    process.waitUntilExit()
+    return (process.terminationStatus, String(decoding: outputData, as: UTF8.self),
+            String(decoding: errorData, as: UTF8.self))
+}
+
+/// Runs a program on a thread of its own (so waiting for it never blocks the concurrency
+/// pool) and returns its exit status, standard output and error.
+func runInBackground(_ executable: String, _ arguments: [String], input: String? = nil) async throws
+    -> (status: Int32, output: String, error: String) {
+    try await withCheckedThrowingContinuation { continuation in
+        let thread = Thread {
+            continuation.resume(with: Result { try run(executable, arguments, input: input) })
+        }
+        thread.start()
+    }
+}
+
+/// Runs `body` and fails the test if it takes longer than `limit` (so a hang is a failure,
+/// not a stuck CI job).
+func withDeadline<T: Sendable>(_ limit: Duration, _ what: String,
+                               _ body: @escaping @Sendable () async throws -> T) async throws -> T {
+    try await withThrowingTaskGroup(of: T?.self) { group in
+        group.addTask { try await body() }
+        group.addTask {
+            try await Task.sleep(for: limit)
+            return nil
+        }
+        guard let first = try await group.next(), let value = first else {
+            group.cancelAll()
+            throw DeadlineExceeded(what: what, limit: limit)
+        }
+        group.cancelAll()
+        return value
+    }
+}
+
+struct DeadlineExceeded: Error, CustomStringConvertible {
+    let what: String
+    let limit: Duration
+    var description: String { "\(what) did not finish within \(limit)" }
+}
