@@ -1,0 +1,11 @@
+import ArgumentParser
+
+/// The `sluice` command line.
+@main
+struct SluiceCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "sluice",
+        abstract: "An event-driven SMTP engine: send mail, run a sink, measure throughput.",
+        subcommands: [LoopbackCommand.self]
+    )
+}

@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# Installs what Sluice needs on a fresh Debian or Ubuntu machine that has only the Swift
+# toolchain: the C libraries it links (libuv, OpenSSL), the tools its tests use as
+# independent peers (the openssl command), and pkg-config. Each package is installed only
+# if missing, so a second run does nothing.
+#
+#   scripts/setup.sh            # build and test dependencies
+set -euo pipefail
+
+packages=(pkg-config libuv1-dev libssl-dev openssl ca-certificates)
+
+missing=()
+for package in "${packages[@]}"; do
+    if ! dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed"; then
+        missing+=("$package")
+    fi
+done
+
+if [ ${#missing[@]} -gt 0 ]; then
+    echo "setup: installing ${missing[*]}"
+    sudo=""
+    if [ "$(id -u)" -ne 0 ]; then
+        if command -v sudo >/dev/null 2>&1; then sudo="sudo"; else
+            echo "setup: need root (or sudo) to install: ${missing[*]}" >&2
+            exit 1
+        fi
+    fi
+    $sudo apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+command -v swift >/dev/null 2>&1 || { echo "setup: the Swift toolchain is not on PATH" >&2; exit 1; }
+pkg-config --exists libuv openssl || { echo "setup: pkg-config cannot find libuv and openssl" >&2; exit 1; }
+echo "setup: libuv $(pkg-config --modversion libuv), OpenSSL $(pkg-config --modversion openssl), $(swift --version 2>&1 | head -1)"

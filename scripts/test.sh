@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# Sets up a fresh machine, builds Sluice with its tests (failing on any compiler warning in
+# Sluice's own code), and runs the whole test suite.
+#
+#   scripts/test.sh [extra swift test arguments]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+bash scripts/setup.sh
+
+log=$(mktemp)
+trap 'rm -f "$log"' EXIT
+echo "test: building"
+if ! swift build --build-tests 2>&1 | tee "$log"; then
+    echo "test: the build failed" >&2
+    exit 1
+fi
+root=$(pwd)
+if grep -E "^${root}/(Sources|Tests)/.*warning:" "$log" >/dev/null; then
+    echo "test: the build has compiler warnings in Sluice's own code (see above); Sluice builds warning-free" >&2
+    exit 1
+fi
+
+echo "test: running"
+swift test --skip-build "$@"
