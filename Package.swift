@@ -31,6 +31,7 @@ let package = Package(
     dependencies: [
         .package(url: "https://github.com/apple/swift-log", from: "1.16.2"),
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
+        .package(url: "https://github.com/x-sheep/swift-property-based", from: "2.0.1"),
     ],
     targets: [
         // MARK: C bridges (system libraries; the only C this package touches)
@@ -79,6 +80,14 @@ let package = Package(
         ),
 
         // MARK: Tests
+        .testTarget(
+            name: "SluiceCoreTests",
+            dependencies: [
+                "SluiceCore",
+                .product(name: "PropertyBased", package: "swift-property-based"),
+            ],
+            swiftSettings: strict
+        ),
         .testTarget(
             name: "SluiceTransportTests",
             dependencies: ["SluiceTransport"],

@@ -1,0 +1,79 @@
+/// Reads `DATA` content as a server: undoes dot-stuffing and finds the terminator
+/// `<CRLF>.<CRLF>`, incrementally, whatever the split of the bytes (RFC 5321 §4.5.2).
+///
+/// Only CRLF ends a line. A bare CR or bare LF is refused (as Postfix's
+/// `smtpd_forbid_bare_newline` does), because a server that took `<LF>.<LF>` or `<CR>.<CR>`
+/// for the terminator would let one message smuggle a second (CVE-2023-51764/51765/51766).
+/// Content beyond ``maximumSize`` is counted but not kept, so an endless DATA does not grow
+/// memory; the caller answers 552 at the terminator.
+public struct DataDecoder: Sendable {
+    /// What a call to ``decode(_:into:)`` found.
+    public enum Progress: Equatable, Sendable {
+        /// All bytes were consumed; the terminator has not arrived.
+        case needsMoreData
+        /// The terminator ended the content after `consumed` bytes of this input; the rest
+        /// belongs to whatever follows (pipelined commands).
+        case complete(consumed: Int)
+        /// A bare CR or LF arrived after `consumed` bytes of this input. The content must be
+        /// refused and the connection closed: its end can no longer be told safely.
+        case bareLineEnding(consumed: Int)
+    }
+
+    private enum State: Sendable {
+        case lineStart, middle, carriageReturn, dotAtLineStart, dotCarriageReturn
+    }
+
+    /// The most content bytes kept.
+    public let maximumSize: Int
+    private var state = State.lineStart
+    /// Content bytes seen so far (after unstuffing), including any not kept.
+    public private(set) var size = 0
+
+    /// Whether the content was larger than ``maximumSize`` (and so was cut).
+    public var exceededMaximumSize: Bool { size > maximumSize }
+
+    /// A decoder that keeps at most `maximumSize` content bytes.
+    public init(maximumSize: Int) {
+        self.maximumSize = maximumSize
+    }
+
+    /// Consumes bytes, appending unstuffed content (with its CRLFs) to `output`.
+    public mutating func decode(_ input: some Collection<UInt8>, into output: inout [UInt8]) -> Progress {
+        var consumed = 0
+        for byte in input {
+            consumed += 1
+            switch (state, byte) {
+            case (.lineStart, UInt8(ascii: ".")):
+                state = .dotAtLineStart
+            case (.lineStart, 13), (.middle, 13):
+                state = .carriageReturn
+            case (.carriageReturn, 10):
+                emit(13, into: &output)
+                emit(10, into: &output)
+                state = .lineStart
+            case (.dotAtLineStart, 13):
+                state = .dotCarriageReturn
+            case (.dotCarriageReturn, 10):
+                state = .lineStart
+                return .complete(consumed: consumed)
+            case (_, 10), (.carriageReturn, _), (.dotCarriageReturn, _):
+                return .bareLineEnding(consumed: consumed)
+            case (.dotAtLineStart, _):
+                // The first dot of a line is transparency; a line "..x" is ".x" (and a
+                // client that did not stuff loses the dot, as RFC 5321 §4.5.2 says).
+                emit(byte, into: &output)
+                state = .middle
+            case (.lineStart, _), (.middle, _):
+                emit(byte, into: &output)
+                state = .middle
+            }
+        }
+        return .needsMoreData
+    }
+
+    @inline(__always)
+    private mutating func emit(_ byte: UInt8, into output: inout [UInt8]) {
+        size += 1
+        if size <= maximumSize { output.append(byte) }
+    }
+}

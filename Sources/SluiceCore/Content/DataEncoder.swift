@@ -1,0 +1,94 @@
+/// Prepares message content for the wire, in one pass over its bytes.
+///
+/// For `DATA` (RFC 5321 §4.5.2): every bare CR and bare LF becomes CRLF *before* dot-stuffing
+/// (so content can never hold a premature `<CRLF>.<CRLF>`: the SMTP smuggling defence), a
+/// dot that starts a line is doubled, the content is made to end with CRLF (empty content stays empty), and the
+/// terminator `.<CRLF>` is appended. For `BDAT` (RFC 3030) only the line endings are
+/// normalised. NUL bytes are refused, and so is a line longer than the limit (1000 octets
+/// with its CRLF, RFC 5321 §4.5.3.1.6) unless the limit is lifted for BINARYMIME.
+public enum DataEncoder {
+    /// Content that cannot be sent as it is.
+    public struct ContentError: Error, Hashable, Sendable, CustomStringConvertible {
+        /// What is wrong.
+        public enum Kind: Hashable, Sendable {
+            /// A NUL byte; never sent.
+            case nulByte
+            /// A line longer than the limit; it must be encoded (quoted-printable, base64).
+            case lineTooLong
+        }
+        /// What is wrong.
+        public let kind: Kind
+        /// The 1-based line where it was found.
+        public let line: Int
+
+        public var description: String {
+            switch kind {
+            case .nulByte: "the content has a NUL byte on line \(line); NUL is never sent"
+            case .lineTooLong: "line \(line) is longer than SMTP allows; encode the content (quoted-printable or base64)"
+            }
+        }
+    }
+
+    /// The default line limit: 1000 octets including CRLF.
+    public static let maximumLineLength = 1000
+
+    /// The content for `DATA`: normalised, dot-stuffed, ending in CRLF, with the terminator.
+    public static func dotStuffed(
+        _ content: some Collection<UInt8>, maximumLineLength: Int? = DataEncoder.maximumLineLength
+    ) throws(ContentError) -> [UInt8] {
+        var output: [UInt8] = []
+        output.reserveCapacity(content.count + content.count / 32 + 8)
+        try transform(content, stuffing: true, maximumLineLength: maximumLineLength, into: &output)
+        output.append(contentsOf: [UInt8(ascii: "."), 13, 10])
+        return output
+    }
+
+    /// The content for `BDAT`: line endings normalised to CRLF, ending in CRLF (unless empty).
+    public static func normalized(
+        _ content: some Collection<UInt8>, maximumLineLength: Int? = DataEncoder.maximumLineLength
+    ) throws(ContentError) -> [UInt8] {
+        var output: [UInt8] = []
+        output.reserveCapacity(content.count + content.count / 32 + 2)
+        try transform(content, stuffing: false, maximumLineLength: maximumLineLength, into: &output)
+        return output
+    }
+
+    private static func transform(
+        _ content: some Collection<UInt8>, stuffing: Bool, maximumLineLength: Int?, into output: inout [UInt8]
+    ) throws(ContentError) {
+        let limit = (maximumLineLength ?? Int.max) - 2  // octets before CRLF
+        var lineLength = 0
+        var line = 1
+        var afterCR = false
+        var atLineStart = true
+        for byte in content {
+            if afterCR {
+                afterCR = false
+                if byte == 10 { continue }  // the LF of a CRLF already written
+            }
+            switch byte {
+            case 13, 10:
+                output.append(13)
+                output.append(10)
+                afterCR = byte == 13
+                atLineStart = true
+                lineLength = 0
+                line += 1
+            case 0:
+                throw ContentError(kind: .nulByte, line: line)
+            default:
+                if atLineStart, stuffing, byte == UInt8(ascii: ".") {
+                    output.append(byte)  // the transparency dot does not count toward the limit
+                }
+                atLineStart = false
+                output.append(byte)
+                lineLength += 1
+                if lineLength > limit { throw ContentError(kind: .lineTooLong, line: line) }
+            }
+        }
+        if !atLineStart {
+            output.append(13)
+            output.append(10)
+        }
+    }
+}

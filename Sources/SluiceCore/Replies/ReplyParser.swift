@@ -1,0 +1,199 @@
+/// Turns the bytes a server sends into complete replies, incrementally: bytes may be split
+/// anywhere across reads, and one read may hold several replies (RFC 5321 §4.2, RFC 2920).
+///
+/// Lines end only with CRLF. Memory is bounded: a line longer than
+/// ``Limits/maximumLineLength`` or a reply larger than ``Limits/maximumReplyLength`` is a
+/// protocol error, not an allocation. A malformed line (a code that is not three digits from
+/// 200 to 599, a separator other than space or hyphen, a bare CR or LF) or mixed codes in
+/// one multiline reply are protocol errors too; after one, the parser stays failed.
+///
+/// ```swift
+/// var parser = ReplyParser()
+/// parser.append(bytesFromTheSocket)
+/// while let reply = try parser.nextReply() { … }
+/// ```
+public struct ReplyParser: Sendable {
+    /// Bounds on what one reply may hold.
+    public struct Limits: Sendable, Hashable {
+        /// The longest line, CRLF included. RFC 5321 §4.5.3.1.5 says 512; servers exceed it.
+        public var maximumLineLength: Int = 4096
+        /// The most bytes in one (multiline) reply.
+        public var maximumReplyLength: Int = 256 * 1024
+        /// The defaults.
+        public init() {}
+    }
+
+    /// The bounds in force.
+    public let limits: Limits
+    private var buffer: [UInt8] = []
+    private var readIndex = 0
+    private var pendingCode: Int?
+    private var pendingLines: [ArraySlice<UInt8>] = []
+    private var pendingBytes = 0
+    private var failure: SMTPProtocolError?
+
+    /// A parser with the given bounds.
+    public init(limits: Limits = Limits()) {
+        self.limits = limits
+    }
+
+    /// Bytes read but not yet part of a complete reply.
+    public var bufferedByteCount: Int { buffer.count - readIndex + pendingBytes }
+
+    /// Whether any bytes of an incomplete reply are waiting.
+    public var hasPartialReply: Bool { buffer.count > readIndex || pendingCode != nil }
+
+    /// Adds bytes read from the server.
+    public mutating func append(_ bytes: some Collection<UInt8>) {
+        if readIndex > 0, readIndex == buffer.count {
+            buffer.removeAll(keepingCapacity: true)
+            readIndex = 0
+        } else if readIndex > 4096, readIndex * 2 > buffer.count {
+            buffer.removeFirst(readIndex)
+            readIndex = 0
+        }
+        buffer.append(contentsOf: bytes)
+    }
+
+    /// Adds bytes read from the server.
+    public mutating func append(_ bytes: UnsafeRawBufferPointer) {
+        append(bytes.bindMemory(to: UInt8.self))
+    }
+
+    /// Returns the next complete reply, nil if more bytes are needed, or throws if the bytes
+    /// break the protocol.
+    public mutating func nextReply() throws(SMTPProtocolError) -> SMTPReply? {
+        if let failure { throw failure }
+        do {
+            return try parseNext()
+        } catch {
+            failure = error
+            throw error
+        }
+    }
+
+    /// Takes whatever bytes are buffered and not yet part of a reply (the client uses this to
+    /// detect bytes after the 220 to STARTTLS), leaving the parser empty.
+    public mutating func takeUnparsedBytes() -> [UInt8] {
+        var taken: [UInt8] = []
+        for line in pendingLines { taken.append(contentsOf: line) }
+        taken.append(contentsOf: buffer[readIndex...])
+        buffer.removeAll(keepingCapacity: true)
+        readIndex = 0
+        pendingLines = []
+        pendingCode = nil
+        pendingBytes = 0
+        return taken
+    }
+
+    private mutating func parseNext() throws(SMTPProtocolError) -> SMTPReply? {
+        while true {
+            guard let lineEnd = try findLineEnd() else {
+                let partial = buffer.count - readIndex
+                if partial >= limits.maximumLineLength {
+                    throw SMTPProtocolError(.lineTooLong, "a reply line of more than \(limits.maximumLineLength) bytes")
+                }
+                if pendingBytes + partial > limits.maximumReplyLength {
+                    throw SMTPProtocolError(.replyTooLong, "a reply of more than \(limits.maximumReplyLength) bytes")
+                }
+                return nil
+            }
+            let line = buffer[readIndex..<lineEnd]  // without CRLF
+            readIndex = lineEnd + 2
+            if line.count + 2 > limits.maximumLineLength {
+                throw SMTPProtocolError(.lineTooLong, "a reply line of \(line.count + 2) bytes")
+            }
+            pendingBytes += line.count + 2
+            if pendingBytes > limits.maximumReplyLength {
+                throw SMTPProtocolError(.replyTooLong, "a reply of more than \(limits.maximumReplyLength) bytes")
+            }
+            let (code, isLast, text) = try Self.split(line)
+            if let pendingCode, pendingCode != code {
+                throw SMTPProtocolError(.mixedReplyCodes, "\(pendingCode) then \(code) in one reply")
+            }
+            pendingCode = code
+            pendingLines.append(text)
+            if isLast {
+                let reply = Self.makeReply(code: code, lines: pendingLines)
+                pendingCode = nil
+                pendingLines.removeAll(keepingCapacity: true)
+                pendingBytes = 0
+                return reply
+            }
+        }
+    }
+
+    /// The index of the CR of the next CRLF, nil if no complete line is buffered yet; throws
+    /// on a bare CR or LF, since only CRLF ends a line.
+    private func findLineEnd() throws(SMTPProtocolError) -> Int? {
+        var index = readIndex
+        while index < buffer.count {
+            let byte = buffer[index]
+            if byte == 13 {
+                guard index + 1 < buffer.count else { return nil }  // CR last: wait for its LF
+                guard buffer[index + 1] == 10 else {
+                    throw SMTPProtocolError(.malformedReply, "bare CR in a reply: \(Self.excerpt(buffer[readIndex...index]))")
+                }
+                return index
+            }
+            if byte == 10 {
+                throw SMTPProtocolError(.malformedReply, "bare LF in a reply: \(Self.excerpt(buffer[readIndex...index]))")
+            }
+            index += 1
+        }
+        return nil
+    }
+
+    /// Splits `250-text` into its code, whether it is the last line, and the text.
+    private static func split(_ line: ArraySlice<UInt8>) throws(SMTPProtocolError) -> (Int, Bool, ArraySlice<UInt8>) {
+        let start = line.startIndex
+        guard line.count >= 3 else {
+            throw SMTPProtocolError(.malformedReply, excerpt(line))
+        }
+        var code = 0
+        for index in start..<start + 3 {
+            let byte = line[index]
+            guard byte >= UInt8(ascii: "0"), byte <= UInt8(ascii: "9") else {
+                throw SMTPProtocolError(.malformedReply, excerpt(line))
+            }
+            code = code * 10 + Int(byte - UInt8(ascii: "0"))
+        }
+        guard (200...599).contains(code) else {
+            throw SMTPProtocolError(.malformedReply, "reply code \(code) is outside 200–599: \(excerpt(line))")
+        }
+        if line.count == 3 { return (code, true, line[line.endIndex...]) }  // a bare code is valid
+        let separator = line[start + 3]
+        let text = line[(start + 4)...]
+        if text.contains(0) {
+            throw SMTPProtocolError(.malformedReply, "NUL in a reply line: \(excerpt(line))")
+        }
+        switch separator {
+        case UInt8(ascii: " "): return (code, true, text)
+        case UInt8(ascii: "-"): return (code, false, text)
+        default: throw SMTPProtocolError(.malformedReply, excerpt(line))
+        }
+    }
+
+    private static func excerpt(_ line: ArraySlice<UInt8>) -> String {
+        SMTPProtocolError.excerpt(line)
+    }
+
+    private static func makeReply(code: Int, lines: [ArraySlice<UInt8>]) -> SMTPReply {
+        // Safe: split() checked 200...599.
+        let status = SMTPStatusCode(rawValue: code)!
+        var enhanced: EnhancedStatusCode?
+        if let first = lines.first, let (candidate, _) = EnhancedStatusCode.prefix(of: first),
+           candidate.statusClass == code / 100 {
+            enhanced = candidate
+        }
+        let texts = lines.map { line -> String in
+            var text = line
+            if let enhanced, let (code, length) = EnhancedStatusCode.prefix(of: line), code == enhanced {
+                text = line.dropFirst(length)
+                if text.first == UInt8(ascii: " ") { text = text.dropFirst() }
+            }
+            return String(decoding: text, as: UTF8.self)
+        }
+        return SMTPReply(code: status, enhancedCode: enhanced, lines: texts)
+    }
+}

@@ -1,0 +1,114 @@
+import PropertyBased
+import Testing
+@testable import SluiceCore
+
+/// Decodes everything `DataEncoder.dotStuffed` produced, as a server would.
+func decodeAsServer(_ wire: [UInt8]) -> (content: [UInt8], progress: DataDecoder.Progress) {
+    var decoder = DataDecoder(maximumSize: .max)
+    var content: [UInt8] = []
+    let progress = decoder.decode(wire, into: &content)
+    return (content, progress)
+}
+
+@Suite("DATA content")
+struct ContentTests {
+    private func stuffed(_ text: String) throws -> String {
+        String(decoding: try DataEncoder.dotStuffed(Array(text.utf8)), as: UTF8.self)
+    }
+
+    @Test func normalisesLineEndingsBeforeStuffing() throws {
+        #expect(try stuffed("a\r\nb") == "a\r\nb\r\n.\r\n")
+        #expect(try stuffed("a\nb\n") == "a\r\nb\r\n.\r\n")
+        #expect(try stuffed("a\rb\r") == "a\r\nb\r\n.\r\n")
+        #expect(try stuffed(".start\r\n..two\r\nmid.dle\r\n.") == "..start\r\n...two\r\nmid.dle\r\n..\r\n.\r\n")
+        #expect(try stuffed("") == ".\r\n")
+        #expect(try stuffed("\r\n") == "\r\n.\r\n")
+    }
+
+    @Test(arguments: [
+        // The SMTP smuggling sequences: each would end the data early at a lenient server.
+        "a\n.\nMAIL FROM:<evil@example.com>\n", "a\r.\rMAIL FROM:<x@y>\r", "a\r\n.\nRCPT TO:<x@y>\r\n",
+        "a\n.\r\nDATA\r\n", "a\r.\r\nQUIT", ".\r\n", "\n.\n", "x\r\n.\r\n",
+    ])
+    func smugglingSequencesNeverEndTheDataEarly(_ attack: String) throws {
+        let wire = try DataEncoder.dotStuffed(Array(attack.utf8))
+        let (content, progress) = decodeAsServer(wire)
+        #expect(progress == .complete(consumed: wire.count), "the only terminator is the last one")
+        #expect(content == (try DataEncoder.normalized(Array(attack.utf8))))
+    }
+
+    @Test func refusesNULAndOverlongLines() throws {
+        #expect { try DataEncoder.dotStuffed(Array("a\u{0}b".utf8)) } throws: { ($0 as? DataEncoder.ContentError)?.kind == .nulByte }
+        let longLine = [UInt8](repeating: UInt8(ascii: "x"), count: 999)
+        #expect { try DataEncoder.dotStuffed(longLine) } throws: { ($0 as? DataEncoder.ContentError)?.kind == .lineTooLong }
+        // 998 octets plus CRLF is exactly the limit, and a stuffed dot does not count.
+        #expect(throws: Never.self) { try DataEncoder.dotStuffed([UInt8](repeating: UInt8(ascii: "x"), count: 998)) }
+        #expect(throws: Never.self) { try DataEncoder.dotStuffed([UInt8(ascii: ".")] + [UInt8](repeating: 120, count: 997)) }
+        #expect(throws: Never.self) { try DataEncoder.dotStuffed(longLine, maximumLineLength: nil) }
+    }
+
+    @Test func serverRefusesBareLineEndingsInsideData() {
+        for attack in ["a\n.\n", "a\r.\r", "line\nmore\r\n.\r\n", "x\ry\r\n.\r\n"] {
+            let (_, progress) = decodeAsServer(Array(attack.utf8))
+            guard case .bareLineEnding = progress else {
+                Issue.record("\(attack.debugDescription) gave \(progress)")
+                continue
+            }
+        }
+    }
+
+    @Test func serverDecodesWhateverTheSplitAndLeavesWhatFollows() throws {
+        let wire = try DataEncoder.dotStuffed(Array("Subject: x\r\n\r\n.hidden\r\nbody".utf8)) + Array("QUIT\r\n".utf8)
+        for cut in 0...wire.count {
+            var decoder = DataDecoder(maximumSize: .max)
+            var content: [UInt8] = []
+            var total = 0
+            var done = false
+            for piece in [wire[..<cut], wire[cut...]] where !done {
+                switch decoder.decode(piece, into: &content) {
+                case .needsMoreData: total += piece.count
+                case .complete(let consumed):
+                    total += consumed
+                    done = true
+                case .bareLineEnding: Issue.record("bare line ending at split \(cut)")
+                }
+            }
+            #expect(done)
+            #expect(total == wire.count - 6, "QUIT\\r\\n is left for the command reader")
+            #expect(content == Array("Subject: x\r\n\r\n.hidden\r\nbody\r\n".utf8))
+        }
+    }
+
+    @Test func serverKeepsNoMoreThanItsLimit() {
+        var decoder = DataDecoder(maximumSize: 10)
+        var content: [UInt8] = []
+        let line = Array("0123456789012345678901234567890123456789\r\n".utf8)
+        for _ in 0..<1000 { _ = decoder.decode(line, into: &content) }
+        #expect(content.count == 10)
+        #expect(decoder.exceededMaximumSize)
+        #expect(decoder.size == 1000 * 42)
+    }
+
+    /// Bytes drawn mostly from the characters that matter to framing.
+    static let framingBytes = Gen<UInt8?>.element(of: Array(".\r\n\r\nab .".utf8)).map { $0 ?? 0x61 }.array(of: 0...64)
+
+    @Test func stuffingThenUnstuffingGivesTheNormalisedContentForAnyInput() async {
+        await propertyCheck(count: 2000, input: Self.framingBytes) { bytes in
+            let wire = try DataEncoder.dotStuffed(bytes)
+            let (content, progress) = decodeAsServer(wire)
+            #expect(progress == .complete(consumed: wire.count), "no premature terminator")
+            #expect(content == (try DataEncoder.normalized(bytes)))
+            #expect(!content.contains(0))
+        }
+    }
+
+    @Test func normalisedContentHasNoBareCROrLFForAnyInput() async {
+        await propertyCheck(count: 2000, input: Self.framingBytes) { bytes in
+            let normalized = try DataEncoder.normalized(bytes)
+            for (index, byte) in normalized.enumerated() {
+                if byte == 13 { #expect(index + 1 < normalized.count && normalized[index + 1] == 10) }
+                if byte == 10 { #expect(index > 0 && normalized[index - 1] == 13) }
+            }
+        }
+    }
+}
