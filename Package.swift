@@ -84,6 +84,7 @@ let package = Package(
             name: "SluiceCoreTests",
             dependencies: [
                 "SluiceCore",
+                "SluiceTransport",  // OpenSSL's hashes for the SASL test vectors
                 .product(name: "PropertyBased", package: "swift-property-based"),
             ],
             swiftSettings: strict
