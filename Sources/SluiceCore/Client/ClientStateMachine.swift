@@ -1,0 +1,814 @@
+/// The client side of one SMTP connection, as a state machine: it is fed events and returns
+/// the actions to take. It does no I/O, reads no clock and holds no continuation.
+///
+/// It covers the greeting (220; anything else refuses), EHLO with a HELO fallback, STARTTLS
+/// by policy (with the injection defence and a new EHLO after TLS), AUTH (never over
+/// plaintext unless allowed), and transactions:
+/// - with PIPELINING, `MAIL`, every `RCPT` and `DATA` in one write, and the previous
+///   message's content and terminator at the head of the next group;
+/// - with CHUNKING too, whole transactions (`MAIL`, `RCPT`s, `BDAT n LAST` and content)
+///   back to back, several in flight;
+/// - without PIPELINING, one command, one reply.
+///
+/// Every recipient is judged on its own `RCPT` reply; a message is accepted only on a 2xx to
+/// the end of its data; a connection lost after the terminator leaves the outcome unknown.
+public struct ClientStateMachine<Content: SMTPContent>: Sendable {
+    /// What the connection should do.
+    public enum Action: Hashable, Sendable {
+        /// Write these pieces, in order, in one write.
+        case write([ClientOutput<Content>])
+        /// Start the TLS handshake now (after the 220 to STARTTLS); every later byte is TLS.
+        case startTLS
+        /// The session is established (greeting, EHLO, TLS and AUTH as configured) and
+        /// transactions can run; the capabilities are the final EHLO's.
+        case sessionReady(SMTPCapabilities)
+        /// A transaction finished.
+        case transactionFinished(TransactionOutcome)
+        /// A transaction was not started on this connection and can go to another.
+        case transactionNotAttempted(SMTPTransaction<Content>)
+        /// Wait at most this long for the next reply (replacing any earlier timer).
+        case armTimer(Duration)
+        /// Nothing is awaited: stop the timer.
+        case cancelTimer
+        /// Close the connection: cleanly after QUIT (nil), or because of the error.
+        case close(SMTPSessionError?)
+    }
+
+    /// How the connection uses TLS.
+    public enum TLSPolicy: Hashable, Sendable {
+        /// STARTTLS must succeed before anything else; never falls back to plaintext.
+        case startTLSRequired
+        /// STARTTLS when offered; plaintext otherwise.
+        case startTLSOpportunistic
+        /// No TLS.
+        case none
+        /// TLS from the first byte (port 465); the transport does the handshake.
+        case implicit
+    }
+
+    /// What the machine needs to know about the session it runs.
+    public struct Configuration: Hashable, Sendable {
+        /// The name sent in EHLO/HELO.
+        public var ehloName: SMTPDomain
+        /// TLS policy.
+        public var tls: TLSPolicy
+        /// Credentials for AUTH, if any.
+        public var credentials: SASLCredentials?
+        /// A mechanism to use instead of the strongest common one.
+        public var forcedMechanism: SASLMechanism?
+        /// Whether credentials may go over a connection that is not encrypted.
+        public var allowPlaintextAuthentication: Bool
+        /// Use PIPELINING when offered.
+        public var usePipelining: Bool
+        /// Use CHUNKING (BDAT) when offered together with PIPELINING.
+        public var useChunking: Bool
+        /// The most transactions in flight at once with CHUNKING.
+        public var maximumTransactionsInFlight: Int
+        /// Reply timeouts.
+        public var timeouts: SMTPTimeouts
+        /// Bounds on replies.
+        public var replyLimits: ReplyParser.Limits
+        /// The server's host and port (OAUTHBEARER sends them).
+        public var serverHost: String
+        /// The server's port.
+        public var serverPort: Int
+
+        /// A configuration; by default STARTTLS is required and no AUTH is done.
+        public init(ehloName: SMTPDomain, tls: TLSPolicy = .startTLSRequired, credentials: SASLCredentials? = nil,
+                    forcedMechanism: SASLMechanism? = nil, allowPlaintextAuthentication: Bool = false,
+                    usePipelining: Bool = true, useChunking: Bool = true, maximumTransactionsInFlight: Int = 8,
+                    timeouts: SMTPTimeouts = SMTPTimeouts(), replyLimits: ReplyParser.Limits = ReplyParser.Limits(),
+                    serverHost: String = "", serverPort: Int = 25) {
+            self.ehloName = ehloName
+            self.tls = tls
+            self.credentials = credentials
+            self.forcedMechanism = forcedMechanism
+            self.allowPlaintextAuthentication = allowPlaintextAuthentication
+            self.usePipelining = usePipelining
+            self.useChunking = useChunking
+            self.maximumTransactionsInFlight = max(1, maximumTransactionsInFlight)
+            self.timeouts = timeouts
+            self.replyLimits = replyLimits
+            self.serverHost = serverHost
+            self.serverPort = serverPort
+        }
+    }
+
+    private enum State: Sendable {
+        case idle
+        case awaitingGreeting
+        case awaitingEHLO
+        case awaitingHELO
+        case awaitingStartTLS
+        case tlsHandshake
+        case authenticating(SASLClient)
+        case ready
+        case quitting
+        case closed
+    }
+
+    /// A reply the machine is waiting for, in the order the commands were written.
+    private enum Expectation: Hashable, Sendable {
+        case reset
+        case mail(Int)
+        case recipient(Int, Int)
+        case data(Int)
+        case content(Int)
+        case bdat(Int)
+        case quit
+    }
+
+    /// A command of a started transaction not yet written.
+    private enum Step: Hashable, Sendable {
+        case reset
+        case mail(Int)
+        case recipient(Int, Int)
+        case data(Int)
+        case bdat(Int)
+    }
+
+    /// A transaction whose MAIL is queued or written.
+    private struct Active: Sendable {
+        var transaction: SMTPTransaction<Content>
+        var parameters: MailParameters
+        var mailReply: SMTPReply?
+        var recipientReplies: [SMTPReply?]
+        var terminatorWritten = false
+        /// The 354 came although no recipient was accepted: only the terminator was sent.
+        var emptyTerminator = false
+
+        var anyRecipientAccepted: Bool { recipientReplies.contains { $0?.code.isPositiveCompletion == true } }
+    }
+
+    private let configuration: Configuration
+    private let cryptography: any SASLCryptography
+    private var state = State.idle
+    private var parser: ReplyParser
+    private var capabilities = SMTPCapabilities()
+    private var isSecure = false
+    private var authenticated = false
+    private var pending: [SMTPTransaction<Content>] = []
+    private var active: [Int: Active] = [:]
+    private var activeOrder: [Int] = []
+    private var unsent: [Step] = []
+    private var outstanding: [Expectation] = []
+    private var needsReset = false
+    private var transactionsStarted = 0
+    private var output: [ClientOutput<Content>] = []
+    private var actions: [Action] = []
+    private var armedFor: Expectation?
+    private var timerArmed = false
+
+    /// A machine for one connection.
+    public init(configuration: Configuration, cryptography: any SASLCryptography) {
+        self.configuration = configuration
+        self.cryptography = cryptography
+        parser = ReplyParser(limits: configuration.replyLimits)
+    }
+
+    /// Whether the session is ready and nothing is in flight or queued.
+    public var isIdle: Bool {
+        if case .ready = state { return outstanding.isEmpty && unsent.isEmpty && pending.isEmpty }
+        return false
+    }
+
+    /// Transactions queued or in flight on this connection.
+    public var load: Int { pending.count + activeOrder.count }
+
+    /// The capabilities of the last EHLO.
+    public var serverCapabilities: SMTPCapabilities { capabilities }
+
+    // MARK: Events
+
+    /// The TCP connection is up (and, with implicit TLS, its handshake done): wait for the greeting.
+    public mutating func connected() -> [Action] {
+        guard case .idle = state else { preconditionFailure("connected() twice") }
+        isSecure = configuration.tls == .implicit
+        state = .awaitingGreeting
+        actions.append(.armTimer(configuration.timeouts.greeting))
+        timerArmed = true
+        return finish()
+    }
+
+    /// Bytes arrived from the server.
+    public mutating func bytesReceived(_ bytes: some Collection<UInt8>) -> [Action] {
+        switch state {
+        case .closed, .idle:
+            return []
+        case .tlsHandshake:
+            // The transport hands every byte to TLS once the handshake starts; anything here
+            // was read before it and is an injection.
+            fail(SMTPSessionError(.tlsInjection, "bytes arrived after the 220 to STARTTLS"))
+            return finish()
+        default:
+            break
+        }
+        parser.append(bytes)
+        while true {
+            let reply: SMTPReply?
+            do {
+                reply = try parser.nextReply()
+            } catch {
+                fail(SMTPSessionError(.protocolViolation, "\(error)"))
+                return finish()
+            }
+            guard let reply else { break }
+            handle(reply)
+            if case .closed = state { break }
+            if case .tlsHandshake = state {
+                // Nothing may follow the 220 to STARTTLS in plaintext (CVE-2011-0411).
+                if parser.hasPartialReply {
+                    let injected = parser.takeUnparsedBytes()
+                    fail(SMTPSessionError(
+                        .tlsInjection, "\(injected.count) bytes arrived after the 220 to STARTTLS, before TLS",
+                        command: "STARTTLS"))
+                    return finish()
+                }
+                break
+            }
+        }
+        return finish()
+    }
+
+    /// The TLS handshake finished: forget everything learned before it and say EHLO again.
+    public mutating func tlsEstablished() -> [Action] {
+        guard case .tlsHandshake = state else { return [] }
+        isSecure = true
+        parser = ReplyParser(limits: configuration.replyLimits)
+        capabilities = SMTPCapabilities()
+        sendEHLO()
+        return finish()
+    }
+
+    /// The awaited reply did not come in time. The connection is not reused.
+    public mutating func timeoutFired() -> [Action] {
+        switch state {
+        case .closed, .idle:
+            return []
+        default:
+            let what = outstanding.first.map(Self.verb) ?? phaseName
+            fail(SMTPSessionError(.timeout, "no reply to \(what) in time", command: what))
+            return finish()
+        }
+    }
+
+    /// A message to send on this connection.
+    public mutating func transactionEnqueued(_ transaction: SMTPTransaction<Content>) -> [Action] {
+        switch state {
+        case .closed, .quitting:
+            actions.append(.transactionNotAttempted(transaction))
+        default:
+            pending.append(transaction)
+            pump()
+        }
+        return finish()
+    }
+
+    /// Removes a transaction that has not started; returns false if it already has.
+    public mutating func cancelPending(id: Int) -> Bool {
+        guard let index = pending.firstIndex(where: { $0.id == id }) else { return false }
+        pending.remove(at: index)
+        return true
+    }
+
+    /// Ends the session politely: QUIT once nothing is in flight, then close.
+    public mutating func quitRequested() -> [Action] {
+        switch state {
+        case .closed, .quitting:
+            return []
+        case .ready:
+            // Nothing new starts; what is in flight finishes, then pump() sends QUIT.
+            for transaction in pending { actions.append(.transactionNotAttempted(transaction)) }
+            pending = []
+            state = .quitting
+            pump()
+        case .idle, .awaitingGreeting, .awaitingEHLO, .awaitingHELO, .awaitingStartTLS, .tlsHandshake, .authenticating:
+            fail(nil)
+        }
+        return finish()
+    }
+
+    /// The connection closed (the peer closed it, a read or write failed, TLS failed).
+    public mutating func connectionClosed(error: SMTPSessionError?) -> [Action] {
+        switch state {
+        case .closed:
+            return []
+        case .quitting where outstanding == [.quit] || outstanding.isEmpty:
+            state = .closed
+            return finish()
+        default:
+            fail(error ?? SMTPSessionError(.connectionLost, "the server closed the connection"))
+            return finish()
+        }
+    }
+
+    // MARK: Replies
+
+    private mutating func handle(_ reply: SMTPReply) {
+        if reply.code == .serviceNotAvailable, !isQuitReply {
+            fail(SMTPSessionError(.serviceClosing, "the server is closing the connection", reply: reply,
+                                  command: outstanding.first.map(Self.verb)), closingReply: reply)
+            return
+        }
+        switch state {
+        case .awaitingGreeting:
+            guard reply.code == .serviceReady else {
+                fail(SMTPSessionError(.greetingRefused, "the server refused the session", reply: reply))
+                return
+            }
+            sendEHLO()
+        case .awaitingEHLO:
+            if reply.code.isPositiveCompletion {
+                capabilities = SMTPCapabilities(ehloReply: reply)
+                afterHello()
+            } else if reply.code.isPermanent {
+                // RFC 5321 §3.2: an old server; fall back to HELO (no extensions).
+                state = .awaitingHELO
+                write(command: .helo(configuration.ehloName), timeout: configuration.timeouts.command)
+            } else {
+                fail(SMTPSessionError(.ehloRejected, "EHLO failed", reply: reply, command: "EHLO"))
+            }
+        case .awaitingHELO:
+            guard reply.code.isPositiveCompletion else {
+                fail(SMTPSessionError(.ehloRejected, "EHLO and HELO were refused", reply: reply, command: "HELO"))
+                return
+            }
+            capabilities = SMTPCapabilities(serverName: reply.lines.first ?? "")
+            afterHello()
+        case .awaitingStartTLS:
+            if reply.code == .serviceReady {
+                state = .tlsHandshake
+                actions.append(.startTLS)
+                actions.append(.armTimer(configuration.timeouts.tlsHandshake))
+                timerArmed = true
+            } else if configuration.tls == .startTLSRequired {
+                fail(SMTPSessionError(.tlsRequired, "the server refused STARTTLS", reply: reply, command: "STARTTLS"))
+            } else {
+                afterTLSDecision()
+            }
+        case .authenticating(var exchange):
+            handleAuthentication(reply, &exchange)
+        case .ready, .quitting:
+            handleTransactionReply(reply)
+        case .idle, .tlsHandshake, .closed:
+            fail(SMTPSessionError(.protocolViolation, "a reply arrived when none was expected", reply: reply))
+        }
+    }
+
+    private var isQuitReply: Bool { outstanding.first == .quit }
+
+    private mutating func sendEHLO() {
+        state = .awaitingEHLO
+        write(command: .ehlo(configuration.ehloName), timeout: configuration.timeouts.command)
+    }
+
+    /// After EHLO/HELO: STARTTLS by policy, else AUTH, else ready.
+    private mutating func afterHello() {
+        if !isSecure {
+            switch configuration.tls {
+            case .startTLSRequired:
+                guard capabilities.startTLS else {
+                    fail(SMTPSessionError(.tlsRequired, "the server does not offer STARTTLS and TLS is required"))
+                    return
+                }
+                state = .awaitingStartTLS
+                write(command: .startTLS, timeout: configuration.timeouts.command)
+                return
+            case .startTLSOpportunistic where capabilities.startTLS:
+                state = .awaitingStartTLS
+                write(command: .startTLS, timeout: configuration.timeouts.command)
+                return
+            case .startTLSOpportunistic, .none, .implicit:
+                break
+            }
+        }
+        afterTLSDecision()
+    }
+
+    private mutating func afterTLSDecision() {
+        if let credentials = configuration.credentials, !authenticated {
+            guard isSecure || configuration.allowPlaintextAuthentication else {
+                fail(SMTPSessionError(.authenticationNotAllowed,
+                                      "credentials are never sent over a connection that is not encrypted"))
+                return
+            }
+            let mechanism: SASLMechanism
+            do {
+                mechanism = try SASLMechanism.choose(
+                    offered: capabilities.authenticationMechanisms, credentials: credentials,
+                    forced: configuration.forcedMechanism)
+            } catch {
+                fail(SMTPSessionError(.authenticationNotAllowed, error.reason))
+                return
+            }
+            var exchange = SASLClient(mechanism: mechanism, credentials: credentials, cryptography: cryptography,
+                                      host: configuration.serverHost, port: configuration.serverPort)
+            let command = exchange.start()
+            state = .authenticating(exchange)
+            write(command: command, timeout: configuration.timeouts.command)
+            return
+        }
+        becomeReady()
+    }
+
+    private mutating func handleAuthentication(_ reply: SMTPReply, _ exchange: inout SASLClient) {
+        switch reply.code {
+        case .authenticationSucceeded:
+            do {
+                try exchange.succeeded()
+            } catch {
+                fail(SMTPSessionError(.authenticationFailed, error.reason, reply: reply, command: "AUTH"))
+                return
+            }
+            authenticated = true
+            becomeReady()
+        case .serverChallenge:
+            switch exchange.challengeReceived(reply.lines.first ?? "") {
+            case .respond(let response):
+                state = .authenticating(exchange)
+                write(command: .authResponse(response), timeout: configuration.timeouts.command)
+            case .cancel(let error):
+                // Cancel, and fail with our reason when the server answers (501).
+                state = .authenticating(exchange)
+                write(command: .authCancel, timeout: configuration.timeouts.command)
+                pendingAuthenticationError = SMTPSessionError(.authenticationFailed, error.reason, reply: reply, command: "AUTH")
+            }
+        default:
+            let error = pendingAuthenticationError
+                ?? SMTPSessionError(.authenticationFailed, "the server refused authentication", reply: reply, command: "AUTH")
+            fail(error)
+        }
+    }
+
+    private var pendingAuthenticationError: SMTPSessionError?
+
+    private mutating func becomeReady() {
+        state = .ready
+        actions.append(.sessionReady(capabilities))
+        pump()
+    }
+
+    // MARK: Transactions
+
+    private var pipelining: Bool { configuration.usePipelining && capabilities.pipelining }
+    private var chunking: Bool { pipelining && configuration.useChunking && capabilities.chunking }
+
+    /// Writes whatever may be written now.
+    private mutating func pump() {
+        let quitting: Bool
+        switch state {
+        case .ready: quitting = false
+        case .quitting: quitting = true
+        case .idle, .awaitingGreeting, .awaitingEHLO, .awaitingHELO, .awaitingStartTLS, .tlsHandshake, .authenticating, .closed:
+            return
+        }
+        while true {
+            if unsent.isEmpty {
+                guard !quitting, !pending.isEmpty,
+                      activeOrder.count < (chunking ? configuration.maximumTransactionsInFlight : 2)
+                else { break }
+                // In DATA mode, start the next transaction once the previous one has written
+                // its content, so its envelope rides in the same write as that content.
+                if !chunking, activeOrder.contains(where: { !(active[$0]?.terminatorWritten ?? true) }) { break }
+                start(pending.removeFirst())
+                continue
+            }
+            if !pipelining, !outstanding.isEmpty { break }
+            if outstanding.contains(where: { if case .data = $0 { return true } else { return false } }) { break }
+            send(unsent.removeFirst())
+        }
+        if quitting, unsent.isEmpty, outstanding.isEmpty {
+            write(command: .quit, expecting: .quit)
+        }
+        updateTimer()
+    }
+
+    private mutating func start(_ transaction: SMTPTransaction<Content>) {
+        var parameters = transaction.parameters
+        if transaction.requiresSMTPUTF8 {
+            guard capabilities.smtpUTF8 else {
+                finishLocally(transaction, "an address needs SMTPUTF8, which the server does not offer")
+                return
+            }
+            parameters.smtpUTF8 = true
+        }
+        if transaction.content.requires8BitMIME {
+            guard capabilities.eightBitMIME || chunking && capabilities.binaryMIME else {
+                finishLocally(transaction, "the content is 8-bit and the server does not offer 8BITMIME")
+                return
+            }
+            if parameters.body == nil { parameters.body = .eightBitMIME }
+        }
+        if let limit = capabilities.maximumMessageSize {
+            let size = transaction.content.chunkLength
+            if limit > 0, size > limit {
+                finishLocally(transaction, "the message is \(size) octets; the server takes at most \(limit)")
+                return
+            }
+            parameters.size = size
+        }
+        let id = transaction.id
+        active[id] = Active(transaction: transaction, parameters: parameters,
+                            recipientReplies: Array(repeating: nil, count: transaction.recipients.count))
+        activeOrder.append(id)
+        if needsReset || (chunking && transactionsStarted > 0) {
+            unsent.append(.reset)
+            needsReset = false
+        }
+        transactionsStarted += 1
+        unsent.append(.mail(id))
+        for index in transaction.recipients.indices { unsent.append(.recipient(id, index)) }
+        unsent.append(chunking ? .bdat(id) : .data(id))
+    }
+
+    private mutating func send(_ step: Step) {
+        switch step {
+        case .reset:
+            write(command: .reset, expecting: .reset)
+        case .mail(let id):
+            guard let entry = active[id] else { return }
+            write(command: .mail(from: entry.transaction.from, entry.parameters), expecting: .mail(id))
+        case .recipient(let id, let index):
+            guard let entry = active[id] else { return }
+            let recipient = entry.transaction.recipients[index]
+            write(command: .recipient(recipient.address, recipient.parameters), expecting: .recipient(id, index))
+        case .data(let id):
+            guard let entry = active[id] else { return }
+            if !pipelining, !entry.anyRecipientAccepted {
+                needsReset = true
+                finishTransaction(id)  // no recipient: never send DATA
+                return
+            }
+            write(command: .data, expecting: .data(id))
+        case .bdat(let id):
+            guard var entry = active[id] else { return }
+            if !pipelining, !entry.anyRecipientAccepted {
+                needsReset = true
+                finishTransaction(id)
+                return
+            }
+            write(command: .bdat(size: entry.transaction.content.chunkLength, last: true), expecting: .bdat(id))
+            output.append(.chunk(entry.transaction.content))
+            entry.terminatorWritten = true
+            active[id] = entry
+        }
+    }
+
+    private mutating func handleTransactionReply(_ reply: SMTPReply) {
+        guard !outstanding.isEmpty else {
+            fail(SMTPSessionError(.protocolViolation, "a reply arrived when none was expected", reply: reply))
+            return
+        }
+        let expectation = outstanding.removeFirst()
+        switch expectation {
+        case .quit:
+            state = .closed
+            actions.append(.cancelTimer)
+            actions.append(.close(nil))
+            return
+        case .reset:
+            break  // whatever it says, the next MAIL tells
+        case .mail(let id):
+            active[id]?.mailReply = reply
+            if !reply.code.isPositiveCompletion {
+                needsReset = true
+                if !pipelining { finishTransaction(id) }
+            }
+        case .recipient(let id, let index):
+            active[id]?.recipientReplies[index] = reply
+        case .data(let id):
+            guard var entry = active[id] else { break }
+            if reply.code == .startMailInput {
+                if entry.mailReply?.code.isPositiveCompletion == true, entry.anyRecipientAccepted {
+                    output.append(.data(entry.transaction.content))
+                } else {
+                    // A lenient server said 354 with no recipient: send only the terminator.
+                    output.append(.bytes([UInt8(ascii: "."), 13, 10]))
+                    entry.emptyTerminator = true
+                }
+                entry.terminatorWritten = true
+                active[id] = entry
+                outstanding.insert(.content(id), at: 0)
+            } else {
+                entry.terminatorWritten = false
+                active[id] = entry
+                needsReset = true
+                finishTransaction(id, dataReply: reply)
+            }
+        case .content(let id), .bdat(let id):
+            if case .bdat = expectation, !reply.code.isPositiveCompletion { needsReset = true }
+            finishTransaction(id, dataReply: reply)
+        }
+        pump()
+    }
+
+    /// Reports a transaction from its replies and forgets it.
+    private mutating func finishTransaction(_ id: Int, dataReply: SMTPReply? = nil) {
+        guard let entry = active.removeValue(forKey: id) else { return }
+        activeOrder.removeAll { $0 == id }
+        unsent.removeAll { step in
+            switch step {
+            case .mail(let other), .recipient(let other, _), .data(let other), .bdat(let other): other == id
+            case .reset: false
+            }
+        }
+        actions.append(.transactionFinished(Self.outcome(of: entry, dataReply: dataReply)))
+    }
+
+    private static func status(of reply: SMTPReply) -> DeliveryStatus {
+        switch reply.code.kind {
+        case .positiveCompletion: .accepted
+        case .transientNegative: .deferred
+        case .permanentNegative, .positiveIntermediate: .rejected
+        }
+    }
+
+    private static func outcome(of entry: Active, dataReply: SMTPReply?) -> TransactionOutcome {
+        let transaction = entry.transaction
+        if let mailReply = entry.mailReply, !mailReply.code.isPositiveCompletion {
+            let status = status(of: mailReply)
+            return TransactionOutcome(
+                id: transaction.id, status: status,
+                recipients: transaction.recipients.map { RecipientOutcome(address: $0.address, status: status, reply: mailReply) },
+                reply: mailReply, error: nil)
+        }
+        var recipients: [RecipientOutcome] = []
+        for (recipient, reply) in zip(transaction.recipients, entry.recipientReplies) {
+            if let reply, !reply.code.isPositiveCompletion {
+                recipients.append(RecipientOutcome(address: recipient.address, status: status(of: reply), reply: reply))
+            } else if let dataReply, reply != nil, !entry.emptyTerminator {
+                recipients.append(RecipientOutcome(address: recipient.address, status: status(of: dataReply), reply: dataReply))
+            } else {
+                recipients.append(RecipientOutcome(address: recipient.address, status: .deferred, reply: reply))
+            }
+        }
+        let status: DeliveryStatus
+        let decidingReply: SMTPReply?
+        if !entry.anyRecipientAccepted {
+            // Every recipient refused: the message is rejected only if every refusal is
+            // permanent; any 4xx makes it worth retrying.
+            status = recipients.contains { $0.status == .deferred } ? .deferred : .rejected
+            decidingReply = entry.recipientReplies.compactMap { $0 }.last ?? dataReply
+        } else if let dataReply {
+            status = Self.status(of: dataReply)
+            decidingReply = dataReply
+        } else {
+            status = .deferred
+            decidingReply = nil
+        }
+        return TransactionOutcome(id: transaction.id, status: status, recipients: recipients, reply: decidingReply, error: nil)
+    }
+
+    private mutating func finishLocally(_ transaction: SMTPTransaction<Content>, _ reason: String) {
+        let error = SMTPSessionError(.refusedLocally, reason, command: "MAIL")
+        actions.append(.transactionFinished(TransactionOutcome(
+            id: transaction.id, status: .rejected,
+            recipients: transaction.recipients.map { RecipientOutcome(address: $0.address, status: .rejected, reply: nil) },
+            reply: nil, error: error)))
+    }
+
+    // MARK: Failure
+
+    /// Closes with `error` and settles every transaction: an unanswered one whose end of data
+    /// was written is unknown, any other deferred, and those not started go elsewhere.
+    private mutating func fail(_ error: SMTPSessionError?, closingReply: SMTPReply? = nil) {
+        if case .closed = state { return }
+        state = .closed
+        if let closingReply, let first = outstanding.first {
+            switch first {
+            case .mail(let id), .recipient(let id, _), .data(let id), .content(let id), .bdat(let id):
+                if let entry = active.removeValue(forKey: id) {
+                    activeOrder.removeAll { $0 == id }
+                    let status = DeliveryStatus.deferred
+                    actions.append(.transactionFinished(TransactionOutcome(
+                        id: id, status: status,
+                        recipients: entry.transaction.recipients.map {
+                            RecipientOutcome(address: $0.address, status: status, reply: closingReply)
+                        },
+                        reply: closingReply, error: error)))
+                }
+            case .reset, .quit:
+                break
+            }
+        }
+        for id in activeOrder {
+            guard let entry = active[id] else { continue }
+            let status: DeliveryStatus = entry.terminatorWritten && !entry.emptyTerminator ? .unknown : .deferred
+            let recipients = zip(entry.transaction.recipients, entry.recipientReplies).map { recipient, reply in
+                if let reply, !reply.code.isPositiveCompletion {
+                    return RecipientOutcome(address: recipient.address, status: Self.status(of: reply), reply: reply)
+                }
+                return RecipientOutcome(address: recipient.address, status: status, reply: reply)
+            }
+            let allRefused = !entry.anyRecipientAccepted && entry.recipientReplies.allSatisfy { $0 != nil }
+            actions.append(.transactionFinished(TransactionOutcome(
+                id: id, status: allRefused ? (recipients.contains { $0.status == .deferred } ? .deferred : .rejected) : status,
+                recipients: recipients, reply: nil, error: error)))
+        }
+        active = [:]
+        activeOrder = []
+        unsent = []
+        outstanding = []
+        for transaction in pending { actions.append(.transactionNotAttempted(transaction)) }
+        pending = []
+        output = []
+        actions.append(.cancelTimer)
+        actions.append(.close(error))
+        timerArmed = false
+    }
+
+    // MARK: Output
+
+    private mutating func write(command: SMTPCommand, timeout: Duration) {
+        var bytes: [UInt8] = []
+        command.encode(into: &bytes)
+        appendBytes(bytes)
+        actions.append(.armTimer(timeout))
+        timerArmed = true
+        armedFor = nil
+    }
+
+    private mutating func write(command: SMTPCommand, expecting expectation: Expectation) {
+        var bytes: [UInt8] = []
+        command.encode(into: &bytes)
+        appendBytes(bytes)
+        outstanding.append(expectation)
+    }
+
+    private mutating func appendBytes(_ bytes: [UInt8]) {
+        if case .bytes(let existing) = output.last {
+            output[output.count - 1] = .bytes(existing + bytes)
+        } else {
+            output.append(.bytes(bytes))
+        }
+    }
+
+    private mutating func updateTimer() {
+        guard let head = outstanding.first else {
+            if timerArmed, case .ready = state {
+                actions.append(.cancelTimer)
+                timerArmed = false
+                armedFor = nil
+            }
+            return
+        }
+        guard head != armedFor || !timerArmed else { return }
+        actions.append(.armTimer(timeout(for: head)))
+        armedFor = head
+        timerArmed = true
+    }
+
+    private func timeout(for expectation: Expectation) -> Duration {
+        switch expectation {
+        case .reset, .quit: configuration.timeouts.command
+        case .mail: configuration.timeouts.mail
+        case .recipient: configuration.timeouts.recipient
+        case .data: configuration.timeouts.data
+        case .content, .bdat: configuration.timeouts.dataTermination
+        }
+    }
+
+    private mutating func finish() -> [Action] {
+        if !output.isEmpty {
+            // The write goes first: outcomes and timers describe the state after it.
+            actions.insert(.write(output), at: 0)
+            output = []
+        }
+        defer { actions = [] }
+        return actions
+    }
+
+    private static func verb(_ expectation: Expectation) -> String {
+        switch expectation {
+        case .reset: "RSET"
+        case .mail: "MAIL"
+        case .recipient: "RCPT"
+        case .data: "DATA"
+        case .content: "end of data"
+        case .bdat: "BDAT"
+        case .quit: "QUIT"
+        }
+    }
+
+    private var phaseName: String {
+        switch state {
+        case .awaitingGreeting: "the greeting"
+        case .awaitingEHLO: "EHLO"
+        case .awaitingHELO: "HELO"
+        case .awaitingStartTLS: "STARTTLS"
+        case .tlsHandshake: "the TLS handshake"
+        case .authenticating: "AUTH"
+        case .idle, .ready, .quitting, .closed: "the server"
+        }
+    }
+}
+
+/// A piece of what the client writes: command bytes, or a message's prepared content.
+public enum ClientOutput<Content: SMTPContent>: Hashable, Sendable {
+    /// Command lines (or a lone terminator).
+    case bytes([UInt8])
+    /// The content's dot-stuffed form with its terminator (after 354).
+    case data(Content)
+    /// The content's normalised form (after `BDAT n LAST`).
+    case chunk(Content)
+}

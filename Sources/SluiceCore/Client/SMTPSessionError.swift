@@ -1,0 +1,111 @@
+/// Why an SMTP session (or a message in it) failed, with the reply and command involved.
+public struct SMTPSessionError: Error, Hashable, Sendable, CustomStringConvertible {
+    /// The kind of failure, in a form that can be matched.
+    public struct Kind: Hashable, Sendable, CustomStringConvertible {
+        private enum Base: Hashable, Sendable {
+            case greetingRefused, ehloRejected, tlsRequired, tlsInjection, tlsFailed
+            case authenticationFailed, authenticationNotAllowed, serviceClosing, protocolViolation
+            case timeout, connectionLost, refusedLocally
+        }
+        private let base: Base
+        private init(_ base: Base) { self.base = base }
+
+        /// The server's greeting was not 220 (e.g. 554: no SMTP service here).
+        public static let greetingRefused = Kind(.greetingRefused)
+        /// Both EHLO and HELO were refused.
+        public static let ehloRejected = Kind(.ehloRejected)
+        /// TLS is required, but the server does not offer STARTTLS or refused it.
+        public static let tlsRequired = Kind(.tlsRequired)
+        /// Bytes arrived after the 220 to STARTTLS and before the handshake (CVE-2011-0411).
+        public static let tlsInjection = Kind(.tlsInjection)
+        /// The TLS handshake failed.
+        public static let tlsFailed = Kind(.tlsFailed)
+        /// The server refused the credentials or the exchange (535, 534, 538, 454, …).
+        public static let authenticationFailed = Kind(.authenticationFailed)
+        /// Credentials would have gone over plaintext, or no common mechanism exists.
+        public static let authenticationNotAllowed = Kind(.authenticationNotAllowed)
+        /// The server said 421 and closed.
+        public static let serviceClosing = Kind(.serviceClosing)
+        /// The server broke the protocol.
+        public static let protocolViolation = Kind(.protocolViolation)
+        /// A reply did not come in time.
+        public static let timeout = Kind(.timeout)
+        /// The connection closed or failed.
+        public static let connectionLost = Kind(.connectionLost)
+        /// Refused here before any byte was sent (e.g. a UTF-8 address without SMTPUTF8, a
+        /// message larger than the server's SIZE).
+        public static let refusedLocally = Kind(.refusedLocally)
+
+        public var description: String {
+            switch base {
+            case .greetingRefused: "greeting refused"
+            case .ehloRejected: "EHLO rejected"
+            case .tlsRequired: "TLS required"
+            case .tlsInjection: "STARTTLS injection"
+            case .tlsFailed: "TLS failed"
+            case .authenticationFailed: "authentication failed"
+            case .authenticationNotAllowed: "authentication not allowed"
+            case .serviceClosing: "service closing"
+            case .protocolViolation: "protocol violation"
+            case .timeout: "timeout"
+            case .connectionLost: "connection lost"
+            case .refusedLocally: "refused locally"
+            }
+        }
+    }
+
+    /// What failed.
+    public let kind: Kind
+    /// The server's reply, when one was involved.
+    public let reply: SMTPReply?
+    /// The command verb that was answered or awaited.
+    public let command: String?
+    /// What happened, in words.
+    public let detail: String
+
+    /// Creates an error.
+    public init(_ kind: Kind, _ detail: String, reply: SMTPReply? = nil, command: String? = nil) {
+        self.kind = kind
+        self.detail = detail
+        self.reply = reply
+        self.command = command
+    }
+
+    /// Whether trying again later (or elsewhere) may succeed: 4xx replies, timeouts, lost
+    /// connections and 421.
+    public var isTransient: Bool {
+        if let reply { return reply.code.isTransient }
+        return kind == .timeout || kind == .connectionLost || kind == .serviceClosing || kind == .tlsFailed
+    }
+
+    public var description: String {
+        var text = "\(kind)"
+        if let command { text += " (\(command))" }
+        text += ": \(detail)"
+        if let reply { text += " [\(reply)]" }
+        return text
+    }
+}
+
+/// How long to wait for each reply (RFC 5321 §4.5.3.2 defaults).
+public struct SMTPTimeouts: Hashable, Sendable {
+    /// The 220 greeting: 5 minutes.
+    public var greeting: Duration = .seconds(300)
+    /// EHLO, HELO, STARTTLS, AUTH, RSET, NOOP, QUIT: 5 minutes.
+    public var command: Duration = .seconds(300)
+    /// The TLS handshake: 2 minutes.
+    public var tlsHandshake: Duration = .seconds(120)
+    /// MAIL: 5 minutes.
+    public var mail: Duration = .seconds(300)
+    /// RCPT: 5 minutes.
+    public var recipient: Duration = .seconds(300)
+    /// The 354 to DATA: 2 minutes.
+    public var data: Duration = .seconds(120)
+    /// Each data block (a BDAT chunk's reply): 3 minutes.
+    public var dataBlock: Duration = .seconds(180)
+    /// The reply after the final dot: 10 minutes.
+    public var dataTermination: Duration = .seconds(600)
+
+    /// The RFC 5321 defaults.
+    public init() {}
+}
