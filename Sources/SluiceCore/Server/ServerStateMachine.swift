@@ -1,0 +1,753 @@
+/// The server side of one SMTP connection, as a state machine: fed the client's bytes, it
+/// returns the replies to write and what to do. The sink runs on it.
+///
+/// Commands are read strictly in order and answered one reply each, however many arrive in
+/// one read (RFC 2920 §3.2); the replies of one read go out in one write. Every buffer is
+/// bounded: a command line longer than the limit is answered 500 and discarded, content over
+/// the size limit is counted but not kept (552 at the end), recipients past the limit get
+/// 452. Only CRLF ends a line: a bare CR or LF in DATA content is refused and the connection
+/// closed, so a smuggled second message is never taken. Nothing read before the 354 is
+/// content, and plaintext buffered behind STARTTLS is discarded.
+///
+/// A message is answered only after the driver says it is stored
+/// (``deliveryFinished(_:)``), so no message is acknowledged and lost.
+public struct ServerStateMachine<Policy: ServerPolicy>: Sendable {
+    /// What the connection should do.
+    public enum Action: Hashable, Sendable {
+        /// Write these replies.
+        case write([UInt8])
+        /// Start server TLS now; everything buffered was discarded.
+        case startTLS
+        /// Store this message, then call ``deliveryFinished(_:)``.
+        case deliver(ReceivedMessage)
+        /// Close the connection (after any write above).
+        case close
+    }
+
+    /// What this server offers and enforces.
+    public struct Configuration: Hashable, Sendable {
+        /// The name in the greeting and EHLO reply.
+        public var hostname: String = "localhost"
+        /// Offer PIPELINING.
+        public var pipelining = true
+        /// Offer CHUNKING (BDAT) and BINARYMIME.
+        public var chunking = true
+        /// Offer 8BITMIME.
+        public var eightBitMIME = true
+        /// Offer SMTPUTF8.
+        public var smtpUTF8 = true
+        /// Offer ENHANCEDSTATUSCODES (the codes are sent either way).
+        public var enhancedStatusCodes = true
+        /// Offer DSN.
+        public var deliveryStatusNotifications = true
+        /// Offer STARTTLS (the driver must have a certificate).
+        public var startTLS = false
+        /// Users for AUTH PLAIN and LOGIN; empty: AUTH is not offered.
+        public var users: [String: String] = [:]
+        /// Refuse MAIL until authenticated.
+        public var requireAuthentication = false
+        /// Refuse MAIL and AUTH until TLS is on.
+        public var requireTLS = false
+        /// Refuse AUTH over plaintext (when STARTTLS is offered).
+        public var authenticationRequiresTLS = true
+        /// The largest message in octets (advertised with SIZE; 552 beyond).
+        public var maximumMessageSize = 64 * 1024 * 1024
+        /// The most recipients per message (452 beyond).
+        public var maximumRecipients = 1000
+        /// The longest command line, CRLF included (RFC 5321 says 512; extensions need more).
+        public var maximumCommandLength = 2048
+
+        /// The defaults: every extension but STARTTLS and AUTH on.
+        public init() {}
+    }
+
+    private enum Phase: Sendable {
+        case greeting
+        case command
+        /// Reading DATA content after 354.
+        case data(DataDecoder)
+        /// Reading `remaining` bytes of a BDAT chunk; `last` and `accepted` say what follows.
+        case chunk(remaining: Int, last: Bool, accepted: Bool)
+        /// AUTH is waiting for a response line.
+        case authentication(AuthState)
+        /// A message was handed to the driver; input waits until it answers.
+        case delivering
+        /// Discarding the rest of an overlong command line.
+        case discardingLine
+        case closed
+    }
+
+    private enum AuthState: Hashable, Sendable {
+        case plain
+        case loginUsername
+        case loginPassword(String)
+    }
+
+    private let configuration: Configuration
+    private var policy: Policy
+    private var phase = Phase.greeting
+    private var input: [UInt8] = []
+    private var inputIndex = 0
+    private var output: [UInt8] = []
+    private var actions: [Action] = []
+    private var isSecure = false
+    private var heloName: String?
+    private var extended = false
+    private var authenticatedUser: String?
+    private var transaction: Transaction?
+    private var content: [UInt8] = []
+    private var contentSize = 0
+
+    private struct Transaction: Sendable {
+        var from: EnvelopeAddress?
+        var parameters: MailParameters
+        var recipients: [EnvelopeAddress] = []
+        var usedBDAT = false
+    }
+
+    /// Bytes received and not yet processed (they wait while a message is being stored);
+    /// a driver pauses reading while this is large.
+    public var bufferedInputCount: Int { input.count - inputIndex }
+
+    /// A machine for one accepted connection.
+    public init(configuration: Configuration, policy: Policy) {
+        self.configuration = configuration
+        self.policy = policy
+    }
+
+    // MARK: Events
+
+    /// The connection is up (after the handshake, for implicit TLS): greet.
+    public mutating func connected(secure: Bool) -> [Action] {
+        isSecure = secure
+        if let fault = policy.decide(.connected) {
+            apply(fault)
+        } else {
+            reply(.serviceReady, nil, "\(configuration.hostname) ESMTP Sluice")
+        }
+        phase = .command
+        return finish()
+    }
+
+    /// Bytes arrived from the client.
+    public mutating func bytesReceived(_ bytes: some Collection<UInt8>) -> [Action] {
+        if case .closed = phase { return [] }
+        if inputIndex > 0, inputIndex == input.count {
+            input.removeAll(keepingCapacity: true)
+            inputIndex = 0
+        }
+        input.append(contentsOf: bytes)
+        process()
+        return finish()
+    }
+
+    /// TLS is established: forget the EHLO and anything else learned before it.
+    public mutating func tlsEstablished() -> [Action] {
+        isSecure = true
+        heloName = nil
+        extended = false
+        transaction = nil
+        authenticatedUser = nil
+        phase = .command
+        process()
+        return finish()
+    }
+
+    /// The driver stored (or failed to store) the message handed to it.
+    public mutating func deliveryFinished(_ result: DeliveryResult) -> [Action] {
+        guard case .delivering = phase else { return [] }
+        phase = .command
+        switch result {
+        case .stored(let id):
+            reply(.ok, EnhancedStatusCode("2.0.0"), "Ok: queued as \(id)")
+        case .failed(let reply):
+            write(reply)
+        }
+        transaction = nil
+        process()
+        return finish()
+    }
+
+    /// The client was idle too long: 421 and close.
+    public mutating func timeoutFired() -> [Action] {
+        if case .closed = phase { return [] }
+        reply(.serviceNotAvailable, EnhancedStatusCode("4.4.2"), "\(configuration.hostname) Error: timeout exceeded")
+        close()
+        return finish()
+    }
+
+    // MARK: Input
+
+    private mutating func process() {
+        while inputIndex < input.count {
+            switch phase {
+            case .closed, .delivering, .greeting:
+                return
+            case .data(var decoder):
+                var consumedAll = true
+                let progress = decoder.decode(input[inputIndex...], into: &content)
+                switch progress {
+                case .needsMoreData:
+                    inputIndex = input.count
+                    phase = .data(decoder)
+                case .complete(let consumed):
+                    inputIndex += consumed
+                    consumedAll = false
+                    contentSize = decoder.size
+                    endOfContent(exceeded: decoder.exceededMaximumSize)
+                case .bareLineEnding:
+                    reply(SMTPStatusCode(rawValue: 521)!, EnhancedStatusCode("5.5.2"),
+                          "Error: bare CR or LF in message content; closing")
+                    close()
+                    return
+                }
+                if consumedAll { return }
+            case .chunk(let remaining, let last, let accepted):
+                let available = min(remaining, input.count - inputIndex)
+                if accepted {
+                    let room = max(0, configuration.maximumMessageSize - content.count)
+                    content.append(contentsOf: input[inputIndex..<inputIndex + min(available, room)])
+                }
+                contentSize += available
+                inputIndex += available
+                if available < remaining {
+                    phase = .chunk(remaining: remaining - available, last: last, accepted: accepted)
+                    return
+                }
+                phase = .command
+                endOfChunk(last: last, accepted: accepted)
+            case .discardingLine:
+                guard let end = input[inputIndex...].firstIndex(of: 10) else {
+                    inputIndex = input.count
+                    return
+                }
+                inputIndex = end + 1
+                phase = .command
+            case .command, .authentication:
+                guard let line = nextLine() else { return }
+                switch line {
+                case .tooLong:
+                    // An overlong AUTH response ends the exchange too.
+                    if case .authentication = phase { phase = .command }
+                    reply(.commandUnrecognized, EnhancedStatusCode("5.5.2"), "Error: line too long")
+                case .bareLineEnding:
+                    reply(.commandUnrecognized, EnhancedStatusCode("5.5.2"), "Error: bare CR or LF in a command; closing")
+                    close()
+                    return
+                case .line(let text):
+                    if case .authentication(let state) = phase {
+                        authenticationLine(text, state)
+                    } else {
+                        command(text)
+                    }
+                }
+            }
+        }
+        compactInput()
+    }
+
+    private enum Line {
+        case line([UInt8])
+        case tooLong
+        case bareLineEnding
+    }
+
+    /// The next command line without its CRLF; nil if incomplete.
+    private mutating func nextLine() -> Line? {
+        var index = inputIndex
+        let limit = configuration.maximumCommandLength
+        while index < input.count {
+            let byte = input[index]
+            if byte == 13 {
+                guard index + 1 < input.count else { break }
+                guard input[index + 1] == 10 else { return .bareLineEnding }
+                let line = Array(input[inputIndex..<index])
+                inputIndex = index + 2
+                if line.count + 2 > limit { return .tooLong }
+                return .line(line)
+            }
+            if byte == 10 { return .bareLineEnding }
+            index += 1
+        }
+        if input.count - inputIndex >= limit {
+            // An endless line: answer once, then drop bytes until its end.
+            inputIndex = input.count
+            phase = .discardingLine
+            return .tooLong
+        }
+        return nil
+    }
+
+    private mutating func compactInput() {
+        if inputIndex == input.count {
+            input.removeAll(keepingCapacity: input.capacity <= 64 * 1024)
+            inputIndex = 0
+        } else if inputIndex > 64 * 1024 {
+            input.removeFirst(inputIndex)
+            inputIndex = 0
+        }
+    }
+
+    // MARK: Commands
+
+    private mutating func command(_ line: [UInt8]) {
+        if line.contains(0) {
+            reply(.commandUnrecognized, EnhancedStatusCode("5.5.2"), "Error: NUL in command")
+            return
+        }
+        let space = line.firstIndex(of: UInt8(ascii: " ")) ?? line.count
+        let verb = String(decoding: line[..<space], as: UTF8.self).uppercased()
+        let argumentBytes = space < line.count ? line[(space + 1)...] : []
+        guard let argument = String(validating: argumentBytes, as: UTF8.self) else {
+            reply(.commandUnrecognized, EnhancedStatusCode("5.5.2"), "Error: command is not valid UTF-8")
+            return
+        }
+        if let fault = policy.decide(.command(verb)) {
+            apply(fault)
+            return
+        }
+        switch verb {
+        case "EHLO", "HELO": hello(verb, argument)
+        case "MAIL": mail(argument)
+        case "RCPT": recipient(argument)
+        case "DATA": data(argument)
+        case "BDAT": bdat(argument)
+        case "RSET":
+            transaction = nil
+            reply(.ok, EnhancedStatusCode("2.0.0"), "Ok")
+        case "NOOP": reply(.ok, EnhancedStatusCode("2.0.0"), "Ok")
+        case "QUIT":
+            reply(.serviceClosingTransmissionChannel, EnhancedStatusCode("2.0.0"), "Bye")
+            close()
+        case "VRFY": reply(.cannotVerifyUserWillAttemptDelivery, EnhancedStatusCode("2.5.2"), "Cannot VRFY user")
+        case "HELP": reply(.helpMessage, EnhancedStatusCode("2.0.0"), "See RFC 5321")
+        case "STARTTLS": startTLS(argument)
+        case "AUTH": auth(argument)
+        default:
+            reply(.commandUnrecognized, EnhancedStatusCode("5.5.2"), "Error: command not recognized")
+        }
+    }
+
+    private mutating func hello(_ verb: String, _ argument: String) {
+        let name = argument.trimmingSpaces
+        guard !name.isEmpty, !name.contains(" ") else {
+            reply(.syntaxError, EnhancedStatusCode("5.5.4"), "Syntax: \(verb) hostname")
+            return
+        }
+        heloName = name
+        transaction = nil
+        extended = verb == "EHLO"
+        guard extended else {
+            reply(.ok, nil, configuration.hostname)
+            return
+        }
+        var lines = [configuration.hostname]
+        if configuration.pipelining { lines.append("PIPELINING") }
+        lines.append("SIZE \(configuration.maximumMessageSize)")
+        if configuration.startTLS, !isSecure { lines.append("STARTTLS") }
+        if !configuration.users.isEmpty, authenticatedUser == nil,
+           isSecure || !configuration.authenticationRequiresTLS || !configuration.startTLS {
+            lines.append("AUTH PLAIN LOGIN")
+        }
+        if configuration.enhancedStatusCodes { lines.append("ENHANCEDSTATUSCODES") }
+        if configuration.eightBitMIME { lines.append("8BITMIME") }
+        if configuration.chunking {
+            lines.append("CHUNKING")
+            lines.append("BINARYMIME")
+        }
+        if configuration.smtpUTF8 { lines.append("SMTPUTF8") }
+        if configuration.deliveryStatusNotifications { lines.append("DSN") }
+        write(SMTPReply(code: .ok, lines: lines))
+    }
+
+    private mutating func mail(_ argument: String) {
+        guard heloName != nil else {
+            return reply(.badCommandSequence, EnhancedStatusCode("5.5.1"), "Error: send HELO/EHLO first")
+        }
+        if configuration.requireTLS, !isSecure {
+            return reply(.mustIssueStartTlsFirst, EnhancedStatusCode("5.7.0"), "Must issue a STARTTLS command first")
+        }
+        if configuration.requireAuthentication, authenticatedUser == nil {
+            return reply(.mustIssueStartTlsFirst, EnhancedStatusCode("5.7.0"), "Authentication required")
+        }
+        guard transaction == nil else {
+            return reply(.badCommandSequence, EnhancedStatusCode("5.5.1"), "Error: nested MAIL command")
+        }
+        guard let (path, parameterText) = Self.path(after: "FROM:", in: argument) else {
+            return reply(.syntaxError, EnhancedStatusCode("5.5.4"), "Syntax: MAIL FROM:<address>")
+        }
+        var from: EnvelopeAddress?
+        if !path.isEmpty {
+            do { from = try EnvelopeAddress(path) } catch {
+                return reply(.mailboxNameNotAllowed, EnhancedStatusCode("5.1.7"), "Bad sender address syntax")
+            }
+        }
+        var parameters = MailParameters()
+        for parameter in parameterText.split(separator: " ") {
+            let parts = parameter.split(separator: "=", maxSplits: 1)
+            let key = parts[0].uppercased()
+            let value = parts.count > 1 ? String(parts[1]) : nil
+            switch (key, value) {
+            case ("SIZE", let value?):
+                guard let size = Int(value), size >= 0 else {
+                    return reply(.syntaxError, EnhancedStatusCode("5.5.4"), "Bad SIZE parameter")
+                }
+                guard size <= configuration.maximumMessageSize else {
+                    return reply(.exceededStorageAllocation, EnhancedStatusCode("5.3.4"), "Message size exceeds fixed limit")
+                }
+                parameters.size = size
+            case ("BODY", let value?):
+                switch value.uppercased() {
+                case "7BIT": parameters.body = .sevenBit
+                case "8BITMIME" where configuration.eightBitMIME: parameters.body = .eightBitMIME
+                case "BINARYMIME" where configuration.chunking: parameters.body = .binaryMIME
+                default: return reply(.commandParameterNotImplemented, EnhancedStatusCode("5.5.4"), "Unsupported BODY")
+                }
+            case ("SMTPUTF8", nil) where configuration.smtpUTF8:
+                parameters.smtpUTF8 = true
+            case ("RET", let value?) where configuration.deliveryStatusNotifications:
+                parameters.returnContent = value.uppercased() == "HDRS" ? .headers : .full
+            case ("ENVID", let value?) where configuration.deliveryStatusNotifications:
+                try? parameters.setEnvelopeID(value)
+            case ("AUTH", _):
+                break  // RFC 4954 §5: accepted and ignored
+            default:
+                return reply(SMTPStatusCode(rawValue: 555)!, EnhancedStatusCode("5.5.4"), "Unsupported option: \(key)")
+            }
+        }
+        if from?.requiresSMTPUTF8 == true, !parameters.smtpUTF8 {
+            return reply(.mailboxNameNotAllowed, EnhancedStatusCode("5.6.7"), "UTF-8 address without SMTPUTF8")
+        }
+        transaction = Transaction(from: from, parameters: parameters)
+        reply(.ok, EnhancedStatusCode("2.1.0"), "Ok")
+    }
+
+    private mutating func recipient(_ argument: String) {
+        guard var current = transaction else {
+            return reply(.badCommandSequence, EnhancedStatusCode("5.5.1"), "Error: need MAIL command")
+        }
+        guard let (path, _) = Self.path(after: "TO:", in: argument), !path.isEmpty else {
+            return reply(.syntaxError, EnhancedStatusCode("5.5.4"), "Syntax: RCPT TO:<address>")
+        }
+        guard let address = try? EnvelopeAddress(path) else {
+            return reply(.mailboxNameNotAllowed, EnhancedStatusCode("5.1.3"), "Bad recipient address syntax")
+        }
+        if address.requiresSMTPUTF8, !current.parameters.smtpUTF8 {
+            return reply(.mailboxNameNotAllowed, EnhancedStatusCode("5.6.7"), "UTF-8 address without SMTPUTF8")
+        }
+        guard current.recipients.count < configuration.maximumRecipients else {
+            return reply(.insufficientStorage, EnhancedStatusCode("4.5.3"), "Error: too many recipients")
+        }
+        if let fault = policy.decide(.recipient(address)) {
+            apply(fault)
+            return
+        }
+        current.recipients.append(address)
+        transaction = current
+        reply(.ok, EnhancedStatusCode("2.1.5"), "Ok")
+    }
+
+    private mutating func data(_ argument: String) {
+        guard let current = transaction else {
+            return reply(.badCommandSequence, EnhancedStatusCode("5.5.1"), "Error: need RCPT command")
+        }
+        guard !current.usedBDAT else {
+            return reply(.badCommandSequence, EnhancedStatusCode("5.5.1"), "Error: DATA after BDAT")
+        }
+        guard !current.recipients.isEmpty else {
+            return reply(.transactionFailed, EnhancedStatusCode("5.5.1"), "Error: no valid recipients")
+        }
+        guard argument.trimmingSpaces.isEmpty else {
+            return reply(.syntaxError, EnhancedStatusCode("5.5.4"), "Syntax: DATA")
+        }
+        reply(.startMailInput, nil, "End data with <CR><LF>.<CR><LF>")
+        content = []
+        contentSize = 0
+        phase = .data(DataDecoder(maximumSize: configuration.maximumMessageSize))
+    }
+
+    private mutating func bdat(_ argument: String) {
+        let words = argument.split(separator: " ")
+        guard configuration.chunking, (1...2).contains(words.count), let size = Int(words[0]), size >= 0,
+              words.count == 1 || words[1].uppercased() == "LAST"
+        else {
+            return reply(.syntaxError, EnhancedStatusCode("5.5.4"), "Syntax: BDAT size [LAST]")
+        }
+        let last = words.count == 2
+        // The chunk's bytes follow whatever the verdict: read them, keep them only if valid.
+        var accepted = false
+        if var current = transaction, !current.recipients.isEmpty {
+            if !current.usedBDAT {
+                content = []
+                contentSize = 0
+            }
+            current.usedBDAT = true
+            transaction = current
+            accepted = true
+        }
+        phase = .chunk(remaining: size, last: last, accepted: accepted)
+        if size == 0 {
+            phase = .command
+            endOfChunk(last: last, accepted: accepted)
+        }
+    }
+
+    private mutating func endOfChunk(last: Bool, accepted: Bool) {
+        guard accepted else {
+            if transaction == nil {
+                reply(.badCommandSequence, EnhancedStatusCode("5.5.1"), "Error: need MAIL command")
+            } else {
+                reply(.transactionFailed, EnhancedStatusCode("5.5.1"), "Error: no valid recipients")
+                transaction = nil
+            }
+            return
+        }
+        guard last else {
+            reply(.ok, EnhancedStatusCode("2.0.0"), "Ok: \(contentSize) octets")
+            return
+        }
+        endOfContent(exceeded: contentSize > configuration.maximumMessageSize)
+    }
+
+    /// The end of a message (DATA terminator or BDAT LAST): refuse it, inject a fault, or
+    /// hand it over and wait.
+    private mutating func endOfContent(exceeded: Bool) {
+        phase = .command
+        guard let current = transaction else { return }
+        if exceeded {
+            transaction = nil
+            content = []
+            return reply(.exceededStorageAllocation, EnhancedStatusCode("5.3.4"), "Error: message too large")
+        }
+        if let fault = policy.decide(.endOfData) {
+            transaction = nil
+            content = []
+            apply(fault)
+            return
+        }
+        let message = ReceivedMessage(
+            from: current.from, recipients: current.recipients, parameters: current.parameters, content: content,
+            heloName: heloName ?? "", authenticatedUser: authenticatedUser, wasSecure: isSecure)
+        content = []
+        phase = .delivering
+        actions.append(.write(output))  // replies so far go out before the store begins
+        output = []
+        actions.append(.deliver(message))
+    }
+
+    private mutating func startTLS(_ argument: String) {
+        guard configuration.startTLS, !isSecure else {
+            return reply(.commandNotImplemented, EnhancedStatusCode("5.5.1"), "Error: STARTTLS not available")
+        }
+        guard argument.trimmingSpaces.isEmpty else {
+            return reply(.syntaxError, EnhancedStatusCode("5.5.4"), "Syntax: STARTTLS")
+        }
+        reply(.serviceReady, EnhancedStatusCode("2.0.0"), "Ready to start TLS")
+        // Whatever the client sent behind STARTTLS is plaintext: it is discarded, never run.
+        input.removeAll()
+        inputIndex = 0
+        actions.append(.write(output))
+        output = []
+        actions.append(.startTLS)
+        phase = .greeting  // nothing is read until tlsEstablished()
+    }
+
+    // MARK: AUTH
+
+    private mutating func auth(_ argument: String) {
+        guard !configuration.users.isEmpty, heloName != nil, extended else {
+            return reply(.commandNotImplemented, EnhancedStatusCode("5.5.1"), "Error: AUTH not available")
+        }
+        guard authenticatedUser == nil else {
+            return reply(.badCommandSequence, EnhancedStatusCode("5.5.1"), "Error: already authenticated")
+        }
+        guard transaction == nil else {
+            return reply(.badCommandSequence, EnhancedStatusCode("5.5.1"), "Error: AUTH during a transaction")
+        }
+        if (configuration.requireTLS || (configuration.authenticationRequiresTLS && configuration.startTLS)), !isSecure {
+            return reply(.encryptionRequiredForAuthentication, EnhancedStatusCode("5.7.11"), "Encryption required for requested authentication mechanism")
+        }
+        let words = argument.split(separator: " ")
+        guard let mechanism = words.first?.uppercased(), words.count <= 2 else {
+            return reply(.syntaxError, EnhancedStatusCode("5.5.4"), "Syntax: AUTH mechanism")
+        }
+        let initial = words.count == 2 ? String(words[1]) : nil
+        switch mechanism {
+        case "PLAIN":
+            if let initial {
+                authenticationLine(Array(initial.utf8), .plain)
+            } else {
+                phase = .authentication(.plain)
+                reply(.serverChallenge, nil, "")
+            }
+        case "LOGIN":
+            if let initial {
+                authenticationLine(Array(initial.utf8), .loginUsername)
+            } else {
+                phase = .authentication(.loginUsername)
+                reply(.serverChallenge, nil, "VXNlcm5hbWU6")
+            }
+        default:
+            reply(.commandParameterNotImplemented, EnhancedStatusCode("5.5.4"), "Unsupported authentication mechanism")
+        }
+    }
+
+    private mutating func authenticationLine(_ line: [UInt8], _ state: AuthState) {
+        phase = .command
+        if line == [UInt8(ascii: "*")] {
+            return reply(.syntaxError, EnhancedStatusCode("5.7.0"), "Authentication cancelled")
+        }
+        guard let decoded = line == [UInt8(ascii: "=")] ? [] : Base64.decode(line) else {
+            return reply(.syntaxError, EnhancedStatusCode("5.5.2"), "Invalid base64 data")
+        }
+        switch state {
+        case .plain:
+            let parts = decoded.split(separator: 0, omittingEmptySubsequences: false)
+            guard parts.count == 3 else {
+                return reply(.syntaxError, EnhancedStatusCode("5.5.2"), "Invalid PLAIN response")
+            }
+            verify(username: String(decoding: parts[1], as: UTF8.self), password: String(decoding: parts[2], as: UTF8.self))
+        case .loginUsername:
+            phase = .authentication(.loginPassword(String(decoding: decoded, as: UTF8.self)))
+            reply(.serverChallenge, nil, "UGFzc3dvcmQ6")
+        case .loginPassword(let username):
+            verify(username: username, password: String(decoding: decoded, as: UTF8.self))
+        }
+    }
+
+    private mutating func verify(username: String, password: String) {
+        if let expected = configuration.users[username], expected == password {
+            authenticatedUser = username
+            reply(.authenticationSucceeded, EnhancedStatusCode("2.7.0"), "Authentication successful")
+        } else {
+            reply(.authenticationCredentialsInvalid, EnhancedStatusCode("5.7.8"), "Error: authentication failed")
+        }
+    }
+
+    // MARK: Output
+
+    private mutating func apply(_ fault: ServerFault) {
+        switch fault {
+        case .reply(let reply):
+            write(reply)
+        case .replyAndClose(let reply):
+            write(reply)
+            close()
+        case .closeWithoutReply:
+            close()
+        }
+    }
+
+    private mutating func reply(_ code: SMTPStatusCode, _ enhanced: EnhancedStatusCode?, _ text: String) {
+        write(SMTPReply(code, configuration.enhancedStatusCodes ? enhanced : nil, text))
+    }
+
+    private mutating func write(_ reply: SMTPReply) {
+        output.append(contentsOf: reply.encoded)
+    }
+
+    private mutating func close() {
+        phase = .closed
+        input = []
+        inputIndex = 0
+        transaction = nil
+        content = []
+        if !output.isEmpty {
+            actions.append(.write(output))
+            output = []
+        }
+        actions.append(.close)
+    }
+
+    private mutating func finish() -> [Action] {
+        if !output.isEmpty {
+            actions.append(.write(output))
+            output = []
+        }
+        defer { actions = [] }
+        return actions
+    }
+
+    /// Splits `FROM:<path> params` into the path and the parameters.
+    private static func path(after keyword: String, in argument: String) -> (String, String)? {
+        let text = Substring(argument)
+        guard text.uppercased().hasPrefix(keyword) else { return nil }
+        var rest = text.dropFirst(keyword.count)
+        while rest.first == " " { rest = rest.dropFirst() }  // tolerate "FROM: <a@b>"
+        guard rest.first == "<", let close = rest.firstIndex(of: ">") else { return nil }
+        let path = String(rest[rest.index(after: rest.startIndex)..<close])
+        let parameters = String(rest[rest.index(after: close)...]).trimmingSpaces
+        return (path, parameters)
+    }
+}
+
+/// A message the server took: its envelope and content (line endings as sent, CRLF).
+public struct ReceivedMessage: Hashable, Sendable {
+    /// The reverse path (nil for `<>`).
+    public let from: EnvelopeAddress?
+    /// The accepted recipients.
+    public let recipients: [EnvelopeAddress]
+    /// The MAIL parameters.
+    public let parameters: MailParameters
+    /// The content, unstuffed.
+    public let content: [UInt8]
+    /// The client's EHLO/HELO name.
+    public let heloName: String
+    /// The user that authenticated, if any.
+    public let authenticatedUser: String?
+    /// Whether the message came over TLS.
+    public let wasSecure: Bool
+}
+
+/// What the driver says after storing a message.
+public enum DeliveryResult: Hashable, Sendable {
+    /// Stored durably under this id: the client gets 250.
+    case stored(id: String)
+    /// Not stored: the client gets this reply.
+    case failed(SMTPReply)
+}
+
+/// A moment at which a ``ServerPolicy`` may inject a fault.
+public enum ServerPolicyEvent: Hashable, Sendable {
+    /// The connection was accepted (before the greeting).
+    case connected
+    /// A command arrived (its verb, upper-cased), before it is handled.
+    case command(String)
+    /// A recipient passed the checks and would be accepted.
+    case recipient(EnvelopeAddress)
+    /// A message's content ended and would be stored.
+    case endOfData
+}
+
+/// A fault to inject instead of the normal answer.
+public enum ServerFault: Hashable, Sendable {
+    /// Answer this instead.
+    case reply(SMTPReply)
+    /// Answer this (a 421) and close.
+    case replyAndClose(SMTPReply)
+    /// Close without a word.
+    case closeWithoutReply
+}
+
+/// Decides faults for tests and load work; the sink's is seeded so runs repeat.
+public protocol ServerPolicy: Sendable {
+    /// A fault for `event`, or nil for the normal answer.
+    mutating func decide(_ event: ServerPolicyEvent) -> ServerFault?
+}
+
+/// No faults: every answer is the normal one.
+public struct NoFaults: ServerPolicy {
+    /// No faults.
+    public init() {}
+    public mutating func decide(_ event: ServerPolicyEvent) -> ServerFault? { nil }
+}
+
+extension StringProtocol {
+    /// Without leading and trailing spaces.
+    var trimmingSpaces: String {
+        var text = Substring(self)
+        while text.first == " " { text = text.dropFirst() }
+        while text.last == " " { text = text.dropLast() }
+        return String(text)
+    }
+}

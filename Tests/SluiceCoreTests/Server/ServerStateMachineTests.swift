@@ -1,0 +1,333 @@
+import Testing
+@testable import SluiceCore
+
+/// A fault policy scripted per event, for tests.
+struct ScriptedFaults: ServerPolicy {
+    var onCommand: [String: ServerFault] = [:]
+    var onRecipient: [String: ServerFault] = [:]
+    var onEndOfData: ServerFault?
+    mutating func decide(_ event: ServerPolicyEvent) -> ServerFault? {
+        switch event {
+        case .connected: nil
+        case .command(let verb): onCommand[verb]
+        case .recipient(let address): onRecipient[address.address]
+        case .endOfData: onEndOfData
+        }
+    }
+}
+
+typealias Server = ServerStateMachine<ScriptedFaults>
+
+/// Drives a server machine: client text in, replies out; stores messages at once unless told.
+struct ServerHarness {
+    var machine: Server
+    var stored: [ReceivedMessage] = []
+    var closed = false
+    var startedTLS = false
+    var holdDeliveries = false
+    var waiting: ReceivedMessage?
+
+    init(_ configuration: Server.Configuration = .init(), faults: ScriptedFaults = .init()) {
+        machine = Server(configuration: configuration, policy: faults)
+    }
+
+    mutating func apply(_ actions: [Server.Action]) -> String {
+        var written = ""
+        for action in actions {
+            switch action {
+            case .write(let bytes): written += String(decoding: bytes, as: UTF8.self)
+            case .startTLS: startedTLS = true
+            case .close: closed = true
+            case .deliver(let message):
+                if holdDeliveries {
+                    waiting = message
+                } else {
+                    stored.append(message)
+                    written += apply(machine.deliveryFinished(.stored(id: "M\(stored.count)")))
+                }
+            }
+        }
+        return written
+    }
+
+    mutating func connect(secure: Bool = false) -> String { apply(machine.connected(secure: secure)) }
+    mutating func client(_ text: String) -> String { apply(machine.bytesReceived(Array(text.utf8))) }
+    mutating func client(_ bytes: [UInt8]) -> String { apply(machine.bytesReceived(bytes)) }
+
+    /// The reply codes in `text`, one per reply (continuation lines skipped).
+    static func codes(_ text: String) -> [String] {
+        text.split(separator: "\r\n").filter { $0.count >= 4 && $0.dropFirst(3).first == " " || $0.count == 3 }.map { String($0.prefix(3)) }
+    }
+}
+
+@Suite("Server state machine")
+struct ServerStateMachineTests {
+    static let session = "EHLO client.example\r\nMAIL FROM:<s@example.com>\r\nRCPT TO:<a@example.com>\r\nRCPT TO:<b@example.com>\r\nDATA\r\n"
+        + "Subject: t\r\n\r\n..dotted line\r\nbody\r\n.\r\nQUIT\r\n"
+
+    @Test func pipelinedSessionGetsOneReplyPerCommandInOrder() {
+        var h = ServerHarness()
+        #expect(h.connect().hasPrefix("220 localhost ESMTP"))
+        let replies = h.client(Self.session)
+        #expect(ServerHarness.codes(replies) == ["250", "250", "250", "250", "354", "250", "221"])
+        #expect(replies.contains("250-PIPELINING") && replies.contains("250-CHUNKING") && replies.contains("250 DSN"))
+        #expect(h.closed)
+        #expect(h.stored.count == 1)
+        #expect(h.stored[0].from?.address == "s@example.com")
+        #expect(h.stored[0].recipients.map(\.address) == ["a@example.com", "b@example.com"])
+        #expect(String(decoding: h.stored[0].content, as: UTF8.self) == "Subject: t\r\n\r\n.dotted line\r\nbody\r\n")
+    }
+
+    @Test func everySplitOfTheClientBytesGivesTheSameRepliesAndMessage() {
+        var reference = ServerHarness()
+        _ = reference.connect()
+        let expected = reference.client(Self.session)
+        let bytes = Array(Self.session.utf8)
+        for cut in 0...bytes.count {
+            var h = ServerHarness()
+            _ = h.connect()
+            let replies = h.client(Array(bytes[..<cut])) + h.client(Array(bytes[cut...]))
+            #expect(replies == expected, "split at \(cut)")
+            #expect(h.stored == reference.stored)
+        }
+        var oneByOne = ServerHarness()
+        _ = oneByOne.connect()
+        let replies = bytes.map { oneByOne.client([$0]) }.joined()
+        #expect(replies == expected)
+    }
+
+    @Test func aMessageIsAnsweredOnlyAfterItIsStored() {
+        var h = ServerHarness()
+        h.holdDeliveries = true
+        _ = h.connect()
+        let before = h.client(Self.session)
+        #expect(ServerHarness.codes(before) == ["250", "250", "250", "250", "354"], "no 250 and no 221 yet")
+        #expect(h.waiting != nil)
+        let after = h.apply(h.machine.deliveryFinished(.stored(id: "Q1")))
+        #expect(ServerHarness.codes(after) == ["250", "221"])
+        #expect(after.contains("queued as Q1"))
+
+        var failing = ServerHarness()
+        failing.holdDeliveries = true
+        _ = failing.connect()
+        _ = failing.client(Self.session)
+        let refused = failing.apply(failing.machine.deliveryFinished(.failed(SMTPReply(.localErrorInProcessing, nil, "disk full"))))
+        #expect(ServerHarness.codes(refused) == ["451", "221"])
+    }
+
+    @Test func smuggledSecondMessageIsNeverStored() {
+        for attack in ["a\n.\nMAIL FROM:<evil@example.com>\r\n", "a\r.\rMAIL FROM:<evil@example.com>\r\n",
+                       "a\r\n.\nMAIL FROM:<evil@example.com>\r\n", "a\n.\r\nMAIL FROM:<evil@example.com>\r\n"] {
+            var h = ServerHarness()
+            _ = h.connect()
+            let replies = h.client("EHLO c\r\nMAIL FROM:<s@example.com>\r\nRCPT TO:<a@example.com>\r\nDATA\r\n" + attack
+                                   + "RCPT TO:<x@example.com>\r\nDATA\r\nevil\r\n.\r\n")
+            #expect(h.stored.isEmpty, "\(attack.debugDescription)")
+            #expect(replies.contains("521 5.5.2"))
+            #expect(h.closed)
+        }
+    }
+
+    @Test func nothingSentBefore354IsContent() {
+        var h = ServerHarness()
+        _ = h.connect()
+        // DATA is refused (no recipient), so the lines behind it are commands, not content.
+        let replies = h.client("EHLO c\r\nMAIL FROM:<s@example.com>\r\nDATA\r\nSubject: x\r\n.\r\n")
+        #expect(ServerHarness.codes(replies) == ["250", "250", "554", "500", "500"])
+        #expect(h.stored.isEmpty)
+    }
+
+    @Test func startTLSWithPipelinedPlaintextAnswersOnlyThe220() {
+        var configuration = Server.Configuration()
+        configuration.startTLS = true
+        var h = ServerHarness(configuration)
+        _ = h.connect()
+        _ = h.client("EHLO c\r\n")
+        let replies = h.client("STARTTLS\r\nRSET\r\nMAIL FROM:<a@example.com>\r\n")
+        #expect(ServerHarness.codes(replies) == ["220"])
+        #expect(h.startedTLS)
+        // After TLS nothing of the plaintext survives: MAIL needs a new EHLO.
+        _ = h.apply(h.machine.tlsEstablished())
+        #expect(ServerHarness.codes(h.client("MAIL FROM:<a@example.com>\r\n")) == ["503"])
+        let ehlo = h.client("EHLO c\r\n")
+        #expect(!ehlo.contains("STARTTLS"), "not offered twice")
+    }
+
+    @Test func garbageGetsErrorsNeverACrash() {
+        var h = ServerHarness()
+        _ = h.connect()
+        #expect(ServerHarness.codes(h.client("FOO\r\nBAR baz\r\n\r\n")) == ["500", "500", "500"])
+        #expect(ServerHarness.codes(h.client([0x45, 0x48, 0x00, 0x4C, 13, 10])) == ["500"])
+        #expect(ServerHarness.codes(h.client([0x4D, 0x41, 0x49, 0x4C, 0x20, 0xFF, 0xFE, 13, 10])) == ["500"])
+        #expect(ServerHarness.codes(h.client("MAIL FROM:<a@b.com>\r\n")) == ["503"], "EHLO first")
+        #expect(ServerHarness.codes(h.client("EHLO\r\n")) == ["501"])
+        #expect(!h.closed)
+    }
+
+    @Test func anEndlessCommandLineIsAnsweredOnceAndNotBuffered() {
+        var h = ServerHarness()
+        _ = h.connect()
+        var replies = ""
+        let chunk = [UInt8](repeating: UInt8(ascii: "A"), count: 64 * 1024)
+        for _ in 0..<160 {  // 10 MiB with no line end
+            replies += h.client(chunk)
+            #expect(h.machine.bufferedInputCount <= 128 * 1024)
+        }
+        replies += h.client("\r\nNOOP\r\n")
+        #expect(ServerHarness.codes(replies) == ["500", "250"])
+    }
+
+    @Test func oneMegabyteOfBase64AfterAUTHIsRefused() {
+        var configuration = Server.Configuration()
+        configuration.users = ["u": "p"]
+        var h = ServerHarness(configuration)
+        _ = h.connect()
+        _ = h.client("EHLO c\r\n")
+        #expect(ServerHarness.codes(h.client("AUTH PLAIN\r\n")) == ["334"])
+        let flood = String(repeating: "QUFB", count: 256 * 1024) + "\r\n"
+        let replies = h.client(flood)
+        #expect(ServerHarness.codes(replies).first == "500")
+        #expect(ServerHarness.codes(h.client("NOOP\r\n")) == ["250"])
+    }
+
+    @Test func limitsOnRecipientsAndSize() {
+        var configuration = Server.Configuration()
+        configuration.maximumRecipients = 2
+        configuration.maximumMessageSize = 10
+        var h = ServerHarness(configuration)
+        _ = h.connect()
+        let replies = h.client("EHLO c\r\nMAIL FROM:<s@example.com> SIZE=11\r\nMAIL FROM:<s@example.com>\r\n"
+                               + "RCPT TO:<a@example.com>\r\nRCPT TO:<b@example.com>\r\nRCPT TO:<c@example.com>\r\n"
+                               + "DATA\r\n0123456789ABCDEF\r\n.\r\n")
+        #expect(ServerHarness.codes(replies) == ["250", "552", "250", "250", "250", "452", "354", "552"])
+        #expect(h.stored.isEmpty, "a message over the limit is never stored, even partly")
+        #expect(replies.contains("250 SIZE 10") || replies.contains("250-SIZE 10"))
+    }
+
+    @Test func bdatChunksAreReadExactlyEvenWhenRefused() {
+        var h = ServerHarness()
+        _ = h.connect()
+        let refused = h.client("EHLO c\r\nBDAT 5 LAST\r\nQUIT?\r\n")
+        #expect(ServerHarness.codes(refused) == ["250", "503", "500"], "the five bytes were data, not a command")
+        let replies = h.client("MAIL FROM:<s@example.com>\r\nRCPT TO:<a@example.com>\r\nBDAT 6\r\nhello\nBDAT 8 LAST\r\n world\r\n")
+        #expect(ServerHarness.codes(replies) == ["250", "250", "250", "250"])
+        #expect(h.stored.first?.content == Array("hello\n world\r\n".utf8), "BDAT content is taken as is")
+    }
+
+    @Test func authPlainAndLoginAgainstConfiguredUsers() {
+        var configuration = Server.Configuration()
+        configuration.users = ["tim": "tanstaaftanstaaf"]
+        configuration.requireAuthentication = true
+        var h = ServerHarness(configuration)
+        _ = h.connect()
+        #expect(h.client("EHLO c\r\n").contains("AUTH PLAIN LOGIN"))
+        #expect(ServerHarness.codes(h.client("MAIL FROM:<a@example.com>\r\n")) == ["530"])
+        #expect(ServerHarness.codes(h.client("AUTH PLAIN AHRpbQB3cm9uZw==\r\n")) == ["535"])
+        #expect(ServerHarness.codes(h.client("AUTH LOGIN\r\n")) == ["334"])
+        #expect(ServerHarness.codes(h.client("dGlt\r\n")) == ["334"])
+        #expect(ServerHarness.codes(h.client("dGFuc3RhYWZ0YW5zdGFhZg==\r\n")) == ["235"])
+        #expect(ServerHarness.codes(h.client("AUTH PLAIN AHRpbQB0YW5zdGFhZnRhbnN0YWFm\r\n")) == ["503"], "no AUTH after success")
+        #expect(ServerHarness.codes(h.client("MAIL FROM:<a@example.com>\r\n")) == ["250"])
+
+        var cancelled = ServerHarness(configuration)
+        _ = cancelled.connect()
+        _ = cancelled.client("EHLO c\r\n")
+        #expect(ServerHarness.codes(cancelled.client("AUTH PLAIN\r\n*\r\n")) == ["334", "501"])
+        #expect(ServerHarness.codes(cancelled.client("AUTH PLAIN !!!\r\n")) == ["501"])
+    }
+
+    @Test func authOverPlaintextIsRefusedWhenTLSIsOffered() {
+        var configuration = Server.Configuration()
+        configuration.users = ["u": "p"]
+        configuration.startTLS = true
+        var h = ServerHarness(configuration)
+        _ = h.connect()
+        #expect(!h.client("EHLO c\r\n").contains("AUTH"))
+        #expect(ServerHarness.codes(h.client("AUTH PLAIN AHUAcA==\r\n")) == ["538"])
+    }
+
+    @Test func faultsAreInjectedWhereTheyAreScripted() {
+        var faults = ScriptedFaults()
+        faults.onRecipient["bad@example.com"] = .reply(SMTPReply(.mailboxUnavailable, EnhancedStatusCode("5.1.1"), "no"))
+        faults.onRecipient["later@example.com"] = .reply(SMTPReply(.mailboxBusy, nil, "busy"))
+        faults.onEndOfData = .closeWithoutReply
+        var h = ServerHarness(faults: faults)
+        _ = h.connect()
+        let replies = h.client("EHLO c\r\nMAIL FROM:<s@example.com>\r\nRCPT TO:<bad@example.com>\r\nRCPT TO:<later@example.com>\r\n"
+                               + "RCPT TO:<ok@example.com>\r\nDATA\r\nx\r\n.\r\n")
+        #expect(ServerHarness.codes(replies) == ["250", "250", "550", "450", "250", "354"], "no reply after the terminator")
+        #expect(h.closed)
+        #expect(h.stored.isEmpty)
+
+        var phase = ScriptedFaults()
+        phase.onCommand["MAIL"] = .replyAndClose(SMTPReply(.serviceNotAvailable, nil, "going away"))
+        var p = ServerHarness(faults: phase)
+        _ = p.connect()
+        #expect(ServerHarness.codes(p.client("EHLO c\r\nMAIL FROM:<s@example.com>\r\nRCPT TO:<a@example.com>\r\n")) == ["250", "421"])
+        #expect(p.closed)
+    }
+
+    @Test func idleTimeoutIs421AndClose() {
+        var h = ServerHarness()
+        _ = h.connect()
+        #expect(ServerHarness.codes(h.apply(h.machine.timeoutFired())) == ["421"])
+        #expect(h.closed)
+    }
+}
+
+@Suite("Client and server machines together")
+struct ClientServerTests {
+    /// Runs `count` messages from a client machine to a server machine in memory.
+    private func exchange(extensions configure: (inout Server.Configuration) -> Void, count: Int,
+                          recipients: Int = 2) -> (outcomes: [TransactionOutcome], stored: [ReceivedMessage], writes: Int) {
+        var configuration = Server.Configuration()
+        configure(&configuration)
+        var server = ServerHarness(configuration)
+        var client = Harness()
+        var toServer: [[UInt8]] = []
+        var toClient: [[UInt8]] = [Array(server.connect().utf8)]
+        client.apply(client.machine.connected())
+        for id in 1...count {
+            let body = "Subject: message \(id)\r\n\r\n.line starting with a dot\r\nbody \(id)\r\n"
+            client.apply(client.machine.transactionEnqueued(SMTPTransaction(
+                id: id, from: address("s@example.com"),
+                recipients: (1...recipients).map { .init(address("r\($0)@example.com")) },
+                content: TestContent(text: body))))
+        }
+        var rounds = 0
+        var writes = client.writes.count
+        while rounds < 1000 {
+            rounds += 1
+            toServer += client.writes[writes...].map { Array($0.utf8) }
+            writes = client.writes.count
+            if toServer.isEmpty && toClient.isEmpty { break }
+            for chunk in toServer { toClient.append(Array(server.client(chunk).utf8)) }
+            toServer = []
+            for chunk in toClient { client.apply(client.machine.bytesReceived(chunk)) }
+            toClient = []
+            if client.outcomes.count == count, client.writes.count == writes {
+                client.apply(client.machine.quitRequested())
+            }
+        }
+        return (client.outcomes, server.stored, client.writes.count)
+    }
+
+    @Test(arguments: ["pipelining", "chunking", "neither"])
+    func everyMessageArrivesIntactAndIsReportedAccepted(_ mode: String) {
+        let result = exchange(extensions: { configuration in
+            configuration.pipelining = mode != "neither"
+            configuration.chunking = mode == "chunking"
+        }, count: 10)
+        #expect(result.outcomes.count == 10)
+        #expect(result.outcomes.allSatisfy { $0.status == .accepted && $0.acceptedRecipients.count == 2 })
+        #expect(result.stored.count == 10)
+        for (index, message) in result.stored.enumerated() {
+            let text = String(decoding: message.content, as: UTF8.self)
+            #expect(text == "Subject: message \(index + 1)\r\n\r\n.line starting with a dot\r\nbody \(index + 1)\r\n")
+        }
+        if mode == "pipelining" {
+            // EHLO, one group, then one write per message (content with the next envelope), QUIT.
+            #expect(result.writes <= 10 + 3, "one write per message: \(result.writes)")
+        }
+    }
+}
