@@ -12,11 +12,11 @@
 ///
 /// Every recipient is judged on its own `RCPT` reply; a message is accepted only on a 2xx to
 /// the end of its data; a connection lost after the terminator leaves the outcome unknown.
-public struct ClientStateMachine<Content: SMTPContent>: Sendable {
+public struct ClientStateMachine: Sendable {
     /// What the connection should do.
     public enum Action: Hashable, Sendable {
         /// Write these pieces, in order, in one write.
-        case write([ClientOutput<Content>])
+        case write([ClientOutput])
         /// Start the TLS handshake now (after the 220 to STARTTLS); every later byte is TLS.
         case startTLS
         /// The session is established (greeting, EHLO, TLS and AUTH as configured) and
@@ -25,7 +25,7 @@ public struct ClientStateMachine<Content: SMTPContent>: Sendable {
         /// A transaction finished.
         case transactionFinished(TransactionOutcome)
         /// A transaction was not started on this connection and can go to another.
-        case transactionNotAttempted(SMTPTransaction<Content>)
+        case transactionNotAttempted(SMTPTransaction)
         /// Wait at most this long for the next reply (replacing any earlier timer).
         case armTimer(Duration)
         /// Nothing is awaited: stop the timer.
@@ -129,7 +129,7 @@ public struct ClientStateMachine<Content: SMTPContent>: Sendable {
 
     /// A transaction whose MAIL is queued or written.
     private struct Active: Sendable {
-        var transaction: SMTPTransaction<Content>
+        var transaction: SMTPTransaction
         var parameters: MailParameters
         var mailReply: SMTPReply?
         var recipientReplies: [SMTPReply?]
@@ -147,14 +147,14 @@ public struct ClientStateMachine<Content: SMTPContent>: Sendable {
     private var capabilities = SMTPCapabilities()
     private var isSecure = false
     private var authenticated = false
-    private var pending: [SMTPTransaction<Content>] = []
+    private var pending: [SMTPTransaction] = []
     private var active: [Int: Active] = [:]
     private var activeOrder: [Int] = []
     private var unsent: [Step] = []
     private var outstanding: [Expectation] = []
     private var needsReset = false
     private var transactionsStarted = 0
-    private var output: [ClientOutput<Content>] = []
+    private var output: [ClientOutput] = []
     private var actions: [Action] = []
     private var armedFor: Expectation?
     private var timerArmed = false
@@ -253,7 +253,7 @@ public struct ClientStateMachine<Content: SMTPContent>: Sendable {
     }
 
     /// A message to send on this connection.
-    public mutating func transactionEnqueued(_ transaction: SMTPTransaction<Content>) -> [Action] {
+    public mutating func transactionEnqueued(_ transaction: SMTPTransaction) -> [Action] {
         switch state {
         case .closed, .quitting:
             actions.append(.transactionNotAttempted(transaction))
@@ -483,7 +483,7 @@ public struct ClientStateMachine<Content: SMTPContent>: Sendable {
         updateTimer()
     }
 
-    private mutating func start(_ transaction: SMTPTransaction<Content>) {
+    private mutating func start(_ transaction: SMTPTransaction) {
         var parameters = transaction.parameters
         if transaction.requiresSMTPUTF8 {
             guard capabilities.smtpUTF8 else {
@@ -548,7 +548,7 @@ public struct ClientStateMachine<Content: SMTPContent>: Sendable {
                 return
             }
             write(command: .bdat(size: entry.transaction.content.chunkLength, last: true), expecting: .bdat(id))
-            output.append(.chunk(entry.transaction.content))
+            output.append(.chunk(transactionID: id))
             entry.terminatorWritten = true
             active[id] = entry
         }
@@ -580,7 +580,7 @@ public struct ClientStateMachine<Content: SMTPContent>: Sendable {
             guard var entry = active[id] else { break }
             if reply.code == .startMailInput {
                 if entry.mailReply?.code.isPositiveCompletion == true, entry.anyRecipientAccepted {
-                    output.append(.data(entry.transaction.content))
+                    output.append(.data(transactionID: id))
                 } else {
                     // A lenient server said 354 with no recipient: send only the terminator.
                     output.append(.bytes([UInt8(ascii: "."), 13, 10]))
@@ -659,7 +659,7 @@ public struct ClientStateMachine<Content: SMTPContent>: Sendable {
         return TransactionOutcome(id: transaction.id, status: status, recipients: recipients, reply: decidingReply, error: nil)
     }
 
-    private mutating func finishLocally(_ transaction: SMTPTransaction<Content>, _ reason: String) {
+    private mutating func finishLocally(_ transaction: SMTPTransaction, _ reason: String) {
         let error = SMTPSessionError(.refusedLocally, reason, command: "MAIL")
         actions.append(.transactionFinished(TransactionOutcome(
             id: transaction.id, status: .rejected,
@@ -804,11 +804,11 @@ public struct ClientStateMachine<Content: SMTPContent>: Sendable {
 }
 
 /// A piece of what the client writes: command bytes, or a message's prepared content.
-public enum ClientOutput<Content: SMTPContent>: Hashable, Sendable {
+public enum ClientOutput: Hashable, Sendable {
     /// Command lines (or a lone terminator).
     case bytes([UInt8])
-    /// The content's dot-stuffed form with its terminator (after 354).
-    case data(Content)
-    /// The content's normalised form (after `BDAT n LAST`).
-    case chunk(Content)
+    /// The transaction's content, dot-stuffed with its terminator (after 354).
+    case data(transactionID: Int)
+    /// The transaction's content, CRLF-normalised (after `BDAT n LAST`).
+    case chunk(transactionID: Int)
 }

@@ -1,18 +1,28 @@
-/// Message content prepared for the wire once, in the two forms a connection may need.
+/// What the state machine needs to know of a message's content, prepared for the wire once.
 ///
-/// The client layer keeps the bytes (shared, not copied per connection); the state machine
-/// only needs their lengths and what the content requires of the server.
-public protocol SMTPContent: Hashable, Sendable {
+/// The client layer keeps the bytes themselves (shared, not copied per connection) and writes
+/// them when the machine says ``ClientOutput/data(transactionID:)`` or
+/// ``ClientOutput/chunk(transactionID:)``. Keeping the machine free of the content's type
+/// keeps it non-generic, so it runs specialised when called from other modules (a generic
+/// machine spent most of its time in runtime metadata lookups, measured).
+public struct SMTPContentInfo: Hashable, Sendable {
     /// Octets of the dot-stuffed form, terminator included (for DATA).
-    var dataLength: Int { get }
+    public var dataLength: Int
     /// Octets of the CRLF-normalised form (for BDAT).
-    var chunkLength: Int { get }
+    public var chunkLength: Int
     /// Whether the content has 8-bit bytes and so needs 8BITMIME (RFC 6152).
-    var requires8BitMIME: Bool { get }
+    public var requires8BitMIME: Bool
+
+    /// Describes prepared content.
+    public init(dataLength: Int, chunkLength: Int, requires8BitMIME: Bool) {
+        self.dataLength = dataLength
+        self.chunkLength = chunkLength
+        self.requires8BitMIME = requires8BitMIME
+    }
 }
 
 /// One message to send: an envelope and its content.
-public struct SMTPTransaction<Content: SMTPContent>: Hashable, Sendable {
+public struct SMTPTransaction: Hashable, Sendable {
     /// A recipient and its DSN parameters.
     public struct Recipient: Hashable, Sendable {
         /// The recipient's address.
@@ -36,12 +46,12 @@ public struct SMTPTransaction<Content: SMTPContent>: Hashable, Sendable {
     /// `MAIL FROM` parameters. SIZE, BODY and SMTPUTF8 are added by the machine when the
     /// server offers them and the message needs them.
     public var parameters: MailParameters
-    /// The content.
-    public var content: Content
+    /// The content's lengths and needs; the bytes stay with the caller.
+    public var content: SMTPContentInfo
 
     /// A transaction.
     public init(id: Int, from: EnvelopeAddress?, recipients: [Recipient], parameters: MailParameters = MailParameters(),
-                content: Content) {
+                content: SMTPContentInfo) {
         precondition(!recipients.isEmpty, "a transaction needs at least one recipient")
         self.id = id
         self.from = from

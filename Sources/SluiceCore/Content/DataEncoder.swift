@@ -53,38 +53,60 @@ public enum DataEncoder {
         return output
     }
 
+    /// Runs the transform over contiguous bytes: callers from other modules would otherwise
+    /// run an unspecialised generic loop (an allocation per byte, measured).
     private static func transform(
         _ content: some Collection<UInt8>, stuffing: Bool, maximumLineLength: Int?, into output: inout [UInt8]
     ) throws(ContentError) {
-        let limit = (maximumLineLength ?? Int.max) - 2  // octets before CRLF
-        var lineLength = 0
-        var line = 1
-        var afterCR = false
-        var atLineStart = true
-        for byte in content {
-            if afterCR {
-                afterCR = false
-                if byte == 10 { continue }  // the LF of a CRLF already written
+        let result: Result<Void, ContentError>? = content.withContiguousStorageIfAvailable { buffer in
+            Result { () throws(ContentError) in
+                try transformContiguous(buffer, stuffing: stuffing, maximumLineLength: maximumLineLength, into: &output)
             }
-            switch byte {
-            case 13, 10:
+        }
+        if let result { return try result.get() }
+        let copy = Array(content)
+        try copy.withUnsafeBufferPointer { buffer throws(ContentError) in
+            try transformContiguous(buffer, stuffing: stuffing, maximumLineLength: maximumLineLength, into: &output)
+        }
+    }
+
+    private static func transformContiguous(
+        _ content: UnsafeBufferPointer<UInt8>, stuffing: Bool, maximumLineLength: Int?, into output: inout [UInt8]
+    ) throws(ContentError) {
+        let limit = (maximumLineLength ?? Int.max) - 2  // octets before CRLF
+        let count = content.count
+        var index = 0
+        var line = 1
+        var lineLength = 0
+        var atLineStart = true
+        while index < count {
+            let byte = content[index]
+            if byte == 13 || byte == 10 {
+                // CRLF stays; a bare CR or bare LF becomes CRLF.
                 output.append(13)
                 output.append(10)
-                afterCR = byte == 13
+                index += byte == 13 && index + 1 < count && content[index + 1] == 10 ? 2 : 1
                 atLineStart = true
                 lineLength = 0
                 line += 1
-            case 0:
-                throw ContentError(kind: .nulByte, line: line)
-            default:
-                if atLineStart, stuffing, byte == UInt8(ascii: ".") {
-                    output.append(byte)  // the transparency dot does not count toward the limit
-                }
-                atLineStart = false
-                output.append(byte)
-                lineLength += 1
-                if lineLength > limit { throw ContentError(kind: .lineTooLong, line: line) }
+                continue
             }
+            if byte == 0 { throw ContentError(kind: .nulByte, line: line) }
+            if atLineStart, stuffing, byte == UInt8(ascii: ".") {
+                output.append(byte)  // the transparency dot does not count toward the limit
+            }
+            atLineStart = false
+            // Copy the run up to the next CR, LF or NUL in one go.
+            var end = index + 1
+            while end < count {
+                let next = content[end]
+                if next == 13 || next == 10 || next == 0 { break }
+                end += 1
+            }
+            lineLength += end - index
+            if lineLength > limit { throw ContentError(kind: .lineTooLong, line: line) }
+            output.append(contentsOf: UnsafeBufferPointer(rebasing: content[index..<end]))
+            index = end
         }
         if !atLineStart {
             output.append(13)

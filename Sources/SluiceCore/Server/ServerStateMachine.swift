@@ -11,7 +11,7 @@
 ///
 /// A message is answered only after the driver says it is stored
 /// (``deliveryFinished(_:)``), so no message is acknowledged and lost.
-public struct ServerStateMachine<Policy: ServerPolicy>: Sendable {
+public struct ServerStateMachine: Sendable {
     /// What the connection should do.
     public enum Action: Hashable, Sendable {
         /// Write these replies.
@@ -84,7 +84,7 @@ public struct ServerStateMachine<Policy: ServerPolicy>: Sendable {
     }
 
     private let configuration: Configuration
-    private var policy: Policy
+    private var policy: any ServerPolicy
     private var phase = Phase.greeting
     private var input: [UInt8] = []
     private var inputIndex = 0
@@ -110,7 +110,7 @@ public struct ServerStateMachine<Policy: ServerPolicy>: Sendable {
     public var bufferedInputCount: Int { input.count - inputIndex }
 
     /// A machine for one accepted connection.
-    public init(configuration: Configuration, policy: Policy) {
+    public init(configuration: Configuration, policy: any ServerPolicy = NoFaults()) {
         self.configuration = configuration
         self.policy = policy
     }

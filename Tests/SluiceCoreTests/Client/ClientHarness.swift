@@ -1,17 +1,15 @@
 import Testing
 @testable import SluiceCore
 
-/// Content for tests: the message text, in both wire forms.
-struct TestContent: SMTPContent {
-    let text: String
-    var data: [UInt8] { try! DataEncoder.dotStuffed(Array(text.utf8)) }
-    var chunk: [UInt8] { try! DataEncoder.normalized(Array(text.utf8)) }
-    var dataLength: Int { data.count }
-    var chunkLength: Int { chunk.count }
-    var requires8BitMIME: Bool { text.utf8.contains { $0 >= 0x80 } }
+/// A transaction with its body, which the harness keeps to render what the machine writes.
+struct TestTransaction {
+    let transaction: SMTPTransaction
+    let body: String
+    var data: [UInt8] { try! DataEncoder.dotStuffed(Array(body.utf8)) }
+    var chunk: [UInt8] { try! DataEncoder.normalized(Array(body.utf8)) }
 }
 
-typealias Machine = ClientStateMachine<TestContent>
+typealias Machine = ClientStateMachine
 typealias Action = Machine.Action
 
 /// Drives a client machine through a transcript: server text in, rendered writes out.
@@ -25,18 +23,20 @@ struct Harness {
     var timers: [Duration] = []
     var startedTLS = false
     var ready: SMTPCapabilities?
+    /// The bodies of enqueued transactions, by id.
+    var bodies: [Int: TestTransaction] = [:]
 
     init(_ configuration: Machine.Configuration = .init(ehloName: try! SMTPDomain("client.example"), tls: .none)) {
         machine = Machine(configuration: configuration, cryptography: OpenSSLCryptography())
     }
 
-    static func render(_ pieces: [ClientOutput<TestContent>]) -> String {
+    func render(_ pieces: [ClientOutput]) -> String {
         var bytes: [UInt8] = []
         for piece in pieces {
             switch piece {
             case .bytes(let b): bytes += b
-            case .data(let content): bytes += content.data
-            case .chunk(let content): bytes += content.chunk
+            case .data(let id): bytes += bodies[id]!.data
+            case .chunk(let id): bytes += bodies[id]!.chunk
             }
         }
         return String(decoding: bytes, as: UTF8.self)
@@ -49,7 +49,7 @@ struct Harness {
         for action in actions {
             switch action {
             case .write(let pieces):
-                let text = Self.render(pieces)
+                let text = render(pieces)
                 writes.append(text)
                 written += text
             case .startTLS: startedTLS = true
@@ -73,8 +73,9 @@ struct Harness {
     mutating func connect() -> String { apply(machine.connected()) }
 
     @discardableResult
-    mutating func enqueue(_ transaction: SMTPTransaction<TestContent>) -> String {
-        apply(machine.transactionEnqueued(transaction))
+    mutating func enqueue(_ test: TestTransaction) -> String {
+        bodies[test.transaction.id] = test
+        return apply(machine.transactionEnqueued(test.transaction))
     }
 
     /// Connects and answers greeting and EHLO with `extensions`.
@@ -96,7 +97,12 @@ struct Harness {
 func address(_ text: String) -> EnvelopeAddress { try! EnvelopeAddress(text) }
 
 func transaction(_ id: Int, from: String = "sender@example.com", to recipients: [String], body: String = "Subject: hi\r\n\r\nHello\r\n")
-    -> SMTPTransaction<TestContent> {
-    SMTPTransaction(id: id, from: address(from), recipients: recipients.map { .init(address($0)) },
-                    content: TestContent(text: body))
+    -> TestTransaction {
+    let data = try! DataEncoder.dotStuffed(Array(body.utf8))
+    let chunk = try! DataEncoder.normalized(Array(body.utf8))
+    let info = SMTPContentInfo(dataLength: data.count, chunkLength: chunk.count,
+                               requires8BitMIME: body.utf8.contains { $0 >= 0x80 })
+    return TestTransaction(
+        transaction: SMTPTransaction(id: id, from: address(from), recipients: recipients.map { .init(address($0)) }, content: info),
+        body: body)
 }

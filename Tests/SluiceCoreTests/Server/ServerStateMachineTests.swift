@@ -16,7 +16,7 @@ struct ScriptedFaults: ServerPolicy {
     }
 }
 
-typealias Server = ServerStateMachine<ScriptedFaults>
+typealias Server = ServerStateMachine
 
 /// Drives a server machine: client text in, replies out; stores messages at once unless told.
 struct ServerHarness {
@@ -289,10 +289,7 @@ struct ClientServerTests {
         client.apply(client.machine.connected())
         for id in 1...count {
             let body = "Subject: message \(id)\r\n\r\n.line starting with a dot\r\nbody \(id)\r\n"
-            client.apply(client.machine.transactionEnqueued(SMTPTransaction(
-                id: id, from: address("s@example.com"),
-                recipients: (1...recipients).map { .init(address("r\($0)@example.com")) },
-                content: TestContent(text: body))))
+            client.enqueue(transaction(id, from: "s@example.com", to: (1...recipients).map { "r\($0)@example.com" }, body: body))
         }
         var rounds = 0
         var writes = client.writes.count
