@@ -63,6 +63,8 @@ public struct ServerStateMachine: Sendable {
 
     private enum Phase: Sendable {
         case greeting
+        /// After the 220 to STARTTLS: every plaintext byte is discarded until TLS is up.
+        case awaitingTLS
         case command
         /// Reading DATA content after 354.
         case data(DataDecoder)
@@ -131,7 +133,12 @@ public struct ServerStateMachine: Sendable {
 
     /// Bytes arrived from the client.
     public mutating func bytesReceived(_ bytes: some Collection<UInt8>) -> [Action] {
-        if case .closed = phase { return [] }
+        switch phase {
+        case .closed, .awaitingTLS:
+            return []  // plaintext after the 220 to STARTTLS is never run as a command
+        default:
+            break
+        }
         if inputIndex > 0, inputIndex == input.count {
             input.removeAll(keepingCapacity: true)
             inputIndex = 0
@@ -181,7 +188,7 @@ public struct ServerStateMachine: Sendable {
     private mutating func process() {
         while inputIndex < input.count {
             switch phase {
-            case .closed, .delivering, .greeting:
+            case .closed, .delivering, .greeting, .awaitingTLS:
                 return
             case .data(var decoder):
                 var consumedAll = true
@@ -549,7 +556,7 @@ public struct ServerStateMachine: Sendable {
         actions.append(.write(output))
         output = []
         actions.append(.startTLS)
-        phase = .greeting  // nothing is read until tlsEstablished()
+        phase = .awaitingTLS  // nothing is read until tlsEstablished()
     }
 
     // MARK: AUTH

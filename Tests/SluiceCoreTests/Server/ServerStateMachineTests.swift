@@ -146,8 +146,10 @@ struct ServerStateMachineTests {
         let replies = h.client("STARTTLS\r\nRSET\r\nMAIL FROM:<a@example.com>\r\n")
         #expect(ServerHarness.codes(replies) == ["220"])
         #expect(h.startedTLS)
+        // Plaintext that arrives before the handshake starts is dropped, not run after it.
+        #expect(h.client("RSET\r\nNOOP\r\n") == "")
         // After TLS nothing of the plaintext survives: MAIL needs a new EHLO.
-        _ = h.apply(h.machine.tlsEstablished())
+        #expect(h.apply(h.machine.tlsEstablished()) == "", "nothing buffered in plaintext is answered")
         #expect(ServerHarness.codes(h.client("MAIL FROM:<a@example.com>\r\n")) == ["503"])
         let ehlo = h.client("EHLO c\r\n")
         #expect(!ehlo.contains("STARTTLS"), "not offered twice")
