@@ -80,6 +80,13 @@ let package = Package(
         ),
 
         // MARK: Tests
+        // Helpers the test suites share (test handlers, certificates, peers, deadlines).
+        .target(
+            name: "SluiceTestSupport",
+            dependencies: ["SluiceTransport"],
+            path: "Tests/SluiceTestSupport",
+            swiftSettings: strict
+        ),
         .testTarget(
             name: "SluiceCoreTests",
             dependencies: [
@@ -91,7 +98,12 @@ let package = Package(
         ),
         .testTarget(
             name: "SluiceTransportTests",
-            dependencies: ["SluiceTransport"],
+            dependencies: ["SluiceTransport", "SluiceTestSupport"],
+            swiftSettings: strict
+        ),
+        .testTarget(
+            name: "SluiceSinkTests",
+            dependencies: ["SluiceSink", "SluiceCore", "SluiceTransport", "SluiceTestSupport"],
             swiftSettings: strict
         ),
     ]

@@ -4,7 +4,7 @@ import SluiceTransport
 
 /// This process's descriptors that are TCP sockets with a local or remote port in `ports`
 /// (read from /proc/self/fd and /proc/net/tcp{,6}), as "fd -> local remote" lines.
-func socketDescriptors(touchingPorts ports: Set<Int>) -> [String] {
+public func socketDescriptors(touchingPorts ports: Set<Int>) -> [String] {
     var endpointsByInode: [String: String] = [:]
     for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
         guard let text = try? String(contentsOfFile: table, encoding: .utf8) else { continue }
@@ -27,7 +27,7 @@ func socketDescriptors(touchingPorts ports: Set<Int>) -> [String] {
 }
 
 /// A port on 127.0.0.1 that nothing listens on (bound, then closed).
-func unusedPort() throws -> Int {
+public func unusedPort() throws -> Int {
     let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
     defer { close(fd) }
     var address = sockaddr_in()
@@ -46,14 +46,14 @@ func unusedPort() throws -> Int {
 
 /// A listener on 127.0.0.1 whose accept queue is full and never drained: a connect to it
 /// gets no answer, so it hangs until its timeout (the kernel drops SYNs on a full queue).
-final class BlackHole: Sendable {
-    let port: Int
+public final class BlackHole: Sendable {
+    public let port: Int
     private let listener: Int32
     private let fillers: [Int32]
 
     /// Makes a black hole and waits briefly (without blocking a thread) for the kernel to
     /// fill its accept queue.
-    static func make() async throws -> BlackHole {
+    public static func make() async throws -> BlackHole {
         let hole = try BlackHole()
         try await Task.sleep(for: .milliseconds(50))
         return hole
@@ -92,10 +92,10 @@ final class BlackHole: Sendable {
 }
 
 /// Whether we run in CI, where a missing peer is a failure rather than a skip.
-let isCI = ProcessInfo.processInfo.environment["CI"].map { !$0.isEmpty && $0 != "false" } ?? false
+public let isCI = ProcessInfo.processInfo.environment["CI"].map { !$0.isEmpty && $0 != "false" } ?? false
 
 /// Finds an executable on PATH.
-func findExecutable(_ name: String) -> String? {
+public func findExecutable(_ name: String) -> String? {
     let path = ProcessInfo.processInfo.environment["PATH"] ?? "/usr/bin:/bin"
     for directory in path.split(separator: ":") {
         let candidate = "\(directory)/\(name)"
@@ -106,7 +106,7 @@ func findExecutable(_ name: String) -> String? {
 
 /// Runs a program to completion and returns its exit status, standard output and error.
 @discardableResult
-func run(_ executable: String, _ arguments: [String], input: String? = nil,
+public func run(_ executable: String, _ arguments: [String], input: String? = nil,
          in directory: String? = nil) throws -> (status: Int32, output: String, error: String) {
     let process = Process()
     process.executableURL = URL(fileURLWithPath: executable)
@@ -130,7 +130,7 @@ func run(_ executable: String, _ arguments: [String], input: String? = nil,
 
 /// Runs a program on a thread of its own (so waiting for it never blocks the concurrency
 /// pool) and returns its exit status, standard output and error.
-func runInBackground(_ executable: String, _ arguments: [String], input: String? = nil) async throws
+public func runInBackground(_ executable: String, _ arguments: [String], input: String? = nil) async throws
     -> (status: Int32, output: String, error: String) {
     try await withCheckedThrowingContinuation { continuation in
         let thread = Thread {
@@ -142,7 +142,7 @@ func runInBackground(_ executable: String, _ arguments: [String], input: String?
 
 /// Runs `body` and fails the test if it takes longer than `limit` (so a hang is a failure,
 /// not a stuck CI job).
-func withDeadline<T: Sendable>(_ limit: Duration, _ what: String,
+public func withDeadline<T: Sendable>(_ limit: Duration, _ what: String,
                                _ body: @escaping @Sendable () async throws -> T) async throws -> T {
     try await withThrowingTaskGroup(of: T?.self) { group in
         group.addTask { try await body() }
@@ -159,8 +159,31 @@ func withDeadline<T: Sendable>(_ limit: Duration, _ what: String,
     }
 }
 
-struct DeadlineExceeded: Error, CustomStringConvertible {
-    let what: String
-    let limit: Duration
-    var description: String { "\(what) did not finish within \(limit)" }
+public struct DeadlineExceeded: Error, CustomStringConvertible {
+    public let what: String
+    public let limit: Duration
+    public var description: String { "\(what) did not finish within \(limit)" }
+}
+
+/// Finds an external test peer. Outside CI a missing peer is reported in the output and the
+/// test returns early; under CI (CI=true) it is a failure, never a silent skip.
+public func requirePeer(_ name: String, install: String) -> String? {
+    if let path = findExecutable(name) { return path }
+    let message = "test peer '\(name)' is missing (install it with: \(install))"
+    if isCI {
+        Issue.record(Comment(rawValue: message + "; CI requires every peer"))
+    } else {
+        FileHandle.standardError.write(Data("SKIPPED: \(message)\n".utf8))
+    }
+    return nil
+}
+
+/// The package's root directory (for built products such as the sluice command).
+public func packageRoot(file: String = #filePath) -> String {
+    var url = URL(fileURLWithPath: file)
+    while url.path != "/" {
+        url.deleteLastPathComponent()
+        if FileManager.default.fileExists(atPath: url.appendingPathComponent("Package.swift").path) { return url.path }
+    }
+    return FileManager.default.currentDirectoryPath
 }

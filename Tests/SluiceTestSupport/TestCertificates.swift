@@ -5,29 +5,29 @@ import Testing
 /// Certificates made at run time by the `openssl` command-line tool: a test CA, and server
 /// certificates signed by it — good (localhost, 127.0.0.1, ::1), expired, for another host,
 /// with a wildcard, with a partial wildcard — plus a self-signed one. Made once per test run.
-struct TestCertificates: Sendable {
-    let directory: String
-    var caFile: String { "\(directory)/ca.pem" }
+public struct TestCertificates: Sendable {
+    public let directory: String
+    public var caFile: String { "\(directory)/ca.pem" }
 
     /// A certificate and key pair on disk.
-    struct Pair: Sendable {
-        let certificate: String
-        let key: String
+    public struct Pair: Sendable {
+        public let certificate: String
+        public let key: String
     }
 
-    func pair(_ name: String) -> Pair { Pair(certificate: "\(directory)/\(name).pem", key: "\(directory)/\(name).key") }
-    var good: Pair { pair("good") }
-    var expired: Pair { pair("expired") }
-    var wrongHost: Pair { pair("wronghost") }
-    var selfSigned: Pair { pair("selfsigned") }
-    var wildcard: Pair { pair("wildcard") }
-    var partialWildcard: Pair { pair("partialwildcard") }
-    var client: Pair { pair("client") }
+    public func pair(_ name: String) -> Pair { Pair(certificate: "\(directory)/\(name).pem", key: "\(directory)/\(name).key") }
+    public var good: Pair { pair("good") }
+    public var expired: Pair { pair("expired") }
+    public var wrongHost: Pair { pair("wronghost") }
+    public var selfSigned: Pair { pair("selfsigned") }
+    public var wildcard: Pair { pair("wildcard") }
+    public var partialWildcard: Pair { pair("partialwildcard") }
+    public var client: Pair { pair("client") }
 
     private static let made = Mutex<Result<TestCertificates, any Error>?>(nil)
 
     /// The certificates, made on first use.
-    static func shared() throws -> TestCertificates {
+    public static func shared() throws -> TestCertificates {
         try made.withLock { cached in
             if let cached { return try cached.get() }
             let result = Result { try make() }
@@ -102,7 +102,7 @@ struct TestCertificates: Sendable {
     }
 }
 
-struct CertificateError: Error, CustomStringConvertible {
-    let message: String
-    var description: String { message }
+public struct CertificateError: Error, CustomStringConvertible {
+    public let message: String
+    public var description: String { message }
 }

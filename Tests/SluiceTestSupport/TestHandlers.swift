@@ -1,38 +1,38 @@
 import Synchronization
-import SluiceTransport
+public import SluiceTransport
 
 /// The byte at `offset` of the test pattern: position-dependent, so a lost, repeated or
 /// reordered byte is caught.
-func patternByte(_ offset: Int) -> UInt8 {
+public func patternByte(_ offset: Int) -> UInt8 {
     UInt8(truncatingIfNeeded: offset &* 31 &+ (offset >> 8) &+ (offset >> 16))
 }
 
-func pattern(from offset: Int, count: Int) -> [UInt8] {
+public func pattern(from offset: Int, count: Int) -> [UInt8] {
     (offset..<offset + count).map(patternByte)
 }
 
 /// Echoes every byte back. With `pausesReadingWhenNotWritable` on its connections, this is a
 /// server with backpressure: it stops reading while its echo backs up.
-final class EchoHandler: ConnectionHandler {
-    let stats: EchoStats
-    init(stats: EchoStats) { self.stats = stats }
+public final class EchoHandler: ConnectionHandler {
+    public let stats: EchoStats
+    public init(stats: EchoStats) { self.stats = stats }
 
-    func connection(_ connection: Connection, didReceive bytes: UnsafeRawBufferPointer) {
+    public func connection(_ connection: Connection, didReceive bytes: UnsafeRawBufferPointer) {
         connection.enqueueWrite([SharedBytes(copying: bytes)])
         stats.observe(pending: connection.pendingWriteBytes)
     }
 
-    func connection(_ connection: Connection, writabilityChanged isWritable: Bool) {
+    public func connection(_ connection: Connection, writabilityChanged isWritable: Bool) {
         if !isWritable { stats.recordBackpressure() }
     }
 
-    func connectionDidClose(_ connection: Connection, error: TransportError?) {
+    public func connectionDidClose(_ connection: Connection, error: TransportError?) {
         stats.recordClose()
     }
 }
 
 /// Counters shared by every echo handler of a server.
-final class EchoStats: Sendable {
+public final class EchoStats: Sendable {
     private struct State {
         var maxPendingWriteBytes = 0
         var backpressureEvents = 0
@@ -41,19 +41,21 @@ final class EchoStats: Sendable {
     }
     private let state = Mutex(State())
 
-    func observe(pending: Int) { state.withLock { $0.maxPendingWriteBytes = max($0.maxPendingWriteBytes, pending) } }
-    func recordBackpressure() { state.withLock { $0.backpressureEvents += 1 } }
-    func recordClose() { state.withLock { $0.closes += 1 } }
-    func recordAccept(onLoop index: Int) { state.withLock { $0.acceptsByLoop[index, default: 0] += 1 } }
-    var acceptsByLoop: [Int: Int] { state.withLock { $0.acceptsByLoop } }
-    var maxPendingWriteBytes: Int { state.withLock { $0.maxPendingWriteBytes } }
-    var backpressureEvents: Int { state.withLock { $0.backpressureEvents } }
-    var closes: Int { state.withLock { $0.closes } }
+    public init() {}
+
+    public func observe(pending: Int) { state.withLock { $0.maxPendingWriteBytes = max($0.maxPendingWriteBytes, pending) } }
+    public func recordBackpressure() { state.withLock { $0.backpressureEvents += 1 } }
+    public func recordClose() { state.withLock { $0.closes += 1 } }
+    public func recordAccept(onLoop index: Int) { state.withLock { $0.acceptsByLoop[index, default: 0] += 1 } }
+    public var acceptsByLoop: [Int: Int] { state.withLock { $0.acceptsByLoop } }
+    public var maxPendingWriteBytes: Int { state.withLock { $0.maxPendingWriteBytes } }
+    public var backpressureEvents: Int { state.withLock { $0.backpressureEvents } }
+    public var closes: Int { state.withLock { $0.closes } }
 }
 
 /// Receives bytes and lets a task wait for them. It can check them against the test pattern
 /// as they arrive (without keeping them) or keep them.
-final class Collector: ConnectionHandler, @unchecked Sendable {
+public final class Collector: ConnectionHandler, @unchecked Sendable {
     // `state` is guarded by its Mutex; the handler methods run on the connection's loop and
     // tasks read through the Mutex.
     private struct State {
@@ -72,18 +74,18 @@ final class Collector: ConnectionHandler, @unchecked Sendable {
     /// - Parameters:
     ///   - checksPattern: Check each byte against the test pattern instead of keeping it.
     ///   - patternOffset: Where in the pattern the first byte is.
-    init(checksPattern: Bool = false, patternOffset: Int = 0) {
+    public init(checksPattern: Bool = false, patternOffset: Int = 0) {
         self.checksPattern = checksPattern
         self.patternOffset = patternOffset
     }
 
-    var count: Int { state.withLock { $0.count } }
-    var kept: [UInt8] { state.withLock { $0.kept } }
-    var mismatches: Int { state.withLock { $0.mismatches } }
-    var closeError: TransportError? { state.withLock { $0.closeError } }
-    var isClosed: Bool { state.withLock { $0.closed } }
+    public var count: Int { state.withLock { $0.count } }
+    public var kept: [UInt8] { state.withLock { $0.kept } }
+    public var mismatches: Int { state.withLock { $0.mismatches } }
+    public var closeError: TransportError? { state.withLock { $0.closeError } }
+    public var isClosed: Bool { state.withLock { $0.closed } }
 
-    func connection(_ connection: Connection, didReceive bytes: UnsafeRawBufferPointer) {
+    public func connection(_ connection: Connection, didReceive bytes: UnsafeRawBufferPointer) {
         let ready = state.withLock { state -> [CheckedContinuation<Void, any Error>] in
             if checksPattern {
                 for (index, byte) in bytes.enumerated() where byte != patternByte(patternOffset + state.count + index) {
@@ -101,7 +103,7 @@ final class Collector: ConnectionHandler, @unchecked Sendable {
         for waiter in ready { waiter.resume() }
     }
 
-    func connectionDidClose(_ connection: Connection, error: TransportError?) {
+    public func connectionDidClose(_ connection: Connection, error: TransportError?) {
         let (waiters, closeWaiters) = state.withLock { state in
             state.closed = true
             state.closeError = error
@@ -118,7 +120,7 @@ final class Collector: ConnectionHandler, @unchecked Sendable {
     }
 
     /// Waits until at least `count` bytes have arrived; throws if the connection closes first.
-    func waitForBytes(_ count: Int) async throws {
+    public func waitForBytes(_ count: Int) async throws {
         try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<Void, any Error>) in
             let outcome: Result<Void, any Error>? = state.withLock { state in
                 if state.count >= count { return .success(()) }
@@ -133,7 +135,7 @@ final class Collector: ConnectionHandler, @unchecked Sendable {
     }
 
     /// Waits until the connection has closed.
-    func waitForClose() async {
+    public func waitForClose() async {
         await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
             let closed = state.withLock { state -> Bool in
                 if state.closed { return true }
@@ -146,9 +148,10 @@ final class Collector: ConnectionHandler, @unchecked Sendable {
 }
 
 /// Does nothing with what arrives; pauses reading at once if asked, so the peer's writes back up.
-final class SilentHandler: ConnectionHandler {
-    func connection(_ connection: Connection, didReceive bytes: UnsafeRawBufferPointer) {
+public final class SilentHandler: ConnectionHandler {
+    public init() {}
+    public func connection(_ connection: Connection, didReceive bytes: UnsafeRawBufferPointer) {
         connection.pauseReading()
     }
-    func connectionDidClose(_ connection: Connection, error: TransportError?) {}
+    public func connectionDidClose(_ connection: Connection, error: TransportError?) {}
 }

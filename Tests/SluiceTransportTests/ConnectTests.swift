@@ -1,5 +1,6 @@
 import Testing
 import SluiceTransport
+import SluiceTestSupport
 
 @Suite("Connecting")
 struct ConnectTests {

@@ -1,6 +1,7 @@
 import Synchronization
 import Testing
 import SluiceTransport
+import SluiceTestSupport
 
 @Suite("Cancellation, shutdown, timers and leaks")
 struct LifecycleTests {

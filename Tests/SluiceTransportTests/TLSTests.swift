@@ -1,6 +1,7 @@
 import Foundation
 import Testing
 import SluiceTransport
+import SluiceTestSupport
 
 @Suite("TLS")
 struct TLSTests {

@@ -1,4 +1,5 @@
 import SluiceTransport
+import SluiceTestSupport
 
 /// Starts an echo server on 127.0.0.1 with an ephemeral port.
 func startEchoServer(
