@@ -1,0 +1,240 @@
+public import SluiceCore
+import Dispatch
+import Synchronization
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Where a sink keeps what it takes.
+public enum SinkStore: Hashable, Sendable {
+    /// Count and drop (the default, for load work).
+    case discard
+    /// Keep in memory; tests await them with ``SMTPSink/waitForMessages(count:timeout:)``.
+    case memory
+    /// A Maildir (`DIR/tmp`, `DIR/new`, `DIR/cur`): each message is written, synced and
+    /// renamed into `new/` before it is answered 250.
+    case maildir(String)
+    /// One mbox file, appended and synced before each 250 (`From ` lines quoted as `>From `).
+    case mbox(String)
+
+    /// Parses `discard`, `memory`, `maildir:DIR` or `mbox:FILE`.
+    public init?(_ text: String) {
+        switch text {
+        case "discard": self = .discard
+        case "memory": self = .memory
+        default:
+            if text.hasPrefix("maildir:"), text.count > 8 {
+                self = .maildir(String(text.dropFirst(8)))
+            } else if text.hasPrefix("mbox:"), text.count > 5 {
+                self = .mbox(String(text.dropFirst(5)))
+            } else {
+                return nil
+            }
+        }
+    }
+}
+
+/// A message a sink took.
+public struct StoredMessage: Hashable, Sendable {
+    /// The id it was answered with (`250 … queued as ID`).
+    public let id: String
+    /// The envelope sender (nil for `<>`).
+    public let from: EnvelopeAddress?
+    /// The accepted recipients.
+    public let recipients: [EnvelopeAddress]
+    /// The content as received (CRLF line endings, dot-stuffing undone).
+    public let content: [UInt8]
+    /// The client's EHLO name.
+    public let heloName: String
+    /// The authenticated user, if any.
+    public let authenticatedUser: String?
+    /// Whether it came over TLS.
+    public let wasSecure: Bool
+}
+
+/// A store's failure: the message was not kept, and the client gets a 451.
+struct StoreError: Error, CustomStringConvertible {
+    let description: String
+}
+
+/// Keeps messages as the configured ``SinkStore`` says. Disk stores do their I/O on a serial
+/// queue of their own, so a slow disk never stalls an event loop.
+final class MessageStore: Sendable {
+    let kind: SinkStore
+    private let memory = Mutex<[StoredMessage]>([])
+    private let waiters = Mutex<[(Int, CheckedContinuation<[StoredMessage], Never>)]>([])
+    private let counter = Atomic<Int>(0)
+    private let queue = DispatchQueue(label: "sluice.sink.store")
+    private let hostname: String
+
+    init(_ kind: SinkStore, hostname: String) throws {
+        self.kind = kind
+        self.hostname = hostname.replacingSlashes
+        switch kind {
+        case .discard, .memory:
+            break
+        case .maildir(let directory):
+            for sub in ["", "/tmp", "/new", "/cur"] {
+                let path = directory + sub
+                if mkdir(path, 0o755) != 0, errno != EEXIST {
+                    throw StoreError(description: "cannot create \(path): \(String(cString: strerror(errno)))")
+                }
+            }
+        case .mbox(let path):
+            let fd = open(path, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0o644)
+            guard fd >= 0 else { throw StoreError(description: "cannot open \(path): \(String(cString: strerror(errno)))") }
+            close(fd)
+        }
+    }
+
+    /// A new id, unique within this process.
+    func nextID() -> String {
+        let n = counter.add(1, ordering: .relaxed).newValue
+        return String(n, radix: 36, uppercase: true)
+    }
+
+    /// Stores `message`; `completion` runs once it is durably kept (or not), on any thread.
+    func store(_ message: ReceivedMessage, completion: @escaping @Sendable (Result<String, StoreError>) -> Void) {
+        let id = nextID()
+        switch kind {
+        case .discard:
+            completion(.success(id))
+        case .memory:
+            let stored = StoredMessage(id: id, from: message.from, recipients: message.recipients, content: message.content,
+                                       heloName: message.heloName, authenticatedUser: message.authenticatedUser,
+                                       wasSecure: message.wasSecure)
+            let ready = memory.withLock { messages -> [(CheckedContinuation<[StoredMessage], Never>, [StoredMessage])] in
+                messages.append(stored)
+                let count = messages.count
+                let snapshot = messages
+                return waiters.withLock { waiters in
+                    let due = waiters.filter { $0.0 <= count }
+                    waiters.removeAll { $0.0 <= count }
+                    return due.map { ($0.1, snapshot) }
+                }
+            }
+            completion(.success(id))
+            for (waiter, messages) in ready { waiter.resume(returning: messages) }
+        case .maildir(let directory):
+            let hostname = self.hostname
+            queue.async {
+                completion(Result { try Self.writeMaildir(message.content, directory: directory, id: id, hostname: hostname) }
+                    .mapError { $0 as? StoreError ?? StoreError(description: "\($0)") }.map { id })
+            }
+        case .mbox(let path):
+            queue.async {
+                completion(Result { try Self.appendMbox(message, path: path) }
+                    .mapError { $0 as? StoreError ?? StoreError(description: "\($0)") }.map { id })
+            }
+        }
+    }
+
+    /// The messages kept in memory so far.
+    var messages: [StoredMessage] { memory.withLock { $0 } }
+
+    /// Waits until at least `count` messages are in memory.
+    func waitForMessages(count: Int) async -> [StoredMessage] {
+        await withCheckedContinuation { continuation in
+            let now: [StoredMessage]? = memory.withLock { messages in
+                if messages.count >= count { return messages }
+                waiters.withLock { $0.append((count, continuation)) }
+                return nil
+            }
+            if let now { continuation.resume(returning: now) }
+        }
+    }
+
+    // MARK: Disk
+
+    private static func fail(_ what: String) -> StoreError {
+        StoreError(description: "\(what): \(String(cString: strerror(errno)))")
+    }
+
+    private static func writeAll(_ fd: Int32, _ bytes: [UInt8], _ what: String) throws(StoreError) {
+        var offset = 0
+        while offset < bytes.count {
+            let written = bytes[offset...].withUnsafeBytes { write(fd, $0.baseAddress, $0.count) }
+            if written < 0 {
+                if errno == EINTR { continue }
+                throw fail(what)
+            }
+            offset += written
+        }
+    }
+
+    /// tmp/NAME, written and synced, then renamed into new/NAME, and new/ synced.
+    static func writeMaildir(_ content: [UInt8], directory: String, id: String, hostname: String) throws(StoreError) {
+        var now = timespec()
+        clock_gettime(CLOCK_REALTIME, &now)
+        let name = "\(now.tv_sec).M\(now.tv_nsec / 1000)P\(getpid())Q\(id).\(hostname)"
+        let temporary = "\(directory)/tmp/\(name)"
+        let final = "\(directory)/new/\(name)"
+        let fd = open(temporary, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0o644)
+        guard fd >= 0 else { throw fail("creating \(temporary)") }
+        do throws(StoreError) {
+            try writeAll(fd, content, "writing \(temporary)")
+            guard fsync(fd) == 0 else { throw fail("syncing \(temporary)") }
+        } catch {
+            close(fd)
+            unlink(temporary)
+            throw error
+        }
+        close(fd)
+        guard rename(temporary, final) == 0 else {
+            unlink(temporary)
+            throw fail("moving \(temporary) to new/")
+        }
+        let directoryFD = open("\(directory)/new", O_RDONLY | O_DIRECTORY | O_CLOEXEC)
+        if directoryFD >= 0 {
+            defer { close(directoryFD) }
+            guard fsync(directoryFD) == 0 else { throw fail("syncing \(directory)/new") }
+        }
+    }
+
+    /// Appends one mbox entry (mboxrd: `>From ` quoting) and syncs the file.
+    static func appendMbox(_ message: ReceivedMessage, path: String) throws(StoreError) {
+        var entry = Array("From \(message.from?.address ?? "MAILER-DAEMON") \(mboxDate())\n".utf8)
+        var lineStart = true
+        var index = 0
+        let content = message.content
+        while index < content.count {
+            let byte = content[index]
+            if lineStart {
+                // mboxrd: quote any line matching ^>*From by one more '>'.
+                var probe = index
+                while probe < content.count, content[probe] == UInt8(ascii: ">") { probe += 1 }
+                if content[probe...].starts(with: "From ".utf8) { entry.append(UInt8(ascii: ">")) }
+            }
+            if byte == 13, index + 1 < content.count, content[index + 1] == 10 {
+                index += 1
+                continue  // CRLF becomes LF in an mbox
+            }
+            entry.append(byte)
+            lineStart = byte == 10
+            index += 1
+        }
+        if entry.last != 10 { entry.append(10) }
+        entry.append(10)
+        let fd = open(path, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0o644)
+        guard fd >= 0 else { throw fail("opening \(path)") }
+        defer { close(fd) }
+        try writeAll(fd, entry, "appending to \(path)")
+        guard fsync(fd) == 0 else { throw fail("syncing \(path)") }
+    }
+
+    private static func mboxDate() -> String {
+        var now = time(nil)
+        var parts = tm()
+        gmtime_r(&now, &parts)
+        var buffer = [CChar](repeating: 0, count: 64)
+        strftime(&buffer, buffer.count, "%a %b %e %H:%M:%S %Y", &parts)
+        return String(decoding: buffer.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
+    }
+}
+
+extension String {
+    /// Maildir names may not hold '/' or ':'.
+    fileprivate var replacingSlashes: String {
+        String(map { $0 == "/" || $0 == ":" ? "_" : $0 })
+    }
+}

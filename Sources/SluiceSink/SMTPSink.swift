@@ -1,0 +1,158 @@
+public import Logging
+public import SluiceCore
+public import SluiceTransport
+
+/// How a sink is set up.
+public struct SinkConfiguration: Sendable {
+    /// A delay before each batch of replies.
+    public enum ReplyDelay: Hashable, Sendable {
+        /// Always this long.
+        case fixed(Duration)
+        /// Uniformly between the two (seeded with the faults' seed).
+        case random(Duration, Duration)
+    }
+
+    /// The address to listen on (`127.0.0.1`, `::1`, `localhost`).
+    public var host = "127.0.0.1"
+    /// The port; 0 picks a free one (see ``SMTPSink/localAddress``).
+    public var port = 2525
+    /// A second listener speaking TLS from the first byte (port 465 style), if wanted.
+    public var implicitTLSListen: (host: String, port: Int)?
+    /// What the SMTP server offers and enforces.
+    public var server = ServerStateMachine.Configuration()
+    /// The server's certificate for STARTTLS and implicit TLS.
+    public var tls: TLSContext?
+    /// Connections past this many are answered 421 and closed.
+    public var maximumConnections = 10_000
+    /// A client silent this long gets 421 and is closed.
+    public var idleTimeout: Duration = .seconds(300)
+    /// Where messages go.
+    public var store = SinkStore.discard
+    /// Faults to inject.
+    public var faults = SinkFaults()
+    /// A delay before replies, if any.
+    public var replyDelay: ReplyDelay?
+
+    /// The defaults: 127.0.0.1:2525, every extension but STARTTLS and AUTH, discard.
+    public init() {}
+}
+
+/// A fast SMTP sink on SluiceTransport's loops and SluiceCore's server state machine: it takes
+/// mail (to discard, memory, a Maildir or an mbox), can misbehave on demand, and counts.
+///
+/// ```swift
+/// var configuration = SinkConfiguration()
+/// configuration.port = 0
+/// configuration.store = .memory
+/// let sink = try await SMTPSink.start(configuration)
+/// // … send to sink.localAddress …
+/// let messages = try await sink.waitForMessages(count: 1)
+/// await sink.shutdown()
+/// ```
+public final class SMTPSink: Sendable {
+    /// Where the sink listens (with the port actually bound).
+    public let localAddress: SocketAddress
+    /// Where the implicit-TLS listener listens, if there is one.
+    public let implicitTLSAddress: SocketAddress?
+    private let servers: [TCPServer]
+    private let shared: SinkShared
+    private let group: EventLoopGroup
+    private let ownsGroup: Bool
+
+    private init(localAddress: SocketAddress, implicitTLSAddress: SocketAddress?, servers: [TCPServer], shared: SinkShared,
+                 group: EventLoopGroup, ownsGroup: Bool) {
+        self.localAddress = localAddress
+        self.implicitTLSAddress = implicitTLSAddress
+        self.servers = servers
+        self.shared = shared
+        self.group = group
+        self.ownsGroup = ownsGroup
+    }
+
+    /// Starts listening. Without a `group` the sink makes (and on shutdown stops) its own.
+    public static func start(
+        _ configuration: SinkConfiguration, group: EventLoopGroup? = nil,
+        logger: Logger = Logger(label: "sluice.sink")
+    ) async throws -> SMTPSink {
+        var configuration = configuration
+        if configuration.tls != nil, configuration.tls?.configuration.role != .server {
+            throw TransportError(.invalidArgument, "the sink needs a server TLS context")
+        }
+        configuration.server.startTLS = configuration.server.startTLS || configuration.tls != nil
+        let store = try MessageStore(configuration.store, hostname: configuration.server.hostname)
+        let shared = SinkShared(configuration: configuration, store: store)
+        let ownsGroup = group == nil
+        let group = group ?? EventLoopGroup()
+        var options = ConnectionOptions()
+        options.pausesReadingWhenNotWritable = true  // a client that does not read cannot grow our memory
+
+        let (limit, hostname) = (configuration.maximumConnections, configuration.server.hostname)
+        func makeHandler(secure: Bool) -> @Sendable (Connection) -> any ConnectionHandler {
+            { connection in
+                if shared.counters.activeSessions.load(ordering: .relaxed) >= limit {
+                    shared.counters.sessions.add(1, ordering: .relaxed)
+                    shared.counters.refusedSessions.add(1, ordering: .relaxed)
+                    return RefusedSession(connection: connection, hostname: hostname)
+                }
+                return SinkSession(connection: connection, shared: shared, secure: secure)
+            }
+        }
+
+        var servers: [TCPServer] = []
+        do {
+            let plain = try await TCPServer.listen(
+                host: configuration.host, port: configuration.port, group: group, options: options, logger: logger,
+                handler: makeHandler(secure: false))
+            servers.append(plain)
+            var implicitAddress: SocketAddress?
+            if let listen = configuration.implicitTLSListen {
+                guard let tls = configuration.tls else {
+                    throw TransportError(.invalidArgument, "implicit TLS needs a certificate and key")
+                }
+                let secure = try await TCPServer.listen(
+                    host: listen.host, port: listen.port, group: group, tls: tls, options: options, logger: logger,
+                    handler: makeHandler(secure: true))
+                servers.append(secure)
+                implicitAddress = secure.localAddress
+            }
+            return SMTPSink(localAddress: plain.localAddress, implicitTLSAddress: implicitAddress, servers: servers,
+                            shared: shared, group: group, ownsGroup: ownsGroup)
+        } catch {
+            for server in servers { await server.close() }
+            if ownsGroup { await group.shutdown() }
+            throw error
+        }
+    }
+
+    /// What the sink has seen so far.
+    public var statistics: SinkStatistics { shared.counters.snapshot }
+
+    /// The messages kept so far (``SinkStore/memory`` only).
+    public var messages: [StoredMessage] { shared.store.messages }
+
+    /// Waits until at least `count` messages are kept in memory (``SinkStore/memory`` only).
+    ///
+    /// - Throws: `CancellationError` when the task is cancelled, ``TransportError`` with
+    ///   ``TransportError/Kind/connectTimeout`` when `timeout` passes first.
+    public func waitForMessages(count: Int, timeout: Duration = .seconds(30)) async throws -> [StoredMessage] {
+        precondition(shared.store.kind == .memory, "waitForMessages needs the memory store")
+        return try await withThrowingTaskGroup(of: [StoredMessage]?.self) { tasks in
+            tasks.addTask { await self.shared.store.waitForMessages(count: count) }
+            tasks.addTask {
+                try await Task.sleep(for: timeout)
+                return nil
+            }
+            defer { tasks.cancelAll() }
+            guard let first = try await tasks.next(), let messages = first else {
+                throw TransportError(.connectTimeout, "fewer than \(count) messages arrived within \(timeout)")
+            }
+            return messages
+        }
+    }
+
+    /// Stops listening; sessions in progress are closed when an owned group shuts down.
+    public func shutdown() async {
+        for server in servers { await server.close() }
+        if ownsGroup { await group.shutdown() }
+    }
+}

@@ -1,0 +1,179 @@
+import SluiceCore
+import SluiceTransport
+import Synchronization
+
+/// What every session of one sink shares.
+final class SinkShared: Sendable {
+    let configuration: SinkConfiguration
+    let store: MessageStore
+    let counters = SinkCounters()
+    let faults: FaultState?
+    let delays: Mutex<SplitMix64>
+
+    init(configuration: SinkConfiguration, store: MessageStore) {
+        self.configuration = configuration
+        self.store = store
+        faults = configuration.faults.isEmpty ? nil : FaultState(configuration.faults)
+        delays = Mutex(SplitMix64(seed: configuration.faults.seed &+ 0x5EED))
+    }
+
+    func replyDelay() -> Duration? {
+        switch configuration.replyDelay {
+        case nil: return nil
+        case .fixed(let delay)?: return delay
+        case .random(let low, let high)?:
+            let span = max(0, (high - low).milliseconds)
+            let extra = span == 0 ? 0 : delays.withLock { Int($0.next() % UInt64(span + 1)) }
+            return low + .milliseconds(extra)
+        }
+    }
+}
+
+extension Duration {
+    fileprivate var milliseconds: Int {
+        Int(components.seconds) * 1000 + Int(components.attoseconds / 1_000_000_000_000_000)
+    }
+}
+
+/// One SMTP session: the server state machine joined to a connection, on its loop.
+final class SinkSession: ConnectionHandler, @unchecked Sendable {
+    // Every mutable field is touched on the connection's loop thread only: the handler
+    // methods run there, and each closure that captures the session (timers, the store's
+    // completion) runs there or hops there with loop.execute before touching anything.
+    private let connection: Connection
+    private let shared: SinkShared
+    private var machine: ServerStateMachine
+    private var idleTimer: LoopTimer?
+    private var delayTimer: LoopTimer?
+    private var outbox: [Out] = []
+    private var isClosed = false
+
+    private enum Out {
+        case write([UInt8])
+        case startTLS
+        case close
+    }
+
+    /// Starts the session on `connection` (on its loop) and sends the greeting.
+    init(connection: Connection, shared: SinkShared, secure: Bool) {
+        self.connection = connection
+        self.shared = shared
+        let policy: any ServerPolicy = shared.faults.map { FaultPolicy(state: $0) } ?? NoFaults()
+        machine = ServerStateMachine(configuration: shared.configuration.server, policy: policy)
+        shared.counters.sessions.add(1, ordering: .relaxed)
+        shared.counters.activeSessions.add(1, ordering: .relaxed)
+        if secure { shared.counters.tlsSessions.add(1, ordering: .relaxed) }
+        perform(machine.connected(secure: secure))
+        resetIdleTimer()
+    }
+
+    func connection(_ connection: Connection, didReceive bytes: UnsafeRawBufferPointer) {
+        resetIdleTimer()
+        perform(machine.bytesReceived(bytes.bindMemory(to: UInt8.self)))
+        // Input waits while a message is stored; do not let a client pile it up.
+        if machine.bufferedInputCount > 1 << 20 { connection.pauseReading() }
+    }
+
+    func connectionDidClose(_ connection: Connection, error: TransportError?) {
+        isClosed = true
+        idleTimer?.cancel()
+        delayTimer?.cancel()
+        shared.counters.activeSessions.subtract(1, ordering: .relaxed)
+    }
+
+    private func resetIdleTimer() {
+        idleTimer?.cancel()
+        idleTimer = connection.eventLoop.scheduleTimer(after: shared.configuration.idleTimeout) { [self] in
+            perform(machine.timeoutFired())
+        }
+    }
+
+    private func perform(_ actions: [ServerStateMachine.Action]) {
+        guard !isClosed else { return }
+        for action in actions {
+            switch action {
+            case .write(let bytes):
+                shared.counters.countReplies(in: bytes)
+                send(.write(bytes))
+            case .startTLS:
+                send(.startTLS)
+            case .close:
+                send(.close)
+            case .deliver(let message):
+                deliver(message)
+            }
+        }
+    }
+
+    private func deliver(_ message: ReceivedMessage) {
+        let loop = connection.eventLoop
+        shared.store.store(message) { [self] result in
+            if loop.inEventLoop {
+                delivered(message, result)
+            } else {
+                loop.execute { self.delivered(message, result) }
+            }
+        }
+    }
+
+    private func delivered(_ message: ReceivedMessage, _ result: Result<String, StoreError>) {
+        guard !isClosed else { return }
+        switch result {
+        case .success(let id):
+            shared.counters.messages.add(1, ordering: .relaxed)
+            shared.counters.recipients.add(message.recipients.count, ordering: .relaxed)
+            shared.counters.bytes.add(message.content.count, ordering: .relaxed)
+            perform(machine.deliveryFinished(.stored(id: id)))
+        case .failure(let error):
+            perform(machine.deliveryFinished(.failed(SMTPReply(
+                .localErrorInProcessing, EnhancedStatusCode("4.3.0"), "Error: could not store the message: \(error)"))))
+        }
+        if machine.bufferedInputCount <= 1 << 20 { connection.resumeReading() }
+    }
+
+    // MARK: Output, with the optional reply delay
+
+    private func send(_ out: Out) {
+        guard let delay = shared.replyDelay() else {
+            execute(out)
+            return
+        }
+        outbox.append(out)
+        guard delayTimer == nil else { return }
+        delayTimer = connection.eventLoop.scheduleTimer(after: delay) { [self] in
+            delayTimer = nil
+            let due = outbox
+            outbox = []
+            for out in due where !isClosed { execute(out) }
+        }
+    }
+
+    private func execute(_ out: Out) {
+        switch out {
+        case .write(let bytes):
+            connection.enqueueWrite(bytes)
+        case .close:
+            connection.close()
+        case .startTLS:
+            guard let context = shared.configuration.tls else {
+                connection.close(error: TransportError(.invalidArgument, "STARTTLS without a certificate"))
+                return
+            }
+            connection.startTLS(context: context, serverName: nil) { [self] result in
+                guard case .success = result else { return }  // the transport closes a failed handshake
+                shared.counters.tlsSessions.add(1, ordering: .relaxed)
+                perform(machine.tlsEstablished())
+            }
+        }
+    }
+}
+
+/// Answers a connection past the limit with 421 and closes it.
+final class RefusedSession: ConnectionHandler {
+    init(connection: Connection, hostname: String) {
+        connection.enqueueWrite(Array("421 4.7.0 \(hostname) Error: too many connections\r\n".utf8))
+        connection.close()
+    }
+    func connection(_ connection: Connection, didReceive bytes: UnsafeRawBufferPointer) {}
+    func connectionDidClose(_ connection: Connection, error: TransportError?) {}
+}

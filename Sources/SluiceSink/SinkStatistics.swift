@@ -1,0 +1,77 @@
+import Synchronization
+
+/// What a sink has seen, as a snapshot.
+public struct SinkStatistics: Hashable, Sendable, Codable {
+    /// Connections accepted (including those refused for the connection limit).
+    public var sessions = 0
+    /// Connections open now.
+    public var activeSessions = 0
+    /// Connections refused with 421 because of the connection limit.
+    public var refusedSessions = 0
+    /// Messages stored (answered 250 at the end of data).
+    public var messages = 0
+    /// Recipients of stored messages.
+    public var recipients = 0
+    /// Content bytes of stored messages.
+    public var bytes = 0
+    /// Sessions that completed a TLS handshake (STARTTLS or implicit).
+    public var tlsSessions = 0
+    /// 4xx and 5xx replies sent, by code.
+    public var rejectionsByCode: [String: Int] = [:]
+    /// Replies 500, 501 and 521: commands or content the sink could not accept as SMTP.
+    public var protocolErrors = 0
+
+    /// A one-line summary for logs.
+    public var summary: String {
+        let rejections = rejectionsByCode.sorted { $0.key < $1.key }.map { "\($0.key)=\($0.value)" }.joined(separator: " ")
+        return "sessions \(sessions) (active \(activeSessions), refused \(refusedSessions)), messages \(messages), "
+            + "recipients \(recipients), bytes \(bytes), tls \(tlsSessions), protocol errors \(protocolErrors)"
+            + (rejections.isEmpty ? "" : ", rejections \(rejections)")
+    }
+}
+
+/// The counters behind ``SinkStatistics``, shared by every connection.
+final class SinkCounters: Sendable {
+    let sessions = Atomic<Int>(0)
+    let activeSessions = Atomic<Int>(0)
+    let refusedSessions = Atomic<Int>(0)
+    let messages = Atomic<Int>(0)
+    let recipients = Atomic<Int>(0)
+    let bytes = Atomic<Int>(0)
+    let tlsSessions = Atomic<Int>(0)
+    let protocolErrors = Atomic<Int>(0)
+    private let rejections = Mutex<[Int: Int]>([:])
+
+    /// Counts the 4xx/5xx replies in bytes about to be written.
+    func countReplies(in bytes: [UInt8]) {
+        var lineStart = 0
+        var found: [Int] = []
+        for index in bytes.indices where bytes[index] == 10 {
+            let line = lineStart
+            lineStart = index + 1
+            guard index - line >= 4, bytes[line + 3] == UInt8(ascii: " ") else { continue }  // last line of a reply
+            let first = bytes[line]
+            guard first == UInt8(ascii: "4") || first == UInt8(ascii: "5") else { continue }
+            let code = Int(first - 48) * 100 + Int(bytes[line + 1] - 48) * 10 + Int(bytes[line + 2] - 48)
+            found.append(code)
+        }
+        guard !found.isEmpty else { return }
+        rejections.withLock { table in for code in found { table[code, default: 0] += 1 } }
+        let protocolCount = found.filter { $0 == 500 || $0 == 501 || $0 == 521 }.count
+        if protocolCount > 0 { protocolErrors.add(protocolCount, ordering: .relaxed) }
+    }
+
+    var snapshot: SinkStatistics {
+        var statistics = SinkStatistics()
+        statistics.sessions = sessions.load(ordering: .relaxed)
+        statistics.activeSessions = activeSessions.load(ordering: .relaxed)
+        statistics.refusedSessions = refusedSessions.load(ordering: .relaxed)
+        statistics.messages = messages.load(ordering: .relaxed)
+        statistics.recipients = recipients.load(ordering: .relaxed)
+        statistics.bytes = bytes.load(ordering: .relaxed)
+        statistics.tlsSessions = tlsSessions.load(ordering: .relaxed)
+        statistics.protocolErrors = protocolErrors.load(ordering: .relaxed)
+        statistics.rejectionsByCode = Dictionary(uniqueKeysWithValues: rejections.withLock { $0 }.map { (String($0.key), $0.value) })
+        return statistics
+    }
+}

@@ -1,0 +1,57 @@
+import Foundation
+import SluiceCore
+import SluiceSink
+import SluiceTestSupport
+import SluiceTransport
+import Testing
+
+/// A raw SMTP client over the transport: sends bytes as given, reads replies as they come.
+struct RawSession {
+    let connection: Connection
+    let collector: Collector
+
+    static func open(to address: SocketAddress, on loop: EventLoop, tls: TLSContext? = nil) async throws -> RawSession {
+        let collector = Collector()
+        let connection = try await Connection.connect(
+            to: address.host, port: address.port, on: loop, tls: tls, serverName: tls == nil ? nil : "localhost") { _ in
+            collector
+        }
+        return RawSession(connection: connection, collector: collector)
+    }
+
+    func send(_ text: String) async throws { try await connection.write(Array(text.utf8)) }
+    func send(_ bytes: [UInt8]) async throws { try await connection.write(bytes) }
+
+    /// The replies read so far, parsed from everything received.
+    var replies: [SMTPReply] {
+        var parser = ReplyParser(limits: { var limits = ReplyParser.Limits(); limits.maximumReplyLength = 1 << 24; return limits }())
+        parser.append(collector.kept)
+        var all: [SMTPReply] = []
+        while let reply = try? parser.nextReply() { all.append(reply) }
+        return all
+    }
+
+    /// Waits until at least `count` replies have arrived (or the connection closed), for at most 10 s.
+    @discardableResult
+    func replies(atLeast count: Int) async -> [SMTPReply] {
+        let clock = ContinuousClock()
+        let deadline = clock.now + .seconds(10)
+        while clock.now < deadline {
+            let now = replies
+            if now.count >= count || collector.isClosed { return now }
+            try? await Task.sleep(for: .milliseconds(5))
+        }
+        return replies
+    }
+
+    var codes: [Int] { replies.map(\.code.rawValue) }
+}
+
+/// Starts a memory-store sink on 127.0.0.1:0 with `configure` applied.
+func startSink(_ configure: (inout SinkConfiguration) -> Void = { _ in }) async throws -> SMTPSink {
+    var configuration = SinkConfiguration()
+    configuration.port = 0
+    configuration.store = .memory
+    configure(&configuration)
+    return try await SMTPSink.start(configuration)
+}

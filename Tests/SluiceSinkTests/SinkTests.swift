@@ -1,0 +1,217 @@
+import Foundation
+import SluiceCore
+import SluiceSink
+import SluiceTestSupport
+import SluiceTransport
+import Testing
+
+@Suite("Sink: sessions, stores and limits")
+struct SinkTests {
+    @Test func pipelinedSessionIsStoredExactlyAsSent() async throws {
+        let sink = try await startSink()
+        let group = EventLoopGroup(numberOfLoops: 1)
+        let client = try await RawSession.open(to: sink.localAddress, on: group.loops[0])
+        await client.replies(atLeast: 1)
+        try await client.send("EHLO client.example\r\nMAIL FROM:<s@example.com>\r\nRCPT TO:<a@example.com>\r\nDATA\r\n")
+        await client.replies(atLeast: 5)
+        try await client.send("Subject: hello\r\n\r\n..leading dot\r\nbody\r\n.\r\nQUIT\r\n")
+        let replies = await client.replies(atLeast: 7)
+        #expect(replies.map(\.code.rawValue) == [220, 250, 250, 250, 354, 250, 221])
+        let stored = try await sink.waitForMessages(count: 1)
+        #expect(stored[0].content == Array("Subject: hello\r\n\r\n.leading dot\r\nbody\r\n".utf8))
+        #expect(stored[0].recipients.map(\.address) == ["a@example.com"])
+        #expect(replies[5].text.contains(stored[0].id))
+        let statistics = sink.statistics
+        #expect(statistics.messages == 1 && statistics.recipients == 1 && statistics.sessions == 1)
+        await client.collector.waitForClose()
+        await sink.shutdown()
+        await group.shutdown()
+    }
+
+    @Test func maildirMessageIsOnDiskBeforeThe250() async throws {
+        let directory = FileManager.default.temporaryDirectory.appendingPathComponent("sluice-maildir-\(UUID())").path
+        let sink = try await startSink { $0.store = .maildir(directory) }
+        let group = EventLoopGroup(numberOfLoops: 1)
+        let client = try await RawSession.open(to: sink.localAddress, on: group.loops[0])
+        try await client.send("EHLO c\r\nMAIL FROM:<s@example.com>\r\nRCPT TO:<a@example.com>\r\nDATA\r\n")
+        await client.replies(atLeast: 5)
+        try await client.send("Subject: disk\r\n\r\nkept\r\n.\r\n")
+        let replies = await client.replies(atLeast: 6)
+        #expect(replies.last?.code == .ok)
+        // The 250 arrived, so the file must already be in new/ (written, synced, renamed).
+        let names = try FileManager.default.contentsOfDirectory(atPath: directory + "/new")
+        #expect(names.count == 1)
+        let content = try Data(contentsOf: URL(fileURLWithPath: directory + "/new/" + names[0]))
+        #expect(Array(content) == Array("Subject: disk\r\n\r\nkept\r\n".utf8))
+        #expect(try FileManager.default.contentsOfDirectory(atPath: directory + "/tmp").isEmpty)
+        await sink.shutdown()
+        await group.shutdown()
+    }
+
+    @Test func smuggledSecondMessageIsNeverStored() async throws {
+        let sink = try await startSink()
+        let group = EventLoopGroup(numberOfLoops: 1)
+        for attack in ["a\n.\nMAIL FROM:<evil@example.com>\r\nRCPT TO:<v@example.com>\r\nDATA\r\nevil\r\n.\r\n",
+                       "a\r.\rMAIL FROM:<evil@example.com>\r\nRCPT TO:<v@example.com>\r\nDATA\r\nevil\r\n.\r\n"] {
+            let client = try await RawSession.open(to: sink.localAddress, on: group.loops[0])
+            try await client.send("EHLO c\r\nMAIL FROM:<s@example.com>\r\nRCPT TO:<a@example.com>\r\nDATA\r\n" + attack)
+            await client.collector.waitForClose()
+            #expect(client.codes.contains(521))
+        }
+        try await Task.sleep(for: .milliseconds(50))
+        #expect(sink.messages.isEmpty, "neither the cut message nor the smuggled one is stored")
+        await sink.shutdown()
+        await group.shutdown()
+    }
+
+    @Test func endlessLineAndEndlessDataDoNotGrowMemory() async throws {
+        let sink = try await startSink { $0.server.maximumMessageSize = 1 << 20 }
+        let group = EventLoopGroup(numberOfLoops: 1)
+        let before = residentMemory()
+        let client = try await RawSession.open(to: sink.localAddress, on: group.loops[0])
+        let chunk = [UInt8](repeating: UInt8(ascii: "A"), count: 1 << 20)
+        for _ in 0..<32 { try await client.send(chunk) }  // 32 MiB, no line end
+        try await client.send("\r\nEHLO c\r\nMAIL FROM:<s@example.com>\r\nRCPT TO:<a@example.com>\r\nDATA\r\n")
+        await client.replies(atLeast: 6)
+        let line = Array((String(repeating: "x", count: 998) + "\r\n").utf8)
+        let block = Array(repeating: line, count: 1024).flatMap { $0 }  // 1 MiB of lines
+        for _ in 0..<32 { try await client.send(block) }  // 32 MiB of DATA against a 1 MiB limit
+        try await client.send(".\r\nNOOP\r\n")
+        let replies = await client.replies(atLeast: 8)
+        #expect(replies.map(\.code.rawValue) == [220, 500, 250, 250, 250, 354, 552, 250], "answered, and the session goes on")
+        #expect(sink.messages.isEmpty, "a message over the limit is not stored, even partly")
+        let growth = residentMemory() - before
+        #expect(growth < 48 << 20, "memory grew by \(growth) bytes for 64 MiB of input")
+        await sink.shutdown()
+        await group.shutdown()
+    }
+
+    @Test func garbageNULAndInvalidUTF8GetErrorsAndTheSessionContinues() async throws {
+        let sink = try await startSink()
+        let group = EventLoopGroup(numberOfLoops: 1)
+        let client = try await RawSession.open(to: sink.localAddress, on: group.loops[0])
+        try await client.send("GARBAGE\r\nMORE GARBAGE\r\n")
+        try await client.send([0x4E, 0x4F, 0x00, 0x4F, 0x50, 13, 10, 0x45, 0x48, 0x4C, 0x4F, 0x20, 0xC3, 0x28, 13, 10])
+        try await client.send("NOOP\r\n")
+        #expect(await client.replies(atLeast: 6).map(\.code.rawValue) == [220, 500, 500, 500, 500, 250])
+        #expect(sink.statistics.protocolErrors == 4)
+        await sink.shutdown()
+        await group.shutdown()
+    }
+
+    @Test func startTLSWithPipelinedPlaintextAnswersOnlyThe220() async throws {
+        let certificates = try TestCertificates.shared()
+        let sink = try await startSink {
+            $0.tls = try? TLSContext(.server(certificateChainFile: certificates.good.certificate, privateKeyFile: certificates.good.key))
+        }
+        let group = EventLoopGroup(numberOfLoops: 1)
+        let client = try await RawSession.open(to: sink.localAddress, on: group.loops[0])
+        try await client.send("EHLO c\r\n")
+        #expect(await client.replies(atLeast: 2).last?.lines.contains("STARTTLS") == true)
+        try await client.send("STARTTLS\r\nRSET\r\n")
+        let replies = await client.replies(atLeast: 3)
+        try await Task.sleep(for: .milliseconds(100))
+        #expect(client.codes == [220, 250, 220], "RSET sent in plaintext behind STARTTLS is never answered")
+        _ = replies
+        let clientTLS = try TLSContext(.client(trustRoots: .pemFile(certificates.caFile)))
+        try await client.connection.startTLS(context: clientTLS, serverName: "localhost")
+        try await client.send("EHLO c\r\n")
+        let after = await client.replies(atLeast: 4)
+        #expect(after.last?.code == .ok)
+        #expect(after.last?.lines.contains("STARTTLS") == false)
+        #expect(sink.statistics.tlsSessions == 1)
+        await sink.shutdown()
+        await group.shutdown()
+    }
+
+    @Test func thousandsOfIdleConnectionsDoNotStopARealSession() async throws {
+        let sink = try await startSink { $0.maximumConnections = 5000 }
+        let group = EventLoopGroup(numberOfLoops: 2)
+        var idle: [RawSession] = []
+        for _ in 0..<2000 { idle.append(try await RawSession.open(to: sink.localAddress, on: group.next())) }
+        let client = try await RawSession.open(to: sink.localAddress, on: group.next())
+        try await client.send("EHLO c\r\nMAIL FROM:<s@example.com>\r\nRCPT TO:<a@example.com>\r\nDATA\r\n")
+        await client.replies(atLeast: 5)
+        try await client.send("Subject: x\r\n\r\ny\r\n.\r\n")
+        #expect(await client.replies(atLeast: 6).last?.code == .ok)
+        #expect(sink.statistics.activeSessions == 2001)
+        for session in idle { await session.connection.close() }
+        await sink.shutdown()
+        await group.shutdown()
+    }
+
+    @Test func connectionsPastTheLimitGet421() async throws {
+        let sink = try await startSink { $0.maximumConnections = 2 }
+        let group = EventLoopGroup(numberOfLoops: 1)
+        let first = try await RawSession.open(to: sink.localAddress, on: group.loops[0])
+        let second = try await RawSession.open(to: sink.localAddress, on: group.loops[0])
+        await first.replies(atLeast: 1)
+        await second.replies(atLeast: 1)
+        let third = try await RawSession.open(to: sink.localAddress, on: group.loops[0])
+        await third.collector.waitForClose()
+        #expect(third.codes == [421])
+        #expect(sink.statistics.refusedSessions == 1)
+        await sink.shutdown()
+        await group.shutdown()
+    }
+
+    @Test func anIdleClientGets421AndIsClosed() async throws {
+        let sink = try await startSink { $0.idleTimeout = .milliseconds(200) }
+        let group = EventLoopGroup(numberOfLoops: 1)
+        let client = try await RawSession.open(to: sink.localAddress, on: group.loops[0])
+        await client.collector.waitForClose()
+        #expect(client.codes == [220, 421])
+        await sink.shutdown()
+        await group.shutdown()
+    }
+
+    @Test func seededFaultsRepeatExactly() async throws {
+        func run() async throws -> [Int] {
+            let sink = try await startSink {
+                $0.faults.rejectRecipients = .everyNth(3)
+                $0.faults.deferRecipients = .probability(0.3)
+                $0.faults.seed = 42
+            }
+            let group = EventLoopGroup(numberOfLoops: 1)
+            let client = try await RawSession.open(to: sink.localAddress, on: group.loops[0])
+            var script = "EHLO c\r\nMAIL FROM:<s@example.com>\r\n"
+            for index in 0..<30 { script += "RCPT TO:<r\(index)@example.com>\r\n" }
+            try await client.send(script)
+            let codes = await client.replies(atLeast: 33).map(\.code.rawValue)
+            await sink.shutdown()
+            await group.shutdown()
+            return codes
+        }
+        let first = try await run()
+        let second = try await run()
+        #expect(first == second, "the same seed gives the same faults")
+        let recipientCodes = Array(first.dropFirst(3))
+        #expect(recipientCodes.count == 30)
+        #expect(stride(from: 2, to: 30, by: 3).allSatisfy { recipientCodes[$0] == 550 }, "every third is rejected")
+        #expect(recipientCodes.contains(450) && recipientCodes.contains(250))
+    }
+
+    @Test func disconnectAfterDataLeavesNoReplyAndNoMessage() async throws {
+        let sink = try await startSink {
+            $0.faults.disconnect = .everyNth(1)
+            $0.faults.disconnectPhase = .afterData
+        }
+        let group = EventLoopGroup(numberOfLoops: 1)
+        let client = try await RawSession.open(to: sink.localAddress, on: group.loops[0])
+        try await client.send("EHLO c\r\nMAIL FROM:<s@example.com>\r\nRCPT TO:<a@example.com>\r\nDATA\r\n")
+        await client.replies(atLeast: 5)
+        try await client.send("x\r\n.\r\n")
+        await client.collector.waitForClose()
+        #expect(client.codes == [220, 250, 250, 250, 354])
+        #expect(sink.messages.isEmpty)
+        await sink.shutdown()
+        await group.shutdown()
+    }
+}
+
+/// Resident set size of this process.
+func residentMemory() -> Int {
+    guard let text = try? String(contentsOfFile: "/proc/self/statm", encoding: .utf8),
+          let pages = Int(text.split(separator: " ")[1]) else { return 0 }
+    return pages * Int(sysconf(Int32(_SC_PAGESIZE)))
+}
