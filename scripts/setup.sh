@@ -1,13 +1,16 @@
 #!/usr/bin/env bash
 # Installs what Sluice needs on a fresh Debian or Ubuntu machine that has only the Swift
-# toolchain: the C libraries it links (libuv, OpenSSL), the tools its tests use as
-# independent peers (the openssl command), and pkg-config. Each package is installed only
-# if missing, so a second run does nothing.
+# toolchain: the C libraries it links (libuv, OpenSSL), pkg-config, and the independent
+# peers its tests talk to: the openssl command, Postfix's smtp-source and smtp-sink, swaks
+# (with Net::SSLeay for TLS) and Python 3. Each package is installed only if missing, so a
+# second run does nothing. Postfix's own daemon is not started (policy-rc.d in containers;
+# nothing here needs it running).
 #
 #   scripts/setup.sh            # build and test dependencies
 set -euo pipefail
 
-packages=(pkg-config libuv1-dev libssl-dev openssl ca-certificates)
+packages=(pkg-config libuv1-dev libssl-dev openssl ca-certificates
+          postfix swaks libnet-ssleay-perl libauthen-sasl-perl python3)
 
 missing=()
 for package in "${packages[@]}"; do

@@ -1,0 +1,256 @@
+import ArgumentParser
+import Dispatch
+import Foundation
+import SluiceCore
+import SluiceSink
+import SluiceTransport
+
+/// `sluice sink`: an SMTP sink for tests and load work, as the sink issue specifies.
+struct SinkCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "sink",
+        abstract: "Run an SMTP sink: take mail fast (discard, memory, Maildir or mbox), misbehave on demand, count."
+    )
+
+    @Option(help: "Address to listen on, HOST:PORT; port 0 picks one.")
+    var listen = "127.0.0.1:2525"
+    @Option(help: "Name in the greeting and EHLO reply.")
+    var hostname = "localhost"
+    @Option(name: .customLong("tls-cert"), help: "Server certificate chain (PEM) for STARTTLS and implicit TLS.")
+    var tlsCertificate: String?
+    @Option(name: .customLong("tls-key"), help: "Private key (PEM) for --tls-cert.")
+    var tlsKey: String?
+    @Option(name: .customLong("implicit-tls-listen"), help: "Also listen with TLS from the first byte, HOST:PORT.")
+    var implicitTLSListen: String?
+    @Option(name: .customLong("auth"), help: "A user for AUTH PLAIN/LOGIN, USER:PASSWORD (repeatable).")
+    var users: [String] = []
+    @Flag(name: .customLong("require-auth"), help: "Refuse MAIL until the client authenticates.")
+    var requireAuth = false
+    @Flag(name: .customLong("require-tls"), help: "Refuse MAIL and AUTH until TLS is on.")
+    var requireTLS = false
+    @Flag(name: .customLong("no-pipelining")) var noPipelining = false
+    @Flag(name: .customLong("no-chunking")) var noChunking = false
+    @Flag(name: .customLong("no-8bitmime")) var no8BitMIME = false
+    @Flag(name: .customLong("no-smtputf8")) var noSMTPUTF8 = false
+    @Option(name: .customLong("max-message-size"), help: "Largest message in bytes (552 beyond).")
+    var maxMessageSize = 64 * 1024 * 1024
+    @Option(name: .customLong("max-recipients"), help: "Most recipients per message (452 beyond).")
+    var maxRecipients = 1000
+    @Option(help: "Where messages go: discard, memory, maildir:DIR or mbox:FILE.")
+    var store = "discard"
+    @Option(name: .customLong("max-connections"), help: "Connections past this get 421.")
+    var maxConnections = 10_000
+    @Option(name: .customLong("idle-timeout"), help: "Seconds of client silence before 421 and close.")
+    var idleTimeout: Double = 300
+    @Option(name: .customLong("reject-rcpt"), help: "Reject recipients: RATE[:CODE], RATE a probability (0.1) or 1/N.")
+    var rejectRecipients: String?
+    @Option(name: .customLong("defer-rcpt"), help: "Answer recipients 450 at RATE.")
+    var deferRecipients: String?
+    @Option(name: .customLong("reject-data"), help: "Answer the end of data 554 at RATE.")
+    var rejectData: String?
+    @Option(name: .customLong("defer-data"), help: "Answer the end of data 451 at RATE.")
+    var deferData: String?
+    @Option(help: "Disconnect at RATE[:PHASE], PHASE one of greeting, ehlo, mail, rcpt, data, after-data (default mail).")
+    var disconnect: String?
+    @Option(help: "Delay before replies: MS, or MIN-MAX milliseconds.")
+    var delay: String?
+    @Option(help: "Seed for the fault and delay generator.")
+    var seed: UInt64 = 1
+    @Option(name: .customLong("stats-interval"), help: "Print statistics every this many seconds (0: only at exit).")
+    var statsInterval: Double = 0
+    @Option(name: .customLong("stats-json"), help: "Write statistics as JSON to this file (at each interval and at exit).")
+    var statsJSON: String?
+    @Option(name: .customLong("exit-after"), help: "Exit after this many messages.")
+    var exitAfter: Int?
+
+    func run() async throws {
+        let configuration = try makeConfiguration()
+        let sink = try await SMTPSink.start(configuration)
+        // The first line is the contract for scripts: written at once, not buffered.
+        var banner = "listening on \(sink.localAddress)\n"
+        if let secure = sink.implicitTLSAddress { banner += "listening with implicit TLS on \(secure)\n" }
+        FileHandle.standardOutput.write(Data(banner.utf8))
+
+        let stop = StopSignal()
+        let signals = [SIGINT, SIGTERM].map { number -> any DispatchSourceSignal in
+            signal(number, SIG_IGN)
+            let source = DispatchSource.makeSignalSource(signal: number, queue: .global())
+            source.setEventHandler { stop.fire() }
+            source.resume()
+            return source
+        }
+        let statsTask = Task {
+            guard statsInterval > 0 else { return }
+            while !Task.isCancelled {
+                try? await Task.sleep(for: .milliseconds(Int(statsInterval * 1000)))
+                report(sink.statistics)
+            }
+        }
+        let exitTask = Task {
+            guard let exitAfter else { return }
+            while !Task.isCancelled, sink.statistics.messages < exitAfter {
+                try? await Task.sleep(for: .milliseconds(20))
+            }
+            stop.fire()
+        }
+        await stop.wait()
+        statsTask.cancel()
+        exitTask.cancel()
+        for source in signals { source.cancel() }
+        await sink.shutdown()
+        report(sink.statistics, final: true)
+    }
+
+    private func report(_ statistics: SinkStatistics, final: Bool = false) {
+        FileHandle.standardError.write(Data("\(final ? "final: " : "")\(statistics.summary)\n".utf8))
+        if let statsJSON {
+            let encoder = JSONEncoder()
+            encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
+            do {
+                try encoder.encode(statistics).write(to: URL(fileURLWithPath: statsJSON))
+            } catch {
+                FileHandle.standardError.write(Data("cannot write \(statsJSON): \(error)\n".utf8))
+            }
+        }
+    }
+
+    func makeConfiguration() throws -> SinkConfiguration {
+        var configuration = SinkConfiguration()
+        (configuration.host, configuration.port) = try parseHostPort(listen, option: "--listen")
+        configuration.server.hostname = hostname
+        configuration.server.pipelining = !noPipelining
+        configuration.server.chunking = !noChunking
+        configuration.server.eightBitMIME = !no8BitMIME
+        configuration.server.smtpUTF8 = !noSMTPUTF8
+        configuration.server.requireAuthentication = requireAuth
+        configuration.server.requireTLS = requireTLS
+        guard maxMessageSize > 0, maxRecipients > 0, maxConnections > 0, idleTimeout > 0 else {
+            throw ValidationError("--max-message-size, --max-recipients, --max-connections and --idle-timeout must be positive")
+        }
+        configuration.server.maximumMessageSize = maxMessageSize
+        configuration.server.maximumRecipients = maxRecipients
+        configuration.maximumConnections = maxConnections
+        configuration.idleTimeout = .milliseconds(Int(idleTimeout * 1000))
+        for user in users {
+            guard let colon = user.firstIndex(of: ":"), colon != user.startIndex else {
+                throw ValidationError("--auth takes USER:PASSWORD, got '\(user)'")
+            }
+            configuration.server.users[String(user[..<colon])] = String(user[user.index(after: colon)...])
+        }
+        guard let store = SinkStore(store) else {
+            throw ValidationError("--store takes discard, memory, maildir:DIR or mbox:FILE, got '\(store)'")
+        }
+        configuration.store = store
+        switch (tlsCertificate, tlsKey) {
+        case (let certificate?, let key?):
+            configuration.tls = try TLSContext(.server(certificateChainFile: certificate, privateKeyFile: key))
+        case (nil, nil):
+            if implicitTLSListen != nil || requireTLS {
+                throw ValidationError("--implicit-tls-listen and --require-tls need --tls-cert and --tls-key")
+            }
+        default:
+            throw ValidationError("--tls-cert and --tls-key go together")
+        }
+        if let implicitTLSListen {
+            configuration.implicitTLSListen = try parseHostPort(implicitTLSListen, option: "--implicit-tls-listen")
+        }
+        var faults = SinkFaults()
+        faults.seed = seed
+        if let rejectRecipients {
+            let (rate, code) = try parseRate(rejectRecipients, option: "--reject-rcpt")
+            faults.rejectRecipients = rate
+            if let code {
+                guard let value = Int(code), (500...599).contains(value) else {
+                    throw ValidationError("--reject-rcpt's CODE is a 5xx code, got '\(code)'")
+                }
+                faults.rejectRecipientCode = value
+            }
+        }
+        faults.deferRecipients = try deferRecipients.map { try parseRate($0, option: "--defer-rcpt", allowSuffix: false).0 }
+        faults.rejectData = try rejectData.map { try parseRate($0, option: "--reject-data", allowSuffix: false).0 }
+        faults.deferData = try deferData.map { try parseRate($0, option: "--defer-data", allowSuffix: false).0 }
+        if let disconnect {
+            let (rate, phase) = try parseRate(disconnect, option: "--disconnect")
+            faults.disconnect = rate
+            if let phase {
+                guard let value = DisconnectPhase(rawValue: phase) else {
+                    throw ValidationError("--disconnect's PHASE is one of \(DisconnectPhase.allCases.map(\.rawValue).joined(separator: ", "))")
+                }
+                faults.disconnectPhase = value
+            }
+        }
+        configuration.faults = faults
+        if let delay {
+            let parts = delay.split(separator: "-")
+            guard (1...2).contains(parts.count), let low = Int(parts[0]), low >= 0,
+                  let high = parts.count == 2 ? Int(parts[1]) : low, high >= low else {
+                throw ValidationError("--delay takes MS or MIN-MAX milliseconds, got '\(delay)'")
+            }
+            configuration.replyDelay = low == high ? .fixed(.milliseconds(low)) : .random(.milliseconds(low), .milliseconds(high))
+        }
+        return configuration
+    }
+
+    private func parseRate(_ text: String, option: String, allowSuffix: Bool = true) throws -> (FaultRate, String?) {
+        let parts = text.split(separator: ":", maxSplits: 1)
+        guard let first = parts.first, let rate = FaultRate(first), allowSuffix || parts.count == 1 else {
+            throw ValidationError("\(option) takes a RATE: a probability such as 0.1, or 1/N for every Nth; got '\(text)'")
+        }
+        return (rate, parts.count == 2 ? String(parts[1]) : nil)
+    }
+}
+
+/// Parses `HOST:PORT` or `[IPv6]:PORT`.
+func parseHostPort(_ text: String, option: String, defaultPort: Int? = nil) throws -> (String, Int) {
+    var host = text
+    var portText: Substring?
+    if text.hasPrefix("["), let close = text.firstIndex(of: "]") {
+        host = String(text[text.index(after: text.startIndex)..<close])
+        let rest = text[text.index(after: close)...]
+        if rest.hasPrefix(":") { portText = rest.dropFirst() } else if !rest.isEmpty {
+            throw ValidationError("\(option) takes HOST:PORT or [IPv6]:PORT, got '\(text)'")
+        }
+    } else if let colon = text.lastIndex(of: ":"), text.firstIndex(of: ":") == colon {
+        host = String(text[..<colon])
+        portText = text[text.index(after: colon)...]
+    }
+    guard !host.isEmpty else { throw ValidationError("\(option) needs a host, got '\(text)'") }
+    if let portText {
+        guard let port = Int(portText), (0...65535).contains(port) else {
+            throw ValidationError("\(option) has a bad port in '\(text)'")
+        }
+        return (host, port)
+    }
+    guard let defaultPort else { throw ValidationError("\(option) takes HOST:PORT, got '\(text)'") }
+    return (host, defaultPort)
+}
+
+/// A one-shot stop request that tasks and signal handlers share.
+final class StopSignal: @unchecked Sendable {
+    // Guarded by `lock`.
+    private let lock = NSLock()
+    private var fired = false
+    private var waiters: [CheckedContinuation<Void, Never>] = []
+
+    func fire() {
+        lock.lock()
+        let waiting = fired ? [] : waiters
+        fired = true
+        waiters = []
+        lock.unlock()
+        for waiter in waiting { waiter.resume() }
+    }
+
+    func wait() async {
+        await withCheckedContinuation { continuation in
+            lock.lock()
+            if fired {
+                lock.unlock()
+                continuation.resume()
+            } else {
+                waiters.append(continuation)
+                lock.unlock()
+            }
+        }
+    }
+}
