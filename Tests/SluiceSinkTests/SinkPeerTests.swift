@@ -104,12 +104,7 @@ struct SinkPeerTests {
 /// `sluice sink`, as a process.
 @Suite("sluice sink command")
 struct SinkCommandTests {
-    private var sluice: String? {
-        let path = packageRoot() + "/.build/debug/sluice"
-        if FileManager.default.isExecutableFile(atPath: path) { return path }
-        Issue.record("build the sluice command first (swift build); scripts/test.sh does")
-        return nil
-    }
+    private var sluice: String? { sluiceCommand() }
 
     @Test func printsWhereItListensFirstAndExitsAfterNMessages() async throws {
         guard let sluice, let python = requirePeer("python3", install: "apt-get install python3") else { return }

@@ -49,7 +49,6 @@ struct EchoTests {
         let (server, stats) = try await startEchoServer(on: group)
         let total = 64 * 1024 * 1024
         let chunk = 1024 * 1024
-        let residentBefore = residentMemoryBytes()
 
         let collector = Collector(checksPattern: true)
         let connection = try await Connection.connect(
@@ -78,20 +77,12 @@ struct EchoTests {
         let bound = ConnectionOptions().writeHighWatermark + ConnectionOptions().readBufferSize
         #expect(stats.maxPendingWriteBytes <= bound,
                 "the server never buffered more than its high watermark plus one read")
-        let growth = residentMemoryBytes() - residentBefore
-        #expect(growth < 32 * 1024 * 1024, "resident memory grew by \(growth) bytes for 64 MiB")
+        // Memory is bounded by what the transport buffers, asserted above. (Process-wide RSS
+        // is no measure here: other suites run in parallel in this process.)
 
         await connection.close()
         await server.close()
         #expect(await waitForHandles(group, toReturnTo: 0) == 0)
         await group.shutdown()
     }
-}
-
-/// The resident set size of this process, from /proc/self/statm.
-func residentMemoryBytes() -> Int {
-    guard let text = try? String(contentsOfFile: "/proc/self/statm", encoding: .utf8) else { return 0 }
-    let fields = text.split(separator: " ")
-    guard fields.count > 1, let pages = Int(fields[1]) else { return 0 }
-    return pages * Int(sysconf(Int32(_SC_PAGESIZE)))
 }
