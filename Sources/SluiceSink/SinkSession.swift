@@ -82,7 +82,7 @@ final class SinkSession: ConnectionHandler, @unchecked Sendable {
     }
 
     private func resetIdleTimer() {
-        idleTimer?.cancel()
+        if idleTimer?.reschedule(after: shared.configuration.idleTimeout) == true { return }
         idleTimer = connection.eventLoop.scheduleTimer(after: shared.configuration.idleTimeout) { [self] in
             perform(machine.timeoutFired())
         }

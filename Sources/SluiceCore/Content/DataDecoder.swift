@@ -39,9 +39,18 @@ public struct DataDecoder: Sendable {
 
     /// Consumes bytes, appending unstuffed content (with its CRLFs) to `output`.
     public mutating func decode(_ input: some Collection<UInt8>, into output: inout [UInt8]) -> Progress {
-        var consumed = 0
-        for byte in input {
-            consumed += 1
+        if let progress = input.withContiguousStorageIfAvailable({ decodeContiguous($0, into: &output) }) {
+            return progress
+        }
+        return Array(input).withUnsafeBufferPointer { decodeContiguous($0, into: &output) }
+    }
+
+    private mutating func decodeContiguous(_ input: UnsafeBufferPointer<UInt8>, into output: inout [UInt8]) -> Progress {
+        var index = 0
+        let count = input.count
+        while index < count {
+            let byte = input[index]
+            index += 1
             switch (state, byte) {
             case (.lineStart, UInt8(ascii: ".")):
                 state = .dotAtLineStart
@@ -55,20 +64,32 @@ public struct DataDecoder: Sendable {
                 state = .dotCarriageReturn
             case (.dotCarriageReturn, 10):
                 state = .lineStart
-                return .complete(consumed: consumed)
+                return .complete(consumed: index)
             case (_, 10), (.carriageReturn, _), (.dotCarriageReturn, _):
-                return .bareLineEnding(consumed: consumed)
-            case (.dotAtLineStart, _):
-                // The first dot of a line is transparency; a line "..x" is ".x" (and a
-                // client that did not stuff loses the dot, as RFC 5321 §4.5.2 says).
-                emit(byte, into: &output)
-                state = .middle
-            case (.lineStart, _), (.middle, _):
-                emit(byte, into: &output)
+                return .bareLineEnding(consumed: index)
+            case (.dotAtLineStart, _), (.lineStart, _), (.middle, _):
+                // The first dot of a line is transparency ("..x" is ".x"; a client that did
+                // not stuff loses the dot, as RFC 5321 §4.5.2 says). Then copy the run up to
+                // the next CR or LF in one go.
+                var end = index
+                while end < count, input[end] != 13, input[end] != 10 { end += 1 }
+                emit(run: UnsafeBufferPointer(rebasing: input[(index - 1)..<end]), into: &output)
+                index = end
                 state = .middle
             }
         }
         return .needsMoreData
+    }
+
+    @inline(__always)
+    private mutating func emit(run: UnsafeBufferPointer<UInt8>, into output: inout [UInt8]) {
+        let room = max(0, maximumSize - size)
+        size += run.count
+        if room >= run.count {
+            output.append(contentsOf: run)
+        } else if room > 0 {
+            output.append(contentsOf: UnsafeBufferPointer(rebasing: run[..<room]))
+        }
     }
 
     @inline(__always)

@@ -38,6 +38,17 @@ public final class LoopTimer: @unchecked Sendable, LoopResource {
         body?()
     }
 
+    /// Restarts a timer that has not fired or been cancelled, to fire `delay` from now, and
+    /// returns true; returns false if it already fired or was cancelled. Much cheaper than
+    /// cancelling and scheduling anew (no handle is closed or made). Loop thread only.
+    @discardableResult
+    public func reschedule(after delay: Duration) -> Bool {
+        loop.assertInEventLoop()
+        guard let handle, body != nil else { return false }
+        uv_timer_start(handle, timerFired, delay.milliseconds, 0)
+        return true
+    }
+
     /// Stops the timer if it has not fired. Safe from any thread, and more than once.
     public func cancel() {
         if loop.inEventLoop {
