@@ -29,6 +29,15 @@ source_run() {
     awk '{printf "%s %.4f", $1, $2+$3}' <<<"$out"
 }
 
+# Stops a sink: TERM (smtp-sink ignores INT), a bounded grace period, then KILL.
+stop() {
+    local pid=$1
+    kill -TERM "$pid" 2>/dev/null || true
+    for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+    kill -KILL "$pid" 2>/dev/null || true
+    wait "$pid" 2>/dev/null || true
+}
+
 # One measurement: start the sink, load it, read its CPU, stop it. Prints "wall source_cpu sink_cpu".
 measure() {
     local which=$1 port pid before after result
@@ -42,8 +51,7 @@ measure() {
     before=$(cpu_seconds "$pid")
     result=$(source_run "$port")
     after=$(cpu_seconds "$pid")
-    kill -INT "$pid" 2>/dev/null || true
-    wait "$pid" 2>/dev/null || true
+    stop "$pid"
     awk -v r="$result" -v b="$before" -v a="$after" 'BEGIN{split(r,x," "); printf "%s %s %.4f", x[1], x[2], a-b}'
 }
 

@@ -350,8 +350,30 @@ public final class Connection: @unchecked Sendable, LoopResource {
         }
     }
 
-    /// Queues `bytes` (copied once) to be written. Loop thread only.
+    /// Writes `bytes`, at once if the socket takes them (no copy, no request), otherwise
+    /// queues what is left (copied once). Loop thread only.
     public func enqueueWrite(_ bytes: [UInt8], completion: ((TransportError?) -> Void)? = nil) {
+        eventLoop.assertInEventLoop()
+        if case .none = tls, state == .open, pendingWriteBytes == 0, !bytes.isEmpty {
+            let written = bytes.withUnsafeBytes { raw -> Int32 in
+                var buffer = cuv_buf(UnsafeMutableRawPointer(mutating: raw.baseAddress), raw.count)
+                return uv_try_write(stream, &buffer, 1)
+            }
+            if written == Int32(bytes.count) {
+                completion?(nil)
+                return
+            }
+            if written > 0 {
+                enqueueWrite([SharedBytes(bytes[Int(written)...])], completion: completion)
+                return
+            }
+            if written != Int32(UV_EAGAIN.rawValue) {
+                let failure = TransportError.uv(written, "writing to \(remoteDescription)")
+                completion?(failure)
+                closeNow(failure)
+                return
+            }
+        }
         enqueueWrite([SharedBytes(bytes)], completion: completion)
     }
 
