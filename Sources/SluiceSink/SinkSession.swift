@@ -69,7 +69,7 @@ final class SinkSession: ConnectionHandler, @unchecked Sendable {
 
     func connection(_ connection: Connection, didReceive bytes: UnsafeRawBufferPointer) {
         resetIdleTimer()
-        perform(machine.bytesReceived(bytes.bindMemory(to: UInt8.self)))
+        perform(machine.bytesReceived(bytes))
         // Input waits while a message is stored; do not let a client pile it up.
         if machine.bufferedInputCount > 1 << 20 { connection.pauseReading() }
     }

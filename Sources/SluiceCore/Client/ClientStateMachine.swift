@@ -191,7 +191,18 @@ public struct ClientStateMachine: Sendable {
     }
 
     /// Bytes arrived from the server.
-    public mutating func bytesReceived(_ bytes: some Collection<UInt8>) -> [Action] {
+    public mutating func bytesReceived(_ bytes: [UInt8]) -> [Action] {
+        bytes.withUnsafeBytes { bytesReceived($0) }
+    }
+
+    /// Bytes arrived from the server.
+    public mutating func bytesReceived(_ bytes: ArraySlice<UInt8>) -> [Action] {
+        bytes.withUnsafeBytes { bytesReceived($0) }
+    }
+
+    /// Bytes arrived from the server (valid only during the call). Concrete, so that a
+    /// caller in another module does not append them byte by byte through generics.
+    public mutating func bytesReceived(_ bytes: UnsafeRawBufferPointer) -> [Action] {
         switch state {
         case .closed, .idle:
             return []

@@ -131,11 +131,31 @@ public struct ServerStateMachine: Sendable {
         return finish()
     }
 
+    /// Bytes arrived from the client (valid only during the call).
+    ///
+    /// The concrete overloads matter: a generic collection from another module would be
+    /// appended byte by byte, unspecialised.
+    public mutating func bytesReceived(_ bytes: UnsafeRawBufferPointer) -> [Action] {
+        guard acceptsInput() else { return [] }
+        input.append(contentsOf: bytes)
+        process()
+        return finish()
+    }
+
     /// Bytes arrived from the client.
-    public mutating func bytesReceived(_ bytes: some Collection<UInt8>) -> [Action] {
+    public mutating func bytesReceived(_ bytes: [UInt8]) -> [Action] {
+        bytes.withUnsafeBytes { bytesReceived($0) }
+    }
+
+    /// Bytes arrived from the client.
+    public mutating func bytesReceived(_ bytes: ArraySlice<UInt8>) -> [Action] {
+        bytes.withUnsafeBytes { bytesReceived($0) }
+    }
+
+    private mutating func acceptsInput() -> Bool {
         switch phase {
         case .closed, .awaitingTLS:
-            return []  // plaintext after the 220 to STARTTLS is never run as a command
+            return false  // plaintext after the 220 to STARTTLS is never run as a command
         default:
             break
         }
@@ -143,9 +163,7 @@ public struct ServerStateMachine: Sendable {
             input.removeAll(keepingCapacity: true)
             inputIndex = 0
         }
-        input.append(contentsOf: bytes)
-        process()
-        return finish()
+        return true
     }
 
     /// TLS is established: forget the EHLO and anything else learned before it.
