@@ -163,24 +163,16 @@ struct ClientSecurityTests {
         #expect(!h.startedTLS)
     }
 
-    @Test func bytesAfterThe220ToSTARTTLSAreAnInjection() {
+    /// The classic CVE-2011-0411 attack, a reply injected behind the 220, whole or partial.
+    @Test(arguments: ["220 ready\r\n250-fake\r\n250 AUTH PLAIN\r\n", "220 ready\r\n2"])
+    func bytesAfterThe220ToSTARTTLSAreAnInjection(_ reply: String) {
         var h = Harness(configuration(.startTLSRequired))
         _ = h.connect()
         h.server("220 mx\r\n")
         h.server("250-mx\r\n250 STARTTLS\r\n")
-        // The classic CVE-2011-0411 attack: a reply injected behind the 220.
-        h.server("220 ready\r\n250-fake\r\n250 AUTH PLAIN\r\n")
+        h.server(reply)
         #expect(h.closeError?.kind == .tlsInjection)
-        #expect(!h.startedTLS || h.isClosed)
-    }
-
-    @Test func aPartialInjectedLineIsCaughtToo() {
-        var h = Harness(configuration(.startTLSRequired))
-        _ = h.connect()
-        h.server("220 mx\r\n")
-        h.server("250-mx\r\n250 STARTTLS\r\n")
-        h.server("220 ready\r\n2")
-        #expect(h.closeError?.kind == .tlsInjection)
+        #expect(h.isClosed)
     }
 
     @Test func credentialsAreNeverSentOverPlaintextUnlessAllowed() {
@@ -204,22 +196,21 @@ struct ClientSecurityTests {
         #expect(h.server("250-mx\r\n250 AUTH PLAIN\r\n").hasPrefix("AUTH PLAIN "))
     }
 
-    @Test func a535IsAPermanentAuthenticationFailure() {
+    /// The error a session ends with when the server answers AUTH PLAIN with `reply`.
+    private func authenticationFailure(_ reply: String) -> SMTPSessionError? {
         var h = Harness(configuration(.implicit, credentials: credentials))
         _ = h.connect()
         h.server("220 mx\r\n")
         h.server("250-mx\r\n250 AUTH PLAIN\r\n")
-        h.server("535 5.7.8 bad credentials\r\n")
-        #expect(h.closeError?.kind == .authenticationFailed)
-        #expect(h.closeError?.isTransient == false)
-        let transient = {
-            var t = Harness(configuration(.implicit, credentials: credentials))
-            _ = t.connect()
-            t.server("220 mx\r\n")
-            t.server("250-mx\r\n250 AUTH PLAIN\r\n")
-            t.server("454 4.7.0 try later\r\n")
-            return t.closeError
-        }()
+        h.server(reply)
+        return h.closeError
+    }
+
+    @Test func a535IsAPermanentAuthenticationFailureAnd454ATransientOne() {
+        let permanent = authenticationFailure("535 5.7.8 bad credentials\r\n")
+        #expect(permanent?.kind == .authenticationFailed)
+        #expect(permanent?.isTransient == false)
+        let transient = authenticationFailure("454 4.7.0 try later\r\n")
         #expect(transient?.kind == .authenticationFailed)
         #expect(transient?.isTransient == true)
     }
