@@ -27,17 +27,40 @@ public struct SMTPReply: Hashable, Sendable, CustomStringConvertible {
     /// The reply as it appears on the wire, each line ending in CRLF.
     public var encoded: [UInt8] {
         var bytes: [UInt8] = []
-        for (index, line) in lines.enumerated() {
-            bytes.append(contentsOf: String(code.rawValue).utf8)
-            bytes.append(index == lines.count - 1 ? UInt8(ascii: " ") : UInt8(ascii: "-"))
-            if let enhancedCode {
-                bytes.append(contentsOf: enhancedCode.description.utf8)
-                if !line.isEmpty { bytes.append(UInt8(ascii: " ")) }
-            }
-            bytes.append(contentsOf: line.utf8)
-            bytes.append(contentsOf: [13, 10])
-        }
+        encode(into: &bytes)
         return bytes
+    }
+
+    /// Appends the reply as it appears on the wire.
+    public func encode(into bytes: inout [UInt8]) {
+        for (index, line) in lines.enumerated() {
+            Self.encodeLine(code: code, enhancedCode: enhancedCode, text: line, isLast: index == lines.count - 1, into: &bytes)
+        }
+    }
+
+    /// Appends one reply line — `250-text` or `250 2.1.0 text`, then CRLF — without building
+    /// a reply value or any intermediate string (the server's hot path).
+    static func encodeLine(
+        code: SMTPStatusCode, enhancedCode: EnhancedStatusCode?, text: String, isLast: Bool, into bytes: inout [UInt8]
+    ) {
+        appendDigits(code.rawValue, to: &bytes)
+        bytes.append(isLast ? UInt8(ascii: " ") : UInt8(ascii: "-"))
+        if let enhancedCode {
+            appendDigits(enhancedCode.statusClass, to: &bytes)
+            bytes.append(UInt8(ascii: "."))
+            appendDigits(enhancedCode.subject, to: &bytes)
+            bytes.append(UInt8(ascii: "."))
+            appendDigits(enhancedCode.detail, to: &bytes)
+            if !text.isEmpty { bytes.append(UInt8(ascii: " ")) }
+        }
+        bytes.append(contentsOf: text.utf8)
+        bytes.append(13)
+        bytes.append(10)
+    }
+
+    private static func appendDigits(_ value: Int, to bytes: inout [UInt8]) {
+        if value >= 10 { appendDigits(value / 10, to: &bytes) }
+        bytes.append(UInt8(ascii: "0") + UInt8(value % 10))
     }
 
     public var description: String {

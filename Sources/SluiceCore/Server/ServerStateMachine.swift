@@ -663,31 +663,14 @@ public struct ServerStateMachine: Sendable {
         }
     }
 
-    /// Appends a one-line reply straight to the output (the hot path: no reply value, no
-    /// intermediate strings).
+    /// Appends a one-line reply straight to the output (no reply value, no strings).
     private mutating func reply(_ code: SMTPStatusCode, _ enhanced: EnhancedStatusCode?, _ text: String) {
-        Self.appendDigits(code.rawValue, to: &output)
-        output.append(UInt8(ascii: " "))
-        if configuration.enhancedStatusCodes, let enhanced {
-            Self.appendDigits(enhanced.statusClass, to: &output)
-            output.append(UInt8(ascii: "."))
-            Self.appendDigits(enhanced.subject, to: &output)
-            output.append(UInt8(ascii: "."))
-            Self.appendDigits(enhanced.detail, to: &output)
-            if !text.isEmpty { output.append(UInt8(ascii: " ")) }
-        }
-        output.append(contentsOf: text.utf8)
-        output.append(13)
-        output.append(10)
-    }
-
-    private static func appendDigits(_ value: Int, to output: inout [UInt8]) {
-        if value >= 10 { appendDigits(value / 10, to: &output) }
-        output.append(UInt8(ascii: "0") + UInt8(value % 10))
+        SMTPReply.encodeLine(code: code, enhancedCode: configuration.enhancedStatusCodes ? enhanced : nil, text: text,
+                             isLast: true, into: &output)
     }
 
     private mutating func write(_ reply: SMTPReply) {
-        output.append(contentsOf: reply.encoded)
+        reply.encode(into: &output)
     }
 
     private mutating func close() {
