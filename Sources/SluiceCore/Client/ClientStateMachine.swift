@@ -157,6 +157,8 @@ public struct ClientStateMachine: Sendable {
     private var output: [ClientOutput] = []
     private var actions: [Action] = []
     private var armedFor: Expectation?
+    /// Our reason for cancelling an AUTH exchange, reported when the server answers the `*`.
+    private var pendingAuthenticationError: SMTPSessionError?
     private var timerArmed = false
 
     /// A machine for one connection.
@@ -451,8 +453,6 @@ public struct ClientStateMachine: Sendable {
         }
     }
 
-    private var pendingAuthenticationError: SMTPSessionError?
-
     private mutating func becomeReady() {
         state = .ready
         actions.append(.sessionReady(capabilities))
@@ -601,8 +601,6 @@ public struct ClientStateMachine: Sendable {
                 active[id] = entry
                 outstanding.insert(.content(id), at: 0)
             } else {
-                entry.terminatorWritten = false
-                active[id] = entry
                 needsReset = true
                 finishTransaction(id, dataReply: reply)
             }
@@ -634,14 +632,26 @@ public struct ClientStateMachine: Sendable {
         }
     }
 
+    /// An outcome in which every recipient shares the message's status and reply.
+    private static func uniformOutcome(
+        _ transaction: SMTPTransaction, _ status: DeliveryStatus, reply: SMTPReply?, error: SMTPSessionError?
+    ) -> TransactionOutcome {
+        TransactionOutcome(
+            id: transaction.id, status: status,
+            recipients: transaction.recipients.map { RecipientOutcome(address: $0.address, status: status, reply: reply) },
+            reply: reply, error: error)
+    }
+
+    /// The message's status when no recipient was accepted: rejected only if every refusal is
+    /// permanent; any 4xx makes it worth retrying.
+    private static func statusWhenNoneAccepted(_ recipients: [RecipientOutcome]) -> DeliveryStatus {
+        recipients.contains { $0.status == .deferred } ? .deferred : .rejected
+    }
+
     private static func outcome(of entry: Active, dataReply: SMTPReply?) -> TransactionOutcome {
         let transaction = entry.transaction
         if let mailReply = entry.mailReply, !mailReply.code.isPositiveCompletion {
-            let status = status(of: mailReply)
-            return TransactionOutcome(
-                id: transaction.id, status: status,
-                recipients: transaction.recipients.map { RecipientOutcome(address: $0.address, status: status, reply: mailReply) },
-                reply: mailReply, error: nil)
+            return uniformOutcome(transaction, status(of: mailReply), reply: mailReply, error: nil)
         }
         var recipients: [RecipientOutcome] = []
         for (recipient, reply) in zip(transaction.recipients, entry.recipientReplies) {
@@ -656,9 +666,7 @@ public struct ClientStateMachine: Sendable {
         let status: DeliveryStatus
         let decidingReply: SMTPReply?
         if !entry.anyRecipientAccepted {
-            // Every recipient refused: the message is rejected only if every refusal is
-            // permanent; any 4xx makes it worth retrying.
-            status = recipients.contains { $0.status == .deferred } ? .deferred : .rejected
+            status = statusWhenNoneAccepted(recipients)
             decidingReply = entry.recipientReplies.compactMap { $0 }.last ?? dataReply
         } else if let dataReply {
             status = Self.status(of: dataReply)
@@ -672,10 +680,7 @@ public struct ClientStateMachine: Sendable {
 
     private mutating func finishLocally(_ transaction: SMTPTransaction, _ reason: String) {
         let error = SMTPSessionError(.refusedLocally, reason, command: "MAIL")
-        actions.append(.transactionFinished(TransactionOutcome(
-            id: transaction.id, status: .rejected,
-            recipients: transaction.recipients.map { RecipientOutcome(address: $0.address, status: .rejected, reply: nil) },
-            reply: nil, error: error)))
+        actions.append(.transactionFinished(Self.uniformOutcome(transaction, .rejected, reply: nil, error: error)))
     }
 
     // MARK: Failure
@@ -690,13 +695,8 @@ public struct ClientStateMachine: Sendable {
             case .mail(let id), .recipient(let id, _), .data(let id), .content(let id), .bdat(let id):
                 if let entry = active.removeValue(forKey: id) {
                     activeOrder.removeAll { $0 == id }
-                    let status = DeliveryStatus.deferred
-                    actions.append(.transactionFinished(TransactionOutcome(
-                        id: id, status: status,
-                        recipients: entry.transaction.recipients.map {
-                            RecipientOutcome(address: $0.address, status: status, reply: closingReply)
-                        },
-                        reply: closingReply, error: error)))
+                    actions.append(.transactionFinished(
+                        Self.uniformOutcome(entry.transaction, .deferred, reply: closingReply, error: error)))
                 }
             case .reset, .quit:
                 break
@@ -713,7 +713,7 @@ public struct ClientStateMachine: Sendable {
             }
             let allRefused = !entry.anyRecipientAccepted && entry.recipientReplies.allSatisfy { $0 != nil }
             actions.append(.transactionFinished(TransactionOutcome(
-                id: id, status: allRefused ? (recipients.contains { $0.status == .deferred } ? .deferred : .rejected) : status,
+                id: id, status: allRefused ? Self.statusWhenNoneAccepted(recipients) : status,
                 recipients: recipients, reply: nil, error: error)))
         }
         active = [:]
