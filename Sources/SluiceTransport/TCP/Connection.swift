@@ -141,19 +141,8 @@ public final class Connection: @unchecked Sendable, LoopResource {
     private func becameOpen() {
         state = .open
         uv_tcp_nodelay(handle, 1)
-        var storage = sockaddr_storage()
-        var length = Int32(MemoryLayout<sockaddr_storage>.size)
-        let local: SocketAddress? = withUnsafeMutablePointer(to: &storage) { pointer in
-            pointer.withMemoryRebound(to: sockaddr.self, capacity: 1) { address in
-                uv_tcp_getsockname(handle, address, &length) == 0 ? SocketAddress(address) : nil
-            }
-        }
-        length = Int32(MemoryLayout<sockaddr_storage>.size)
-        let remote: SocketAddress? = withUnsafeMutablePointer(to: &storage) { pointer in
-            pointer.withMemoryRebound(to: sockaddr.self, capacity: 1) { address in
-                uv_tcp_getpeername(handle, address, &length) == 0 ? SocketAddress(address) : nil
-            }
-        }
+        let local = SocketAddress.read { uv_tcp_getsockname(handle, $0, $1) }
+        let remote = SocketAddress.read { uv_tcp_getpeername(handle, $0, $1) }
         addresses.withLock {
             $0.local = local
             $0.remote = remote ?? $0.remote

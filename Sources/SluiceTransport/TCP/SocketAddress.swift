@@ -76,6 +76,20 @@ public struct SocketAddress: Sendable, Hashable, CustomStringConvertible {
         }
     }
 
+    /// Reads an address with a `getsockname`-style call: `call` fills the `sockaddr` it is given
+    /// and returns 0. `Length` is the call's length type (`socklen_t`, or libuv's `Int32`).
+    static func read<Length: FixedWidthInteger>(
+        _ call: (UnsafeMutablePointer<sockaddr>, UnsafeMutablePointer<Length>) -> Int32
+    ) -> SocketAddress? {
+        var storage = sockaddr_storage()
+        var length = Length(MemoryLayout<sockaddr_storage>.size)
+        return withUnsafeMutablePointer(to: &storage) { pointer in
+            pointer.withMemoryRebound(to: sockaddr.self, capacity: 1) { address in
+                call(address, &length) == 0 ? SocketAddress(address) : nil
+            }
+        }
+    }
+
     /// The same address with another port.
     func with(port newPort: Int) -> SocketAddress {
         // Safe: the host was produced by uv_ip*_name and the port is in range.

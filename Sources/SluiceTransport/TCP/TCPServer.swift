@@ -56,7 +56,7 @@ public final class TCPServer: Sendable {
                     throw TransportError.uv(uv_translate_sys_error(-descriptor), "binding \(bound)")
                 }
                 if bound.port == 0 {
-                    bound = try boundAddress(of: descriptor) ?? bound
+                    bound = SocketAddress.read { getsockname(descriptor, $0, $1) } ?? bound
                 }
                 let setup = ListenerSetup(
                     descriptor: descriptor, backlog: Int32(clamping: backlog), tls: tls, options: options,
@@ -75,16 +75,6 @@ public final class TCPServer: Sendable {
             throw error
         }
         return TCPServer(localAddress: bound, listeners: listeners)
-    }
-
-    private static func boundAddress(of descriptor: Int32) throws -> SocketAddress? {
-        var storage = sockaddr_storage()
-        var length = socklen_t(MemoryLayout<sockaddr_storage>.size)
-        return withUnsafeMutablePointer(to: &storage) { pointer in
-            pointer.withMemoryRebound(to: sockaddr.self, capacity: 1) { address in
-                getsockname(descriptor, address, &length) == 0 ? SocketAddress(address) : nil
-            }
-        }
     }
 
     /// Stops accepting. Connections already accepted stay open; their handlers close them.
