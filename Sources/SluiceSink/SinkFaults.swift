@@ -109,7 +109,7 @@ final class FaultState: Sendable {
         return state.withLock { state in
             state.counts[counter, default: 0] += 1
             switch rate.rule {
-            case .probability(let p): return Double(state.random.next() >> 11) / Double(1 << 53) < p
+            case .probability(let p): return state.random.nextFraction() < p
             case .everyNth(let n): return state.counts[counter]! % n == 0
             }
         }
@@ -167,5 +167,10 @@ struct SplitMix64: RandomNumberGenerator, Sendable {
         z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
         z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
         return z ^ (z >> 31)
+    }
+
+    /// A uniform value in 0..<1, from the top 53 bits.
+    mutating func nextFraction() -> Double {
+        Double(next() >> 11) / Double(UInt64(1) << 53)
     }
 }

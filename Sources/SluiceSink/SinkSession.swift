@@ -22,16 +22,9 @@ final class SinkShared: Sendable {
         case nil: return nil
         case .fixed(let delay)?: return delay
         case .random(let low, let high)?:
-            let span = max(0, (high - low).milliseconds)
-            let extra = span == 0 ? 0 : delays.withLock { Int($0.next() % UInt64(span + 1)) }
-            return low + .milliseconds(extra)
+            let fraction = delays.withLock { $0.nextFraction() }
+            return low + (high - low) * fraction
         }
-    }
-}
-
-extension Duration {
-    fileprivate var milliseconds: Int {
-        Int(components.seconds) * 1000 + Int(components.attoseconds / 1_000_000_000_000_000)
     }
 }
 
