@@ -30,6 +30,7 @@ let package = Package(
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-log", from: "1.16.2"),
+        .package(url: "https://github.com/apple/swift-metrics", from: "2.13.0"),
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
         .package(url: "https://github.com/x-sheep/swift-property-based", from: "2.0.1"),
     ],
@@ -60,7 +61,13 @@ let package = Package(
         ),
         .target(
             name: "Sluice",
-            dependencies: ["SluiceCore", "SluiceMIME", "SluiceTransport"],
+            dependencies: [
+                "SluiceCore",
+                "SluiceMIME",
+                "SluiceTransport",
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "Metrics", package: "swift-metrics"),
+            ],
             swiftSettings: strict
         ),
         .target(
@@ -83,7 +90,7 @@ let package = Package(
         // Helpers the test suites share (test handlers, certificates, peers, deadlines).
         .target(
             name: "SluiceTestSupport",
-            dependencies: ["SluiceTransport"],
+            dependencies: ["SluiceTransport", "SluiceSink"],
             path: "Tests/SluiceTestSupport",
             swiftSettings: strict
         ),
@@ -91,7 +98,7 @@ let package = Package(
             name: "SluiceCoreTests",
             dependencies: [
                 "SluiceCore",
-                "SluiceTransport",  // OpenSSL's hashes for the SASL test vectors
+                "Sluice",  // the client's OpenSSL primitives for the SASL test vectors
                 .product(name: "PropertyBased", package: "swift-property-based"),
             ],
             swiftSettings: strict
@@ -99,6 +106,11 @@ let package = Package(
         .testTarget(
             name: "SluiceTransportTests",
             dependencies: ["SluiceTransport", "SluiceTestSupport"],
+            swiftSettings: strict
+        ),
+        .testTarget(
+            name: "SluiceTests",
+            dependencies: ["Sluice", "SluiceSink", "SluiceTestSupport"],
             swiftSettings: strict
         ),
         .testTarget(

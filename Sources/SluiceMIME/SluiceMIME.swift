@@ -1,2 +1,12 @@
 // SluiceMIME: RFC 5322 / MIME messages, encoded once into bytes ready to send many times.
-// Filled by the messages issue; nothing here yet claims to build a message.
+// So far: RawMessage (an existing message, checked). Message building is the messages issue.
+import Foundation
+
+/// The bytes of the file at `path`, or a ``MessageError`` that says why not.
+func readFile(_ path: String) throws(MessageError) -> [UInt8] {
+    do {
+        return [UInt8](try Data(contentsOf: URL(fileURLWithPath: path)))
+    } catch {
+        throw MessageError(.unreadable, line: 0, detail: "\(path): \(error.localizedDescription)")
+    }
+}

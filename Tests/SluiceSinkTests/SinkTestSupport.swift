@@ -47,11 +47,3 @@ struct RawSession {
     var codes: [Int] { replies.map(\.code.rawValue) }
 }
 
-/// Starts a memory-store sink on 127.0.0.1:0 with `configure` applied.
-func startSink(_ configure: (inout SinkConfiguration) -> Void = { _ in }) async throws -> SMTPSink {
-    var configuration = SinkConfiguration()
-    configuration.port = 0
-    configuration.store = .memory
-    configure(&configuration)
-    return try await SMTPSink.start(configuration)
-}

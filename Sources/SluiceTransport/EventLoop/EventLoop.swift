@@ -100,7 +100,7 @@ public final class EventLoop: @unchecked Sendable {
 
     /// Stops the program if not on this loop's thread. Loop-only state calls this.
     @inline(__always)
-    func assertInEventLoop(file: StaticString = #fileID, line: UInt = #line) {
+    public func assertInEventLoop(file: StaticString = #fileID, line: UInt = #line) {
         assert(inEventLoop, "not on event loop \(index)'s thread", file: file, line: line)
     }
 

@@ -1,0 +1,455 @@
+import Logging
+import SluiceCore
+import SluiceMIME
+import SluiceTransport
+import Synchronization
+
+/// An SMTP client: a pool of pipelined connections to one relay, shared by every task of a
+/// process, that reports the truth about every recipient.
+///
+/// ```swift
+/// var configuration = SMTPClient.Configuration(host: "smtp.example.com")   // STARTTLS, port 587
+/// configuration.credentials = .password(username: "app", password: secret)
+/// let client = try SMTPClient(configuration: configuration)
+/// let report = try await client.send(try RawMessage(contentsOfFile: "welcome.eml"),
+///                                    envelope: try Envelope(from: "app@example.com", to: ["ann@example.org"]))
+/// await client.shutdown()
+/// ```
+///
+/// Connections open lazily up to the pool's limit and are reused; each runs its transactions
+/// pipelined (with CHUNKING several whole transactions in flight). Transient failures are
+/// retried under the ``RetryPolicy``; a message whose data was sent but whose reply never
+/// came is reported ``DeliveryReport/Outcome/unknown`` and never retried silently.
+public final class SMTPClient: Sendable {
+    /// The configuration the client was made with.
+    public let configuration: Configuration
+    /// The event loops the connections run on.
+    public let eventLoopGroup: EventLoopGroup
+    private let ownsGroup: Bool
+    let tlsContext: TLSContext?
+    let tlsServerName: String
+    private let machineConfiguration: ClientStateMachine.Configuration
+    private let state: Mutex<State>
+    private let metrics: ClientMetrics
+    private let nextJobID = Atomic<Int>(1)
+    private let logger: Logger
+
+    private struct State {
+        var pool: PoolStateMachine<DeliveryJob>
+        var connections: [Int: ClientConnection] = [:]
+        /// Jobs accepted and not yet reported (waiting, on a connection, or between tries).
+        var outstanding = 0
+        var shutdownStarted = false
+        var drainWaiters: [CheckedContinuation<Void, Never>] = []
+        var closedWaiters: [CheckedContinuation<Void, Never>] = []
+        var poolDrained = false
+        var wakeTimer: LoopTimer?
+        var nextLoop = 0
+    }
+
+    /// What to do once the lock is released.
+    private enum Effect {
+        case start(ClientConnection)
+        case dispatch(DeliveryJob, ClientConnection)
+        case retire(ClientConnection)
+        case fail([DeliveryJob], SMTPError)
+        case drained
+    }
+
+    /// Makes a client. No connection is opened until the first message.
+    ///
+    /// - Throws: ``SMTPError`` of kind ``SMTPError/Kind/invalidInput`` for an EHLO name that
+    ///   is not a domain or address literal, or credentials with CR, LF or NUL; of kind
+    ///   ``SMTPError/Kind/tls`` when the TLS settings cannot be loaded (a missing CA file).
+    public init(configuration: Configuration) throws(SMTPError) {
+        self.configuration = configuration
+        let ehloName: SMTPDomain
+        do {
+            ehloName = try SMTPDomain(configuration.ehloName)
+        } catch {
+            throw SMTPError(.invalidInput, "the EHLO name is not valid: \(error)")
+        }
+        var credentials: SASLCredentials?
+        if case .password(let username, let password)? = configuration.credentials {
+            do {
+                credentials = try SASLCredentials.password(username: username, password: password)
+            } catch {
+                throw SMTPError(.invalidInput, "the credentials are not valid: \(error)")
+            }
+        }
+        guard (1...65535).contains(configuration.port) else {
+            throw SMTPError(.invalidInput, "port \(configuration.port) is not a TCP port")
+        }
+        let tlsPolicy: ClientStateMachine.TLSPolicy =
+            switch configuration.security {
+            case .startTLS: .startTLSRequired
+            case .opportunisticStartTLS: .startTLSOpportunistic
+            case .implicitTLS: .implicit
+            case .none: .none
+            }
+        if configuration.security == .none {
+            tlsContext = nil
+        } else {
+            do {
+                tlsContext = try TLSContext(configuration.tls)
+            } catch {
+                throw SMTPError(.tls, "the TLS settings cannot be used: \(error)")
+            }
+        }
+        tlsServerName = configuration.tlsServerName ?? configuration.host
+        machineConfiguration = ClientStateMachine.Configuration(
+            ehloName: ehloName, tls: tlsPolicy, credentials: credentials,
+            forcedMechanism: configuration.authenticationMechanism,
+            allowPlaintextAuthentication: configuration.allowPlaintextAuthentication,
+            usePipelining: configuration.pipelining.enabled, useChunking: configuration.pipelining.chunking,
+            maximumTransactionsInFlight: configuration.pipelining.transactionsPerConnection,
+            timeouts: configuration.timeouts, serverHost: configuration.host, serverPort: configuration.port)
+        if let group = configuration.eventLoopGroup {
+            eventLoopGroup = group
+            ownsGroup = false
+        } else {
+            eventLoopGroup = EventLoopGroup()
+            ownsGroup = true
+        }
+        let pool = configuration.pool
+        state = Mutex(State(pool: PoolStateMachine(configuration: .init(
+            maximumConnections: max(1, pool.maximumConnections),
+            maximumMessagesPerConnection: max(1, pool.maximumMessagesPerConnection),
+            maximumConnectionLifetime: pool.maximumConnectionLifetime,
+            transactionsPerConnection: max(1, configuration.pipelining.transactionsPerConnection),
+            connectAttempts: max(1, pool.connectAttempts), connectBackoff: pool.connectBackoff,
+            rateLimit: configuration.rateLimit))))
+        metrics = ClientMetrics(label: "\(configuration.host):\(configuration.port)")
+        var logger = configuration.logger
+        logger[metadataKey: "smtp.server"] = "\(configuration.host):\(configuration.port)"
+        self.logger = logger
+    }
+
+    // MARK: Sending
+
+    /// Sends a message and returns its report once its outcome is known (retries included).
+    ///
+    /// - Returns: The report, when at least one recipient was accepted; check
+    ///   ``DeliveryReport/outcome`` for a partial acceptance.
+    /// - Throws: ``SMTPError`` when no recipient was accepted; its ``SMTPError/report`` has
+    ///   every recipient's status. Cancelling the task cancels the message if its
+    ///   transaction has not started (kind ``SMTPError/Kind/cancelled``); a transaction
+    ///   already on the wire runs to its end and is reported truthfully.
+    public func send(_ message: EncodedMessage, envelope: Envelope) async throws -> DeliveryReport {
+        guard !envelope.recipients.isEmpty else {
+            throw SMTPError(.invalidInput, "the envelope has no recipients; nothing was sent")
+        }
+        let waiter = ReportWaiter()
+        let job = makeJob(message, envelope) { waiter.resume($0) }
+        let report = await withTaskCancellationHandler {
+            await withCheckedContinuation { continuation in
+                waiter.install(continuation)
+                submit(job)
+            }
+        } onCancel: {
+            cancel(job)
+        }
+        guard report.acceptedRecipients.isEmpty else { return report }
+        throw (report.error ?? SMTPError(.deferred, "no recipient was accepted")).with(report: report)
+    }
+
+    /// Prepares `message` and sends it (see ``send(_:envelope:)-(EncodedMessage,_)``).
+    public func send(_ message: RawMessage, envelope: Envelope) async throws -> DeliveryReport {
+        try await send(EncodedMessage(message), envelope: envelope)
+    }
+
+    /// Hands a message to the pool; `completion` gets its report, on an event loop thread.
+    /// The bulk API's entry point.
+    func submit(_ mail: OutgoingMail, completion: @escaping @Sendable (DeliveryReport) -> Void) {
+        let job = makeJob(mail.message, mail.envelope, completion: completion)
+        guard !mail.envelope.recipients.isEmpty else {
+            job.fail(SMTPError(.invalidInput, "the envelope has no recipients; nothing was sent"), now: .now)
+            return
+        }
+        submit(job)
+    }
+
+    private func makeJob(_ message: EncodedMessage, _ envelope: Envelope,
+                         completion: @escaping @Sendable (DeliveryReport) -> Void) -> DeliveryJob {
+        let id = nextJobID.add(1, ordering: .relaxed).newValue
+        let metrics = metrics
+        return DeliveryJob(id: id, message: message, envelope: envelope, startedAt: .now) { [self] report in
+            metrics.record(report)
+            completion(report)
+            jobEnded()
+        }
+    }
+
+    private func submit(_ job: DeliveryJob) {
+        // A job is counted once, on its first submission; it is uncounted when it reports.
+        let effects = state.withLock { state -> [Effect]? in
+            if job.attempts == 0 { state.outstanding += 1 }
+            if job.cancelRequested.load(ordering: .relaxed) { return nil }
+            if job.attempts == 0, state.shutdownStarted { return nil }
+            return resolve(state.pool.submitted(job, now: .now), &state)
+        }
+        guard let effects else {
+            if job.cancelRequested.load(ordering: .relaxed) {
+                job.fail(SMTPError(.cancelled, "the send was cancelled before its transaction started"), now: .now)
+            } else {
+                job.fail(SMTPError(.shutdown, "the client is shutting down; nothing was sent"), now: .now)
+            }
+            return
+        }
+        run(effects)
+    }
+
+    private func cancel(_ job: DeliveryJob) {
+        let (removed, connection) = state.withLock { state -> (Bool, ClientConnection?) in
+            job.cancelRequested.store(true, ordering: .relaxed)
+            if state.pool.cancelled(job) { return (true, nil) }
+            return (false, job.connectionID.flatMap { state.connections[$0] })
+        }
+        if removed {
+            job.fail(SMTPError(.cancelled, "the send was cancelled before its transaction started"), now: .now)
+        } else if let connection {
+            connection.loop.execute { connection.cancel(job) }
+        }
+    }
+
+    private func jobEnded() {
+        let waiters = state.withLock { state -> [CheckedContinuation<Void, Never>] in
+            state.outstanding -= 1
+            guard state.outstanding == 0 else { return [] }
+            defer { state.drainWaiters = [] }
+            return state.drainWaiters
+        }
+        for waiter in waiters { waiter.resume() }
+    }
+
+    // MARK: Shutdown
+
+    /// Finishes every message already handed to the client (retries included), then sends
+    /// QUIT on every connection, closes them, and stops the event loops if the client owns
+    /// them. New sends fail with ``SMTPError/Kind/shutdown`` from the moment it is called.
+    public func shutdown() async {
+        let first = state.withLock { state -> Bool in
+            defer { state.shutdownStarted = true }
+            return !state.shutdownStarted
+        }
+        await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
+            let done = state.withLock { state -> Bool in
+                if state.outstanding == 0 { return true }
+                state.drainWaiters.append(continuation)
+                return false
+            }
+            if done { continuation.resume() }
+        }
+        await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
+            let (done, effects) = state.withLock { state -> (Bool, [Effect]) in
+                let effects = resolve(state.pool.shutdownRequested(now: .now), &state)
+                if state.poolDrained { return (true, effects) }
+                state.closedWaiters.append(continuation)
+                return (false, effects)
+            }
+            run(effects)
+            if done { continuation.resume() }
+        }
+        state.withLock { $0.wakeTimer }?.cancel()
+        if first, ownsGroup { await eventLoopGroup.shutdown() }
+    }
+
+    // MARK: Events from connections (on their loops)
+
+    func connectionReady(_ connection: ClientConnection, capacity: Int) {
+        metrics.connectionsOpened.increment()
+        run(state.withLock { state in resolve(state.pool.connected(connection.id, capacity: capacity, now: .now), &state) })
+    }
+
+    func connectionEnded(_ connection: ClientConnection, wasReady: Bool, error: SMTPError) {
+        (wasReady ? metrics.connectionsRetired : metrics.connectionsFailed).increment()
+        run(state.withLock { state in
+            state.connections[connection.id] = nil
+            let actions = wasReady
+                ? state.pool.connectionClosed(connection.id, now: .now)
+                : state.pool.connectFailed(connection.id, error: error, now: .now)
+            return resolve(actions, &state)
+        })
+    }
+
+    func idleTimedOut(_ connection: ClientConnection) -> Bool {
+        state.withLock { $0.pool.idleTimedOut(connection.id) }
+    }
+
+    func attemptFinished(_ job: DeliveryJob, outcome: TransactionOutcome, connection: ClientConnection) {
+        let retry = job.record(outcome, policy: configuration.retry)
+        if retry, !job.cancelRequested.load(ordering: .relaxed) {
+            let delay = configuration.retry.backoff.delay(afterAttempt: job.attempts, random: .random(in: 0..<1))
+            logger.debug("retrying", metadata: ["smtp.message": "\(job.id)", "smtp.delay": "\(delay)"])
+            connection.loop.scheduleTimer(after: delay) { [self] in submit(job) }
+        } else {
+            job.complete(now: .now)
+        }
+        run(state.withLock { state in
+            job.connectionID = nil
+            return resolve(state.pool.transactionFinished(on: connection.id, now: .now), &state)
+        })
+    }
+
+    func notAttempted(_ job: DeliveryJob, connection: ClientConnection) {
+        run(state.withLock { state in
+            job.connectionID = nil
+            var actions = state.pool.transactionFinished(on: connection.id, now: .now)
+            if job.cancelRequested.load(ordering: .relaxed) {
+                actions.append(.fail([job], SMTPError(.cancelled, "the send was cancelled before its transaction started")))
+            } else {
+                actions += state.pool.requeued([job], now: .now)
+            }
+            return resolve(actions, &state)
+        })
+    }
+
+    func cancelledOnConnection(_ job: DeliveryJob, connection: ClientConnection) {
+        job.fail(SMTPError(.cancelled, "the send was cancelled before its transaction started"), now: .now)
+        run(state.withLock { state in
+            job.connectionID = nil
+            return resolve(state.pool.transactionFinished(on: connection.id, now: .now), &state)
+        })
+    }
+
+    // MARK: Effects
+
+    /// Turns the pool's actions into effects, resolving connections while the lock is held.
+    private func resolve(_ actions: [PoolStateMachine<DeliveryJob>.Action], _ state: inout State) -> [Effect] {
+        var effects: [Effect] = []
+        for action in actions {
+            switch action {
+            case .connect(let id):
+                let loops = eventLoopGroup.loops
+                let loop = loops[state.nextLoop % loops.count]
+                state.nextLoop &+= 1
+                let connection = ClientConnection(id: id, loop: loop, client: self, logger: logger)
+                state.connections[id] = connection
+                effects.append(.start(connection))
+            case .dispatch(let job, let id):
+                guard let connection = state.connections[id] else {
+                    preconditionFailure("the pool dispatched to connection \(id), which it does not have")
+                }
+                job.connectionID = id
+                effects.append(.dispatch(job, connection))
+            case .retire(let id):
+                if let connection = state.connections[id] { effects.append(.retire(connection)) }
+            case .fail(let jobs, let error):
+                effects.append(.fail(jobs, error))
+            case .wake(let instant):
+                state.wakeTimer?.cancel()
+                state.wakeTimer = eventLoopGroup.loops[0].scheduleTimer(after: instant - .now) { [self] in
+                    run(self.state.withLock { state in resolve(state.pool.wake(now: .now), &state) })
+                }
+            case .drained:
+                state.poolDrained = true
+                effects.append(.drained)
+            }
+        }
+        return effects
+    }
+
+    private func run(_ effects: [Effect]) {
+        for effect in effects {
+            switch effect {
+            case .start(let connection):
+                start(connection)
+            case .dispatch(let job, let connection):
+                if connection.loop.inEventLoop {
+                    connection.enqueue(job)
+                } else {
+                    connection.loop.execute { connection.enqueue(job) }
+                }
+            case .retire(let connection):
+                if connection.loop.inEventLoop {
+                    connection.retire()
+                } else {
+                    connection.loop.execute { connection.retire() }
+                }
+            case .fail(let jobs, let error):
+                for job in jobs { job.fail(error, now: .now) }
+            case .drained:
+                let waiters = state.withLock { state in
+                    defer { state.closedWaiters = [] }
+                    return state.closedWaiters
+                }
+                for waiter in waiters { waiter.resume() }
+            }
+        }
+    }
+
+    /// A state machine for one connection's session.
+    func makeMachine(credentials: SASLCredentials?) -> ClientStateMachine {
+        var configuration = machineConfiguration
+        if let credentials { configuration.credentials = credentials }
+        return ClientStateMachine(configuration: configuration, cryptography: OpenSSLCryptography())
+    }
+
+    /// Opens `connection`'s TCP (and implicit TLS) connection; the handler takes over from there.
+    private func start(_ connection: ClientConnection) {
+        let configuration = configuration
+        let implicitTLS = configuration.security == .implicitTLS ? tlsContext : nil
+        let serverName = tlsServerName
+        Task {
+            do {
+                var credentials: SASLCredentials?
+                if case .oauth2(let username, let token)? = configuration.credentials {
+                    credentials = try SASLCredentials.bearerToken(username: username, token: try await token())
+                }
+                let machine = makeMachine(credentials: credentials)
+                _ = try await Connection.connect(
+                    to: configuration.host, port: configuration.port, on: connection.loop,
+                    timeout: configuration.pool.connectTimeout, tls: implicitTLS, serverName: serverName
+                ) { transport in
+                    connection.attach(transport, machine: machine)
+                    return connection
+                }
+            } catch let error as TransportError {
+                connection.loop.execute { connection.connectFailed(SMTPError(error)) }
+            } catch let error as SASLError {
+                connection.loop.execute { connection.connectFailed(SMTPError(.authentication, "OAuth token: \(error)")) }
+            } catch {
+                connection.loop.execute {
+                    connection.connectFailed(SMTPError(.authentication, "the OAuth token provider failed: \(error)",
+                                                       isTransient: true))
+                }
+            }
+        }
+    }
+}
+
+/// Hands one report to one waiting task.
+private final class ReportWaiter: Sendable {
+    private let continuation = Mutex<CheckedContinuation<DeliveryReport, Never>?>(nil)
+
+    func install(_ continuation: CheckedContinuation<DeliveryReport, Never>) {
+        self.continuation.withLock { $0 = continuation }
+    }
+
+    func resume(_ report: DeliveryReport) {
+        // The report comes only after the job was submitted, which happens after install.
+        continuation.withLock { continuation in
+            defer { continuation = nil }
+            return continuation
+        }?.resume(returning: report)
+    }
+}
+
+/// OpenSSL's primitives for SASL (CRAM-MD5, SCRAM).
+struct OpenSSLCryptography: SASLCryptography {
+    private func map(_ algorithm: SASLHashAlgorithm) -> Digest.Algorithm {
+        switch algorithm {
+        case .md5: .md5
+        case .sha1: .sha1
+        case .sha256: .sha256
+        }
+    }
+    func hash(_ algorithm: SASLHashAlgorithm, _ data: [UInt8]) -> [UInt8] { Digest.hash(map(algorithm), data) }
+    func hmac(_ algorithm: SASLHashAlgorithm, key: [UInt8], data: [UInt8]) -> [UInt8] {
+        Digest.hmac(map(algorithm), key: key, data: data)
+    }
+    func pbkdf2(_ algorithm: SASLHashAlgorithm, password: [UInt8], salt: [UInt8], iterations: Int, length: Int) -> [UInt8] {
+        Digest.pbkdf2(map(algorithm), password: password, salt: salt, iterations: iterations, length: length)
+    }
+    func randomBytes(_ count: Int) -> [UInt8] { Digest.randomBytes(count) }
+}

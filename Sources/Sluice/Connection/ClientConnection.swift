@@ -1,0 +1,243 @@
+import Logging
+import SluiceCore
+import SluiceTransport
+
+/// One pooled SMTP connection: the client state machine joined to a transport connection,
+/// on one event loop. The I/O layer is thin: bytes in, one call to the machine, one switch
+/// over its actions.
+final class ClientConnection: ConnectionHandler, @unchecked Sendable {
+    // Every mutable field is touched on `loop`'s thread only: the handler methods run there,
+    // the client hops there (loop.execute) before calling enqueue/retire/cancel, and timer
+    // bodies run there.
+    let id: Int
+    let loop: EventLoop
+    private let client: SMTPClient
+    private var machine: ClientStateMachine
+    private var connection: Connection?
+    private var jobs: [Int: DeliveryJob] = [:]
+    private var replyTimer: LoopTimer?
+    private var idleTimer: LoopTimer?
+    private var ready = false
+    private var reportedClosed = false
+    private var logger: Logger
+    private let tracing: Bool
+    /// The transcript hides what the client sends between `AUTH` and the server's verdict.
+    private var redactingAuthentication = false
+
+    /// A connection not yet open; ``attach(_:machine:)`` gives it its session.
+    init(id: Int, loop: EventLoop, client: SMTPClient, logger: Logger) {
+        self.id = id
+        self.loop = loop
+        self.client = client
+        machine = client.makeMachine(credentials: nil)
+        var logger = logger
+        logger[metadataKey: "smtp.connection"] = "\(id)"
+        self.logger = logger
+        tracing = logger.logLevel <= .trace
+    }
+
+    // MARK: Transport events
+
+    /// The TCP (and, for implicit TLS, TLS) connection is up; `machine` runs its session.
+    /// Called on the loop by the connect's handler factory.
+    func attach(_ connection: Connection, machine: ClientStateMachine) {
+        self.connection = connection
+        self.machine = machine
+        logger.debug("connected", metadata: ["smtp.remote": "\(connection.remoteAddress.map { "\($0)" } ?? "?")"])
+        perform(self.machine.connected())
+    }
+
+    func connection(_ connection: Connection, didReceive bytes: UnsafeRawBufferPointer) {
+        if tracing { traceReplies(bytes) }
+        perform(machine.bytesReceived(bytes))
+    }
+
+    func connectionDidClose(_ connection: Connection, error: TransportError?) {
+        let sessionError = error.map { error in
+            error.kind == .tls
+                ? SMTPSessionError(.tlsFailed, error.description)
+                : SMTPSessionError(.connectionLost, error.description)
+        }
+        perform(machine.connectionClosed(error: sessionError))
+        closed(error: sessionError.map(SMTPError.init) ?? SMTPError(
+            .connection, "the server closed the connection", isTransient: true))
+    }
+
+    // MARK: Client requests (on the loop)
+
+    /// Sends `job` on this connection.
+    func enqueue(_ job: DeliveryJob) {
+        loop.assertInEventLoop()
+        idleTimer?.cancel()
+        idleTimer = nil
+        if job.cancelRequested.load(ordering: .relaxed) {
+            client.cancelledOnConnection(job, connection: self)
+            return
+        }
+        jobs[job.id] = job
+        perform(machine.transactionEnqueued(job.transaction))
+    }
+
+    /// The task that sent `job` was cancelled: drop it if it has not started.
+    func cancel(_ job: DeliveryJob) {
+        loop.assertInEventLoop()
+        guard jobs[job.id] === job, machine.cancelPending(id: job.id) else { return }
+        jobs[job.id] = nil
+        client.cancelledOnConnection(job, connection: self)
+        armIdleTimerIfIdle()
+    }
+
+    /// QUIT once the work in flight is done, then close.
+    func retire() {
+        loop.assertInEventLoop()
+        idleTimer?.cancel()
+        idleTimer = nil
+        logger.debug("retiring")
+        perform(machine.quitRequested())
+    }
+
+    /// The connect failed before any handler was made.
+    func connectFailed(_ error: SMTPError) {
+        guard !reportedClosed else { return }
+        reportedClosed = true
+        logger.debug("connect failed", metadata: ["smtp.error": "\(error)"])
+        client.connectionEnded(self, wasReady: false, error: error)
+    }
+
+    // MARK: Actions
+
+    private func perform(_ actions: [ClientStateMachine.Action]) {
+        for action in actions {
+            switch action {
+            case .write(let outputs):
+                write(outputs)
+            case .startTLS:
+                startTLS()
+            case .sessionReady(let capabilities):
+                ready = true
+                logger.debug("session ready", metadata: ["smtp.capabilities": "\(capabilities.extensions.keys.sorted())"])
+                client.connectionReady(self, capacity: capacity(for: capabilities))
+                armIdleTimerIfIdle()
+            case .transactionFinished(let outcome):
+                guard let job = jobs.removeValue(forKey: outcome.id) else { continue }
+                client.attemptFinished(job, outcome: outcome, connection: self)
+                armIdleTimerIfIdle()
+            case .transactionNotAttempted(let transaction):
+                guard let job = jobs.removeValue(forKey: transaction.id) else { continue }
+                client.notAttempted(job, connection: self)
+            case .armTimer(let delay):
+                if replyTimer?.reschedule(after: delay) != true {
+                    replyTimer = loop.scheduleTimer(after: delay) { [self] in perform(machine.timeoutFired()) }
+                }
+            case .cancelTimer:
+                replyTimer?.cancel()
+                replyTimer = nil
+            case .close(let error):
+                replyTimer?.cancel()
+                replyTimer = nil
+                idleTimer?.cancel()
+                idleTimer = nil
+                if let error { logger.debug("closing", metadata: ["smtp.error": "\(error)"]) }
+                connection?.close()
+                closed(error: error.map(SMTPError.init) ?? SMTPError(.connection, "closed after QUIT", isTransient: true))
+            }
+        }
+    }
+
+    /// Tells the client once that this connection is gone.
+    private func closed(error: SMTPError) {
+        guard !reportedClosed else { return }
+        reportedClosed = true
+        replyTimer?.cancel()
+        idleTimer?.cancel()
+        client.connectionEnded(self, wasReady: ready, error: error)
+    }
+
+    private func capacity(for capabilities: SMTPCapabilities) -> Int {
+        let configuration = client.configuration.pipelining
+        guard configuration.enabled, capabilities.pipelining else { return 1 }
+        guard configuration.chunking, capabilities.chunking else { return 2 }
+        return max(1, configuration.transactionsPerConnection)
+    }
+
+    private func armIdleTimerIfIdle() {
+        guard ready, machine.isIdle, !reportedClosed else { return }
+        let timeout = client.configuration.pool.idleTimeout
+        if idleTimer?.reschedule(after: timeout) == true { return }
+        idleTimer = loop.scheduleTimer(after: timeout) { [self] in
+            idleTimer = nil
+            guard machine.isIdle, client.idleTimedOut(self) else { return }
+            logger.debug("idle, retiring")
+            perform(machine.quitRequested())
+        }
+    }
+
+    private func write(_ outputs: [ClientOutput]) {
+        guard let connection else { return }
+        if tracing { traceCommands(outputs) }
+        if outputs.count == 1, case .bytes(let bytes) = outputs[0] {
+            connection.enqueueWrite(bytes)
+            return
+        }
+        var chunks: [SharedBytes] = []
+        chunks.reserveCapacity(outputs.count)
+        for output in outputs {
+            switch output {
+            case .bytes(let bytes):
+                chunks.append(SharedBytes(bytes))
+            case .data(let id):
+                guard let job = jobs[id] else { continue }
+                chunks.append(job.message.stuffed)
+            case .chunk(let id):
+                guard let job = jobs[id] else { continue }
+                chunks.append(job.message.chunk)
+            }
+        }
+        connection.enqueueWrite(chunks)
+    }
+
+    private func startTLS() {
+        guard let connection, let context = client.tlsContext else {
+            connection?.close(error: TransportError(.invalidArgument, "STARTTLS without a TLS context"))
+            return
+        }
+        connection.startTLS(context: context, serverName: client.tlsServerName) { [self] result in
+            // A failed handshake closes the connection; connectionDidClose reports it.
+            guard case .success = result else { return }
+            logger.trace("TLS established")
+            perform(machine.tlsEstablished())
+        }
+    }
+
+    // MARK: Transcript
+
+    private func traceCommands(_ outputs: [ClientOutput]) {
+        for output in outputs {
+            switch output {
+            case .bytes(let bytes):
+                for line in String(decoding: bytes, as: UTF8.self).split(separator: "\r\n", omittingEmptySubsequences: true) {
+                    let shown: String
+                    if line.uppercased().hasPrefix("AUTH ") {
+                        redactingAuthentication = true
+                        shown = line.split(separator: " ").prefix(2).joined(separator: " ") + " [redacted]"
+                    } else if redactingAuthentication {
+                        shown = "[redacted]"
+                    } else {
+                        shown = String(line)
+                    }
+                    logger.trace("C: \(shown)")
+                }
+            case .data(let id), .chunk(let id):
+                let size = jobs[id].map { output == .data(transactionID: id) ? $0.message.stuffed.count : $0.message.chunk.count }
+                logger.trace("C: [message content, \(size ?? 0) octets]")
+            }
+        }
+    }
+
+    private func traceReplies(_ bytes: UnsafeRawBufferPointer) {
+        for line in String(decoding: bytes, as: UTF8.self).split(separator: "\r\n", omittingEmptySubsequences: true) {
+            if redactingAuthentication, !line.hasPrefix("334") { redactingAuthentication = false }
+            logger.trace("S: \(line)")
+        }
+    }
+}

@@ -1,0 +1,113 @@
+import SluiceCore
+import Synchronization
+
+/// One message on its way: its envelope and content, every recipient's outcome so far, and
+/// the callback that receives the report once.
+final class DeliveryJob: @unchecked Sendable {
+    // `attempts`, `results`, `remaining`, `lastError` and `lastReply` are touched by one party
+    // at a time, and each handoff is ordered by a lock or a loop hop: the pool (under the
+    // client's lock) while the job waits, the connection's loop while the job is on it, a
+    // retry timer in between. `connectionID` is guarded by the client's lock. The atomics
+    // are safe from anywhere.
+    let id: Int
+    let message: EncodedMessage
+    let envelope: Envelope
+    let startedAt: ContinuousClock.Instant
+    private let completion: @Sendable (DeliveryReport) -> Void
+
+    var attempts = 0
+    /// Each recipient's final outcome, once it has one.
+    private var results: [DeliveryReport.Recipient?]
+    /// The recipients still to try (indices into the envelope).
+    private(set) var remaining: [Int]
+    private var lastError: SMTPError?
+    /// The connection the job is on, while it is on one (client lock).
+    var connectionID: Int?
+    /// The task that sent it was cancelled.
+    let cancelRequested = Atomic<Bool>(false)
+    private let finished = Atomic<Bool>(false)
+
+    init(id: Int, message: EncodedMessage, envelope: Envelope, startedAt: ContinuousClock.Instant,
+         completion: @escaping @Sendable (DeliveryReport) -> Void) {
+        self.id = id
+        self.message = message
+        self.envelope = envelope
+        self.startedAt = startedAt
+        self.completion = completion
+        results = Array(repeating: nil, count: envelope.recipients.count)
+        remaining = Array(envelope.recipients.indices)
+    }
+
+    /// The transaction for the next try: the recipients not yet decided.
+    var transaction: SMTPTransaction {
+        let recipients = remaining.count == envelope.recipients.count
+            ? envelope.recipients : remaining.map { envelope.recipients[$0] }
+        return SMTPTransaction(id: id, from: envelope.from, recipients: recipients, parameters: envelope.parameters,
+                               content: message.info)
+    }
+
+    /// Records a try's outcome and keeps, in ``remaining``, the recipients the policy says
+    /// to try again. Returns whether there are any.
+    func record(_ outcome: TransactionOutcome, policy: SMTPClient.RetryPolicy) -> Bool {
+        attempts += 1
+        if let error = outcome.error {
+            lastError = SMTPError(error)
+        } else if outcome.status != .accepted, let reply = outcome.reply {
+            lastError = SMTPError(outcome.status == .deferred ? .deferred : .rejected, "the server refused the message",
+                                  reply: reply, command: nil, isTransient: reply.code.isTransient)
+        }
+        let connectionFailed = outcome.error.map { $0.isTransient && $0.reply == nil } ?? false
+        var retry: [Int] = []
+        for (slot, recipient) in zip(remaining, outcome.recipients) {
+            let decided = DeliveryReport.Recipient(address: recipient.address, status: recipient.status, reply: recipient.reply)
+            results[slot] = decided
+            guard recipient.status == .deferred, attempts < policy.maximumAttempts else { continue }
+            let byReply = recipient.reply.map { $0.code.isTransient } ?? false
+            if byReply ? policy.retriesTransientReplies : (connectionFailed && policy.retriesConnectionFailures) {
+                retry.append(slot)
+            }
+        }
+        remaining = retry
+        return !retry.isEmpty
+    }
+
+    /// Ends the job with `error` for every recipient not yet decided.
+    func fail(_ error: SMTPError, status: DeliveryStatus = .deferred, now: ContinuousClock.Instant) {
+        lastError = error
+        for slot in remaining where results[slot] == nil || results[slot]?.status == .deferred {
+            results[slot] = DeliveryReport.Recipient(address: envelope.recipients[slot].address, status: status,
+                                                     reply: error.reply ?? results[slot]?.reply)
+        }
+        remaining = []
+        complete(now: now)
+    }
+
+    /// Delivers the report, once.
+    func complete(now: ContinuousClock.Instant) {
+        guard finished.compareExchange(expected: false, desired: true, ordering: .acquiringAndReleasing).exchanged
+        else { return }
+        let recipients = results.enumerated().map { index, result in
+            result ?? DeliveryReport.Recipient(address: envelope.recipients[index].address, status: .deferred, reply: nil)
+        }
+        var report = DeliveryReport(recipients: recipients, messageID: message.messageID, envelope: envelope,
+                                    attempts: attempts, elapsed: now - startedAt, error: nil)
+        if report.outcome != .accepted {
+            let error = lastError ?? SMTPError(.deferred, "the message was not delivered")
+            let kind: SMTPError.Kind? =
+                switch report.outcome {
+                case .unknown: .unknownOutcome
+                case .rejected where error.kind == .deferred: .rejected
+                default: nil
+                }
+            let final = kind.map { SMTPError($0, error.detail, reply: error.reply, command: error.command,
+                                             isTransient: $0 != .rejected && error.isTransient,
+                                             sessionError: error.sessionError, transportError: error.transportError) }
+                ?? error
+            report = DeliveryReport(recipients: recipients, messageID: message.messageID, envelope: envelope,
+                                    attempts: attempts, elapsed: now - startedAt, error: final)
+        }
+        completion(report)
+    }
+
+    var isFinished: Bool { finished.load(ordering: .acquiring) }
+}

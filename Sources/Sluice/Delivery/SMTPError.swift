@@ -1,0 +1,163 @@
+import SluiceCore
+import SluiceTransport
+
+/// Why a message was not delivered to any recipient, or why the client could not work.
+///
+/// ``SMTPClient/send(_:envelope:)`` throws it only when no recipient was accepted; the
+/// ``report`` then holds every recipient's status. A partial acceptance is not an error: it
+/// is visible in the ``DeliveryReport``, as .NET's `SmtpFailedRecipientsException` makes it
+/// visible.
+public struct SMTPError: Error, Sendable, Hashable, CustomStringConvertible {
+    /// What kind of failure it is, in a form that can be matched.
+    public struct Kind: Hashable, Sendable, CustomStringConvertible {
+        private enum Base: Hashable, Sendable {
+            case rejected, deferred, unknownOutcome, connection, tls, authentication, timeout
+            case protocolViolation, invalidInput, cancelled, shutdown
+        }
+        private let base: Base
+        private init(_ base: Base) { self.base = base }
+
+        /// The server refused the message or every recipient permanently (5xx).
+        public static let rejected = Kind(.rejected)
+        /// The server refused for now (4xx), after every retry the policy allowed.
+        public static let deferred = Kind(.deferred)
+        /// The end of the data was written and no reply came: it may have been delivered.
+        public static let unknownOutcome = Kind(.unknownOutcome)
+        /// The connection could not be made, was refused, closed, or the server said 421.
+        public static let connection = Kind(.connection)
+        /// TLS failed or was required and not available (certificates, STARTTLS refused,
+        /// injection after STARTTLS).
+        public static let tls = Kind(.tls)
+        /// AUTH failed, or credentials would have gone over plaintext.
+        public static let authentication = Kind(.authentication)
+        /// A reply or the connection did not come in time.
+        public static let timeout = Kind(.timeout)
+        /// The server broke the protocol.
+        public static let protocolViolation = Kind(.protocolViolation)
+        /// The message or envelope cannot be sent as given; nothing went on the wire for it.
+        public static let invalidInput = Kind(.invalidInput)
+        /// The task was cancelled before the message's data was sent.
+        public static let cancelled = Kind(.cancelled)
+        /// The client was shut down before the message could be sent.
+        public static let shutdown = Kind(.shutdown)
+
+        public var description: String {
+            switch base {
+            case .rejected: "rejected"
+            case .deferred: "deferred"
+            case .unknownOutcome: "unknown outcome"
+            case .connection: "connection"
+            case .tls: "tls"
+            case .authentication: "authentication"
+            case .timeout: "timeout"
+            case .protocolViolation: "protocol"
+            case .invalidInput: "invalid input"
+            case .cancelled: "cancelled"
+            case .shutdown: "shutdown"
+            }
+        }
+    }
+
+    /// What failed.
+    public let kind: Kind
+    /// The server's reply that decided it, if any.
+    public let reply: SMTPReply?
+    /// The command that was answered or awaited (`MAIL`, `RCPT`, `DATA`, `AUTH`, …).
+    public let command: String?
+    /// What happened, in words.
+    public let detail: String
+    /// Whether trying again later may succeed (a 4xx, a lost connection, a timeout).
+    public let isTransient: Bool
+    /// The session error from the protocol layer, when there was one.
+    public let sessionError: SMTPSessionError?
+    /// The transport error (connect, TLS, socket), when there was one.
+    public let transportError: TransportError?
+    private let box: ReportBox?
+
+    /// The reply code, if a reply decided it.
+    public var code: Int? { reply?.code.rawValue }
+    /// The enhanced status code, if the server sent one.
+    public var enhancedCode: EnhancedStatusCode? { reply?.enhancedCode }
+    /// The server's text, if a reply decided it.
+    public var text: String? { reply?.text }
+    /// The message's report: every recipient's status (nil for errors that are not about
+    /// one message).
+    public var report: DeliveryReport? { box?.report }
+
+    init(_ kind: Kind, _ detail: String, reply: SMTPReply? = nil, command: String? = nil, isTransient: Bool = false,
+         sessionError: SMTPSessionError? = nil, transportError: TransportError? = nil) {
+        self.kind = kind
+        self.detail = detail
+        self.reply = reply
+        self.command = command
+        self.isTransient = isTransient
+        self.sessionError = sessionError
+        self.transportError = transportError
+        box = nil
+    }
+
+    private init(_ error: SMTPError, report: DeliveryReport) {
+        kind = error.kind
+        detail = error.detail
+        reply = error.reply
+        command = error.command
+        isTransient = error.isTransient
+        sessionError = error.sessionError
+        transportError = error.transportError
+        box = ReportBox(report)
+    }
+
+    /// This error with the report of the message it ended.
+    func with(report: DeliveryReport) -> SMTPError { SMTPError(self, report: report) }
+
+    /// The error for a session that failed.
+    init(_ error: SMTPSessionError) {
+        let kind: Kind =
+            switch error.kind {
+            case .tlsRequired, .tlsInjection, .tlsFailed: .tls
+            case .authenticationFailed, .authenticationNotAllowed: .authentication
+            case .timeout: .timeout
+            case .protocolViolation: .protocolViolation
+            case .refusedLocally: .invalidInput
+            default: .connection  // greeting refused, EHLO rejected, 421, connection lost
+            }
+        self.init(kind, error.description, reply: error.reply, command: error.command,
+                  isTransient: error.isTransient, sessionError: error)
+    }
+
+    /// The error for a connection that could not be made.
+    init(_ error: TransportError) {
+        let kind: Kind =
+            switch error.kind {
+            case .tls: .tls
+            case .connectTimeout: .timeout
+            default: .connection
+            }
+        let transient = error.kind != .tls && error.kind != .invalidArgument && error.kind != .hostNotFound
+        self.init(kind, error.description, isTransient: transient, transportError: error)
+    }
+
+    public var description: String {
+        var text = "SMTP \(kind)"
+        if let command { text += " (\(command))" }
+        text += ": \(detail)"
+        if let reply, sessionError?.reply != reply { text += " [\(reply)]" }
+        return text
+    }
+
+    public static func == (lhs: SMTPError, rhs: SMTPError) -> Bool {
+        lhs.kind == rhs.kind && lhs.reply == rhs.reply && lhs.command == rhs.command && lhs.detail == rhs.detail
+    }
+
+    public func hash(into hasher: inout Hasher) {
+        hasher.combine(kind)
+        hasher.combine(reply)
+        hasher.combine(detail)
+    }
+}
+
+/// Holds a report inside an error (a report holds its error, so one of them must be boxed).
+private final class ReportBox: Sendable {
+    let report: DeliveryReport
+    init(_ report: DeliveryReport) { self.report = report }
+}

@@ -1,0 +1,284 @@
+/// The connection pool's decisions, as a state machine: which connection takes a message,
+/// when to open one, when to retire one, when to back off, when the rate limit holds a
+/// message back. It does no I/O and reads no clock (every event carries `now`); the client
+/// keeps it under a lock and carries out its actions after unlocking.
+///
+/// `Job` is the client's message handle; the machine only keeps and hands back references.
+struct PoolStateMachine<Job: AnyObject> {
+    struct Configuration {
+        var maximumConnections: Int
+        var maximumMessagesPerConnection: Int
+        var maximumConnectionLifetime: Duration
+        /// Transactions one connection takes before its session says what it can do.
+        var transactionsPerConnection: Int
+        var connectAttempts: Int
+        var connectBackoff: Backoff
+        var rateLimit: SMTPClient.RateLimit?
+    }
+
+    enum Action {
+        /// Open connection `id`.
+        case connect(Int)
+        /// Send the job on connection `id` (it is ready).
+        case dispatch(Job, to: Int)
+        /// Send QUIT on connection `id` once its work is done, and close it.
+        case retire(Int)
+        /// These waiting jobs cannot be sent: no connection could be made.
+        case fail([Job], SMTPError)
+        /// Call ``wake(now:)`` at this time (rate limit or connect backoff).
+        case wake(at: ContinuousClock.Instant)
+        /// Shutting down and nothing is left: the client can stop.
+        case drained
+    }
+
+    private enum ConnectionState {
+        case connecting
+        case ready(capacity: Int)
+        /// QUIT was (or is about to be) sent; it takes nothing new.
+        case retiring
+    }
+
+    private struct Entry {
+        var state: ConnectionState
+        var load = 0
+        var sent = 0
+        var openedAt: ContinuousClock.Instant
+    }
+
+    private let configuration: Configuration
+    private var waiting: [Job] = []
+    private var waitingHead = 0
+    private var connections: [Int: Entry] = [:]
+    private var nextConnectionID = 0
+    private var consecutiveFailures = 0
+    private var backoffUntil: ContinuousClock.Instant?
+    private var wakeScheduledAt: ContinuousClock.Instant?
+    private var tokens: Double
+    private var tokensUpdatedAt: ContinuousClock.Instant?
+    private var shuttingDown = false
+    private var drainedReported = false
+    private var random: () -> Double
+
+    init(configuration: Configuration, random: @escaping () -> Double = { Double.random(in: 0..<1) }) {
+        self.configuration = configuration
+        self.random = random
+        tokens = Double(configuration.rateLimit?.burst ?? 0)
+    }
+
+    /// Messages waiting for a connection.
+    var waitingCount: Int { waiting.count - waitingHead }
+
+    /// Connections open or opening.
+    var connectionCount: Int { connections.count }
+
+    /// Whether shutdown has begun.
+    var isShuttingDown: Bool { shuttingDown }
+
+    // MARK: Events
+
+    /// A message to send.
+    mutating func submitted(_ job: Job, now: ContinuousClock.Instant) -> [Action] {
+        waiting.append(job)
+        return pump(now: now)
+    }
+
+    /// Messages that were handed to a connection and never started there: they go first.
+    mutating func requeued(_ jobs: [Job], now: ContinuousClock.Instant) -> [Action] {
+        guard !jobs.isEmpty else { return [] }
+        compactWaiting()
+        waiting.insert(contentsOf: jobs, at: 0)
+        return pump(now: now)
+    }
+
+    /// Removes a waiting message; false if it is not waiting (it is on a connection).
+    mutating func cancelled(_ job: Job) -> Bool {
+        guard let index = waiting[waitingHead...].firstIndex(where: { $0 === job }) else { return false }
+        waiting.remove(at: index)
+        return true
+    }
+
+    /// Connection `id`'s session is ready; it can take `capacity` transactions at once.
+    mutating func connected(_ id: Int, capacity: Int, now: ContinuousClock.Instant) -> [Action] {
+        guard connections[id] != nil else { return [] }
+        connections[id]!.state = .ready(capacity: max(1, capacity))
+        consecutiveFailures = 0
+        backoffUntil = nil
+        return pump(now: now)
+    }
+
+    /// Connection `id` could not be made (TCP, TLS, greeting, EHLO or AUTH failed).
+    mutating func connectFailed(_ id: Int, error: SMTPError, now: ContinuousClock.Instant) -> [Action] {
+        guard connections.removeValue(forKey: id) != nil else { return [] }
+        consecutiveFailures += 1
+        var actions: [Action] = []
+        let anyReady = connections.values.contains { if case .ready = $0.state { true } else { false } }
+        if !error.isTransient || (consecutiveFailures >= configuration.connectAttempts && !anyReady) {
+            // Every waiting message would meet the same failure.
+            let failed = Array(waiting[waitingHead...])
+            waiting = []
+            waitingHead = 0
+            consecutiveFailures = 0
+            backoffUntil = nil
+            if !failed.isEmpty { actions.append(.fail(failed, error)) }
+        } else {
+            backoffUntil = now + configuration.connectBackoff.delay(afterAttempt: consecutiveFailures, random: random())
+        }
+        actions += pump(now: now)
+        return actions
+    }
+
+    /// A transaction on connection `id` finished (whatever its outcome).
+    mutating func transactionFinished(on id: Int, now: ContinuousClock.Instant) -> [Action] {
+        guard var entry = connections[id] else { return pump(now: now) }
+        entry.load -= 1
+        connections[id] = entry
+        return pump(now: now)
+    }
+
+    /// Connection `id` is idle and its idle time is up: retire it unless work arrived.
+    mutating func idleTimedOut(_ id: Int) -> Bool {
+        guard let entry = connections[id], entry.load == 0, case .ready = entry.state else { return false }
+        connections[id]!.state = .retiring
+        return true
+    }
+
+    /// Connection `id` closed (after QUIT, or because it failed after its session was ready).
+    mutating func connectionClosed(_ id: Int, now: ContinuousClock.Instant) -> [Action] {
+        connections.removeValue(forKey: id)
+        return pump(now: now)
+    }
+
+    /// A time asked for with ``Action/wake(at:)`` has come.
+    mutating func wake(now: ContinuousClock.Instant) -> [Action] {
+        wakeScheduledAt = nil
+        return pump(now: now)
+    }
+
+    /// Takes nothing new from now on; what is waiting and in flight still goes. Every
+    /// connection is retired once the work is done.
+    mutating func shutdownRequested(now: ContinuousClock.Instant) -> [Action] {
+        shuttingDown = true
+        return pump(now: now)
+    }
+
+    // MARK: Decisions
+
+    private mutating func pump(now: ContinuousClock.Instant) -> [Action] {
+        var actions: [Action] = []
+        retireExpired(now: now, into: &actions)
+        dispatchWaiting(now: now, into: &actions)
+        openConnectionsIfNeeded(now: now, into: &actions)
+        if shuttingDown, waitingCount == 0 {
+            for (id, entry) in connections where entry.load == 0 {
+                switch entry.state {
+                case .ready:
+                    connections[id]!.state = .retiring
+                    actions.append(.retire(id))
+                case .connecting, .retiring:
+                    break
+                }
+            }
+            if connections.isEmpty, !drainedReported {
+                drainedReported = true
+                actions.append(.drained)
+            }
+        }
+        return actions
+    }
+
+    /// Retires idle connections that reached their message limit or lifetime.
+    private mutating func retireExpired(now: ContinuousClock.Instant, into actions: inout [Action]) {
+        for (id, entry) in connections where entry.load == 0 {
+            guard case .ready = entry.state else { continue }
+            if entry.sent >= configuration.maximumMessagesPerConnection
+                || now - entry.openedAt >= configuration.maximumConnectionLifetime {
+                connections[id]!.state = .retiring
+                actions.append(.retire(id))
+            }
+        }
+    }
+
+    private mutating func dispatchWaiting(now: ContinuousClock.Instant, into actions: inout [Action]) {
+        while waitingHead < waiting.count {
+            guard let id = leastLoadedConnection(now: now) else { break }
+            guard takeToken(now: now, into: &actions) else { break }
+            let job = waiting[waitingHead]
+            waitingHead += 1
+            connections[id]!.load += 1
+            connections[id]!.sent += 1
+            actions.append(.dispatch(job, to: id))
+        }
+        if waitingHead == waiting.count {
+            waiting.removeAll(keepingCapacity: true)
+            waitingHead = 0
+        } else if waitingHead > 1024, waitingHead * 2 > waiting.count {
+            compactWaiting()
+        }
+    }
+
+    /// The ready connection with the most room, if any has room. A connection past its
+    /// message limit or lifetime takes nothing new.
+    private func leastLoadedConnection(now: ContinuousClock.Instant) -> Int? {
+        var best: (id: Int, room: Int)?
+        for (id, entry) in connections {
+            guard case .ready(let capacity) = entry.state, entry.load < capacity,
+                  entry.sent < configuration.maximumMessagesPerConnection,
+                  now - entry.openedAt < configuration.maximumConnectionLifetime
+            else { continue }
+            let room = capacity - entry.load
+            if best == nil || room > best!.room { best = (id, room) }
+        }
+        return best?.id
+    }
+
+    /// Opens connections while waiting messages outnumber what the connections being
+    /// opened will take, within the limit and outside a backoff.
+    private mutating func openConnectionsIfNeeded(now: ContinuousClock.Instant, into actions: inout [Action]) {
+        guard waitingCount > 0 else { return }
+        if let until = backoffUntil, now < until {
+            scheduleWake(at: until, into: &actions)
+            return
+        }
+        var opening = connections.values.count { if case .connecting = $0.state { true } else { false } }
+        while connections.count < configuration.maximumConnections,
+              waitingCount > opening * configuration.transactionsPerConnection {
+            let id = nextConnectionID
+            nextConnectionID += 1
+            connections[id] = Entry(state: .connecting, openedAt: now)
+            opening += 1
+            actions.append(.connect(id))
+            // After a failure, one connect at a time until one succeeds.
+            if consecutiveFailures > 0 { break }
+        }
+    }
+
+    /// Takes a token from the rate limiter, or schedules a wake for when one will be there.
+    private mutating func takeToken(now: ContinuousClock.Instant, into actions: inout [Action]) -> Bool {
+        guard let limit = configuration.rateLimit else { return true }
+        if let last = tokensUpdatedAt {
+            let elapsed = now - last
+            let seconds = Double(elapsed.components.seconds) + Double(elapsed.components.attoseconds) / 1e18
+            tokens = min(Double(limit.burst), tokens + seconds * limit.messagesPerSecond)
+        }
+        tokensUpdatedAt = now
+        if tokens >= 1 {
+            tokens -= 1
+            return true
+        }
+        let wait = (1 - tokens) / limit.messagesPerSecond
+        scheduleWake(at: now + .nanoseconds(Int64((wait * 1e9).rounded(.up))), into: &actions)
+        return false
+    }
+
+    private mutating func scheduleWake(at instant: ContinuousClock.Instant, into actions: inout [Action]) {
+        if let scheduled = wakeScheduledAt, scheduled <= instant { return }
+        wakeScheduledAt = instant
+        actions.append(.wake(at: instant))
+    }
+
+    private mutating func compactWaiting() {
+        guard waitingHead > 0 else { return }
+        waiting.removeFirst(waitingHead)
+        waitingHead = 0
+    }
+}

@@ -1,0 +1,210 @@
+/// An existing RFC 5322 message (an `.eml` file, a message built elsewhere), checked and
+/// ready to send as it is.
+///
+/// Line endings are normalised to CRLF (a bare CR or LF becomes CRLF, so the content can
+/// never hold a premature end of data) and the header section is checked: every header line
+/// is `Name: value` with a printable-ASCII name, continuation lines start with a space or tab,
+/// a `From` header is present, no line is longer than 998 octets and no byte is NUL. Nothing
+/// is silently repaired beyond the line endings: a malformed message is a ``MessageError``.
+public struct RawMessage: Sendable, Hashable {
+    /// The message, CRLF-normalised, ending with CRLF.
+    public let bytes: [UInt8]
+    /// The length of the header section, up to and including the empty line that ends it
+    /// (the whole message when it has no body).
+    public let headerLength: Int
+    /// Whether any byte is outside ASCII (the message then needs 8BITMIME, or SMTPUTF8 for
+    /// UTF-8 in its headers).
+    public let has8BitBytes: Bool
+
+    /// Checks and normalises `bytes`.
+    public init(_ bytes: some Collection<UInt8>) throws(MessageError) {
+        var normalized: [UInt8] = []
+        normalized.reserveCapacity(bytes.count + 2)
+        var eightBit = false
+        var index = bytes.startIndex
+        var line = 1
+        var lineStart = 0
+        while index != bytes.endIndex {
+            let byte = bytes[index]
+            bytes.formIndex(after: &index)
+            switch byte {
+            case 13, 10:
+                if byte == 13, index != bytes.endIndex, bytes[index] == 10 { bytes.formIndex(after: &index) }
+                try Self.checkLength(normalized.count - lineStart, line: line)
+                normalized.append(13)
+                normalized.append(10)
+                line += 1
+                lineStart = normalized.count
+            case 0:
+                throw MessageError(.nulByte, line: line)
+            default:
+                if byte >= 0x80 { eightBit = true }
+                normalized.append(byte)
+            }
+        }
+        if normalized.count > lineStart {
+            try Self.checkLength(normalized.count - lineStart, line: line)
+            normalized.append(13)
+            normalized.append(10)
+        }
+        headerLength = try Self.checkHeaderSection(normalized)
+        self.bytes = normalized
+        has8BitBytes = eightBit
+    }
+
+    /// Reads and checks the message in the file at `path`.
+    public init(contentsOfFile path: String) throws(MessageError) {
+        try self.init(try readFile(path))
+    }
+
+    /// The unfolded values of every header called `name` (case-insensitive), in order.
+    public func headerValues(_ name: String) -> [String] {
+        let wanted = Array(name.lowercased().utf8)
+        var values: [String] = []
+        for field in Self.fields(bytes[0..<headerLength]) where field.name.count == wanted.count {
+            guard zip(field.name, wanted).allSatisfy({ Self.lowercase($0) == $1 }) else { continue }
+            values.append(field.value)
+        }
+        return values
+    }
+
+    /// The `Message-ID` header's value, if there is one.
+    public var messageID: String? { headerValues("Message-ID").first }
+
+    // MARK: Checks
+
+    /// RFC 5322 §2.1.1: at most 998 octets before the CRLF.
+    private static func checkLength(_ length: Int, line: Int) throws(MessageError) {
+        if length > 998 { throw MessageError(.lineTooLong, line: line) }
+    }
+
+    /// Checks every header line and returns the header section's length.
+    private static func checkHeaderSection(_ bytes: [UInt8]) throws(MessageError) -> Int {
+        var start = 0
+        var line = 1
+        var sawFrom = false
+        while start < bytes.count {
+            var end = start
+            while bytes[end] != 13 { end += 1 }  // every line ends with CRLF here
+            if end == start {
+                guard line > 1 else { throw MessageError(.noHeaders, line: 1) }
+                guard sawFrom else { throw MessageError(.missingFrom, line: line) }
+                return end + 2
+            }
+            let first = bytes[start]
+            if first == 32 || first == 9 {
+                guard line > 1 else { throw MessageError(.malformedHeader, line: line) }
+            } else {
+                guard let colon = bytes[start..<end].firstIndex(of: UInt8(ascii: ":")), colon > start,
+                      bytes[start..<colon].allSatisfy({ $0 > 32 && $0 < 127 })
+                else { throw MessageError(.malformedHeader, line: line) }
+                if colon - start == 4, zip(bytes[start..<colon], "from".utf8).allSatisfy({ lowercase($0) == $1 }) {
+                    sawFrom = true
+                }
+            }
+            start = end + 2
+            line += 1
+        }
+        guard line > 1 else { throw MessageError(.noHeaders, line: 1) }
+        guard sawFrom else { throw MessageError(.missingFrom, line: line) }
+        return bytes.count
+    }
+
+    private static func lowercase(_ byte: UInt8) -> UInt8 {
+        byte >= 65 && byte <= 90 ? byte | 0x20 : byte
+    }
+
+    /// The header fields of a checked header section: names as bytes, values unfolded.
+    private static func fields(_ section: ArraySlice<UInt8>) -> [(name: ArraySlice<UInt8>, value: String)] {
+        var result: [(name: ArraySlice<UInt8>, value: String)] = []
+        var index = section.startIndex
+        while index < section.endIndex {
+            var end = index
+            while section[end] != 13 { end += 1 }
+            if end == index { break }
+            let first = section[index]
+            if first == 32 || first == 9, !result.isEmpty {
+                result[result.count - 1].value += String(decoding: section[index..<end], as: UTF8.self)
+            } else if let colon = section[index..<end].firstIndex(of: UInt8(ascii: ":")) {
+                let value = String(decoding: section[(colon + 1)..<end], as: UTF8.self)
+                result.append((section[index..<colon], value))
+            }
+            index = end + 2
+        }
+        return result.map { ($0.name, $0.value.trimmingWhitespace) }
+    }
+}
+
+/// Why a message cannot be sent as it is.
+public struct MessageError: Error, Hashable, Sendable, CustomStringConvertible {
+    /// What is wrong.
+    public struct Kind: Hashable, Sendable, CustomStringConvertible {
+        private enum Base: Hashable, Sendable {
+            case nulByte, lineTooLong, noHeaders, malformedHeader, missingFrom, unreadable
+        }
+        private let base: Base
+        private init(_ base: Base) { self.base = base }
+
+        /// A NUL byte, which is never sent.
+        public static let nulByte = Kind(.nulByte)
+        /// A line longer than 998 octets; the content must be encoded.
+        public static let lineTooLong = Kind(.lineTooLong)
+        /// The message does not start with a header section.
+        public static let noHeaders = Kind(.noHeaders)
+        /// A header line that is not `Name: value` or a continuation.
+        public static let malformedHeader = Kind(.malformedHeader)
+        /// No `From` header (RFC 5322 §3.6 requires one).
+        public static let missingFrom = Kind(.missingFrom)
+        /// The file could not be read.
+        public static let unreadable = Kind(.unreadable)
+
+        public var description: String {
+            switch base {
+            case .nulByte: "NUL byte"
+            case .lineTooLong: "line too long"
+            case .noHeaders: "no header section"
+            case .malformedHeader: "malformed header"
+            case .missingFrom: "missing From header"
+            case .unreadable: "unreadable file"
+            }
+        }
+    }
+
+    /// What is wrong.
+    public let kind: Kind
+    /// The 1-based line where it was found (0 when no line applies).
+    public let line: Int
+    /// More detail, when there is some.
+    public let detail: String?
+
+    /// An error.
+    public init(_ kind: Kind, line: Int, detail: String? = nil) {
+        self.kind = kind
+        self.line = line
+        self.detail = detail
+    }
+
+    public var description: String {
+        var text: String
+        switch kind {
+        case .nulByte: text = "the message has a NUL byte on line \(line)"
+        case .lineTooLong: text = "line \(line) is longer than 998 octets; encode the content (quoted-printable or base64)"
+        case .noHeaders: text = "the message does not start with a header section"
+        case .malformedHeader: text = "line \(line) of the header section is not 'Name: value' or a folded continuation"
+        case .missingFrom: text = "the message has no From header"
+        default: text = "\(kind)"
+        }
+        if let detail { text += " (\(detail))" }
+        return text
+    }
+}
+
+extension String {
+    /// Without leading and trailing spaces and tabs.
+    var trimmingWhitespace: String {
+        var scalars = Substring(self)
+        while let first = scalars.first, first == " " || first == "\t" { scalars.removeFirst() }
+        while let last = scalars.last, last == " " || last == "\t" { scalars.removeLast() }
+        return String(scalars)
+    }
+}
