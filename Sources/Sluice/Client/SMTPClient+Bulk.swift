@@ -3,47 +3,48 @@ import Synchronization
 extension SMTPClient {
     /// Sends every message of `mails` and returns their reports as they complete.
     ///
-    /// At most `maximumInFlight` messages are handed to the client and not yet read from the
-    /// returned sequence: when the consumer falls behind, `mails` is not iterated further
-    /// (backpressure reaches the producer), so memory stays bounded for any number of
-    /// messages. Reports come in completion order; ``DeliveryReport/messageID`` and
-    /// ``DeliveryReport/envelope`` say which message each is about. A failed message is a
-    /// report with an ``DeliveryReport/error``, never an error that ends the sequence;
-    /// the sequence throws only what `mails` throws, after the messages before it report.
+    /// At most `maximumInFlight` messages are with the client at once, and at most
+    /// `maximumInFlight` reports wait for the consumer: when the consumer falls behind, `mails`
+    /// is not iterated further (backpressure reaches the producer), so memory stays bounded
+    /// for any number of messages. Reports come in completion order;
+    /// ``DeliveryReport/messageID`` and ``DeliveryReport/envelope`` say which message each is
+    /// about. A failed message is a report with an ``DeliveryReport/error``, never an error
+    /// that ends the sequence.
+    ///
+    /// The next message is taken from `mails` on the thread that finished the one before, so a
+    /// steady stream needs no thread handoff per message. `mails` is iterated by one thread
+    /// at a time, and must not block.
     ///
     /// Dropping the returned sequence (or cancelling the task iterating it) stops taking
     /// messages from `mails`; those already handed over still finish.
+    public func send<Mails: Sequence & Sendable>(contentsOf mails: Mails, maximumInFlight: Int = 1_000)
+        -> DeliveryReports where Mails.Element == OutgoingMail
+    {
+        let iterator = IteratorBox(mails.makeIterator())
+        let bulk = BulkDelivery(client: self, limit: max(1, maximumInFlight), source: .pull { iterator.next() })
+        Task { bulk.refill() }
+        return DeliveryReports(bulk: bulk, lifetime: BulkLifetime(bulk: bulk, producer: nil))
+    }
+
+    /// Sends every message of an asynchronous sequence and returns their reports as they
+    /// complete (see ``send(contentsOf:maximumInFlight:)-(Mails,_)``); the sequence ends by
+    /// throwing what `mails` throws, after every message taken before it has reported.
     public func send<Mails: AsyncSequence & Sendable>(contentsOf mails: Mails, maximumInFlight: Int = 1_000)
         -> DeliveryReports where Mails.Element == OutgoingMail
     {
-        let bulk = BulkDelivery(limit: max(1, maximumInFlight))
+        let bulk = BulkDelivery(client: self, limit: max(1, maximumInFlight), source: .push)
         let producer = Task {
             do {
                 for try await mail in mails {
                     guard await bulk.acquire() else { break }
                     submit(mail) { bulk.deliver($0) }
                 }
-                bulk.finish(error: nil)
+                bulk.sourceEnded(error: nil)
             } catch {
-                bulk.finish(error: error)
+                bulk.sourceEnded(error: error)
             }
         }
-        return DeliveryReports(bulk: bulk, lifetime: ProducerLifetime(producer))
-    }
-
-    /// Sends every message of `mails` (see ``send(contentsOf:maximumInFlight:)-(Mails,_)``).
-    public func send<Mails: Sequence & Sendable>(contentsOf mails: Mails, maximumInFlight: Int = 1_000)
-        -> DeliveryReports where Mails.Element == OutgoingMail
-    {
-        let bulk = BulkDelivery(limit: max(1, maximumInFlight))
-        let producer = Task {
-            for mail in mails {
-                guard await bulk.acquire() else { break }
-                submit(mail) { bulk.deliver($0) }
-            }
-            bulk.finish(error: nil)
-        }
-        return DeliveryReports(bulk: bulk, lifetime: ProducerLifetime(producer))
+        return DeliveryReports(bulk: bulk, lifetime: BulkLifetime(bulk: bulk, producer: producer))
     }
 }
 
@@ -53,22 +54,34 @@ public struct DeliveryReports: AsyncSequence, Sendable {
     public typealias Element = DeliveryReport
 
     fileprivate let bulk: BulkDelivery
-    fileprivate let lifetime: ProducerLifetime
+    fileprivate let lifetime: BulkLifetime
 
-    /// Iterates the reports.
+    /// Iterates the reports, taking every report that is ready at once.
     public struct AsyncIterator: AsyncIteratorProtocol {
         fileprivate let bulk: BulkDelivery
-        fileprivate let lifetime: ProducerLifetime
+        fileprivate let lifetime: BulkLifetime
+        private var batch: [DeliveryReport] = []
+        private var index = 0
+
+        fileprivate init(bulk: BulkDelivery, lifetime: BulkLifetime) {
+            self.bulk = bulk
+            self.lifetime = lifetime
+        }
 
         /// The next report; nil when every message has reported.
-        /// - Throws: What the input sequence threw, after every message before it reported.
+        /// - Throws: What an asynchronous input sequence threw, after every message before it reported.
         public mutating func next() async throws -> DeliveryReport? {
-            try await withTaskCancellationHandler {
-                try await bulk.next()
-            } onCancel: { [lifetime, bulk] in
-                lifetime.cancel()
-                bulk.consumerCancelled()
+            if index == batch.count {
+                batch = try await withTaskCancellationHandler {
+                    try await bulk.nextBatch()
+                } onCancel: { [lifetime] in
+                    lifetime.cancel()
+                }
+                index = 0
+                if batch.isEmpty { return nil }
             }
+            defer { index += 1 }
+            return batch[index]
         }
     }
 
@@ -76,39 +89,111 @@ public struct DeliveryReports: AsyncSequence, Sendable {
     public func makeAsyncIterator() -> AsyncIterator { AsyncIterator(bulk: bulk, lifetime: lifetime) }
 }
 
-/// Cancels the producer task when the last copy of the report sequence goes away.
-private final class ProducerLifetime: Sendable {
-    private let task: Task<Void, Never>
-    init(_ task: Task<Void, Never>) { self.task = task }
-    func cancel() { task.cancel() }
-    deinit { task.cancel() }
+/// Stops the bulk send when the last copy of its report sequence goes away.
+private final class BulkLifetime: Sendable {
+    private let bulk: BulkDelivery
+    private let producer: Task<Void, Never>?
+    init(bulk: BulkDelivery, producer: Task<Void, Never>?) {
+        self.bulk = bulk
+        self.producer = producer
+    }
+    func cancel() {
+        producer?.cancel()
+        bulk.cancel()
+    }
+    deinit { cancel() }
 }
 
-/// The handoff between a bulk send's producer, the client's completions and the consumer.
+/// A synchronous iterator behind a lock, so any thread may pull from it (one at a time).
+private final class IteratorBox<Iterator: IteratorProtocol>: @unchecked Sendable where Iterator.Element == OutgoingMail {
+    // `iterator` is guarded by `lock`; BulkDelivery also lets only one thread pull at a time.
+    private let lock = Mutex<Void>(())
+    private var iterator: Iterator
+    init(_ iterator: Iterator) { self.iterator = iterator }
+    func next() -> OutgoingMail? { lock.withLock { _ in iterator.next() } }
+}
+
+/// The handoff between a bulk send's source, the client's completions and the consumer.
 private final class BulkDelivery: Sendable {
-    private struct State {
-        var limit: Int
-        /// Handed to the client and not yet taken by the consumer.
-        var inFlight = 0
-        var ready: [DeliveryReport] = []
-        var readyHead = 0
-        var consumer: CheckedContinuation<DeliveryReport?, any Error>?
-        var producer: CheckedContinuation<Bool, Never>?
-        var producerFinished = false
-        var inputError: (any Error)?
-        var cancelled = false
+    enum Source: Sendable {
+        /// Pulled here, from whichever thread has room for one more.
+        case pull(@Sendable () -> OutgoingMail?)
+        /// Pushed by a producer task that waits in ``acquire()``.
+        case push
     }
 
+    private struct State {
+        let limit: Int
+        /// Handed to the client and not yet reported.
+        var inFlight = 0
+        /// Reported and not yet taken by the consumer.
+        var ready: [DeliveryReport] = []
+        var consumer: CheckedContinuation<[DeliveryReport], any Error>?
+        var producer: CheckedContinuation<Bool, Never>?
+        /// A thread is pulling from the source (only one at a time).
+        var pulling = false
+        var sourceEnded = false
+        var sourceError: (any Error)?
+        var cancelled = false
+
+        var hasRoom: Bool { !cancelled && !sourceEnded && inFlight < limit && ready.count < limit }
+        var isFinished: Bool { (sourceEnded || cancelled) && inFlight == 0 && !pulling }
+    }
+
+    private let client: SMTPClient
+    private let source: Source
     private let state: Mutex<State>
 
-    init(limit: Int) { state = Mutex(State(limit: limit)) }
+    init(client: SMTPClient, limit: Int, source: Source) {
+        self.client = client
+        self.source = source
+        state = Mutex(State(limit: limit))
+    }
 
-    /// Waits for room for one more message; false once the consumer is gone.
+    /// Hands the client as many messages as there is room for.
+    func refill() {
+        switch source {
+        case .push:
+            let producer = state.withLock { state -> CheckedContinuation<Bool, Never>? in
+                guard state.hasRoom, let producer = state.producer else { return nil }
+                state.producer = nil
+                state.inFlight += 1
+                return producer
+            }
+            producer?.resume(returning: true)
+        case .pull(let pull):
+            while true {
+                let reserved = state.withLock { state -> Bool in
+                    guard state.hasRoom, !state.pulling else { return false }
+                    state.pulling = true
+                    state.inFlight += 1
+                    return true
+                }
+                guard reserved else { return }
+                let mail = pull()  // user code: outside the lock
+                let consumer = state.withLock { state -> CheckedContinuation<[DeliveryReport], any Error>? in
+                    state.pulling = false
+                    guard mail == nil else { return nil }
+                    state.inFlight -= 1
+                    state.sourceEnded = true
+                    return takeConsumerIfFinished(&state)
+                }
+                guard let mail else {
+                    consumer?.resume(returning: [])
+                    return
+                }
+                client.submit(mail) { self.deliver($0) }
+            }
+        }
+    }
+
+    /// The producer task waits here for room for one more message; false once the
+    /// consumer is gone.
     func acquire() async -> Bool {
         await withCheckedContinuation { (continuation: CheckedContinuation<Bool, Never>) in
             let answer = state.withLock { state -> Bool? in
-                if state.cancelled || Task.isCancelled { return false }
-                if state.inFlight < state.limit {
+                if state.cancelled { return false }
+                if state.hasRoom {
                     state.inFlight += 1
                     return true
                 }
@@ -119,85 +204,83 @@ private final class BulkDelivery: Sendable {
         }
     }
 
-    /// A message's report (from an event loop thread).
+    /// The producer task's sequence ended (or threw).
+    func sourceEnded(error: (any Error)?) {
+        let consumer = state.withLock { state -> CheckedContinuation<[DeliveryReport], any Error>? in
+            state.sourceEnded = true
+            state.sourceError = error
+            return takeConsumerIfFinished(&state)
+        }
+        finish(consumer)
+    }
+
+    /// A message's report (on an event loop thread, or wherever the job ended).
     func deliver(_ report: DeliveryReport) {
-        let (consumer, producer) = state.withLock { state -> (CheckedContinuation<DeliveryReport?, any Error>?, CheckedContinuation<Bool, Never>?) in
-            guard let consumer = state.consumer else {
-                state.ready.append(report)
-                return (nil, nil)
-            }
+        let (consumer, batch) = state.withLock { state -> (CheckedContinuation<[DeliveryReport], any Error>?, [DeliveryReport]) in
+            state.inFlight -= 1
+            state.ready.append(report)
+            guard let consumer = state.consumer else { return (nil, []) }
             state.consumer = nil
-            return (consumer, releaseSlot(&state))
+            defer { state.ready = [] }
+            return (consumer, state.ready)
         }
-        consumer?.resume(returning: report)
-        producer?.resume(returning: true)
+        consumer?.resume(returning: batch)
+        refill()
     }
 
-    /// The producer has no more messages (or its input failed).
-    func finish(error: (any Error)?) {
-        let consumer = state.withLock { state -> CheckedContinuation<DeliveryReport?, any Error>? in
-            state.producerFinished = true
-            state.inputError = error
-            guard state.inFlight == 0, let consumer = state.consumer else { return nil }
-            state.consumer = nil
-            return consumer
-        }
-        if let error { consumer?.resume(throwing: error) } else { consumer?.resume(returning: nil) }
-    }
-
-    func next() async throws -> DeliveryReport? {
-        try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<DeliveryReport?, any Error>) in
-            enum Answer { case report(DeliveryReport), end, failure(any Error), wait }
-            let (answer, producer) = state.withLock { state -> (Answer, CheckedContinuation<Bool, Never>?) in
-                if state.readyHead < state.ready.count {
-                    let report = state.ready[state.readyHead]
-                    state.readyHead += 1
-                    if state.readyHead == state.ready.count {
-                        state.ready.removeAll(keepingCapacity: true)
-                        state.readyHead = 0
-                    }
-                    return (.report(report), releaseSlot(&state))
+    /// Every report ready now, waiting for one if none is; empty at the end.
+    func nextBatch() async throws -> [DeliveryReport] {
+        let batch = try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<[DeliveryReport], any Error>) in
+            enum Answer { case batch([DeliveryReport]), failure(any Error), wait }
+            let answer = state.withLock { state -> Answer in
+                if !state.ready.isEmpty {
+                    defer { state.ready = [] }
+                    return .batch(state.ready)
                 }
-                if state.cancelled || (state.producerFinished && state.inFlight == 0) {
-                    if let error = state.inputError {
-                        state.inputError = nil
-                        return (.failure(error), nil)
+                if state.isFinished {
+                    if let error = state.sourceError {
+                        state.sourceError = nil
+                        return .failure(error)
                     }
-                    return (.end, nil)
+                    return .batch([])
                 }
                 state.consumer = continuation
-                return (.wait, nil)
+                return .wait
             }
-            producer?.resume(returning: true)
             switch answer {
-            case .report(let report): continuation.resume(returning: report)
-            case .end: continuation.resume(returning: nil)
+            case .batch(let batch): continuation.resume(returning: batch)
             case .failure(let error): continuation.resume(throwing: error)
             case .wait: break
             }
         }
+        refill()  // the consumer made room
+        return batch
     }
 
-    /// The consuming task was cancelled: end its wait and stop the producer.
-    func consumerCancelled() {
+    /// The consumer is gone or cancelled: take nothing more; end its wait once the messages
+    /// already handed over have finished.
+    func cancel() {
         let (consumer, producer) = state.withLock { state in
             state.cancelled = true
-            defer {
-                state.consumer = nil
-                state.producer = nil
-            }
-            return (state.consumer, state.producer)
+            defer { state.producer = nil }
+            return (takeConsumerIfFinished(&state), state.producer)
         }
-        consumer?.resume(returning: nil)
         producer?.resume(returning: false)
+        finish(consumer)
     }
 
-    /// One report was taken: room for one more message.
-    private func releaseSlot(_ state: inout State) -> CheckedContinuation<Bool, Never>? {
-        state.inFlight -= 1
-        guard let producer = state.producer, state.inFlight < state.limit else { return nil }
-        state.producer = nil
-        state.inFlight += 1
-        return producer
+    private func takeConsumerIfFinished(_ state: inout State) -> CheckedContinuation<[DeliveryReport], any Error>? {
+        guard state.isFinished, state.ready.isEmpty, let consumer = state.consumer else { return nil }
+        state.consumer = nil
+        return consumer
+    }
+
+    private func finish(_ consumer: CheckedContinuation<[DeliveryReport], any Error>?) {
+        guard let consumer else { return }
+        let error = state.withLock { state -> (any Error)? in
+            defer { state.sourceError = nil }
+            return state.sourceError
+        }
+        if let error { consumer.resume(throwing: error) } else { consumer.resume(returning: []) }
     }
 }

@@ -23,6 +23,16 @@ final class ClientConnection: ConnectionHandler, @unchecked Sendable {
     private let tracing: Bool
     /// The transcript hides what the client sends between `AUTH` and the server's verdict.
     private var redactingAuthentication = false
+    /// Set while actions run: work handed over meanwhile (a completion that submits the next
+    /// message) waits until they are done, so actions of one batch never interleave.
+    private var performing = false
+    private var arrived: [DeliveryJob] = []
+    /// What this batch of events wrote: message contents, and command bytes gathered after
+    /// the last of them. It goes out in one write when the batch ends, so a message's content
+    /// and the next envelope share a segment (a server that does not set TCP_NODELAY would
+    /// otherwise hold its second reply for our delayed ACK).
+    private var outgoing: [SharedBytes] = []
+    private var outgoingCommands: [UInt8] = []
 
     /// A connection not yet open; ``attach(_:machine:)`` gives it its session.
     init(id: Int, loop: EventLoop, client: SMTPClient, logger: Logger) {
@@ -68,14 +78,8 @@ final class ClientConnection: ConnectionHandler, @unchecked Sendable {
     /// Sends `job` on this connection.
     func enqueue(_ job: DeliveryJob) {
         loop.assertInEventLoop()
-        idleTimer?.cancel()
-        idleTimer = nil
-        if job.cancelRequested.load(ordering: .relaxed) {
-            client.cancelledOnConnection(job, connection: self)
-            return
-        }
-        jobs[job.id] = job
-        perform(machine.transactionEnqueued(job.transaction))
+        arrived.append(job)
+        if !performing { perform([]) }
     }
 
     /// The task that sent `job` was cancelled: drop it if it has not started.
@@ -107,11 +111,35 @@ final class ClientConnection: ConnectionHandler, @unchecked Sendable {
     // MARK: Actions
 
     private func perform(_ actions: [ClientStateMachine.Action]) {
+        let outermost = !performing
+        performing = true
+        run(actions)
+        guard outermost else { return }
+        while !arrived.isEmpty {
+            let jobs = arrived
+            arrived = []
+            idleTimer?.cancel()
+            idleTimer = nil
+            for job in jobs {
+                if job.cancelRequested.load(ordering: .relaxed) {
+                    client.cancelledOnConnection(job, connection: self)
+                    continue
+                }
+                self.jobs[job.id] = job
+                run(machine.transactionEnqueued(job.transaction))
+            }
+        }
+        flush()
+        performing = false
+    }
+
+    private func run(_ actions: [ClientStateMachine.Action]) {
         for action in actions {
             switch action {
             case .write(let outputs):
                 write(outputs)
             case .startTLS:
+                flush()
                 startTLS()
             case .sessionReady(let capabilities):
                 ready = true
@@ -138,6 +166,7 @@ final class ClientConnection: ConnectionHandler, @unchecked Sendable {
                 idleTimer?.cancel()
                 idleTimer = nil
                 if let error { logger.debug("closing", metadata: ["smtp.error": "\(error)"]) }
+                flush()
                 connection?.close()
                 closed(error: error.map(SMTPError.init) ?? SMTPError(.connection, "closed after QUIT", isTransient: true))
             }
@@ -172,28 +201,38 @@ final class ClientConnection: ConnectionHandler, @unchecked Sendable {
         }
     }
 
+    /// Adds what the machine wrote to this batch's output.
     private func write(_ outputs: [ClientOutput]) {
-        guard let connection else { return }
         if tracing { traceCommands(outputs) }
-        if outputs.count == 1, case .bytes(let bytes) = outputs[0] {
-            connection.enqueueWrite(bytes)
-            return
-        }
-        var chunks: [SharedBytes] = []
-        chunks.reserveCapacity(outputs.count)
         for output in outputs {
             switch output {
             case .bytes(let bytes):
-                chunks.append(SharedBytes(bytes))
-            case .data(let id):
+                outgoingCommands += bytes
+            case .data(let id), .chunk(let id):
                 guard let job = jobs[id] else { continue }
-                chunks.append(job.message.stuffed)
-            case .chunk(let id):
-                guard let job = jobs[id] else { continue }
-                chunks.append(job.message.chunk)
+                if !outgoingCommands.isEmpty {
+                    outgoing.append(outgoingCommands.withUnsafeBytes { SharedBytes(copying: $0) })
+                    outgoingCommands.removeAll(keepingCapacity: true)
+                }
+                outgoing.append(output == .data(transactionID: id) ? job.message.stuffed : job.message.chunk)
             }
         }
-        connection.enqueueWrite(chunks)
+    }
+
+    /// Writes this batch's output, in one write.
+    private func flush() {
+        guard let connection else { return }
+        if outgoing.isEmpty {
+            guard !outgoingCommands.isEmpty else { return }
+            connection.enqueueWrite(outgoingCommands)  // written at once if the socket takes it
+        } else {
+            if !outgoingCommands.isEmpty {
+                outgoing.append(outgoingCommands.withUnsafeBytes { SharedBytes(copying: $0) })
+            }
+            connection.enqueueWrite(outgoing)
+            outgoing.removeAll(keepingCapacity: true)
+        }
+        outgoingCommands.removeAll(keepingCapacity: true)
     }
 
     private func startTLS() {

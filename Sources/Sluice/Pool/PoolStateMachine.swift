@@ -128,11 +128,13 @@ struct PoolStateMachine<Job: AnyObject> {
     }
 
     /// A transaction on connection `id` finished (whatever its outcome).
+    /// Waiting work goes to that connection first: it is on the thread reporting this, so
+    /// the work needs no hop to another loop.
     mutating func transactionFinished(on id: Int, now: ContinuousClock.Instant) -> [Action] {
         guard var entry = connections[id] else { return pump(now: now) }
         entry.load -= 1
         connections[id] = entry
-        return pump(now: now)
+        return pump(now: now, preferring: id)
     }
 
     /// Connection `id` is idle and its idle time is up: retire it unless work arrived.
@@ -163,10 +165,10 @@ struct PoolStateMachine<Job: AnyObject> {
 
     // MARK: Decisions
 
-    private mutating func pump(now: ContinuousClock.Instant) -> [Action] {
+    private mutating func pump(now: ContinuousClock.Instant, preferring preferred: Int? = nil) -> [Action] {
         var actions: [Action] = []
         retireExpired(now: now, into: &actions)
-        dispatchWaiting(now: now, into: &actions)
+        dispatchWaiting(now: now, preferring: preferred, into: &actions)
         openConnectionsIfNeeded(now: now, into: &actions)
         if shuttingDown, waitingCount == 0 {
             for (id, entry) in connections where entry.load == 0 {
@@ -198,9 +200,17 @@ struct PoolStateMachine<Job: AnyObject> {
         }
     }
 
-    private mutating func dispatchWaiting(now: ContinuousClock.Instant, into actions: inout [Action]) {
+    private mutating func dispatchWaiting(now: ContinuousClock.Instant, preferring preferred: Int?,
+                                          into actions: inout [Action]) {
         while waitingHead < waiting.count {
-            guard let id = leastLoadedConnection(now: now) else { break }
+            let id: Int
+            if let preferred, hasRoom(preferred, now: now) {
+                id = preferred
+            } else if let leastLoaded = leastLoadedConnection(now: now) {
+                id = leastLoaded
+            } else {
+                break
+            }
             guard takeToken(now: now, into: &actions) else { break }
             let job = waiting[waitingHead]
             waitingHead += 1
@@ -216,19 +226,23 @@ struct PoolStateMachine<Job: AnyObject> {
         }
     }
 
-    /// The ready connection with the most room, if any has room. A connection past its
-    /// message limit or lifetime takes nothing new.
+    /// The ready connection with the most room, if any has room.
     private func leastLoadedConnection(now: ContinuousClock.Instant) -> Int? {
         var best: (id: Int, room: Int)?
         for (id, entry) in connections {
-            guard case .ready(let capacity) = entry.state, entry.load < capacity,
-                  entry.sent < configuration.maximumMessagesPerConnection,
-                  now - entry.openedAt < configuration.maximumConnectionLifetime
-            else { continue }
+            guard case .ready(let capacity) = entry.state, hasRoom(id, now: now) else { continue }
             let room = capacity - entry.load
             if best == nil || room > best!.room { best = (id, room) }
         }
         return best?.id
+    }
+
+    /// Whether connection `id` is ready and can take one more transaction now. A connection
+    /// past its message limit or lifetime takes nothing new.
+    private func hasRoom(_ id: Int, now: ContinuousClock.Instant) -> Bool {
+        guard let entry = connections[id], case .ready(let capacity) = entry.state else { return false }
+        return entry.load < capacity && entry.sent < configuration.maximumMessagesPerConnection
+            && now - entry.openedAt < configuration.maximumConnectionLifetime
     }
 
     /// Opens connections while waiting messages outnumber what the connections being

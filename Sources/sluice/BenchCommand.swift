@@ -1,0 +1,290 @@
+import ArgumentParser
+import Foundation
+import Histogram
+import Sluice
+import SluiceSink
+
+/// `sluice bench`: drives a server (by default an embedded sink) as fast as it takes mail and
+/// reports throughput, latency and the client's CPU per message.
+struct BenchCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "bench",
+        abstract: "Measure how many messages per second a server takes (by default an embedded sink on 127.0.0.1:0)."
+    )
+
+    @Option(help: "The server to drive, HOST:PORT; without it an embedded sink is started.")
+    var target: String?
+    @Option(help: "Messages to send (ignored with --duration).")
+    var messages = 100_000
+    @Option(help: "Send for this many seconds instead of a fixed count.")
+    var duration: Double?
+    @Option(help: "Connections in the pool.")
+    var connections = 16
+    @Option(help: "Recipients per message.")
+    var recipients = 1
+    @Option(help: "Message size in bytes.")
+    var size = 1_024
+    @Option(help: "At most this many messages per second.")
+    var rate: Double?
+    @Option(name: .customLong("in-flight"), help: "Messages handed to the client and not yet reported (default 64 per connection).")
+    var inFlight: Int?
+    @Option(help: "Event loops for the client (default: one per core, or half the cores with the embedded sink).")
+    var loops: Int?
+    @Flag(name: .customLong("no-pipelining")) var noPipelining = false
+    @Flag(name: .customLong("no-chunking")) var noChunking = false
+    @Flag(help: "Print the result as one JSON object.")
+    var json = false
+    @OptionGroup var client: ClientOptions
+
+    func validate() throws {
+        guard messages > 0, connections > 0, recipients > 0, size >= 200 else {
+            throw ValidationError("--messages, --connections and --recipients must be positive and --size at least 200")
+        }
+        if let duration, duration <= 0 { throw ValidationError("--duration must be positive") }
+        if let rate, rate <= 0 { throw ValidationError("--rate must be positive") }
+        if let inFlight, inFlight <= 0 { throw ValidationError("--in-flight must be positive") }
+        if let loops, loops <= 0 { throw ValidationError("--loops must be positive") }
+        if let target { _ = try ClientOptions.parseServer(target) }
+    }
+
+    func run() async throws {
+        let stderr = FileHandle.standardError
+        var sink: SMTPSink?
+        var sinkGroup: EventLoopGroup?
+        var configuration: SMTPClient.Configuration
+        if let target {
+            let (host, port) = try ClientOptions.parseServer(target)
+            configuration = try client.configuration(host: host, port: port)
+        } else {
+            // The embedded sink runs on loops of its own, so its CPU can be told from the client's.
+            let group = EventLoopGroup(numberOfLoops: max(1, EventLoopGroup.coreCount / 2))
+            var sinkConfiguration = SinkConfiguration()
+            sinkConfiguration.port = 0
+            sinkConfiguration.server.maximumRecipients = max(1000, recipients)
+            let started = try await SMTPSink.start(sinkConfiguration, group: group)
+            sink = started
+            sinkGroup = group
+            configuration = try client.configuration(host: "127.0.0.1", port: started.localAddress.port)
+            configuration.security = .none
+        }
+        configuration.pool.maximumConnections = connections
+        configuration.pool.maximumMessagesPerConnection = Int.max
+        configuration.pool.maximumConnectionLifetime = .seconds(86_400)
+        configuration.pipelining.enabled = !noPipelining
+        configuration.pipelining.chunking = !noChunking
+        configuration.rateLimit = rate.map { SMTPClient.RateLimit(messagesPerSecond: $0) }
+        configuration.retry = .none
+        let clientGroup = EventLoopGroup(
+            numberOfLoops: loops ?? (sink == nil ? EventLoopGroup.coreCount : max(1, EventLoopGroup.coreCount / 2)))
+        configuration.eventLoopGroup = clientGroup
+        let smtp: SMTPClient
+        do {
+            smtp = try SMTPClient(configuration: configuration)
+        } catch {
+            throw ValidationError("\(error)")
+        }
+
+        let message = Self.message(size: size)
+        let envelope = try Envelope(from: "bench@sluice.test", to: (1...recipients).map { "rcpt\($0)@sink.test" })
+        let clock = ContinuousClock()
+        let start = clock.now
+        let deadline = duration.map { start + .milliseconds(Int64($0 * 1000)) }
+        let total = duration == nil ? messages : Int.max
+        let sinkCPUStart = await sinkGroup?.threadCPUTime() ?? .zero
+        let cpuStart = processCPUTime()
+
+        var tally = Tally()
+        var progress = Progress(total: duration == nil ? messages : nil, duration: duration, start: start)
+        let mails = BenchMails(mail: OutgoingMail(envelope: envelope, message: message), count: total, deadline: deadline)
+        for try await report in smtp.send(contentsOf: mails, maximumInFlight: inFlight ?? connections * 64) {
+            tally.add(report)
+            progress.update(done: tally.count, errors: tally.count - tally.accepted, now: clock.now, to: stderr)
+        }
+        let elapsed = clock.now - start
+        let cpu = processCPUTime() - cpuStart
+        let sinkCPU = (await sinkGroup?.threadCPUTime() ?? .zero) - sinkCPUStart
+        progress.finish(to: stderr)
+        await smtp.shutdown()
+        await clientGroup.shutdown()
+        await sink?.shutdown()
+        await sinkGroup?.shutdown()
+
+        let result = BenchResult(
+            target: target ?? "embedded sink", connections: connections, size: message.size, recipients: recipients,
+            pipelining: !noPipelining, chunking: !noChunking, tally: tally, elapsed: elapsed,
+            clientCPU: cpu - sinkCPU.seconds, sinkCPU: sink == nil ? nil : sinkCPU.seconds)
+        print(json ? result.json : result.text)
+        if tally.accepted != tally.count { throw ExitCode(1) }
+    }
+
+    /// A message of about `size` bytes: headers, then 76-character lines.
+    static func message(size: Int) -> EncodedMessage {
+        var text = "From: Sluice Bench <bench@sluice.test>\r\nTo: <rcpt1@sink.test>\r\nSubject: sluice bench\r\n"
+        text += "Date: Mon, 23 Nov 2026 12:00:00 +0000\r\nMessage-ID: <bench@sluice.test>\r\nMIME-Version: 1.0\r\n"
+        text += "Content-Type: text/plain; charset=us-ascii\r\n\r\n"
+        let line = String(repeating: "0123456789abcdefghijklmnopqrstuvwxyz", count: 3).prefix(74) + "\r\n"
+        while text.utf8.count + line.utf8.count <= size { text += line }
+        text += String(repeating: "x", count: max(0, size - text.utf8.count - 2)) + "\r\n"
+        return EncodedMessage(try! RawMessage(Array(text.utf8)))
+    }
+}
+
+/// The same message, `count` times or until `deadline`.
+private struct BenchMails: Sequence, Sendable {
+    let mail: OutgoingMail
+    let count: Int
+    let deadline: ContinuousClock.Instant?
+
+    struct Iterator: IteratorProtocol {
+        let mail: OutgoingMail
+        var remaining: Int
+        let deadline: ContinuousClock.Instant?
+        mutating func next() -> OutgoingMail? {
+            guard remaining > 0 else { return nil }
+            if let deadline, remaining % 64 == 0, ContinuousClock.now >= deadline { return nil }
+            remaining -= 1
+            return mail
+        }
+    }
+
+    func makeIterator() -> Iterator { Iterator(mail: mail, remaining: count, deadline: deadline) }
+}
+
+/// Outcomes and latencies so far.
+struct Tally {
+    var count = 0
+    var accepted = 0
+    var byOutcome: [String: Int] = [:]
+    var firstError: String?
+    var latency = Histogram<UInt64>(highestTrackableValue: 600_000_000, numberOfSignificantValueDigits: .three)
+
+    mutating func add(_ report: DeliveryReport) {
+        count += 1
+        if report.outcome == .accepted { accepted += 1 }
+        byOutcome[report.outcome.rawValue, default: 0] += 1
+        if firstError == nil, let error = report.error { firstError = "\(error)" }
+        let micros = report.elapsed.components.seconds * 1_000_000 + report.elapsed.components.attoseconds / 1_000_000_000_000
+        _ = latency.record(UInt64(max(1, micros)))
+    }
+}
+
+/// A progress bar on a terminal, a line every five seconds elsewhere; on stderr.
+struct Progress {
+    let total: Int?
+    let duration: Double?
+    let start: ContinuousClock.Instant
+    let isTerminal = isatty(2) != 0
+    var lastDraw: ContinuousClock.Instant?
+    var drew = false
+
+    init(total: Int?, duration: Double?, start: ContinuousClock.Instant) {
+        self.total = total
+        self.duration = duration
+        self.start = start
+    }
+
+    mutating func update(done: Int, errors: Int, now: ContinuousClock.Instant, to handle: FileHandle) {
+        let interval: Duration = isTerminal ? .milliseconds(200) : .seconds(5)
+        if let lastDraw, now - lastDraw < interval { return }
+        if lastDraw == nil { lastDraw = now; return }
+        lastDraw = now
+        let seconds = (now - start).seconds
+        let rate = Double(done) / max(seconds, 1e-9)
+        var fraction: Double?
+        var eta = ""
+        if let total {
+            fraction = Double(done) / Double(total)
+            eta = String(format: "ETA %.0fs", Double(total - done) / max(rate, 1e-9))
+        } else if let duration {
+            fraction = min(1, seconds / duration)
+            eta = String(format: "%.0fs left", max(0, duration - seconds))
+        }
+        var line = String(format: "%@ msgs  %@ msg/s  %@  errors %d",
+                          done.grouped, Int(rate).grouped, eta, errors)
+        if isTerminal {
+            if let fraction {
+                let width = 30
+                let filled = Int(fraction * Double(width))
+                line = "[" + String(repeating: "=", count: filled) + String(repeating: " ", count: width - filled) + "] " + line
+            }
+            handle.write(Data(("\r\u{1B}[2K" + line).utf8))
+            drew = true
+        } else {
+            handle.write(Data((line + "\n").utf8))
+        }
+    }
+
+    func finish(to handle: FileHandle) {
+        if drew { handle.write(Data("\r\u{1B}[2K".utf8)) }
+    }
+}
+
+/// What a run measured.
+struct BenchResult {
+    let target: String
+    let connections: Int
+    let size: Int
+    let recipients: Int
+    let pipelining: Bool
+    let chunking: Bool
+    let tally: Tally
+    let elapsed: Duration
+    let clientCPU: Double
+    let sinkCPU: Double?
+
+    var messagesPerSecond: Double { Double(tally.count) / max(elapsed.seconds, 1e-9) }
+    var megabytesPerSecond: Double { Double(tally.accepted * size) / 1_000_000 / max(elapsed.seconds, 1e-9) }
+    var clientCPUPerMessage: Double { clientCPU / Double(max(1, tally.count)) * 1e6 }
+    func percentile(_ p: Double) -> Double { Double(tally.latency.valueAtPercentile(p)) / 1000 }
+
+    var text: String {
+        var lines = [
+            "sluice bench → \(target): \(tally.count.grouped) messages of \(size.grouped) bytes, \(recipients) recipient(s), "
+                + "\(connections) connections, pipelining \(pipelining ? "on" : "off"), chunking \(chunking ? "on" : "off")",
+            "outcomes:  " + tally.byOutcome.sorted { $0.key < $1.key }.map { "\($0.key) \($0.value.grouped)" }.joined(separator: ", "),
+            String(format: "elapsed:   %.3f s", elapsed.seconds),
+            String(format: "rate:      %@ msg/s, %.1f MB/s", Int(messagesPerSecond.rounded()).grouped, megabytesPerSecond),
+            String(format: "latency:   p50 %.2f ms, p90 %.2f ms, p99 %.2f ms, max %.2f ms",
+                   percentile(50), percentile(90), percentile(99), Double(tally.latency.max) / 1000),
+            String(format: "client CPU: %.1f µs/message (%.2f s)", clientCPUPerMessage, clientCPU),
+        ]
+        if let sinkCPU {
+            lines.append(String(format: "sink CPU:  %.1f µs/message (%.2f s)", sinkCPU / Double(max(1, tally.count)) * 1e6, sinkCPU))
+        }
+        if let error = tally.firstError { lines.append("first error: \(error)") }
+        return lines.joined(separator: "\n")
+    }
+
+    var json: String {
+        var object: [String: Any] = [
+            "target": target, "messages": tally.count, "size": size, "recipients": recipients, "connections": connections,
+            "pipelining": pipelining, "chunking": chunking, "outcomes": tally.byOutcome,
+            "elapsedSeconds": elapsed.seconds, "messagesPerSecond": messagesPerSecond,
+            "megabytesPerSecond": megabytesPerSecond,
+            "latencyMilliseconds": ["p50": percentile(50), "p90": percentile(90), "p99": percentile(99),
+                                    "max": Double(tally.latency.max) / 1000],
+            "clientCPUSeconds": clientCPU, "clientCPUMicrosecondsPerMessage": clientCPUPerMessage,
+        ]
+        if let sinkCPU { object["sinkCPUSeconds"] = sinkCPU }
+        if let error = tally.firstError { object["firstError"] = error }
+        let data = try! JSONSerialization.data(withJSONObject: object, options: [.sortedKeys])
+        return String(decoding: data, as: UTF8.self)
+    }
+}
+
+extension Duration {
+    var seconds: Double { Double(components.seconds) + Double(components.attoseconds) / 1e18 }
+}
+
+extension Int {
+    /// With thousands separators: 100,000.
+    var grouped: String {
+        let digits = String(Swift.max(self, -self))
+        var result = ""
+        for (index, character) in digits.enumerated() {
+            if index > 0, (digits.count - index) % 3 == 0 { result += "," }
+            result.append(character)
+        }
+        return self < 0 ? "-" + result : result
+    }
+}
