@@ -63,7 +63,11 @@ struct EchoTests {
                 offset += chunk
             }
         }
-        try await Task.sleep(for: .milliseconds(500))
+        // Stay paused until the kernel's buffers are full and the server's writes queue up
+        // past its high watermark (bounded: the writer blocks once everything is full).
+        try await withDeadline(.seconds(120), "the server to feel backpressure") {
+            while stats.backpressureEvents == 0 { try await Task.sleep(for: .milliseconds(10)) }
+        }
         #expect(collector.count == 0)
         connection.eventLoop.execute { connection.resumeReading() }
 

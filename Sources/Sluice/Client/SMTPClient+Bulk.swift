@@ -1,3 +1,4 @@
+import SluiceTransport
 import Synchronization
 
 extension SMTPClient {
@@ -135,6 +136,8 @@ private final class BulkDelivery: Sendable {
         var sourceEnded = false
         var sourceError: (any Error)?
         var cancelled = false
+        /// A wake of the waiting consumer is due at the end of a loop iteration.
+        var wakeScheduled = false
 
         var hasRoom: Bool { !cancelled && !sourceEnded && inFlight < limit && ready.count < limit }
         var isFinished: Bool { (sourceEnded || cancelled) && inFlight == 0 && !pulling }
@@ -215,17 +218,39 @@ private final class BulkDelivery: Sendable {
     }
 
     /// A message's report (on an event loop thread, or wherever the job ended).
+    ///
+    /// On a loop thread a waiting consumer is woken once, at the end of the loop's iteration,
+    /// with every report that iteration finished: waking a task costs more than the rest of
+    /// a message's work, so it is done once per batch rather than once per report.
     func deliver(_ report: DeliveryReport) {
-        let (consumer, batch) = state.withLock { state -> (CheckedContinuation<[DeliveryReport], any Error>?, [DeliveryReport]) in
+        let loop = EventLoop.current
+        let (consumer, batch, scheduleWake) = state.withLock {
+            state -> (CheckedContinuation<[DeliveryReport], any Error>?, [DeliveryReport], Bool) in
             state.inFlight -= 1
             state.ready.append(report)
-            guard let consumer = state.consumer else { return (nil, []) }
+            guard let consumer = state.consumer else { return (nil, [], false) }
+            if loop != nil {
+                defer { state.wakeScheduled = true }
+                return (nil, [], !state.wakeScheduled)
+            }
+            state.consumer = nil
+            defer { state.ready = [] }
+            return (consumer, state.ready, false)
+        }
+        if scheduleWake, let loop { loop.deferToEndOfIteration { self.wakeConsumer() } }
+        consumer?.resume(returning: batch)
+        refill()
+    }
+
+    private func wakeConsumer() {
+        let (consumer, batch) = state.withLock { state -> (CheckedContinuation<[DeliveryReport], any Error>?, [DeliveryReport]) in
+            state.wakeScheduled = false
+            guard let consumer = state.consumer, !state.ready.isEmpty else { return (nil, []) }
             state.consumer = nil
             defer { state.ready = [] }
             return (consumer, state.ready)
         }
         consumer?.resume(returning: batch)
-        refill()
     }
 
     /// Every report ready now, waiting for one if none is; empty at the end.

@@ -215,7 +215,7 @@ public final class SMTPClient: Sendable {
     private func jobEnded() {
         let waiters = state.withLock { state -> [CheckedContinuation<Void, Never>] in
             state.outstanding -= 1
-            guard state.outstanding == 0 else { return [] }
+            guard state.outstanding == 0, !state.drainWaiters.isEmpty else { return [] }
             defer { state.drainWaiters = [] }
             return state.drainWaiters
         }

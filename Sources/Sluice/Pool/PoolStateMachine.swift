@@ -49,6 +49,7 @@ struct PoolStateMachine<Job: AnyObject> {
     private var waiting: [Job] = []
     private var waitingHead = 0
     private var connections: [Int: Entry] = [:]
+    private var connectingCount = 0
     private var nextConnectionID = 0
     private var consecutiveFailures = 0
     private var backoffUntil: ContinuousClock.Instant?
@@ -99,7 +100,8 @@ struct PoolStateMachine<Job: AnyObject> {
 
     /// Connection `id`'s session is ready; it can take `capacity` transactions at once.
     mutating func connected(_ id: Int, capacity: Int, now: ContinuousClock.Instant) -> [Action] {
-        guard connections[id] != nil else { return [] }
+        guard let entry = connections[id] else { return [] }
+        if case .connecting = entry.state { connectingCount -= 1 }
         connections[id]!.state = .ready(capacity: max(1, capacity))
         consecutiveFailures = 0
         backoffUntil = nil
@@ -108,7 +110,8 @@ struct PoolStateMachine<Job: AnyObject> {
 
     /// Connection `id` could not be made (TCP, TLS, greeting, EHLO or AUTH failed).
     mutating func connectFailed(_ id: Int, error: SMTPError, now: ContinuousClock.Instant) -> [Action] {
-        guard connections.removeValue(forKey: id) != nil else { return [] }
+        guard let entry = connections.removeValue(forKey: id) else { return [] }
+        if case .connecting = entry.state { connectingCount -= 1 }
         consecutiveFailures += 1
         var actions: [Action] = []
         let anyReady = connections.values.contains { if case .ready = $0.state { true } else { false } }
@@ -146,7 +149,7 @@ struct PoolStateMachine<Job: AnyObject> {
 
     /// Connection `id` closed (after QUIT, or because it failed after its session was ready).
     mutating func connectionClosed(_ id: Int, now: ContinuousClock.Instant) -> [Action] {
-        connections.removeValue(forKey: id)
+        if case .connecting? = connections.removeValue(forKey: id)?.state { connectingCount -= 1 }
         return pump(now: now)
     }
 
@@ -167,7 +170,13 @@ struct PoolStateMachine<Job: AnyObject> {
 
     private mutating func pump(now: ContinuousClock.Instant, preferring preferred: Int? = nil) -> [Action] {
         var actions: [Action] = []
-        retireExpired(now: now, into: &actions)
+        // A busy pool's events are mostly finished transactions: only that connection can
+        // have reached a limit, so only it is checked (every event of another kind checks all).
+        if let preferred {
+            retireIfExpired(preferred, now: now, into: &actions)
+        } else {
+            for id in connections.keys { retireIfExpired(id, now: now, into: &actions) }
+        }
         dispatchWaiting(now: now, preferring: preferred, into: &actions)
         openConnectionsIfNeeded(now: now, into: &actions)
         if shuttingDown, waitingCount == 0 {
@@ -188,15 +197,13 @@ struct PoolStateMachine<Job: AnyObject> {
         return actions
     }
 
-    /// Retires idle connections that reached their message limit or lifetime.
-    private mutating func retireExpired(now: ContinuousClock.Instant, into actions: inout [Action]) {
-        for (id, entry) in connections where entry.load == 0 {
-            guard case .ready = entry.state else { continue }
-            if entry.sent >= configuration.maximumMessagesPerConnection
-                || now - entry.openedAt >= configuration.maximumConnectionLifetime {
-                connections[id]!.state = .retiring
-                actions.append(.retire(id))
-            }
+    /// Retires connection `id` if it is idle and reached its message limit or lifetime.
+    private mutating func retireIfExpired(_ id: Int, now: ContinuousClock.Instant, into actions: inout [Action]) {
+        guard let entry = connections[id], entry.load == 0, case .ready = entry.state else { return }
+        if entry.sent >= configuration.maximumMessagesPerConnection
+            || now - entry.openedAt >= configuration.maximumConnectionLifetime {
+            connections[id]!.state = .retiring
+            actions.append(.retire(id))
         }
     }
 
@@ -253,13 +260,12 @@ struct PoolStateMachine<Job: AnyObject> {
             scheduleWake(at: until, into: &actions)
             return
         }
-        var opening = connections.values.count { if case .connecting = $0.state { true } else { false } }
         while connections.count < configuration.maximumConnections,
-              waitingCount > opening * configuration.transactionsPerConnection {
+              waitingCount > connectingCount * configuration.transactionsPerConnection {
             let id = nextConnectionID
             nextConnectionID += 1
             connections[id] = Entry(state: .connecting, openedAt: now)
-            opening += 1
+            connectingCount += 1
             actions.append(.connect(id))
             // After a failure, one connect at a time until one succeeds.
             if consecutiveFailures > 0 { break }

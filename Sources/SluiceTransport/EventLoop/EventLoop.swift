@@ -16,10 +16,13 @@ public final class EventLoop: @unchecked Sendable {
     //   touched only on the loop thread (after init) and freed by the loop thread as it exits.
     // - `queue`: guarded by its Mutex.
     // - `thread`, `loopThread`: written before init returns (init waits on `started`), read-only after.
-    // - `resources`: loop thread only.
+    // - `resources`, `deferred`: loop thread only.
     // - `liveHandleCounter`: atomic.
     let uvLoop: UnsafeMutablePointer<uv_loop_t>
     private let wakeup: UnsafeMutablePointer<uv_async_t>
+    /// Runs ``deferred`` once per iteration, after the iteration's I/O callbacks.
+    private let check: UnsafeMutablePointer<uv_check_t>
+    private var deferred: [() -> Void] = []
     /// The loop's position in its group, for names and logs.
     public let index: Int
 
@@ -42,10 +45,14 @@ public final class EventLoop: @unchecked Sendable {
         let status = uv_loop_init(uvLoop)
         precondition(status == 0, "uv_loop_init failed: \(String(cString: uv_strerror(status)))")
         wakeup = .allocate(capacity: 1)
+        check = .allocate(capacity: 1)
         uv_async_init(uvLoop, wakeup, eventLoopWakeupCallback)
         // Safe: the loop outlives its async handle (the handle is closed before the loop ends),
         // so an unretained pointer back to the loop is enough.
         wakeup.pointee.data = Unmanaged.passUnretained(self).toOpaque()
+        uv_check_init(uvLoop, check)
+        // Safe as for `wakeup`: the check handle is closed before the loop ends.
+        check.pointee.data = Unmanaged.passUnretained(self).toOpaque()
 
         let started = UnsafeMutablePointer<uv_sem_t>.allocate(capacity: 1)
         uv_sem_init(started, 0)
@@ -78,6 +85,7 @@ public final class EventLoop: @unchecked Sendable {
     /// The loop thread's body: run until every handle is closed, then free the loop.
     private func run(signalling started: UnsafeMutablePointer<uv_sem_t>) {
         loopThread = pthread_self()
+        currentLoopKey.set(self)
         cuv_set_thread_name("sluice-loop-\(index)")
         uv_sem_post(started)
 
@@ -87,6 +95,7 @@ public final class EventLoop: @unchecked Sendable {
         assert(closeStatus == 0, "loop closed with live handles: \(closeStatus)")
         uvLoop.deallocate()
         wakeup.deallocate()
+        check.deallocate()
         let waiters = queue.withLock { queue in
             queue.finished = true
             defer { queue.shutdownWaiters = [] }
@@ -184,6 +193,59 @@ public final class EventLoop: @unchecked Sendable {
         let error = TransportError(.eventLoopShutDown, "event loop \(index) shut down")
         for resource in resources.values { resource.close(dueTo: error) }
         uv_close(UnsafeMutableRawPointer(wakeup).assumingMemoryBound(to: uv_handle_t.self), nil)
+        uv_close(UnsafeMutableRawPointer(check).assumingMemoryBound(to: uv_handle_t.self), nil)
+        runDeferred()
+    }
+
+    // MARK: End of iteration
+
+    /// The loop whose thread this is, if it is a loop thread.
+    public static var current: EventLoop? { currentLoopKey.get() }
+
+    /// Runs `body` on this loop's thread once the current iteration's I/O callbacks are done,
+    /// so work that many callbacks would each do (waking a consumer, flushing) is done once
+    /// per iteration. Loop thread only.
+    public func deferToEndOfIteration(_ body: @escaping () -> Void) {
+        assertInEventLoop()
+        if deferred.isEmpty { uv_check_start(check, eventLoopCheckCallback) }
+        deferred.append(body)
+    }
+
+    fileprivate func runDeferred() {
+        while !deferred.isEmpty {
+            let bodies = deferred
+            deferred = []
+            for body in bodies { body() }
+        }
+        uv_check_stop(check)
+    }
+}
+
+/// The check handle's callback: runs what was deferred to the end of the iteration.
+private func eventLoopCheckCallback(_ handle: UnsafeMutablePointer<uv_check_t>?) {
+    // Safe: `data` is the unretained loop, which outlives its check handle.
+    Unmanaged<EventLoop>.fromOpaque(handle!.pointee.data).takeUnretainedValue().runDeferred()
+}
+
+/// A per-thread pointer to the loop running on the thread.
+private let currentLoopKey = ThreadLocalLoop()
+
+private final class ThreadLocalLoop: Sendable {
+    // Safe: the key is created once here and never changes; each thread reads only its own value.
+    private let key: pthread_key_t
+
+    init() {
+        var key = pthread_key_t()
+        pthread_key_create(&key, nil)
+        self.key = key
+    }
+
+    /// The loop runs on this thread until it exits, so an unretained pointer is enough.
+    func set(_ loop: EventLoop) { pthread_setspecific(key, Unmanaged.passUnretained(loop).toOpaque()) }
+
+    func get() -> EventLoop? {
+        guard let raw = pthread_getspecific(key) else { return nil }
+        return Unmanaged<EventLoop>.fromOpaque(raw).takeUnretainedValue()
     }
 }
 

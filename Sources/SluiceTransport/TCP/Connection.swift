@@ -367,10 +367,35 @@ public final class Connection: @unchecked Sendable, LoopResource {
     }
 
     private func writeToSocket(_ chunks: [SharedBytes], completion: ((TransportError?) -> Void)?) {
-        let total = chunks.reduce(0) { $0 + $1.count }
+        var chunks = chunks
+        var total = chunks.reduce(0) { $0 + $1.count }
         guard total > 0 else {
             completion?(nil)
             return
+        }
+        if state == .open, pendingWriteBytes == 0 {
+            // Nothing is queued, so the bytes may go straight to the socket, in one writev
+            // and without a request; only what the socket does not take is queued.
+            let written = withUnsafeTemporaryAllocation(of: uv_buf_t.self, capacity: chunks.count) { buffers in
+                for (index, chunk) in chunks.enumerated() {
+                    buffers[index] = cuv_buf(UnsafeMutableRawPointer(mutating: chunk.bytes.baseAddress), chunk.count)
+                }
+                return uv_try_write(stream, buffers.baseAddress, UInt32(chunks.count))
+            }
+            if written == Int32(total) {
+                completion?(nil)
+                return
+            }
+            if written < 0, written != Int32(UV_EAGAIN.rawValue) {
+                let failure = TransportError.uv(written, "writing to \(remoteDescription)")
+                completion?(failure)
+                closeNow(failure)
+                return
+            }
+            if written > 0 {
+                chunks = Self.dropping(Int(written), from: chunks)
+                total -= Int(written)
+            }
         }
         let write = WriteRequest(connection: self, chunks: chunks, byteCount: total, completion: completion)
         let status = uv_write(write.request, stream, write.buffers, UInt32(chunks.count), connectionWritten)
@@ -383,6 +408,21 @@ public final class Connection: @unchecked Sendable, LoopResource {
         }
         pendingWriteBytes += total
         updateWritability()
+    }
+
+    /// `chunks` without their first `count` bytes (the chunk they end in is copied from there).
+    private static func dropping(_ count: Int, from chunks: [SharedBytes]) -> [SharedBytes] {
+        var remaining = count
+        var index = 0
+        while remaining >= chunks[index].count {
+            remaining -= chunks[index].count
+            index += 1
+        }
+        var rest = Array(chunks[index...])
+        if remaining > 0 {
+            rest[0] = SharedBytes(copying: UnsafeRawBufferPointer(rebasing: rest[0].bytes[remaining...]))
+        }
+        return rest
     }
 
     fileprivate func written(_ write: WriteRequest, status: Int32) {
