@@ -112,7 +112,12 @@ let package = Package(
         ),
         .testTarget(
             name: "SluiceTests",
-            dependencies: ["Sluice", "SluiceSink", "SluiceTestSupport"],
+            dependencies: [
+                "Sluice",
+                "SluiceSink",
+                "SluiceTestSupport",
+                .product(name: "Logging", package: "swift-log"),
+            ],
             swiftSettings: strict
         ),
         .testTarget(

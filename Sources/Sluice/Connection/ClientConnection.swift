@@ -19,6 +19,7 @@ final class ClientConnection: ConnectionHandler, @unchecked Sendable {
     private var idleTimer: LoopTimer?
     private var ready = false
     private var reportedClosed = false
+    private var transportCloseError: SMTPError?
     private var logger: Logger
     private let tracing: Bool
     /// The transcript hides what the client sends between `AUTH` and the server's verdict.
@@ -68,9 +69,11 @@ final class ClientConnection: ConnectionHandler, @unchecked Sendable {
                 ? SMTPSessionError(.tlsFailed, error.description)
                 : SMTPSessionError(.connectionLost, error.description)
         }
+        // The pool judges the connection by the transport's error, which knows whether a
+        // TLS failure was the certificate's (permanent) or the network's.
+        transportCloseError = error.map(SMTPError.init)
         perform(machine.connectionClosed(error: sessionError))
-        closed(error: sessionError.map(SMTPError.init) ?? SMTPError(
-            .connection, "the server closed the connection", isTransient: true))
+        closed(error: transportCloseError ?? SMTPError(.connection, "the server closed the connection", isTransient: true))
     }
 
     // MARK: Client requests (on the loop)
@@ -168,7 +171,8 @@ final class ClientConnection: ConnectionHandler, @unchecked Sendable {
                 if let error { logger.debug("closing", metadata: ["smtp.error": "\(error)"]) }
                 flush()
                 connection?.close()
-                closed(error: error.map(SMTPError.init) ?? SMTPError(.connection, "closed after QUIT", isTransient: true))
+                closed(error: transportCloseError ?? error.map(SMTPError.init)
+                    ?? SMTPError(.connection, "closed after QUIT", isTransient: true))
             }
         }
     }

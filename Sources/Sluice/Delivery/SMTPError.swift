@@ -133,7 +133,10 @@ public struct SMTPError: Error, Sendable, Hashable, CustomStringConvertible {
             case .connectTimeout: .timeout
             default: .connection
             }
-        let transient = error.kind != .tls && error.kind != .invalidArgument && error.kind != .hostNotFound
+        // A certificate or settings problem, a name that does not resolve or a bad argument
+        // will fail the same way next time; a reset, a refusal or a timeout may not.
+        let transient = !(error.tls?.isCertificateFailure ?? false) && error.kind != .invalidArgument
+            && error.kind != .hostNotFound
         self.init(kind, error.description, isTransient: transient, transportError: error)
     }
 

@@ -97,6 +97,15 @@ public struct TLSError: Error, Sendable, Hashable, CustomStringConvertible {
         self.openSSLErrors = openSSLErrors
     }
 
+    /// Whether the peer's certificate (or our own TLS settings) is at fault, so that trying
+    /// again will fail the same way: expired, not yet valid, untrusted, self-signed, for
+    /// another host, invalid, or a configuration that cannot be used.
+    public var isCertificateFailure: Bool {
+        kind == .certificateExpired || kind == .certificateNotYetValid || kind == .certificateUntrusted
+            || kind == .selfSignedCertificate || kind == .hostnameMismatch || kind == .certificateInvalid
+            || kind == .invalidConfiguration
+    }
+
     public var description: String {
         var text = "\(kind) (\(context))"
         if let verifyMessage, let verifyResult { text += ": verify error \(verifyResult): \(verifyMessage)" }

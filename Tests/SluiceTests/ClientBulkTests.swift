@@ -1,0 +1,94 @@
+import Foundation
+import Sluice
+import SluiceSink
+import SluiceTestSupport
+import Synchronization
+import Testing
+
+/// `count` mails, counting how many were taken.
+struct CountingMails: Sequence, Sendable {
+    let count: Int
+    let taken: Counter
+
+    final class Counter: Sendable {
+        private let value = Atomic<Int>(0)
+        func increment() { value.add(1, ordering: .relaxed) }
+        var count: Int { value.load(ordering: .relaxed) }
+    }
+
+    func makeIterator() -> AnyIterator<OutgoingMail> {
+        var index = 0
+        let message = testMessage("bulk")
+        return AnyIterator {
+            guard index < count else { return nil }
+            index += 1
+            taken.increment()
+            return OutgoingMail(envelope: envelope("r\(index)@example.org"), message: message)
+        }
+    }
+}
+
+@Suite("SMTPClient bulk")
+struct ClientBulkTests {
+    @Test func everyMessageOfASequenceReportsOnce() async throws {
+        try await withSinkAndClient(client: { $0.pool.maximumConnections = 4 }) { sink, client in
+            let mails = CountingMails(count: 2_000, taken: .init())
+            var recipients = Set<String>()
+            for try await report in client.send(contentsOf: mails, maximumInFlight: 64) {
+                #expect(report.outcome == .accepted)
+                recipients.insert(report.envelope.recipients[0].address.address)
+            }
+            #expect(recipients.count == 2_000)
+            #expect(sink.statistics.messages == 2_000)
+        }
+    }
+
+    @Test func aConsumerThatStopsReadingHoldsTheProducerBack() async throws {
+        try await withSinkAndClient { sink, client in
+            let mails = CountingMails(count: 1_000, taken: .init())
+            let reports = client.send(contentsOf: mails, maximumInFlight: 10)
+            try await Task.sleep(for: .milliseconds(300))
+            // 10 with the client and 10 reports waiting for the consumer, at most.
+            #expect(mails.taken.count <= 20)
+            var count = 0
+            for try await report in reports {
+                #expect(report.outcome == .accepted)
+                count += 1
+            }
+            #expect(count == 1_000)
+            #expect(mails.taken.count == 1_000)
+        }
+    }
+
+    @Test func failuresAreReportsThatDoNotEndTheSequence() async throws {
+        try await withSinkAndClient(sink: { $0.faults.rejectRecipients = .everyNth(3) }, client: {
+            $0.pool.maximumConnections = 1
+        }) { sink, client in
+            var outcomes: [DeliveryReport.Outcome: Int] = [:]
+            for try await report in client.send(contentsOf: CountingMails(count: 30, taken: .init())) {
+                outcomes[report.outcome, default: 0] += 1
+                if report.outcome == .rejected { #expect(report.error?.code == 550) }
+            }
+            #expect(outcomes == [.accepted: 20, .rejected: 10])
+        }
+    }
+
+    @Test func anAsyncSequenceFeedsTheClientAndItsErrorEndsTheReports() async throws {
+        struct InputFailed: Error {}
+        try await withSinkAndClient { sink, client in
+            let (stream, continuation) = AsyncThrowingStream.makeStream(of: OutgoingMail.self)
+            for index in 0..<10 { continuation.yield(OutgoingMail(envelope: envelope(), message: testMessage("a\(index)"))) }
+            continuation.finish(throwing: InputFailed())
+            var count = 0
+            do {
+                for try await report in client.send(contentsOf: stream) {
+                    #expect(report.outcome == .accepted)
+                    count += 1
+                }
+                Issue.record("the input's error did not reach the consumer")
+            } catch is InputFailed {
+                #expect(count == 10, "every message taken before the error reported first")
+            }
+        }
+    }
+}

@@ -1,0 +1,135 @@
+import Foundation
+import Sluice
+import SluiceSink
+import SluiceTestSupport
+import Synchronization
+import Testing
+
+@Suite("SMTPClient pool")
+struct ClientPoolTests {
+    @Test func poolNeverOpensMoreConnectionsThanItsMaximum() async throws {
+        try await withSinkAndClient(client: { $0.pool.maximumConnections = 3 }) { sink, client in
+            try await withThrowingTaskGroup(of: DeliveryReport.self) { group in
+                for index in 0..<200 {
+                    group.addTask { try await client.send(testMessage("m\(index)"), envelope: envelope()) }
+                }
+                for try await report in group { #expect(report.outcome == .accepted) }
+            }
+            #expect(sink.statistics.sessions <= 3)
+            #expect(sink.statistics.messages == 200)
+        }
+    }
+
+    @Test func aConnectionIsRetiredAfterItsMessageLimit() async throws {
+        try await withSinkAndClient(client: {
+            $0.pool.maximumConnections = 1
+            $0.pool.maximumMessagesPerConnection = 5
+        }) { sink, client in
+            for index in 0..<20 { _ = try await client.send(testMessage("m\(index)"), envelope: envelope()) }
+            #expect(sink.statistics.sessions == 4, "20 messages, 5 per connection")
+        }
+    }
+
+    @Test func anIdleConnectionIsClosedWithQUITAndTheNextMessageOpensAnother() async throws {
+        try await withSinkAndClient(client: { $0.pool.idleTimeout = .milliseconds(100) }) { sink, client in
+            _ = try await client.send(testMessage("first"), envelope: envelope())
+            try await waitUntil { sink.statistics.activeSessions == 0 }
+            #expect(sink.statistics.protocolErrors == 0, "the client said QUIT rather than dropping the connection")
+            _ = try await client.send(testMessage("second"), envelope: envelope())
+            #expect(sink.statistics.sessions == 2)
+        }
+    }
+
+    @Test func aServerThatClosedAnIdleConnectionNeverFailsAMessage() async throws {
+        try await withSinkAndClient(sink: { $0.idleTimeout = .milliseconds(200) }) { sink, client in
+            _ = try await client.send(testMessage("first"), envelope: envelope())
+            try await waitUntil { sink.statistics.activeSessions == 0 }  // the sink's 421 and close
+            for index in 0..<5 {
+                let report = try await client.send(testMessage("again \(index)"), envelope: envelope())
+                #expect(report.outcome == .accepted)
+                #expect(report.attempts == 1, "the message never saw the dead connection")
+            }
+        }
+    }
+
+    @Test func refusedConnectsBackOffThenFailTheWaitingMessages() async throws {
+        let port = try unusedPort()
+        var configuration = SMTPClient.Configuration(host: "127.0.0.1", port: port, security: .none)
+        configuration.pool.connectAttempts = 3
+        configuration.pool.connectBackoff = Backoff(initial: .milliseconds(40), maximum: .milliseconds(40))
+        let client = try SMTPClient(configuration: configuration)
+        let start = ContinuousClock.now
+        let errors = await withTaskGroup(of: SMTPError?.self) { group in
+            for index in 0..<5 {
+                group.addTask { await smtpError { try await client.send(testMessage("m\(index)"), envelope: envelope()) } }
+            }
+            return await group.reduce(into: []) { $0.append($1) }
+        }
+        #expect(errors.count == 5)
+        #expect(errors.allSatisfy { $0?.kind == .connection && $0?.isTransient == true })
+        #expect(errors.allSatisfy { $0?.report?.outcome == .deferred })
+        #expect(ContinuousClock.now - start >= .milliseconds(70), "two backoffs of about 40 ms came between the three connects")
+        await client.shutdown()
+    }
+
+    @Test func theRateLimitIsNeverOvershot() async throws {
+        try await withSinkAndClient(client: {
+            $0.rateLimit = SMTPClient.RateLimit(messagesPerSecond: 50, burst: 1)
+        }) { sink, client in
+            let start = ContinuousClock.now
+            try await withThrowingTaskGroup(of: Void.self) { group in
+                for index in 0..<20 {
+                    group.addTask { _ = try await client.send(testMessage("m\(index)"), envelope: envelope()) }
+                }
+                try await group.waitForAll()
+            }
+            // 20 messages at 50/s with a burst of 1 cannot take less than 19/50 s.
+            #expect(ContinuousClock.now - start >= .milliseconds(370))
+            #expect(sink.statistics.messages == 20)
+        }
+    }
+
+    @Test func cancellingAQueuedSendCancelsOnlyThatMessage() async throws {
+        try await withSinkAndClient(sink: { $0.replyDelay = .fixed(.milliseconds(150)) }, client: {
+            $0.pool.maximumConnections = 1
+            $0.pipelining.enabled = false
+        }) { sink, client in
+            let first = Task { try await client.send(testMessage("first"), envelope: envelope()) }
+            try await Task.sleep(for: .milliseconds(20))
+            let second = Task { try await client.send(testMessage("second"), envelope: envelope()) }
+            try await Task.sleep(for: .milliseconds(20))
+            second.cancel()
+            let error = await smtpError { try await second.value }
+            #expect(error?.kind == .cancelled)
+            #expect(try await first.value.outcome == .accepted)
+            try await Task.sleep(for: .milliseconds(100))
+            #expect(sink.messages.map { $0.content.contains(Array("test second".utf8)) } == [false])
+        }
+    }
+
+    @Test func shutdownFinishesWhatItWasGivenThenRefusesNewSends() async throws {
+        let sink = try await startSink { $0.replyDelay = .fixed(.milliseconds(20)) }
+        let client = try makeClient(for: sink)
+        let sends = (0..<20).map { index in Task { try await client.send(testMessage("m\(index)"), envelope: envelope()) } }
+        try await Task.sleep(for: .milliseconds(10))
+        await client.shutdown()
+        for send in sends { #expect(try await send.value.outcome == .accepted) }
+        let late = await smtpError { try await client.send(testMessage("late"), envelope: envelope()) }
+        #expect(late?.kind == .shutdown)
+        try await waitUntil { sink.statistics.activeSessions == 0 }
+        #expect(sink.statistics.messages == 20)
+        await sink.shutdown()
+    }
+}
+
+/// Waits until `condition` holds, for at most 10 s.
+func waitUntil(_ condition: () -> Bool) async throws {
+    let deadline = ContinuousClock.now + .seconds(10)
+    while !condition() {
+        guard ContinuousClock.now < deadline else {
+            Issue.record("the condition did not come true within 10 s")
+            return
+        }
+        try await Task.sleep(for: .milliseconds(10))
+    }
+}
