@@ -4,13 +4,14 @@
 # peers its tests talk to: the openssl command, Postfix's smtp-source and smtp-sink, swaks
 # (with Net::SSLeay for TLS) and Python 3. Each package is installed only if missing, so a
 # second run does nothing. Postfix's own daemon is not started (policy-rc.d in containers;
-# nothing here needs it running).
+# nothing here needs it running). Python peers (aiosmtpd, dkimpy) come from PyPI into a
+# virtual environment at .build/peers-venv, which the tests use.
 #
 #   scripts/setup.sh            # build and test dependencies
 set -euo pipefail
 
 packages=(pkg-config libuv1-dev libssl-dev openssl ca-certificates
-          postfix swaks libnet-ssleay-perl libauthen-sasl-perl python3)
+          postfix swaks libnet-ssleay-perl libauthen-sasl-perl python3 python3-venv)
 
 missing=()
 for package in "${packages[@]}"; do
@@ -30,6 +31,15 @@ if [ ${#missing[@]} -gt 0 ]; then
     fi
     $sudo apt-get update -qq
     DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+# Python peers from PyPI, in a virtual environment beside the build.
+root="$(cd "$(dirname "$0")/.." && pwd)"
+venv="$root/.build/peers-venv"
+if ! "$venv/bin/python" -c "import aiosmtpd, dkim" >/dev/null 2>&1; then
+    echo "setup: installing aiosmtpd and dkimpy into $venv"
+    python3 -m venv "$venv"
+    "$venv/bin/python" -m pip install -q --disable-pip-version-check aiosmtpd dkimpy
 fi
 
 command -v swift >/dev/null 2>&1 || { echo "setup: the Swift toolchain is not on PATH" >&2; exit 1; }

@@ -38,6 +38,9 @@ public final class EncodedMessage: Sendable {
                                requires8BitMIME: normalized.contains { $0 >= 0x80 })
     }
 
+    /// The message as it is sent (CRLF-normalised; `DATA` adds dot-stuffing on the wire).
+    public var bytes: [UInt8] { chunk.array }
+
     /// The size in octets, as `SIZE` declares it.
     public var size: Int { info.chunkLength }
 }
