@@ -1,0 +1,81 @@
+#!/usr/bin/env bash
+# One table from one run on one machine: each client (Postfix's smtp-source -d, sluice bench)
+# against each sink (Postfix's smtp-sink, sluice sink), with the same message count, size and
+# sessions; messages per second and the CPU each side spent per message. Loopback only; every
+# run is bounded by its message count. Each cell is the fastest of ROUNDS runs.
+#
+#   Benchmarks/compare.sh                                   # 10 sessions, 50,000 messages of 1 KB
+#   SESSIONS=100 MESSAGES=20000 SIZE=4096 ROUNDS=3 Benchmarks/compare.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+SESSIONS=${SESSIONS:-10}
+MESSAGES=${MESSAGES:-50000}
+SIZE=${SIZE:-1024}
+ROUNDS=${ROUNDS:-3}
+
+bash scripts/setup.sh >/dev/null
+swift build -c release --product sluice >/dev/null
+SLUICE=.build/release/sluice
+TICKS=$(getconf CLK_TCK)
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+cpu_seconds() { awk -v t="$TICKS" '{printf "%.4f", ($14+$15)/t}' "/proc/$1/stat"; }
+
+# Loads PORT with CLIENT; prints "wall client_cpu" in seconds.
+client_run() {
+    local client=$1 port=$2 out
+    if [ "$client" = smtp-source ]; then
+        out=$( { TIMEFORMAT='%R %U %S'; time smtp-source -s "$SESSIONS" -m "$MESSAGES" -l "$SIZE" -d \
+                 -f sender@example.com -t rcpt@example.com "127.0.0.1:$port" >/dev/null 2>&1; } 2>&1 )
+        awk '{printf "%s %.4f", $1, $2+$3}' <<<"$out"
+    else
+        out=$("$SLUICE" bench --target "127.0.0.1:$port" --security none --messages "$MESSAGES" \
+                  --connections "$SESSIONS" --size "$SIZE" --json 2>/dev/null)
+        python3 -c 'import json,sys; r=json.loads(sys.argv[1]); print("%s %s" % (r["elapsedSeconds"], r["clientCPUSeconds"]))' "$out"
+    fi
+}
+
+# Stops a sink: TERM (smtp-sink ignores INT), a bounded grace period, then KILL.
+stop() {
+    local pid=$1
+    kill -TERM "$pid" 2>/dev/null || true
+    for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+    kill -KILL "$pid" 2>/dev/null || true
+    wait "$pid" 2>/dev/null || true
+}
+
+# One measurement: start the sink, load it, read its CPU, stop it. Prints "wall client_cpu sink_cpu".
+measure() {
+    local client=$1 sink=$2 port pid before after result
+    port=$(free_port)
+    if [ "$sink" = smtp-sink ]; then
+        if [ "$(id -u)" -eq 0 ]; then smtp-sink -u nobody "127.0.0.1:$port" 1024 & pid=$!
+        else smtp-sink "127.0.0.1:$port" 1024 & pid=$!; fi
+    else
+        "$SLUICE" sink --listen "127.0.0.1:$port" >/dev/null 2>&1 & pid=$!
+    fi
+    for _ in $(seq 50); do (echo > "/dev/tcp/127.0.0.1/$port") 2>/dev/null && break; sleep 0.1; done
+    before=$(cpu_seconds "$pid")
+    result=$(client_run "$client" "$port")
+    after=$(cpu_seconds "$pid")
+    stop "$pid"
+    awk -v r="$result" -v b="$before" -v a="$after" 'BEGIN{split(r,x," "); printf "%s %s %.4f", x[1], x[2], a-b}'
+}
+
+printf '%s sessions, %s messages of %s bytes, best of %s rounds\n\n' "$SESSIONS" "$MESSAGES" "$SIZE" "$ROUNDS"
+printf '| %-30s | %10s | %22s | %20s |\n' "client -> sink" "messages/s" "client CPU per message" "sink CPU per message"
+printf '|%s|%s|%s|%s|\n' "--------------------------------" "------------:" "-----------------------:" "---------------------:"
+for pair in "smtp-source smtp-sink" "sluice smtp-sink" "smtp-source sluice" "sluice sluice"; do
+    read -r client sink <<<"$pair"
+    best=""
+    for _ in $(seq "$ROUNDS"); do
+        line=$(measure "$client" "$sink")
+        wall=${line%% *}
+        if [ -z "$best" ] || awk -v a="$wall" -v b="${best%% *}" 'BEGIN{exit !(a<b)}'; then best=$line; fi
+    done
+    read -r wall clientcpu sinkcpu <<<"$best"
+    name="$([ "$client" = sluice ] && echo "sluice bench" || echo "smtp-source -d") -> $([ "$sink" = sluice ] && echo "sluice sink" || echo "smtp-sink")"
+    awk -v n="$name" -v w="$wall" -v c="$clientcpu" -v k="$sinkcpu" -v m="$MESSAGES" \
+        'BEGIN{printf "| %-30s | %10.0f | %19.1f µs | %17.1f µs |\n", n, m/w, c/m*1e6, k/m*1e6}'
+done
