@@ -111,6 +111,11 @@ let package = Package(
             swiftSettings: strict
         ),
         .testTarget(
+            name: "SluiceMIMETests",
+            dependencies: ["SluiceMIME"],
+            swiftSettings: strict
+        ),
+        .testTarget(
             name: "SluiceTests",
             dependencies: [
                 "Sluice",

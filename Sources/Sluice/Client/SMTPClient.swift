@@ -41,8 +41,14 @@ public final class SMTPClient: Sendable {
         var outstanding = 0
         var shutdownStarted = false
         var drainWaiters: [CheckedContinuation<Void, Never>] = []
+        /// Waiting for the pool to retire every connection.
+        var poolWaiters: [CheckedContinuation<Void, Never>] = []
+        /// Waiting for every transport connection to close.
         var closedWaiters: [CheckedContinuation<Void, Never>] = []
         var poolDrained = false
+        /// Transport connections attached and not yet closed (the pool forgets a connection
+        /// as soon as it stops taking work; shutdown waits for its socket to close too).
+        var openTransports = 0
         var wakeTimer: LoopTimer?
         var nextLoop = 0
     }
@@ -244,13 +250,26 @@ public final class SMTPClient: Sendable {
             let (done, effects) = state.withLock { state -> (Bool, [Effect]) in
                 let effects = resolve(state.pool.shutdownRequested(now: .now), &state)
                 if state.poolDrained { return (true, effects) }
-                state.closedWaiters.append(continuation)
+                state.poolWaiters.append(continuation)
                 return (false, effects)
             }
             run(effects)
             if done { continuation.resume() }
         }
-        state.withLock { $0.wakeTimer }?.cancel()
+        await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
+            let done = state.withLock { state -> Bool in
+                if state.openTransports == 0 { return true }
+                state.closedWaiters.append(continuation)
+                return false
+            }
+            if done { continuation.resume() }
+        }
+        if let timer = state.withLock({ $0.wakeTimer }) {
+            // Cancelled on its loop, so its handle is closing before shutdown returns.
+            await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
+                if !timer.loop.execute({ timer.cancel(); continuation.resume() }) { continuation.resume() }
+            }
+        }
         if first, ownsGroup { await eventLoopGroup.shutdown() }
     }
 
@@ -270,6 +289,22 @@ public final class SMTPClient: Sendable {
                 : state.pool.connectFailed(connection.id, error: error, now: .now)
             return resolve(actions, &state)
         })
+    }
+
+    /// A transport connection was attached to one of the pool's connections.
+    func transportOpened() {
+        state.withLock { $0.openTransports += 1 }
+    }
+
+    /// That transport connection has closed (its handle is gone).
+    func transportClosed() {
+        let waiters = state.withLock { state -> [CheckedContinuation<Void, Never>] in
+            state.openTransports -= 1
+            guard state.openTransports == 0 else { return [] }
+            defer { state.closedWaiters = [] }
+            return state.closedWaiters
+        }
+        for waiter in waiters { waiter.resume() }
     }
 
     func idleTimedOut(_ connection: ClientConnection) -> Bool {
@@ -370,8 +405,8 @@ public final class SMTPClient: Sendable {
                 for job in jobs { job.fail(error, now: .now) }
             case .drained:
                 let waiters = state.withLock { state in
-                    defer { state.closedWaiters = [] }
-                    return state.closedWaiters
+                    defer { state.poolWaiters = [] }
+                    return state.poolWaiters
                 }
                 for waiter in waiters { waiter.resume() }
             }

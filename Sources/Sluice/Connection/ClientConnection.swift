@@ -54,6 +54,7 @@ final class ClientConnection: ConnectionHandler, @unchecked Sendable {
     func attach(_ connection: Connection, machine: ClientStateMachine) {
         self.connection = connection
         self.machine = machine
+        client.transportOpened()
         logger.debug("connected", metadata: ["smtp.remote": "\(connection.remoteAddress.map { "\($0)" } ?? "?")"])
         perform(self.machine.connected())
     }
@@ -74,6 +75,7 @@ final class ClientConnection: ConnectionHandler, @unchecked Sendable {
         transportCloseError = error.map(SMTPError.init)
         perform(machine.connectionClosed(error: sessionError))
         closed(error: transportCloseError ?? SMTPError(.connection, "the server closed the connection", isTransient: true))
+        client.transportClosed()
     }
 
     // MARK: Client requests (on the loop)

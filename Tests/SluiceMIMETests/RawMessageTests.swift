@@ -1,0 +1,50 @@
+import SluiceMIME
+import Testing
+
+@Suite("RawMessage")
+struct RawMessageTests {
+    @Test func lineEndingsAreNormalisedToCRLFAndAFinalCRLFAdded() throws {
+        let message = try RawMessage(Array("From: a@b.c\nSubject: x\r\n\r\nline one\rline two\nlast".utf8))
+        #expect(message.bytes == Array("From: a@b.c\r\nSubject: x\r\n\r\nline one\r\nline two\r\nlast\r\n".utf8))
+        #expect(message.headerLength == "From: a@b.c\r\nSubject: x\r\n\r\n".utf8.count)
+        #expect(!message.has8BitBytes)
+    }
+
+    @Test func headersAreReadUnfoldedAndCaseInsensitively() throws {
+        let message = try RawMessage(Array("From: a@b.c\r\nSubject: a long\r\n\tfolded subject\r\nmessage-id: <1@b.c>\r\n\r\nbody: not a header\r\n".utf8))
+        #expect(message.headerValues("subject") == ["a long\tfolded subject"])
+        #expect(message.messageID == "<1@b.c>")
+        #expect(message.headerValues("body").isEmpty, "the body is not the header section")
+    }
+
+    @Test(arguments: [
+        ("", MessageError.Kind.noHeaders),
+        ("\r\nbody\r\n", .noHeaders),
+        ("Subject: no sender\r\n\r\nbody\r\n", .missingFrom),
+        ("From: a@b.c\r\nnot a header line\r\n\r\n", .malformedHeader),
+        (" From: a@b.c\r\n\r\n", .malformedHeader),
+        ("From: a@b.c\r\nBad Name: x\r\n\r\n", .malformedHeader),
+        ("From: a@b.c\r\n\r\nNUL \u{0} here\r\n", .nulByte),
+        ("From: a@b.c\r\n\r\n" + String(repeating: "x", count: 999) + "\r\n", .lineTooLong),
+    ])
+    func malformedMessagesAreTypedErrorsNeverRepaired(text: String, kind: MessageError.Kind) {
+        #expect { try RawMessage(Array(text.utf8)) } throws: { ($0 as? MessageError)?.kind == kind }
+    }
+
+    @Test func aLineOf998OctetsIsAllowedAndEightBitIsNoted() throws {
+        let message = try RawMessage(Array(("From: a@b.c\r\n\r\n" + String(repeating: "x", count: 998) + "\r\nGrüße\r\n").utf8))
+        #expect(message.has8BitBytes)
+    }
+
+    @Test func aBareLFCannotSmuggleAnEndOfData() throws {
+        // "\n.\n" would end the data for a lenient server; normalised, it is an ordinary line.
+        let message = try RawMessage(Array("From: a@b.c\r\n\r\nfirst\n.\nMAIL FROM:<x@y>\n".utf8))
+        #expect(message.bytes == Array("From: a@b.c\r\n\r\nfirst\r\n.\r\nMAIL FROM:<x@y>\r\n".utf8))
+    }
+
+    @Test func anUnreadableFileIsATypedError() {
+        #expect { try RawMessage(contentsOfFile: "/nonexistent/message.eml") } throws: {
+            ($0 as? MessageError)?.kind == .unreadable
+        }
+    }
+}
