@@ -15,37 +15,20 @@ let package = Package(
         .package(url: "https://github.com/ordo-one/benchmark", from: "1.38.1", traits: ["MallocInterposer"]),
     ],
     targets: [
-        .executableTarget(
-            name: "TransportBenchmarks",
-            dependencies: [
-                .product(name: "Benchmark", package: "benchmark"),
-                .product(name: "SluiceTransport", package: "sluice"),
-            ],
-            path: "Benchmarks/TransportBenchmarks",
-            swiftSettings: [.swiftLanguageMode(.v6)],
-            plugins: [.plugin(name: "BenchmarkPlugin", package: "benchmark")]
-        ),
-        .executableTarget(
-            name: "CoreBenchmarks",
-            dependencies: [
-                .product(name: "Benchmark", package: "benchmark"),
-                .product(name: "SluiceCore", package: "sluice"),
-                .product(name: "SluiceTransport", package: "sluice"),
-            ],
-            path: "Benchmarks/CoreBenchmarks",
-            swiftSettings: [.swiftLanguageMode(.v6)],
-            plugins: [.plugin(name: "BenchmarkPlugin", package: "benchmark")]
-        ),
-        .executableTarget(
-            name: "ClientBenchmarks",
-            dependencies: [
-                .product(name: "Benchmark", package: "benchmark"),
-                .product(name: "Sluice", package: "sluice"),
-                .product(name: "SluiceSink", package: "sluice"),
-            ],
-            path: "Benchmarks/ClientBenchmarks",
-            swiftSettings: [.swiftLanguageMode(.v6)],
-            plugins: [.plugin(name: "BenchmarkPlugin", package: "benchmark")]
-        ),
+        suite("TransportBenchmarks", ["SluiceTransport"]),
+        suite("CoreBenchmarks", ["SluiceCore", "SluiceTransport"]),
+        suite("ClientBenchmarks", ["Sluice", "SluiceSink"]),
     ]
 )
+
+/// A benchmark suite in Benchmarks/NAME, using these products of the sluice package.
+func suite(_ name: String, _ products: [String]) -> Target {
+    .executableTarget(
+        name: name,
+        dependencies: [.product(name: "Benchmark", package: "benchmark")]
+            + products.map { .product(name: $0, package: "sluice") },
+        path: "Benchmarks/\(name)",
+        swiftSettings: [.swiftLanguageMode(.v6)],
+        plugins: [.plugin(name: "BenchmarkPlugin", package: "benchmark")]
+    )
+}

@@ -42,6 +42,10 @@ extension SMTPClient {
         public var maximumMessagesPerConnection = 1_000
         /// An idle connection is closed (QUIT) after this long.
         public var idleTimeout: Duration = .seconds(30)
+        /// A connection idle for longer than this is checked with a lone `RSET` before a
+        /// message goes on it (as Postfix checks cached connections), so a server that closed
+        /// it meanwhile never costs a message an attempt.
+        public var checkAfterIdle: Duration = .seconds(1)
         /// A connection is retired after this long, even if busy (once its work is done).
         public var maximumConnectionLifetime: Duration = .seconds(600)
         /// The most a connect (TCP, TLS, greeting, EHLO, AUTH) may take.

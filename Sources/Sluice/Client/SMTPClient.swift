@@ -50,6 +50,8 @@ public final class SMTPClient: Sendable {
         /// as soon as it stops taking work; shutdown waits for its socket to close too).
         var openTransports = 0
         var wakeTimer: LoopTimer?
+        /// Effects a shutdown step produced under the lock, run once it is released.
+        var pendingEffects: [Effect] = []
         var nextLoop = 0
     }
 
@@ -238,32 +240,14 @@ public final class SMTPClient: Sendable {
             defer { state.shutdownStarted = true }
             return !state.shutdownStarted
         }
-        await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
-            let done = state.withLock { state -> Bool in
-                if state.outstanding == 0 { return true }
-                state.drainWaiters.append(continuation)
-                return false
-            }
-            if done { continuation.resume() }
+        // Every message given so far reports; then every connection is retired; then every
+        // socket has closed.
+        await waitUntil(.drain) { state in state.outstanding == 0 }
+        await waitUntil(.pool) { [self] state in
+            state.pendingEffects = resolve(state.pool.shutdownRequested(now: .now), &state)
+            return state.poolDrained
         }
-        await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
-            let (done, effects) = state.withLock { state -> (Bool, [Effect]) in
-                let effects = resolve(state.pool.shutdownRequested(now: .now), &state)
-                if state.poolDrained { return (true, effects) }
-                state.poolWaiters.append(continuation)
-                return (false, effects)
-            }
-            run(effects)
-            if done { continuation.resume() }
-        }
-        await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
-            let done = state.withLock { state -> Bool in
-                if state.openTransports == 0 { return true }
-                state.closedWaiters.append(continuation)
-                return false
-            }
-            if done { continuation.resume() }
-        }
+        await waitUntil(.closed) { state in state.openTransports == 0 }
         if let timer = state.withLock({ $0.wakeTimer }) {
             // Cancelled on its loop, so its handle is closing before shutdown returns.
             await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
@@ -271,6 +255,30 @@ public final class SMTPClient: Sendable {
             }
         }
         if first, ownsGroup { await eventLoopGroup.shutdown() }
+    }
+
+    /// The waits of a shutdown, in order.
+    private enum ShutdownStep { case drain, pool, closed }
+
+    /// Returns once `isDone` holds, checked under the lock now, or when a waiter appended to
+    /// the step's waiters is resumed. Effects `isDone` leaves in `pendingEffects` are run first.
+    private func waitUntil(_ waiters: ShutdownStep, _ isDone: @escaping @Sendable (inout State) -> Bool) async {
+        await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
+            let (done, effects) = state.withLock { state -> (Bool, [Effect]) in
+                let done = isDone(&state)
+                defer { state.pendingEffects = [] }
+                if !done {
+                    switch waiters {
+                    case .drain: state.drainWaiters.append(continuation)
+                    case .pool: state.poolWaiters.append(continuation)
+                    case .closed: state.closedWaiters.append(continuation)
+                    }
+                }
+                return (done, state.pendingEffects)
+            }
+            run(effects)
+            if done { continuation.resume() }
+        }
     }
 
     // MARK: Events from connections (on their loops)

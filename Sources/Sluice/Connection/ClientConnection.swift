@@ -33,6 +33,8 @@ final class ClientConnection: ConnectionHandler, @unchecked Sendable {
     /// and the next envelope share a segment (a server that does not set TCP_NODELAY would
     /// otherwise hold its second reply for our delayed ACK).
     private var outgoing: [SharedBytes] = []
+    /// When the connection last became idle (nil while it has work).
+    private var idleSince: ContinuousClock.Instant?
     private var outgoingCommands: [UInt8] = []
 
     /// A connection not yet open; ``attach(_:machine:)`` gives it its session.
@@ -125,6 +127,12 @@ final class ClientConnection: ConnectionHandler, @unchecked Sendable {
             arrived = []
             idleTimer?.cancel()
             idleTimer = nil
+            if let since = idleSince {
+                idleSince = nil
+                if ContinuousClock.now - since >= client.configuration.pool.checkAfterIdle {
+                    run(machine.idleConnectionReused())
+                }
+            }
             for job in jobs {
                 if job.cancelRequested.load(ordering: .relaxed) {
                     client.cancelledOnConnection(job, connection: self)
@@ -197,6 +205,7 @@ final class ClientConnection: ConnectionHandler, @unchecked Sendable {
 
     private func armIdleTimerIfIdle() {
         guard ready, machine.isIdle, !reportedClosed else { return }
+        if idleSince == nil { idleSince = .now }
         let timeout = client.configuration.pool.idleTimeout
         if idleTimer?.reschedule(after: timeout) == true { return }
         idleTimer = loop.scheduleTimer(after: timeout) { [self] in

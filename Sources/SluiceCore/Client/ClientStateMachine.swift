@@ -109,6 +109,8 @@ public struct ClientStateMachine: Sendable {
 
     /// A reply the machine is waiting for, in the order the commands were written.
     private enum Expectation: Hashable, Sendable {
+        /// An RSET sent alone to check that a connection that sat idle is still alive.
+        case probe
         case reset
         case mail(Int)
         case recipient(Int, Int)
@@ -153,8 +155,14 @@ public struct ClientStateMachine: Sendable {
     private var unsent: [Step] = []
     private var outstanding: [Expectation] = []
     private var needsReset = false
+    /// Check the connection with a lone RSET before the next transaction's content goes on it.
+    private var needsProbe = false
+    /// The probe's RSET already reset the session for the next transaction.
+    private var probeReset = false
     private var transactionsStarted = 0
     private var output: [ClientOutput] = []
+    /// Command bytes written after the last entry of `output`, gathered in place.
+    private var pendingBytes: [UInt8] = []
     private var actions: [Action] = []
     private var armedFor: Expectation?
     /// Our reason for cancelling an AUTH exchange, reported when the server answers the `*`.
@@ -275,6 +283,16 @@ public struct ClientStateMachine: Sendable {
             pump()
         }
         return finish()
+    }
+
+    /// The connection sat idle long enough that the server may have closed it: the next
+    /// transaction waits for a lone `RSET` to be answered before any of it is written, so a
+    /// message never goes down a connection the server already left (a 421 or a close in
+    /// answer moves it, unattempted, to another connection).
+    public mutating func idleConnectionReused() -> [Action] {
+        guard case .ready = state, outstanding.isEmpty, unsent.isEmpty, activeOrder.isEmpty else { return [] }
+        needsProbe = true
+        return []
     }
 
     /// Removes a transaction that has not started; returns false if it already has.
@@ -478,6 +496,13 @@ public struct ClientStateMachine: Sendable {
                 guard !quitting, !pending.isEmpty,
                       activeOrder.count < (chunking ? configuration.maximumTransactionsInFlight : 2)
                 else { break }
+                if needsProbe {
+                    needsProbe = false
+                    needsReset = false
+                    probeReset = true
+                    write(command: .reset, expecting: .probe)
+                }
+                if outstanding.contains(.probe) { break }
                 // In DATA mode, start the next transaction once the previous one has written
                 // its content, so its envelope rides in the same write as that content.
                 if !chunking, activeOrder.contains(where: { !(active[$0]?.terminatorWritten ?? true) }) { break }
@@ -522,10 +547,11 @@ public struct ClientStateMachine: Sendable {
         active[id] = Active(transaction: transaction, parameters: parameters,
                             recipientReplies: Array(repeating: nil, count: transaction.recipients.count))
         activeOrder.append(id)
-        if needsReset || (chunking && transactionsStarted > 0) {
+        if !probeReset, needsReset || (chunking && transactionsStarted > 0) {
             unsent.append(.reset)
-            needsReset = false
         }
+        needsReset = false
+        probeReset = false
         transactionsStarted += 1
         unsent.append(.mail(id))
         for index in transaction.recipients.indices { unsent.append(.recipient(id, index)) }
@@ -559,7 +585,7 @@ public struct ClientStateMachine: Sendable {
                 return
             }
             write(command: .bdat(size: entry.transaction.content.chunkLength, last: true), expecting: .bdat(id))
-            output.append(.chunk(transactionID: id))
+            appendOutput(.chunk(transactionID: id))
             entry.terminatorWritten = true
             active[id] = entry
         }
@@ -577,7 +603,7 @@ public struct ClientStateMachine: Sendable {
             actions.append(.cancelTimer)
             actions.append(.close(nil))
             return
-        case .reset:
+        case .reset, .probe:
             break  // whatever it says, the next MAIL tells
         case .mail(let id):
             active[id]?.mailReply = reply
@@ -591,10 +617,10 @@ public struct ClientStateMachine: Sendable {
             guard var entry = active[id] else { break }
             if reply.code == .startMailInput {
                 if entry.mailReply?.code.isPositiveCompletion == true, entry.anyRecipientAccepted {
-                    output.append(.data(transactionID: id))
+                    appendOutput(.data(transactionID: id))
                 } else {
                     // A lenient server said 354 with no recipient: send only the terminator.
-                    output.append(.bytes([UInt8(ascii: "."), 13, 10]))
+                    pendingBytes += [UInt8(ascii: "."), 13, 10]
                     entry.emptyTerminator = true
                 }
                 entry.terminatorWritten = true
@@ -698,12 +724,18 @@ public struct ClientStateMachine: Sendable {
                     actions.append(.transactionFinished(
                         Self.uniformOutcome(entry.transaction, .deferred, reply: closingReply, error: error)))
                 }
-            case .reset, .quit:
+            case .reset, .probe, .quit:
                 break
             }
         }
         for id in activeOrder {
             guard let entry = active[id] else { continue }
+            if closingReply != nil, entry.mailReply == nil {
+                // A 421 answers one command and the server processes none after it: a
+                // transaction with no reply yet was never seen, and can go elsewhere.
+                actions.append(.transactionNotAttempted(entry.transaction))
+                continue
+            }
             let status: DeliveryStatus = entry.terminatorWritten && !entry.emptyTerminator ? .unknown : .deferred
             let recipients = zip(entry.transaction.recipients, entry.recipientReplies).map { recipient, reply in
                 if let reply, !reply.code.isPositiveCompletion {
@@ -723,6 +755,7 @@ public struct ClientStateMachine: Sendable {
         for transaction in pending { actions.append(.transactionNotAttempted(transaction)) }
         pending = []
         output = []
+        pendingBytes = []
         actions.append(.cancelTimer)
         actions.append(.close(error))
         timerArmed = false
@@ -731,27 +764,27 @@ public struct ClientStateMachine: Sendable {
     // MARK: Output
 
     private mutating func write(command: SMTPCommand, timeout: Duration) {
-        var bytes: [UInt8] = []
-        command.encode(into: &bytes)
-        appendBytes(bytes)
+        command.encode(into: &pendingBytes)
         actions.append(.armTimer(timeout))
         timerArmed = true
         armedFor = nil
     }
 
     private mutating func write(command: SMTPCommand, expecting expectation: Expectation) {
-        var bytes: [UInt8] = []
-        command.encode(into: &bytes)
-        appendBytes(bytes)
+        command.encode(into: &pendingBytes)
         outstanding.append(expectation)
     }
 
-    private mutating func appendBytes(_ bytes: [UInt8]) {
-        if case .bytes(let existing) = output.last {
-            output[output.count - 1] = .bytes(existing + bytes)
-        } else {
-            output.append(.bytes(bytes))
-        }
+    /// Adds a piece that is not command bytes, after the commands gathered so far.
+    private mutating func appendOutput(_ piece: ClientOutput) {
+        flushPendingBytes()
+        output.append(piece)
+    }
+
+    private mutating func flushPendingBytes() {
+        guard !pendingBytes.isEmpty else { return }
+        output.append(.bytes(pendingBytes))
+        pendingBytes = []
     }
 
     private mutating func updateTimer() {
@@ -771,7 +804,7 @@ public struct ClientStateMachine: Sendable {
 
     private func timeout(for expectation: Expectation) -> Duration {
         switch expectation {
-        case .reset, .quit: configuration.timeouts.command
+        case .reset, .probe, .quit: configuration.timeouts.command
         case .mail: configuration.timeouts.mail
         case .recipient: configuration.timeouts.recipient
         case .data: configuration.timeouts.data
@@ -780,6 +813,7 @@ public struct ClientStateMachine: Sendable {
     }
 
     private mutating func finish() -> [Action] {
+        flushPendingBytes()
         if !output.isEmpty {
             // The write goes first: outcomes and timers describe the state after it.
             actions.insert(.write(output), at: 0)
@@ -791,7 +825,7 @@ public struct ClientStateMachine: Sendable {
 
     private static func verb(_ expectation: Expectation) -> String {
         switch expectation {
-        case .reset: "RSET"
+        case .reset, .probe: "RSET"
         case .mail: "MAIL"
         case .recipient: "RCPT"
         case .data: "DATA"

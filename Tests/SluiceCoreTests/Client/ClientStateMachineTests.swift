@@ -440,4 +440,44 @@ struct ClientTransactionTests {
         h.server("250 ok\r\n250 ok\r\n")
         #expect(h.server("354 go\r\n") == "Subject: hi\r\n\r\nHello\r\n.\r\n", "transaction 2 is gone")
     }
+
+    @Test func a421ToAnEarlierCommandLeavesLaterPipelinedTransactionsUnattemptedNotUnknown() {
+        var h = Harness()
+        h.establish(extensions: ["PIPELINING", "CHUNKING"])
+        h.enqueue(transaction(1, to: ["a@example.com"]))
+        h.enqueue(transaction(2, to: ["b@example.com"]))  // RSET, MAIL, RCPT, BDAT and content, all written
+        h.server("250 ok\r\n421 4.4.2 closing\r\n")   // MAIL of 1 accepted; its RCPT answered 421
+        #expect(h.outcomes.map(\.id) == [1])
+        #expect(h.outcomes.first?.status == .deferred, "transaction 1 was started: transient, not unknown")
+        #expect(h.notAttempted == [2], "the server processes nothing after a 421: 2 goes elsewhere")
+    }
+
+    @Test func anIdleConnectionIsCheckedWithRSETBeforeContentGoesOnIt() {
+        var h = Harness()
+        h.establish(extensions: ["PIPELINING", "CHUNKING"])
+        h.enqueue(transaction(1, to: ["a@example.com"]))
+        h.server("250 ok\r\n250 ok\r\n250 queued\r\n")
+        _ = h.apply(h.machine.idleConnectionReused())
+        #expect(h.enqueue(transaction(2, to: ["b@example.com"])) == "RSET\r\n", "only the probe goes out")
+        #expect(h.server("250 reset\r\n").hasPrefix("MAIL FROM:<sender@example.com>\r\n"), "then the transaction")
+    }
+
+    @Test func aServerThatLeftAnIdleConnectionCostsTheNextMessageNothing() {
+        for answer in ["421 4.4.2 idle timeout\r\n", nil] {
+            var h = Harness()
+            h.establish(extensions: ["PIPELINING", "CHUNKING"])
+            h.enqueue(transaction(1, to: ["a@example.com"]))
+            h.server("250 ok\r\n250 ok\r\n250 queued\r\n")
+            _ = h.apply(h.machine.idleConnectionReused())
+            h.enqueue(transaction(2, to: ["b@example.com"]))
+            if let answer {
+                h.server(answer)
+            } else {
+                h.apply(h.machine.connectionClosed(error: nil))
+            }
+            #expect(h.notAttempted == [2], "never written, so it moves to another connection")
+            #expect(h.outcomes.map(\.id) == [1])
+            #expect(h.isClosed)
+        }
+    }
 }
