@@ -26,6 +26,11 @@ public final class SMTPClient: Sendable {
     /// The event loops the connections run on.
     public let eventLoopGroup: EventLoopGroup
     private let ownsGroup: Bool
+    /// Copies of the settings the per-message path reads, so it never copies the whole
+    /// configuration (with its logger, closures and TLS settings) to read one field.
+    let retryPolicy: RetryPolicy
+    let poolSettings: Pool
+    let pipeliningSettings: Pipelining
     let tlsContext: TLSContext?
     let tlsServerName: String
     private let machineConfiguration: ClientStateMachine.Configuration
@@ -71,6 +76,9 @@ public final class SMTPClient: Sendable {
     ///   ``SMTPError/Kind/tls`` when the TLS settings cannot be loaded (a missing CA file).
     public init(configuration: Configuration) throws(SMTPError) {
         self.configuration = configuration
+        retryPolicy = configuration.retry
+        poolSettings = configuration.pool
+        pipeliningSettings = configuration.pipelining
         let ehloName: SMTPDomain
         do {
             ehloName = try SMTPDomain(configuration.ehloName)
@@ -320,9 +328,9 @@ public final class SMTPClient: Sendable {
     }
 
     func attemptFinished(_ job: DeliveryJob, outcome: TransactionOutcome, connection: ClientConnection) {
-        let retry = job.record(outcome, policy: configuration.retry)
+        let retry = job.record(outcome, policy: retryPolicy)
         if retry, !job.cancelRequested.load(ordering: .relaxed) {
-            let delay = configuration.retry.backoff.delay(afterAttempt: job.attempts, random: .random(in: 0..<1))
+            let delay = retryPolicy.backoff.delay(afterAttempt: job.attempts, random: .random(in: 0..<1))
             logger.debug("retrying", metadata: ["smtp.message": "\(job.id)", "smtp.delay": "\(delay)"])
             connection.loop.scheduleTimer(after: delay) { [self] in submit(job) }
         } else {

@@ -129,7 +129,7 @@ final class ClientConnection: ConnectionHandler, @unchecked Sendable {
             idleTimer = nil
             if let since = idleSince {
                 idleSince = nil
-                if ContinuousClock.now - since >= client.configuration.pool.checkAfterIdle {
+                if ContinuousClock.now - since >= client.poolSettings.checkAfterIdle {
                     run(machine.idleConnectionReused())
                 }
             }
@@ -197,7 +197,7 @@ final class ClientConnection: ConnectionHandler, @unchecked Sendable {
     }
 
     private func capacity(for capabilities: SMTPCapabilities) -> Int {
-        let configuration = client.configuration.pipelining
+        let configuration = client.pipeliningSettings
         guard configuration.enabled, capabilities.pipelining else { return 1 }
         guard configuration.chunking, capabilities.chunking else { return 2 }
         return max(1, configuration.transactionsPerConnection)
@@ -206,7 +206,7 @@ final class ClientConnection: ConnectionHandler, @unchecked Sendable {
     private func armIdleTimerIfIdle() {
         guard ready, machine.isIdle, !reportedClosed else { return }
         if idleSince == nil { idleSince = .now }
-        let timeout = client.configuration.pool.idleTimeout
+        let timeout = client.poolSettings.idleTimeout
         if idleTimer?.reschedule(after: timeout) == true { return }
         idleTimer = loop.scheduleTimer(after: timeout) { [self] in
             idleTimer = nil

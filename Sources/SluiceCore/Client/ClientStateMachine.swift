@@ -146,7 +146,32 @@ public struct ClientStateMachine: Sendable {
     private let cryptography: any SASLCryptography
     private var state = State.idle
     private var parser: ReplyParser
-    private var capabilities = SMTPCapabilities()
+    private var capabilities = SMTPCapabilities() {
+        didSet { features = Features(capabilities, configuration) }
+    }
+    /// What the transactions use of the capabilities, read once per EHLO (looking a keyword
+    /// up upper-cases and hashes a string; the pump asks several times per message).
+    private var features = Features()
+
+    private struct Features: Sendable {
+        var pipelining = false
+        var chunking = false
+        var smtpUTF8 = false
+        var eightBitMIME = false
+        var binaryMIME = false
+        var maximumMessageSize: Int?
+
+        init() {}
+
+        init(_ capabilities: SMTPCapabilities, _ configuration: Configuration) {
+            pipelining = configuration.usePipelining && capabilities.pipelining
+            chunking = pipelining && configuration.useChunking && capabilities.chunking
+            smtpUTF8 = capabilities.smtpUTF8
+            eightBitMIME = capabilities.eightBitMIME
+            binaryMIME = capabilities.binaryMIME
+            maximumMessageSize = capabilities.maximumMessageSize
+        }
+    }
     private var isSecure = false
     private var authenticated = false
     private var pending: [SMTPTransaction] = []
@@ -479,8 +504,8 @@ public struct ClientStateMachine: Sendable {
 
     // MARK: Transactions
 
-    private var pipelining: Bool { configuration.usePipelining && capabilities.pipelining }
-    private var chunking: Bool { pipelining && configuration.useChunking && capabilities.chunking }
+    private var pipelining: Bool { features.pipelining }
+    private var chunking: Bool { features.chunking }
 
     /// Writes whatever may be written now.
     private mutating func pump() {
@@ -522,20 +547,20 @@ public struct ClientStateMachine: Sendable {
     private mutating func start(_ transaction: SMTPTransaction) {
         var parameters = transaction.parameters
         if transaction.requiresSMTPUTF8 {
-            guard capabilities.smtpUTF8 else {
+            guard features.smtpUTF8 else {
                 finishLocally(transaction, "an address needs SMTPUTF8, which the server does not offer")
                 return
             }
             parameters.smtpUTF8 = true
         }
         if transaction.content.requires8BitMIME {
-            guard capabilities.eightBitMIME || chunking && capabilities.binaryMIME else {
+            guard features.eightBitMIME || chunking && features.binaryMIME else {
                 finishLocally(transaction, "the content is 8-bit and the server does not offer 8BITMIME")
                 return
             }
             if parameters.body == nil { parameters.body = .eightBitMIME }
         }
-        if let limit = capabilities.maximumMessageSize {
+        if let limit = features.maximumMessageSize {
             let size = transaction.content.chunkLength
             if limit > 0, size > limit {
                 finishLocally(transaction, "the message is \(size) octets; the server takes at most \(limit)")
