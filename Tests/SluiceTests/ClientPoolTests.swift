@@ -1,4 +1,5 @@
 import Foundation
+import Logging
 import Sluice
 import SluiceSink
 import SluiceTestSupport
@@ -95,7 +96,10 @@ struct ClientPoolTests {
             $0.pipelining.enabled = false
         }) { sink, client in
             let first = Task { try await client.send(testMessage("first"), envelope: envelope()) }
-            try await Task.sleep(for: .milliseconds(20))
+            // The session is ready about 300 ms after the connect (two delayed replies) and
+            // takes the first message at once; the second then waits in the pool.
+            try await waitUntil { sink.statistics.sessions == 1 }
+            try await Task.sleep(for: .milliseconds(400))
             let second = Task { try await client.send(testMessage("second"), envelope: envelope()) }
             try await Task.sleep(for: .milliseconds(20))
             second.cancel()
@@ -107,17 +111,55 @@ struct ClientPoolTests {
         }
     }
 
+    @Test(arguments: [false, true])
+    func cancellingAStartedSendBeforeItsDataSendsNoContent(pipelining: Bool) async throws {
+        // Every reply comes a second late; the transcript says when MAIL is on the wire, and
+        // the cancellation follows at once, long before the reply that would let content go
+        // (a second is the margin for a machine loaded by the whole suite running at once).
+        let lines = LogLines()
+        try await withSinkAndClient(sink: { $0.replyDelay = .fixed(.seconds(1)) }, client: {
+            $0.pipelining.enabled = pipelining
+            $0.pipelining.chunking = false
+            var logger = Logger(label: "test") { _ in CapturingHandler(lines: lines) }
+            logger.logLevel = .trace
+            $0.logger = logger
+        }) { sink, client in
+            let send = Task { try await client.send(testMessage("cancelled"), envelope: envelope()) }
+            try await waitUntil { lines.all.contains { $0.hasPrefix("C: MAIL FROM:") } }
+            send.cancel()
+            let error = await smtpError { try await send.value }
+            #expect(error?.kind == .cancelled)
+            #expect(error?.report?.outcome == .deferred)
+            let next = try await client.send(testMessage("next"), envelope: envelope())
+            #expect(next.outcome == .accepted)
+            try await Task.sleep(for: .milliseconds(100))
+            #expect(sink.messages.map { String(decoding: $0.content, as: UTF8.self).contains("Subject: test next") } == [true],
+                    "only the next message was stored")
+        }
+    }
+
     @Test func shutdownFinishesWhatItWasGivenThenRefusesNewSends() async throws {
         let sink = try await startSink { $0.replyDelay = .fixed(.milliseconds(20)) }
         let client = try makeClient(for: sink)
         let sends = (0..<20).map { index in Task { try await client.send(testMessage("m\(index)"), envelope: envelope()) } }
-        try await Task.sleep(for: .milliseconds(10))
+        try await waitUntil { sink.statistics.sessions >= 1 }  // work is in flight
         await client.shutdown()
-        for send in sends { #expect(try await send.value.outcome == .accepted) }
+        // Every send that reached the client before shutdown began is delivered; one that
+        // came after (a task scheduled late) is refused, and nothing else happens to any.
+        var accepted = 0
+        for send in sends {
+            do {
+                #expect(try await send.value.outcome == .accepted)
+                accepted += 1
+            } catch let error as SMTPError {
+                #expect(error.kind == .shutdown)
+            }
+        }
+        #expect(accepted >= 1)
         let late = await smtpError { try await client.send(testMessage("late"), envelope: envelope()) }
         #expect(late?.kind == .shutdown)
-        try await waitUntil { sink.statistics.activeSessions == 0 }
-        #expect(sink.statistics.messages == 20)
+        try await waitUntil { sink.statistics.activeSessions == 0 }  // the sink saw QUIT and the close
+        #expect(sink.statistics.messages == accepted)
         await sink.shutdown()
     }
 }

@@ -92,10 +92,16 @@ final class ClientConnection: ConnectionHandler, @unchecked Sendable {
     /// The task that sent `job` was cancelled: drop it if it has not started.
     func cancel(_ job: DeliveryJob) {
         loop.assertInEventLoop()
-        guard jobs[job.id] === job, machine.cancelPending(id: job.id) else { return }
-        jobs[job.id] = nil
-        client.cancelledOnConnection(job, connection: self)
-        armIdleTimerIfIdle()
+        guard jobs[job.id] === job else { return }
+        if machine.cancelPending(id: job.id) {
+            jobs[job.id] = nil
+            client.cancelledOnConnection(job, connection: self)
+            armIdleTimerIfIdle()
+        } else {
+            // Started: stopped before its end of data if it is not too late (the outcome
+            // then says cancelled), else it runs to its real outcome.
+            perform(machine.cancelStarted(id: job.id))
+        }
     }
 
     /// QUIT once the work in flight is done, then close.

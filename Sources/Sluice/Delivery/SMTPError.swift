@@ -119,6 +119,7 @@ public struct SMTPError: Error, Sendable, Hashable, CustomStringConvertible {
             case .timeout: .timeout
             case .protocolViolation: .protocolViolation
             case .refusedLocally: .invalidInput
+            case .cancelled: .cancelled
             default: .connection  // greeting refused, EHLO rejected, 421, connection lost
             }
         self.init(kind, error.description, reply: error.reply, command: error.command,

@@ -138,6 +138,8 @@ public struct ClientStateMachine: Sendable {
         var terminatorWritten = false
         /// The 354 came although no recipient was accepted: only the terminator was sent.
         var emptyTerminator = false
+        /// Cancelled before the end of its data: it will never send content.
+        var cancelled = false
 
         var anyRecipientAccepted: Bool { recipientReplies.contains { $0?.code.isPositiveCompletion == true } }
     }
@@ -308,6 +310,18 @@ public struct ClientStateMachine: Sendable {
             pump()
         }
         return finish()
+    }
+
+    /// Cancels a started transaction whose end of data has not been written. Without
+    /// PIPELINING it stops before `DATA` (an `RSET` precedes the next transaction); with it,
+    /// a 354 that comes for it is answered by closing the connection, since content once
+    /// begun cannot be taken back. Once the end of data is written it is too late: the
+    /// transaction runs to its real outcome and this returns no action.
+    public mutating func cancelStarted(id: Int) -> [Action] {
+        guard var entry = active[id], !entry.terminatorWritten else { return [] }
+        entry.cancelled = true
+        active[id] = entry
+        return []  // acted on when its next command would go out, or when its 354 comes
     }
 
     /// The connection sat idle long enough that the server may have closed it: the next
@@ -589,13 +603,27 @@ public struct ClientStateMachine: Sendable {
             write(command: .reset, expecting: .reset)
         case .mail(let id):
             guard let entry = active[id] else { return }
+            if entry.cancelled {
+                finishCancelled(id)  // nothing of it was sent
+                return
+            }
             write(command: .mail(from: entry.transaction.from, entry.parameters), expecting: .mail(id))
         case .recipient(let id, let index):
             guard let entry = active[id] else { return }
+            if !pipelining, entry.cancelled {
+                needsReset = true
+                finishCancelled(id)
+                return
+            }
             let recipient = entry.transaction.recipients[index]
             write(command: .recipient(recipient.address, recipient.parameters), expecting: .recipient(id, index))
         case .data(let id):
             guard let entry = active[id] else { return }
+            if !pipelining, entry.cancelled {
+                needsReset = true
+                finishCancelled(id)
+                return
+            }
             if !pipelining, !entry.anyRecipientAccepted {
                 needsReset = true
                 finishTransaction(id)  // no recipient: never send DATA
@@ -640,6 +668,13 @@ public struct ClientStateMachine: Sendable {
             active[id]?.recipientReplies[index] = reply
         case .data(let id):
             guard var entry = active[id] else { break }
+            if reply.code == .startMailInput, entry.cancelled {
+                // Content cannot be withheld after 354 (a lone terminator would deliver an
+                // empty message): the only way out is to close.
+                finishCancelled(id)
+                fail(nil)
+                return
+            }
             if reply.code == .startMailInput {
                 if entry.mailReply?.code.isPositiveCompletion == true, entry.anyRecipientAccepted {
                     appendOutput(.data(transactionID: id))
@@ -664,14 +699,7 @@ public struct ClientStateMachine: Sendable {
 
     /// Reports a transaction from its replies and forgets it.
     private mutating func finishTransaction(_ id: Int, dataReply: SMTPReply? = nil) {
-        guard let entry = active.removeValue(forKey: id) else { return }
-        activeOrder.removeAll { $0 == id }
-        unsent.removeAll { step in
-            switch step {
-            case .mail(let other), .recipient(let other, _), .data(let other), .bdat(let other): other == id
-            case .reset: false
-            }
-        }
+        guard let entry = forget(id) else { return }
         actions.append(.transactionFinished(Self.outcome(of: entry, dataReply: dataReply)))
     }
 
@@ -727,6 +755,34 @@ public struct ClientStateMachine: Sendable {
             decidingReply = nil
         }
         return TransactionOutcome(id: transaction.id, status: status, recipients: recipients, reply: decidingReply, error: nil)
+    }
+
+    /// Removes a transaction and its unsent commands; returns what was known of it.
+    private mutating func forget(_ id: Int) -> Active? {
+        guard let entry = active.removeValue(forKey: id) else { return nil }
+        activeOrder.removeAll { $0 == id }
+        unsent.removeAll { step in
+            switch step {
+            case .mail(let other), .recipient(let other, _), .data(let other), .bdat(let other): other == id
+            case .reset: false
+            }
+        }
+        return entry
+    }
+
+    /// Reports a cancelled transaction: nothing was delivered; every recipient refused by
+    /// the server keeps its reply, the rest are deferred.
+    private mutating func finishCancelled(_ id: Int) {
+        guard let entry = forget(id) else { return }
+        let error = SMTPSessionError(.cancelled, "the send was cancelled before the end of its data")
+        let recipients = zip(entry.transaction.recipients, entry.recipientReplies).map { recipient, reply in
+            if let reply, !reply.code.isPositiveCompletion {
+                return RecipientOutcome(address: recipient.address, status: Self.status(of: reply), reply: reply)
+            }
+            return RecipientOutcome(address: recipient.address, status: .deferred, reply: nil)
+        }
+        actions.append(.transactionFinished(TransactionOutcome(
+            id: id, status: .deferred, recipients: recipients, reply: nil, error: error)))
     }
 
     private mutating func finishLocally(_ transaction: SMTPTransaction, _ reason: String) {

@@ -5,7 +5,7 @@ public struct SMTPSessionError: Error, Hashable, Sendable, CustomStringConvertib
         private enum Base: Hashable, Sendable {
             case greetingRefused, ehloRejected, tlsRequired, tlsInjection, tlsFailed
             case authenticationFailed, authenticationNotAllowed, serviceClosing, protocolViolation
-            case timeout, connectionLost, refusedLocally
+            case timeout, connectionLost, refusedLocally, cancelled
         }
         private let base: Base
         private init(_ base: Base) { self.base = base }
@@ -35,6 +35,8 @@ public struct SMTPSessionError: Error, Hashable, Sendable, CustomStringConvertib
         /// Refused here before any byte was sent (e.g. a UTF-8 address without SMTPUTF8, a
         /// message larger than the server's SIZE).
         public static let refusedLocally = Kind(.refusedLocally)
+        /// The transaction was cancelled before the end of its data was sent.
+        public static let cancelled = Kind(.cancelled)
 
         public var description: String {
             switch base {
@@ -50,6 +52,7 @@ public struct SMTPSessionError: Error, Hashable, Sendable, CustomStringConvertib
             case .timeout: "timeout"
             case .connectionLost: "connection lost"
             case .refusedLocally: "refused locally"
+            case .cancelled: "cancelled"
             }
         }
     }

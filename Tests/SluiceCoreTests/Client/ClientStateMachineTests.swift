@@ -480,4 +480,36 @@ struct ClientTransactionTests {
             #expect(h.isClosed)
         }
     }
+
+    @Test func aCancelledTransactionWithoutPipeliningStopsBeforeDATAAndTheNextOneResets() {
+        var h = Harness(Machine.Configuration(ehloName: try! SMTPDomain("client.example"), tls: .none, usePipelining: false))
+        h.establish(extensions: ["8BITMIME"])
+        #expect(h.enqueue(transaction(1, to: ["a@example.com"])) == "MAIL FROM:<sender@example.com>\r\n")
+        _ = h.apply(h.machine.cancelStarted(id: 1))
+        #expect(h.server("250 ok\r\n") == "", "no RCPT, no DATA for a cancelled transaction")
+        #expect(h.outcomes.first?.error?.kind == .cancelled)
+        #expect(h.outcomes.first?.status == .deferred)
+        #expect(h.enqueue(transaction(2, to: ["b@example.com"])) == "RSET\r\n", "the next transaction starts clean")
+    }
+
+    @Test func aCancelledTransactionAwaiting354ClosesInsteadOfSendingContent() {
+        var h = Harness()
+        h.establish()
+        h.enqueue(transaction(1, to: ["a@example.com"]))
+        h.enqueue(transaction(2, to: ["b@example.com"]))
+        _ = h.apply(h.machine.cancelStarted(id: 1))
+        #expect(h.server("250 ok\r\n250 ok\r\n354 go\r\n") == "", "no content is ever sent for it")
+        #expect(h.outcomes.first?.error?.kind == .cancelled)
+        #expect(h.isClosed)
+        #expect(h.notAttempted == [2], "the one behind it moves to another connection")
+    }
+
+    @Test func cancellingAfterTheEndOfDataChangesNothing() {
+        var h = Harness()
+        h.establish(extensions: ["PIPELINING", "CHUNKING"])
+        h.enqueue(transaction(1, to: ["a@example.com"]))  // BDAT with content: the end of data is written
+        #expect(h.apply(h.machine.cancelStarted(id: 1)) == "")
+        h.server("250 ok\r\n250 ok\r\n250 queued\r\n")
+        #expect(h.outcomes.first?.status == .accepted, "its real outcome is reported")
+    }
 }
