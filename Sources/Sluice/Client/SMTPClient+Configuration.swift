@@ -189,13 +189,9 @@ public struct Backoff: Sendable, Hashable {
     /// the jitter.
     public func delay(afterAttempt attempt: Int, random: Double) -> Duration {
         let exponent = Double(max(0, attempt - 1))
-        let base = min(seconds(initial) * pow(multiplier, exponent), seconds(maximum))
+        let base = min(initial.seconds * pow(multiplier, exponent), maximum.seconds)
         let jittered = base * (1 - jitter / 2 + jitter * random)
-        return .nanoseconds(Int64(min(jittered, seconds(maximum)) * 1e9))
-    }
-
-    private func seconds(_ duration: Duration) -> Double {
-        Double(duration.components.seconds) + Double(duration.components.attoseconds) / 1e18
+        return .nanoseconds(Int64(min(jittered, maximum.seconds) * 1e9))
     }
 
     private func pow(_ base: Double, _ exponent: Double) -> Double {
@@ -207,4 +203,9 @@ public struct Backoff: Sendable, Hashable {
         }
         return result
     }
+}
+
+extension Duration {
+    /// The duration in seconds, as a floating-point number.
+    var seconds: Double { Double(components.seconds) + Double(components.attoseconds) / 1e18 }
 }

@@ -148,12 +148,12 @@ public final class SMTPClient: Sendable {
     /// - Returns: The report, when at least one recipient was accepted; check
     ///   ``DeliveryReport/outcome`` for a partial acceptance.
     /// - Throws: ``SMTPError`` when no recipient was accepted; its ``SMTPError/report`` has
-    ///   every recipient's status. Cancelling the task cancels the message if its
-    ///   transaction has not started (kind ``SMTPError/Kind/cancelled``); a transaction
-    ///   already on the wire runs to its end and is reported truthfully.
+    ///   every recipient's status. Cancelling the task cancels the message (kind
+    ///   ``SMTPError/Kind/cancelled``) until the end of its data is written; after that it
+    ///   runs to its end and is reported truthfully.
     public func send(_ message: EncodedMessage, envelope: Envelope) async throws -> DeliveryReport {
         guard !envelope.recipients.isEmpty else {
-            throw SMTPError(.invalidInput, "the envelope has no recipients; nothing was sent")
+            throw SMTPError.noRecipients
         }
         let waiter = ReportWaiter()
         let job = makeJob(message, envelope) { waiter.resume($0) }
@@ -179,7 +179,7 @@ public final class SMTPClient: Sendable {
     func submit(_ mail: OutgoingMail, completion: @escaping @Sendable (DeliveryReport) -> Void) {
         let job = makeJob(mail.message, mail.envelope, completion: completion)
         guard !mail.envelope.recipients.isEmpty else {
-            job.fail(SMTPError(.invalidInput, "the envelope has no recipients; nothing was sent"), now: .now)
+            job.fail(SMTPError.noRecipients, now: .now)
             return
         }
         submit(job)
@@ -206,7 +206,7 @@ public final class SMTPClient: Sendable {
         }
         guard let effects else {
             if job.cancelRequested.load(ordering: .relaxed) {
-                job.fail(SMTPError(.cancelled, "the send was cancelled before its transaction started"), now: .now)
+                job.fail(SMTPError.cancelledBeforeStart, now: .now)
             } else {
                 job.fail(SMTPError(.shutdown, "the client is shutting down; nothing was sent"), now: .now)
             }
@@ -222,7 +222,7 @@ public final class SMTPClient: Sendable {
             return (false, job.connectionID.flatMap { state.connections[$0] })
         }
         if removed {
-            job.fail(SMTPError(.cancelled, "the send was cancelled before its transaction started"), now: .now)
+            job.fail(SMTPError.cancelledBeforeStart, now: .now)
         } else if let connection {
             connection.loop.execute { connection.cancel(job) }
         }
@@ -336,30 +336,29 @@ public final class SMTPClient: Sendable {
         } else {
             job.complete(now: .now)
         }
-        run(state.withLock { state in
-            job.connectionID = nil
-            return resolve(state.pool.transactionFinished(on: connection.id, now: .now), &state)
-        })
+        left(connection, job)
     }
 
     func notAttempted(_ job: DeliveryJob, connection: ClientConnection) {
-        run(state.withLock { state in
-            job.connectionID = nil
-            var actions = state.pool.transactionFinished(on: connection.id, now: .now)
-            if job.cancelRequested.load(ordering: .relaxed) {
-                actions.append(.fail([job], SMTPError(.cancelled, "the send was cancelled before its transaction started")))
-            } else {
-                actions += state.pool.requeued([job], now: .now)
-            }
-            return resolve(actions, &state)
-        })
+        left(connection, job) { state in
+            if job.cancelRequested.load(ordering: .relaxed) { return [.fail([job], SMTPError.cancelledBeforeStart)] }
+            return state.pool.requeued([job], now: .now)
+        }
     }
 
     func cancelledOnConnection(_ job: DeliveryJob, connection: ClientConnection) {
-        job.fail(SMTPError(.cancelled, "the send was cancelled before its transaction started"), now: .now)
+        job.fail(SMTPError.cancelledBeforeStart, now: .now)
+        left(connection, job)
+    }
+
+    /// `job` is no longer on `connection`: the pool gets the slot back, then `then` may
+    /// decide what becomes of the job, under the same lock.
+    private func left(_ connection: ClientConnection, _ job: DeliveryJob,
+                      then: (inout State) -> [PoolStateMachine<DeliveryJob>.Action] = { _ in [] }) {
         run(state.withLock { state in
             job.connectionID = nil
-            return resolve(state.pool.transactionFinished(on: connection.id, now: .now), &state)
+            let actions = state.pool.transactionFinished(on: connection.id, now: .now) + then(&state)
+            return resolve(actions, &state)
         })
     }
 
@@ -406,17 +405,9 @@ public final class SMTPClient: Sendable {
             case .start(let connection):
                 start(connection)
             case .dispatch(let job, let connection):
-                if connection.loop.inEventLoop {
-                    connection.enqueue(job)
-                } else {
-                    connection.loop.execute { connection.enqueue(job) }
-                }
+                connection.onLoop { connection.enqueue(job) }
             case .retire(let connection):
-                if connection.loop.inEventLoop {
-                    connection.retire()
-                } else {
-                    connection.loop.execute { connection.retire() }
-                }
+                connection.onLoop { connection.retire() }
             case .fail(let jobs, let error):
                 for job in jobs { job.fail(error, now: .now) }
             case .drained:

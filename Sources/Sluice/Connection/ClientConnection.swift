@@ -33,9 +33,9 @@ final class ClientConnection: ConnectionHandler, @unchecked Sendable {
     /// and the next envelope share a segment (a server that does not set TCP_NODELAY would
     /// otherwise hold its second reply for our delayed ACK).
     private var outgoing: [SharedBytes] = []
+    private var outgoingCommands: [UInt8] = []
     /// When the connection last became idle (nil while it has work).
     private var idleSince: ContinuousClock.Instant?
-    private var outgoingCommands: [UInt8] = []
 
     /// A connection not yet open; ``attach(_:machine:)`` gives it its session.
     init(id: Int, loop: EventLoop, client: SMTPClient, logger: Logger) {
@@ -81,6 +81,11 @@ final class ClientConnection: ConnectionHandler, @unchecked Sendable {
     }
 
     // MARK: Client requests (on the loop)
+
+    /// Runs `body` on this connection's loop: now if this is its thread, else by a hop.
+    func onLoop(_ body: @escaping @Sendable () -> Void) {
+        if loop.inEventLoop { body() } else { loop.execute(body) }
+    }
 
     /// Sends `job` on this connection.
     func enqueue(_ job: DeliveryJob) {
@@ -180,10 +185,6 @@ final class ClientConnection: ConnectionHandler, @unchecked Sendable {
                 replyTimer?.cancel()
                 replyTimer = nil
             case .close(let error):
-                replyTimer?.cancel()
-                replyTimer = nil
-                idleTimer?.cancel()
-                idleTimer = nil
                 if let error { logger.debug("closing", metadata: ["smtp.error": "\(error)"]) }
                 flush()
                 connection?.close()
@@ -195,10 +196,12 @@ final class ClientConnection: ConnectionHandler, @unchecked Sendable {
 
     /// Tells the client once that this connection is gone.
     private func closed(error: SMTPError) {
+        replyTimer?.cancel()
+        replyTimer = nil
+        idleTimer?.cancel()
+        idleTimer = nil
         guard !reportedClosed else { return }
         reportedClosed = true
-        replyTimer?.cancel()
-        idleTimer?.cancel()
         client.connectionEnded(self, wasReady: ready, error: error)
     }
 
@@ -230,12 +233,9 @@ final class ClientConnection: ConnectionHandler, @unchecked Sendable {
             case .bytes(let bytes):
                 outgoingCommands += bytes
             case .data(let id), .chunk(let id):
-                guard let job = jobs[id] else { continue }
-                if !outgoingCommands.isEmpty {
-                    outgoing.append(outgoingCommands.withUnsafeBytes { SharedBytes(copying: $0) })
-                    outgoingCommands.removeAll(keepingCapacity: true)
-                }
-                outgoing.append(output == .data(transactionID: id) ? job.message.stuffed : job.message.chunk)
+                guard let content = content(of: output, id) else { continue }
+                sealCommands()
+                outgoing.append(content)
             }
         }
     }
@@ -246,14 +246,25 @@ final class ClientConnection: ConnectionHandler, @unchecked Sendable {
         if outgoing.isEmpty {
             guard !outgoingCommands.isEmpty else { return }
             connection.enqueueWrite(outgoingCommands)  // written at once if the socket takes it
+            outgoingCommands.removeAll(keepingCapacity: true)
         } else {
-            if !outgoingCommands.isEmpty {
-                outgoing.append(outgoingCommands.withUnsafeBytes { SharedBytes(copying: $0) })
-            }
+            sealCommands()
             connection.enqueueWrite(outgoing)
             outgoing.removeAll(keepingCapacity: true)
         }
+    }
+
+    /// Moves the command bytes gathered so far into `outgoing`, after what is there.
+    private func sealCommands() {
+        guard !outgoingCommands.isEmpty else { return }
+        outgoing.append(outgoingCommands.withUnsafeBytes { SharedBytes(copying: $0) })
         outgoingCommands.removeAll(keepingCapacity: true)
+    }
+
+    /// The message bytes a `.data` (dot-stuffed) or `.chunk` (normalised) piece stands for.
+    private func content(of output: ClientOutput, _ id: Int) -> SharedBytes? {
+        guard let message = jobs[id]?.message else { return nil }
+        return output == .data(transactionID: id) ? message.stuffed : message.chunk
     }
 
     private func startTLS() {
@@ -288,8 +299,7 @@ final class ClientConnection: ConnectionHandler, @unchecked Sendable {
                     logger.trace("C: \(shown)")
                 }
             case .data(let id), .chunk(let id):
-                let size = jobs[id].map { output == .data(transactionID: id) ? $0.message.stuffed.count : $0.message.chunk.count }
-                logger.trace("C: [message content, \(size ?? 0) octets]")
+                logger.trace("C: [message content, \(content(of: output, id)?.count ?? 0) octets]")
             }
         }
     }

@@ -107,6 +107,12 @@ public struct SMTPError: Error, Sendable, Hashable, CustomStringConvertible {
         box = ReportBox(report)
     }
 
+    /// A send cancelled before its transaction started.
+    static let cancelledBeforeStart = SMTPError(.cancelled, "the send was cancelled before its transaction started")
+
+    /// A send with no recipient in its envelope.
+    static let noRecipients = SMTPError(.invalidInput, "the envelope has no recipients; nothing was sent")
+
     /// This error with the report of the message it ended.
     func with(report: DeliveryReport) -> SMTPError { SMTPError(self, report: report) }
 

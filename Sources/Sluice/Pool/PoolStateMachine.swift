@@ -276,9 +276,7 @@ struct PoolStateMachine<Job: AnyObject> {
     private mutating func takeToken(now: ContinuousClock.Instant, into actions: inout [Action]) -> Bool {
         guard let limit = configuration.rateLimit else { return true }
         if let last = tokensUpdatedAt {
-            let elapsed = now - last
-            let seconds = Double(elapsed.components.seconds) + Double(elapsed.components.attoseconds) / 1e18
-            tokens = min(Double(limit.burst), tokens + seconds * limit.messagesPerSecond)
+            tokens = min(Double(limit.burst), tokens + (now - last).seconds * limit.messagesPerSecond)
         }
         tokensUpdatedAt = now
         if tokens >= 1 {
