@@ -5,7 +5,8 @@
 //
 //   sluice (CLI) ─┬─ Sluice ──────────┬─ SluiceTransport ─┬─ CLibUV
 //                 └─ SluiceSink ──────┘                   └─ COpenSSL
-//                    Sluice ─ SluiceMIME ─ SluiceCore (pure Swift, no I/O)
+//                    Sluice ─ SluiceMIME ─ SluiceCore (pure Swift, no I/O; SluiceMIME
+//                                          links GNU libidn2 for IDNA, through CIDN2)
 //
 // The benchmark suites live in Benchmarks/, a package of their own, so that
 // building and testing Sluice does not build the benchmark harness.
@@ -47,10 +48,15 @@ let package = Package(
             pkgConfig: "openssl",
             providers: [.apt(["libssl-dev"]), .brew(["openssl@3"])]
         ),
+        .systemLibrary(
+            name: "CIDN2",
+            pkgConfig: "libidn2",
+            providers: [.apt(["libidn2-dev"]), .brew(["libidn2"])]
+        ),
 
         // MARK: Layers
         .target(name: "SluiceCore", swiftSettings: strict),
-        .target(name: "SluiceMIME", dependencies: ["SluiceCore"], swiftSettings: strict),
+        .target(name: "SluiceMIME", dependencies: ["SluiceCore", "CIDN2"], swiftSettings: strict),
         .target(
             name: "SluiceTransport",
             dependencies: [
@@ -112,7 +118,12 @@ let package = Package(
         ),
         .testTarget(
             name: "SluiceMIMETests",
-            dependencies: ["SluiceMIME"],
+            dependencies: [
+                "SluiceMIME",
+                "SluiceTestSupport",
+                .product(name: "PropertyBased", package: "swift-property-based"),
+            ],
+            exclude: ["Support/read_messages.py", "Golden"],
             swiftSettings: strict
         ),
         .testTarget(

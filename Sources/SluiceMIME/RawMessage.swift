@@ -52,6 +52,14 @@ public struct RawMessage: Sendable, Hashable {
         has8BitBytes = eightBit
     }
 
+    /// A message this module encoded, which keeps every rule the checking initialiser
+    /// enforces (the tests hold the encoder to them).
+    init(encoded bytes: [UInt8], headerLength: Int) {
+        self.bytes = bytes
+        self.headerLength = headerLength
+        has8BitBytes = bytes.contains { $0 >= 0x80 }
+    }
+
     /// Reads and checks the message in the file at `path`.
     public init(contentsOfFile path: String) throws(MessageError) {
         try self.init(try readFile(path))
@@ -141,6 +149,7 @@ public struct MessageError: Error, Hashable, Sendable, CustomStringConvertible {
     public struct Kind: Hashable, Sendable, CustomStringConvertible {
         private enum Base: Hashable, Sendable {
             case nulByte, lineTooLong, noHeaders, malformedHeader, missingFrom, unreadable
+            case invalidHeader, reservedHeader, invalidMessageID, invalidContentType, needsSMTPUTF8
         }
         private let base: Base
         private init(_ base: Base) { self.base = base }
@@ -157,6 +166,17 @@ public struct MessageError: Error, Hashable, Sendable, CustomStringConvertible {
         public static let missingFrom = Kind(.missingFrom)
         /// The file could not be read.
         public static let unreadable = Kind(.unreadable)
+        /// A header name that is not printable ASCII without `:`, or a value (or file name)
+        /// with CR, LF or NUL, which could inject a header.
+        public static let invalidHeader = Kind(.invalidHeader)
+        /// A custom header that ``Message`` writes from its own properties (From, Bcc, …).
+        public static let reservedHeader = Kind(.reservedHeader)
+        /// A Message-ID, In-Reply-To, References or Content-ID that is not `id@domain`.
+        public static let invalidMessageID = Kind(.invalidMessageID)
+        /// A content type that is not `type/subtype`.
+        public static let invalidContentType = Kind(.invalidContentType)
+        /// A mailbox with a UTF-8 local part, in a message not encoded for SMTPUTF8.
+        public static let needsSMTPUTF8 = Kind(.needsSMTPUTF8)
 
         public var description: String {
             switch base {
@@ -166,6 +186,11 @@ public struct MessageError: Error, Hashable, Sendable, CustomStringConvertible {
             case .malformedHeader: "malformed header"
             case .missingFrom: "missing From header"
             case .unreadable: "unreadable file"
+            case .invalidHeader: "invalid header"
+            case .reservedHeader: "reserved header"
+            case .invalidMessageID: "invalid message ID"
+            case .invalidContentType: "invalid content type"
+            case .needsSMTPUTF8: "needs SMTPUTF8"
             }
         }
     }

@@ -1,5 +1,6 @@
 // SluiceMIME: RFC 5322 / MIME messages, encoded once into bytes ready to send many times.
-// So far: RawMessage (an existing message, checked). Message building is the messages issue.
+// Message builds one (Mailbox, Attachment, RFC 2047/2231 headers, QP/base64 bodies);
+// RawMessage takes an existing one, checked.
 import Foundation
 
 /// The bytes of the file at `path`, or a ``MessageError`` that says why not.

@@ -94,9 +94,10 @@ public struct EnvelopeAddress: Hashable, Sendable, CustomStringConvertible {
         guard atomLength > 0 else { throw AddressError(.invalidLocalPart, address, "it ends with a dot") }
     }
 
-    /// The index of the closing quote of the quoted string starting at index 0.
-    private static func endOfQuotedString(_ bytes: [UInt8]) -> Int? {
-        var index = 1
+    /// The index of the quote that closes the quoted string opening at `start` (quoted pairs
+    /// skipped); shared with the message parser.
+    package static func endOfQuotedString(_ bytes: [UInt8], from start: Int = 0) -> Int? {
+        var index = start + 1
         while index < bytes.count {
             switch bytes[index] {
             case UInt8(ascii: "\\"): index += 2
@@ -223,6 +224,7 @@ public struct AddressError: Error, Hashable, Sendable, CustomStringConvertible {
     public struct Kind: Hashable, Sendable, CustomStringConvertible {
         private enum Base: Hashable, Sendable {
             case empty, missingAt, invalidLocalPart, invalidDomain, tooLong, controlCharacter, needsSMTPUTF8
+            case invalidDisplayName
         }
         private let base: Base
         private init(_ base: Base) { self.base = base }
@@ -241,6 +243,8 @@ public struct AddressError: Error, Hashable, Sendable, CustomStringConvertible {
         public static let controlCharacter = Kind(.controlCharacter)
         /// A UTF-8 address, but the server did not offer SMTPUTF8 or it was not requested.
         public static let needsSMTPUTF8 = Kind(.needsSMTPUTF8)
+        /// A display name (or the text around an address) that is not words and quoted strings.
+        public static let invalidDisplayName = Kind(.invalidDisplayName)
 
         public var description: String {
             switch base {
@@ -251,6 +255,7 @@ public struct AddressError: Error, Hashable, Sendable, CustomStringConvertible {
             case .tooLong: "too long"
             case .controlCharacter: "control character"
             case .needsSMTPUTF8: "needs SMTPUTF8"
+            case .invalidDisplayName: "invalid display name"
             }
         }
     }
