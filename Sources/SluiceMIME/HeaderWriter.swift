@@ -15,6 +15,9 @@ struct HeaderWriter {
 
     private(set) var bytes: [UInt8] = []
     private var lineLength = 0
+    /// No token written yet in this field: the first stays on the name's line, because some
+    /// readers (Python's email package among them) keep a fold's space after an empty first line.
+    private var atFieldStart = false
 
     init(capacity: Int = 1_024) {
         bytes.reserveCapacity(capacity)
@@ -25,6 +28,7 @@ struct HeaderWriter {
         bytes.append(contentsOf: name.utf8)
         bytes.append(UInt8(ascii: ":"))
         lineLength = name.utf8.count + 1
+        atFieldStart = true
         body(&self)
         bytes.append(13)
         bytes.append(10)
@@ -43,7 +47,7 @@ struct HeaderWriter {
     /// unfolding restores the separator exactly.
     mutating func token(_ token: some Collection<UInt8>, separator: some Collection<UInt8> = CollectionOfOne(32)) {
         let width = separator.count + token.count
-        if lineLength + width > Self.preferredLineLength, lineLength > 1, !separator.isEmpty {
+        if lineLength + width > Self.preferredLineLength, lineLength > 1, !separator.isEmpty, !atFieldStart {
             bytes.append(contentsOf: separator.dropLast())
             bytes.append(13)
             bytes.append(10)
@@ -55,12 +59,13 @@ struct HeaderWriter {
         }
         bytes.append(contentsOf: token)
         lineLength += token.count
+        atFieldStart = false
     }
 
     /// Folds now unless `width` more characters fit on the line (so that a list folds between
     /// its items rather than inside one).
     mutating func foldUnlessFits(_ width: Int) {
-        guard lineLength + width > Self.preferredLineLength, lineLength > 1 else { return }
+        guard lineLength + width > Self.preferredLineLength, lineLength > 1, !atFieldStart else { return }
         bytes.append(13)
         bytes.append(10)
         lineLength = 0
@@ -118,7 +123,7 @@ struct HeaderWriter {
             var end = position + 1
             while end < pieces.count, Self.needsEncoding(pieces[end].word) { end += 1 }
             let run = utf8[pieces[position].word.startIndex..<pieces[end - 1].word.endIndex]
-            encodedWords(run, separator: separator, phrase: false)
+            encodedWords(run, separator: separator)
             position = end
         }
     }
@@ -143,7 +148,7 @@ struct HeaderWriter {
         let printable = utf8.allSatisfy { $0 >= 0x20 && $0 < 0x7F }
         let looksEncoded = zip(utf8, utf8.dropFirst()).contains { $0 == UInt8(ascii: "=") && $1 == UInt8(ascii: "?") }
         guard printable, !looksEncoded, utf8.count <= Self.longestPlainWord else {
-            encodedWords(utf8[...], separator: [32], phrase: true)
+            encodedWords(utf8[...], separator: [32])
             return
         }
         let words = utf8.split(separator: 32, omittingEmptySubsequences: false)
@@ -173,30 +178,42 @@ struct HeaderWriter {
     // MARK: Encoded-words (RFC 2047)
 
     /// Writes `text` as UTF-8 encoded-words of at most 75 characters, each sized to the room
-    /// left on the line, split only between Unicode scalars; B or Q, whichever is shorter
-    /// for the whole run. Q uses only the characters RFC 2047 §5 (3) allows in a phrase, so
-    /// the same words are valid in any header.
-    private mutating func encodedWords(_ text: ArraySlice<UInt8>, separator: ArraySlice<UInt8>, phrase: Bool) {
+    /// left on the line; B or Q, whichever is shorter for the whole run. Words are split
+    /// between grapheme clusters where one fits (so a reader that shows each word on its own
+    /// still sees whole characters), otherwise between Unicode scalars. Q uses only the
+    /// characters RFC 2047 §5 (3) allows in a phrase, so the same words are valid in any header.
+    private mutating func encodedWords(_ text: ArraySlice<UInt8>, separator: ArraySlice<UInt8>) {
         let useB = EncodedWords.bLength(text.count) < EncodedWords.qLength(text)
         let overhead = 12  // "=?utf-8?B?" and "?="
+        // The UTF-8 lengths of the pieces a word may not split: graphemes of up to 15 bytes,
+        // the scalars of longer ones.
+        var units: [Int] = []
+        for character in String(decoding: text, as: UTF8.self) {
+            let length = character.utf8.count
+            if length < 16 { units.append(length) } else { units += character.unicodeScalars.map { $0.utf8.count } }
+        }
         var index = text.startIndex
+        var unit = 0
         var nextSeparator = separator
-        while index < text.endIndex {
+        while unit < units.count {
             var room = Self.preferredLineLength - lineLength - nextSeparator.count
-            if room < overhead + 12 { room = Self.preferredLineLength - 1 }
-            let limit = min(75, room) - overhead
-            // Take whole scalars while the encoded payload fits.
+            if room < overhead + 12 { room = atFieldStart ? overhead + 12 : Self.preferredLineLength - 1 }
+            var limit = min(75, room) - overhead
+            // Take whole units while the encoded payload fits.
             var end = index
             var payload = 0
-            while end < text.endIndex {
-                let scalarLength = EncodedWords.scalarLength(text[end])
-                let next = min(text.endIndex, end + scalarLength)
-                let added = useB
-                    ? EncodedWords.bLength(next - index) - payload
-                    : text[end..<next].reduce(0) { $0 + EncodedWords.qWidth($1) }
-                if payload + added > limit, end > index { break }
-                payload += added
+            while unit < units.count {
+                let next = end + units[unit]
+                let width = useB
+                    ? EncodedWords.bLength(next - index)
+                    : payload + text[end..<next].reduce(0) { $0 + EncodedWords.qWidth($1) }
+                if width > limit {
+                    if end > index { break }
+                    limit = 75 - overhead  // not even one unit fits here: the word goes on a new line
+                }
+                payload = width
                 end = next
+                unit += 1
             }
             var word: [UInt8] = Array("=?utf-8?".utf8)
             word.append(useB ? UInt8(ascii: "B") : UInt8(ascii: "Q"))
@@ -253,7 +270,10 @@ struct HeaderWriter {
         var start = 0
         var section = 0
         while start < encoded.count {
-            var end = min(encoded.count, start + 60)
+            // Each section on a line of its own: " name*N*=" (plus the charset on the first)
+            // and the ";" that follows stay within 78 characters.
+            let budget = Self.preferredLineLength - "\(name)*\(section)*=".utf8.count - (section == 0 ? prefix.count : 0) - 2
+            var end = min(encoded.count, start + max(budget, 12))
             if end < encoded.count {
                 // Back off so that a %XX is not cut.
                 if encoded[end - 1] == UInt8(ascii: "%") { end -= 1 } else if end >= 2, encoded[end - 2] == UInt8(ascii: "%") { end -= 2 }
@@ -314,16 +334,6 @@ enum EncodedWords {
                 output.append(hexDigits[Int(byte >> 4)])
                 output.append(hexDigits[Int(byte & 0x0F)])
             }
-        }
-    }
-
-    /// The length of the UTF-8 sequence that `lead` starts (1 for a stray continuation byte).
-    static func scalarLength(_ lead: UInt8) -> Int {
-        switch lead {
-        case 0xF0...: 4
-        case 0xE0...: 3
-        case 0xC0...: 2
-        default: 1
         }
     }
 

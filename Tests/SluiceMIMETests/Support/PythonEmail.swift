@@ -27,6 +27,8 @@ struct PythonView: Decodable {
     let to: [Mailbox]?
     let cc: [Mailbox]?
     let replyTo: [Mailbox]?
+    /// Display names by header, read through the legacy API (RFC 2047 §6.2 whitespace rules).
+    let legacyNames: [String: [String]?]?
     let contentType: String?
     let text: String?
     let html: String?
@@ -42,8 +44,12 @@ enum PythonEmail {
     static func read(_ messages: [RawMessage]) throws -> [PythonView]? {
         guard let python = peerPython(importing: ["email"]) else { return nil }
         let script = packageRoot() + "/Tests/SluiceMIMETests/Support/read_messages.py"
+        // Through a file: a pipe both ways would deadlock once both pipe buffers are full.
         let input = messages.map { Data($0.bytes).base64EncodedString() }.joined(separator: "\n") + "\n"
-        let result = try run(python, [script], input: input)
+        let path = FileManager.default.temporaryDirectory.appendingPathComponent("sluice-mime-\(UUID().uuidString).txt")
+        try Data(input.utf8).write(to: path)
+        defer { try? FileManager.default.removeItem(at: path) }
+        let result = try run(python, [script, path.path])
         guard result.status == 0 else {
             Issue.record("read_messages.py failed: \(result.error)")
             return nil

@@ -1,13 +1,17 @@
 """Reads messages with Python's standard email package (policy.default) and describes what
 it sees, so the tests can compare it with what Sluice built.
 
-Input: one base64-encoded message per line on stdin. Output: one JSON object per line.
+Input: one base64-encoded message per line, in the file named by the first argument (or on
+stdin). Output: one JSON object per line.
 """
 import base64
 import json
 import sys
+import email
 from email import policy
+from email.header import decode_header, make_header
 from email.parser import BytesParser
+from email.utils import getaddresses
 
 
 def mailboxes(message, name):
@@ -15,6 +19,16 @@ def mailboxes(message, name):
     if header is None:
         return None
     return [{"name": a.display_name, "address": a.addr_spec} for a in header.addresses]
+
+
+def legacy_names(raw, name):
+    """Display names through the legacy API (compat32, getaddresses, decode_header), which
+    drops the whitespace between adjacent encoded-words as RFC 2047 section 6.2 says; the
+    policy.default phrase parser of Python 3.11 keeps it and collapses runs of whitespace."""
+    values = email.message_from_bytes(raw, policy=policy.compat32).get_all(name)
+    if values is None:
+        return None
+    return [str(make_header(decode_header(display))) for display, _ in getaddresses(values)]
 
 
 def text(part):
@@ -51,6 +65,7 @@ def describe(raw):
         "to": mailboxes(message, "To"),
         "cc": mailboxes(message, "Cc"),
         "replyTo": mailboxes(message, "Reply-To"),
+        "legacyNames": {name: legacy_names(raw, name) for name in ("From", "Sender", "To", "Cc", "Reply-To")},
         "contentType": message.get_content_type(),
         "text": text(body_parts[0]),
         "html": text(body_parts[1]),
@@ -58,7 +73,8 @@ def describe(raw):
     }
 
 
-for line in sys.stdin:
+source = open(sys.argv[1], encoding="ascii") if len(sys.argv) > 1 else sys.stdin
+for line in source:
     line = line.strip()
     if not line:
         continue
