@@ -18,6 +18,7 @@ let package = Package(
         suite("TransportBenchmarks", ["SluiceTransport"]),
         suite("CoreBenchmarks", ["SluiceCore", "SluiceTransport"]),
         suite("ClientBenchmarks", ["Sluice", "SluiceSink"]),
+        suite("MIMEBenchmarks", ["SluiceMIME"]),
     ]
 )
 

@@ -7,6 +7,8 @@ internal import SluiceCore
 struct MessageEncoder {
     let options: EncodingOptions
     private var output: [UInt8] = []
+    /// Where the message's header section ends (after its empty line).
+    private var headerLength: Int?
 
     init(options: EncodingOptions) {
         self.options = options
@@ -68,8 +70,7 @@ struct MessageEncoder {
 
         output.reserveCapacity(headers.bytes.count + Self.estimatedSize(body))
         try write(body, headers: headers)
-        let headerLength = output.firstRange(of: [13, 10, 13, 10]).map { $0.upperBound } ?? output.count
-        return RawMessage(encoded: output, headerLength: headerLength)
+        return RawMessage(encoded: output, headerLength: headerLength ?? output.count)
     }
 
     // MARK: Checks made before anything is written
@@ -252,12 +253,27 @@ struct MessageEncoder {
     private static func contains(_ part: Part, _ needle: [UInt8]) -> Bool {
         switch part {
         case .text(_, let content, let encoding):
-            return (encoding == .sevenBit || encoding == .eightBit) && content.firstRange(of: needle) != nil
+            return (encoding == .sevenBit || encoding == .eightBit) && containsDelimiter(content, needle)
         case .attachment:
             return false
         case .multipart(_, _, let parts, _):
             return parts.contains { contains($0, needle) }
         }
+    }
+
+    /// Whether a line of `content` starts with `--` and `boundary` (only such a line would be
+    /// read as a delimiter).
+    private static func containsDelimiter(_ content: [UInt8], _ boundary: [UInt8]) -> Bool {
+        var lineStart = 0
+        while lineStart + boundary.count + 2 <= content.count {
+            if content[lineStart] == UInt8(ascii: "-"), content[lineStart + 1] == UInt8(ascii: "-"),
+               content[(lineStart + 2)..<(lineStart + 2 + boundary.count)].elementsEqual(boundary) {
+                return true
+            }
+            guard let newline = content[lineStart...].firstIndex(of: 10) else { return false }
+            lineStart = newline + 1
+        }
+        return false
     }
 
     private static func estimatedSize(_ part: Part) -> Int {
@@ -281,8 +297,7 @@ struct MessageEncoder {
                 writer.parameter("charset", "utf-8")
             }
             headers.field("Content-Transfer-Encoding", tokens: [encoding.rawValue])
-            output.append(contentsOf: headers.bytes)
-            output.append(contentsOf: [13, 10])
+            endHeaders(headers)
             switch encoding {
             case .sevenBit, .eightBit: output.append(contentsOf: content)
             case .quotedPrintable: BodyEncoder.quotedPrintable(content, into: &output)
@@ -302,8 +317,7 @@ struct MessageEncoder {
                 headers.field("Content-ID", tokens: ["<\(try Self.messageID(contentID, "Content-ID"))>"])
             }
             headers.field("Content-Transfer-Encoding", tokens: ["base64"])
-            output.append(contentsOf: headers.bytes)
-            output.append(contentsOf: [13, 10])
+            endHeaders(headers)
             switch attachment.source {
             case .bytes(let bytes): BodyEncoder.base64Lines(bytes[...], into: &output)
             case .file(let path): try appendFile(path)
@@ -315,8 +329,7 @@ struct MessageEncoder {
                 writer.parameter("boundary", boundary)
                 if let type { writer.parameter("type", type) }
             }
-            output.append(contentsOf: headers.bytes)
-            output.append(contentsOf: [13, 10])
+            endHeaders(headers)
             // Each delimiter is CRLF "--" boundary; the CRLF belongs to the delimiter, so a
             // part's own last line break is kept by writing one more.
             for child in parts {
@@ -326,6 +339,15 @@ struct MessageEncoder {
             }
             output.append(contentsOf: "--\(boundary)--\r\n".utf8)
         }
+    }
+
+    /// Appends a part's header fields and the empty line that ends them; the first are the
+    /// message's own.
+    private mutating func endHeaders(_ headers: HeaderWriter) {
+        output.append(contentsOf: headers.bytes)
+        output.append(13)
+        output.append(10)
+        if headerLength == nil { headerLength = output.count }
     }
 
     /// Appends a file's content as base64, reading it in pieces of 57 KiB (a whole number of
