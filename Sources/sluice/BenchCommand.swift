@@ -77,12 +77,7 @@ struct BenchCommand: AsyncParsableCommand {
         let clientGroup = EventLoopGroup(
             numberOfLoops: loops ?? (sink == nil ? EventLoopGroup.coreCount : max(1, EventLoopGroup.coreCount / 2)))
         configuration.eventLoopGroup = clientGroup
-        let smtp: SMTPClient
-        do {
-            smtp = try SMTPClient(configuration: configuration)
-        } catch {
-            throw ValidationError("\(error)")
-        }
+        let smtp = try configuration.makeClient()
 
         let message = Self.message(size: size)
         let envelope = try Envelope(from: "bench@sluice.test", to: (1...recipients).map { "rcpt\($0)@sink.test" })

@@ -100,3 +100,14 @@ struct ClientOptions: ParsableArguments {
         return configuration
     }
 }
+
+extension SMTPClient.Configuration {
+    /// The client, or a usage error that says which setting is wrong.
+    func makeClient() throws -> SMTPClient {
+        do {
+            return try SMTPClient(configuration: self)
+        } catch {
+            throw ValidationError("\(error)")
+        }
+    }
+}

@@ -252,11 +252,3 @@ func residentMemory(of pid: Int32) -> Int {
           let kilobytes = Int(line.split(separator: " ").dropFirst().first ?? "") else { return 0 }
     return kilobytes * 1024
 }
-
-/// The built sluice command, or a recorded issue if it is not built.
-func sluiceCommand() -> String? {
-    let path = packageRoot() + "/.build/debug/sluice"
-    if FileManager.default.isExecutableFile(atPath: path) { return path }
-    Issue.record("build the sluice command first (swift build); scripts/test.sh does")
-    return nil
-}

@@ -187,3 +187,11 @@ public func packageRoot(file: String = #filePath) -> String {
     }
     return FileManager.default.currentDirectoryPath
 }
+
+/// The built sluice command, or a recorded issue if it is not built.
+public func sluiceCommand() -> String? {
+    let path = packageRoot() + "/.build/debug/sluice"
+    if FileManager.default.isExecutableFile(atPath: path) { return path }
+    Issue.record("build the sluice command first (swift build); scripts/test.sh does")
+    return nil
+}

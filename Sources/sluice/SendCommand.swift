@@ -1,0 +1,263 @@
+import ArgumentParser
+import Foundation
+import Logging
+import Sluice
+
+/// `sluice send`: one message, the way `swaks` sends one, with a truthful report and an exit
+/// status a script can act on.
+struct SendCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "send",
+        abstract: "Send one message and report every recipient's outcome.",
+        discussion: """
+            Everything is checked before a connection is made: a bad address, a header with CR or \
+            LF, a missing file or an empty recipient list is refused with exit status 64.
+
+            Exit status: 0 accepted for every recipient, 2 partially accepted, 3 rejected, \
+            4 deferred (transient), 5 outcome unknown, 64 invalid input (nothing was sent), \
+            69 not delivered for a connection, TLS, AUTH or protocol reason.
+            """
+    )
+
+    @Option(help: "The server, HOST[:PORT]; the port defaults to 587 (starttls), 465 (tls) or 25 (none).")
+    var server: String
+    @OptionGroup var client: ClientOptions
+
+    @Option(help: "The sender: an address or 'Name <address>'. The envelope sender too.")
+    var from: String
+    @Option(help: "A recipient (To); repeatable, or comma-separated.")
+    var to: [String] = []
+    @Option(help: "A copied recipient (Cc); repeatable.")
+    var cc: [String] = []
+    @Option(help: "A blind-copied recipient (envelope only, never a header); repeatable.")
+    var bcc: [String] = []
+    @Option(help: "The subject (any Unicode).")
+    var subject: String?
+    @Option(help: "The plain-text body.")
+    var text: String?
+    @Option(name: .customLong("text-file"), help: "Read the plain-text body from this UTF-8 file.")
+    var textFile: String?
+    @Option(name: .customLong("html-file"), help: "Read the HTML body from this UTF-8 file.")
+    var htmlFile: String?
+    @Option(help: "Attach this file; repeatable.")
+    var attach: [String] = []
+    @Option(help: "Add a header, 'Name: value'; repeatable.")
+    var header: [String] = []
+    @Option(help: "Send this existing RFC 5322 message as it is; the envelope comes from --from, --to, --cc and --bcc.")
+    var eml: String?
+    @Option(help: "The most any step (connect, each command, the data) may take, in seconds.")
+    var timeout: Double = 60
+    @Flag(help: "Print the SMTP conversation on stderr (AUTH redacted).")
+    var transcript = false
+    @Flag(help: "Print the delivery report as one JSON object on stdout.")
+    var json = false
+
+    func validate() throws {
+        _ = try ClientOptions.parseServer(server)
+        guard timeout > 0, timeout <= 86_400 else { throw ValidationError("--timeout must be between 0 and 86400 seconds") }
+        guard text == nil || textFile == nil else { throw ValidationError("give --text or --text-file, not both") }
+        if eml != nil, subject != nil || text != nil || textFile != nil || htmlFile != nil || !attach.isEmpty || !header.isEmpty {
+            throw ValidationError("--eml sends a message as it is; it cannot be combined with --subject, --text, "
+                                  + "--text-file, --html-file, --attach or --header")
+        }
+    }
+
+    func run() async throws {
+        // Everything the message needs is read and checked before any connection is made.
+        let mail: OutgoingMail
+        do {
+            mail = try prepare()
+        } catch {
+            // Not a usage mistake but bad content: say what is wrong, without the usage text.
+            let text = (error as? ValidationError)?.message ?? "\(error)"
+            FileHandle.standardError.write(Data("sluice send: \(text); nothing was sent\n".utf8))
+            throw ExitCode(64)
+        }
+        let (host, port) = try ClientOptions.parseServer(server)
+        var configuration = try client.configuration(host: host, port: port)
+        let limit = Duration.milliseconds(Int64(timeout * 1_000))
+        configuration.pool.maximumConnections = 1
+        configuration.pool.connectAttempts = 1
+        configuration.pool.connectTimeout = limit
+        configuration.retry = .none
+        configuration.timeouts.capped(at: limit)
+        var logger = Logger(label: "sluice.send") { _ in TranscriptHandler() }
+        logger.logLevel = transcript ? .trace : .warning
+        configuration.logger = logger
+
+        let smtpClient = try configuration.makeClient()
+        var report: DeliveryReport?
+        var failure: SMTPError?
+        do {
+            report = try await smtpClient.send(mail.message, envelope: mail.envelope)
+        } catch let error as SMTPError {
+            failure = error
+            report = error.report
+        }
+        await smtpClient.shutdown()
+        print(json ? SendResult(report: report, error: failure).json : SendResult.text(report: report, error: failure))
+        let status = Self.exitStatus(report: report, error: failure)
+        if status != 0 { throw ExitCode(status) }
+    }
+
+    /// The message and its envelope, from the flags.
+    private func prepare() throws -> OutgoingMail {
+        let sender = try Mailbox(from)
+        let to = try to.flatMap { try Mailbox.list($0) }
+        let cc = try cc.flatMap { try Mailbox.list($0) }
+        let bcc = try bcc.flatMap { try Mailbox.list($0) }
+        guard !(to + cc + bcc).isEmpty else { throw ValidationError("no recipient: give --to, --cc or --bcc") }
+
+        if let eml {
+            let raw = try RawMessage(contentsOfFile: eml)
+            let message = Message(from: sender, to: to, cc: cc, bcc: bcc)
+            let smtpUTF8 = message.requiresSMTPUTF8 || raw.has8BitBytes && !raw.headerIsASCII
+            return OutgoingMail(envelope: try Envelope(message, smtpUTF8: smtpUTF8), message: EncodedMessage(raw))
+        }
+        var message = Message(from: sender, to: to, cc: cc, bcc: bcc, subject: subject)
+        message.textBody = try text ?? textFile.map { try Self.readText($0, flag: "--text-file") }
+        message.htmlBody = try htmlFile.map { try Self.readText($0, flag: "--html-file") }
+        if message.textBody == nil, message.htmlBody == nil, attach.isEmpty { message.textBody = "" }
+        for path in attach {
+            guard FileManager.default.isReadableFile(atPath: path) else {
+                throw ValidationError("--attach: cannot read \(path)")
+            }
+            message.attachments.append(Attachment(contentsOfFile: path))
+        }
+        for line in header {
+            guard let colon = line.firstIndex(of: ":") else { throw ValidationError("--header '\(line)' is not 'Name: value'") }
+            let name = String(line[..<colon])
+            let value = String(line[line.index(after: colon)...]).trimmingCharacters(in: .whitespaces)
+            message.headers.append(Header(name, value))
+        }
+        return try OutgoingMail(message)
+    }
+
+    private static func readText(_ path: String, flag: String) throws -> String {
+        guard let data = FileManager.default.contents(atPath: path) else { throw ValidationError("\(flag): cannot read \(path)") }
+        guard let text = String(data: data, encoding: .utf8) else { throw ValidationError("\(flag): \(path) is not UTF-8") }
+        return text
+    }
+
+    /// 0 accepted, 2 partial, 3 rejected, 4 deferred, 5 unknown, 64 invalid input, 69 other failures.
+    static func exitStatus(report: DeliveryReport?, error: SMTPError?) -> Int32 {
+        if let error, error.kind == .invalidInput { return 64 }
+        switch report?.outcome {
+        case .accepted?: return 0
+        case .partiallyAccepted?: return 2
+        case .rejected? where error == nil || error?.kind == .rejected: return 3
+        case .deferred? where error == nil || error?.kind == .deferred: return 4
+        case .unknown?: return 5
+        default: break
+        }
+        switch error?.kind {
+        case .rejected?: return 3
+        case .deferred?: return 4
+        case .unknownOutcome?: return 5
+        default: return 69
+        }
+    }
+}
+
+extension SMTPTimeouts {
+    /// Every phase at most `limit`.
+    mutating func capped(at limit: Duration) {
+        greeting = min(greeting, limit)
+        command = min(command, limit)
+        tlsHandshake = min(tlsHandshake, limit)
+        mail = min(mail, limit)
+        recipient = min(recipient, limit)
+        data = min(data, limit)
+        dataBlock = min(dataBlock, limit)
+        dataTermination = min(dataTermination, limit)
+    }
+}
+
+extension RawMessage {
+    /// Whether the header section is ASCII (8-bit bytes only in the body need 8BITMIME, not
+    /// SMTPUTF8).
+    var headerIsASCII: Bool { bytes[0..<headerLength].allSatisfy { $0 < 0x80 } }
+}
+
+/// The report `send` prints: the contract of `--json`.
+struct SendResult: Encodable {
+    struct Recipient: Encodable {
+        let address: String
+        let status: String
+        let code: Int?
+        let enhancedCode: String?
+        let text: String?
+    }
+    struct Failure: Encodable {
+        let kind: String
+        let message: String
+    }
+    let outcome: String
+    let messageId: String?
+    let recipients: [Recipient]
+    let error: Failure?
+
+    init(report: DeliveryReport?, error: SMTPError?) {
+        outcome = report?.outcome.rawValue ?? "failed"
+        messageId = report?.messageID
+        recipients = (report?.recipients ?? []).map {
+            Recipient(address: $0.address.address, status: "\($0.status)", code: $0.code,
+                      enhancedCode: $0.enhancedCode.map { "\($0)" }, text: $0.text)
+        }
+        self.error = error.map { Failure(kind: Self.kindName($0.kind), message: $0.description) }
+    }
+
+    static func kindName(_ kind: SMTPError.Kind) -> String {
+        switch kind {
+        case .rejected: "rejected"
+        case .deferred: "deferred"
+        case .unknownOutcome: "unknownOutcome"
+        case .connection: "connection"
+        case .tls: "tls"
+        case .authentication: "authentication"
+        case .timeout: "timeout"
+        case .protocolViolation: "protocolViolation"
+        case .invalidInput: "invalidInput"
+        case .cancelled: "cancelled"
+        default: "shutdown"
+        }
+    }
+
+    var json: String {
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = [.sortedKeys, .withoutEscapingSlashes]
+        return String(decoding: (try? encoder.encode(self)) ?? Data("{}".utf8), as: UTF8.self)
+    }
+
+    /// One line per recipient and a summary, for people.
+    static func text(report: DeliveryReport?, error: SMTPError?) -> String {
+        var lines: [String] = []
+        for recipient in report?.recipients ?? [] {
+            let reply = [recipient.code.map(String.init), recipient.enhancedCode.map { "\($0)" }, recipient.text]
+                .compactMap { $0 }.joined(separator: " ")
+            lines.append("\(recipient.status)\t\(recipient.address.address)\t\(reply.isEmpty ? "(no reply)" : reply)")
+        }
+        var summary = "outcome: \(report?.outcome.rawValue ?? "failed")"
+        if let id = report?.messageID { summary += ", Message-ID: \(id)" }
+        lines.append(summary)
+        if let error { lines.append("error: \(error)") }
+        return lines.joined(separator: "\n")
+    }
+}
+
+/// Writes log messages to stderr as they are: the transcript's `C:`/`S:` lines at trace level,
+/// warnings and errors otherwise.
+struct TranscriptHandler: LogHandler {
+    var logLevel: Logger.Level = .warning
+    var metadata: Logger.Metadata = [:]
+
+    subscript(metadataKey key: String) -> Logger.Metadata.Value? {
+        get { metadata[key] }
+        set { metadata[key] = newValue }
+    }
+
+    func log(event: LogEvent) {
+        let prefix = event.level >= .warning ? "sluice: \(event.level): " : ""
+        FileHandle.standardError.write(Data("\(prefix)\(event.message)\n".utf8))
+    }
+}

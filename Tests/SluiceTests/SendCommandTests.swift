@@ -1,0 +1,182 @@
+import Foundation
+@testable import Sluice
+import SluiceSink
+import SluiceTestSupport
+import Testing
+
+/// `sluice send` as a user runs it: a process, its exit status, its JSON report, and what
+/// the sink received.
+@Suite("sluice send")
+struct SendCommandTests {
+    struct Report: Decodable {
+        struct Recipient: Decodable {
+            let address: String
+            let status: String
+            let code: Int?
+            let enhancedCode: String?
+            let text: String?
+        }
+        struct Failure: Decodable {
+            let kind: String
+            let message: String
+        }
+        let outcome: String
+        let messageId: String?
+        let recipients: [Recipient]
+        let error: Failure?
+    }
+
+    /// Runs `sluice send` against `sink` (no TLS) with `arguments`.
+    static func send(_ sink: SMTPSink?, _ arguments: [String], port: Int? = nil) async throws
+        -> (status: Int32, output: String, error: String)?
+    {
+        guard let sluice = sluiceCommand() else { return nil }
+        let server = "127.0.0.1:\(port ?? sink!.localAddress.port)"
+        return try await withDeadline(.seconds(60), "sluice send") {
+            try await runInBackground(sluice, ["send", "--server", server, "--security", "none", "--helo", "client.test"] + arguments)
+        }
+    }
+
+    static func report(_ output: String) throws -> Report {
+        try JSONDecoder().decode(Report.self, from: Data(output.utf8))
+    }
+
+    @Test func aBuiltMessageIsAcceptedForEveryRecipientWithExitStatus0() async throws {
+        let sink = try await startSink()
+        let file = FileManager.default.temporaryDirectory.appendingPathComponent("sluice-send-\(UUID().uuidString).csv").path
+        try Data("id,value\n1,2\n".utf8).write(to: URL(fileURLWithPath: file))
+        defer { try? FileManager.default.removeItem(atPath: file) }
+        guard let run = try await Self.send(sink, [
+            "--from", "Ada <ada@example.com>", "--to", "bob@example.org", "--to", "Carol <carol@example.org>, dan@example.org",
+            "--cc", "erin@example.org", "--bcc", "hidden@example.org", "--subject", "Grüße aus Köln", "--text", "Hallo!",
+            "--attach", file, "--header", "X-Campaign: spring", "--json",
+        ]) else { return }
+        #expect(run.status == 0, "\(run.error)")
+        let report = try Self.report(run.output)
+        #expect(report.outcome == "accepted")
+        #expect(report.recipients.map(\.address) == ["bob@example.org", "carol@example.org", "dan@example.org",
+                                                     "erin@example.org", "hidden@example.org"])
+        #expect(report.recipients.allSatisfy { $0.status == "accepted" && $0.code == 250 && $0.enhancedCode != nil })
+        #expect(report.error == nil)
+        let stored = sink.messages
+        #expect(stored.count == 1)
+        let content = String(decoding: stored.first?.content ?? [], as: UTF8.self)
+        #expect(!content.contains("hidden@example.org"))
+        #expect(content.contains("X-Campaign: spring\r\n"))
+        #expect(content.contains("Subject: =?utf-8?"))
+        #expect(report.messageId.map { content.contains("Message-ID: \($0)\r\n") } == true)
+        await sink.shutdown()
+    }
+
+    @Test(arguments: [
+        ("rejected", Int32(3), "rejected"), ("deferred", 4, "deferred"), ("partial", 2, "partiallyAccepted"),
+    ])
+    func outcomesHaveTheirExitStatus(fault: String, status: Int32, outcome: String) async throws {
+        let sink = try await startSink {
+            switch fault {
+            case "rejected": $0.faults.rejectRecipients = .everyNth(1)
+            case "deferred": $0.faults.deferRecipients = .everyNth(1)
+            default: $0.faults.rejectRecipients = .everyNth(2)
+            }
+        }
+        guard let run = try await Self.send(sink, ["--from", "a@example.com", "--to", "b@example.org", "--to", "c@example.org",
+                                                   "--text", "x", "--json"]) else { return }
+        #expect(run.status == status, "\(run.output) \(run.error)")
+        let report = try Self.report(run.output)
+        #expect(report.outcome == outcome)
+        #expect(report.recipients.count == 2)
+        if fault == "partial" {
+            #expect(report.recipients.map(\.status) == ["accepted", "rejected"])
+            #expect(report.recipients[1].code == 550)
+        } else {
+            #expect(report.error?.kind == outcome)
+        }
+        await sink.shutdown()
+    }
+
+    @Test func noReplyAfterTheDataIsOutcomeUnknownWithExitStatus5() async throws {
+        let sink = try await startSink {
+            $0.faults.disconnect = .everyNth(1)
+            $0.faults.disconnectPhase = .afterData
+        }
+        guard let run = try await Self.send(sink, ["--from", "a@example.com", "--to", "b@example.org", "--text", "x", "--json"])
+        else { return }
+        #expect(run.status == 5, "\(run.output) \(run.error)")
+        #expect(try Self.report(run.output).outcome == "unknown")
+        await sink.shutdown()
+    }
+
+    @Test(arguments: [
+        ["--to", "b@example.org>\r\nRCPT TO:<x@y.z>"],
+        ["--to", "not an address"],
+        ["--to", "b@example.org", "--header", "X-Note: a\r\nBcc: eve@example.org"],
+        ["--to", "b@example.org", "--header", "Bcc: eve@example.org"],
+        ["--to", "b@example.org", "--header", "no colon"],
+        ["--to", "b@example.org", "--subject", "two\nlines"],
+        ["--to", "b@example.org", "--attach", "/nonexistent/sluice/file.pdf"],
+        ["--to", "b@example.org", "--text-file", "/nonexistent/sluice/body.txt"],
+        ["--to", "b@example.org", "--eml", "/nonexistent/sluice/message.eml"],
+        ["--to", "b@example.org", "--eml", "/dev/null", "--subject", "both"],
+        ["--to", "δοκιμή@example.gr", "--from", "a@-bad-.example"],
+        [],
+    ])
+    func invalidInputIsRefusedWithExitStatus64BeforeAnyConnection(arguments: [String]) async throws {
+        let sink = try await startSink()
+        let from = arguments.contains("--from") ? [] : ["--from", "a@example.com"]
+        guard let run = try await Self.send(sink, from + arguments) else { return }
+        #expect(run.status == 64, "\(arguments): \(run.output) \(run.error)")
+        #expect(!run.error.isEmpty, "the error says what is wrong")
+        #expect(sink.statistics.sessions == 0, "no connection was made")
+        await sink.shutdown()
+    }
+
+    @Test func aServerThatIsNotThereIsExitStatus69WithAConnectionError() async throws {
+        let port = try unusedPort()
+        guard let run = try await Self.send(nil, ["--from", "a@example.com", "--to", "b@example.org", "--json"], port: port)
+        else { return }
+        #expect(run.status == 69, "\(run.output) \(run.error)")
+        let report = try Self.report(run.output)
+        #expect(report.error?.kind == "connection")
+        #expect(report.outcome != "accepted")
+    }
+
+    @Test func anEMLFileIsSentAsItIsToTheGivenEnvelope() async throws {
+        let sink = try await startSink()
+        let file = FileManager.default.temporaryDirectory.appendingPathComponent("sluice-send-\(UUID().uuidString).eml").path
+        let eml = "From: Someone <someone@example.com>\nTo: list@example.org\nSubject: as it is\nMessage-ID: <eml.1@example.com>\n\nBody line\n"
+        try Data(eml.utf8).write(to: URL(fileURLWithPath: file))
+        defer { try? FileManager.default.removeItem(atPath: file) }
+        guard let run = try await Self.send(sink, ["--from", "bounces@example.com", "--to", "real@example.org", "--eml", file, "--json"])
+        else { return }
+        #expect(run.status == 0, "\(run.error)")
+        #expect(try Self.report(run.output).messageId == "<eml.1@example.com>")
+        let stored = sink.messages
+        #expect(stored.first?.content == Array(eml.replacingOccurrences(of: "\n", with: "\r\n").utf8))
+        #expect(stored.first?.from?.address == "bounces@example.com")
+        #expect(stored.first?.recipients.map(\.address) == ["real@example.org"])
+        await sink.shutdown()
+    }
+
+    @Test func theTranscriptGoesToStderrWithAUTHRedacted() async throws {
+        let sink = try await startSink {
+            $0.server.users = ["ada": "s3cret-password"]
+            $0.server.authenticationRequiresTLS = false
+            $0.server.requireAuthentication = true
+        }
+        guard let sluice = sluiceCommand() else { return }
+        let arguments = ["send", "--server", "127.0.0.1:\(sink.localAddress.port)", "--security", "none", "--user", "ada",
+                         "--password-env", "SLUICE_TEST_PASSWORD", "--allow-plaintext-auth", "--auth", "plain",
+                         "--from", "a@example.com", "--to", "b@example.org", "--text", "x", "--transcript"]
+        let run = try await withDeadline(.seconds(60), "sluice send") {
+            try await runInBackground("/usr/bin/env", ["SLUICE_TEST_PASSWORD=s3cret-password", sluice] + arguments)
+        }
+        #expect(run.status == 0, "\(run.error)")
+        #expect(run.error.contains("C: MAIL FROM:<a@example.com>"))
+        #expect(run.error.contains("S: 235"))
+        #expect(run.error.contains("C: AUTH PLAIN"))
+        let secret = Data("\u{0}ada\u{0}s3cret-password".utf8).base64EncodedString()
+        #expect(!run.error.contains(secret) && !run.error.contains("s3cret-password"), "the credentials never appear")
+        #expect(run.output.contains("accepted\tb@example.org\t250"))
+        await sink.shutdown()
+    }
+}
