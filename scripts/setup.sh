@@ -36,10 +36,10 @@ fi
 # Python peers from PyPI, in a virtual environment beside the build.
 root="$(cd "$(dirname "$0")/.." && pwd)"
 venv="$root/.build/peers-venv"
-if ! "$venv/bin/python" -c "import aiosmtpd, dkim" >/dev/null 2>&1; then
-    echo "setup: installing aiosmtpd and dkimpy into $venv"
+if ! "$venv/bin/python" -c "import aiosmtpd, dkim, nacl" >/dev/null 2>&1; then
+    echo "setup: installing aiosmtpd, dkimpy and pynacl (dkimpy's Ed25519) into $venv"
     python3 -m venv "$venv"
-    "$venv/bin/python" -m pip install -q --disable-pip-version-check aiosmtpd dkimpy
+    "$venv/bin/python" -m pip install -q --disable-pip-version-check aiosmtpd dkimpy pynacl
 fi
 
 command -v swift >/dev/null 2>&1 || { echo "setup: the Swift toolchain is not on PATH" >&2; exit 1; }

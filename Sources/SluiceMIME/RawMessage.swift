@@ -54,7 +54,7 @@ public struct RawMessage: Sendable, Hashable {
 
     /// A message this module encoded, which keeps every rule the checking initialiser
     /// enforces (the tests hold the encoder to them).
-    init(encoded bytes: [UInt8], headerLength: Int) {
+    package init(encoded bytes: [UInt8], headerLength: Int) {
         self.bytes = bytes
         self.headerLength = headerLength
         has8BitBytes = bytes.contains { $0 >= 0x80 }

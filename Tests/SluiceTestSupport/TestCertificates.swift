@@ -102,7 +102,9 @@ public struct TestCertificates: Sendable {
     }
 }
 
+/// A key or certificate the openssl command could not make.
 public struct CertificateError: Error, CustomStringConvertible {
     public let message: String
     public var description: String { message }
+    public init(message: String) { self.message = message }
 }

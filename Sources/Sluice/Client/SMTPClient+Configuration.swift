@@ -150,6 +150,9 @@ extension SMTPClient {
         public var retry = RetryPolicy()
         /// How long each reply may take (RFC 5321 defaults).
         public var timeouts = SMTPTimeouts()
+        /// DKIM signers, applied in order to every ``Message`` and ``RawMessage`` sent (once per
+        /// message, before any attempt). An ``EncodedMessage`` is sent as it was prepared.
+        public var dkim: [DKIMSigner] = []
         /// Event loops to run on; nil makes the client own a group (one loop per core),
         /// which ``SMTPClient/shutdown()`` stops.
         public var eventLoopGroup: EventLoopGroup?

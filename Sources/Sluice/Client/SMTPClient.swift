@@ -169,9 +169,16 @@ public final class SMTPClient: Sendable {
         throw (report.error ?? SMTPError(.deferred, "no recipient was accepted")).with(report: report)
     }
 
-    /// Prepares `message` and sends it (see ``send(_:envelope:)-(EncodedMessage,_)``).
+    /// Signs `message` with the configured DKIM signers, prepares it and sends it (see
+    /// ``send(_:envelope:)-(EncodedMessage,_)``).
     public func send(_ message: RawMessage, envelope: Envelope) async throws -> DeliveryReport {
-        try await send(EncodedMessage(message), envelope: envelope)
+        let signed: RawMessage
+        do {
+            signed = try DKIMSigner.sign(message, with: configuration.dkim)
+        } catch {
+            throw SMTPError(.invalidInput, "\(error); nothing was sent")
+        }
+        return try await send(EncodedMessage(signed), envelope: envelope)
     }
 
     /// Hands a message to the pool; `completion` gets its report, on an event loop thread.

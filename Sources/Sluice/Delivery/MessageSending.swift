@@ -16,21 +16,22 @@ extension Envelope {
 }
 
 extension OutgoingMail {
-    /// A built message with its envelope (``Envelope/init(_:smtpUTF8:)``), encoded once; it
-    /// is encoded for SMTPUTF8 only when one of its addresses needs it.
+    /// A built message with its envelope (``Envelope/init(_:smtpUTF8:)``), encoded once and
+    /// signed by `signers` in order; it is encoded for SMTPUTF8 only when one of its
+    /// addresses needs it.
     ///
-    /// - Throws: ``MessageError`` or ``AddressError`` when the message cannot be encoded;
-    ///   nothing is sent.
-    public init(_ message: Message, options: EncodingOptions? = nil) throws {
+    /// - Throws: ``MessageError``, ``AddressError`` or ``DKIMError`` when the message cannot be
+    ///   encoded or signed; nothing is sent.
+    public init(_ message: Message, options: EncodingOptions? = nil, signers: [DKIMSigner] = []) throws {
         let options = options ?? EncodingOptions(smtpUTF8: message.requiresSMTPUTF8)
         self.init(envelope: try Envelope(message, smtpUTF8: options.smtpUTF8),
-                  message: EncodedMessage(try message.encoded(options)))
+                  message: EncodedMessage(try DKIMSigner.sign(try message.encoded(options), with: signers)))
     }
 }
 
 extension SMTPClient {
-    /// Encodes a built message once and sends it to its To, Cc and Bcc recipients (Bcc in the
-    /// envelope only), from its Sender or From.
+    /// Encodes a built message once, signs it with the configured DKIM signers, and sends it
+    /// to its To, Cc and Bcc recipients (Bcc in the envelope only), from its Sender or From.
     ///
     /// - Parameter options: How to encode it; by default 7-bit clean, and SMTPUTF8 only when
     ///   an address needs it (the server must then offer SMTPUTF8, or the send fails before
@@ -41,7 +42,7 @@ extension SMTPClient {
     public func send(_ message: Message, options: EncodingOptions? = nil) async throws -> DeliveryReport {
         let mail: OutgoingMail
         do {
-            mail = try OutgoingMail(message, options: options)
+            mail = try OutgoingMail(message, options: options, signers: configuration.dkim)
         } catch {
             throw SMTPError(.invalidInput, "the message cannot be sent: \(error); nothing was sent")
         }
