@@ -19,6 +19,7 @@ let package = Package(
         suite("CoreBenchmarks", ["SluiceCore", "SluiceTransport"]),
         suite("ClientBenchmarks", ["Sluice", "SluiceSink"]),
         suite("MIMEBenchmarks", ["SluiceMIME"]),
+        suite("DKIMBenchmarks", ["Sluice"]),
     ]
 )
 

@@ -89,7 +89,7 @@ public struct Message: Hashable, Sendable {
     ///   or content ID, an attachment file that cannot be read, or a UTF-8 local part without
     ///   ``EncodingOptions/smtpUTF8``.
     public func encoded(_ options: EncodingOptions = EncodingOptions()) throws(MessageError) -> RawMessage {
-        var generator = SystemRandomNumberGenerator()
+        var generator = SeededFromSystem()
         return try encoded(options, using: &generator)
     }
 
@@ -208,5 +208,25 @@ enum MediaTypes {
     static func guess(_ fileName: String?) -> String {
         guard let fileName, let dot = fileName.lastIndex(of: ".") else { return "application/octet-stream" }
         return byExtension[fileName[fileName.index(after: dot)...].lowercased()] ?? "application/octet-stream"
+    }
+}
+
+/// A fast generator seeded with 128 bits from the system's (two `getrandom` calls instead of
+/// one per draw): the Message-ID and boundaries need unpredictability and uniqueness, not a
+/// system call per character. wyrand (Wang Yi), 2^64 period per seed.
+struct SeededFromSystem: RandomNumberGenerator {
+    private var state: UInt64
+    private let increment: UInt64
+
+    init() {
+        var system = SystemRandomNumberGenerator()
+        state = system.next()
+        increment = system.next() | 1
+    }
+
+    mutating func next() -> UInt64 {
+        state &+= 0xA076_1D64_78BD_642F &+ increment &- 1
+        let product = state.multipliedFullWidth(by: state ^ 0xE703_7ED1_A0B4_28DB)
+        return product.high ^ product.low
     }
 }

@@ -79,7 +79,7 @@ struct BenchCommand: AsyncParsableCommand {
         configuration.eventLoopGroup = clientGroup
         let smtp = try configuration.makeClient()
 
-        let message = Self.message(size: size)
+        let message = try Self.message(size: size, signers: configuration.dkim)
         let envelope = try Envelope(from: "bench@sluice.test", to: (1...recipients).map { "rcpt\($0)@sink.test" })
         let clock = ContinuousClock()
         let start = clock.now
@@ -113,14 +113,15 @@ struct BenchCommand: AsyncParsableCommand {
     }
 
     /// A message of about `size` bytes: headers, then 76-character lines.
-    static func message(size: Int) -> EncodedMessage {
+    /// A message of `size` octets (before any DKIM signature), signed once by `signers`.
+    static func message(size: Int, signers: [DKIMSigner] = []) throws -> EncodedMessage {
         var text = "From: Sluice Bench <bench@sluice.test>\r\nTo: <rcpt1@sink.test>\r\nSubject: sluice bench\r\n"
         text += "Date: Mon, 23 Nov 2026 12:00:00 +0000\r\nMessage-ID: <bench@sluice.test>\r\nMIME-Version: 1.0\r\n"
         text += "Content-Type: text/plain; charset=us-ascii\r\n\r\n"
         let line = String(repeating: "0123456789abcdefghijklmnopqrstuvwxyz", count: 3).prefix(74) + "\r\n"
         while text.utf8.count + line.utf8.count <= size { text += line }
         text += String(repeating: "x", count: max(0, size - text.utf8.count - 2)) + "\r\n"
-        return EncodedMessage(try! RawMessage(Array(text.utf8)))
+        return EncodedMessage(try DKIMSigner.sign(try RawMessage(Array(text.utf8)), with: signers))
     }
 }
 

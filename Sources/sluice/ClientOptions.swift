@@ -24,6 +24,12 @@ struct ClientOptions: ParsableArguments {
     var auth = "auto"
     @Flag(name: .customLong("allow-plaintext-auth"), help: "Allow AUTH over a connection that is not encrypted.")
     var allowPlaintextAuth = false
+    @Option(name: .customLong("dkim-domain"), help: "Sign with DKIM for this domain (d=).")
+    var dkimDomain: String?
+    @Option(name: .customLong("dkim-selector"), help: "The DKIM selector (s=); repeatable, one per --dkim-key.")
+    var dkimSelector: [String] = []
+    @Option(name: .customLong("dkim-key"), help: "A DKIM private key, RSA or Ed25519 PEM; repeatable for several signatures.")
+    var dkimKey: [String] = []
 
     enum SecurityMode: String, ExpressibleByArgument, CaseIterable {
         case starttls, starttlsOpportunistic = "starttls-opportunistic", tls, none
@@ -67,6 +73,7 @@ struct ClientOptions: ParsableArguments {
             trustRoots: caFile.map { .systemAnd(pemFile: $0) } ?? .system,
             certificateVerification: insecureSkipVerify ? .none : .fullVerification)
         configuration.allowPlaintextAuthentication = allowPlaintextAuth
+        configuration.dkim = try dkimSigners()
         if auth != "auto" {
             guard let mechanism = SASLMechanism.allCases.first(where: { $0.rawValue.lowercased() == auth.lowercased() }) else {
                 throw ValidationError("--auth \(auth) is not one of auto, "
@@ -98,6 +105,23 @@ struct ClientOptions: ParsableArguments {
             throw ValidationError("a password or token needs --user")
         }
         return configuration
+    }
+}
+
+extension ClientOptions {
+    /// The DKIM signers the flags ask for: one per --dkim-selector/--dkim-key pair.
+    func dkimSigners() throws -> [DKIMSigner] {
+        guard dkimDomain != nil || !dkimSelector.isEmpty || !dkimKey.isEmpty else { return [] }
+        guard let dkimDomain, !dkimKey.isEmpty, dkimSelector.count == dkimKey.count else {
+            throw ValidationError("DKIM needs --dkim-domain and one --dkim-selector for each --dkim-key")
+        }
+        return try zip(dkimSelector, dkimKey).map { selector, key in
+            do {
+                return try DKIMSigner(domain: dkimDomain, selector: selector, privateKeyFile: key)
+            } catch {
+                throw ValidationError("--dkim-key \(key): \(error)")
+            }
+        }
     }
 }
 

@@ -63,18 +63,18 @@ struct SendCommand: AsyncParsableCommand {
     }
 
     func run() async throws {
-        // Everything the message needs is read and checked before any connection is made.
+        let (host, port) = try ClientOptions.parseServer(server)
+        var configuration = try client.configuration(host: host, port: port)
+        // Everything the message needs is read, checked and signed before any connection is made.
         let mail: OutgoingMail
         do {
-            mail = try prepare()
+            mail = try prepare(signers: configuration.dkim)
         } catch {
             // Not a usage mistake but bad content: say what is wrong, without the usage text.
             let text = (error as? ValidationError)?.message ?? "\(error)"
             FileHandle.standardError.write(Data("sluice send: \(text); nothing was sent\n".utf8))
             throw ExitCode(64)
         }
-        let (host, port) = try ClientOptions.parseServer(server)
-        var configuration = try client.configuration(host: host, port: port)
         let limit = Duration.milliseconds(Int64(timeout * 1_000))
         configuration.pool.maximumConnections = 1
         configuration.pool.connectAttempts = 1
@@ -101,7 +101,7 @@ struct SendCommand: AsyncParsableCommand {
     }
 
     /// The message and its envelope, from the flags.
-    private func prepare() throws -> OutgoingMail {
+    private func prepare(signers: [DKIMSigner]) throws -> OutgoingMail {
         let sender = try Mailbox(from)
         let to = try to.flatMap { try Mailbox.list($0) }
         let cc = try cc.flatMap { try Mailbox.list($0) }
@@ -112,7 +112,8 @@ struct SendCommand: AsyncParsableCommand {
             let raw = try RawMessage(contentsOfFile: eml)
             let message = Message(from: sender, to: to, cc: cc, bcc: bcc)
             let smtpUTF8 = message.requiresSMTPUTF8 || raw.has8BitBytes && !raw.headerIsASCII
-            return OutgoingMail(envelope: try Envelope(message, smtpUTF8: smtpUTF8), message: EncodedMessage(raw))
+            return OutgoingMail(envelope: try Envelope(message, smtpUTF8: smtpUTF8),
+                                message: EncodedMessage(try DKIMSigner.sign(raw, with: signers)))
         }
         var message = Message(from: sender, to: to, cc: cc, bcc: bcc, subject: subject)
         message.textBody = try text ?? textFile.map { try Self.readText($0, flag: "--text-file") }
@@ -130,7 +131,7 @@ struct SendCommand: AsyncParsableCommand {
             let value = String(line[line.index(after: colon)...]).trimmingCharacters(in: .whitespaces)
             message.headers.append(Header(name, value))
         }
-        return try OutgoingMail(message)
+        return try OutgoingMail(message, signers: signers)
     }
 
     private static func readText(_ path: String, flag: String) throws -> String {

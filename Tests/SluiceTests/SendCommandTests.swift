@@ -179,4 +179,23 @@ struct SendCommandTests {
         #expect(run.output.contains("accepted\tb@example.org\t250"))
         await sink.shutdown()
     }
+
+    @Test func dkimFlagsSignWithEveryKeyAndDkimpyVerifies() async throws {
+        guard let keys = try DKIMTestKeys.make() else { return }
+        let sink = try await startSink()
+        guard let run = try await Self.send(sink, [
+            "--from", "Zoë <zoe@example.com>", "--to", "b@example.org", "--subject", "Signed — twice", "--text", "Grüße",
+            "--dkim-domain", "example.com", "--dkim-selector", "rsa", "--dkim-key", keys.rsaPKCS1,
+            "--dkim-selector", "ed", "--dkim-key", keys.ed25519,
+        ]) else { return }
+        #expect(run.status == 0, "\(run.error)")
+        let stored = try #require(sink.messages.first)
+        #expect(try keys.verify(stored.content) == [true, true])
+        // A key without a selector is a usage error, before anything is sent.
+        let bad = try await Self.send(sink, ["--from", "a@example.com", "--to", "b@example.org",
+                                             "--dkim-domain", "example.com", "--dkim-key", keys.ed25519])
+        #expect(bad?.status == 64)
+        #expect(sink.statistics.sessions == 1)
+        await sink.shutdown()
+    }
 }
