@@ -36,9 +36,12 @@ struct BenchCommand: AsyncParsableCommand {
     var json = false
     @OptionGroup var client: ClientOptions
 
+    /// The bench message's headers and one short body line.
+    static let smallestSize = 256
+
     func validate() throws {
-        guard messages > 0, connections > 0, recipients > 0, size >= 200 else {
-            throw ValidationError("--messages, --connections and --recipients must be positive and --size at least 200")
+        guard messages > 0, connections > 0, recipients > 0, size >= Self.smallestSize else {
+            throw ValidationError("--messages, --connections and --recipients must be positive and --size at least \(Self.smallestSize)")
         }
         if let duration, duration <= 0 { throw ValidationError("--duration must be positive") }
         if let rate, rate <= 0 { throw ValidationError("--rate must be positive") }
@@ -113,14 +116,20 @@ struct BenchCommand: AsyncParsableCommand {
     }
 
     /// A message of about `size` bytes: headers, then 76-character lines.
-    /// A message of `size` octets (before any DKIM signature), signed once by `signers`.
+    /// A message of exactly `size` octets (before any DKIM signature), signed once by `signers`.
     static func message(size: Int, signers: [DKIMSigner] = []) throws -> EncodedMessage {
         var text = "From: Sluice Bench <bench@sluice.test>\r\nTo: <rcpt1@sink.test>\r\nSubject: sluice bench\r\n"
         text += "Date: Mon, 23 Nov 2026 12:00:00 +0000\r\nMessage-ID: <bench@sluice.test>\r\nMIME-Version: 1.0\r\n"
         text += "Content-Type: text/plain; charset=us-ascii\r\n\r\n"
-        let line = String(repeating: "0123456789abcdefghijklmnopqrstuvwxyz", count: 3).prefix(74) + "\r\n"
-        while text.utf8.count + line.utf8.count <= size { text += line }
-        text += String(repeating: "x", count: max(0, size - text.utf8.count - 2)) + "\r\n"
+        let alphabet = Array("0123456789abcdefghijklmnopqrstuvwxyz".utf8)
+        var remaining = size - text.utf8.count
+        while remaining > 0 {
+            // Lines of up to 76 octets with their CRLF; never a last line too short for its CRLF.
+            var length = min(76, remaining)
+            if remaining - length == 1 { length -= 1 }
+            text += String(decoding: (0..<(length - 2)).map { alphabet[$0 % alphabet.count] }, as: UTF8.self) + "\r\n"
+            remaining -= length
+        }
         return EncodedMessage(try DKIMSigner.sign(try RawMessage(Array(text.utf8)), with: signers))
     }
 }

@@ -1,0 +1,72 @@
+import Foundation
+import SluiceSink
+import SluiceTestSupport
+import Testing
+
+/// `sluice bench` as a user runs it: a process, its exit status, its JSON and its progress.
+@Suite("sluice bench")
+struct BenchCommandTests {
+    static func bench(_ arguments: [String]) async throws -> (status: Int32, output: String, error: String)? {
+        guard let sluice = sluiceCommand() else { return nil }
+        return try await withDeadline(.seconds(120), "sluice bench") {
+            try await runInBackground(sluice, ["bench"] + arguments)
+        }
+    }
+
+    static func object(_ text: String) throws -> [String: Any] {
+        try #require(JSONSerialization.jsonObject(with: Data(text.utf8)) as? [String: Any])
+    }
+
+    @Test func theEmbeddedSinkRunReportsEveryMeasureAsJSON() async throws {
+        guard let run = try await Self.bench(["--messages", "3000", "--connections", "4", "--size", "2048", "--json"])
+        else { return }
+        #expect(run.status == 0, "\(run.error)")
+        let result = try Self.object(run.output)
+        #expect(result["messages"] as? Int == 3000)
+        #expect((result["outcomes"] as? [String: Int]) == ["accepted": 3000])
+        #expect(result["size"] as? Int == 2048)
+        #expect(result["connections"] as? Int == 4)
+        #expect((result["messagesPerSecond"] as? Double ?? 0) > 0)
+        #expect((result["megabytesPerSecond"] as? Double ?? 0) > 0)
+        let latency = try #require(result["latencyMilliseconds"] as? [String: Double])
+        #expect(Set(latency.keys) == ["p50", "p90", "p99", "max"])
+        #expect(latency["p50"]! <= latency["p99"]! && latency["p99"]! <= latency["max"]!)
+        #expect((result["clientCPUMicrosecondsPerMessage"] as? Double ?? 0) > 0)
+        #expect(result["sinkCPUSeconds"] != nil, "the embedded sink's CPU is reported apart")
+    }
+
+    @Test func offATerminalProgressIsAPlainLineEveryFewSeconds() async throws {
+        // stderr is a pipe here: no bar, no escape sequences, a line every five seconds.
+        guard let run = try await Self.bench(["--duration", "7", "--rate", "300", "--connections", "2"]) else { return }
+        #expect(run.status == 0, "\(run.error)")
+        let lines = run.error.split(separator: "\n")
+        #expect(!lines.isEmpty, "at least one progress line in 7 seconds")
+        for line in lines {
+            #expect(line.contains(" msgs ") && line.contains(" msg/s ") && line.contains("errors 0"), "\(line)")
+        }
+        #expect(!run.error.contains("\r") && !run.error.contains("\u{1B}"))
+        #expect(run.output.contains("outcomes:  accepted"))
+        #expect(run.output.contains("client CPU:"))
+        #expect(run.output.contains("latency:   p50"))
+    }
+
+    @Test func aTargetThatRejectsSomeMailIsCountedAndTheExitStatusSaysSo() async throws {
+        let sink = try await startSink { $0.faults.rejectRecipients = .everyNth(4) }
+        guard let run = try await Self.bench(["--target", "127.0.0.1:\(sink.localAddress.port)", "--security", "none",
+                                               "--messages", "400", "--connections", "2", "--json"])
+        else { return }
+        #expect(run.status == 1, "not every message was accepted")
+        let outcomes = try #require(try Self.object(run.output)["outcomes"] as? [String: Int])
+        #expect(outcomes["accepted"] == 300)
+        #expect(outcomes["rejected"] == 100)
+        #expect(sink.statistics.messages == 300)
+        await sink.shutdown()
+    }
+
+    @Test(arguments: [["--size", "10"], ["--connections", "0"], ["--target", "nohost:99999"], ["--rate", "-1"]])
+    func badFlagsAreUsageErrors(arguments: [String]) async throws {
+        guard let run = try await Self.bench(arguments) else { return }
+        #expect(run.status == 64, "\(arguments): \(run.error)")
+        #expect(run.error.contains("Error:"))
+    }
+}
