@@ -45,7 +45,9 @@ struct ClientBulkTests {
 
     @Test func aConsumerThatStopsReadingHoldsTheProducerBack() async throws {
         try await withSinkAndClient { sink, client in
-            let mails = CountingMails(count: 1_000, taken: .init())
+            // 400 messages, ten at a time: enough to see the hold and the release, and quick
+            // enough under the sanitizers, which slow the whole suite about fourfold.
+            let mails = CountingMails(count: 400, taken: .init())
             let reports = client.send(contentsOf: mails, maximumInFlight: 10)
             try await Task.sleep(for: .milliseconds(300))
             // 10 with the client and 10 reports waiting for the consumer, at most.
@@ -55,8 +57,8 @@ struct ClientBulkTests {
                 #expect(report.outcome == .accepted)
                 count += 1
             }
-            #expect(count == 1_000)
-            #expect(mails.taken.count == 1_000)
+            #expect(count == 400)
+            #expect(mails.taken.count == 400)
         }
     }
 

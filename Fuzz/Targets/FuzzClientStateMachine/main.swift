@@ -1,0 +1,66 @@
+import SluiceCore
+
+/// A scripted greeting and EHLO, then arbitrary server bytes, into the client state machine
+/// with AUTH and two transactions queued: it never traps, never sends a command after closing,
+/// and reports every transaction exactly once (finished or not attempted) when it closes.
+@_cdecl("LLVMFuzzerTestOneInput")
+public func fuzz(_ data: UnsafePointer<UInt8>, _ size: Int) -> Int32 {
+    let bytes = Array(UnsafeBufferPointer(start: data, count: size))
+    let configuration = ClientStateMachine.Configuration(
+        ehloName: try! SMTPDomain("client.example"), tls: .none,
+        credentials: try! SASLCredentials.password(username: "ada", password: "secret"),
+        allowPlaintextAuthentication: true)
+    var machine = ClientStateMachine(configuration: configuration, cryptography: FakeCryptography())
+    var tally = Tally()
+    tally.apply(machine.connected())
+    tally.apply(machine.bytesReceived(Array("220 mx.example ESMTP\r\n".utf8)))
+    tally.apply(machine.bytesReceived(Array("250-mx.example\r\n250-PIPELINING\r\n250-CHUNKING\r\n250-AUTH PLAIN LOGIN CRAM-MD5 SCRAM-SHA-256\r\n250 8BITMIME\r\n".utf8)))
+    let from = try! EnvelopeAddress("a@example.com")
+    for id in 1...2 {
+        let transaction = SMTPTransaction(id: id, from: from, recipients: [.init(try! EnvelopeAddress("r\(id)@example.org"))],
+                                          content: SMTPContentInfo(dataLength: 10, chunkLength: 7, requires8BitMIME: false))
+        tally.apply(machine.transactionEnqueued(transaction))
+    }
+    let split = bytes.first.map { Int($0) % 23 + 1 } ?? 1
+    var index = 0
+    while index < bytes.count, !tally.closed {
+        let end = min(bytes.count, index + split)
+        tally.apply(machine.bytesReceived(bytes[index..<end]))
+        index = end
+    }
+    if !tally.closed { tally.apply(machine.connectionClosed(error: nil)) }
+    precondition(tally.reported.sorted() == [1, 2], "each transaction reported once: \(tally.reported)")
+    return 0
+}
+
+struct Tally {
+    var closed = false
+    var reported: [Int] = []
+
+    mutating func apply(_ actions: [ClientStateMachine.Action]) {
+        for action in actions {
+            switch action {
+            case .write:
+                precondition(!closed, "a write after close")
+            case .transactionFinished(let outcome):
+                reported.append(outcome.id)
+            case .transactionNotAttempted(let transaction):
+                reported.append(transaction.id)
+            case .close:
+                closed = true
+            default:
+                break
+            }
+        }
+    }
+}
+
+/// Deterministic stand-ins: the fuzzer is after the parsing, not the cryptography.
+struct FakeCryptography: SASLCryptography {
+    func hash(_ algorithm: SASLHashAlgorithm, _ data: [UInt8]) -> [UInt8] { Array(repeating: 1, count: 32) }
+    func hmac(_ algorithm: SASLHashAlgorithm, key: [UInt8], data: [UInt8]) -> [UInt8] { Array(repeating: 2, count: 32) }
+    func pbkdf2(_ algorithm: SASLHashAlgorithm, password: [UInt8], salt: [UInt8], iterations: Int, length: Int) -> [UInt8] {
+        Array(repeating: 3, count: length)
+    }
+    func randomBytes(_ count: Int) -> [UInt8] { Array(repeating: 4, count: count) }
+}

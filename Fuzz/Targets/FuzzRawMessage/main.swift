@@ -1,0 +1,30 @@
+import SluiceMIME
+
+/// Arbitrary bytes as an existing message: what RawMessage accepts has only CRLF line
+/// endings, no NUL, no line over 998 octets, and a header section that ends where it says.
+@_cdecl("LLVMFuzzerTestOneInput")
+public func fuzz(_ data: UnsafePointer<UInt8>, _ size: Int) -> Int32 {
+    guard let message = try? RawMessage(UnsafeBufferPointer(start: data, count: size)) else { return 0 }
+    let bytes = message.bytes
+    precondition(bytes.count >= 2 && bytes.suffix(2) == [13, 10])
+    precondition(message.headerLength <= bytes.count)
+    var lineLength = 0
+    var index = 0
+    while index < bytes.count {
+        switch bytes[index] {
+        case 13:
+            precondition(index + 1 < bytes.count && bytes[index + 1] == 10, "a bare CR")
+            precondition(lineLength <= 998)
+            lineLength = 0
+            index += 2
+            continue
+        case 10: preconditionFailure("a bare LF")
+        case 0: preconditionFailure("a NUL")
+        default: lineLength += 1
+        }
+        index += 1
+    }
+    _ = message.headerValues("From")
+    _ = message.messageID
+    return 0
+}

@@ -1,0 +1,56 @@
+import SluiceCore
+
+/// Arbitrary client bytes through the sink's server state machine (AUTH users, small limits):
+/// it never traps, answers with replies that end in CRLF, and never delivers content that
+/// holds a bare CR or LF or exceeds the size limit.
+@_cdecl("LLVMFuzzerTestOneInput")
+public func fuzz(_ data: UnsafePointer<UInt8>, _ size: Int) -> Int32 {
+    let bytes = Array(UnsafeBufferPointer(start: data, count: size))
+    var configuration = ServerStateMachine.Configuration()
+    configuration.users = ["ada": "secret"]
+    configuration.authenticationRequiresTLS = false
+    configuration.maximumMessageSize = 4_096
+    configuration.maximumRecipients = 5
+    configuration.maximumCommandLength = 512
+    var machine = ServerStateMachine(configuration: configuration)
+    check(machine.connected(secure: false), limit: configuration.maximumMessageSize)
+    let split = bytes.first.map { Int($0) % 31 + 1 } ?? 1
+    var index = 0
+    while index < bytes.count {
+        let end = min(bytes.count, index + split)
+        let actions = machine.bytesReceived(bytes[index..<end])
+        if check(actions, limit: configuration.maximumMessageSize) { return 0 }
+        for action in actions {
+            if case .deliver = action {
+                check(machine.deliveryFinished(.stored(id: "1")), limit: configuration.maximumMessageSize)
+            }
+        }
+        index = end
+    }
+    return 0
+}
+
+/// Checks the actions; true when the machine closed.
+@discardableResult
+func check(_ actions: [ServerStateMachine.Action], limit: Int) -> Bool {
+    var closed = false
+    for action in actions {
+        switch action {
+        case .write(let reply):
+            precondition(reply.count >= 5 && reply.suffix(2) == [13, 10], "a reply ends with CRLF")
+        case .deliver(let message):
+            precondition(message.content.count <= limit, "content over the size limit was delivered")
+            var previous: UInt8 = 0
+            for (offset, byte) in message.content.enumerated() {
+                if byte == 10 { precondition(previous == 13, "a bare LF was delivered") }
+                if previous == 13 { precondition(byte == 10, "a bare CR was delivered at \(offset)") }
+                previous = byte
+            }
+        case .close:
+            closed = true
+        case .startTLS:
+            break
+        }
+    }
+    return closed
+}

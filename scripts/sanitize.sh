@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# Builds Sluice and its tests with a sanitizer and runs the tests under it; any report fails
+# the run. Suppressions (only for findings in the toolchain's own libraries, each explained)
+# are in scripts/sanitizers/.
+#
+#   scripts/sanitize.sh address|thread [swift test arguments, e.g. --filter Client]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+sanitizer=${1:?usage: scripts/sanitize.sh address|thread [swift test arguments]}
+shift
+root=$(pwd)
+scratch="$root/.build-$sanitizer"
+
+bash scripts/setup.sh
+echo "sanitize: building with --sanitize=$sanitizer"
+swift build --build-tests --sanitize="$sanitizer" --scratch-path "$scratch" 2>&1 | grep -E "error|warning: .*(Sources|Tests)/" || true
+swift build --build-tests --sanitize="$sanitizer" --scratch-path "$scratch" >/dev/null
+
+log=$(mktemp)
+trap 'rm -f "$log"' EXIT
+export ASAN_OPTIONS="suppressions=$root/scripts/sanitizers/asan.supp:detect_leaks=1:abort_on_error=0"
+export LSAN_OPTIONS="suppressions=$root/scripts/sanitizers/lsan.supp:print_suppressions=0"
+export TSAN_OPTIONS="suppressions=$root/scripts/sanitizers/tsan.supp:halt_on_error=1:second_deadlock_stack=1"
+echo "sanitize: running the tests under $sanitizer"
+status=0
+swift test --skip-build --sanitize="$sanitizer" --scratch-path "$scratch" "$@" 2>&1 | tee "$log" || status=$?
+if grep -E "ERROR: (Address|Leak)Sanitizer|WARNING: ThreadSanitizer|SUMMARY: (Address|Thread|Leak)Sanitizer" "$log" >/dev/null; then
+    echo "sanitize: the $sanitizer sanitizer reported a problem (above)" >&2
+    exit 1
+fi
+if [ "$status" -ne 0 ]; then
+    echo "sanitize: the tests failed under $sanitizer" >&2
+    exit "$status"
+fi
+echo "sanitize: no $sanitizer sanitizer reports"
