@@ -1,5 +1,6 @@
-public import SluiceCore
 import Dispatch
+public import SluiceCore
+import SluiceTransport
 import Synchronization
 #if canImport(Glibc)
 import Glibc
@@ -61,8 +62,8 @@ struct StoreError: Error, CustomStringConvertible {
 /// queue of their own, so a slow disk never stalls an event loop.
 final class MessageStore: Sendable {
     let kind: SinkStore
-    private let memory = Mutex<[StoredMessage]>([])
-    private let waiters = Mutex<[(Int, CheckedContinuation<[StoredMessage], Never>)]>([])
+    private let memory = Locked<[StoredMessage]>([])
+    private let waiters = Locked<[(Int, CheckedContinuation<[StoredMessage], Never>)]>([])
     private let counter = Atomic<Int>(0)
     private let queue = DispatchQueue(label: "sluice.sink.store")
     private let hostname: String

@@ -1,5 +1,5 @@
 import SluiceCore
-import Synchronization
+import SluiceTransport
 
 /// How often a fault fires: with a probability, or on every Nth occasion.
 public struct FaultRate: Hashable, Sendable, CustomStringConvertible {
@@ -95,12 +95,12 @@ final class FaultState: Sendable {
         var random: SplitMix64
         var counts: [String: Int] = [:]
     }
-    private let state: Mutex<State>
+    private let state: Locked<State>
     let faults: SinkFaults
 
     init(_ faults: SinkFaults) {
         self.faults = faults
-        state = Mutex(State(random: SplitMix64(seed: faults.seed)))
+        state = Locked(State(random: SplitMix64(seed: faults.seed)))
     }
 
     /// Whether `rate` fires on this occasion of `counter`.

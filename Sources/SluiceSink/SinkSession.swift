@@ -1,6 +1,5 @@
 import SluiceCore
 import SluiceTransport
-import Synchronization
 
 /// What every session of one sink shares.
 final class SinkShared: Sendable {
@@ -8,13 +7,13 @@ final class SinkShared: Sendable {
     let store: MessageStore
     let counters = SinkCounters()
     let faults: FaultState?
-    let delays: Mutex<SplitMix64>
+    let delays: Locked<SplitMix64>
 
     init(configuration: SinkConfiguration, store: MessageStore) {
         self.configuration = configuration
         self.store = store
         faults = configuration.faults.isEmpty ? nil : FaultState(configuration.faults)
-        delays = Mutex(SplitMix64(seed: configuration.faults.seed &+ 0x5EED))
+        delays = Locked(SplitMix64(seed: configuration.faults.seed &+ 0x5EED))
     }
 
     func replyDelay() -> Duration? {

@@ -1,3 +1,4 @@
+import SluiceTransport
 import Synchronization
 
 /// What a sink has seen, as a snapshot.
@@ -40,7 +41,7 @@ final class SinkCounters: Sendable {
     let bytes = Atomic<Int>(0)
     let tlsSessions = Atomic<Int>(0)
     let protocolErrors = Atomic<Int>(0)
-    private let rejections = Mutex<[Int: Int]>([:])
+    private let rejections = Locked<[Int: Int]>([:])
 
     /// Counts the 4xx/5xx replies in bytes about to be written.
     func countReplies(in bytes: [UInt8]) {

@@ -1,6 +1,5 @@
 import ArgumentParser
 import Foundation
-import Synchronization
 import SluiceTransport
 
 /// `sluice loopback`: pushes bytes through echo connections over loopback TCP and reports
@@ -103,8 +102,8 @@ private final class Echo: ConnectionHandler {
 
 /// Counts echoed bytes and wakes a task when enough have arrived.
 private final class Counter: ConnectionHandler, @unchecked Sendable {
-    // Guarded by the Mutex; handler calls come from the connection's loop.
-    private let state = Mutex<(count: Int, target: Int, waiter: CheckedContinuation<Void, any Error>?)>((0, .max, nil))
+    // Guarded by the lock; handler calls come from the connection's loop.
+    private let state = Locked<(count: Int, target: Int, waiter: CheckedContinuation<Void, any Error>?)>((0, .max, nil))
 
     func connection(_ connection: Connection, didReceive bytes: UnsafeRawBufferPointer) {
         let waiter = state.withLock { state -> CheckedContinuation<Void, any Error>? in

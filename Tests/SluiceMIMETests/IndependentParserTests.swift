@@ -2,7 +2,7 @@ import Foundation
 import PropertyBased
 import SluiceMIME
 import SluiceTestSupport
-import Synchronization
+import SluiceTransport
 import Testing
 
 /// Python's standard `email` package (policy `default`) reads what Sluice writes, and sees
@@ -37,8 +37,9 @@ struct IndependentParserTests {
         let attachments = view.attachments ?? []
         #expect(attachments.count == message.attachments.count, sourceLocation: sourceLocation)
         for (seen, built) in zip(attachments, message.attachments) {
-            // Python strips the whitespace around a file name (Message.get_filename).
-            #expect(seen.fileName == built.fileName.map(stripped), sourceLocation: sourceLocation)
+            // Python's get_filename unquotes the value (dropping surrounding quotes or angle
+            // brackets, which RFC 2231 does not ask for) and strips whitespace around it.
+            #expect(seen.fileName == built.fileName.map { stripped(pythonUnquoted($0)) }, sourceLocation: sourceLocation)
             #expect(seen.contentType == built.contentType, sourceLocation: sourceLocation)
             switch built.source {
             case .bytes(let bytes): #expect(seen.bytes == bytes, sourceLocation: sourceLocation)
@@ -126,7 +127,7 @@ struct IndependentParserTests {
         .array(of: 0...400).map { String($0) }
 
     @Test func randomUnicodeSubjectsNamesAndBodiesReadBackExactly() async throws {
-        let built = Mutex<[Message]>([])
+        let built = Locked<[Message]>([])
         await propertyCheck(count: 250, input: Self.unicodeText, Self.unicodeText, Self.lineText, Self.unicodeText) {
             subject, name, body, fileName in
             let trimmed = name.trimmingCharacters(in: .whitespaces)
@@ -146,6 +147,17 @@ struct IndependentParserTests {
             Self.compare(view, with: message)
         }
     }
+}
+
+/// What Python's `email.utils.unquote` makes of a parameter value.
+func pythonUnquoted(_ text: String) -> String {
+    guard text.count > 1 else { return text }
+    if text.hasPrefix("\""), text.hasSuffix("\"") {
+        return String(text.dropFirst().dropLast()).replacingOccurrences(of: "\\\\", with: "\\")
+            .replacingOccurrences(of: "\\\"", with: "\"")
+    }
+    if text.hasPrefix("<"), text.hasSuffix(">") { return String(text.dropFirst().dropLast()) }
+    return text
 }
 
 /// Without leading and trailing Unicode whitespace, as Python's `str.strip()` leaves it.

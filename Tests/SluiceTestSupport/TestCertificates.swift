@@ -1,5 +1,5 @@
 import Foundation
-import Synchronization
+import SluiceTransport
 import Testing
 
 /// Certificates made at run time by the `openssl` command-line tool: a test CA, and server
@@ -24,7 +24,7 @@ public struct TestCertificates: Sendable {
     public var partialWildcard: Pair { pair("partialwildcard") }
     public var client: Pair { pair("client") }
 
-    private static let made = Mutex<Result<TestCertificates, any Error>?>(nil)
+    private static let made = Locked<Result<TestCertificates, any Error>?>(nil)
 
     /// The certificates, made on first use.
     public static func shared() throws -> TestCertificates {

@@ -1,4 +1,3 @@
-import Synchronization
 public import SluiceTransport
 
 /// The byte at `offset` of the test pattern: position-dependent, so a lost, repeated or
@@ -39,7 +38,7 @@ public final class EchoStats: Sendable {
         var closes = 0
         var acceptsByLoop: [Int: Int] = [:]
     }
-    private let state = Mutex(State())
+    private let state = Locked(State())
 
     public init() {}
 
@@ -56,8 +55,8 @@ public final class EchoStats: Sendable {
 /// Receives bytes and lets a task wait for them. It can check them against the test pattern
 /// as they arrive (without keeping them) or keep them.
 public final class Collector: ConnectionHandler, @unchecked Sendable {
-    // `state` is guarded by its Mutex; the handler methods run on the connection's loop and
-    // tasks read through the Mutex.
+    // `state` is guarded by its lock; the handler methods run on the connection's loop and
+    // tasks read through the lock.
     private struct State {
         var count = 0
         var kept: [UInt8] = []
@@ -67,7 +66,7 @@ public final class Collector: ConnectionHandler, @unchecked Sendable {
         var waiters: [(Int, CheckedContinuation<Void, any Error>)] = []
         var closeWaiters: [CheckedContinuation<Void, Never>] = []
     }
-    private let state = Mutex(State())
+    private let state = Locked(State())
     private let checksPattern: Bool
     private let patternOffset: Int
 

@@ -3,7 +3,6 @@ import Logging
 import Sluice
 import SluiceSink
 import SluiceTestSupport
-import Synchronization
 import Testing
 
 @Suite("SMTPClient pool")

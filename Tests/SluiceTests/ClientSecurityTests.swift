@@ -3,7 +3,6 @@ import Logging
 import Sluice
 import SluiceSink
 import SluiceTestSupport
-import Synchronization
 import Testing
 
 @Suite("SMTPClient TLS and AUTH")
@@ -126,7 +125,7 @@ struct ClientSecurityTests {
 
 /// Lines a test logger captured.
 final class LogLines: Sendable {
-    private let lines = Mutex<[String]>([])
+    private let lines = Locked<[String]>([])
     func append(_ line: String) { lines.withLock { $0.append(line) } }
     var all: [String] { lines.withLock { $0 } }
 }

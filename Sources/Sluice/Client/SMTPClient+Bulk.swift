@@ -1,5 +1,4 @@
 import SluiceTransport
-import Synchronization
 
 extension SMTPClient {
     /// Sends every message of `mails` and returns their reports as they complete.
@@ -108,7 +107,7 @@ private final class BulkLifetime: Sendable {
 /// A synchronous iterator behind a lock, so any thread may pull from it (one at a time).
 private final class IteratorBox<Iterator: IteratorProtocol>: @unchecked Sendable where Iterator.Element == OutgoingMail {
     // `iterator` is guarded by `lock`; BulkDelivery also lets only one thread pull at a time.
-    private let lock = Mutex<Void>(())
+    private let lock = Locked<Void>(())
     private var iterator: Iterator
     init(_ iterator: Iterator) { self.iterator = iterator }
     func next() -> OutgoingMail? { lock.withLock { _ in iterator.next() } }
@@ -145,12 +144,12 @@ private final class BulkDelivery: Sendable {
 
     private let client: SMTPClient
     private let source: Source
-    private let state: Mutex<State>
+    private let state: Locked<State>
 
     init(client: SMTPClient, limit: Int, source: Source) {
         self.client = client
         self.source = source
-        state = Mutex(State(limit: limit))
+        state = Locked(State(limit: limit))
     }
 
     /// Hands the client as many messages as there is room for.

@@ -34,7 +34,7 @@ public final class SMTPClient: Sendable {
     let tlsContext: TLSContext?
     let tlsServerName: String
     private let machineConfiguration: ClientStateMachine.Configuration
-    private let state: Mutex<State>
+    private let state: Locked<State>
     private let metrics: ClientMetrics
     private let nextJobID = Atomic<Int>(1)
     private let logger: Logger
@@ -128,7 +128,7 @@ public final class SMTPClient: Sendable {
             ownsGroup = true
         }
         let pool = configuration.pool
-        state = Mutex(State(pool: PoolStateMachine(configuration: .init(
+        state = Locked(State(pool: PoolStateMachine(configuration: .init(
             maximumConnections: max(1, pool.maximumConnections),
             maximumMessagesPerConnection: max(1, pool.maximumMessagesPerConnection),
             maximumConnectionLifetime: pool.maximumConnectionLifetime,
@@ -469,7 +469,7 @@ public final class SMTPClient: Sendable {
 
 /// Hands one report to one waiting task.
 private final class ReportWaiter: Sendable {
-    private let continuation = Mutex<CheckedContinuation<DeliveryReport, Never>?>(nil)
+    private let continuation = Locked<CheckedContinuation<DeliveryReport, Never>?>(nil)
 
     func install(_ continuation: CheckedContinuation<DeliveryReport, Never>) {
         self.continuation.withLock { $0 = continuation }

@@ -14,7 +14,7 @@ public final class EventLoop: @unchecked Sendable {
     // Thread-safety of each field:
     // - `uvLoop`, `wakeup`, `index`: set in init, never reassigned; the memory they point to is
     //   touched only on the loop thread (after init) and freed by the loop thread as it exits.
-    // - `queue`: guarded by its Mutex.
+    // - `queue`: guarded by its lock.
     // - `thread`, `loopThread`: written before init returns (init waits on `started`), read-only after.
     // - `resources`, `deferred`: loop thread only.
     // - `liveHandleCounter`: atomic.
@@ -33,7 +33,7 @@ public final class EventLoop: @unchecked Sendable {
         var finished = false
     }
 
-    private let queue = Mutex(JobQueue())
+    private let queue = Locked(JobQueue())
     private var thread: pthread_t = pthread_t()
     private var loopThread: pthread_t = pthread_t()
     private var resources: [ObjectIdentifier: any LoopResource] = [:]

@@ -1,5 +1,4 @@
 import CLibUV
-import Synchronization
 
 /// A TCP connection on one event loop, optionally with TLS, bridged to Swift concurrency.
 ///
@@ -13,7 +12,7 @@ import Synchronization
 /// are released only in the close callback. A write owns its buffers until its write callback.
 public final class Connection: @unchecked Sendable, LoopResource {
     // Thread-safety: `eventLoop`, `options`, `handle` (the pointer) are immutable. `addresses`
-    // is guarded by its Mutex. Every other field is touched on `eventLoop`'s thread only.
+    // is guarded by its lock. Every other field is touched on `eventLoop`'s thread only.
 
     /// The loop this connection runs on.
     public let eventLoop: EventLoop
@@ -24,7 +23,7 @@ public final class Connection: @unchecked Sendable, LoopResource {
         var local: SocketAddress?
         var remote: SocketAddress?
     }
-    private let addresses: Mutex<Addresses>
+    private let addresses: Locked<Addresses>
 
     let handle: UnsafeMutablePointer<uv_tcp_t>
     private var readBuffer: UnsafeMutableRawBufferPointer
@@ -67,7 +66,7 @@ public final class Connection: @unchecked Sendable, LoopResource {
         precondition(options.writeLowWatermark <= options.writeHighWatermark, "low watermark above high watermark")
         eventLoop = loop
         self.options = options
-        addresses = Mutex(Addresses(local: nil, remote: remote))
+        addresses = Locked(Addresses(local: nil, remote: remote))
         handle = .allocate(capacity: 1)
         uv_tcp_init(loop.uvLoop, handle)
         loop.handleOpened()
