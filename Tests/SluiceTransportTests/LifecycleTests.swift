@@ -100,6 +100,21 @@ struct LifecycleTests {
             throws: { ($0 as? TransportError)?.kind == .eventLoopShutDown }
     }
 
+    @Test(arguments: [Duration.milliseconds(-300), .seconds(-2), .nanoseconds(-1), .zero])
+    func aDelayAlreadyPastFiresAtOnce(delay: Duration) async throws {
+        // A deadline computed as `instant - .now` is negative when the instant has passed; the
+        // client's pool does that under load (ThreadSanitizer's slowness found it: -0.3 s has
+        // components (0, -3e17) and trapped the conversion to milliseconds).
+        let group = EventLoopGroup(numberOfLoops: 1)
+        let fired = Atomic<Bool>(false)
+        group.loops[0].scheduleTimer(after: delay) { fired.store(true, ordering: .relaxed) }
+        try await group.loops[0].sleep(for: delay)
+        try await group.loops[0].sleep(for: .milliseconds(50))
+        let didFire = fired.load(ordering: .relaxed)
+        #expect(didFire)
+        await group.shutdown()
+    }
+
     @Test func timersFireOnceOnTheirLoopAndCancelledOnesNever() async throws {
         let group = EventLoopGroup(numberOfLoops: 1)
         let loop = group.loops[0]

@@ -116,8 +116,10 @@ extension EventLoop {
 extension Duration {
     /// Whole milliseconds, rounded up so a short positive delay is never zero; never negative.
     var milliseconds: UInt64 {
+        // A deadline already past gives a negative delay, whose components can be (0, -n):
+        // compare the whole value, not its seconds.
+        guard self > .zero else { return 0 }
         let (seconds, attoseconds) = components
-        if seconds < 0 { return 0 }
         let millis = UInt64(seconds) * 1000 + UInt64((attoseconds + 999_999_999_999_999) / 1_000_000_000_000_000)
         return millis
     }
