@@ -97,9 +97,10 @@ let package = Package(
 
         // MARK: Tests
         // Helpers the test suites share (test handlers, certificates, peers, deadlines).
+        .target(name: "CSpawn", path: "Tests/CSpawn"),  // glibc's posix_spawn extensions
         .target(
             name: "SluiceTestSupport",
-            dependencies: ["SluiceTransport", "SluiceSink"],
+            dependencies: ["SluiceTransport", "SluiceSink", "CSpawn"],
             path: "Tests/SluiceTestSupport",
             swiftSettings: strict
         ),

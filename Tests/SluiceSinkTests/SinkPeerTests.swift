@@ -108,21 +108,9 @@ struct SinkCommandTests {
 
     @Test func printsWhereItListensFirstAndExitsAfterNMessages() async throws {
         guard let sluice, let python = requirePeer("python3", install: "apt-get install python3") else { return }
-        let process = Process()
-        process.executableURL = URL(fileURLWithPath: sluice)
-        process.arguments = ["sink", "--listen", "127.0.0.1:0", "--exit-after", "2", "--store", "memory"]
-        let output = Pipe()
-        let errors = Pipe()
-        process.standardOutput = output
-        process.standardError = errors
-        try process.run()
-        let firstLine = try await Task.detached {
-            var line = Data()
-            while let byte = try output.fileHandleForReading.read(upToCount: 1), !byte.isEmpty, byte != Data([10]) {
-                line.append(byte)
-            }
-            return String(decoding: line, as: UTF8.self)
-        }.value
+        let process = try ChildProcess(sluice, ["sink", "--listen", "127.0.0.1:0", "--exit-after", "2", "--store", "memory"])
+        defer { process.stop() }
+        let firstLine = try await process.firstOutputLine(within: .seconds(20))
         #expect(firstLine.hasPrefix("listening on 127.0.0.1:"))
         let port = firstLine.split(separator: ":").last.map(String.init) ?? ""
         let send = """
@@ -136,10 +124,8 @@ struct SinkCommandTests {
         let deadline = ContinuousClock.now + .seconds(10)
         while process.isRunning, ContinuousClock.now < deadline { try await Task.sleep(for: .milliseconds(20)) }
         #expect(!process.isRunning, "it exits after --exit-after messages")
-        if process.isRunning { process.terminate() }
-        process.waitUntilExit()
-        #expect(process.terminationStatus == 0)
-        let summary = String(decoding: errors.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+        #expect(process.stop() == 0)
+        let summary = String(decoding: process.readOutputAndError(quietLimit: .seconds(1)).error, as: UTF8.self)
         #expect(summary.contains("messages 2"), "\(summary)")
     }
 

@@ -80,30 +80,19 @@ struct SinkTests {
         // Measured on a sink process of its own: this process's RSS is shared with the
         // suites running in parallel.
         guard let sluice = sluiceCommand() else { return }
-        let process = Process()
-        process.executableURL = URL(fileURLWithPath: sluice)
-        process.arguments = ["sink", "--listen", "127.0.0.1:0", "--max-message-size", "1048576"]
-        let output = Pipe()
-        process.standardOutput = output
-        process.standardError = FileHandle.nullDevice
-        try process.run()
-        defer { process.terminate() }
-        let line = try await Task.detached { () -> String in
-            var line = Data()
-            while let byte = try output.fileHandleForReading.read(upToCount: 1), !byte.isEmpty, byte != Data([10]) {
-                line.append(byte)
-            }
-            return String(decoding: line, as: UTF8.self)
-        }.value
+        let process = try ChildProcess(sluice, ["sink", "--listen", "127.0.0.1:0", "--max-message-size", "1048576"],
+                                       error: .null)
+        defer { process.stop() }
+        let line = try await process.firstOutputLine(within: .seconds(20))
         let port = try #require(Int(line.split(separator: ":").last ?? ""))
         let group = EventLoopGroup(numberOfLoops: 1)
         let client = try await RawSession.open(to: SocketAddress(ipAddress: "127.0.0.1", port: port), on: group.loops[0])
         await client.replies(atLeast: 1)
-        let before = residentMemory(of: process.processIdentifier)
+        let before = residentMemory(of: process.pid)
         try await pushEndlessLineAndData(client)
         let replies = await client.replies(atLeast: 8)
         #expect(replies.map(\.code.rawValue) == [220, 500, 250, 250, 250, 354, 552, 250])
-        let growth = residentMemory(of: process.processIdentifier) - before
+        let growth = residentMemory(of: process.pid) - before
         #expect(growth < 16 << 20, "the sink grew by \(growth) bytes for 64 MiB of input")
         await client.connection.close()
         await group.shutdown()

@@ -105,27 +105,22 @@ public func findExecutable(_ name: String) -> String? {
 }
 
 /// Runs a program to completion and returns its exit status, standard output and error.
+/// `input` is written from a thread of its own while the output is read, so neither side
+/// can fill a pipe and wait for the other.
 @discardableResult
 public func run(_ executable: String, _ arguments: [String], input: String? = nil,
-         in directory: String? = nil) throws -> (status: Int32, output: String, error: String) {
-    let process = Process()
-    process.executableURL = URL(fileURLWithPath: executable)
-    process.arguments = arguments
-    if let directory { process.currentDirectoryURL = URL(fileURLWithPath: directory) }
-    let output = Pipe()
-    let error = Pipe()
-    let inputPipe = Pipe()
-    process.standardOutput = output
-    process.standardError = error
-    process.standardInput = inputPipe
-    try process.run()
-    if let input { inputPipe.fileHandleForWriting.write(Data(input.utf8)) }
-    try inputPipe.fileHandleForWriting.close()
-    let outputData = output.fileHandleForReading.readDataToEndOfFile()
-    let errorData = error.fileHandleForReading.readDataToEndOfFile()
-    process.waitUntilExit()
-    return (process.terminationStatus, String(decoding: outputData, as: UTF8.self),
-            String(decoding: errorData, as: UTF8.self))
+                in directory: String? = nil) throws -> (status: Int32, output: String, error: String) {
+    let child = try ChildProcess(executable, arguments, in: directory)
+    if let input {
+        Thread {
+            child.writeInput(input.utf8)
+            child.closeInput()
+        }.start()
+    } else {
+        child.closeInput()
+    }
+    let (output, error) = child.readOutputAndError()
+    return (child.waitUntilExit(), String(decoding: output, as: UTF8.self), String(decoding: error, as: UTF8.self))
 }
 
 /// Runs a program on a thread of its own (so waiting for it never blocks the concurrency
