@@ -6,7 +6,10 @@
 /// bounded: a command line longer than the limit is answered 500 and discarded, content over
 /// the size limit is counted but not kept (552 at the end), recipients past the limit get
 /// 452. Only CRLF ends a line: a bare CR or LF in DATA content is refused and the connection
-/// closed, so a smuggled second message is never taken. Nothing read before the 354 is
+/// closed, so a smuggled second message is never taken. BDAT content is framed by its
+/// length, so a bare CR or LF there cannot smuggle anything into this session, but unless the
+/// transaction declared BODY=BINARYMIME such a message is refused (554 5.6.0) rather than
+/// stored, so it cannot smuggle one when it is relayed on. Nothing read before the 354 is
 /// content, and plaintext buffered behind STARTTLS is discarded.
 ///
 /// A message is answered only after the driver says it is stored
@@ -409,7 +412,8 @@ public struct ServerStateMachine: Sendable {
         }
         var parameters = MailParameters()
         for parameter in parameterText.split(separator: " ") {
-            let parts = parameter.split(separator: "=", maxSplits: 1)
+            // Empty pieces kept: a lone "=" is a key of "" (555), never an empty list.
+            let parts = parameter.split(separator: "=", maxSplits: 1, omittingEmptySubsequences: false)
             let key = parts[0].uppercased()
             let value = parts.count > 1 ? String(parts[1]) : nil
             switch (key, value) {
@@ -531,7 +535,24 @@ public struct ServerStateMachine: Sendable {
             reply(.ok, EnhancedStatusCode("2.0.0"), "Ok: \(contentSize) octets")
             return
         }
-        endOfContent(exceeded: contentSize > configuration.maximumMessageSize)
+        let exceeded = contentSize > configuration.maximumMessageSize
+        if !exceeded, transaction?.parameters.body != .binaryMIME, Self.containsBareLineEnding(content) {
+            transaction = nil
+            content = []
+            return reply(.transactionFailed, EnhancedStatusCode("5.6.0"), "Error: bare CR or LF in message content")
+        }
+        endOfContent(exceeded: exceeded)
+    }
+
+    /// Whether `bytes` hold a CR not followed by LF or an LF not preceded by CR.
+    private static func containsBareLineEnding(_ bytes: [UInt8]) -> Bool {
+        var previous: UInt8 = 0
+        for byte in bytes {
+            if byte == 10, previous != 13 { return true }
+            if previous == 13, byte != 10 { return true }
+            previous = byte
+        }
+        return previous == 13
     }
 
     /// The end of a message (DATA terminator or BDAT LAST): refuse it, inject a fault, or
@@ -555,8 +576,10 @@ public struct ServerStateMachine: Sendable {
             heloName: heloName ?? "", authenticatedUser: authenticatedUser, wasSecure: isSecure)
         content = []
         phase = .delivering
-        actions.append(.write(output))  // replies so far go out before the store begins
-        output = []
+        if !output.isEmpty {
+            actions.append(.write(output))  // replies so far go out before the store begins
+            output = []
+        }
         actions.append(.deliver(message))
     }
 
@@ -697,9 +720,15 @@ public struct ServerStateMachine: Sendable {
 
     /// Splits `FROM:<path> params` into the path and the parameters.
     private static func path(after keyword: String, in argument: String) -> (String, String)? {
-        let text = Substring(argument)
-        guard text.uppercased().hasPrefix(keyword) else { return nil }
-        var rest = text.dropFirst(keyword.count)
+        // The keyword is matched byte for byte, ASCII letters in either case: uppercasing the
+        // whole argument could turn other characters into ASCII ("ı" becomes "I").
+        let keywordBytes = keyword.utf8
+        guard argument.utf8.count >= keywordBytes.count,
+              zip(argument.utf8, keywordBytes).allSatisfy({ byte, expected in
+                  byte == expected || (byte ^ 0x20 == expected && (0x41...0x5A).contains(expected))
+              })
+        else { return nil }
+        var rest = Substring(Substring(argument).utf8.dropFirst(keywordBytes.count))
         while rest.first == " " { rest = rest.dropFirst() }  // tolerate "FROM: <a@b>"
         guard rest.first == "<", let close = rest.firstIndex(of: ">") else { return nil }
         let path = String(rest[rest.index(after: rest.startIndex)..<close])

@@ -211,9 +211,9 @@ struct ServerStateMachineTests {
         _ = h.connect()
         let refused = h.client("EHLO c\r\nBDAT 5 LAST\r\nQUIT?\r\n")
         #expect(ServerHarness.codes(refused) == ["250", "503", "500"], "the five bytes were data, not a command")
-        let replies = h.client("MAIL FROM:<s@example.com>\r\nRCPT TO:<a@example.com>\r\nBDAT 6\r\nhello\nBDAT 8 LAST\r\n world\r\n")
+        let replies = h.client("MAIL FROM:<s@example.com> BODY=BINARYMIME\r\nRCPT TO:<a@example.com>\r\nBDAT 6\r\nhello\nBDAT 8 LAST\r\n world\r\n")
         #expect(ServerHarness.codes(replies) == ["250", "250", "250", "250"])
-        #expect(h.stored.first?.content == Array("hello\n world\r\n".utf8), "BDAT content is taken as is")
+        #expect(h.stored.first?.content == Array("hello\n world\r\n".utf8), "BINARYMIME content is taken as is")
     }
 
     @Test func authPlainAndLoginAgainstConfiguredUsers() {
@@ -274,6 +274,96 @@ struct ServerStateMachineTests {
         _ = h.connect()
         #expect(ServerHarness.codes(h.apply(h.machine.timeoutFired())) == ["421"])
         #expect(h.closed)
+    }
+
+    /// Found by Fuzz/FuzzServerCommands on its own seed: when the terminator arrived in a
+    /// read of its own, the machine asked for an empty write before the delivery.
+    @Test(arguments: 1...31)
+    func everyWriteHoldsWholeRepliesHoweverTheInputIsSplit(split: Int) {
+        let session = Array("EHLO c.example\r\nMAIL FROM:<a@example.com> SIZE=20\r\nRCPT TO:<b@example.org>\r\nDATA\r\n"
+            .utf8) + Array("Subject: x\r\n\r\nbody\r\n..dot\r\n.\r\nQUIT\r\n".utf8)
+        var machine = Server(configuration: .init())
+        var writes = machine.connected(secure: false).compactMap(\.written)
+        for start in stride(from: 0, to: session.count, by: split) {
+            for action in machine.bytesReceived(session[start..<min(session.count, start + split)]) {
+                if let bytes = action.written { writes.append(bytes) }
+                if case .deliver = action { writes += machine.deliveryFinished(.stored(id: "1")).compactMap(\.written) }
+            }
+        }
+        for bytes in writes {
+            #expect(bytes.count >= 5 && bytes.suffix(2) == Array("\r\n".utf8), "a write of \(bytes.count) bytes")
+        }
+        #expect(ServerHarness.codes(writes.map { String(decoding: $0, as: UTF8.self) }.joined())
+                == ["220", "250", "250", "250", "354", "250", "221"])
+    }
+}
+
+/// Inputs Fuzz/FuzzServerCommands found that crashed or misled the server machine; each
+/// stays here so it can never come back.
+@Suite("Server state machine: fuzz findings")
+struct ServerFuzzFindingTests {
+    /// `MAIL FROM:<a> =` trapped (index out of range): splitting "=" gave no key at all.
+    @Test(arguments: ["=", "==", "=8BITMIME", "SIZE=", "BODY=", "AUTH="])
+    func aMailParameterWithoutAKeyOrValueIsRefusedAndTheSessionGoesOn(parameter: String) {
+        var h = ServerHarness()
+        _ = h.connect()
+        let replies = h.client("EHLO c\r\nMAIL FROM:<a@example.com> \(parameter)\r\nMAIL FROM:<a@example.com>\r\nNOOP\r\n")
+        let codes = ServerHarness.codes(replies)
+        #expect(codes.count == 4, "\(replies)")
+        if parameter == "AUTH=" {
+            #expect(codes.dropFirst().first == "250", "RFC 4954 §5: AUTH= is accepted and ignored")
+        } else {
+            #expect(codes.dropFirst().first.map { $0.hasPrefix("5") } == true, "\(replies)")
+            #expect(codes.dropFirst(2).first == "250", "the next MAIL is taken")
+        }
+        #expect(!h.closed)
+    }
+
+    /// A BDAT message with a bare CR was stored; one relayed on by DATA could smuggle.
+    @Test(arguments: ["abc\r\u{FF}\n", "abc\ndef\r\n", "abc\r\n\r"])
+    func bareLineEndingsInBDATContentAreRefusedUnlessBinary(content: String) {
+        let bytes = Array(content.utf8)
+        for body in ["", " BODY=8BITMIME", " BODY=BINARYMIME"] {
+            var h = ServerHarness()
+            _ = h.connect()
+            let envelope = "EHLO c\r\nMAIL FROM:<a@example.com>\(body)\r\nRCPT TO:<b@example.com>\r\n"
+            // Split over two chunks, so a CR at the end of one and LF at the start of the
+            // next still count as one CRLF.
+            let replies = h.client(Array((envelope + "BDAT 2\r\n").utf8) + bytes.prefix(2)
+                + Array("BDAT \(bytes.count - 2) LAST\r\n".utf8) + bytes.dropFirst(2) + Array("NOOP\r\n".utf8))
+            let codes = ServerHarness.codes(replies)
+            if body == " BODY=BINARYMIME" {
+                #expect(codes.suffix(3) == ["250", "250", "250"], "stored as sent: \(replies)")
+                #expect(h.stored.map(\.content) == [bytes])
+            } else {
+                #expect(codes.suffix(3) == ["250", "554", "250"], "\(replies)")
+                #expect(h.stored.isEmpty)
+            }
+        }
+    }
+
+    @Test func aCRLFSplitAcrossBDATChunksIsNotBare() {
+        var h = ServerHarness()
+        _ = h.connect()
+        let replies = h.client("EHLO c\r\nMAIL FROM:<a@example.com>\r\nRCPT TO:<b@example.com>\r\n"
+            + "BDAT 3\r\nab\rBDAT 5 LAST\r\n\ncd\r\n")
+        #expect(ServerHarness.codes(replies).suffix(2) == ["250", "250"], "\(replies)")
+        #expect(h.stored.map(\.content) == [Array("ab\r\ncd\r\n".utf8)])
+    }
+
+    @Test func theFromAndToKeywordsMatchInAnyASCIICaseAndNothingElse() {
+        var h = ServerHarness()
+        _ = h.connect()
+        let replies = h.client("EHLO c\r\nMAIL fRoM:<a@example.com>\r\nRCPT to:<b@example.com>\r\nRSET\r\n"
+            + "MAIL \u{17F}ROM:<a@example.com>\r\nMAIL FROM\u{131}<a@example.com>\r\n")
+        #expect(ServerHarness.codes(replies) == ["250", "250", "250", "250", "501", "501"], "\(replies)")
+    }
+}
+
+extension Server.Action {
+    /// The bytes of a write action.
+    var written: [UInt8]? {
+        if case .write(let bytes) = self { bytes } else { nil }
     }
 }
 
