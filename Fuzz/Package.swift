@@ -13,6 +13,9 @@ let package = Package(
     platforms: [.macOS(.v15)],
     dependencies: [.package(name: "sluice", path: "..")],
     targets: [
+        .target(name: "CLibFuzzer", path: "Targets/CLibFuzzer"),
+        .target(name: "FuzzSupport", dependencies: ["CLibFuzzer"], path: "Targets/FuzzSupport",
+                swiftSettings: [.swiftLanguageMode(.v6)]),
         fuzzer("FuzzReplyParser", ["SluiceCore"]),
         fuzzer("FuzzServerCommands", ["SluiceCore"]),
         fuzzer("FuzzAddresses", ["SluiceCore", "SluiceMIME"]),
@@ -25,7 +28,7 @@ let package = Package(
 func fuzzer(_ name: String, _ products: [String]) -> Target {
     .executableTarget(
         name: name,
-        dependencies: products.map { .product(name: $0, package: "sluice") },
+        dependencies: ["FuzzSupport"] + products.map { .product(name: $0, package: "sluice") },
         path: "Targets/\(name)",
         swiftSettings: [.swiftLanguageMode(.v6), .unsafeFlags(["-parse-as-library"])]
     )

@@ -19,6 +19,8 @@ for target in "${targets[@]}"; do
 done
 
 mkdir -p .build/artifacts
+# Swift's crash backtracer reads memory ASan guards and buries the real report; off here.
+export SWIFT_BACKTRACE=enable=no
 for target in "${targets[@]}"; do
     corpus=".build/corpus/$target"
     mkdir -p "$corpus"

@@ -1,3 +1,4 @@
+import FuzzSupport
 import SluiceCore
 
 /// A scripted greeting and EHLO, then arbitrary server bytes, into the client state machine
@@ -29,7 +30,7 @@ public func fuzz(_ data: UnsafePointer<UInt8>, _ size: Int) -> Int32 {
         index = end
     }
     if !tally.closed { tally.apply(machine.connectionClosed(error: nil)) }
-    precondition(tally.reported.sorted() == [1, 2], "each transaction reported once: \(tally.reported)")
+    require(tally.reported.sorted() == [1, 2], "each transaction reported once: \(tally.reported)")
     return 0
 }
 
@@ -41,7 +42,7 @@ struct Tally {
         for action in actions {
             switch action {
             case .write:
-                precondition(!closed, "a write after close")
+                require(!closed, "a write after close")
             case .transactionFinished(let outcome):
                 reported.append(outcome.id)
             case .transactionNotAttempted(let transaction):
@@ -63,4 +64,9 @@ struct FakeCryptography: SASLCryptography {
         Array(repeating: 3, count: length)
     }
     func randomBytes(_ count: Int) -> [UInt8] { Array(repeating: 4, count: count) }
+}
+
+@_cdecl("FuzzClientStateMachine_main")
+func main(_ argc: Int32, _ argv: UnsafeMutablePointer<UnsafeMutablePointer<CChar>?>?) -> Int32 {
+    runFuzzer(argc, argv) { data, size in data.map { fuzz($0, size) } ?? 0 }
 }

@@ -1,3 +1,4 @@
+import FuzzSupport
 import SluiceMIME
 
 /// Arbitrary bytes as an existing message: what RawMessage accepts has only CRLF line
@@ -6,15 +7,15 @@ import SluiceMIME
 public func fuzz(_ data: UnsafePointer<UInt8>, _ size: Int) -> Int32 {
     guard let message = try? RawMessage(UnsafeBufferPointer(start: data, count: size)) else { return 0 }
     let bytes = message.bytes
-    precondition(bytes.count >= 2 && bytes.suffix(2) == [13, 10])
-    precondition(message.headerLength <= bytes.count)
+    require(bytes.count >= 2 && bytes.suffix(2) == [13, 10], "the message does not end in CRLF")
+    require(message.headerLength <= bytes.count, "header length \(message.headerLength) beyond \(bytes.count) bytes")
     var lineLength = 0
     var index = 0
     while index < bytes.count {
         switch bytes[index] {
         case 13:
-            precondition(index + 1 < bytes.count && bytes[index + 1] == 10, "a bare CR")
-            precondition(lineLength <= 998)
+            require(index + 1 < bytes.count && bytes[index + 1] == 10, "a bare CR")
+            require(lineLength <= 998, "a line of \(lineLength) octets")
             lineLength = 0
             index += 2
             continue
@@ -27,4 +28,9 @@ public func fuzz(_ data: UnsafePointer<UInt8>, _ size: Int) -> Int32 {
     _ = message.headerValues("From")
     _ = message.messageID
     return 0
+}
+
+@_cdecl("FuzzRawMessage_main")
+func main(_ argc: Int32, _ argv: UnsafeMutablePointer<UnsafeMutablePointer<CChar>?>?) -> Int32 {
+    runFuzzer(argc, argv) { data, size in data.map { fuzz($0, size) } ?? 0 }
 }

@@ -1,3 +1,4 @@
+import FuzzSupport
 import SluiceCore
 
 /// Arbitrary server bytes, in pieces of arbitrary size, through the reply parser: every
@@ -14,12 +15,17 @@ public func fuzz(_ data: UnsafePointer<UInt8>, _ size: Int) -> Int32 {
             parser.append(bytes[index..<end])
             index = end
             while let reply = try parser.nextReply() {
-                precondition((200...599).contains(reply.code.rawValue) || (100...199).contains(reply.code.rawValue))
-                precondition(reply.lines.allSatisfy { $0.utf8.count <= parser.limits.maximumLineLength })
+                require((100...599).contains(reply.code.rawValue), "reply code \(reply.code.rawValue)")
+                require(reply.lines.allSatisfy { $0.utf8.count <= parser.limits.maximumLineLength }, "a reply line over the limit")
             }
         }
     } catch {
         // A malformed reply is an error, which is the point.
     }
     return 0
+}
+
+@_cdecl("FuzzReplyParser_main")
+func main(_ argc: Int32, _ argv: UnsafeMutablePointer<UnsafeMutablePointer<CChar>?>?) -> Int32 {
+    runFuzzer(argc, argv) { data, size in data.map { fuzz($0, size) } ?? 0 }
 }

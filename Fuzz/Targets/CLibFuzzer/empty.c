@@ -1,0 +1,1 @@
+/* Declarations only: the definitions are in libFuzzer. */
