@@ -27,7 +27,16 @@ public final class LoopTimer: @unchecked Sendable, LoopResource {
         handle.pointee.data = Unmanaged.passRetained(self).toOpaque()
         self.handle = handle
         loop.register(self)
-        uv_timer_start(handle, timerFired, milliseconds, 0)
+        startHandle(handle, milliseconds: milliseconds)
+    }
+
+    /// Starts `handle` to fire no sooner than `milliseconds` from now. libuv measures from
+    /// the loop's cached time, taken when the loop last woke and truncated to whole
+    /// milliseconds: the cache is refreshed first, and one millisecond more covers the
+    /// truncation, so a timer never fires before its delay (it fired 0.2 ms early here).
+    private func startHandle(_ handle: UnsafeMutablePointer<uv_timer_t>, milliseconds: UInt64) {
+        uv_update_time(loop.uvLoop)
+        uv_timer_start(handle, timerFired, milliseconds == 0 ? 0 : milliseconds + 1, 0)
     }
 
     fileprivate func fire() {
@@ -45,7 +54,7 @@ public final class LoopTimer: @unchecked Sendable, LoopResource {
     public func reschedule(after delay: Duration) -> Bool {
         loop.assertInEventLoop()
         guard let handle, body != nil else { return false }
-        uv_timer_start(handle, timerFired, delay.milliseconds, 0)
+        startHandle(handle, milliseconds: delay.milliseconds)
         return true
     }
 
