@@ -150,6 +150,14 @@ public final class SMTPSink: Sendable {
         }
     }
 
+    /// Stops reading from every client, and from clients that connect later, until
+    /// ``resumeReading()``: a sink that has stopped taking data, for overload tests. Replies
+    /// already due still go out; idle timeouts wait too.
+    public func pauseReading() { shared.setReadingPaused(true) }
+
+    /// Reads again after ``pauseReading()``.
+    public func resumeReading() { shared.setReadingPaused(false) }
+
     /// Stops listening; sessions in progress are closed when an owned group shuts down.
     public func shutdown() async {
         for server in servers { await server.close() }

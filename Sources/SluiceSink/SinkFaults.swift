@@ -77,6 +77,9 @@ public struct SinkFaults: Hashable, Sendable {
     public var disconnect: FaultRate?
     /// Where disconnects happen.
     public var disconnectPhase = DisconnectPhase.mail
+    /// A close without a reply after the end of data, whatever ``disconnectPhase`` is (so a
+    /// run can have 421s mid-session and drops after the terminator together).
+    public var dropAfterData: FaultRate?
     /// The generator's seed.
     public var seed: UInt64 = 1
 
@@ -86,6 +89,7 @@ public struct SinkFaults: Hashable, Sendable {
     /// Whether any fault is configured.
     public var isEmpty: Bool {
         rejectRecipients == nil && deferRecipients == nil && rejectData == nil && deferData == nil && disconnect == nil
+            && dropAfterData == nil
     }
 }
 
@@ -146,6 +150,7 @@ struct FaultPolicy: ServerPolicy {
             }
         case .endOfData:
             if faults.disconnectPhase == .afterData, state.fires(faults.disconnect, "disconnect") { return .closeWithoutReply }
+            if state.fires(faults.dropAfterData, "drop-after-data") { return .closeWithoutReply }
             if state.fires(faults.rejectData, "reject-data") {
                 return .reply(SMTPReply(.transactionFailed, EnhancedStatusCode("5.7.1"), "Message rejected (injected)"))
             }

@@ -8,12 +8,38 @@ final class SinkShared: Sendable {
     let counters = SinkCounters()
     let faults: FaultState?
     let delays: Locked<SplitMix64>
+    /// Whether reading is paused sink-wide, and the open sessions to tell when it changes.
+    private let stall = Locked<(paused: Bool, sessions: [ObjectIdentifier: SinkSession])>((false, [:]))
 
     init(configuration: SinkConfiguration, store: MessageStore) {
         self.configuration = configuration
         self.store = store
         faults = configuration.faults.isEmpty ? nil : FaultState(configuration.faults)
         delays = Locked(SplitMix64(seed: configuration.faults.seed &+ 0x5EED))
+    }
+
+    /// Whether reading is paused sink-wide (``SMTPSink/pauseReading()``).
+    var readingPaused: Bool { stall.withLock { $0.paused } }
+
+    /// Pauses or resumes reading on every open session (and on those that open later).
+    func setReadingPaused(_ paused: Bool) {
+        let sessions = stall.withLock { state in
+            state.paused = paused
+            return Array(state.sessions.values)
+        }
+        for session in sessions { session.readingPausedChanged() }
+    }
+
+    /// Adds an open session; returns whether reading is paused.
+    func register(_ session: SinkSession) -> Bool {
+        stall.withLock { state in
+            state.sessions[ObjectIdentifier(session)] = session
+            return state.paused
+        }
+    }
+
+    func unregister(_ session: SinkSession) {
+        _ = stall.withLock { $0.sessions.removeValue(forKey: ObjectIdentifier(session)) }
     }
 
     func replyDelay() -> Duration? {
@@ -56,7 +82,27 @@ final class SinkSession: ConnectionHandler, @unchecked Sendable {
         shared.counters.activeSessions.add(1, ordering: .relaxed)
         if secure { shared.counters.tlsSessions.add(1, ordering: .relaxed) }
         perform(machine.connected(secure: secure))
-        resetIdleTimer()
+        if shared.register(self) {
+            connection.pauseReading()
+        } else {
+            resetIdleTimer()
+        }
+    }
+
+    /// Follows a sink-wide pause or resume of reading, on the connection's loop. A paused
+    /// session has no idle timer: the silence is the sink's, not the client's.
+    func readingPausedChanged() {
+        connection.eventLoop.execute { [self] in
+            guard !isClosed else { return }
+            if shared.readingPaused {
+                idleTimer?.cancel()
+                idleTimer = nil
+                connection.pauseReading()
+            } else {
+                resetIdleTimer()
+                if machine.bufferedInputCount <= 1 << 20 { connection.resumeReading() }
+            }
+        }
     }
 
     func connection(_ connection: Connection, didReceive bytes: UnsafeRawBufferPointer) {
@@ -68,6 +114,7 @@ final class SinkSession: ConnectionHandler, @unchecked Sendable {
 
     func connectionDidClose(_ connection: Connection, error: TransportError?) {
         isClosed = true
+        shared.unregister(self)
         idleTimer?.cancel()
         delayTimer?.cancel()
         shared.counters.activeSessions.subtract(1, ordering: .relaxed)
@@ -120,7 +167,7 @@ final class SinkSession: ConnectionHandler, @unchecked Sendable {
             perform(machine.deliveryFinished(.failed(SMTPReply(
                 .localErrorInProcessing, EnhancedStatusCode("4.3.0"), "Error: could not store the message: \(error)"))))
         }
-        if machine.bufferedInputCount <= 1 << 20 { connection.resumeReading() }
+        if machine.bufferedInputCount <= 1 << 20, !shared.readingPaused { connection.resumeReading() }
     }
 
     // MARK: Output, with the optional reply delay

@@ -52,6 +52,8 @@ struct SinkCommand: AsyncParsableCommand {
     var deferData: String?
     @Option(help: "Disconnect at RATE[:PHASE], PHASE one of greeting, ehlo, mail, rcpt, data, after-data (default mail).")
     var disconnect: String?
+    @Option(name: .customLong("drop-after-data"), help: "Close without a reply after the end of data at RATE (alongside --disconnect).")
+    var dropAfterData: String?
     @Option(help: "Delay before replies: MS, or MIN-MAX milliseconds.")
     var delay: String?
     @Option(help: "Seed for the fault and delay generator.")
@@ -169,6 +171,7 @@ struct SinkCommand: AsyncParsableCommand {
         faults.deferRecipients = try deferRecipients.map { try parseRate($0, option: "--defer-rcpt", allowSuffix: false).0 }
         faults.rejectData = try rejectData.map { try parseRate($0, option: "--reject-data", allowSuffix: false).0 }
         faults.deferData = try deferData.map { try parseRate($0, option: "--defer-data", allowSuffix: false).0 }
+        faults.dropAfterData = try dropAfterData.map { try parseRate($0, option: "--drop-after-data", allowSuffix: false).0 }
         if let disconnect {
             let (rate, phase) = try parseRate(disconnect, option: "--disconnect")
             faults.disconnect = rate

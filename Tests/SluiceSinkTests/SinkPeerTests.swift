@@ -132,7 +132,8 @@ struct SinkCommandTests {
     @Test func badFlagsAreRefusedWithUsageStatus() async throws {
         guard let sluice else { return }
         for arguments in [["sink", "--store", "tape"], ["sink", "--reject-rcpt", "2.5"], ["sink", "--listen", "nohost"],
-                          ["sink", "--disconnect", "0.1:never"], ["sink", "--tls-cert", "/x.pem"]] {
+                          ["sink", "--disconnect", "0.1:never"], ["sink", "--tls-cert", "/x.pem"],
+                          ["sink", "--drop-after-data", "2"], ["sink", "--drop-after-data", "0.1:close"]] {
             let result = try await runInBackground(sluice, arguments)
             #expect(result.status == 64, "\(arguments): \(result.status) \(result.error)")
             #expect(!result.error.isEmpty)
