@@ -6,6 +6,6 @@ struct SluiceCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "sluice",
         abstract: "An event-driven SMTP engine: send mail, run a sink, measure throughput.",
-        subcommands: [SendCommand.self, SinkCommand.self, BenchCommand.self, LoopbackCommand.self]
+        subcommands: [SendCommand.self, SinkCommand.self, BenchCommand.self, SoakCommand.self, LoopbackCommand.self]
     )
 }
