@@ -115,6 +115,30 @@ struct LifecycleTests {
         await group.shutdown()
     }
 
+    @Test func cancelWhenClosedWaitsForTheHandleToClose() async throws {
+        let group = EventLoopGroup(numberOfLoops: 1)
+        let loop = group.loops[0]
+        let timer = loop.scheduleTimer(after: .seconds(60)) {}
+        // Once the close callback has run, not merely once uv_close was asked for.
+        let countsWhenTold: [Int] = await withCheckedContinuation { continuation in
+            loop.execute {
+                let whileOpen = loop.liveHandleCount
+                timer.cancel { continuation.resume(returning: [whileOpen, loop.liveHandleCount]) }
+            }
+        }
+        #expect(countsWhenTold == [1, 0])
+        // A timer already cancelled, its close still pending, waits for it too.
+        let never = await withCheckedContinuation { continuation in
+            loop.execute {
+                let timer = loop.scheduleTimer(after: .seconds(60)) {}
+                timer.cancel()
+                timer.cancel { continuation.resume(returning: loop.liveHandleCount) }
+            }
+        }
+        #expect(never == 0)
+        await group.shutdown()
+    }
+
     @Test func timersFireOnceOnTheirLoopAndCancelledOnesNever() async throws {
         let group = EventLoopGroup(numberOfLoops: 1)
         let loop = group.loops[0]

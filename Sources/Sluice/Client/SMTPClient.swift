@@ -264,9 +264,9 @@ public final class SMTPClient: Sendable {
         }
         await waitUntil(.closed) { state in state.openTransports == 0 }
         if let timer = state.withLock({ $0.wakeTimer }) {
-            // Cancelled on its loop, so its handle is closing before shutdown returns.
+            // Cancelled on its loop; shutdown returns once its handle has closed.
             await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
-                if !timer.loop.execute({ timer.cancel(); continuation.resume() }) { continuation.resume() }
+                if !timer.loop.execute({ timer.cancel { continuation.resume() } }) { continuation.resume() }
             }
         }
         if first, ownsGroup { await eventLoopGroup.shutdown() }

@@ -17,6 +17,11 @@ final class ClientConnection: ConnectionHandler, @unchecked Sendable {
     private var jobs: [Int: DeliveryJob] = [:]
     private var replyTimer: LoopTimer?
     private var idleTimer: LoopTimer?
+    /// Timers cancelled whose handles have not closed yet, and whether the transport has
+    /// closed without the client being told: it is told once both are done, so the client's
+    /// shutdown never returns with a handle of ours still open.
+    private var timersClosing = 0
+    private var transportClosePending = false
     private var ready = false
     private var reportedClosed = false
     private var transportCloseError: SMTPError?
@@ -77,6 +82,24 @@ final class ClientConnection: ConnectionHandler, @unchecked Sendable {
         transportCloseError = error.map(SMTPError.init)
         perform(machine.connectionClosed(error: sessionError))
         closed(error: transportCloseError ?? SMTPError(.connection, "the server closed the connection", isTransient: true))
+        transportClosePending = true
+        reportTransportClosedWhenTimersAre()
+    }
+
+    /// Cancels `timer` (if any), counting it until its handle has closed.
+    private func cancelTimer(_ timer: inout LoopTimer?) {
+        guard let cancelled = timer else { return }
+        timer = nil
+        timersClosing += 1
+        cancelled.cancel { [self] in
+            timersClosing -= 1
+            reportTransportClosedWhenTimersAre()
+        }
+    }
+
+    private func reportTransportClosedWhenTimersAre() {
+        guard transportClosePending, timersClosing == 0 else { return }
+        transportClosePending = false
         client.transportClosed()
     }
 
@@ -112,8 +135,7 @@ final class ClientConnection: ConnectionHandler, @unchecked Sendable {
     /// QUIT once the work in flight is done, then close.
     func retire() {
         loop.assertInEventLoop()
-        idleTimer?.cancel()
-        idleTimer = nil
+        cancelTimer(&idleTimer)
         logger.debug("retiring")
         perform(machine.quitRequested())
     }
@@ -136,8 +158,7 @@ final class ClientConnection: ConnectionHandler, @unchecked Sendable {
         while !arrived.isEmpty {
             let jobs = arrived
             arrived = []
-            idleTimer?.cancel()
-            idleTimer = nil
+            cancelTimer(&idleTimer)
             if let since = idleSince {
                 idleSince = nil
                 if ContinuousClock.now - since >= client.poolSettings.checkAfterIdle {
@@ -182,8 +203,7 @@ final class ClientConnection: ConnectionHandler, @unchecked Sendable {
                     replyTimer = loop.scheduleTimer(after: delay) { [self] in perform(machine.timeoutFired()) }
                 }
             case .cancelTimer:
-                replyTimer?.cancel()
-                replyTimer = nil
+                cancelTimer(&replyTimer)
             case .close(let error):
                 if let error { logger.debug("closing", metadata: ["smtp.error": "\(error)"]) }
                 flush()
@@ -196,10 +216,8 @@ final class ClientConnection: ConnectionHandler, @unchecked Sendable {
 
     /// Tells the client once that this connection is gone.
     private func closed(error: SMTPError) {
-        replyTimer?.cancel()
-        replyTimer = nil
-        idleTimer?.cancel()
-        idleTimer = nil
+        cancelTimer(&replyTimer)
+        cancelTimer(&idleTimer)
         guard !reportedClosed else { return }
         reportedClosed = true
         client.connectionEnded(self, wasReady: ready, error: error)

@@ -11,6 +11,9 @@ public final class LoopTimer: @unchecked Sendable, LoopResource {
     public let loop: EventLoop
     private var handle: UnsafeMutablePointer<uv_timer_t>?
     private var body: (@Sendable () -> Void)?
+    /// Run once the handle's close callback has run (``cancel(whenClosed:)``).
+    private var closeWaiters: [() -> Void] = []
+    private var isClosing = false
 
     fileprivate init(loop: EventLoop, body: @escaping @Sendable () -> Void) {
         self.loop = loop
@@ -68,6 +71,21 @@ public final class LoopTimer: @unchecked Sendable, LoopResource {
         }
     }
 
+    /// Stops the timer if it has not fired, and calls `whenClosed` on the loop's thread once
+    /// its libuv handle is closed — at once if it has none, later in this loop iteration or
+    /// the next if it is closing. For owners whose own "closed" must mean every handle is
+    /// gone. Loop thread only.
+    public func cancel(whenClosed: @escaping () -> Void) {
+        loop.assertInEventLoop()
+        body = nil
+        closeHandle()
+        if isClosing {
+            closeWaiters.append(whenClosed)
+        } else {
+            whenClosed()
+        }
+    }
+
     func close(dueTo error: TransportError) {
         body = nil
         closeHandle()
@@ -76,6 +94,7 @@ public final class LoopTimer: @unchecked Sendable, LoopResource {
     private func closeHandle() {
         guard let handle else { return }
         self.handle = nil
+        isClosing = true
         uv_timer_stop(handle)
         uv_close(UnsafeMutableRawPointer(handle).assumingMemoryBound(to: uv_handle_t.self), timerClosed)
     }
@@ -83,6 +102,10 @@ public final class LoopTimer: @unchecked Sendable, LoopResource {
     fileprivate func closed() {
         loop.deregister(self)
         loop.handleClosed()
+        isClosing = false
+        let waiters = closeWaiters
+        closeWaiters = []
+        for waiter in waiters { waiter() }
     }
 }
 
