@@ -368,9 +368,13 @@ struct FaultyResult {
     var reported: Int { outcomes.values.reduce(0, +) }
     func count(_ outcome: DeliveryReport.Outcome) -> Int { outcomes[outcome] ?? 0 }
 
-    /// Samples after warm-up, and the last quarter of the run.
-    var afterWarmUp: [ResourceSample] { samples.filter { $0.at >= warmUp } }
-    var warmUpSamples: [ResourceSample] { samples.filter { $0.at < warmUp } }
+    /// Samples during warm-up (the first fifth of the run, and never fewer than the first
+    /// three samples: a loaded machine may report late), those after, and the last quarter.
+    var warmUpSamples: [ResourceSample] {
+        let early = samples.filter { $0.at < warmUp }
+        return early.count >= 3 ? early : Array(samples.prefix(3))
+    }
+    var afterWarmUp: [ResourceSample] { Array(samples.dropFirst(warmUpSamples.count)) }
     var lastQuarter: [ResourceSample] { samples.filter { $0.at >= elapsed * 0.75 } }
 
     func checks(stored: StoredIDs, baseline: ResourceSample, afterShutdown: ResourceSample, leaked: String) -> [Check] {
