@@ -20,6 +20,10 @@ log=$(mktemp)
 trap 'rm -f "$log"' EXIT
 export ASAN_OPTIONS="suppressions=$root/scripts/sanitizers/asan.supp:detect_leaks=1:abort_on_error=0"
 export LSAN_OPTIONS="suppressions=$root/scripts/sanitizers/lsan.supp:print_suppressions=0"
+# Sanitizers slow the code several times over (ThreadSanitizer most): the tests' deadlines
+# stretch to match (Tests/SluiceTestSupport/Environment.swift), so only a hang misses them.
+if [ "$sanitizer" = thread ]; then export SLUICE_TEST_TIME_SCALE=${SLUICE_TEST_TIME_SCALE:-8}
+else export SLUICE_TEST_TIME_SCALE=${SLUICE_TEST_TIME_SCALE:-4}; fi
 export TSAN_OPTIONS="suppressions=$root/scripts/sanitizers/tsan.supp:halt_on_error=1:second_deadlock_stack=1"
 echo "sanitize: running the tests under $sanitizer"
 status=0

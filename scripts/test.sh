@@ -2,6 +2,9 @@
 # Sets up a fresh machine, builds Sluice with its tests (failing on any compiler warning in
 # Sluice's own code), and runs the whole test suite.
 #
+# Under CI (CI=true) it then runs scripts/reliability.sh: the suite under ASan and TSan, every
+# fuzz target for 60 s and a 60-second soak under faults.
+#
 #   scripts/test.sh [extra swift test arguments]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -23,3 +26,7 @@ fi
 
 echo "test: running"
 swift test --skip-build "$@"
+
+if [ "${CI:-false}" != "false" ] && [ -n "${CI:-}" ]; then
+    bash scripts/reliability.sh
+fi

@@ -135,11 +135,20 @@ public func runInBackground(_ executable: String, _ arguments: [String], input: 
     }
 }
 
-/// Runs `body` and fails the test if it takes longer than `limit` (so a hang is a failure,
-/// not a stuck CI job).
+/// How much longer than usual the tests' deadlines are: `SLUICE_TEST_TIME_SCALE` (1 when
+/// unset). scripts/sanitize.sh sets it, since sanitizers slow everything several times over.
+public let testTimeScale: Double = ProcessInfo.processInfo.environment["SLUICE_TEST_TIME_SCALE"]
+    .flatMap(Double.init).map { max(1, $0) } ?? 1
+
+/// `limit` stretched by ``testTimeScale``.
+public func scaled(_ limit: Duration) -> Duration { limit * testTimeScale }
+
+/// Runs `body` and fails the test if it takes longer than `limit` (stretched by
+/// ``testTimeScale``), so a hang is a failure, not a stuck CI job.
 public func withDeadline<T: Sendable>(_ limit: Duration, _ what: String,
                                _ body: @escaping @Sendable () async throws -> T) async throws -> T {
-    try await withThrowingTaskGroup(of: T?.self) { group in
+    let limit = scaled(limit)
+    return try await withThrowingTaskGroup(of: T?.self) { group in
         group.addTask { try await body() }
         group.addTask {
             try await Task.sleep(for: limit)

@@ -167,6 +167,7 @@ struct ClientPoolTests {
 
 /// Waits until `condition` holds, for at most `limit`.
 func waitUntil(within limit: Duration = .seconds(10), _ condition: () -> Bool) async throws {
+    let limit = scaled(limit)
     let deadline = ContinuousClock.now + limit
     while !condition() {
         guard ContinuousClock.now < deadline else {

@@ -22,7 +22,7 @@ func startEchoServer(
 /// the loops a moment after the operations that asked for them return.
 func waitForHandles(_ group: EventLoopGroup, toReturnTo expected: Int, within limit: Duration = .seconds(5)) async -> Int {
     let clock = ContinuousClock()
-    let deadline = clock.now + limit
+    let deadline = clock.now + scaled(limit)
     while group.liveHandleCount != expected, clock.now < deadline {
         try? await Task.sleep(for: .milliseconds(5))
     }
