@@ -242,10 +242,14 @@ struct HeaderWriter {
 
     /// Writes `; name=value`: a token as it is, printable ASCII as a quoted string, anything
     /// else as an RFC 2231 extended value in UTF-8, split into numbered sections when long.
+    ///
+    /// A token with `'`, `*` or `%` is valid RFC 2045 but is quoted all the same: readers that
+    /// know RFC 2231 (Python's `email` among them) take it for a broken extended value and
+    /// lose the parameter.
     mutating func parameter(_ name: String, _ value: String) {
         attach(";")
         let utf8 = Array(value.utf8)
-        if !utf8.isEmpty, utf8.count <= 200, utf8.allSatisfy(Self.isTokenCharacter) {
+        if !utf8.isEmpty, utf8.count <= 200, utf8.allSatisfy(Self.isAttributeCharacter) {
             token(Array("\(name)=".utf8) + utf8)
             return
         }

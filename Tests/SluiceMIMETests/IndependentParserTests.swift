@@ -119,6 +119,20 @@ struct IndependentParserTests {
         Self.compare(view, with: message)
     }
 
+    @Test func fileNamesWithRFC2231CharactersAreQuotedAndReadBack() throws {
+        // Found by the property test below in CI: `filename=0''` is a valid RFC 2045 token, but
+        // Python takes a bare `'`, `*` or `%` for a broken RFC 2231 value and drops the name.
+        for fileName in ["0''", "'-", "it's.txt", "a*b.txt", "100%.txt", "utf-8''x.txt"] {
+            var message = Message(from: try Mailbox("a@example.com"), to: [try Mailbox("b@example.com")], text: "see attached")
+            message.attachments = [Attachment(data: [1, 2, 3], fileName: fileName)]
+            let encoded = try message.encodedForTest()
+            checkWireRules(encoded)
+            #expect(String(decoding: encoded.bytes, as: UTF8.self).contains("filename=\"\(fileName)\""), "\(fileName)")
+            guard let view = try PythonEmail.read(encoded) else { return }
+            Self.compare(view, with: message)
+        }
+    }
+
     // MARK: Properties
 
     static let characters: [Character] = Array("aZ09 .,:;!?'\"()<>[]@\\=?_-/\t" + "éüßçñøÅ" + "ДЖЯ" + "日本語中文" + "🚀👍🏽🇫🇷" + "\u{301}\u{200B}\u{00A0}")
