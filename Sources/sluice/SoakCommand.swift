@@ -123,17 +123,12 @@ struct SoakCommand: AsyncParsableCommand {
         let given = Counter()
         let mails = SoakMails(until: start + .milliseconds(Int64(duration * 1000)), given: given)
         var outcomes: [DeliveryReport.Outcome: Int] = [:]
-        var outcomeByID: [String: DeliveryReport.Outcome] = [:]
-        var attemptsByID: [String: Int] = [:]
-        var duplicateReports = 0
+        var ledger = SoakLedger(expected: Int(rate * duration) + 1024)
         var samples: [ResourceSample] = []
         var nextSample = start
         for try await report in client.send(contentsOf: mails, maximumInFlight: connections * 16) {
             outcomes[report.outcome, default: 0] += 1
-            if let id = report.messageID {
-                if outcomeByID.updateValue(report.outcome, forKey: id) != nil { duplicateReports += 1 }
-                attemptsByID[id] = report.attempts
-            }
+            ledger.record(report)
             let now = clock.now
             if now >= nextSample {
                 samples.append(.now(at: now - start))
@@ -151,8 +146,7 @@ struct SoakCommand: AsyncParsableCommand {
         let statistics = sink.statistics
         await sink.shutdown()
         await sinkGroup.shutdown()
-        return FaultyResult(given: given.value, outcomes: outcomes, outcomeByID: outcomeByID, duplicateReports: duplicateReports,
-                            attemptsByID: attemptsByID, samples: samples, elapsed: elapsed,
+        return FaultyResult(given: given.value, outcomes: outcomes, ledger: ledger, samples: samples, elapsed: elapsed,
                             sinkMessages: statistics.messages, warmUp: .milliseconds(Int64(duration * 200)),
                             connections: connections)
     }
@@ -174,7 +168,9 @@ struct SoakCommand: AsyncParsableCommand {
         let client = try SMTPClient(configuration: configuration)
 
         let size = 256 << 10
-        let count = 1_000  // 250 MiB offered; far more than may be held
+        // 100 MiB offered, each message held twice (its BDAT and DATA forms): a producer that
+        // was not held back would grow memory by 200 MiB, against 32 MiB for 64 in flight.
+        let count = 400
         let maximumInFlight = 64
         let taken = Counter()
         let mails = OverloadMails(count: count, size: size, taken: taken)
@@ -247,7 +243,7 @@ private struct SoakMails: AsyncSequence, Sendable {
     }
 
     static func mail(_ number: Int) throws -> OutgoingMail {
-        let id = "<soak-\(number)@sluice.test>"
+        let id = messageID(number)
         var text = "From: <soak@sluice.test>\r\nTo: <rcpt@sink.test>\r\nSubject: soak \(number)\r\nMessage-ID: \(id)\r\n\r\n"
         for line in 0..<8 { text += "line \(line) of message \(number): the quick brown fox jumps over the lazy dog\r\n" }
         let envelope = try Envelope(from: "soak@sluice.test", to: (0...(number % 3)).map { "r\($0)-\(number)@sink.test" })
@@ -255,34 +251,108 @@ private struct SoakMails: AsyncSequence, Sendable {
     }
 }
 
-/// `count` large messages, counting how many were taken.
+extension SoakMails {
+    static func messageID(_ number: Int) -> String { "<soak-\(number)@sluice.test>" }
+
+    /// The number in a Message-ID that ``messageID(_:)`` made, or nil for any other.
+    static func number(inMessageID id: some Collection<UInt8>) -> Int? {
+        let prefix = "<soak-".utf8, suffix = "@sluice.test>".utf8
+        guard id.count > prefix.count + suffix.count, id.starts(with: prefix), id.reversed().starts(with: suffix.reversed()) else {
+            return nil
+        }
+        let digits = id.dropFirst(prefix.count).dropLast(suffix.count)
+        guard digits.count <= 18, digits.allSatisfy({ $0 >= UInt8(ascii: "0") && $0 <= UInt8(ascii: "9") }) else { return nil }
+        let number = digits.reduce(0) { $0 * 10 + Int($1 - UInt8(ascii: "0")) }
+        return number > 0 ? number : nil
+    }
+}
+
+/// What the client reported for each soak message, by its number. Compact on purpose: the
+/// soak measures this process's memory, and a `[String: Outcome]` of 200,000 Message-IDs
+/// (about 35 MiB) once passed for a leak in a 10-minute run.
+struct SoakLedger {
+    static let outcomes: [DeliveryReport.Outcome] = [.accepted, .partiallyAccepted, .rejected, .deferred, .unknown]
+
+    /// Per message number: 0 when no report came, else the outcome's index in ``outcomes`` + 1.
+    private var codes: [UInt8]
+    /// Per message number: the attempts its report gave (at most 255).
+    private var attemptCounts: [UInt8]
+    private(set) var duplicates = 0
+    /// Reports whose Message-ID the soak did not make (none are expected).
+    private(set) var unidentified = 0
+    private(set) var distinct = 0
+
+    init(expected: Int) {
+        codes = []
+        attemptCounts = []
+        codes.reserveCapacity(expected)
+        attemptCounts.reserveCapacity(expected)
+    }
+
+    mutating func record(_ report: DeliveryReport) {
+        guard let id = report.messageID, let number = SoakMails.number(inMessageID: id.utf8),
+              let code = Self.outcomes.firstIndex(of: report.outcome) else {
+            unidentified += 1
+            return
+        }
+        if number >= codes.count {
+            codes.append(contentsOf: repeatElement(0, count: number + 1 - codes.count))
+            attemptCounts.append(contentsOf: repeatElement(0, count: number + 1 - attemptCounts.count))
+        }
+        if codes[number] != 0 { duplicates += 1 } else { distinct += 1 }
+        codes[number] = UInt8(code + 1)
+        attemptCounts[number] = UInt8(clamping: report.attempts)
+    }
+
+    func outcome(_ number: Int) -> DeliveryReport.Outcome? {
+        guard number < codes.count, codes[number] != 0 else { return nil }
+        return Self.outcomes[Int(codes[number]) - 1]
+    }
+
+    func attempts(_ number: Int) -> Int { number < attemptCounts.count ? Int(attemptCounts[number]) : 0 }
+
+    /// The numbers that have a report.
+    var numbers: some Sequence<Int> { codes.indices.lazy.filter { codes[$0] != 0 } }
+}
+
+/// `count` large messages, each its own bytes (a copy of a template with its number stamped
+/// in the subject) so that a producer that was not held back would show in memory; counts
+/// how many were taken.
 private struct OverloadMails: Sequence, Sendable {
     let count: Int
-    let message: EncodedMessage
+    let template: [UInt8]
+    let stamp: Range<Int>
     let envelope: Envelope
     let taken: Counter
 
     init(count: Int, size: Int, taken: Counter) {
         self.count = count
+        let head = "From: <load@sluice.test>\r\nSubject: overload "
         let line = String(repeating: "x", count: 998) + "\r\n"
-        let text = "From: <load@sluice.test>\r\nSubject: overload\r\n\r\n" + String(repeating: line, count: size / 1000)
-        message = try! EncodedMessage(bytes: Array(text.utf8))
+        template = Array((head + "0000000000\r\n\r\n" + String(repeating: line, count: size / 1000)).utf8)
+        stamp = head.utf8.count..<(head.utf8.count + 10)
         envelope = try! Envelope(from: "load@sluice.test", to: ["r@sink.test"])
         self.taken = taken
     }
 
     struct Iterator: IteratorProtocol {
         let mails: OverloadMails
-        var remaining: Int
+        var number = 0
         mutating func next() -> OutgoingMail? {
-            guard remaining > 0 else { return nil }
-            remaining -= 1
+            guard number < mails.count else { return nil }
+            number += 1
             mails.taken.increment()
-            return OutgoingMail(envelope: mails.envelope, message: mails.message)
+            var bytes = mails.template
+            var value = number
+            for index in mails.stamp.reversed() {
+                bytes[index] = UInt8(ascii: "0") + UInt8(value % 10)
+                value /= 10
+            }
+            return OutgoingMail(envelope: mails.envelope, message: try! EncodedMessage(bytes: bytes))
         }
     }
 
-    func makeIterator() -> Iterator { Iterator(mails: self, remaining: count) }
+    func makeIterator() -> Iterator { Iterator(mails: self) }
 }
 
 /// A count shared with a sequence the client iterates.
@@ -319,10 +389,19 @@ struct ResourceSample {
     var megabytes: Double { Double(residentBytes) / 1_048_576 }
 }
 
-/// The Message-IDs in an mbox, with how many copies of each.
+/// The soak messages in an mbox, by number, with how many copies of each.
 struct StoredIDs {
-    var copies: [String: Int] = [:]
-    var total: Int { copies.values.reduce(0, +) }
+    /// Copies per message number.
+    private(set) var copies: [UInt32] = []
+    /// Messages whose Message-ID the soak did not make (none are expected).
+    private(set) var foreign = 0
+    private(set) var distinct = 0
+    private(set) var total = 0
+
+    func copies(of number: Int) -> Int { number < copies.count ? Int(copies[number]) : 0 }
+
+    /// The numbers stored at least once.
+    var numbers: some Sequence<Int> { copies.indices.lazy.filter { copies[$0] != 0 } }
 
     init(mbox path: String) throws {
         guard let handle = FileHandle(forReadingAtPath: path) else { return }  // nothing stored
@@ -335,8 +414,16 @@ struct StoredIDs {
             var lineStart = 0
             while let newline = bytes[lineStart...].firstIndex(of: 10) {
                 if bytes[lineStart..<newline].starts(with: prefix) {
-                    let id = String(decoding: bytes[(lineStart + prefix.count)..<newline], as: UTF8.self)
-                    copies[id, default: 0] += 1
+                    total += 1
+                    var end = newline
+                    if end > lineStart, bytes[end - 1] == 13 { end -= 1 }
+                    if let number = SoakMails.number(inMessageID: bytes[(lineStart + prefix.count)..<end]) {
+                        if number >= copies.count { copies.append(contentsOf: repeatElement(0, count: number + 1 - copies.count)) }
+                        if copies[number] == 0 { distinct += 1 }
+                        copies[number] += 1
+                    } else {
+                        foreign += 1
+                    }
                 }
                 lineStart = newline + 1
             }
@@ -356,9 +443,7 @@ struct Check {
 struct FaultyResult {
     let given: Int
     let outcomes: [DeliveryReport.Outcome: Int]
-    let outcomeByID: [String: DeliveryReport.Outcome]
-    let duplicateReports: Int
-    let attemptsByID: [String: Int]
+    let ledger: SoakLedger
     let samples: [ResourceSample]
     let elapsed: Duration
     let sinkMessages: Int
@@ -382,29 +467,31 @@ struct FaultyResult {
         let delivered: Set<DeliveryReport.Outcome> = [.accepted, .partiallyAccepted]
         checks.append(Check(
             name: "every message given has exactly one report",
-            passed: reported == given && outcomeByID.count == given && duplicateReports == 0,
-            detail: "given \(given), reports \(reported), distinct \(outcomeByID.count), duplicates \(duplicateReports)"))
-        let missing = outcomeByID.filter { delivered.contains($0.value) && stored.copies[$0.key] == nil }.map(\.key)
+            passed: reported == given && ledger.distinct == given && ledger.duplicates == 0 && ledger.unidentified == 0,
+            detail: "given \(given), reports \(reported), distinct \(ledger.distinct), duplicates \(ledger.duplicates)"
+                + (ledger.unidentified == 0 ? "" : ", with an unknown Message-ID \(ledger.unidentified)")))
+        let missing = ledger.numbers.filter { delivered.contains(ledger.outcome($0)!) && stored.copies(of: $0) == 0 }
         checks.append(Check(
             name: "every message reported accepted is in the sink's store",
             passed: missing.isEmpty, detail: missing.isEmpty ? "all \(count(.accepted) + count(.partiallyAccepted)) found"
-                : "missing \(missing.count), e.g. \(missing.sorted().prefix(3).joined(separator: " "))"))
-        let unexpected = stored.copies.keys.filter { id in
-            guard let outcome = outcomeByID[id] else { return true }
+                : "missing \(missing.count), e.g. \(missing.prefix(3).map(SoakMails.messageID).joined(separator: " "))"))
+        let unexpected = stored.numbers.filter { number in
+            guard let outcome = ledger.outcome(number) else { return true }
             return !delivered.contains(outcome) && outcome != .unknown
         }
         // A second copy is right when some recipients were deferred and retried: each attempt
         // stores one copy for the recipients it got accepted, so never more than attempts.
-        let extraCopies = stored.copies.filter { id, copies in
-            copies > 1 && (outcomeByID[id].map { !delivered.contains($0) } ?? true || copies > attemptsByID[id] ?? 1)
+        let extraCopies = stored.numbers.filter { number in
+            let copies = stored.copies(of: number)
+            return copies > 1 && (ledger.outcome(number).map { !delivered.contains($0) } ?? true || copies > max(ledger.attempts(number), 1))
         }
         checks.append(Check(
             name: "the store holds accepted messages and at most the unknowns besides",
-            passed: unexpected.isEmpty && extraCopies.isEmpty
-                && stored.copies.count <= count(.accepted) + count(.partiallyAccepted) + count(.unknown),
-            detail: "stored \(stored.copies.count) distinct (\(stored.total) copies) ≤ accepted \(count(.accepted)) + partial "
+            passed: unexpected.isEmpty && extraCopies.isEmpty && stored.foreign == 0
+                && stored.distinct <= count(.accepted) + count(.partiallyAccepted) + count(.unknown),
+            detail: "stored \(stored.distinct) distinct (\(stored.total) copies) ≤ accepted \(count(.accepted)) + partial "
                 + "\(count(.partiallyAccepted)) + unknown \(count(.unknown)); not delivered yet stored \(unexpected.count), "
-                + "unexplained copies \(extraCopies.count)"))
+                + "unexplained copies \(extraCopies.count)" + (stored.foreign == 0 ? "" : ", not a soak message \(stored.foreign)")))
         checks.append(Check(
             name: "the sink's count matches its store", passed: sinkMessages == stored.total,
             detail: "sink counted \(sinkMessages), mbox holds \(stored.total)"))
@@ -483,7 +570,7 @@ struct SoakReport {
             String(format: "sluice soak: %@ messages given in %.0f s (%@ msg/s)", faulty.given.grouped, faulty.elapsed.seconds,
                    Int(Double(faulty.reported) / max(faulty.elapsed.seconds, 1e-9)).grouped),
             "outcomes:  " + outcomeText,
-            "stored:    \(stored.copies.count.grouped) messages (\(stored.total.grouped) copies)",
+            "stored:    \(stored.distinct.grouped) messages (\(stored.total.grouped) copies)",
         ]
         if let first, let last {
             lines.append(String(format: "memory:    %.1f MiB after warm-up (%.0f s), %.1f MiB at the end; descriptors %d then %d, %d after shutdown",
@@ -498,7 +585,7 @@ struct SoakReport {
         var object: [String: Any] = [
             "given": faulty.given, "elapsedSeconds": faulty.elapsed.seconds,
             "outcomes": Dictionary(uniqueKeysWithValues: faulty.outcomes.map { ($0.key.rawValue, $0.value) }),
-            "storedMessages": stored.copies.count, "storedCopies": stored.total,
+            "storedMessages": stored.distinct, "storedCopies": stored.total,
             "samples": faulty.samples.map { ["seconds": $0.at.seconds, "residentBytes": $0.residentBytes, "descriptors": $0.descriptors] },
             "descriptorsBefore": baseline.descriptors, "descriptorsAfterShutdown": afterShutdown.descriptors,
             "checks": checks.map { ["name": $0.name, "passed": $0.passed, "detail": $0.detail] },
