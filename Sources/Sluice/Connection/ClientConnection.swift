@@ -253,7 +253,7 @@ final class ClientConnection: ConnectionHandler, @unchecked Sendable {
             case .data(let id), .chunk(let id):
                 guard let content = content(of: output, id) else { continue }
                 sealCommands()
-                outgoing.append(content)
+                outgoing.append(contentsOf: content)
             }
         }
     }
@@ -279,10 +279,11 @@ final class ClientConnection: ConnectionHandler, @unchecked Sendable {
         outgoingCommands.removeAll(keepingCapacity: true)
     }
 
-    /// The message bytes a `.data` (dot-stuffed) or `.chunk` (normalised) piece stands for.
-    private func content(of output: ClientOutput, _ id: Int) -> SharedBytes? {
+    /// The message bytes a `.data` (dot-stuffed, with the terminator) or `.chunk`
+    /// (normalised) piece stands for, shared and not copied.
+    private func content(of output: ClientOutput, _ id: Int) -> [SharedBytes]? {
         guard let message = jobs[id]?.message else { return nil }
-        return output == .data(transactionID: id) ? message.stuffed : message.chunk
+        return output == .data(transactionID: id) ? message.dataPieces : [message.chunk]
     }
 
     private func startTLS() {
@@ -317,7 +318,7 @@ final class ClientConnection: ConnectionHandler, @unchecked Sendable {
                     logger.trace("C: \(shown)")
                 }
             case .data(let id), .chunk(let id):
-                logger.trace("C: [message content, \(content(of: output, id)?.count ?? 0) octets]")
+                logger.trace("C: [message content, \(content(of: output, id)?.reduce(0) { $0 + $1.count } ?? 0) octets]")
             }
         }
     }

@@ -5,18 +5,23 @@ import SluiceTransport
 /// A message prepared for the wire once, then sent as many times as needed — to many
 /// envelopes, on any connection, on every retry — without another copy.
 ///
-/// It holds both wire forms: CRLF-normalised for `BDAT` (CHUNKING) and dot-stuffed with its
-/// terminator for `DATA`. Bare CR and LF became CRLF before dot-stuffing, so the content can
-/// never end the data early (SMTP smuggling).
+/// It is held once, CRLF-normalised: that is what `BDAT` (CHUNKING) sends, and for `DATA` the
+/// same bytes followed by the terminator `.<CRLF>` — unless a line starts with a dot, when a
+/// dot-stuffed copy is kept for `DATA` too. Bare CR and LF became CRLF before dot-stuffing, so
+/// the content can never end the data early (SMTP smuggling).
 public final class EncodedMessage: Sendable {
     /// The message's `Message-ID`, if it has one; reports carry it.
     public let messageID: String?
     /// The CRLF-normalised bytes (for BDAT).
     let chunk: SharedBytes
-    /// The dot-stuffed bytes with `.<CRLF>` (for DATA).
-    let stuffed: SharedBytes
+    /// The dot-stuffed bytes with the terminator, only when a line starts with a dot; else
+    /// `DATA` sends ``chunk`` and the terminator, and the message is in memory once.
+    private let stuffedCopy: SharedBytes?
     /// What the state machine needs to know of it.
     let info: SMTPContentInfo
+
+    /// `.<CRLF>`, shared by every message.
+    private static let terminator = SharedBytes(Array(".\r\n".utf8))
 
     /// Prepares a checked message.
     public convenience init(_ message: RawMessage) {
@@ -30,12 +35,35 @@ public final class EncodedMessage: Sendable {
     /// - Throws: ``DataEncoder/ContentError`` for a NUL byte or a line over 1000 octets.
     public init(bytes: [UInt8], messageID: String? = nil) throws(DataEncoder.ContentError) {
         let normalized = try DataEncoder.normalized(bytes)
-        let dotStuffed = try DataEncoder.dotStuffed(normalized)
         self.messageID = messageID
         chunk = SharedBytes(normalized)
-        stuffed = SharedBytes(dotStuffed)
-        info = SMTPContentInfo(dataLength: dotStuffed.count, chunkLength: normalized.count,
+        if Self.hasLineStartingWithDot(normalized) {
+            let dotStuffed = try DataEncoder.dotStuffed(normalized)
+            stuffedCopy = SharedBytes(dotStuffed)
+        } else {
+            stuffedCopy = nil
+        }
+        info = SMTPContentInfo(dataLength: stuffedCopy?.count ?? normalized.count + 3, chunkLength: normalized.count,
                                requires8BitMIME: normalized.contains { $0 >= 0x80 })
+    }
+
+    /// What `DATA` writes, in order: the dot-stuffed content and its terminator.
+    var dataPieces: [SharedBytes] {
+        if let stuffedCopy { return [stuffedCopy] }
+        return chunk.count == 0 ? [Self.terminator] : [chunk, Self.terminator]
+    }
+
+    /// Whether dot-stuffing would change the content: a line (the first, or one after a LF)
+    /// starts with a dot.
+    private static func hasLineStartingWithDot(_ bytes: [UInt8]) -> Bool {
+        bytes.withUnsafeBufferPointer { buffer in
+            guard let first = buffer.first else { return false }
+            if first == UInt8(ascii: ".") { return true }
+            for index in 1..<buffer.count where buffer[index] == UInt8(ascii: ".") && buffer[index - 1] == 10 {
+                return true
+            }
+            return false
+        }
     }
 
     /// The message as it is sent (CRLF-normalised; `DATA` adds dot-stuffing on the wire).
