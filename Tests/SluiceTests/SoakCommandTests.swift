@@ -17,7 +17,7 @@ struct SoakCommandTests {
         for check in checks {
             #expect(check["passed"] as? Bool == true, "\(check["name"] ?? "?"): \(check["detail"] ?? "")")
         }
-        #expect(checks.count == 11, "every check ran, overload included")
+        #expect(checks.count == 12, "every check ran, overload included")
         let outcomes = try #require(result["outcomes"] as? [String: Int])
         let given = try #require(result["given"] as? Int)
         #expect(given > 1000)
