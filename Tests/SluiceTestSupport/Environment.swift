@@ -1,4 +1,5 @@
 import Foundation
+import Synchronization
 import Testing
 import SluiceTransport
 
@@ -26,10 +27,44 @@ public func socketDescriptors(touchingPorts ports: Set<Int>) -> [String] {
     }
 }
 
-/// A port on 127.0.0.1 that nothing listens on (bound, then closed).
+/// A port on 127.0.0.1 that nothing listens on (bound, then closed), for a peer to listen on.
+/// Another listener may be given it in between; a test that needs connections refused uses
+/// ``RefusedPort``.
 public func unusedPort() throws -> Int {
+    let (fd, port) = try boundSocket()
+    close(fd)
+    return port
+}
+
+/// A port on 127.0.0.1 that refuses connections for as long as this object is open: a socket
+/// is bound to it and never listens, so a connect gets a reset, and no other listener can be
+/// given the port meanwhile. (A port bound and closed can be: once another test's sink took
+/// one and received the messages that were meant to be refused.)
+public final class RefusedPort: Sendable {
+    public let port: Int
+    private let descriptor: Mutex<Int32?>
+
+    public init() throws {
+        let (fd, port) = try boundSocket()
+        self.port = port
+        descriptor = Mutex(fd)
+    }
+
+    /// Frees the port (before a check that no socket of the process still uses it).
+    public func close() {
+        descriptor.withLock { fd in
+            if let open = fd { _ = Glibc.close(open) }
+            fd = nil
+        }
+    }
+
+    deinit { close() }
+}
+
+/// A TCP socket bound to a port the kernel picks on 127.0.0.1, and that port.
+private func boundSocket() throws -> (Int32, Int) {
     let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
-    defer { close(fd) }
+    try #require(fd >= 0)
     var address = sockaddr_in()
     address.sin_family = sa_family_t(AF_INET)
     address.sin_addr.s_addr = inet_addr("127.0.0.1")
@@ -40,8 +75,9 @@ public func unusedPort() throws -> Int {
             bind(fd, pointer, length) == 0 && getsockname(fd, pointer, &length) == 0
         }
     }
+    if !bound { close(fd) }
     try #require(bound)
-    return Int(UInt16(bigEndian: address.sin_port))
+    return (fd, Int(UInt16(bigEndian: address.sin_port)))
 }
 
 /// A listener on 127.0.0.1 whose accept queue is full and never drained: a connect to it

@@ -53,7 +53,9 @@ struct ClientPoolTests {
     }
 
     @Test func refusedConnectsBackOffThenFailTheWaitingMessages() async throws {
-        let port = try unusedPort()
+        let refused = try RefusedPort()
+        defer { refused.close() }  // keeps the port refused to the end
+        let port = refused.port
         var configuration = SMTPClient.Configuration(host: "127.0.0.1", port: port, security: .none)
         configuration.pool.connectAttempts = 3
         configuration.pool.connectBackoff = Backoff(initial: .milliseconds(40), maximum: .milliseconds(40))
@@ -66,7 +68,7 @@ struct ClientPoolTests {
             return await group.reduce(into: []) { $0.append($1) }
         }
         #expect(errors.count == 5)
-        #expect(errors.allSatisfy { $0?.kind == .connection && $0?.isTransient == true })
+        #expect(errors.allSatisfy { $0?.kind == .connection && $0?.isTransient == true }, "\(errors)")
         #expect(errors.allSatisfy { $0?.report?.outcome == .deferred })
         #expect(ContinuousClock.now - start >= .milliseconds(70), "two backoffs of about 40 ms came between the three connects")
         await client.shutdown()

@@ -23,9 +23,11 @@ struct ClientRobustnessTests {
         try await withSinkAndClient(sink: { $0.server.maximumRecipients = 10_000 }) { sink, client in
             let recipients = (0..<5_000).map { "recipient.number.\($0)@example.org" }
             let report = try await client.send(testMessage(), envelope: try Envelope(from: "sender@example.com", to: recipients))
-            #expect(report.outcome == .accepted)
+            #expect(report.outcome == .accepted, "\(report)")
             #expect(report.recipients.count == 5_000)
-            #expect(try await sink.waitForMessages(count: 1)[0].recipients.count == 5_000)
+            let stored = try await sink.waitForMessages(count: 1)
+            #expect(stored[0].recipients.count == 5_000,
+                    "attempts \(report.attempts); stored \(stored.map(\.recipients.count)) recipients")
         }
     }
 

@@ -131,7 +131,9 @@ struct SendCommandTests {
     }
 
     @Test func aServerThatIsNotThereIsExitStatus69WithAConnectionError() async throws {
-        let port = try unusedPort()
+        let refused = try RefusedPort()
+        defer { refused.close() }  // keeps the port refused to the end
+        let port = refused.port
         guard let run = try await Self.send(nil, ["--from", "a@example.com", "--to", "b@example.org", "--json"], port: port)
         else { return }
         #expect(run.status == 69, "\(run.output) \(run.error)")

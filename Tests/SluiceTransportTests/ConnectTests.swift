@@ -6,7 +6,9 @@ import SluiceTestSupport
 struct ConnectTests {
     @Test func refusedConnectionIsATypedErrorWithLibuvsWords() async throws {
         let group = EventLoopGroup(numberOfLoops: 1)
-        let port = try unusedPort()
+        let refused = try RefusedPort()
+        defer { refused.close() }  // keeps the port refused to the end
+        let port = refused.port
         await #expect {
             _ = try await Connection.connect(to: "127.0.0.1", port: port, on: group.loops[0]) { _ in SilentHandler() }
         } throws: { error in

@@ -174,7 +174,8 @@ struct LifecycleTests {
         let group = EventLoopGroup(numberOfLoops: 2)
         let (server, _) = try await startEchoServer(on: group)
         let port = server.localAddress.port
-        let refusedPort = try unusedPort()
+        let refused = try RefusedPort()
+        let refusedPort = refused.port
         var blackHole: BlackHole? = try await BlackHole.make()
         let blackHolePort = blackHole!.port
 
@@ -190,6 +191,7 @@ struct LifecycleTests {
         #expect(await waitForHandles(group, toReturnTo: baselineHandles) == baselineHandles)
         await server.close()
         blackHole = nil
+        refused.close()
         #expect(await waitForHandles(group, toReturnTo: 0) == 0)
         // Other suites run in parallel in this process, so the descriptor count is not
         // steady; instead no descriptor of ours may still be a socket on the ports used here.
