@@ -114,30 +114,37 @@ struct ClientPoolTests {
 
     @Test(arguments: [false, true])
     func cancellingAStartedSendBeforeItsDataSendsNoContent(pipelining: Bool) async throws {
-        // Every reply comes 2.5 s late; the transcript says when MAIL is on the wire, and the
-        // cancellation follows at once, long before the reply that would let content go. (The
-        // margin is for a machine loaded by the whole suite at once, under a sanitizer too: one
-        // second was not always enough there.)
+        // No clock decides this test: a first message readies the connection, the sink stops
+        // reading, the second message's MAIL goes on the wire (the transcript says so) and can
+        // get no reply; the cancellation reaches the connection (its log says so) and only
+        // then does the sink read again. (An earlier version raced 2.5 s reply delays, which a
+        // sanitizer on a loaded machine lost.)
         let lines = LogLines()
-        try await withSinkAndClient(sink: { $0.replyDelay = .fixed(.milliseconds(2_500)) }, client: {
+        try await withSinkAndClient(client: {
+            $0.pool.maximumConnections = 1
+            $0.pool.checkAfterIdle = .seconds(3_600)  // no RSET probe before the second MAIL
             $0.pipelining.enabled = pipelining
             $0.pipelining.chunking = false
             var logger = Logger(label: "test") { _ in CapturingHandler(lines: lines) }
             logger.logLevel = .trace
             $0.logger = logger
         }) { sink, client in
+            #expect(try await client.send(testMessage("first"), envelope: envelope()).outcome == .accepted)
+            sink.pauseReading()
             let send = Task { try await client.send(testMessage("cancelled"), envelope: envelope()) }
-            // Greeting and EHLO replies take 5 s; a sanitizer slows everything further.
-            try await waitUntil(within: .seconds(40)) { lines.all.contains { $0.hasPrefix("C: MAIL FROM:") } }
+            try await waitUntil { lines.all.filter { $0.hasPrefix("C: MAIL FROM:") }.count == 2 }
             send.cancel()
+            try await waitUntil { lines.all.contains { $0.hasPrefix("send cancelled") } }
+            sink.resumeReading()
             let error = await smtpError { try await send.value }
             #expect(error?.kind == .cancelled)
             #expect(error?.report?.outcome == .deferred)
             let next = try await client.send(testMessage("next"), envelope: envelope())
             #expect(next.outcome == .accepted)
             try await Task.sleep(for: .milliseconds(100))
-            #expect(sink.messages.map { String(decoding: $0.content, as: UTF8.self).contains("Subject: test next") } == [true],
-                    "only the next message was stored")
+            let stored = sink.messages.map { String(decoding: $0.content, as: UTF8.self) }
+            #expect(stored.map { ["first", "cancelled", "next"].filter($0.contains) } == [["first"], ["next"]],
+                    "the cancelled message was not stored")
         }
     }
 

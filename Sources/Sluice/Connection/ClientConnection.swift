@@ -121,6 +121,7 @@ final class ClientConnection: ConnectionHandler, @unchecked Sendable {
     func cancel(_ job: DeliveryJob) {
         loop.assertInEventLoop()
         guard jobs[job.id] === job else { return }
+        logger.debug("send cancelled", metadata: ["smtp.job": "\(job.id)"])
         if machine.cancelPending(id: job.id) {
             jobs[job.id] = nil
             client.cancelledOnConnection(job, connection: self)
