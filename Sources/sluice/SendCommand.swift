@@ -234,8 +234,13 @@ struct SendResult: Encodable {
     static func text(report: DeliveryReport?, error: SMTPError?) -> String {
         var lines: [String] = []
         for recipient in report?.recipients ?? [] {
-            let reply = [recipient.code.map(String.init), recipient.enhancedCode.map { "\($0)" }, recipient.text]
-                .compactMap { $0 }.joined(separator: " ")
+            // Built part by part: Swift 6.3.1's optimizer crashes (CopyPropagation) on the
+            // equivalent array-of-optionals-and-compactMap form in a release build.
+            var parts: [String] = []
+            if let code = recipient.code { parts.append(String(code)) }
+            if let enhanced = recipient.enhancedCode { parts.append("\(enhanced)") }
+            if let text = recipient.text { parts.append(text) }
+            let reply = parts.joined(separator: " ")
             lines.append("\(recipient.status)\t\(recipient.address.address)\t\(reply.isEmpty ? "(no reply)" : reply)")
         }
         var summary = "outcome: \(report?.outcome.rawValue ?? "failed")"
