@@ -11,9 +11,9 @@ public struct EnhancedStatusCode: Hashable, Sendable, CustomStringConvertible {
 
     /// A code from its parts; nil if a part is out of range.
     public init?(statusClass: Int, subject: Int, detail: Int) {
-        guard [2, 4, 5].contains(statusClass), (0...999).contains(subject), (0...999).contains(detail) else {
-            return nil
-        }
+        guard statusClass == 2 || statusClass == 4 || statusClass == 5, (0...999).contains(subject),
+              (0...999).contains(detail)
+        else { return nil }
         self.statusClass = statusClass
         self.subject = subject
         self.detail = detail
@@ -21,9 +21,8 @@ public struct EnhancedStatusCode: Hashable, Sendable, CustomStringConvertible {
 
     /// Parses `2.1.5`; nil if the text is not exactly an enhanced code.
     public init?(_ text: some StringProtocol) {
-        guard let (code, length) = EnhancedStatusCode.prefix(of: Array(text.utf8)), length == text.utf8.count else {
-            return nil
-        }
+        let utf8 = text.utf8
+        guard let (code, length) = EnhancedStatusCode.prefix(of: utf8), length == utf8.count else { return nil }
         self = code
     }
 
@@ -32,18 +31,23 @@ public struct EnhancedStatusCode: Hashable, Sendable, CustomStringConvertible {
     /// Reads an enhanced code at the start of `bytes` when it is followed by a space or the
     /// end; returns it and the number of bytes it took (not counting the space).
     static func prefix(of bytes: some Collection<UInt8>) -> (EnhancedStatusCode, Int)? {
-        var parts: [Int] = []
-        var current = -1
+        // Every reply a client reads goes through here: no arrays, just the three parts.
+        var parts = (0, 0, 0)
+        var part = 0
         var digits = 0
         var consumed = 0
         for byte in bytes {
             if byte >= UInt8(ascii: "0"), byte <= UInt8(ascii: "9") {
                 digits += 1
                 guard digits <= 3 else { return nil }
-                current = max(current, 0) * 10 + Int(byte - UInt8(ascii: "0"))
-            } else if byte == UInt8(ascii: "."), digits > 0, parts.count < 2 {
-                parts.append(current)
-                current = -1
+                let value = Int(byte - UInt8(ascii: "0"))
+                switch part {
+                case 0: parts.0 = parts.0 * 10 + value
+                case 1: parts.1 = parts.1 * 10 + value
+                default: parts.2 = parts.2 * 10 + value
+                }
+            } else if byte == UInt8(ascii: "."), digits > 0, part < 2 {
+                part += 1
                 digits = 0
             } else if byte == UInt8(ascii: " ") {
                 break
@@ -52,10 +56,10 @@ public struct EnhancedStatusCode: Hashable, Sendable, CustomStringConvertible {
             }
             consumed += 1
         }
-        guard digits > 0, parts.count == 2 else { return nil }
+        guard digits > 0, part == 2 else { return nil }
         // RFC 3463: the class is a single digit.
-        guard parts[0] < 10,
-              let code = EnhancedStatusCode(statusClass: parts[0], subject: parts[1], detail: current)
+        guard parts.0 < 10,
+              let code = EnhancedStatusCode(statusClass: parts.0, subject: parts.1, detail: parts.2)
         else { return nil }
         return (code, consumed)
     }

@@ -324,7 +324,8 @@ public struct ServerStateMachine: Sendable {
             return
         }
         let space = line.firstIndex(of: UInt8(ascii: " ")) ?? line.count
-        let verb = String(decoding: line[..<space], as: UTF8.self).uppercased()
+        let known = Verb(line[..<space])
+        let verb = known?.rawValue ?? String(decoding: line[..<space], as: UTF8.self).uppercased()
         let argumentBytes = space < line.count ? line[(space + 1)...] : []
         guard let argument = String(validating: argumentBytes, as: UTF8.self) else {
             reply(.commandUnrecognized, EnhancedStatusCode("5.5.2"), "Error: command is not valid UTF-8")
@@ -334,25 +335,50 @@ public struct ServerStateMachine: Sendable {
             apply(fault)
             return
         }
-        switch verb {
-        case "EHLO", "HELO": hello(verb, argument)
-        case "MAIL": mail(argument)
-        case "RCPT": recipient(argument)
-        case "DATA": data(argument)
-        case "BDAT": bdat(argument)
-        case "RSET":
+        switch known {
+        case .ehlo, .helo: hello(verb, argument)
+        case .mail: mail(argument)
+        case .rcpt: recipient(argument)
+        case .data: data(argument)
+        case .bdat: bdat(argument)
+        case .rset:
             transaction = nil
             reply(.ok, EnhancedStatusCode("2.0.0"), "Ok")
-        case "NOOP": reply(.ok, EnhancedStatusCode("2.0.0"), "Ok")
-        case "QUIT":
+        case .noop: reply(.ok, EnhancedStatusCode("2.0.0"), "Ok")
+        case .quit:
             reply(.serviceClosingTransmissionChannel, EnhancedStatusCode("2.0.0"), "Bye")
             close()
-        case "VRFY": reply(.cannotVerifyUserWillAttemptDelivery, EnhancedStatusCode("2.5.2"), "Cannot VRFY user")
-        case "HELP": reply(.helpMessage, EnhancedStatusCode("2.0.0"), "See RFC 5321")
-        case "STARTTLS": startTLS(argument)
-        case "AUTH": auth(argument)
-        default:
+        case .vrfy: reply(.cannotVerifyUserWillAttemptDelivery, EnhancedStatusCode("2.5.2"), "Cannot VRFY user")
+        case .help: reply(.helpMessage, EnhancedStatusCode("2.0.0"), "See RFC 5321")
+        case .startTLS: startTLS(argument)
+        case .auth: auth(argument)
+        case nil:
             reply(.commandUnrecognized, EnhancedStatusCode("5.5.2"), "Error: command not recognized")
+        }
+    }
+
+    /// The verbs this server knows, matched on the line's bytes (ASCII letters in either
+    /// case) so the common commands cost no string work.
+    private enum Verb: String, CaseIterable {
+        case mail = "MAIL", rcpt = "RCPT", data = "DATA", bdat = "BDAT", rset = "RSET", ehlo = "EHLO"
+        case helo = "HELO", noop = "NOOP", quit = "QUIT", vrfy = "VRFY", help = "HELP"
+        case startTLS = "STARTTLS", auth = "AUTH"
+
+        init?(_ bytes: ArraySlice<UInt8>) {
+            guard let verb = Self.allCases.first(where: { Self.matches(bytes, $0.rawValue) }) else { return nil }
+            self = verb
+        }
+
+        private static func matches(_ bytes: ArraySlice<UInt8>, _ upper: String) -> Bool {
+            var index = bytes.startIndex
+            for expected in upper.utf8 {
+                guard index < bytes.endIndex else { return false }
+                let byte = bytes[index]
+                // Only ASCII letters fold: a byte that is not one must match exactly.
+                guard byte == expected || byte == expected | 0x20 else { return false }
+                index += 1
+            }
+            return index == bytes.endIndex
         }
     }
 

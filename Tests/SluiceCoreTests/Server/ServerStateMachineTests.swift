@@ -166,6 +166,16 @@ struct ServerStateMachineTests {
         #expect(!h.closed)
     }
 
+    @Test func verbsAreCaseInsensitiveInASCIIOnly() {
+        var h = ServerHarness()
+        _ = h.connect()
+        // RFC 5321 2.4: verbs in any case. Only ASCII folds: "ſ" (U+017F) uppercases to "S"
+        // in Unicode, and a server that folded it would take "ſTARTTLS" for STARTTLS.
+        let replies = h.client("eHlO c\r\nmail FROM:<a@example.com>\r\nRcPt TO:<b@example.com>\r\nrset\r\n"
+                               + "\u{17F}TARTTLS\r\nnoop\r\nMAILX\r\nMAI\r\n")
+        #expect(ServerHarness.codes(replies) == ["250", "250", "250", "250", "500", "250", "500", "500"])
+    }
+
     @Test func anEndlessCommandLineIsAnsweredOnceAndNotBuffered() {
         var h = ServerHarness()
         _ = h.connect()
