@@ -108,7 +108,8 @@ struct SinkCommandTests {
 
     @Test func printsWhereItListensFirstAndExitsAfterNMessages() async throws {
         guard let sluice, let python = requirePeer("python3", install: "apt-get install python3") else { return }
-        let process = try ChildProcess(sluice, ["sink", "--listen", "127.0.0.1:0", "--exit-after", "2", "--store", "memory"])
+        let process = try ChildProcess(sluice, ["sink", "--listen", "127.0.0.1:0", "--exit-after", "2", "--store", "memory",
+                                                    "--loops", "2"])
         defer { process.stop() }
         let firstLine = try await process.firstOutputLine(within: .seconds(20))
         #expect(firstLine.hasPrefix("listening on 127.0.0.1:"))
@@ -133,7 +134,8 @@ struct SinkCommandTests {
         guard let sluice else { return }
         for arguments in [["sink", "--store", "tape"], ["sink", "--reject-rcpt", "2.5"], ["sink", "--listen", "nohost"],
                           ["sink", "--disconnect", "0.1:never"], ["sink", "--tls-cert", "/x.pem"],
-                          ["sink", "--drop-after-data", "2"], ["sink", "--drop-after-data", "0.1:close"]] {
+                          ["sink", "--drop-after-data", "2"], ["sink", "--drop-after-data", "0.1:close"],
+                          ["sink", "--loops", "0"]] {
             let result = try await runInBackground(sluice, arguments)
             #expect(result.status == 64, "\(arguments): \(result.status) \(result.error)")
             #expect(!result.error.isEmpty)
