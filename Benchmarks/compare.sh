@@ -2,7 +2,7 @@
 # One table from one run on one machine: each client (Postfix's smtp-source -d, sluice bench)
 # against each sink (Postfix's smtp-sink, sluice sink), with the same message count, size and
 # sessions; messages per second and the CPU each side spent per message. Loopback only; every
-# run is bounded by its message count. Each cell is the fastest of ROUNDS runs.
+# run is bounded by its message count. Each cell is the median of ROUNDS runs, taken in turn.
 #
 #   Benchmarks/compare.sh                                   # 10 sessions, 50,000 messages of 1 KB
 #   SESSIONS=100 MESSAGES=20000 SIZE=4096 ROUNDS=3 Benchmarks/compare.sh
@@ -63,18 +63,23 @@ measure() {
     awk -v r="$result" -v b="$before" -v a="$after" 'BEGIN{split(r,x," "); printf "%s %s %.4f", x[1], x[2], a-b}'
 }
 
-printf '%s sessions, %s messages of %s bytes, best of %s rounds\n\n' "$SESSIONS" "$MESSAGES" "$SIZE" "$ROUNDS"
-printf '| %-30s | %10s | %22s | %20s |\n' "client -> sink" "messages/s" "client CPU per message" "sink CPU per message"
-printf '|%s|%s|%s|%s|\n' "--------------------------------" "------------:" "-----------------------:" "---------------------:"
-for pair in "smtp-source smtp-sink" "sluice smtp-sink" "smtp-source sluice" "sluice sluice"; do
-    read -r client sink <<<"$pair"
-    best=""
-    for _ in $(seq "$ROUNDS"); do
-        line=$(measure "$client" "$sink")
-        wall=${line%% *}
-        if [ -z "$best" ] || awk -v a="$wall" -v b="${best%% *}" 'BEGIN{exit !(a<b)}'; then best=$line; fi
+printf '%s sessions, %s messages of %s bytes, median of %s rounds\n\n' "$SESSIONS" "$MESSAGES" "$SIZE" "$ROUNDS"
+pairs=("smtp-source smtp-sink" "sluice smtp-sink" "smtp-source sluice" "sluice sluice")
+# Rounds go round-robin over the pairs, so a slow spell of the machine falls on all of them
+# rather than on one; each cell is the run with the median wall time.
+declare -A runs
+for _ in $(seq "$ROUNDS"); do
+    for pair in "${pairs[@]}"; do
+        read -r client sink <<<"$pair"
+        runs[$pair]+="$(measure "$client" "$sink")"$'\n'
     done
-    read -r wall clientcpu sinkcpu <<<"$best"
+done
+printf '| %-30s | %10s | %22s | %20s |\n' "client -> sink" "messages/s" "client CPU per message" "sink CPU per message"
+printf '|%s|%s|%s|%s|\n' "--------------------------------" "-----------:" "-----------------------:" "---------------------:"
+for pair in "${pairs[@]}"; do
+    read -r client sink <<<"$pair"
+    median=$(printf '%s' "${runs[$pair]}" | sort -n -k1,1 | awk '{line[NR]=$0} END{print line[int((NR+1)/2)]}')
+    read -r wall clientcpu sinkcpu <<<"$median"
     name="$([ "$client" = sluice ] && echo "sluice bench" || echo "smtp-source -d") -> $([ "$sink" = sluice ] && echo "sluice sink" || echo "smtp-sink")"
     awk -v n="$name" -v w="$wall" -v c="$clientcpu" -v k="$sinkcpu" -v m="$MESSAGES" \
         'BEGIN{printf "| %-30s | %10.0f | %19.1f µs | %17.1f µs |\n", n, m/w, c/m*1e6, k/m*1e6}'
