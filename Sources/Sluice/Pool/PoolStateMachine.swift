@@ -237,17 +237,22 @@ struct PoolStateMachine<Job: AnyObject> {
     private func leastLoadedConnection(now: ContinuousClock.Instant) -> Int? {
         var best: (id: Int, room: Int)?
         for (id, entry) in connections {
-            guard case .ready(let capacity) = entry.state, hasRoom(id, now: now) else { continue }
+            guard case .ready(let capacity) = entry.state, hasRoom(entry, now: now) else { continue }
             let room = capacity - entry.load
             if best == nil || room > best!.room { best = (id, room) }
         }
         return best?.id
     }
 
-    /// Whether connection `id` is ready and can take one more transaction now. A connection
-    /// past its message limit or lifetime takes nothing new.
+    /// Whether connection `id` is ready and can take one more transaction now.
     private func hasRoom(_ id: Int, now: ContinuousClock.Instant) -> Bool {
-        guard let entry = connections[id], case .ready(let capacity) = entry.state else { return false }
+        connections[id].map { hasRoom($0, now: now) } ?? false
+    }
+
+    /// Whether a connection is ready and can take one more transaction now. A connection past
+    /// its message limit or lifetime takes nothing new.
+    private func hasRoom(_ entry: Entry, now: ContinuousClock.Instant) -> Bool {
+        guard case .ready(let capacity) = entry.state else { return false }
         return entry.load < capacity && entry.sent < configuration.maximumMessagesPerConnection
             && now - entry.openedAt < configuration.maximumConnectionLifetime
     }
