@@ -232,17 +232,23 @@ final class ClientConnection: ConnectionHandler, @unchecked Sendable {
     }
 
     private func armIdleTimerIfIdle() {
-        guard ready, machine.isIdle, !reportedClosed else { return }
+        guard ready, machineIsIdle, !reportedClosed else { return }
         if idleSince == nil { idleSince = .now }
         let timeout = client.poolSettings.idleTimeout
         if idleTimer?.reschedule(after: timeout) == true { return }
         idleTimer = loop.scheduleTimer(after: timeout) { [self] in
             idleTimer = nil
-            guard machine.isIdle, client.idleTimedOut(self) else { return }
+            guard machineIsIdle, client.idleTimedOut(self) else { return }
             logger.debug("idle, retiring")
             perform(machine.quitRequested())
         }
     }
+
+    /// Whether the machine has nothing queued or in flight. Read through `inout`: a plain
+    /// `machine.isIdle` copied the whole machine (every array and dictionary retained and
+    /// released) once per message.
+    private var machineIsIdle: Bool { Self.isIdle(&machine) }
+    private static func isIdle(_ machine: inout ClientStateMachine) -> Bool { machine.isIdle }
 
     /// Adds what the machine wrote to this batch's output.
     private func write(_ outputs: [ClientOutput]) {
