@@ -209,13 +209,18 @@ public struct DeadlineExceeded: Error, CustomStringConvertible {
 /// test returns early; under CI (CI=true) it is a failure, never a silent skip.
 public func requirePeer(_ name: String, install: String) -> String? {
     if let path = findExecutable(name) { return path }
-    let message = "test peer '\(name)' is missing (install it with: \(install))"
+    peerUnavailable("test peer '\(name)' is missing (install it with: \(install))")
+    return nil
+}
+
+/// Says why a peer cannot be used: in the output outside CI (the test then returns early),
+/// as a failure under CI.
+public func peerUnavailable(_ message: String) {
     if isCI {
         Issue.record(Comment(rawValue: message + "; CI requires every peer"))
     } else {
         FileHandle.standardError.write(Data("SKIPPED: \(message)\n".utf8))
     }
-    return nil
 }
 
 /// The package's root directory (for built products such as the sluice command).

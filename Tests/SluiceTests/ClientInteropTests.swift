@@ -1,4 +1,5 @@
 import Foundation
+import Logging
 import Sluice
 import SluiceTestSupport
 import Testing
@@ -114,5 +115,62 @@ struct ClientInteropTests {
             #expect(text.contains("\n..a line that starts with a dot") || text.contains("\n.a line that starts with a dot"))
         }
         try? FileManager.default.removeItem(at: directory)
+    }
+
+    /// Postfix's own smtpd (a private instance: master, smtpd, cleanup, qmgr, and a pipe
+    /// delivery that writes each message to a file named by its queue ID), over STARTTLS with
+    /// the certificate verified, PIPELINING and CHUNKING (BDAT), four pooled connections. Every
+    /// report's queue ID ("250 2.0.0 Ok: queued as …") names the file its own bytes arrived in.
+    @Test func postfixSMTPDTakesChunkedMessagesOverSTARTTLS() async throws {
+        let certificates = try TestCertificates.shared()
+        guard let postfix = try await PostfixInstance.start(tlsCertificate: certificates.good.certificate,
+                                                            tlsKey: certificates.good.key) else { return }
+        defer { postfix.stop() }
+        let lines = LogLines()
+        var configuration = SMTPClient.Configuration(host: "127.0.0.1", port: postfix.port, security: .startTLS)
+        configuration.tls = .client(trustRoots: .pemFile(certificates.caFile))
+        configuration.tlsServerName = "localhost"
+        configuration.pool.maximumConnections = 4
+        var logger = Logger(label: "test") { _ in CapturingHandler(lines: lines) }
+        logger.logLevel = .trace
+        configuration.logger = logger
+        let client = try SMTPClient(configuration: configuration)
+        let mails = (0..<60).map { index in
+            OutgoingMail(envelope: index % 3 == 0 ? envelope("a\(index)@example.org", "b\(index)@example.org")
+                                                  : envelope("r\(index)@example.org"),
+                         message: testMessage("postfix\(index)", bodyLines: index))
+        }
+        let queueIDs = try await withDeadline(.seconds(60), "sending to Postfix") {
+            var queueIDs: [String: Int] = [:]  // queue ID -> message index
+            for try await report in client.send(contentsOf: mails, maximumInFlight: 20) {
+                #expect(report.outcome == .accepted, "\(report)")
+                let text = report.recipients.first?.reply?.text ?? ""
+                guard let index = mails.firstIndex(where: { $0.message.messageID == report.messageID }),
+                      let range = text.range(of: "queued as ") else {
+                    Issue.record("no queue ID in \(text)")
+                    continue
+                }
+                #expect(report.recipients.count == mails[index].envelope.recipients.count)
+                queueIDs[String(text[range.upperBound...].prefix { $0.isLetter || $0.isNumber })] = index
+            }
+            return queueIDs
+        }
+        await client.shutdown()
+        #expect(queueIDs.count == 60, "60 distinct queue IDs")
+        #expect(lines.all.contains { $0.hasPrefix("C: STARTTLS") }, "STARTTLS was used")
+        #expect(lines.all.contains { $0.hasPrefix("C: BDAT") }, "Postfix offers CHUNKING and it was used")
+        // Postfix delivers on its own time: wait for every file, then compare bytes.
+        try await waitUntil(within: .seconds(30)) { queueIDs.keys.allSatisfy { postfix.delivered(queueID: $0) != nil } }
+        for (queueID, index) in queueIDs {
+            guard let delivered = postfix.delivered(queueID: queueID) else { continue }
+            // The pipe delivery writes LF line endings under Postfix's Received: header.
+            var text = String(decoding: delivered, as: UTF8.self)
+            #expect(text.hasPrefix("Received: from "), "\(queueID)")
+            while text.hasPrefix("Received:") || text.hasPrefix(" ") || text.hasPrefix("\t") {
+                text = String(text[text.index(after: text.firstIndex(of: "\n") ?? text.startIndex)...])
+            }
+            let sent = String(decoding: mails[index].message.bytes, as: UTF8.self).replacingOccurrences(of: "\r\n", with: "\n")
+            #expect(text == sent, "message \(index) arrived byte for byte as \(queueID)")
+        }
     }
 }

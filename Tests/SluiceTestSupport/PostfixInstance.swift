@@ -1,0 +1,130 @@
+import Foundation
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// A private Postfix instance (the real `smtpd`, `cleanup`, `qmgr` and a `pipe` delivery) on
+/// 127.0.0.1, in a directory of its own: every message it takes is delivered into
+/// ``mailDirectory`` as one file named by its queue ID. Starting one needs root (Postfix's
+/// master runs as root and its daemons drop to the `postfix` user).
+public final class PostfixInstance: Sendable {
+    public let port: Int
+    /// Where delivered messages land, one file per queue ID (LF line endings, with the
+    /// `Received:` header Postfix adds on top).
+    public let mailDirectory: String
+    private let directory: String
+    private let postfix: String
+    private let master: PeerProcess
+
+    /// Starts an instance, or returns nil (saying why, and failing under CI) when Postfix is
+    /// missing or the tests do not run as root.
+    public static func start(tlsCertificate: String? = nil, tlsKey: String? = nil) async throws -> PostfixInstance? {
+        guard let postfix = requirePeer("postfix", install: "apt-get install postfix") else { return nil }
+        guard getuid() == 0 else {
+            peerUnavailable("a private Postfix instance needs root (its master runs as root)")
+            return nil
+        }
+        return try await PostfixInstance(postfix: postfix, tlsCertificate: tlsCertificate, tlsKey: tlsKey)
+    }
+
+    private init(postfix: String, tlsCertificate: String?, tlsKey: String?) async throws {
+        self.postfix = postfix
+        // Short: Postfix's Unix sockets live under the queue directory (108-byte path limit).
+        directory = "/tmp/sluice-pf-\(UUID().uuidString.prefix(8))"
+        mailDirectory = directory + "/mail"
+        let manager = FileManager.default
+        for sub in ["etc", "queue", "data", "mail"] {
+            try manager.createDirectory(atPath: "\(directory)/\(sub)", withIntermediateDirectories: true)
+        }
+        try manager.setAttributes([.posixPermissions: 0o755], ofItemAtPath: directory)
+        try manager.setAttributes([.ownerAccountName: "postfix"], ofItemAtPath: directory + "/data")
+        try manager.setAttributes([.posixPermissions: 0o1777], ofItemAtPath: mailDirectory)
+        let refused = try RefusedPort()  // a free port, held until Postfix is about to bind it
+        port = refused.port
+        var main = """
+            compatibility_level = 3.6
+            queue_directory = \(directory)/queue
+            data_directory = \(directory)/data
+            mail_owner = postfix
+            setgid_group = postdrop
+            myhostname = postfix.sluice.test
+            mydomain = sluice.test
+            inet_interfaces = 127.0.0.1
+            inet_protocols = ipv4
+            mynetworks = 127.0.0.0/8
+            mydestination =
+            relay_domains = example.org
+            smtpd_relay_restrictions = permit_mynetworks, reject
+            default_transport = capture
+            relay_transport = capture
+            local_transport = capture
+            local_header_rewrite_clients =
+            maillog_file = /dev/stdout
+            import_environment = MAIL_CONFIG MAIL_DEBUG MAIL_LOGTAG TZ LANG=C
+
+            """
+        if let tlsCertificate, let tlsKey {
+            main += "smtpd_tls_security_level = may\nsmtpd_tls_cert_file = \(tlsCertificate)\nsmtpd_tls_key_file = \(tlsKey)\n"
+        }
+        let services = """
+            127.0.0.1:\(port) inet n - n - - smtpd
+            pickup unix n - n 60 1 pickup
+            cleanup unix n - n - 0 cleanup
+            qmgr unix n - n 300 1 qmgr
+            rewrite unix - - n - - trivial-rewrite
+            bounce unix - - n - 0 bounce
+            defer unix - - n - 0 bounce
+            trace unix - - n - 0 bounce
+            verify unix - - n - 1 verify
+            flush unix n - n 1000? 0 flush
+            proxymap unix - - n - - proxymap
+            error unix - - n - - error
+            retry unix - - n - - error
+            discard unix - - n - - discard
+            anvil unix - - n - 1 anvil
+            scache unix - - n - 1 scache
+            postlog unix-dgram n - n - 1 postlogd
+            tlsmgr unix - - n 1000? 1 tlsmgr
+            capture unix - n n - - pipe flags= user=nobody argv=/bin/dd of=\(mailDirectory)/${queue_id} status=none
+
+            """
+        try main.write(toFile: directory + "/etc/main.cf", atomically: true, encoding: .utf8)
+        try services.write(toFile: directory + "/etc/master.cf", atomically: true, encoding: .utf8)
+        refused.close()
+        // In the foreground, logging to standard output: its first line says it is starting.
+        master = try await PeerProcess(postfix, ["-c", directory + "/etc", "start-fg"])
+        try await withDeadline(.seconds(20), "Postfix listening on \(port)") { [port] in
+            while !Self.accepts(port: port) { try await Task.sleep(for: .milliseconds(50)) }
+        }
+    }
+
+    /// Whether something accepts TCP connections on 127.0.0.1:`port`.
+    private static func accepts(port: Int) -> Bool {
+        let descriptor = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        defer { close(descriptor) }
+        var address = sockaddr_in()
+        address.sin_family = sa_family_t(AF_INET)
+        address.sin_port = in_port_t(UInt16(port).bigEndian)
+        address.sin_addr.s_addr = inet_addr("127.0.0.1")
+        return withUnsafePointer(to: &address) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
+                connect(descriptor, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) == 0
+            }
+        }
+    }
+
+    /// The delivered message with this queue ID, if it has arrived.
+    public func delivered(queueID: String) -> [UInt8]? {
+        FileManager.default.contents(atPath: "\(mailDirectory)/\(queueID)").map { Array($0) }
+    }
+
+    /// Stops the instance and removes its directory; returns what it logged.
+    @discardableResult
+    public func stop() -> String {
+        _ = try? run(postfix, ["-c", directory + "/etc", "stop"])
+        let log = master.stop()
+        try? FileManager.default.removeItem(atPath: directory)
+        return log
+    }
+}
