@@ -36,7 +36,10 @@ struct ChildProcessTests {
     @Test func aChildStartsWithSIGTERMAtItsDefault() async throws {
         let previous = signal(SIGTERM, SIG_IGN)
         defer { signal(SIGTERM, previous) }
-        let child = try ChildProcess("/bin/sh", ["-c", "echo ready; exec sleep 30"])
+        // The child outlives any slowness of the test (under ASan on a loaded machine, 30 s
+        // once passed between its start and the stop, and `sleep 30` had exited 0 by itself);
+        // stop() ends it either way.
+        let child = try ChildProcess("/bin/sh", ["-c", "echo ready; exec sleep 600"])
         #expect(try await child.firstOutputLine(within: .seconds(20)) == "ready")
         #expect(child.stop(grace: .seconds(10)) == 128 + SIGTERM, "SIGTERM, not the SIGKILL after the grace")
     }
