@@ -92,23 +92,35 @@ struct ClientPoolTests {
     }
 
     @Test func cancellingAQueuedSendCancelsOnlyThatMessage() async throws {
-        try await withSinkAndClient(sink: { $0.replyDelay = .fixed(.milliseconds(150)) }, client: {
+        // No clock decides this test either: a warm-up message readies the one connection,
+        // the sink stops reading, the first message's MAIL goes out and can get no reply, so
+        // the second can only wait (one connection, no pipelining) until it is cancelled.
+        // (An earlier version raced 150 ms reply delays and lost on a loaded machine.)
+        let lines = LogLines()
+        try await withSinkAndClient(client: {
             $0.pool.maximumConnections = 1
+            $0.pool.checkAfterIdle = .seconds(3_600)  // no RSET probe before the first MAIL
             $0.pipelining.enabled = false
+            var logger = Logger(label: "test") { _ in CapturingHandler(lines: lines) }
+            logger.logLevel = .trace
+            $0.logger = logger
         }) { sink, client in
+            #expect(try await client.send(testMessage("warm-up"), envelope: envelope()).outcome == .accepted)
+            sink.pauseReading()
             let first = Task { try await client.send(testMessage("first"), envelope: envelope()) }
-            // The session is ready about 300 ms after the connect (two delayed replies) and
-            // takes the first message at once; the second then waits in the pool.
-            try await waitUntil { sink.statistics.sessions == 1 }
-            try await Task.sleep(for: .milliseconds(400))
+            try await waitUntil { lines.all.filter { $0.hasPrefix("C: MAIL FROM:") }.count == 2 }
             let second = Task { try await client.send(testMessage("second"), envelope: envelope()) }
             try await Task.sleep(for: .milliseconds(20))
             second.cancel()
             let error = await smtpError { try await second.value }
             #expect(error?.kind == .cancelled)
+            sink.resumeReading()
             #expect(try await first.value.outcome == .accepted)
             try await Task.sleep(for: .milliseconds(100))
-            #expect(sink.messages.map { $0.content.contains(Array("test second".utf8)) } == [false])
+            let stored = sink.messages.map { String(decoding: $0.content, as: UTF8.self) }
+            #expect(stored.map { ["warm-up", "first", "second"].filter($0.contains) } == [["warm-up"], ["first"]],
+                    "the cancelled message was not stored")
+            #expect(lines.all.filter { $0.hasPrefix("C: MAIL FROM:") }.count == 2, "the second never started")
         }
     }
 
