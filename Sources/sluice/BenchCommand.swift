@@ -158,31 +158,27 @@ private struct BenchMails: Sequence, Sendable {
 /// Outcomes and latencies so far.
 struct Tally {
     var count = 0
-    var accepted = 0
     var firstError: String?
     var latency = Histogram<UInt64>(highestTrackableValue: 600_000_000, numberOfSignificantValueDigits: .three)
-    /// Counts per outcome, in `outcomes`' order: a report costs no hashing.
-    private var counts = [Int](repeating: 0, count: 5)
-    private static let outcomes: [DeliveryReport.Outcome] = [.accepted, .partiallyAccepted, .rejected, .deferred, .unknown]
+    /// Counts per outcome, in `allCases` order: a report costs no hashing.
+    private var counts = [Int](repeating: 0, count: DeliveryReport.Outcome.allCases.count)
+
+    var accepted: Int { counts[Self.index(of: .accepted)] }
 
     /// The outcomes that occurred, by name.
     var byOutcome: [String: Int] {
         var result: [String: Int] = [:]
-        for (outcome, count) in zip(Self.outcomes, counts) where count > 0 { result[outcome.rawValue] = count }
+        for (outcome, count) in zip(DeliveryReport.Outcome.allCases, counts) where count > 0 { result[outcome.rawValue] = count }
         return result
+    }
+
+    private static func index(of outcome: DeliveryReport.Outcome) -> Int {
+        DeliveryReport.Outcome.allCases.firstIndex(of: outcome)!  // allCases holds every case
     }
 
     mutating func add(_ report: DeliveryReport) {
         count += 1
-        let index: Int
-        switch report.outcome {
-        case .accepted: index = 0; accepted += 1
-        case .partiallyAccepted: index = 1
-        case .rejected: index = 2
-        case .deferred: index = 3
-        case .unknown: index = 4
-        }
-        counts[index] += 1
+        counts[Self.index(of: report.outcome)] += 1
         if firstError == nil, let error = report.error { firstError = "\(error)" }
         let micros = report.elapsed.components.seconds * 1_000_000 + report.elapsed.components.attoseconds / 1_000_000_000_000
         _ = latency.record(UInt64(max(1, micros)))

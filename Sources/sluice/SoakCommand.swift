@@ -277,7 +277,7 @@ extension SoakMails {
 /// soak measures this process's memory, and a `[String: Outcome]` of 200,000 Message-IDs
 /// (about 35 MiB) once passed for a leak in a 10-minute run.
 struct SoakLedger {
-    static let outcomes: [DeliveryReport.Outcome] = [.accepted, .partiallyAccepted, .rejected, .deferred, .unknown]
+    static let outcomes = DeliveryReport.Outcome.allCases
 
     /// Per message number: 0 when no report came, else the outcome's index in ``outcomes`` + 1.
     private var codes: [UInt8]

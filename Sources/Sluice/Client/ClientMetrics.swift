@@ -13,7 +13,7 @@ struct ClientMetrics: Sendable {
 
     init(label: String) {
         var messages: [DeliveryReport.Outcome: Counter] = [:]
-        for outcome in [DeliveryReport.Outcome.accepted, .partiallyAccepted, .rejected, .deferred, .unknown] {
+        for outcome in DeliveryReport.Outcome.allCases {
             messages[outcome] = Counter(label: "sluice_messages_total", dimensions: [("client", label), ("outcome", outcome.rawValue)])
         }
         self.messages = messages

@@ -7,7 +7,7 @@ import SluiceCore
 /// before its reply leaves the outcome ``Outcome/unknown``.
 public struct DeliveryReport: Sendable, Hashable, CustomStringConvertible {
     /// The message's outcome, from its recipients' statuses.
-    public enum Outcome: String, Sendable, Hashable, Codable {
+    public enum Outcome: String, Sendable, Hashable, Codable, CaseIterable {
         /// Every recipient was accepted.
         case accepted
         /// Some recipients were accepted and others were not (see ``DeliveryReport/recipients``).
