@@ -30,6 +30,22 @@ struct ClientPoolTests {
         }
     }
 
+    /// A task that sends one message after another, each as soon as it has the last report,
+    /// must find the connection free: one command at a time (no PIPELINING), a pool allowed
+    /// four connections, and still one session.
+    @Test func sendingOneAfterAnotherUsesOneConnection() async throws {
+        try await withSinkAndClient(client: {
+            $0.pool.maximumConnections = 4
+            $0.pipelining.enabled = false
+        }) { sink, client in
+            for index in 0..<50 {
+                let report = try await client.send(testMessage("m\(index)"), envelope: envelope())
+                #expect(report.outcome == .accepted)
+            }
+            #expect(sink.statistics.sessions == 1, "the pool opened a connection it did not need")
+        }
+    }
+
     @Test func anIdleConnectionIsClosedWithQUITAndTheNextMessageOpensAnother() async throws {
         try await withSinkAndClient(client: { $0.pool.idleTimeout = .milliseconds(100) }) { sink, client in
             _ = try await client.send(testMessage("first"), envelope: envelope())

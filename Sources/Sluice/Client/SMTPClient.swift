@@ -334,8 +334,12 @@ public final class SMTPClient: Sendable {
         state.withLock { $0.pool.idleTimedOut(connection.id) }
     }
 
+    /// The pool gets the connection's slot back before the report goes out: a caller that
+    /// sends its next message as soon as it has the report must find the slot free, not see
+    /// a busy pool and make it open a connection it does not need.
     func attemptFinished(_ job: DeliveryJob, outcome: TransactionOutcome, connection: ClientConnection) {
         let retry = job.record(outcome, policy: retryPolicy)
+        left(connection, job)
         if retry, !job.cancelRequested.load(ordering: .relaxed) {
             let delay = retryPolicy.backoff.delay(afterAttempt: job.attempts, random: .random(in: 0..<1))
             logger.debug("retrying", metadata: ["smtp.message": "\(job.id)", "smtp.delay": "\(delay)"])
@@ -343,7 +347,6 @@ public final class SMTPClient: Sendable {
         } else {
             job.complete(now: .now)
         }
-        left(connection, job)
     }
 
     func notAttempted(_ job: DeliveryJob, connection: ClientConnection) {
@@ -354,8 +357,8 @@ public final class SMTPClient: Sendable {
     }
 
     func cancelledOnConnection(_ job: DeliveryJob, connection: ClientConnection) {
-        job.fail(SMTPError.cancelledBeforeStart, now: .now)
         left(connection, job)
+        job.fail(SMTPError.cancelledBeforeStart, now: .now)
     }
 
     /// `job` is no longer on `connection`: the pool gets the slot back, then `then` may
