@@ -7,13 +7,35 @@ import Testing
 /// The client against servers nobody here wrote.
 @Suite("SMTPClient interop", .serialized)
 struct ClientInteropTests {
+    /// An aiosmtpd server script: STARTTLS required (certificate and key in argv[2] and
+    /// argv[3]), AUTH only after TLS, on 127.0.0.1 port argv[1]; argv[4] is `out`, a file for
+    /// the handler. `handler` defines `Handler` (and whatever it needs); `controllerArguments`
+    /// are more of `Controller`'s keyword arguments. It prints "ready" once it listens.
+    static func aiosmtpdScript(_ handler: String, controllerArguments: String) -> String {
+        """
+        import asyncio, base64, json, ssl, sys, time
+        from aiosmtpd.controller import Controller
+        from aiosmtpd.smtp import AuthResult, LoginPassword, MISSING
+        port, cert, key, out = int(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4]
+        \(handler)
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        context.load_cert_chain(cert, key)
+        controller = Controller(Handler(), hostname="127.0.0.1", port=port, tls_context=context,
+                                require_starttls=True, auth_require_tls=True, \(controllerArguments))
+        controller.start()
+        print("ready", flush=True)
+        try:
+            while True: time.sleep(1)
+        except KeyboardInterrupt:
+            pass
+        finally:
+            controller.stop()
+        """
+    }
+
     /// aiosmtpd with STARTTLS required and AUTH (only after TLS); each message it takes is
     /// written as one JSON line to the file given.
-    static let aiosmtpdServer = """
-        import asyncio, json, ssl, sys, time
-        from aiosmtpd.controller import Controller
-        from aiosmtpd.smtp import AuthResult, LoginPassword
-        port, cert, key, out = int(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4]
+    static let aiosmtpdServer = aiosmtpdScript("""
         class Handler:
             async def handle_DATA(self, server, session, envelope):
                 with open(out, "a") as f:
@@ -25,19 +47,7 @@ struct ClientInteropTests {
         def authenticate(server, session, envelope, mechanism, auth_data):
             ok = isinstance(auth_data, LoginPassword) and auth_data.login == b"app" and auth_data.password == b"pa55 word"
             return AuthResult(success=ok, auth_data=auth_data)
-        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-        context.load_cert_chain(cert, key)
-        controller = Controller(Handler(), hostname="127.0.0.1", port=port, tls_context=context,
-                                require_starttls=True, authenticator=authenticate, auth_require_tls=True)
-        controller.start()
-        print("ready", flush=True)
-        try:
-            while True: time.sleep(1)
-        except KeyboardInterrupt:
-            pass
-        finally:
-            controller.stop()
-        """
+        """, controllerArguments: "authenticator=authenticate")
 
     @Test(arguments: [SASLMechanism.plain, .login])
     func aiosmtpdWithSTARTTLSAndAUTH(mechanism: SASLMechanism) async throws {
@@ -79,6 +89,108 @@ struct ClientInteropTests {
             #expect(content == messages[index].bytes, "aiosmtpd received the message byte for byte")
         }
         try? FileManager.default.removeItem(atPath: out)
+    }
+
+    /// aiosmtpd over STARTTLS with XOAUTH2 and OAUTHBEARER written here from their specs
+    /// (Google's XOAUTH2 document, RFC 7628): `good-token` for user `app` is accepted; any other
+    /// token gets the JSON error challenge, and only the answer the spec asks for (an empty
+    /// line for XOAUTH2, a lone ^A for OAUTHBEARER) earns the final 535; anything else is
+    /// refused with a 501 naming what was wrong. Each AUTH attempt is one JSON line in `out`.
+    static let aiosmtpdOAuthServer = aiosmtpdScript("""
+        ERROR = json.dumps({"status": "401", "schemes": "bearer", "scope": "https://mail.example.org/"})
+        def record(**fields):
+            with open(out, "a") as f:
+                f.write(json.dumps(fields) + "\\n")
+        async def check(server, mechanism, args, user, fields):
+            token = fields.get("auth", "")
+            if not token.startswith("Bearer "):
+                record(mechanism=mechanism, error="no auth=Bearer field")
+                return AuthResult(success=False, handled=False, message="501 5.5.2 no auth=Bearer field")
+            record(mechanism=mechanism, user=user, token=token[7:], host=fields.get("host"), port=fields.get("port"))
+            if user == "app" and token == "Bearer good-token":
+                return AuthResult(success=True, auth_data=LoginPassword(user.encode(), token.encode()))
+            answer = await server.challenge_auth(ERROR)
+            expected = b"" if mechanism == "XOAUTH2" else b"\\x01"
+            if answer is MISSING or answer != expected:
+                return AuthResult(success=False, handled=False, message="501 5.5.2 wrong answer to the error challenge: %r" % (answer,))
+            return AuthResult(success=False, handled=False, message="535 5.7.8 token refused")
+        class Handler:
+            async def handle_DATA(self, server, session, envelope):
+                return "250 2.0.0 OK"
+            async def auth_XOAUTH2(self, server, args):
+                blob = base64.b64decode(args[1]) if len(args) > 1 else await server.challenge_auth("")
+                parts = blob.split(b"\\x01")
+                if len(parts) != 4 or parts[2:] != [b"", b""] or not parts[0].startswith(b"user="):
+                    return AuthResult(success=False, handled=False, message="501 5.5.2 malformed XOAUTH2 response")
+                fields = dict(p.decode().split("=", 1) for p in parts[1:2])
+                return await check(server, "XOAUTH2", args, parts[0][5:].decode(), fields)
+            async def auth_OAUTHBEARER(self, server, args):
+                blob = base64.b64decode(args[1]) if len(args) > 1 else await server.challenge_auth("")
+                parts = blob.split(b"\\x01")
+                header = parts[0].decode()
+                if not header.startswith("n,a=") or not header.endswith(",") or parts[-2:] != [b"", b""]:
+                    return AuthResult(success=False, handled=False, message="501 5.5.2 malformed OAUTHBEARER response")
+                fields = dict(p.decode().split("=", 1) for p in parts[1:-2])
+                return await check(server, "OAUTHBEARER", args, header[4:-1], fields)
+        """, controllerArguments: #"auth_exclude_mechanism=["PLAIN", "LOGIN"]"#)
+
+    /// The OAuth 2.0 mechanisms against a server that checks their exact wire format: the
+    /// token provider's token is accepted, a refused token fails the send with the server's
+    /// 535 after the error challenge was answered as the spec asks, and under the default
+    /// retry policy that permanent refusal is not tried again.
+    @Test(arguments: [SASLMechanism.xoauth2, .oauthBearer])
+    func aiosmtpdWithOAuth2(mechanism: SASLMechanism) async throws {
+        guard let python = peerPython(importing: ["aiosmtpd"]) else { return }
+        let certificates = try TestCertificates.shared()
+        let port = try unusedPort()
+        let log = FileManager.default.temporaryDirectory.appendingPathComponent("aiosmtpd-oauth-\(UUID().uuidString).jsonl").path
+        defer { try? FileManager.default.removeItem(atPath: log) }
+        let server = try await PeerProcess(python, ["-c", Self.aiosmtpdOAuthServer, "\(port)", certificates.good.certificate,
+                                                    certificates.good.key, log])
+        defer { server.stop() }
+        #expect(server.firstLine == "ready")
+
+        func client(token: String) throws -> SMTPClient {
+            var configuration = SMTPClient.Configuration(host: "127.0.0.1", port: port, security: .startTLS)
+            configuration.tls = .client(trustRoots: .pemFile(certificates.caFile))
+            configuration.tlsServerName = "localhost"
+            configuration.credentials = .oauth2(username: "app", token: { token })
+            configuration.authenticationMechanism = mechanism
+            return try SMTPClient(configuration: configuration)
+        }
+
+        let good = try client(token: "good-token")
+        try await withDeadline(.seconds(30), "sending to aiosmtpd with \(mechanism)") {
+            for index in 0..<2 {
+                let report = try await good.send(testMessage("oauth\(index)"), envelope: envelope("a@example.org"))
+                #expect(report.outcome == .accepted)
+            }
+        }
+        await good.shutdown()
+
+        let bad = try client(token: "expired-token")
+        let error = try await withDeadline(.seconds(30), "a refused token with \(mechanism)") {
+            do {
+                _ = try await bad.send(testMessage("refused"), envelope: envelope("a@example.org"))
+                return nil as SMTPError?
+            } catch let error as SMTPError {
+                return error
+            }
+        }
+        await bad.shutdown()
+        #expect(error?.kind == .authentication, "\(String(describing: error))")
+        #expect(error?.code == 535, "the server's final 535, after the error challenge was answered as specified: \(String(describing: error))")
+
+        let attempts = try String(contentsOfFile: log, encoding: .utf8).split(separator: "\n").map {
+            try JSONSerialization.jsonObject(with: Data($0.utf8)) as? [String: Any] ?? [:]
+        }
+        #expect(attempts.count == 2, "one AUTH per connection: one good, one refused: \(attempts)")
+        #expect(attempts.allSatisfy { $0["mechanism"] as? String == mechanism.rawValue && $0["user"] as? String == "app" })
+        #expect(attempts.map { $0["token"] as? String } == ["good-token", "expired-token"])
+        if mechanism == .oauthBearer {
+            #expect(attempts.allSatisfy { $0["host"] as? String == "127.0.0.1" && $0["port"] as? String == "\(port)" },
+                    "OAUTHBEARER names the server's host and port (RFC 7628 §3.1)")
+        }
     }
 
     @Test func postfixSMTPSinkTakesPipelinedMessagesOnSeveralConnections() async throws {
