@@ -403,7 +403,7 @@ public struct ClientStateMachine: Sendable {
                 fail(SMTPSessionError(.ehloRejected, "EHLO and HELO were refused", reply: reply, command: "HELO"))
                 return
             }
-            capabilities = SMTPCapabilities(serverName: reply.lines.first ?? "")
+            capabilities = SMTPCapabilities(serverName: reply.firstLine)
             afterHello()
         case .awaitingStartTLS:
             if reply.code == .serviceReady {
@@ -493,7 +493,7 @@ public struct ClientStateMachine: Sendable {
             authenticated = true
             becomeReady()
         case .serverChallenge:
-            switch exchange.challengeReceived(reply.lines.first ?? "") {
+            switch exchange.challengeReceived(reply.firstLine) {
             case .respond(let response):
                 state = .authenticating(exchange)
                 write(command: .authResponse(response), timeout: configuration.timeouts.command)

@@ -186,7 +186,7 @@ public struct ReplyParser: Sendable {
            candidate.statusClass == code / 100 {
             enhanced = candidate
         }
-        let texts = lines.map { line -> String in
+        func text(_ line: ArraySlice<UInt8>) -> String {
             var text = line
             if let enhanced, let (code, length) = EnhancedStatusCode.prefix(of: line), code == enhanced {
                 text = line.dropFirst(length)
@@ -194,6 +194,7 @@ public struct ReplyParser: Sendable {
             }
             return String(decoding: text, as: UTF8.self)
         }
-        return SMTPReply(code: status, enhancedCode: enhanced, lines: texts)
+        return SMTPReply(code: status, enhancedCode: enhanced, firstLine: lines.first.map(text) ?? "",
+                         moreLines: lines.count > 1 ? lines.dropFirst().map(text) : [])
     }
 }

@@ -17,7 +17,7 @@ public struct SMTPCapabilities: Hashable, Sendable {
     /// Reads the capabilities from a 250 reply to EHLO: the first line is the server's
     /// greeting, each further line a keyword and its parameters.
     public init(ehloReply reply: SMTPReply) {
-        serverName = reply.lines.first.map { String($0.split(separator: " ", maxSplits: 1).first ?? "") } ?? ""
+        serverName = String(reply.firstLine.split(separator: " ", maxSplits: 1).first ?? "")
         extensions = [:]
         for line in reply.lines.dropFirst() {
             let words = line.split(separator: " ", omittingEmptySubsequences: true)

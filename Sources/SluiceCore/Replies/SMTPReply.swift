@@ -5,24 +5,36 @@ public struct SMTPReply: Hashable, Sendable, CustomStringConvertible {
     /// The enhanced status code at the start of the first line, when the server sent one
     /// whose class matches the reply code's first digit.
     public let enhancedCode: EnhancedStatusCode?
+    /// The text of the first line, after the code and its separator (`250-` / `250 `), with
+    /// the enhanced code and its space removed when it starts with it.
+    public let firstLine: String
+    /// The text of the lines after the first (most replies have none, and then no array is
+    /// allocated: the client parses several replies per message).
+    private let moreLines: [String]
+
     /// The text of each line, after the code and its separator (`250-` / `250 `), with the
     /// enhanced code and its space removed from every line that starts with it.
-    public let lines: [String]
+    public var lines: [String] { [firstLine] + moreLines }
 
     /// A reply as a server would send it.
     public init(code: SMTPStatusCode, enhancedCode: EnhancedStatusCode? = nil, lines: [String]) {
+        self.init(code: code, enhancedCode: enhancedCode, firstLine: lines.first ?? "", moreLines: Array(lines.dropFirst()))
+    }
+
+    init(code: SMTPStatusCode, enhancedCode: EnhancedStatusCode?, firstLine: String, moreLines: [String]) {
         self.code = code
         self.enhancedCode = enhancedCode
-        self.lines = lines.isEmpty ? [""] : lines
+        self.firstLine = firstLine
+        self.moreLines = moreLines
     }
 
     /// A one-line reply.
     public init(_ code: SMTPStatusCode, _ enhancedCode: EnhancedStatusCode? = nil, _ text: String) {
-        self.init(code: code, enhancedCode: enhancedCode, lines: [text])
+        self.init(code: code, enhancedCode: enhancedCode, firstLine: text, moreLines: [])
     }
 
     /// The text lines joined by a space, for messages and logs.
-    public var text: String { lines.joined(separator: " ") }
+    public var text: String { moreLines.isEmpty ? firstLine : lines.joined(separator: " ") }
 
     /// The reply as it appears on the wire, each line ending in CRLF.
     public var encoded: [UInt8] {
@@ -33,8 +45,9 @@ public struct SMTPReply: Hashable, Sendable, CustomStringConvertible {
 
     /// Appends the reply as it appears on the wire.
     public func encode(into bytes: inout [UInt8]) {
-        for (index, line) in lines.enumerated() {
-            Self.encodeLine(code: code, enhancedCode: enhancedCode, text: line, isLast: index == lines.count - 1, into: &bytes)
+        Self.encodeLine(code: code, enhancedCode: enhancedCode, text: firstLine, isLast: moreLines.isEmpty, into: &bytes)
+        for (index, line) in moreLines.enumerated() {
+            Self.encodeLine(code: code, enhancedCode: enhancedCode, text: line, isLast: index == moreLines.count - 1, into: &bytes)
         }
     }
 
