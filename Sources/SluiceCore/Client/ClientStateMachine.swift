@@ -659,13 +659,13 @@ public struct ClientStateMachine: Sendable {
         case .reset, .probe:
             break  // whatever it says, the next MAIL tells
         case .mail(let id):
-            active[id]?.mailReply = reply
+            updateActive(id) { $0.mailReply = reply }
             if !reply.code.isPositiveCompletion {
                 needsReset = true
                 if !pipelining { finishTransaction(id) }
             }
         case .recipient(let id, let index):
-            active[id]?.recipientReplies[index] = reply
+            updateActive(id) { $0.recipientReplies[index] = reply }
         case .data(let id):
             guard var entry = active[id] else { break }
             if reply.code == .startMailInput, entry.cancelled {
@@ -758,6 +758,15 @@ public struct ClientStateMachine: Sendable {
     }
 
     /// Removes a transaction and its unsent commands; returns what was known of it.
+    /// Changes transaction `id`'s entry, if it is still there. The entry is moved out and
+    /// back: `active[id]?.field = value` goes through the dictionary's modify coroutine,
+    /// whose frame for an entry this size is allocated on the heap, twice per reply.
+    private mutating func updateActive(_ id: Int, _ change: (inout Active) -> Void) {
+        guard var entry = active.removeValue(forKey: id) else { return }
+        change(&entry)
+        active[id] = entry
+    }
+
     private mutating func forget(_ id: Int) -> Active? {
         guard let entry = active.removeValue(forKey: id) else { return nil }
         activeOrder.removeAll { $0 == id }
@@ -859,13 +868,18 @@ public struct ClientStateMachine: Sendable {
     /// Adds a piece that is not command bytes, after the commands gathered so far.
     private mutating func appendOutput(_ piece: ClientOutput) {
         flushPendingBytes()
+        if output.isEmpty { output.reserveCapacity(4) }  // one allocation, not one per doubling
         output.append(piece)
     }
 
     private mutating func flushPendingBytes() {
         guard !pendingBytes.isEmpty else { return }
+        if output.isEmpty { output.reserveCapacity(4) }
         output.append(.bytes(pendingBytes))
+        // The bytes went with the output; the next commands (a MAIL, its RCPTs and DATA is
+        // about 100 bytes) start in a buffer that will not need to grow.
         pendingBytes = []
+        pendingBytes.reserveCapacity(256)
     }
 
     private mutating func updateTimer() {
@@ -893,15 +907,21 @@ public struct ClientStateMachine: Sendable {
         }
     }
 
+    /// The actions of this event. `actions` keeps its buffer from event to event; what is
+    /// returned is one array of the right size.
     private mutating func finish() -> [Action] {
         flushPendingBytes()
+        if output.isEmpty, actions.isEmpty { return [] }
+        var result: [Action] = []
+        result.reserveCapacity(actions.count + 1)
         if !output.isEmpty {
             // The write goes first: outcomes and timers describe the state after it.
-            actions.insert(.write(output), at: 0)
+            result.append(.write(output))
             output = []
         }
-        defer { actions = [] }
-        return actions
+        result.append(contentsOf: actions)
+        actions.removeAll(keepingCapacity: true)
+        return result
     }
 
     private static func verb(_ expectation: Expectation) -> String {
