@@ -187,7 +187,8 @@ struct PoolStateMachine<Job: AnyObject> {
     private mutating func pump(now: ContinuousClock.Instant, preferring preferred: Int? = nil) -> [Action] {
         var actions: [Action] = []
         // A busy pool's events are mostly finished transactions: only that connection can
-        // have reached a limit, so only it is checked (every event of another kind checks all).
+        // have reached a limit, so only it is checked. Other events check every connection,
+        // but only while one is idle: nothing else can be retired.
         if let preferred {
             retireIfExpired(preferred, now: now, into: &actions)
         } else if idleCount > 0 {
