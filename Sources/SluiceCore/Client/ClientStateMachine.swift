@@ -757,7 +757,6 @@ public struct ClientStateMachine: Sendable {
         return TransactionOutcome(id: transaction.id, status: status, recipients: recipients, reply: decidingReply, error: nil)
     }
 
-    /// Removes a transaction and its unsent commands; returns what was known of it.
     /// Changes transaction `id`'s entry, if it is still there. The entry is moved out and
     /// back: `active[id]?.field = value` goes through the dictionary's modify coroutine,
     /// whose frame for an entry this size is allocated on the heap, twice per reply.
@@ -767,6 +766,7 @@ public struct ClientStateMachine: Sendable {
         active[id] = entry
     }
 
+    /// Removes a transaction and its unsent commands; returns what was known of it.
     private mutating func forget(_ id: Int) -> Active? {
         guard let entry = active.removeValue(forKey: id) else { return nil }
         activeOrder.removeAll { $0 == id }
@@ -868,18 +868,21 @@ public struct ClientStateMachine: Sendable {
     /// Adds a piece that is not command bytes, after the commands gathered so far.
     private mutating func appendOutput(_ piece: ClientOutput) {
         flushPendingBytes()
-        if output.isEmpty { output.reserveCapacity(4) }  // one allocation, not one per doubling
-        output.append(piece)
+        addToOutput(piece)
     }
 
     private mutating func flushPendingBytes() {
         guard !pendingBytes.isEmpty else { return }
-        if output.isEmpty { output.reserveCapacity(4) }
-        output.append(.bytes(pendingBytes))
+        addToOutput(.bytes(pendingBytes))
         // The bytes went with the output; the next commands (a MAIL, its RCPTs and DATA is
         // about 100 bytes) start in a buffer that will not need to grow.
         pendingBytes = []
         pendingBytes.reserveCapacity(256)
+    }
+
+    private mutating func addToOutput(_ piece: ClientOutput) {
+        if output.isEmpty { output.reserveCapacity(4) }  // one allocation, not one per doubling
+        output.append(piece)
     }
 
     private mutating func updateTimer() {
