@@ -51,20 +51,11 @@ struct ClientInteropTests {
 
     @Test(arguments: [SASLMechanism.plain, .login])
     func aiosmtpdWithSTARTTLSAndAUTH(mechanism: SASLMechanism) async throws {
-        guard let python = peerPython(importing: ["aiosmtpd"]) else { return }
-        let certificates = try TestCertificates.shared()
-        let port = try unusedPort()
-        let out = FileManager.default.temporaryDirectory.appendingPathComponent("aiosmtpd-\(UUID().uuidString).jsonl").path
-        let server = try await PeerProcess(python, ["-c", Self.aiosmtpdServer, "\(port)", certificates.good.certificate,
-                                                    certificates.good.key, out])
-        defer { server.stop() }
-        #expect(server.firstLine == "ready")
+        guard let aiosmtpd = try await Aiosmtpd.start(Self.aiosmtpdServer) else { return }
+        defer { aiosmtpd.stop() }
 
-        var configuration = SMTPClient.Configuration(host: "127.0.0.1", port: port, security: .startTLS)
-        configuration.tls = .client(trustRoots: .pemFile(certificates.caFile))
-        configuration.tlsServerName = "localhost"
+        var configuration = try aiosmtpd.clientConfiguration(mechanism: mechanism)
         configuration.credentials = .password(username: "app", password: "pa55 word")
-        configuration.authenticationMechanism = mechanism
         let client = try SMTPClient(configuration: configuration)
         let messages = (0..<3).map { testMessage("aio\($0)") }
         try await withDeadline(.seconds(30), "sending to aiosmtpd") {
@@ -77,10 +68,9 @@ struct ClientInteropTests {
         }
         await client.shutdown()
 
-        let lines = try String(contentsOfFile: out, encoding: .utf8).split(separator: "\n")
-        #expect(lines.count == 3)
-        for (index, line) in lines.enumerated() {
-            let object = try JSONSerialization.jsonObject(with: Data(line.utf8)) as? [String: Any] ?? [:]
+        let received = try aiosmtpd.records()
+        #expect(received.count == 3)
+        for (index, object) in received.enumerated() {
             #expect(object["from"] as? String == "sender@example.com")
             #expect((object["to"] as? [String])?.count == (index == 1 ? 2 : 1))
             #expect(object["user"] as? String == "app")
@@ -88,7 +78,6 @@ struct ClientInteropTests {
             let content = (object["content"] as? String).map { Array($0.utf8) }
             #expect(content == messages[index].bytes, "aiosmtpd received the message byte for byte")
         }
-        try? FileManager.default.removeItem(atPath: out)
     }
 
     /// aiosmtpd over STARTTLS with XOAUTH2 and OAUTHBEARER written here from their specs
@@ -140,22 +129,12 @@ struct ClientInteropTests {
     /// retry policy that permanent refusal is not tried again.
     @Test(arguments: [SASLMechanism.xoauth2, .oauthBearer])
     func aiosmtpdWithOAuth2(mechanism: SASLMechanism) async throws {
-        guard let python = peerPython(importing: ["aiosmtpd"]) else { return }
-        let certificates = try TestCertificates.shared()
-        let port = try unusedPort()
-        let log = FileManager.default.temporaryDirectory.appendingPathComponent("aiosmtpd-oauth-\(UUID().uuidString).jsonl").path
-        defer { try? FileManager.default.removeItem(atPath: log) }
-        let server = try await PeerProcess(python, ["-c", Self.aiosmtpdOAuthServer, "\(port)", certificates.good.certificate,
-                                                    certificates.good.key, log])
-        defer { server.stop() }
-        #expect(server.firstLine == "ready")
+        guard let aiosmtpd = try await Aiosmtpd.start(Self.aiosmtpdOAuthServer) else { return }
+        defer { aiosmtpd.stop() }
 
         func client(token: String) throws -> SMTPClient {
-            var configuration = SMTPClient.Configuration(host: "127.0.0.1", port: port, security: .startTLS)
-            configuration.tls = .client(trustRoots: .pemFile(certificates.caFile))
-            configuration.tlsServerName = "localhost"
+            var configuration = try aiosmtpd.clientConfiguration(mechanism: mechanism)
             configuration.credentials = .oauth2(username: "app", token: { token })
-            configuration.authenticationMechanism = mechanism
             return try SMTPClient(configuration: configuration)
         }
 
@@ -181,14 +160,12 @@ struct ClientInteropTests {
         #expect(error?.kind == .authentication, "\(String(describing: error))")
         #expect(error?.code == 535, "the server's final 535, after the error challenge was answered as specified: \(String(describing: error))")
 
-        let attempts = try String(contentsOfFile: log, encoding: .utf8).split(separator: "\n").map {
-            try JSONSerialization.jsonObject(with: Data($0.utf8)) as? [String: Any] ?? [:]
-        }
+        let attempts = try aiosmtpd.records()
         #expect(attempts.count == 2, "one AUTH per connection: one good, one refused: \(attempts)")
         #expect(attempts.allSatisfy { $0["mechanism"] as? String == mechanism.rawValue && $0["user"] as? String == "app" })
         #expect(attempts.map { $0["token"] as? String } == ["good-token", "expired-token"])
         if mechanism == .oauthBearer {
-            #expect(attempts.allSatisfy { $0["host"] as? String == "127.0.0.1" && $0["port"] as? String == "\(port)" },
+            #expect(attempts.allSatisfy { $0["host"] as? String == "127.0.0.1" && $0["port"] as? String == "\(aiosmtpd.port)" },
                     "OAUTHBEARER names the server's host and port (RFC 7628 §3.1)")
         }
     }
@@ -284,5 +261,46 @@ struct ClientInteropTests {
             let sent = String(decoding: mails[index].message.bytes, as: UTF8.self).replacingOccurrences(of: "\r\n", with: "\n")
             #expect(text == sent, "message \(index) arrived byte for byte as \(queueID)")
         }
+    }
+}
+
+/// One of the aiosmtpd scripts above, running on a free port with the test certificate.
+private struct Aiosmtpd {
+    let server: PeerProcess
+    let port: Int
+    /// The file the script's handler writes, one JSON object per line.
+    let out: String
+
+    /// Starts `script`; nil when aiosmtpd is missing (outside CI; under CI that is a failure).
+    static func start(_ script: String) async throws -> Aiosmtpd? {
+        guard let python = peerPython(importing: ["aiosmtpd"]) else { return nil }
+        let certificates = try TestCertificates.shared()
+        let port = try unusedPort()
+        let out = FileManager.default.temporaryDirectory.appendingPathComponent("aiosmtpd-\(UUID().uuidString).jsonl").path
+        let server = try await PeerProcess(python, ["-c", script, "\(port)", certificates.good.certificate,
+                                                    certificates.good.key, out])
+        #expect(server.firstLine == "ready")
+        return Aiosmtpd(server: server, port: port, out: out)
+    }
+
+    /// STARTTLS to it, its certificate verified against the test CA as "localhost".
+    func clientConfiguration(mechanism: SASLMechanism) throws -> SMTPClient.Configuration {
+        var configuration = SMTPClient.Configuration(host: "127.0.0.1", port: port, security: .startTLS)
+        configuration.tls = .client(trustRoots: .pemFile(try TestCertificates.shared().caFile))
+        configuration.tlsServerName = "localhost"
+        configuration.authenticationMechanism = mechanism
+        return configuration
+    }
+
+    /// What the handler wrote so far.
+    func records() throws -> [[String: Any]] {
+        try String(contentsOfFile: out, encoding: .utf8).split(separator: "\n").map {
+            try JSONSerialization.jsonObject(with: Data($0.utf8)) as? [String: Any] ?? [:]
+        }
+    }
+
+    func stop() {
+        server.stop()
+        try? FileManager.default.removeItem(atPath: out)
     }
 }
