@@ -76,9 +76,9 @@ struct IndependentParserTests {
         }
     }
 
-    @Test func representativeMessagesReadBackExactly() throws {
+    @Test func representativeMessagesReadBackExactly() async throws {
         let messages = try RepresentativeMessages.all()
-        guard let views = try PythonEmail.read(try messages.map { try $0.message.encodedForTest() }) else { return }
+        guard let views = try await PythonEmail.read(try messages.map { try $0.message.encodedForTest() }) else { return }
         for ((name, message), view) in zip(messages, views) {
             Self.compare(view, with: message)
             #expect(view.error == nil, "\(name)")
@@ -103,7 +103,7 @@ struct IndependentParserTests {
         }
     }
 
-    @Test func injectionAttemptsStayInsideTheirHeader() throws {
+    @Test func injectionAttemptsStayInsideTheirHeader() async throws {
         // Encoded CR/LF inside encoded-words, specials in names, a Bcc: everything decodes to
         // text in the header it was given for; Python sees exactly the intended headers.
         var message = Message(from: try Mailbox(name: "Eve\u{2028}Bcc: x@evil.example", address: "eve@example.com"),
@@ -115,11 +115,11 @@ struct IndependentParserTests {
         let encoded = try message.encodedForTest()
         checkWireRules(encoded)
         #expect(!String(decoding: encoded.bytes, as: UTF8.self).contains("hidden@example.com"))
-        guard let view = try PythonEmail.read(encoded) else { return }
+        guard let view = try await PythonEmail.read(encoded) else { return }
         Self.compare(view, with: message)
     }
 
-    @Test func fileNamesWithRFC2231CharactersAreQuotedAndReadBack() throws {
+    @Test func fileNamesWithRFC2231CharactersAreQuotedAndReadBack() async throws {
         // Found by the property test below in CI: `filename=0''` is a valid RFC 2045 token, but
         // Python takes a bare `'`, `*` or `%` for a broken RFC 2231 value and drops the name.
         for fileName in ["0''", "'-", "it's.txt", "a*b.txt", "100%.txt", "utf-8''x.txt"] {
@@ -128,7 +128,7 @@ struct IndependentParserTests {
             let encoded = try message.encodedForTest()
             checkWireRules(encoded)
             #expect(String(decoding: encoded.bytes, as: UTF8.self).contains("filename=\"\(fileName)\""), "\(fileName)")
-            guard let view = try PythonEmail.read(encoded) else { return }
+            guard let view = try await PythonEmail.read(encoded) else { return }
             Self.compare(view, with: message)
         }
     }
@@ -156,7 +156,7 @@ struct IndependentParserTests {
             built.withLock { $0.append(message) }
         }
         let messages = built.withLock { $0 }
-        guard let views = try PythonEmail.read(try messages.map { try $0.encodedForTest() }) else { return }
+        guard let views = try await PythonEmail.read(try messages.map { try $0.encodedForTest() }) else { return }
         for (message, view) in zip(messages, views) {
             Self.compare(view, with: message)
         }
@@ -237,7 +237,7 @@ enum RepresentativeMessages {
 
 @Suite("File attachments")
 struct FileAttachmentTests {
-    @Test func aFileIsStreamedIntoBase64AndReadsBackByteForByte() throws {
+    @Test func aFileIsStreamedIntoBase64AndReadsBackByteForByte() async throws {
         // 1 MB and 3 bytes: many 57 KiB pieces and a short last line.
         let path = FileManager.default.temporaryDirectory.appendingPathComponent("sluice-attachment-\(UUID().uuidString).bin").path
         var generator = SeededGenerator(seed: 7)
@@ -254,7 +254,7 @@ struct FileAttachmentTests {
         let lines = body.components(separatedBy: "\r\n")
         let base64Lines = lines.prefix { !$0.isEmpty }
         #expect(base64Lines.dropLast().allSatisfy { $0.utf8.count == 76 }, "every line but the last is 76 characters")
-        guard let view = try PythonEmail.read(encoded) else { return }
+        guard let view = try await PythonEmail.read(encoded) else { return }
         #expect(view.attachments?.first?.bytes == content)
         #expect(view.attachments?.first?.fileName == "report.pdf")
     }

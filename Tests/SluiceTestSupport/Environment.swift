@@ -159,16 +159,31 @@ public func run(_ executable: String, _ arguments: [String], input: String? = ni
     return (child.waitUntilExit(), String(decoding: output, as: UTF8.self), String(decoding: error, as: UTF8.self))
 }
 
+/// Runs `body`, which blocks (waits for a process, sleeps), on a thread of its own.
+///
+/// The concurrency pool has one thread per core: a test that blocks one of them stalls
+/// every other test's tasks meanwhile, and a test that measures how soon something reaches
+/// a task then sees its task come seconds late. So tests never block a pool thread; they
+/// wait here instead.
+public func offThread<T: Sendable>(_ body: @escaping @Sendable () throws -> T) async throws -> T {
+    try await withCheckedThrowingContinuation { continuation in
+        Thread { continuation.resume(with: Result { try body() }) }.start()
+    }
+}
+
+/// ``offThread(_:)`` for a body that cannot throw.
+public func offThread<T: Sendable>(_ body: @escaping @Sendable () -> T) async -> T {
+    await withCheckedContinuation { continuation in
+        Thread { continuation.resume(returning: body()) }.start()
+    }
+}
+
 /// Runs a program on a thread of its own (so waiting for it never blocks the concurrency
 /// pool) and returns its exit status, standard output and error.
-public func runInBackground(_ executable: String, _ arguments: [String], input: String? = nil) async throws
+public func runInBackground(_ executable: String, _ arguments: [String], input: String? = nil,
+                            in directory: String? = nil) async throws
     -> (status: Int32, output: String, error: String) {
-    try await withCheckedThrowingContinuation { continuation in
-        let thread = Thread {
-            continuation.resume(with: Result { try run(executable, arguments, input: input) })
-        }
-        thread.start()
-    }
+    try await offThread { try run(executable, arguments, input: input, in: directory) }
 }
 
 /// How much longer than usual the tests' deadlines are: `SLUICE_TEST_TIME_SCALE` (1 when
@@ -239,4 +254,18 @@ public func sluiceCommand() -> String? {
     if FileManager.default.isExecutableFile(atPath: path) { return path }
     Issue.record("build the sluice command first (swift build); scripts/test.sh does")
     return nil
+}
+
+/// Runs `body`, then `cleanup` — after a throw too; for clean-ups that must be awaited, which
+/// `defer` cannot do.
+public func withCleanup<T>(_ body: () async throws -> T, cleanup: () async -> Void) async throws -> T {
+    let result: T
+    do {
+        result = try await body()
+    } catch {
+        await cleanup()
+        throw error
+    }
+    await cleanup()
+    return result
 }

@@ -1,16 +1,25 @@
 import Foundation
+import SluiceTransport
 import Testing
 
 /// Python from the peers' virtual environment (scripts/setup.sh makes it), if it can import
 /// `modules`. Outside CI a missing peer is reported and the test returns early; under CI it
-/// is a failure.
-public func peerPython(importing modules: [String]) -> String? {
+/// is a failure. Each list of modules is checked once per run.
+public func peerPython(importing modules: [String]) async -> String? {
     let python = packageRoot() + "/.build/peers-venv/bin/python"
-    if FileManager.default.isExecutableFile(atPath: python),
-       let result = try? run(python, ["-c", "import " + modules.joined(separator: ", ")]), result.status == 0 {
-        return python
+    let key = modules.joined(separator: ", ")
+    let known = importable.withLock { $0[key] }
+    let available: Bool
+    if let known {
+        available = known
+    } else {
+        let result = FileManager.default.isExecutableFile(atPath: python)
+            ? try? await runInBackground(python, ["-c", "import " + key]) : nil
+        available = result?.status == 0
+        importable.withLock { $0[key] = available }
     }
-    let message = "Python peers \(modules.joined(separator: ", ")) are missing (run scripts/setup.sh)"
+    if available { return python }
+    let message = "Python peers \(key) are missing (run scripts/setup.sh)"
     if isCI {
         Issue.record(Comment(rawValue: message + "; CI requires every peer"))
     } else {
@@ -18,6 +27,9 @@ public func peerPython(importing modules: [String]) -> String? {
     }
     return nil
 }
+
+/// What ``peerPython(importing:)`` found, by module list.
+private let importable = Locked<[String: Bool]>([:])
 
 /// A peer server in a process of its own: started, waited for until it prints its first
 /// line, and stopped at the end.
@@ -33,10 +45,12 @@ public final class PeerProcess: Sendable {
     }
 
     /// Stops the peer (SIGTERM, then SIGKILL after half a second) and returns what it wrote
-    /// to standard error.
+    /// to standard error; the waiting is done off the concurrency pool.
     @discardableResult
-    public func stop() -> String {
-        child.stop()
-        return String(decoding: child.readOutputAndError(quietLimit: .milliseconds(200)).error, as: UTF8.self)
+    public func stop() async -> String {
+        await offThread { [child] in
+            child.stop()
+            return String(decoding: child.readOutputAndError(quietLimit: .milliseconds(200)).error, as: UTF8.self)
+        }
     }
 }

@@ -121,9 +121,9 @@ public final class PostfixInstance: Sendable {
 
     /// Stops the instance and removes its directory; returns what it logged.
     @discardableResult
-    public func stop() -> String {
-        _ = try? run(postfix, ["-c", directory + "/etc", "stop"])
-        let log = master.stop()
+    public func stop() async -> String {
+        _ = try? await runInBackground(postfix, ["-c", directory + "/etc", "stop"])
+        let log = await master.stop()
         try? FileManager.default.removeItem(atPath: directory)
         return log
     }

@@ -52,31 +52,33 @@ struct ClientInteropTests {
     @Test(arguments: [SASLMechanism.plain, .login])
     func aiosmtpdWithSTARTTLSAndAUTH(mechanism: SASLMechanism) async throws {
         guard let aiosmtpd = try await Aiosmtpd.start(Self.aiosmtpdServer) else { return }
-        defer { aiosmtpd.stop() }
-
-        var configuration = try aiosmtpd.clientConfiguration(mechanism: mechanism)
-        configuration.credentials = .password(username: "app", password: "pa55 word")
-        let client = try SMTPClient(configuration: configuration)
-        let messages = (0..<3).map { testMessage("aio\($0)") }
-        try await withDeadline(.seconds(30), "sending to aiosmtpd") {
-            for (index, message) in messages.enumerated() {
-                let recipients = index == 1 ? ["a@example.org", "b@example.org"] : ["a@example.org"]
-                let report = try await client.send(message, envelope: try Envelope(from: "sender@example.com", to: recipients))
-                #expect(report.outcome == .accepted)
-                #expect(report.recipients.allSatisfy { $0.code == 250 })
+        try await withCleanup {
+            var configuration = try aiosmtpd.clientConfiguration(mechanism: mechanism)
+            configuration.credentials = .password(username: "app", password: "pa55 word")
+            let client = try SMTPClient(configuration: configuration)
+            let messages = (0..<3).map { testMessage("aio\($0)") }
+            try await withDeadline(.seconds(30), "sending to aiosmtpd") {
+                for (index, message) in messages.enumerated() {
+                    let recipients = index == 1 ? ["a@example.org", "b@example.org"] : ["a@example.org"]
+                    let report = try await client.send(message, envelope: try Envelope(from: "sender@example.com", to: recipients))
+                    #expect(report.outcome == .accepted)
+                    #expect(report.recipients.allSatisfy { $0.code == 250 })
+                }
             }
-        }
-        await client.shutdown()
+            await client.shutdown()
 
-        let received = try aiosmtpd.records()
-        #expect(received.count == 3)
-        for (index, object) in received.enumerated() {
-            #expect(object["from"] as? String == "sender@example.com")
-            #expect((object["to"] as? [String])?.count == (index == 1 ? 2 : 1))
-            #expect(object["user"] as? String == "app")
-            #expect(object["tls"] as? Bool == true)
-            let content = (object["content"] as? String).map { Array($0.utf8) }
-            #expect(content == messages[index].bytes, "aiosmtpd received the message byte for byte")
+            let received = try aiosmtpd.records()
+            #expect(received.count == 3)
+            for (index, object) in received.enumerated() {
+                #expect(object["from"] as? String == "sender@example.com")
+                #expect((object["to"] as? [String])?.count == (index == 1 ? 2 : 1))
+                #expect(object["user"] as? String == "app")
+                #expect(object["tls"] as? Bool == true)
+                let content = (object["content"] as? String).map { Array($0.utf8) }
+                #expect(content == messages[index].bytes, "aiosmtpd received the message byte for byte")
+            }
+        } cleanup: {
+            await aiosmtpd.stop()
         }
     }
 
@@ -130,43 +132,45 @@ struct ClientInteropTests {
     @Test(arguments: [SASLMechanism.xoauth2, .oauthBearer])
     func aiosmtpdWithOAuth2(mechanism: SASLMechanism) async throws {
         guard let aiosmtpd = try await Aiosmtpd.start(Self.aiosmtpdOAuthServer) else { return }
-        defer { aiosmtpd.stop() }
-
-        func client(token: String) throws -> SMTPClient {
-            var configuration = try aiosmtpd.clientConfiguration(mechanism: mechanism)
-            configuration.credentials = .oauth2(username: "app", token: { token })
-            return try SMTPClient(configuration: configuration)
-        }
-
-        let good = try client(token: "good-token")
-        try await withDeadline(.seconds(30), "sending to aiosmtpd with \(mechanism)") {
-            for index in 0..<2 {
-                let report = try await good.send(testMessage("oauth\(index)"), envelope: envelope("a@example.org"))
-                #expect(report.outcome == .accepted)
+        try await withCleanup {
+            func client(token: String) throws -> SMTPClient {
+                var configuration = try aiosmtpd.clientConfiguration(mechanism: mechanism)
+                configuration.credentials = .oauth2(username: "app", token: { token })
+                return try SMTPClient(configuration: configuration)
             }
-        }
-        await good.shutdown()
 
-        let bad = try client(token: "expired-token")
-        let error = try await withDeadline(.seconds(30), "a refused token with \(mechanism)") {
-            do {
-                _ = try await bad.send(testMessage("refused"), envelope: envelope("a@example.org"))
-                return nil as SMTPError?
-            } catch let error as SMTPError {
-                return error
+            let good = try client(token: "good-token")
+            try await withDeadline(.seconds(30), "sending to aiosmtpd with \(mechanism)") {
+                for index in 0..<2 {
+                    let report = try await good.send(testMessage("oauth\(index)"), envelope: envelope("a@example.org"))
+                    #expect(report.outcome == .accepted)
+                }
             }
-        }
-        await bad.shutdown()
-        #expect(error?.kind == .authentication, "\(String(describing: error))")
-        #expect(error?.code == 535, "the server's final 535, after the error challenge was answered as specified: \(String(describing: error))")
+            await good.shutdown()
 
-        let attempts = try aiosmtpd.records()
-        #expect(attempts.count == 2, "one AUTH per connection: one good, one refused: \(attempts)")
-        #expect(attempts.allSatisfy { $0["mechanism"] as? String == mechanism.rawValue && $0["user"] as? String == "app" })
-        #expect(attempts.map { $0["token"] as? String } == ["good-token", "expired-token"])
-        if mechanism == .oauthBearer {
-            #expect(attempts.allSatisfy { $0["host"] as? String == "127.0.0.1" && $0["port"] as? String == "\(aiosmtpd.port)" },
-                    "OAUTHBEARER names the server's host and port (RFC 7628 §3.1)")
+            let bad = try client(token: "expired-token")
+            let error = try await withDeadline(.seconds(30), "a refused token with \(mechanism)") {
+                do {
+                    _ = try await bad.send(testMessage("refused"), envelope: envelope("a@example.org"))
+                    return nil as SMTPError?
+                } catch let error as SMTPError {
+                    return error
+                }
+            }
+            await bad.shutdown()
+            #expect(error?.kind == .authentication, "\(String(describing: error))")
+            #expect(error?.code == 535, "the server's final 535, after the error challenge was answered as specified: \(String(describing: error))")
+
+            let attempts = try aiosmtpd.records()
+            #expect(attempts.count == 2, "one AUTH per connection: one good, one refused: \(attempts)")
+            #expect(attempts.allSatisfy { $0["mechanism"] as? String == mechanism.rawValue && $0["user"] as? String == "app" })
+            #expect(attempts.map { $0["token"] as? String } == ["good-token", "expired-token"])
+            if mechanism == .oauthBearer {
+                #expect(attempts.allSatisfy { $0["host"] as? String == "127.0.0.1" && $0["port"] as? String == "\(aiosmtpd.port)" },
+                        "OAUTHBEARER names the server's host and port (RFC 7628 §3.1)")
+            }
+        } cleanup: {
+            await aiosmtpd.stop()
         }
     }
 
@@ -181,29 +185,32 @@ struct ClientInteropTests {
         // smtp-sink prints nothing when ready; a shell prints the line once it has started it.
         let server = try await PeerProcess("/bin/sh", ["-c", "exec 3>&1; (sleep 0.3; echo ready >&3) & exec \"$0\" \"$@\" >/dev/null",
                                                        smtpSink] + arguments)
-        defer { server.stop() }
-        var configuration = SMTPClient.Configuration(host: "127.0.0.1", port: port, security: .none)
-        configuration.pool.maximumConnections = 4
-        let client = try SMTPClient(configuration: configuration)
-        let mails = (0..<200).map { OutgoingMail(envelope: envelope("r\($0)@example.org"), message: testMessage("pf\($0)")) }
-        let accepted = try await withDeadline(.seconds(60), "sending to smtp-sink") {
-            var accepted = 0
-            for try await report in client.send(contentsOf: mails, maximumInFlight: 50) {
-                #expect(report.outcome == .accepted, "\(report)")
-                if report.outcome == .accepted { accepted += 1 }
+        try await withCleanup {
+            var configuration = SMTPClient.Configuration(host: "127.0.0.1", port: port, security: .none)
+            configuration.pool.maximumConnections = 4
+            let client = try SMTPClient(configuration: configuration)
+            let mails = (0..<200).map { OutgoingMail(envelope: envelope("r\($0)@example.org"), message: testMessage("pf\($0)")) }
+            let accepted = try await withDeadline(.seconds(60), "sending to smtp-sink") {
+                var accepted = 0
+                for try await report in client.send(contentsOf: mails, maximumInFlight: 50) {
+                    #expect(report.outcome == .accepted, "\(report)")
+                    if report.outcome == .accepted { accepted += 1 }
+                }
+                return accepted
             }
-            return accepted
+            await client.shutdown()
+            #expect(accepted == 200)
+            let dumped = try FileManager.default.contentsOfDirectory(atPath: directory.path)
+            #expect(dumped.count == 200, "smtp-sink dumped every message")
+            if let first = dumped.first {
+                let text = try String(contentsOfFile: directory.appendingPathComponent(first).path, encoding: .utf8)
+                #expect(text.contains("Subject: test pf"))
+                #expect(text.contains("\n..a line that starts with a dot") || text.contains("\n.a line that starts with a dot"))
+            }
+            try? FileManager.default.removeItem(at: directory)
+        } cleanup: {
+            await server.stop()
         }
-        await client.shutdown()
-        #expect(accepted == 200)
-        let dumped = try FileManager.default.contentsOfDirectory(atPath: directory.path)
-        #expect(dumped.count == 200, "smtp-sink dumped every message")
-        if let first = dumped.first {
-            let text = try String(contentsOfFile: directory.appendingPathComponent(first).path, encoding: .utf8)
-            #expect(text.contains("Subject: test pf"))
-            #expect(text.contains("\n..a line that starts with a dot") || text.contains("\n.a line that starts with a dot"))
-        }
-        try? FileManager.default.removeItem(at: directory)
     }
 
     /// Postfix's own smtpd (a private instance: master, smtpd, cleanup, qmgr, and a pipe
@@ -214,52 +221,55 @@ struct ClientInteropTests {
         let certificates = try TestCertificates.shared()
         guard let postfix = try await PostfixInstance.start(tlsCertificate: certificates.good.certificate,
                                                             tlsKey: certificates.good.key) else { return }
-        defer { postfix.stop() }
-        let lines = LogLines()
-        var configuration = SMTPClient.Configuration(host: "127.0.0.1", port: postfix.port, security: .startTLS)
-        configuration.tls = .client(trustRoots: .pemFile(certificates.caFile))
-        configuration.tlsServerName = "localhost"
-        configuration.pool.maximumConnections = 4
-        var logger = Logger(label: "test") { _ in CapturingHandler(lines: lines) }
-        logger.logLevel = .trace
-        configuration.logger = logger
-        let client = try SMTPClient(configuration: configuration)
-        let mails = (0..<60).map { index in
-            OutgoingMail(envelope: index % 3 == 0 ? envelope("a\(index)@example.org", "b\(index)@example.org")
-                                                  : envelope("r\(index)@example.org"),
-                         message: testMessage("postfix\(index)", bodyLines: index))
-        }
-        let queueIDs = try await withDeadline(.seconds(60), "sending to Postfix") {
-            var queueIDs: [String: Int] = [:]  // queue ID -> message index
-            for try await report in client.send(contentsOf: mails, maximumInFlight: 20) {
-                #expect(report.outcome == .accepted, "\(report)")
-                let text = report.recipients.first?.reply?.text ?? ""
-                guard let index = mails.firstIndex(where: { $0.message.messageID == report.messageID }),
-                      let range = text.range(of: "queued as ") else {
-                    Issue.record("no queue ID in \(text)")
-                    continue
+        try await withCleanup {
+            let lines = LogLines()
+            var configuration = SMTPClient.Configuration(host: "127.0.0.1", port: postfix.port, security: .startTLS)
+            configuration.tls = .client(trustRoots: .pemFile(certificates.caFile))
+            configuration.tlsServerName = "localhost"
+            configuration.pool.maximumConnections = 4
+            var logger = Logger(label: "test") { _ in CapturingHandler(lines: lines) }
+            logger.logLevel = .trace
+            configuration.logger = logger
+            let client = try SMTPClient(configuration: configuration)
+            let mails = (0..<60).map { index in
+                OutgoingMail(envelope: index % 3 == 0 ? envelope("a\(index)@example.org", "b\(index)@example.org")
+                                                      : envelope("r\(index)@example.org"),
+                             message: testMessage("postfix\(index)", bodyLines: index))
+            }
+            let queueIDs = try await withDeadline(.seconds(60), "sending to Postfix") {
+                var queueIDs: [String: Int] = [:]  // queue ID -> message index
+                for try await report in client.send(contentsOf: mails, maximumInFlight: 20) {
+                    #expect(report.outcome == .accepted, "\(report)")
+                    let text = report.recipients.first?.reply?.text ?? ""
+                    guard let index = mails.firstIndex(where: { $0.message.messageID == report.messageID }),
+                          let range = text.range(of: "queued as ") else {
+                        Issue.record("no queue ID in \(text)")
+                        continue
+                    }
+                    #expect(report.recipients.count == mails[index].envelope.recipients.count)
+                    queueIDs[String(text[range.upperBound...].prefix { $0.isLetter || $0.isNumber })] = index
                 }
-                #expect(report.recipients.count == mails[index].envelope.recipients.count)
-                queueIDs[String(text[range.upperBound...].prefix { $0.isLetter || $0.isNumber })] = index
+                return queueIDs
             }
-            return queueIDs
-        }
-        await client.shutdown()
-        #expect(queueIDs.count == 60, "60 distinct queue IDs")
-        #expect(lines.all.contains { $0.hasPrefix("C: STARTTLS") }, "STARTTLS was used")
-        #expect(lines.all.contains { $0.hasPrefix("C: BDAT") }, "Postfix offers CHUNKING and it was used")
-        // Postfix delivers on its own time: wait for every file, then compare bytes.
-        try await waitUntil(within: .seconds(30)) { queueIDs.keys.allSatisfy { postfix.delivered(queueID: $0) != nil } }
-        for (queueID, index) in queueIDs {
-            guard let delivered = postfix.delivered(queueID: queueID) else { continue }
-            // The pipe delivery writes LF line endings under Postfix's Received: header.
-            var text = String(decoding: delivered, as: UTF8.self)
-            #expect(text.hasPrefix("Received: from "), "\(queueID)")
-            while text.hasPrefix("Received:") || text.hasPrefix(" ") || text.hasPrefix("\t") {
-                text = String(text[text.index(after: text.firstIndex(of: "\n") ?? text.startIndex)...])
+            await client.shutdown()
+            #expect(queueIDs.count == 60, "60 distinct queue IDs")
+            #expect(lines.all.contains { $0.hasPrefix("C: STARTTLS") }, "STARTTLS was used")
+            #expect(lines.all.contains { $0.hasPrefix("C: BDAT") }, "Postfix offers CHUNKING and it was used")
+            // Postfix delivers on its own time: wait for every file, then compare bytes.
+            try await waitUntil(within: .seconds(30)) { queueIDs.keys.allSatisfy { postfix.delivered(queueID: $0) != nil } }
+            for (queueID, index) in queueIDs {
+                guard let delivered = postfix.delivered(queueID: queueID) else { continue }
+                // The pipe delivery writes LF line endings under Postfix's Received: header.
+                var text = String(decoding: delivered, as: UTF8.self)
+                #expect(text.hasPrefix("Received: from "), "\(queueID)")
+                while text.hasPrefix("Received:") || text.hasPrefix(" ") || text.hasPrefix("\t") {
+                    text = String(text[text.index(after: text.firstIndex(of: "\n") ?? text.startIndex)...])
+                }
+                let sent = String(decoding: mails[index].message.bytes, as: UTF8.self).replacingOccurrences(of: "\r\n", with: "\n")
+                #expect(text == sent, "message \(index) arrived byte for byte as \(queueID)")
             }
-            let sent = String(decoding: mails[index].message.bytes, as: UTF8.self).replacingOccurrences(of: "\r\n", with: "\n")
-            #expect(text == sent, "message \(index) arrived byte for byte as \(queueID)")
+        } cleanup: {
+            await postfix.stop()
         }
     }
 }
@@ -273,7 +283,7 @@ private struct Aiosmtpd {
 
     /// Starts `script`; nil when aiosmtpd is missing (outside CI; under CI that is a failure).
     static func start(_ script: String) async throws -> Aiosmtpd? {
-        guard let python = peerPython(importing: ["aiosmtpd"]) else { return nil }
+        guard let python = await peerPython(importing: ["aiosmtpd"]) else { return nil }
         let certificates = try TestCertificates.shared()
         let port = try unusedPort()
         let out = FileManager.default.temporaryDirectory.appendingPathComponent("aiosmtpd-\(UUID().uuidString).jsonl").path
@@ -299,8 +309,8 @@ private struct Aiosmtpd {
         }
     }
 
-    func stop() {
-        server.stop()
+    func stop() async {
+        await server.stop()
         try? FileManager.default.removeItem(atPath: out)
     }
 }

@@ -13,7 +13,11 @@ struct DKIMTestKeys: Sendable {
     let rsaRecord: String
     let ed25519Record: String
 
-    static func make() throws -> DKIMTestKeys? {
+    /// The keys, made once per run (RSA key generation takes a while).
+    static func shared() async throws -> DKIMTestKeys? { try await made.value }
+    private static let made = Task<DKIMTestKeys?, any Error> { try await make() }
+
+    private static func make() async throws -> DKIMTestKeys? {
         guard let openssl = requirePeer("openssl", install: "apt-get install openssl") else { return nil }
         let directory = FileManager.default.temporaryDirectory.appendingPathComponent("sluice-dkim-\(UUID().uuidString)").path
         try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
@@ -22,7 +26,7 @@ struct DKIMTestKeys: Sendable {
                           ["genpkey", "-algorithm", "ed25519", "-out", "ed.pem"],
                           ["pkey", "-in", "rsa.pem", "-pubout", "-outform", "DER", "-out", "rsa.pub"],
                           ["pkey", "-in", "ed.pem", "-pubout", "-outform", "DER", "-out", "ed.pub"]] {
-            let result = try run(openssl, arguments, in: directory)
+            let result = try await runInBackground(openssl, arguments, in: directory)
             guard result.status == 0 else { throw CertificateError(message: "openssl \(arguments): \(result.error)") }
         }
         let rsaPublic = try Data(contentsOf: URL(fileURLWithPath: "\(directory)/rsa.pub"))
@@ -39,12 +43,12 @@ struct DKIMTestKeys: Sendable {
     }
 
     /// dkimpy's verdict on every signature of `message`, top to bottom; nil when the peer is missing.
-    func verify(_ message: [UInt8], domain: String = "example.com") throws -> [Bool]? {
-        guard let python = peerPython(importing: ["dkim", "nacl"]) else { return nil }
+    func verify(_ message: [UInt8], domain: String = "example.com") async throws -> [Bool]? {
+        guard let python = await peerPython(importing: ["dkim", "nacl"]) else { return nil }
         let path = "\(directory)/message-\(UUID().uuidString).eml"
         try Data(message).write(to: URL(fileURLWithPath: path))
         let script = packageRoot() + "/Tests/SluiceTests/Support/verify_dkim.py"
-        let result = try run(python, [script, path, "rsa._domainkey.\(domain)=\(rsaRecord)",
+        let result = try await runInBackground(python, [script, path, "rsa._domainkey.\(domain)=\(rsaRecord)",
                                       "ed._domainkey.\(domain)=\(ed25519Record)"])
         #expect(result.status == 0, "\(result.error)")
         return try JSONDecoder().decode([Bool].self, from: Data(result.output.utf8))
@@ -131,8 +135,8 @@ struct DKIMTests {
     }
 
     @Test(arguments: [DKIMSigner.Canonicalization.relaxed, .simple])
-    func dkimpyVerifiesRSAAndEd25519Signatures(canonicalization: DKIMSigner.Canonicalization) throws {
-        guard let keys = try DKIMTestKeys.make() else { return }
+    func dkimpyVerifiesRSAAndEd25519Signatures(canonicalization: DKIMSigner.Canonicalization) async throws {
+        guard let keys = try await DKIMTestKeys.shared() else { return }
         for (name, message) in try Self.messages() {
             for bodyCanonicalization in [DKIMSigner.Canonicalization.relaxed, .simple] {
                 var signed = message
@@ -146,36 +150,36 @@ struct DKIMTests {
                 for line in text.components(separatedBy: "\r\n") where line.hasPrefix("DKIM") || line.hasPrefix(" ") {
                     #expect(line.utf8.count <= 998)
                 }
-                let verdicts = try keys.verify(signed.bytes)
+                let verdicts = try await keys.verify(signed.bytes)
                 #expect(verdicts == [true, true], "\(name), \(canonicalization)/\(bodyCanonicalization)")
             }
         }
     }
 
-    @Test func oneChangedByteOrHeaderFailsVerification() throws {
-        guard let keys = try DKIMTestKeys.make() else { return }
+    @Test func oneChangedByteOrHeaderFailsVerification() async throws {
+        guard let keys = try await DKIMTestKeys.shared() else { return }
         let (_, message) = try Self.messages()[0]
         var signed = message
         for signer in try keys.signers() { signed = try signer.sign(signed) }
-        guard try keys.verify(signed.bytes) == [true, true] else {
+        guard try await keys.verify(signed.bytes) == [true, true] else {
             Issue.record("the untouched message must verify")
             return
         }
         var body = signed.bytes
         body[body.count - 10] ^= 0x01
-        #expect(try keys.verify(body) == [false, false], "one body byte changed")
+        #expect(try await keys.verify(body) == [false, false], "one body byte changed")
 
         let text = String(decoding: signed.bytes, as: UTF8.self)
         let subject = text.replacingOccurrences(of: "Subject: =?utf-8?", with: "Subject: =?UTF-8?")
         #expect(subject != text)
-        #expect(try keys.verify(Array(subject.utf8)) == [false, false], "a signed header changed")
+        #expect(try await keys.verify(Array(subject.utf8)) == [false, false], "a signed header changed")
 
         let secondFrom = text.replacingOccurrences(of: "\r\nTo: ", with: "\r\nFrom: eve@example.org\r\nTo: ")
-        #expect(try keys.verify(Array(secondFrom.utf8)) == [false, false], "From is oversigned: another cannot be added")
+        #expect(try await keys.verify(Array(secondFrom.utf8)) == [false, false], "From is oversigned: another cannot be added")
     }
 
     @Test func aMessageThroughTheClientAndTheSinksMaildirStillVerifies() async throws {
-        guard let keys = try DKIMTestKeys.make() else { return }
+        guard let keys = try await DKIMTestKeys.shared() else { return }
         let maildir = keys.directory + "/Maildir"
         for sub in ["tmp", "new", "cur"] {
             try FileManager.default.createDirectory(atPath: "\(maildir)/\(sub)", withIntermediateDirectories: true)
@@ -190,19 +194,19 @@ struct DKIMTests {
         let files = try FileManager.default.contentsOfDirectory(atPath: "\(maildir)/new")
         #expect(files.count == 1)
         let stored = try Data(contentsOf: URL(fileURLWithPath: "\(maildir)/new/\(files[0])"))
-        #expect(try keys.verify(Array(stored)) == [true, true])
+        #expect(try await keys.verify(Array(stored)) == [true, true])
     }
 
-    @Test func keysAreReadFromPKCS1AndPKCS8AndBadOnesAreClearErrors() throws {
-        guard let keys = try DKIMTestKeys.make() else { return }
+    @Test func keysAreReadFromPKCS1AndPKCS8AndBadOnesAreClearErrors() async throws {
+        guard let keys = try await DKIMTestKeys.shared() else { return }
         #expect(try SigningKey(pemFile: keys.rsaPKCS1).kind == .rsa(bits: 2048))
         #expect(try SigningKey(pemFile: keys.rsaPKCS8).kind == .rsa(bits: 2048))
         #expect(try SigningKey(pemFile: keys.ed25519).kind == .ed25519)
         #expect(throws: SigningKey.KeyError.self) { try SigningKey(pem: Array("not a key".utf8)) }
         #expect(throws: SigningKey.KeyError.self) { try SigningKey(pemFile: "/nonexistent/key.pem") }
         if let openssl = findExecutable("openssl") {
-            _ = try run(openssl, ["genpkey", "-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:768", "-out", "small.pem"],
-                        in: keys.directory)
+            _ = try await runInBackground(openssl, ["genpkey", "-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:768",
+                                                    "-out", "small.pem"], in: keys.directory)
             let small = try SigningKey(pemFile: "\(keys.directory)/small.pem")
             #expect { try DKIMSigner(domain: "example.com", selector: "s", key: small) } throws: {
                 "\($0)".contains("1024 to 4096")

@@ -183,7 +183,7 @@ struct SendCommandTests {
     }
 
     @Test func dkimFlagsSignWithEveryKeyAndDkimpyVerifies() async throws {
-        guard let keys = try DKIMTestKeys.make() else { return }
+        guard let keys = try await DKIMTestKeys.shared() else { return }
         let sink = try await startSink()
         guard let run = try await Self.send(sink, [
             "--from", "Zoë <zoe@example.com>", "--to", "b@example.org", "--subject", "Signed — twice", "--text", "Grüße",
@@ -192,7 +192,7 @@ struct SendCommandTests {
         ]) else { return }
         #expect(run.status == 0, "\(run.error)")
         let stored = try #require(sink.messages.first)
-        #expect(try keys.verify(stored.content) == [true, true])
+        #expect(try await keys.verify(stored.content) == [true, true])
         // A key without a selector is a usage error, before anything is sent.
         let bad = try await Self.send(sink, ["--from", "a@example.com", "--to", "b@example.org",
                                              "--dkim-domain", "example.com", "--dkim-key", keys.ed25519])

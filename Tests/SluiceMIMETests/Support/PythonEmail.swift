@@ -41,15 +41,15 @@ struct PythonView: Decodable {
 enum PythonEmail {
     /// Parses every message with Python in one process; nil when Python is missing outside
     /// CI (under CI that is a recorded failure).
-    static func read(_ messages: [RawMessage]) throws -> [PythonView]? {
-        guard let python = peerPython(importing: ["email"]) else { return nil }
+    static func read(_ messages: [RawMessage]) async throws -> [PythonView]? {
+        guard let python = await peerPython(importing: ["email"]) else { return nil }
         let script = packageRoot() + "/Tests/SluiceMIMETests/Support/read_messages.py"
         // Through a file: a pipe both ways would deadlock once both pipe buffers are full.
         let input = messages.map { Data($0.bytes).base64EncodedString() }.joined(separator: "\n") + "\n"
         let path = FileManager.default.temporaryDirectory.appendingPathComponent("sluice-mime-\(UUID().uuidString).txt")
         try Data(input.utf8).write(to: path)
         defer { try? FileManager.default.removeItem(at: path) }
-        let result = try run(python, [script, path.path])
+        let result = try await runInBackground(python, [script, path.path])
         guard result.status == 0 else {
             Issue.record("read_messages.py failed: \(result.error)")
             return nil
@@ -60,8 +60,8 @@ enum PythonEmail {
     }
 
     /// Parses one message.
-    static func read(_ message: RawMessage) throws -> PythonView? {
-        try read([message])?.first
+    static func read(_ message: RawMessage) async throws -> PythonView? {
+        try await read([message])?.first
     }
 }
 
