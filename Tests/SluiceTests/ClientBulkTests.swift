@@ -75,6 +75,33 @@ struct ClientBulkTests {
         }
     }
 
+    /// Reports are handed over in batches; one that finishes while others are still in
+    /// flight must not wait for them. The second message's recipient is deferred and retried
+    /// two seconds later, so the first report has to reach the consumer on its own. The
+    /// consumer runs on a thread of its own: on the pool, busy with other tests, it could be
+    /// resumed late enough to find both reports waiting, which would prove nothing.
+    @Test func aReportDoesNotWaitForMessagesStillInFlight() async throws {
+        try await withSinkAndClient(sink: { $0.faults.deferRecipients = .everyNth(2) }, client: {
+            $0.pool.maximumConnections = 1
+            $0.retry.backoff = Backoff(initial: .seconds(2), maximum: .seconds(2))
+            $0.retry.backoff.jitter = 0
+        }) { sink, client in
+            let executor = ThreadExecutor()
+            defer { executor.stop() }
+            let arrivals = try await Task(executorPreference: executor) {
+                var arrivals: [ContinuousClock.Instant] = []
+                for try await report in client.send(contentsOf: CountingMails(count: 2, taken: .init())) {
+                    #expect(report.outcome == .accepted)
+                    arrivals.append(.now)
+                }
+                return arrivals
+            }.value
+            try #require(arrivals.count == 2)
+            // Held back until the retried message finished, the first would come with it.
+            #expect(arrivals[1] - arrivals[0] >= .seconds(1))
+        }
+    }
+
     @Test func anAsyncSequenceFeedsTheClientAndItsErrorEndsTheReports() async throws {
         struct InputFailed: Error {}
         try await withSinkAndClient { sink, client in

@@ -104,13 +104,14 @@ private final class BulkLifetime: Sendable {
     deinit { cancel() }
 }
 
-/// A synchronous iterator behind a lock, so any thread may pull from it (one at a time).
+/// A synchronous iterator any thread may pull from, one at a time.
 private final class IteratorBox<Iterator: IteratorProtocol>: @unchecked Sendable where Iterator.Element == OutgoingMail {
-    // `iterator` is guarded by `lock`; BulkDelivery also lets only one thread pull at a time.
-    private let lock = Locked<Void>(())
+    // `iterator` needs no lock of its own: BulkDelivery lets one thread pull at a time, and
+    // its state lock orders each pull after the one before (a pull is reserved under the
+    // lock, and the reservation is given back under it once the pull has returned).
     private var iterator: Iterator
     init(_ iterator: Iterator) { self.iterator = iterator }
-    func next() -> OutgoingMail? { lock.withLock { _ in iterator.next() } }
+    func next() -> OutgoingMail? { iterator.next() }
 }
 
 /// The handoff between a bulk send's source, the client's completions and the consumer.
@@ -136,10 +137,25 @@ private final class BulkDelivery: Sendable {
         var sourceError: (any Error)?
         var cancelled = false
         /// A wake of the waiting consumer is due at the end of a loop iteration.
-        var wakeScheduled = false
+        var wakeAtEndOfIteration = false
+        /// A wake of the waiting consumer is due when ``BulkDelivery/wakeDelay`` is up.
+        var wakeOnTimer = false
+
+        /// Reports that wake a waiting consumer at the end of the loop's iteration; fewer
+        /// wait for ``BulkDelivery/wakeDelay``.
+        var wakeBatch: Int { max(1, limit / 4) }
 
         var hasRoom: Bool { !cancelled && !sourceEnded && inFlight < limit && ready.count < limit }
         var isFinished: Bool { (sourceEnded || cancelled) && inFlight == 0 && !pulling }
+
+        /// Takes room for one more message if there is room and no thread is pulling: the
+        /// caller then pulls from the source (which only one thread may do at a time).
+        mutating func reservePull() -> Bool {
+            guard hasRoom, !pulling else { return false }
+            pulling = true
+            inFlight += 1
+            return true
+        }
     }
 
     private let client: SMTPClient
@@ -164,28 +180,38 @@ private final class BulkDelivery: Sendable {
             }
             producer?.resume(returning: true)
         case .pull(let pull):
-            while true {
-                let reserved = state.withLock { state -> Bool in
-                    guard state.hasRoom, !state.pulling else { return false }
-                    state.pulling = true
-                    state.inFlight += 1
-                    return true
-                }
-                guard reserved else { return }
-                let mail = pull()  // user code: outside the lock
-                let consumer = state.withLock { state -> CheckedContinuation<[DeliveryReport], any Error>? in
-                    state.pulling = false
-                    guard mail == nil else { return nil }
+            pullAndSubmit(from: pull, reserved: state.withLock { $0.reservePull() })
+        }
+    }
+
+    /// Pulls messages and hands them to the client while there is room, starting with the
+    /// one `reserved` already took room for. Giving back one pull's reservation and taking
+    /// the next is one trip through the lock.
+    private func pullAndSubmit(from source: @Sendable () -> OutgoingMail?, reserved: Bool) {
+        var reserved = reserved
+        while reserved {
+            let mail = source()  // user code: outside the lock
+            let (consumer, batch, next) = state.withLock {
+                state -> (CheckedContinuation<[DeliveryReport], any Error>?, [DeliveryReport], Bool) in
+                state.pulling = false
+                guard mail != nil else {
                     state.inFlight -= 1
                     state.sourceEnded = true
-                    return takeConsumerIfFinished(&state)
+                    // The end: a waiting consumer takes the last reports (or learns it is over)
+                    // now rather than when a batched wake comes.
+                    guard state.isFinished, let consumer = state.consumer else { return (nil, [], false) }
+                    state.consumer = nil
+                    defer { state.ready = [] }
+                    return (consumer, state.ready, false)
                 }
-                guard let mail else {
-                    consumer?.resume(returning: [])
-                    return
-                }
-                client.submit(mail) { self.deliver($0) }
+                return (nil, [], state.reservePull())
             }
+            guard let mail else {
+                consumer?.resume(returning: batch)
+                return
+            }
+            client.submit(mail) { self.deliver($0) }
+            reserved = next
         }
     }
 
@@ -216,34 +242,61 @@ private final class BulkDelivery: Sendable {
         finish(consumer)
     }
 
+    /// How long a report finished on a loop may wait for others before the consumer is woken.
+    static let wakeDelay: Duration = .milliseconds(1)
+
+    private enum Wake { case atEndOfIteration, onTimer }
+
     /// A message's report (on an event loop thread, or wherever the job ended).
     ///
-    /// On a loop thread a waiting consumer is woken once, at the end of the loop's iteration,
-    /// with every report that iteration finished: waking a task costs more than the rest of
-    /// a message's work, so it is done once per batch rather than once per report.
+    /// Waking a task costs more than the rest of a message's work (a semaphore post, a
+    /// thread woken and put back to sleep), so on a loop thread the waiting consumer is woken
+    /// once per batch: at the end of the loop's iteration once a quarter of the in-flight
+    /// limit has reported or nothing is left in flight, otherwise when ``wakeDelay`` is up.
+    /// A report thus waits at most about two milliseconds (the loop's timers have millisecond
+    /// resolution) for its consumer.
     func deliver(_ report: DeliveryReport) {
         let loop = EventLoop.current
-        let (consumer, batch, scheduleWake) = state.withLock {
-            state -> (CheckedContinuation<[DeliveryReport], any Error>?, [DeliveryReport], Bool) in
+        let pullSource: (@Sendable () -> OutgoingMail?)? = if case .pull(let pull) = source { pull } else { nil }
+        // The report, the consumer's wake and the room it frees for the next pull: one lock.
+        let (consumer, batch, wake, reserved) = state.withLock {
+            state -> (CheckedContinuation<[DeliveryReport], any Error>?, [DeliveryReport], Wake?, Bool) in
             state.inFlight -= 1
             state.ready.append(report)
-            guard let consumer = state.consumer else { return (nil, [], false) }
+            let reserved = pullSource != nil && state.reservePull()
+            guard let consumer = state.consumer else { return (nil, [], nil, reserved) }
             if loop != nil {
-                defer { state.wakeScheduled = true }
-                return (nil, [], !state.wakeScheduled)
+                if state.ready.count >= state.wakeBatch || state.inFlight == 0 {
+                    defer { state.wakeAtEndOfIteration = true }
+                    return (nil, [], state.wakeAtEndOfIteration ? nil : .atEndOfIteration, reserved)
+                }
+                defer { state.wakeOnTimer = true }
+                return (nil, [], state.wakeOnTimer ? nil : .onTimer, reserved)
             }
             state.consumer = nil
             defer { state.ready = [] }
-            return (consumer, state.ready, false)
+            return (consumer, state.ready, nil, reserved)
         }
-        if scheduleWake, let loop { loop.deferToEndOfIteration { self.wakeConsumer() } }
+        if let loop, let wake {
+            switch wake {
+            case .atEndOfIteration: loop.deferToEndOfIteration { self.wakeConsumer(.atEndOfIteration) }
+            case .onTimer: loop.scheduleTimer(after: Self.wakeDelay) { self.wakeConsumer(.onTimer) }
+            }
+        }
         consumer?.resume(returning: batch)
-        refill()
+        if let pullSource {
+            pullAndSubmit(from: pullSource, reserved: reserved)
+        } else {
+            refill()
+        }
     }
 
-    private func wakeConsumer() {
+    private func wakeConsumer(_ wake: Wake) {
         let (consumer, batch) = state.withLock { state -> (CheckedContinuation<[DeliveryReport], any Error>?, [DeliveryReport]) in
-            state.wakeScheduled = false
+            switch wake {
+            case .atEndOfIteration: state.wakeAtEndOfIteration = false
+            case .onTimer: state.wakeOnTimer = false
+            }
             guard let consumer = state.consumer, !state.ready.isEmpty else { return (nil, []) }
             state.consumer = nil
             defer { state.ready = [] }
