@@ -90,6 +90,31 @@ struct ClientPoolTests {
         await client.shutdown()
     }
 
+    /// The pool is split per event loop. A server that takes one connection and answers 421
+    /// to the next lets one loop's part of the pool connect and never the other's: the
+    /// messages waiting on the refused side must go through the connection that works, not
+    /// fail with the 421.
+    @Test func messagesWaitingWhereConnectsFailGoWhereAConnectionIsReady() async throws {
+        let group = EventLoopGroup(numberOfLoops: 2)
+        try await withSinkAndClient(sink: { $0.maximumConnections = 1 }, client: {
+            $0.eventLoopGroup = group
+            $0.pool.maximumConnections = 2  // one per loop
+            $0.pool.connectAttempts = 3
+        }) { sink, client in
+            let reports = try await withThrowingTaskGroup(of: DeliveryReport.self) { tasks in
+                for index in 0..<20 {
+                    tasks.addTask { try await client.send(testMessage("m\(index)"), envelope: envelope()) }
+                }
+                return try await tasks.reduce(into: []) { $0.append($1) }
+            }
+            #expect(reports.count == 20)
+            #expect(reports.allSatisfy { $0.outcome == .accepted })
+            #expect(sink.statistics.refusedSessions >= 1, "the second loop's connects were refused")
+            #expect(sink.statistics.messages == 20)
+        }
+        await group.shutdown()
+    }
+
     @Test func theRateLimitIsNeverOvershot() async throws {
         try await withSinkAndClient(client: {
             $0.rateLimit = SMTPClient.RateLimit(messagesPerSecond: 50, burst: 1)

@@ -36,7 +36,8 @@ extension SMTPClient {
 
     /// Connection pool limits.
     public struct Pool: Sendable, Hashable {
-        /// The most connections open (or opening) at once.
+        /// The most connections open (or opening) at once. They are shared out among the
+        /// event loops (8 over 2 loops: 4 each), each loop's share pooled on its own.
         public var maximumConnections = 8
         /// A connection is retired (QUIT) after this many messages.
         public var maximumMessagesPerConnection = 1_000
@@ -51,7 +52,8 @@ extension SMTPClient {
         /// The most a connect (TCP, TLS, greeting, EHLO, AUTH) may take.
         public var connectTimeout: Duration = .seconds(30)
         /// After this many connects in a row fail, waiting messages fail with the last
-        /// error (a permanent failure — a certificate, a refused login — fails them at once).
+        /// error (a permanent failure — a certificate, a refused login — fails them at once),
+        /// unless another loop's share of the pool has a connection ready: they go there.
         public var connectAttempts = 3
         /// The delay between failed connects.
         public var connectBackoff = Backoff(initial: .milliseconds(200), maximum: .seconds(10))

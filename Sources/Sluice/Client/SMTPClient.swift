@@ -34,30 +34,28 @@ public final class SMTPClient: Sendable {
     let tlsContext: TLSContext?
     let tlsServerName: String
     private let machineConfiguration: ClientStateMachine.Configuration
-    private let state: Locked<State>
+    /// The pool, one shard per event loop (fewer when the pool allows fewer connections).
+    private let shards: [PoolShard]
+    /// Jobs accepted and not yet reported (waiting, on a connection, or between tries).
+    private let outstanding = Atomic<Int>(0)
+    private let shutdownStarted = Atomic<Bool>(false)
+    /// What shutdown waits on; touched once per connection or shutdown step, never per message.
+    private let state = Locked(State())
     private let metrics: ClientMetrics
     private let nextJobID = Atomic<Int>(1)
     private let logger: Logger
 
     private struct State {
-        var pool: PoolStateMachine<DeliveryJob>
-        var connections: [Int: ClientConnection] = [:]
-        /// Jobs accepted and not yet reported (waiting, on a connection, or between tries).
-        var outstanding = 0
-        var shutdownStarted = false
         var drainWaiters: [CheckedContinuation<Void, Never>] = []
         /// Waiting for the pool to retire every connection.
         var poolWaiters: [CheckedContinuation<Void, Never>] = []
         /// Waiting for every transport connection to close.
         var closedWaiters: [CheckedContinuation<Void, Never>] = []
-        var poolDrained = false
+        /// Shards that have retired every connection after shutdown began.
+        var drainedShards = 0
         /// Transport connections attached and not yet closed (the pool forgets a connection
         /// as soon as it stops taking work; shutdown waits for its socket to close too).
         var openTransports = 0
-        var wakeTimer: LoopTimer?
-        /// Effects a shutdown step produced under the lock, run once it is released.
-        var pendingEffects: [Effect] = []
-        var nextLoop = 0
     }
 
     /// What to do once the lock is released.
@@ -66,6 +64,8 @@ public final class SMTPClient: Sendable {
         case dispatch(DeliveryJob, ClientConnection)
         case retire(ClientConnection)
         case fail([DeliveryJob], SMTPError)
+        /// Waiting jobs of a shard whose connects failed, for another shard.
+        case handOff([DeliveryJob], from: PoolShard)
         case drained
     }
 
@@ -128,13 +128,20 @@ public final class SMTPClient: Sendable {
             ownsGroup = true
         }
         let pool = configuration.pool
-        state = Locked(State(pool: PoolStateMachine(configuration: .init(
-            maximumConnections: max(1, pool.maximumConnections),
-            maximumMessagesPerConnection: max(1, pool.maximumMessagesPerConnection),
-            maximumConnectionLifetime: pool.maximumConnectionLifetime,
-            transactionsPerConnection: max(1, configuration.pipelining.transactionsPerConnection),
-            connectAttempts: max(1, pool.connectAttempts), connectBackoff: pool.connectBackoff,
-            rateLimit: configuration.rateLimit))))
+        let maximumConnections = max(1, pool.maximumConnections)
+        let loops = eventLoopGroup.loops
+        // A rate limit is one bucket for the whole pool: one shard keeps it exact.
+        let shardCount = configuration.rateLimit == nil ? min(loops.count, maximumConnections) : 1
+        shards = (0..<shardCount).map { index in
+            let share = maximumConnections / shardCount + (index < maximumConnections % shardCount ? 1 : 0)
+            return PoolShard(index: index, loop: loops[index], share: share, pool: PoolStateMachine(configuration: .init(
+                maximumConnections: share,
+                maximumMessagesPerConnection: max(1, pool.maximumMessagesPerConnection),
+                maximumConnectionLifetime: pool.maximumConnectionLifetime,
+                transactionsPerConnection: max(1, configuration.pipelining.transactionsPerConnection),
+                connectAttempts: max(1, pool.connectAttempts), connectBackoff: pool.connectBackoff,
+                rateLimit: configuration.rateLimit, firstConnectionID: index, connectionIDStride: shardCount)))
+        }
         metrics = ClientMetrics(label: "\(configuration.host):\(configuration.port)")
         var logger = configuration.logger
         logger[metadataKey: "smtp.server"] = "\(configuration.host):\(configuration.port)"
@@ -204,27 +211,68 @@ public final class SMTPClient: Sendable {
     }
 
     private func submit(_ job: DeliveryJob) {
-        // A job is counted once, on its first submission; it is uncounted when it reports.
-        let effects = state.withLock { state -> [Effect]? in
-            if job.attempts == 0 { state.outstanding += 1 }
-            if job.cancelRequested.load(ordering: .relaxed) { return nil }
-            if job.attempts == 0, state.shutdownStarted { return nil }
-            return resolve(state.pool.submitted(job, now: .now), &state)
+        if job.cancelRequested.load(ordering: .sequentiallyConsistent) {
+            if job.attempts == 0 { outstanding.add(1, ordering: .sequentiallyConsistent) }
+            job.fail(SMTPError.cancelledBeforeStart, now: .now)
+            return
+        }
+        if job.attempts == 0 {
+            // Counted once, on its first submission; uncounted when it reports. Counted
+            // before the shutdown flag is read, while shutdown sets the flag before it reads
+            // the count: one of the two sees the other.
+            outstanding.add(1, ordering: .sequentiallyConsistent)
+            if shutdownStarted.load(ordering: .sequentiallyConsistent) {
+                job.fail(SMTPError(.shutdown, "the client is shutting down; nothing was sent"), now: .now)
+                return
+            }
+        }
+        place(job, in: shardForNewWork())
+    }
+
+    /// Hands a counted job to `shard`'s pool.
+    private func place(_ job: DeliveryJob, in shard: PoolShard) {
+        // Published before the cancel flag is read under the shard's lock, while cancel sets
+        // the flag before it reads the shard: a cancel either finds the job there or is seen here.
+        job.shard.store(shard.index, ordering: .sequentiallyConsistent)
+        let effects = shard.state.withLock { state -> [Effect]? in
+            if job.cancelRequested.load(ordering: .sequentiallyConsistent) { return nil }
+            return resolve(state.pool.submitted(job, now: .now), &state, shard)
         }
         guard let effects else {
-            if job.cancelRequested.load(ordering: .relaxed) {
-                job.fail(SMTPError.cancelledBeforeStart, now: .now)
-            } else {
-                job.fail(SMTPError(.shutdown, "the client is shutting down; nothing was sent"), now: .now)
-            }
+            job.fail(SMTPError.cancelledBeforeStart, now: .now)
             return
         }
         run(effects)
     }
 
+    /// The shard a message goes to. On one of the client's loops — a bulk send refilling as
+    /// its messages finish, a retry — it is that loop's shard, so a busy client's loops never
+    /// touch each other's locks. From anywhere else it is the least loaded shard for its
+    /// share of connections, the first on a tie, so a task sending one message after
+    /// another keeps using one connection.
+    private func shardForNewWork() -> PoolShard {
+        if shards.count == 1 { return shards[0] }
+        if let loop = EventLoop.current, let shard = shards.first(where: { $0.loop === loop }) { return shard }
+        return leastLoaded(of: shards[...])
+    }
+
+    private func leastLoaded(of candidates: ArraySlice<PoolShard>) -> PoolShard {
+        var best = candidates[candidates.startIndex]
+        var bestLoad = best.relativeLoad
+        for shard in candidates.dropFirst() {
+            let load = shard.relativeLoad
+            if load < bestLoad {
+                best = shard
+                bestLoad = load
+            }
+        }
+        return best
+    }
+
     private func cancel(_ job: DeliveryJob) {
-        let (removed, connection) = state.withLock { state -> (Bool, ClientConnection?) in
-            job.cancelRequested.store(true, ordering: .relaxed)
+        job.cancelRequested.store(true, ordering: .sequentiallyConsistent)
+        let shard = shards[job.shard.load(ordering: .sequentiallyConsistent)]
+        let (removed, connection) = shard.state.withLock { state -> (Bool, ClientConnection?) in
             if state.pool.cancelled(job) { return (true, nil) }
             return (false, job.connectionID.flatMap { state.connections[$0] })
         }
@@ -236,9 +284,8 @@ public final class SMTPClient: Sendable {
     }
 
     private func jobEnded() {
+        guard outstanding.subtract(1, ordering: .sequentiallyConsistent).newValue == 0 else { return }
         let waiters = state.withLock { state -> [CheckedContinuation<Void, Never>] in
-            state.outstanding -= 1
-            guard state.outstanding == 0, !state.drainWaiters.isEmpty else { return [] }
             defer { state.drainWaiters = [] }
             return state.drainWaiters
         }
@@ -251,19 +298,17 @@ public final class SMTPClient: Sendable {
     /// QUIT on every connection, closes them, and stops the event loops if the client owns
     /// them. New sends fail with ``SMTPError/Kind/shutdown`` from the moment it is called.
     public func shutdown() async {
-        let first = state.withLock { state -> Bool in
-            defer { state.shutdownStarted = true }
-            return !state.shutdownStarted
-        }
+        let first = !shutdownStarted.exchange(true, ordering: .sequentiallyConsistent)
         // Every message given so far reports; then every connection is retired; then every
         // socket has closed.
-        await waitUntil(.drain) { state in state.outstanding == 0 }
-        await waitUntil(.pool) { [self] state in
-            state.pendingEffects = resolve(state.pool.shutdownRequested(now: .now), &state)
-            return state.poolDrained
+        await waitUntil(.drain) { [self] _ in outstanding.load(ordering: .sequentiallyConsistent) == 0 }
+        for shard in shards {
+            run(shard.state.withLock { state in resolve(state.pool.shutdownRequested(now: .now), &state, shard) })
         }
+        await waitUntil(.pool) { [shards] state in state.drainedShards == shards.count }
         await waitUntil(.closed) { state in state.openTransports == 0 }
-        if let timer = state.withLock({ $0.wakeTimer }) {
+        for shard in shards {
+            guard let timer = shard.state.withLock({ $0.wakeTimer }) else { continue }
             // Cancelled on its loop; shutdown returns once its handle has closed.
             await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
                 if !timer.loop.execute({ timer.cancel { continuation.resume() } }) { continuation.resume() }
@@ -276,22 +321,18 @@ public final class SMTPClient: Sendable {
     private enum ShutdownStep { case drain, pool, closed }
 
     /// Returns once `isDone` holds, checked under the lock now, or when a waiter appended to
-    /// the step's waiters is resumed. Effects `isDone` leaves in `pendingEffects` are run first.
-    private func waitUntil(_ waiters: ShutdownStep, _ isDone: @escaping @Sendable (inout State) -> Bool) async {
+    /// the step's waiters is resumed.
+    private func waitUntil(_ step: ShutdownStep, _ isDone: @escaping @Sendable (State) -> Bool) async {
         await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
-            let (done, effects) = state.withLock { state -> (Bool, [Effect]) in
-                let done = isDone(&state)
-                defer { state.pendingEffects = [] }
-                if !done {
-                    switch waiters {
-                    case .drain: state.drainWaiters.append(continuation)
-                    case .pool: state.poolWaiters.append(continuation)
-                    case .closed: state.closedWaiters.append(continuation)
-                    }
+            let done = state.withLock { state -> Bool in
+                if isDone(state) { return true }
+                switch step {
+                case .drain: state.drainWaiters.append(continuation)
+                case .pool: state.poolWaiters.append(continuation)
+                case .closed: state.closedWaiters.append(continuation)
                 }
-                return (done, state.pendingEffects)
+                return false
             }
-            run(effects)
             if done { continuation.resume() }
         }
     }
@@ -300,17 +341,24 @@ public final class SMTPClient: Sendable {
 
     func connectionReady(_ connection: ClientConnection, capacity: Int) {
         metrics.connectionsOpened.increment()
-        run(state.withLock { state in resolve(state.pool.connected(connection.id, capacity: capacity, now: .now), &state) })
+        let shard = shards[connection.shard]
+        run(shard.state.withLock { state in
+            resolve(state.pool.connected(connection.id, capacity: capacity, now: .now), &state, shard)
+        })
     }
 
     func connectionEnded(_ connection: ClientConnection, wasReady: Bool, error: SMTPError) {
         (wasReady ? metrics.connectionsRetired : metrics.connectionsFailed).increment()
-        run(state.withLock { state in
+        let shard = shards[connection.shard]
+        // Read before this shard's lock is taken (never two shard locks at once); a shard
+        // that becomes ready meanwhile only means messages fail that could have waited.
+        let readyElsewhere = !wasReady && shards.contains { $0 !== shard && $0.state.withLock { $0.pool.hasReadyConnection } }
+        run(shard.state.withLock { state in
             state.connections[connection.id] = nil
             let actions = wasReady
                 ? state.pool.connectionClosed(connection.id, now: .now)
-                : state.pool.connectFailed(connection.id, error: error, now: .now)
-            return resolve(actions, &state)
+                : state.pool.connectFailed(connection.id, error: error, readyElsewhere: readyElsewhere, now: .now)
+            return resolve(actions, &state, shard)
         })
     }
 
@@ -331,7 +379,7 @@ public final class SMTPClient: Sendable {
     }
 
     func idleTimedOut(_ connection: ClientConnection) -> Bool {
-        state.withLock { $0.pool.idleTimedOut(connection.id) }
+        shards[connection.shard].state.withLock { $0.pool.idleTimedOut(connection.id) }
     }
 
     /// The pool gets the connection's slot back before the report goes out: a caller that
@@ -351,7 +399,9 @@ public final class SMTPClient: Sendable {
 
     func notAttempted(_ job: DeliveryJob, connection: ClientConnection) {
         left(connection, job) { state in
-            if job.cancelRequested.load(ordering: .relaxed) { return [.fail([job], SMTPError.cancelledBeforeStart)] }
+            if job.cancelRequested.load(ordering: .sequentiallyConsistent) {
+                return [.fail([job], SMTPError.cancelledBeforeStart)]
+            }
             return state.pool.requeued([job], now: .now)
         }
     }
@@ -364,26 +414,25 @@ public final class SMTPClient: Sendable {
     /// `job` is no longer on `connection`: the pool gets the slot back, then `then` may
     /// decide what becomes of the job, under the same lock.
     private func left(_ connection: ClientConnection, _ job: DeliveryJob,
-                      then: (inout State) -> [PoolStateMachine<DeliveryJob>.Action] = { _ in [] }) {
-        run(state.withLock { state in
+                      then: (inout ShardState) -> [PoolStateMachine<DeliveryJob>.Action] = { _ in [] }) {
+        let shard = shards[connection.shard]
+        run(shard.state.withLock { state in
             job.connectionID = nil
             let actions = state.pool.transactionFinished(on: connection.id, now: .now) + then(&state)
-            return resolve(actions, &state)
+            return resolve(actions, &state, shard)
         })
     }
 
     // MARK: Effects
 
-    /// Turns the pool's actions into effects, resolving connections while the lock is held.
-    private func resolve(_ actions: [PoolStateMachine<DeliveryJob>.Action], _ state: inout State) -> [Effect] {
+    /// Turns a shard's actions into effects, resolving connections while its lock is held.
+    private func resolve(_ actions: [PoolStateMachine<DeliveryJob>.Action], _ state: inout ShardState,
+                         _ shard: PoolShard) -> [Effect] {
         var effects: [Effect] = []
         for action in actions {
             switch action {
             case .connect(let id):
-                let loops = eventLoopGroup.loops
-                let loop = loops[state.nextLoop % loops.count]
-                state.nextLoop &+= 1
-                let connection = ClientConnection(id: id, loop: loop, client: self, logger: logger)
+                let connection = ClientConnection(id: id, loop: shard.loop, shard: shard.index, client: self, logger: logger)
                 state.connections[id] = connection
                 effects.append(.start(connection))
             case .dispatch(let job, let id):
@@ -396,13 +445,14 @@ public final class SMTPClient: Sendable {
                 if let connection = state.connections[id] { effects.append(.retire(connection)) }
             case .fail(let jobs, let error):
                 effects.append(.fail(jobs, error))
+            case .handOff(let jobs):
+                effects.append(.handOff(jobs, from: shard))
             case .wake(let instant):
                 state.wakeTimer?.cancel()
-                state.wakeTimer = eventLoopGroup.loops[0].scheduleTimer(after: instant - .now) { [self] in
-                    run(self.state.withLock { state in resolve(state.pool.wake(now: .now), &state) })
+                state.wakeTimer = shard.loop.scheduleTimer(after: instant - .now) { [self] in
+                    run(shard.state.withLock { state in resolve(state.pool.wake(now: .now), &state, shard) })
                 }
             case .drained:
-                state.poolDrained = true
                 effects.append(.drained)
             }
         }
@@ -420,8 +470,14 @@ public final class SMTPClient: Sendable {
                 connection.onLoop { connection.retire() }
             case .fail(let jobs, let error):
                 for job in jobs { job.fail(error, now: .now) }
+            case .handOff(let jobs, let from):
+                let others = shards.filter { $0 !== from }
+                let ready = others.filter { $0.state.withLock { $0.pool.hasReadyConnection } }
+                for job in jobs { place(job, in: leastLoaded(of: (ready.isEmpty ? others : ready)[...])) }
             case .drained:
-                let waiters = state.withLock { state in
+                let waiters = state.withLock { state -> [CheckedContinuation<Void, Never>] in
+                    state.drainedShards += 1
+                    guard state.drainedShards == shards.count else { return [] }
                     defer { state.poolWaiters = [] }
                     return state.poolWaiters
                 }
@@ -468,6 +524,38 @@ public final class SMTPClient: Sendable {
             }
         }
     }
+}
+
+/// One event loop's part of the client's pool: its connections (all on that loop), the
+/// messages waiting for them, and the lock over both.
+///
+/// One pool under one lock had every loop take that lock several times per message; with
+/// two loops against Postfix's smtp-sink a third of the client's futex calls were waits
+/// for it. A connection that finishes a transaction takes the next message from its own
+/// shard, and a bulk send refills the shard of the loop it runs on, so a busy client's loops
+/// do not meet.
+private final class PoolShard: Sendable {
+    let index: Int
+    let loop: EventLoop
+    /// The connections this shard may open (its part of the pool's maximum).
+    let share: Int
+    let state: Locked<ShardState>
+
+    init(index: Int, loop: EventLoop, share: Int, pool: PoolStateMachine<DeliveryJob>) {
+        self.index = index
+        self.loop = loop
+        self.share = share
+        state = Locked(ShardState(pool: pool))
+    }
+
+    /// Messages waiting or in flight per connection the shard may open.
+    var relativeLoad: Double { Double(state.withLock { $0.pool.load }) / Double(share) }
+}
+
+private struct ShardState {
+    var pool: PoolStateMachine<DeliveryJob>
+    var connections: [Int: ClientConnection] = [:]
+    var wakeTimer: LoopTimer?
 }
 
 /// Hands one report to one waiting task.

@@ -11,6 +11,8 @@ final class ClientConnection: ConnectionHandler, @unchecked Sendable {
     // bodies run there.
     let id: Int
     let loop: EventLoop
+    /// The pool shard the connection belongs to (the one on `loop`).
+    let shard: Int
     private let client: SMTPClient
     private var machine: ClientStateMachine
     private var connection: Connection?
@@ -43,9 +45,10 @@ final class ClientConnection: ConnectionHandler, @unchecked Sendable {
     private var idleSince: ContinuousClock.Instant?
 
     /// A connection not yet open; ``attach(_:machine:)`` gives it its session.
-    init(id: Int, loop: EventLoop, client: SMTPClient, logger: Logger) {
+    init(id: Int, loop: EventLoop, shard: Int, client: SMTPClient, logger: Logger) {
         self.id = id
         self.loop = loop
+        self.shard = shard
         self.client = client
         machine = client.makeMachine(credentials: nil)
         var logger = logger

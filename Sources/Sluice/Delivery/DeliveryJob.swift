@@ -6,9 +6,9 @@ import Synchronization
 final class DeliveryJob: @unchecked Sendable {
     // `attempts`, `results`, `remaining`, `lastError` and `lastReply` are touched by one party
     // at a time, and each handoff is ordered by a lock or a loop hop: the pool (under the
-    // client's lock) while the job waits, the connection's loop while the job is on it, a
-    // retry timer in between. `connectionID` is guarded by the client's lock. The atomics
-    // are safe from anywhere.
+    // shard's lock) while the job waits, the connection's loop while the job is on it, a
+    // retry timer in between. `connectionID` is guarded by the lock of the pool shard the
+    // job was last submitted to (`shard`). The atomics are safe from anywhere.
     let id: Int
     let message: EncodedMessage
     let envelope: Envelope
@@ -21,8 +21,10 @@ final class DeliveryJob: @unchecked Sendable {
     /// The recipients still to try (indices into the envelope).
     private(set) var remaining: [Int]
     private var lastError: SMTPError?
-    /// The connection the job is on, while it is on one (client lock).
+    /// The connection the job is on, while it is on one (its shard's lock).
     var connectionID: Int?
+    /// The pool shard the job was last submitted to.
+    let shard = Atomic<Int>(0)
     /// The task that sent it was cancelled.
     let cancelRequested = Atomic<Bool>(false)
     private let finished = Atomic<Bool>(false)

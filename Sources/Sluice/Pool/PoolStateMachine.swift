@@ -14,6 +14,10 @@ struct PoolStateMachine<Job: AnyObject> {
         var connectAttempts: Int
         var connectBackoff: Backoff
         var rateLimit: SMTPClient.RateLimit?
+        /// The first connection's ID; each next one is `connectionIDStride` more (pools that
+        /// share a client number their connections apart).
+        var firstConnectionID = 0
+        var connectionIDStride = 1
     }
 
     enum Action {
@@ -25,6 +29,9 @@ struct PoolStateMachine<Job: AnyObject> {
         case retire(Int)
         /// These waiting jobs cannot be sent: no connection could be made.
         case fail([Job], SMTPError)
+        /// These waiting jobs cannot be sent from this pool (its connects failed), but
+        /// another pool of the client has a ready connection: send them there.
+        case handOff([Job])
         /// Call ``wake(now:)`` at this time (rate limit or connect backoff).
         case wake(at: ContinuousClock.Instant)
         /// Shutting down and nothing is left: the client can stop.
@@ -59,13 +66,15 @@ struct PoolStateMachine<Job: AnyObject> {
     private var waiting: [Job] = []
     private var waitingHead = 0
     /// Changed only through ``update(_:_:)``, ``insert(_:_:)`` and ``remove(_:)``, which keep
-    /// the two counts below: a busy pool's every message would otherwise scan every
+    /// the counts below: a busy pool's every message would otherwise scan every
     /// connection twice (measured at 100 connections: a fifth of the client's CPU).
     private var connections: [Int: Entry] = [:]
     /// Connections with ``Entry/hasFreeSlot``.
     private var freeSlotCount = 0
     /// Connections with ``Entry/isIdle``.
     private var idleCount = 0
+    /// Transactions on connections (the sum of every entry's load).
+    private var inFlightCount = 0
     private var connectingCount = 0
     private var nextConnectionID = 0
     private var consecutiveFailures = 0
@@ -80,6 +89,7 @@ struct PoolStateMachine<Job: AnyObject> {
     init(configuration: Configuration, random: @escaping () -> Double = { Double.random(in: 0..<1) }) {
         self.configuration = configuration
         self.random = random
+        nextConnectionID = configuration.firstConnectionID
         tokens = Double(configuration.rateLimit?.burst ?? 0)
     }
 
@@ -89,8 +99,14 @@ struct PoolStateMachine<Job: AnyObject> {
     /// Connections open or opening.
     var connectionCount: Int { connections.count }
 
+    /// Messages waiting or on a connection.
+    var load: Int { waitingCount + inFlightCount }
+
     /// Whether shutdown has begun.
     var isShuttingDown: Bool { shuttingDown }
+
+    /// Whether a connection is ready (its session set up, whatever its load).
+    var hasReadyConnection: Bool { connections.values.contains { if case .ready = $0.state { true } else { false } } }
 
     // MARK: Events
 
@@ -126,20 +142,22 @@ struct PoolStateMachine<Job: AnyObject> {
     }
 
     /// Connection `id` could not be made (TCP, TLS, greeting, EHLO or AUTH failed).
-    mutating func connectFailed(_ id: Int, error: SMTPError, now: ContinuousClock.Instant) -> [Action] {
+    /// `readyElsewhere` says whether another pool of the client has a ready connection: then
+    /// messages this pool cannot send for a transient failure go there instead of failing.
+    mutating func connectFailed(_ id: Int, error: SMTPError, readyElsewhere: Bool = false,
+                                now: ContinuousClock.Instant) -> [Action] {
         guard let entry = remove(id) else { return [] }
         if case .connecting = entry.state { connectingCount -= 1 }
         consecutiveFailures += 1
         var actions: [Action] = []
-        let anyReady = connections.values.contains { if case .ready = $0.state { true } else { false } }
-        if !error.isTransient || (consecutiveFailures >= configuration.connectAttempts && !anyReady) {
-            // Every waiting message would meet the same failure.
+        if !error.isTransient || (consecutiveFailures >= configuration.connectAttempts && !hasReadyConnection) {
+            // Every waiting message would meet the same failure here.
             let failed = Array(waiting[waitingHead...])
             waiting = []
             waitingHead = 0
             consecutiveFailures = 0
             backoffUntil = nil
-            if !failed.isEmpty { actions.append(.fail(failed, error)) }
+            if !failed.isEmpty { actions.append(error.isTransient && readyElsewhere ? .handOff(failed) : .fail(failed, error)) }
         } else {
             backoffUntil = now + configuration.connectBackoff.delay(afterAttempt: consecutiveFailures, random: random())
         }
@@ -284,7 +302,7 @@ struct PoolStateMachine<Job: AnyObject> {
         while connections.count < configuration.maximumConnections,
               waitingCount > connectingCount * configuration.transactionsPerConnection {
             let id = nextConnectionID
-            nextConnectionID += 1
+            nextConnectionID += configuration.connectionIDStride
             insert(id, Entry(state: .connecting, openedAt: now))
             connectingCount += 1
             actions.append(.connect(id))
@@ -340,16 +358,19 @@ struct PoolStateMachine<Job: AnyObject> {
     private var countsAreRight: Bool {
         freeSlotCount == connections.values.count(where: \.hasFreeSlot)
             && idleCount == connections.values.count(where: \.isIdle)
+            && inFlightCount == connections.values.reduce(0) { $0 + $1.load }
     }
 
     private mutating func count(_ entry: Entry) {
         if entry.hasFreeSlot { freeSlotCount += 1 }
         if entry.isIdle { idleCount += 1 }
+        inFlightCount += entry.load
     }
 
     private mutating func forget(_ entry: Entry) {
         if entry.hasFreeSlot { freeSlotCount -= 1 }
         if entry.isIdle { idleCount -= 1 }
+        inFlightCount -= entry.load
     }
 
     private mutating func compactWaiting() {
