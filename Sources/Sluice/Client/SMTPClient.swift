@@ -465,7 +465,7 @@ public final class SMTPClient: Sendable {
             case .start(let connection):
                 start(connection)
             case .dispatch(let job, let connection):
-                connection.onLoop { connection.enqueue(job) }
+                connection.dispatch(job)
             case .retire(let connection):
                 connection.onLoop { connection.retire() }
             case .fail(let jobs, let error):

@@ -113,6 +113,17 @@ final class ClientConnection: ConnectionHandler, @unchecked Sendable {
         if loop.inEventLoop { body() } else { loop.execute(body) }
     }
 
+    /// Sends `job` on this connection, from any thread: at once on the loop's own (no
+    /// closure is made, which the busiest path would otherwise allocate per message), else
+    /// after a hop.
+    func dispatch(_ job: DeliveryJob) {
+        guard loop.inEventLoop else {
+            loop.execute { self.enqueue(job) }
+            return
+        }
+        enqueue(job)
+    }
+
     /// Sends `job` on this connection.
     func enqueue(_ job: DeliveryJob) {
         loop.assertInEventLoop()
