@@ -13,7 +13,9 @@ extension SMTPClient {
     ///
     /// The next message is taken from `mails` on the thread that finished the one before, so a
     /// steady stream needs no thread handoff per message. `mails` is iterated by one thread
-    /// at a time, and must not block.
+    /// at a time, and must not block. Reports reach the consumer in batches (waking a task
+    /// costs more than sending a message): at once when a quarter of `maximumInFlight` have
+    /// finished or nothing is left in flight, otherwise within about two milliseconds.
     ///
     /// Dropping the returned sequence (or cancelling the task iterating it) stops taking
     /// messages from `mails`; those already handed over still finish.
