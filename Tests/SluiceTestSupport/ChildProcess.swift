@@ -139,9 +139,7 @@ public final class ChildProcess: @unchecked Sendable {
         let line: String?
         do {
             line = try await withDeadline(limit, "the first line of process \(pid)") {
-                await withCheckedContinuation { continuation in
-                    Thread { continuation.resume(returning: self.readOutputLine()) }.start()
-                }
+                await offThread { self.readOutputLine() }
             }
         } catch {
             Glibc.kill(pid, SIGKILL)
@@ -199,9 +197,7 @@ public final class ChildProcess: @unchecked Sendable {
 
     /// Waits for the child to exit on a thread of its own and returns its exit status.
     public func exitStatus() async -> Int32 {
-        await withCheckedContinuation { continuation in
-            Thread { continuation.resume(returning: self.waitUntilExit()) }.start()
-        }
+        await offThread { self.waitUntilExit() }
     }
 
     /// Sends SIGTERM, then SIGKILL if the child is still there after `grace`, and reaps it.
