@@ -253,11 +253,13 @@ public final class SMTPClient: Sendable {
     private func shardForNewWork() -> PoolShard {
         if shards.count == 1 { return shards[0] }
         if let loop = EventLoop.current, let shard = shards.first(where: { $0.loop === loop }) { return shard }
-        return leastLoaded(of: shards[...])
+        return leastLoaded(of: shards)
     }
 
-    private func leastLoaded(of candidates: ArraySlice<PoolShard>) -> PoolShard {
-        var best = candidates[candidates.startIndex]
+    /// The shard with the least load for its share, the first on a tie (each shard's lock is
+    /// taken once). `candidates` is not empty.
+    private func leastLoaded(of candidates: [PoolShard]) -> PoolShard {
+        var best = candidates[0]
         var bestLoad = best.relativeLoad
         for shard in candidates.dropFirst() {
             let load = shard.relativeLoad
@@ -473,7 +475,7 @@ public final class SMTPClient: Sendable {
             case .handOff(let jobs, let from):
                 let others = shards.filter { $0 !== from }
                 let ready = others.filter { $0.state.withLock { $0.pool.hasReadyConnection } }
-                for job in jobs { place(job, in: leastLoaded(of: (ready.isEmpty ? others : ready)[...])) }
+                for job in jobs { place(job, in: leastLoaded(of: ready.isEmpty ? others : ready)) }
             case .drained:
                 let waiters = state.withLock { state -> [CheckedContinuation<Void, Never>] in
                     state.drainedShards += 1

@@ -144,7 +144,7 @@ struct PoolStateMachine<Job: AnyObject> {
     /// Connection `id` could not be made (TCP, TLS, greeting, EHLO or AUTH failed).
     /// `readyElsewhere` says whether another pool of the client has a ready connection: then
     /// messages this pool cannot send for a transient failure go there instead of failing.
-    mutating func connectFailed(_ id: Int, error: SMTPError, readyElsewhere: Bool = false,
+    mutating func connectFailed(_ id: Int, error: SMTPError, readyElsewhere: Bool,
                                 now: ContinuousClock.Instant) -> [Action] {
         guard let entry = remove(id) else { return [] }
         if case .connecting = entry.state { connectingCount -= 1 }
