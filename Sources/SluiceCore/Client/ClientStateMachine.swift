@@ -141,6 +141,7 @@ public struct ClientStateMachine: Sendable {
         /// Cancelled before the end of its data: it will never send content.
         var cancelled = false
 
+        var id: Int { transaction.id }
         var anyRecipientAccepted: Bool { recipientReplies.contains { $0?.code.isPositiveCompletion == true } }
     }
 
@@ -177,8 +178,9 @@ public struct ClientStateMachine: Sendable {
     private var isSecure = false
     private var authenticated = false
     private var pending: [SMTPTransaction] = []
-    private var active: [Int: Active] = [:]
-    private var activeOrder: [Int] = []
+    /// Started transactions, oldest first. A few at most (two without CHUNKING), so a
+    /// search beats hashing, and an entry changes in place.
+    private var active: [Active] = []
     private var unsent: [Step] = []
     private var outstanding: [Expectation] = []
     private var needsReset = false
@@ -195,6 +197,11 @@ public struct ClientStateMachine: Sendable {
     /// Our reason for cancelling an AUTH exchange, reported when the server answers the `*`.
     private var pendingAuthenticationError: SMTPSessionError?
     private var timerArmed = false
+    /// The reply timer as this event leaves it: an `.armTimer` or `.cancelTimer`, told once
+    /// by ``finish()``. A batch of replies moves the head of the queue several times per
+    /// message, and each restart of a libuv timer is a heap removal and insertion; only
+    /// where the batch ends matters.
+    private var timerChange: Action?
 
     /// A machine for one connection.
     public init(configuration: Configuration, cryptography: any SASLCryptography) {
@@ -210,7 +217,7 @@ public struct ClientStateMachine: Sendable {
     }
 
     /// Transactions queued or in flight on this connection.
-    public var load: Int { pending.count + activeOrder.count }
+    public var load: Int { pending.count + active.count }
 
     /// The capabilities of the last EHLO.
     public var serverCapabilities: SMTPCapabilities { capabilities }
@@ -222,7 +229,7 @@ public struct ClientStateMachine: Sendable {
         guard case .idle = state else { preconditionFailure("connected() twice") }
         isSecure = configuration.tls == .implicit
         state = .awaitingGreeting
-        actions.append(.armTimer(configuration.timeouts.greeting))
+        timerChange = .armTimer(configuration.timeouts.greeting)
         timerArmed = true
         return finish()
     }
@@ -318,9 +325,8 @@ public struct ClientStateMachine: Sendable {
     /// begun cannot be taken back. Once the end of data is written it is too late: the
     /// transaction runs to its real outcome and this returns no action.
     public mutating func cancelStarted(id: Int) -> [Action] {
-        guard var entry = active[id], !entry.terminatorWritten else { return [] }
-        entry.cancelled = true
-        active[id] = entry
+        guard let index = activeIndex(id), !active[index].terminatorWritten else { return [] }
+        active[index].cancelled = true
         return []  // acted on when its next command would go out, or when its 354 comes
     }
 
@@ -329,7 +335,7 @@ public struct ClientStateMachine: Sendable {
     /// message never goes down a connection the server already left (a 421 or a close in
     /// answer moves it, unattempted, to another connection).
     public mutating func idleConnectionReused() -> [Action] {
-        guard case .ready = state, outstanding.isEmpty, unsent.isEmpty, activeOrder.isEmpty else { return [] }
+        guard case .ready = state, outstanding.isEmpty, unsent.isEmpty, active.isEmpty else { return [] }
         needsProbe = true
         return []
     }
@@ -409,7 +415,7 @@ public struct ClientStateMachine: Sendable {
             if reply.code == .serviceReady {
                 state = .tlsHandshake
                 actions.append(.startTLS)
-                actions.append(.armTimer(configuration.timeouts.tlsHandshake))
+                timerChange = .armTimer(configuration.timeouts.tlsHandshake)
                 timerArmed = true
             } else if configuration.tls == .startTLSRequired {
                 fail(SMTPSessionError(.tlsRequired, "the server refused STARTTLS", reply: reply, command: "STARTTLS"))
@@ -533,7 +539,7 @@ public struct ClientStateMachine: Sendable {
         while true {
             if unsent.isEmpty {
                 guard !quitting, !pending.isEmpty,
-                      activeOrder.count < (chunking ? configuration.maximumTransactionsInFlight : 2)
+                      active.count < (chunking ? configuration.maximumTransactionsInFlight : 2)
                 else { break }
                 if needsProbe {
                     needsProbe = false
@@ -544,7 +550,7 @@ public struct ClientStateMachine: Sendable {
                 if outstanding.contains(.probe) { break }
                 // In DATA mode, start the next transaction once the previous one has written
                 // its content, so its envelope rides in the same write as that content.
-                if !chunking, activeOrder.contains(where: { !(active[$0]?.terminatorWritten ?? true) }) { break }
+                if !chunking, active.contains(where: { !$0.terminatorWritten }) { break }
                 start(pending.removeFirst())
                 continue
             }
@@ -583,9 +589,8 @@ public struct ClientStateMachine: Sendable {
             parameters.size = size
         }
         let id = transaction.id
-        active[id] = Active(transaction: transaction, parameters: parameters,
-                            recipientReplies: Array(repeating: nil, count: transaction.recipients.count))
-        activeOrder.append(id)
+        active.append(Active(transaction: transaction, parameters: parameters,
+                             recipientReplies: Array(repeating: nil, count: transaction.recipients.count)))
         if !probeReset, needsReset || (chunking && transactionsStarted > 0) {
             unsent.append(.reset)
         }
@@ -602,45 +607,44 @@ public struct ClientStateMachine: Sendable {
         case .reset:
             write(command: .reset, expecting: .reset)
         case .mail(let id):
-            guard let entry = active[id] else { return }
-            if entry.cancelled {
+            guard let i = activeIndex(id) else { return }
+            if active[i].cancelled {
                 finishCancelled(id)  // nothing of it was sent
                 return
             }
-            write(command: .mail(from: entry.transaction.from, entry.parameters), expecting: .mail(id))
+            write(command: .mail(from: active[i].transaction.from, active[i].parameters), expecting: .mail(id))
         case .recipient(let id, let index):
-            guard let entry = active[id] else { return }
-            if !pipelining, entry.cancelled {
+            guard let i = activeIndex(id) else { return }
+            if !pipelining, active[i].cancelled {
                 needsReset = true
                 finishCancelled(id)
                 return
             }
-            let recipient = entry.transaction.recipients[index]
+            let recipient = active[i].transaction.recipients[index]
             write(command: .recipient(recipient.address, recipient.parameters), expecting: .recipient(id, index))
         case .data(let id):
-            guard let entry = active[id] else { return }
-            if !pipelining, entry.cancelled {
+            guard let i = activeIndex(id) else { return }
+            if !pipelining, active[i].cancelled {
                 needsReset = true
                 finishCancelled(id)
                 return
             }
-            if !pipelining, !entry.anyRecipientAccepted {
+            if !pipelining, !active[i].anyRecipientAccepted {
                 needsReset = true
                 finishTransaction(id)  // no recipient: never send DATA
                 return
             }
             write(command: .data, expecting: .data(id))
         case .bdat(let id):
-            guard var entry = active[id] else { return }
-            if !pipelining, !entry.anyRecipientAccepted {
+            guard let i = activeIndex(id) else { return }
+            if !pipelining, !active[i].anyRecipientAccepted {
                 needsReset = true
                 finishTransaction(id)
                 return
             }
-            write(command: .bdat(size: entry.transaction.content.chunkLength, last: true), expecting: .bdat(id))
+            write(command: .bdat(size: active[i].transaction.content.chunkLength, last: true), expecting: .bdat(id))
             appendOutput(.chunk(transactionID: id))
-            entry.terminatorWritten = true
-            active[id] = entry
+            active[i].terminatorWritten = true
         }
     }
 
@@ -653,22 +657,22 @@ public struct ClientStateMachine: Sendable {
         switch expectation {
         case .quit:
             state = .closed
-            actions.append(.cancelTimer)
+            timerChange = .cancelTimer
             actions.append(.close(nil))
             return
         case .reset, .probe:
             break  // whatever it says, the next MAIL tells
         case .mail(let id):
-            updateActive(id) { $0.mailReply = reply }
+            if let i = activeIndex(id) { active[i].mailReply = reply }
             if !reply.code.isPositiveCompletion {
                 needsReset = true
                 if !pipelining { finishTransaction(id) }
             }
         case .recipient(let id, let index):
-            updateActive(id) { $0.recipientReplies[index] = reply }
+            if let i = activeIndex(id) { active[i].recipientReplies[index] = reply }
         case .data(let id):
-            guard var entry = active[id] else { break }
-            if reply.code == .startMailInput, entry.cancelled {
+            guard let i = activeIndex(id) else { break }
+            if reply.code == .startMailInput, active[i].cancelled {
                 // Content cannot be withheld after 354 (a lone terminator would deliver an
                 // empty message): the only way out is to close.
                 finishCancelled(id)
@@ -676,15 +680,14 @@ public struct ClientStateMachine: Sendable {
                 return
             }
             if reply.code == .startMailInput {
-                if entry.mailReply?.code.isPositiveCompletion == true, entry.anyRecipientAccepted {
+                if active[i].mailReply?.code.isPositiveCompletion == true, active[i].anyRecipientAccepted {
                     appendOutput(.data(transactionID: id))
                 } else {
                     // A lenient server said 354 with no recipient: send only the terminator.
                     pendingBytes += [UInt8(ascii: "."), 13, 10]
-                    entry.emptyTerminator = true
+                    active[i].emptyTerminator = true
                 }
-                entry.terminatorWritten = true
-                active[id] = entry
+                active[i].terminatorWritten = true
                 outstanding.insert(.content(id), at: 0)
             } else {
                 needsReset = true
@@ -757,19 +760,15 @@ public struct ClientStateMachine: Sendable {
         return TransactionOutcome(id: transaction.id, status: status, recipients: recipients, reply: decidingReply, error: nil)
     }
 
-    /// Changes transaction `id`'s entry, if it is still there. The entry is moved out and
-    /// back: `active[id]?.field = value` goes through the dictionary's modify coroutine,
-    /// whose frame for an entry this size is allocated on the heap, twice per reply.
-    private mutating func updateActive(_ id: Int, _ change: (inout Active) -> Void) {
-        guard var entry = active.removeValue(forKey: id) else { return }
-        change(&entry)
-        active[id] = entry
+    /// Where transaction `id` is in `active`, if it is there.
+    private func activeIndex(_ id: Int) -> Int? {
+        active.firstIndex { $0.id == id }
     }
 
     /// Removes a transaction and its unsent commands; returns what was known of it.
     private mutating func forget(_ id: Int) -> Active? {
-        guard let entry = active.removeValue(forKey: id) else { return nil }
-        activeOrder.removeAll { $0 == id }
+        guard let index = activeIndex(id) else { return nil }
+        let entry = active.remove(at: index)
         unsent.removeAll { step in
             switch step {
             case .mail(let other), .recipient(let other, _), .data(let other), .bdat(let other): other == id
@@ -809,8 +808,8 @@ public struct ClientStateMachine: Sendable {
         if let closingReply, let first = outstanding.first {
             switch first {
             case .mail(let id), .recipient(let id, _), .data(let id), .content(let id), .bdat(let id):
-                if let entry = active.removeValue(forKey: id) {
-                    activeOrder.removeAll { $0 == id }
+                if let index = activeIndex(id) {
+                    let entry = active.remove(at: index)
                     actions.append(.transactionFinished(
                         Self.uniformOutcome(entry.transaction, .deferred, reply: closingReply, error: error)))
                 }
@@ -818,8 +817,8 @@ public struct ClientStateMachine: Sendable {
                 break
             }
         }
-        for id in activeOrder {
-            guard let entry = active[id] else { continue }
+        for entry in active {
+            let id = entry.id
             if closingReply != nil, entry.mailReply == nil {
                 // A 421 answers one command and the server processes none after it: a
                 // transaction with no reply yet was never seen, and can go elsewhere.
@@ -838,15 +837,14 @@ public struct ClientStateMachine: Sendable {
                 id: id, status: allRefused ? Self.statusWhenNoneAccepted(recipients) : status,
                 recipients: recipients, reply: nil, error: error)))
         }
-        active = [:]
-        activeOrder = []
+        active = []
         unsent = []
         outstanding = []
         for transaction in pending { actions.append(.transactionNotAttempted(transaction)) }
         pending = []
         output = []
         pendingBytes = []
-        actions.append(.cancelTimer)
+        timerChange = .cancelTimer
         actions.append(.close(error))
         timerArmed = false
     }
@@ -855,7 +853,7 @@ public struct ClientStateMachine: Sendable {
 
     private mutating func write(command: SMTPCommand, timeout: Duration) {
         command.encode(into: &pendingBytes)
-        actions.append(.armTimer(timeout))
+        timerChange = .armTimer(timeout)
         timerArmed = true
         armedFor = nil
     }
@@ -888,14 +886,14 @@ public struct ClientStateMachine: Sendable {
     private mutating func updateTimer() {
         guard let head = outstanding.first else {
             if timerArmed, case .ready = state {
-                actions.append(.cancelTimer)
+                timerChange = .cancelTimer
                 timerArmed = false
                 armedFor = nil
             }
             return
         }
         guard head != armedFor || !timerArmed else { return }
-        actions.append(.armTimer(timeout(for: head)))
+        timerChange = .armTimer(timeout(for: head))
         armedFor = head
         timerArmed = true
     }
@@ -914,9 +912,9 @@ public struct ClientStateMachine: Sendable {
     /// returned is one array of the right size.
     private mutating func finish() -> [Action] {
         flushPendingBytes()
-        if output.isEmpty, actions.isEmpty { return [] }
+        if output.isEmpty, actions.isEmpty, timerChange == nil { return [] }
         var result: [Action] = []
-        result.reserveCapacity(actions.count + 1)
+        result.reserveCapacity(actions.count + 2)
         if !output.isEmpty {
             // The write goes first: outcomes and timers describe the state after it.
             result.append(.write(output))
@@ -924,6 +922,11 @@ public struct ClientStateMachine: Sendable {
         }
         result.append(contentsOf: actions)
         actions.removeAll(keepingCapacity: true)
+        if let timerChange {
+            // Last: a close among the actions stops the timer anyway.
+            result.append(timerChange)
+            self.timerChange = nil
+        }
         return result
     }
 
