@@ -63,6 +63,14 @@ public struct EnvelopeAddress: Hashable, Sendable, CustomStringConvertible {
 
     /// `local@domain`.
     public var address: String { "\(localPart)@\(domain)" }
+
+    /// Appends `local@domain` as UTF-8, with no string built in between (a MAIL and an RCPT
+    /// per message).
+    func encode(into bytes: inout [UInt8]) {
+        bytes.append(contentsOf: localPart.utf8)
+        bytes.append(UInt8(ascii: "@"))
+        bytes.append(contentsOf: domain.utf8)
+    }
     public var description: String { address }
 
     // MARK: Grammar (RFC 5321 §4.1.2)

@@ -53,7 +53,10 @@ public struct MailParameters: Hashable, Sendable {
     }
 
     func encode(into bytes: inout [UInt8]) {
-        if let size { bytes.append(contentsOf: " SIZE=\(max(size, 0))".utf8) }
+        if let size {
+            bytes.append(contentsOf: " SIZE=".utf8)
+            bytes.appendDecimal(max(size, 0))
+        }
         if let body { bytes.append(contentsOf: " BODY=\(body.rawValue)".utf8) }
         if smtpUTF8 { bytes.append(contentsOf: " SMTPUTF8".utf8) }
         if requireTLS { bytes.append(contentsOf: " REQUIRETLS".utf8) }

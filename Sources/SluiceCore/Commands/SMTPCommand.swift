@@ -72,18 +72,19 @@ public enum SMTPCommand: Hashable, Sendable {
             bytes.append(contentsOf: "HELO \(name.name)".utf8)
         case .mail(let from, let parameters):
             bytes.append(contentsOf: "MAIL FROM:<".utf8)
-            if let from { bytes.append(contentsOf: from.address.utf8) }
+            from?.encode(into: &bytes)
             bytes.append(UInt8(ascii: ">"))
             parameters.encode(into: &bytes)
         case .recipient(let to, let parameters):
             bytes.append(contentsOf: "RCPT TO:<".utf8)
-            bytes.append(contentsOf: to.address.utf8)
+            to.encode(into: &bytes)
             bytes.append(UInt8(ascii: ">"))
             parameters.encode(into: &bytes)
         case .data:
             bytes.append(contentsOf: "DATA".utf8)
         case .bdat(let size, let last):
-            bytes.append(contentsOf: "BDAT \(max(size, 0))".utf8)
+            bytes.append(contentsOf: "BDAT ".utf8)
+            bytes.appendDecimal(max(size, 0))
             if last { bytes.append(contentsOf: " LAST".utf8) }
         case .reset:
             bytes.append(contentsOf: "RSET".utf8)

@@ -29,6 +29,27 @@ struct RoundTripPropertyTests {
         }
     }
 
+    @Test func sizesAreWrittenInDecimal() async {
+        // Every digit count and its edges, then sizes spread across the whole range.
+        var sizes = [0, 1, 9, 10, 11, 99, 100, 101, 1_000, 65_535, Int.max]
+        var power = 1
+        while power <= Int.max / 10 {
+            power *= 10
+            sizes += [power - 1, power, power + 1]
+        }
+        let parameters = { (size: Int) in var p = MailParameters(); p.size = size; return p }
+        for size in sizes {
+            #expect(String(decoding: SMTPCommand.bdat(size: size, last: true).encoded, as: UTF8.self) == "BDAT \(size) LAST\r\n")
+            let mail = SMTPCommand.mail(from: nil, parameters(size)).encoded
+            #expect(String(decoding: mail, as: UTF8.self) == "MAIL FROM:<> SIZE=\(size)\r\n")
+        }
+        await propertyCheck(count: 2000, input: Gen.int(in: 0...Int.max), Gen.int(in: 0...99_999)) { large, small in
+            for size in [large, small] {
+                #expect(String(decoding: SMTPCommand.bdat(size: size, last: false).encoded, as: UTF8.self) == "BDAT \(size)\r\n")
+            }
+        }
+    }
+
     static let anyBytes = Gen<UInt8?>.element(of: Array("ab.@\r\n\0 <>\"\\[]:é".utf8)).map { $0 ?? 0x61 }.array(of: 0...30)
 
     @Test func anAddressIsRefusedOrEncodesToExactlyOneLine() async {
