@@ -289,7 +289,7 @@ final class ClientConnection: ConnectionHandler, @unchecked Sendable {
         } else {
             sealCommands()
             connection.enqueueWrite(outgoing)
-            outgoing.removeAll(keepingCapacity: true)
+            outgoing.removeAllKeepingCapacity()
         }
     }
 

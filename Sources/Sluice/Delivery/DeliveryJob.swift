@@ -36,7 +36,7 @@ final class DeliveryJob: @unchecked Sendable {
         self.envelope = envelope
         self.startedAt = startedAt
         self.completion = completion
-        results = Array(repeating: nil, count: envelope.recipients.count)
+        results = Array(nils: envelope.recipients.count)
         remaining = Array(envelope.recipients.indices)
     }
 

@@ -1,3 +1,5 @@
+import SluiceCore
+
 /// The connection pool's decisions, as a state machine: which connection takes a message,
 /// when to open one, when to retire one, when to back off, when the rate limit holds a
 /// message back. It does no I/O and reads no clock (every event carries `now`); the client
@@ -259,7 +261,7 @@ struct PoolStateMachine<Job: AnyObject> {
             actions.append(.dispatch(job, to: id))
         }
         if waitingHead == waiting.count {
-            waiting.removeAll(keepingCapacity: true)
+            waiting.removeAllKeepingCapacity()
             waitingHead = 0
         } else if waitingHead > 1024, waitingHead * 2 > waiting.count {
             compactWaiting()

@@ -590,7 +590,7 @@ public struct ClientStateMachine: Sendable {
         }
         let id = transaction.id
         active.append(Active(transaction: transaction, parameters: parameters,
-                             recipientReplies: Array(repeating: nil, count: transaction.recipients.count)))
+                             recipientReplies: Array(nils: transaction.recipients.count)))
         if !probeReset, needsReset || (chunking && transactionsStarted > 0) {
             unsent.append(.reset)
         }
@@ -921,7 +921,7 @@ public struct ClientStateMachine: Sendable {
             output = []
         }
         result.append(contentsOf: actions)
-        actions.removeAll(keepingCapacity: true)
+        actions.removeAllKeepingCapacity()
         if let timerChange {
             // Last: a close among the actions stops the timer anyway.
             result.append(timerChange)

@@ -116,7 +116,7 @@ public struct ReplyParser: Sendable {
             if isLast {
                 let reply = Self.makeReply(code: code, lines: pendingLines)
                 pendingCode = nil
-                pendingLines.removeAll(keepingCapacity: true)
+                pendingLines.removeAllKeepingCapacity()
                 pendingBytes = 0
                 return reply
             }
