@@ -4,24 +4,23 @@ import SluiceCore
 /// The client's counters and timers (swift-metrics): a service that bootstraps a metrics
 /// backend gets them; without one they cost a no-op call.
 struct ClientMetrics: Sendable {
-    private let messages: [DeliveryReport.Outcome: Counter]
-    private let recipients: [DeliveryStatus: Counter]
+    /// One counter per outcome and per recipient status, in the order of the cases (an
+    /// index, not a dictionary: each message would otherwise hash its outcome and each
+    /// recipient's status).
+    private let messages: [Counter]
+    private let recipients: [Counter]
     let connectionsOpened: Counter
     let connectionsFailed: Counter
     let connectionsRetired: Counter
     private let latency: Metrics.Timer
 
     init(label: String) {
-        var messages: [DeliveryReport.Outcome: Counter] = [:]
-        for outcome in DeliveryReport.Outcome.allCases {
-            messages[outcome] = Counter(label: "sluice_messages_total", dimensions: [("client", label), ("outcome", outcome.rawValue)])
+        messages = DeliveryReport.Outcome.allCases.map { outcome in
+            Counter(label: "sluice_messages_total", dimensions: [("client", label), ("outcome", outcome.rawValue)])
         }
-        self.messages = messages
-        var recipients: [DeliveryStatus: Counter] = [:]
-        for (status, name) in [(DeliveryStatus.accepted, "accepted"), (.rejected, "rejected"), (.deferred, "deferred"), (.unknown, "unknown")] {
-            recipients[status] = Counter(label: "sluice_recipients_total", dimensions: [("client", label), ("status", name)])
+        recipients = [DeliveryStatus.accepted, .rejected, .deferred, .unknown].map { status in
+            Counter(label: "sluice_recipients_total", dimensions: [("client", label), ("status", Self.name(of: status))])
         }
-        self.recipients = recipients
         connectionsOpened = Counter(label: "sluice_connections_opened_total", dimensions: [("client", label)])
         connectionsFailed = Counter(label: "sluice_connections_failed_total", dimensions: [("client", label)])
         connectionsRetired = Counter(label: "sluice_connections_closed_total", dimensions: [("client", label)])
@@ -30,9 +29,37 @@ struct ClientMetrics: Sendable {
     }
 
     func record(_ report: DeliveryReport) {
-        messages[report.outcome]?.increment()
-        for recipient in report.recipients { recipients[recipient.status]?.increment() }
-        latency.recordNanoseconds(Int64(report.elapsed.components.seconds) * 1_000_000_000
-                                  + report.elapsed.components.attoseconds / 1_000_000_000)
+        messages[Self.index(of: report.outcome)].increment()
+        for recipient in report.recipients { recipients[Self.index(of: recipient.status)].increment() }
+        let (seconds, attoseconds) = report.elapsed.components
+        latency.recordNanoseconds(seconds * 1_000_000_000 + attoseconds / 1_000_000_000)
+    }
+
+    private static func index(of outcome: DeliveryReport.Outcome) -> Int {
+        switch outcome {
+        case .accepted: 0
+        case .partiallyAccepted: 1
+        case .rejected: 2
+        case .deferred: 3
+        case .unknown: 4
+        }
+    }
+
+    private static func index(of status: DeliveryStatus) -> Int {
+        switch status {
+        case .accepted: 0
+        case .rejected: 1
+        case .deferred: 2
+        case .unknown: 3
+        }
+    }
+
+    private static func name(of status: DeliveryStatus) -> String {
+        switch status {
+        case .accepted: "accepted"
+        case .rejected: "rejected"
+        case .deferred: "deferred"
+        case .unknown: "unknown"
+        }
     }
 }
