@@ -43,6 +43,10 @@ final class ClientConnection: ConnectionHandler, @unchecked Sendable {
     private var outgoingCommands: [UInt8] = []
     /// When the connection last became idle (nil while it has work).
     private var idleSince: ContinuousClock.Instant?
+    /// Emptied arrays for the machine's actions, kept with their storage so the two events of
+    /// every message (its reply, the next message's arrival) allocate none. More than one
+    /// when events nest (a completion that retires this connection mid-batch).
+    private var actionBuffers: [[ClientStateMachine.Action]] = []
 
     /// A connection not yet open; ``attach(_:machine:)`` gives it its session.
     init(id: Int, loop: EventLoop, shard: Int, client: SMTPClient, logger: Logger) {
@@ -71,7 +75,10 @@ final class ClientConnection: ConnectionHandler, @unchecked Sendable {
 
     func connection(_ connection: Connection, didReceive bytes: UnsafeRawBufferPointer) {
         if tracing { traceReplies(bytes) }
-        perform(machine.bytesReceived(bytes))
+        var actions = actionBuffers.popLast() ?? []
+        machine.bytesReceived(bytes, into: &actions)
+        perform(actions)
+        recycle(&actions)
     }
 
     func connectionDidClose(_ connection: Connection, error: TransportError?) {
@@ -186,11 +193,20 @@ final class ClientConnection: ConnectionHandler, @unchecked Sendable {
                     continue
                 }
                 self.jobs[job.id] = job
-                run(machine.transactionEnqueued(job.transaction))
+                var actions = actionBuffers.popLast() ?? []
+                machine.transactionEnqueued(job.transaction, into: &actions)
+                run(actions)
+                recycle(&actions)
             }
         }
         flush()
         performing = false
+    }
+
+    /// Keeps `actions`, carried out, for a later event.
+    private func recycle(_ actions: inout [ClientStateMachine.Action]) {
+        actions.removeAllKeepingCapacity()
+        actionBuffers.append(actions)
     }
 
     private func run(_ actions: [ClientStateMachine.Action]) {

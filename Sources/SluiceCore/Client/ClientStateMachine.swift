@@ -247,14 +247,27 @@ public struct ClientStateMachine: Sendable {
     /// Bytes arrived from the server (valid only during the call). Concrete, so that a
     /// caller in another module does not append them byte by byte through generics.
     public mutating func bytesReceived(_ bytes: UnsafeRawBufferPointer) -> [Action] {
+        receive(bytes)
+        return finish()
+    }
+
+    /// Bytes arrived from the server (valid only during the call): this event's actions are
+    /// appended to `result`. A caller that empties `result` after carrying them out (keeping
+    /// its capacity) and passes it again makes the machine allocate no array per event.
+    public mutating func bytesReceived(_ bytes: UnsafeRawBufferPointer, into result: inout [Action]) {
+        receive(bytes)
+        finish(into: &result)
+    }
+
+    private mutating func receive(_ bytes: UnsafeRawBufferPointer) {
         switch state {
         case .closed, .idle:
-            return []
+            return
         case .tlsHandshake:
             // The transport hands every byte to TLS once the handshake starts; anything here
             // was read before it and is an injection.
             fail(SMTPSessionError(.tlsInjection, "bytes arrived after the 220 to STARTTLS"))
-            return finish()
+            return
         default:
             break
         }
@@ -265,7 +278,7 @@ public struct ClientStateMachine: Sendable {
                 reply = try parser.nextReply()
             } catch {
                 fail(SMTPSessionError(.protocolViolation, "\(error)"))
-                return finish()
+                return
             }
             guard let reply else { break }
             handle(reply)
@@ -277,12 +290,11 @@ public struct ClientStateMachine: Sendable {
                     fail(SMTPSessionError(
                         .tlsInjection, "\(injected.count) bytes arrived after the 220 to STARTTLS, before TLS",
                         command: "STARTTLS"))
-                    return finish()
+                    return
                 }
                 break
             }
         }
-        return finish()
     }
 
     /// The TLS handshake finished: forget everything learned before it and say EHLO again.
@@ -309,6 +321,18 @@ public struct ClientStateMachine: Sendable {
 
     /// A message to send on this connection.
     public mutating func transactionEnqueued(_ transaction: SMTPTransaction) -> [Action] {
+        enqueue(transaction)
+        return finish()
+    }
+
+    /// A message to send on this connection: this event's actions are appended to `result`
+    /// (see ``bytesReceived(_:into:)``).
+    public mutating func transactionEnqueued(_ transaction: SMTPTransaction, into result: inout [Action]) {
+        enqueue(transaction)
+        finish(into: &result)
+    }
+
+    private mutating func enqueue(_ transaction: SMTPTransaction) {
         switch state {
         case .closed, .quitting:
             actions.append(.transactionNotAttempted(transaction))
@@ -316,7 +340,6 @@ public struct ClientStateMachine: Sendable {
             pending.append(transaction)
             pump()
         }
-        return finish()
     }
 
     /// Cancels a started transaction whose end of data has not been written. Without
@@ -908,26 +931,33 @@ public struct ClientStateMachine: Sendable {
         }
     }
 
-    /// The actions of this event. `actions` keeps its buffer from event to event; what is
-    /// returned is one array of the right size.
+    /// The actions of this event, in a new array.
     private mutating func finish() -> [Action] {
-        flushPendingBytes()
-        if output.isEmpty, actions.isEmpty, timerChange == nil { return [] }
         var result: [Action] = []
-        result.reserveCapacity(actions.count + 2)
+        finish(into: &result)
+        return result
+    }
+
+    /// Appends the actions of this event to `result`. Into an empty `result` they are not
+    /// copied: the buffers trade places, and the machine keeps the caller's for the next event.
+    private mutating func finish(into result: inout [Action]) {
+        flushPendingBytes()
         if !output.isEmpty {
             // The write goes first: outcomes and timers describe the state after it.
-            result.append(.write(output))
+            actions.insert(.write(output), at: 0)
             output = []
         }
-        result.append(contentsOf: actions)
-        actions.removeAllKeepingCapacity()
         if let timerChange {
             // Last: a close among the actions stops the timer anyway.
-            result.append(timerChange)
+            actions.append(timerChange)
             self.timerChange = nil
         }
-        return result
+        if result.isEmpty {
+            swap(&result, &actions)
+        } else {
+            result.append(contentsOf: actions)
+        }
+        actions.removeAllKeepingCapacity()
     }
 
     private static func verb(_ expectation: Expectation) -> String {
