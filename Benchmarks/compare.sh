@@ -6,6 +6,7 @@
 #
 #   Benchmarks/compare.sh                                   # 10 sessions, 50,000 messages of 1 KB
 #   SESSIONS=100 MESSAGES=20000 SIZE=4096 ROUNDS=3 Benchmarks/compare.sh
+#   LOOPS=1 Benchmarks/compare.sh       # sluice bench on one event loop, as smtp-source is one thread
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -13,6 +14,7 @@ SESSIONS=${SESSIONS:-10}
 MESSAGES=${MESSAGES:-50000}
 SIZE=${SIZE:-1024}
 ROUNDS=${ROUNDS:-3}
+LOOPS=${LOOPS:-}  # empty: sluice bench's default, one loop per core
 
 bash scripts/setup.sh >/dev/null
 swift build -c release --product sluice >/dev/null
@@ -31,7 +33,7 @@ client_run() {
         awk '{printf "%s %.4f", $1, $2+$3}' <<<"$out"
     else
         out=$("$SLUICE" bench --target "127.0.0.1:$port" --security none --messages "$MESSAGES" \
-                  --connections "$SESSIONS" --size "$SIZE" --json 2>/dev/null)
+                  --connections "$SESSIONS" --size "$SIZE" ${LOOPS:+--loops "$LOOPS"} --json 2>/dev/null)
         python3 -c 'import json,sys; r=json.loads(sys.argv[1]); print("%s %s" % (r["elapsedSeconds"], r["clientCPUSeconds"]))' "$out"
     fi
 }
@@ -63,7 +65,8 @@ measure() {
     awk -v r="$result" -v b="$before" -v a="$after" 'BEGIN{split(r,x," "); printf "%s %s %.4f", x[1], x[2], a-b}'
 }
 
-printf '%s sessions, %s messages of %s bytes, median of %s rounds\n\n' "$SESSIONS" "$MESSAGES" "$SIZE" "$ROUNDS"
+printf '%s sessions, %s messages of %s bytes, median of %s rounds; sluice bench on %s\n\n' \
+    "$SESSIONS" "$MESSAGES" "$SIZE" "$ROUNDS" "${LOOPS:+$LOOPS event loop(s)}${LOOPS:-one event loop per core}"
 pairs=("smtp-source smtp-sink" "sluice smtp-sink" "smtp-source sluice" "sluice sluice")
 # Rounds go round-robin over the pairs, so a slow spell of the machine falls on all of them
 # rather than on one; each cell is the run with the median wall time.
