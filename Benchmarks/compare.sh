@@ -65,8 +65,9 @@ measure() {
     awk -v r="$result" -v b="$before" -v a="$after" 'BEGIN{split(r,x," "); printf "%s %s %.4f", x[1], x[2], a-b}'
 }
 
+loops_used=${LOOPS:+$LOOPS event loop(s)}
 printf '%s sessions, %s messages of %s bytes, median of %s rounds; sluice bench on %s\n\n' \
-    "$SESSIONS" "$MESSAGES" "$SIZE" "$ROUNDS" "${LOOPS:+$LOOPS event loop(s)}${LOOPS:-one event loop per core}"
+    "$SESSIONS" "$MESSAGES" "$SIZE" "$ROUNDS" "${loops_used:-one event loop per core}"
 pairs=("smtp-source smtp-sink" "sluice smtp-sink" "smtp-source sluice" "sluice sluice")
 # Rounds go round-robin over the pairs, so a slow spell of the machine falls on all of them
 # rather than on one; each cell is the run with the median wall time.
