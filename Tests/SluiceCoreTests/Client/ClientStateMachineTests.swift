@@ -428,6 +428,41 @@ struct ClientTransactionTests {
         #expect(h.timers.last == .seconds(600), "after the final dot: 10 minutes")
     }
 
+    @Test func aBatchOfRepliesSetsTheTimerOnceAfterItsWrite() {
+        var h = Harness()
+        h.establish()
+        h.enqueue(transaction(1, to: ["a@example.com"]))
+        // MAIL, RCPT and DATA answered in one read: the head of the queue moves three times,
+        // and only where it ends (the end of data, 10 minutes) is a timer to set.
+        let actions = h.machine.bytesReceived(Array("250 ok\r\n250 ok\r\n354 go\r\n".utf8))
+        let timers = actions.filter { if case .armTimer = $0 { true } else if case .cancelTimer = $0 { true } else { false } }
+        #expect(timers == [.armTimer(.seconds(600))])
+        #expect(actions.last == .armTimer(.seconds(600)))
+        if case .write = actions.first {} else { Issue.record("the content's write comes first: \(actions)") }
+    }
+
+    @Test func actionsAppendedToACallersArrayAreThoseReturned() {
+        var returned = Harness()
+        var appended = Harness()
+        returned.establish()
+        appended.establish()
+        let test = transaction(1, to: ["a@example.com"])
+        returned.bodies[1] = test
+        let expectedOnEnqueue = returned.machine.transactionEnqueued(test.transaction)
+        // Into a caller's array that already holds something: appended after it.
+        var buffer: [Action] = [.cancelTimer]
+        appended.machine.transactionEnqueued(test.transaction, into: &buffer)
+        #expect(buffer == [.cancelTimer] + expectedOnEnqueue)
+        // Into an empty one, event after event, as a connection reuses it.
+        for reply in ["250 ok\r\n", "250 ok\r\n354 go\r\n", "250 queued\r\n"] {
+            let expected = returned.machine.bytesReceived(Array(reply.utf8))
+            buffer.removeAll(keepingCapacity: true)
+            Array(reply.utf8).withUnsafeBytes { appended.machine.bytesReceived($0, into: &buffer) }
+            #expect(buffer == expected, "after \(reply.debugDescription)")
+        }
+        #expect(!buffer.isEmpty, "the last reply finishes the transaction")
+    }
+
     @Test func aPendingTransactionCanBeCancelledButNotAStartedOne() {
         var h = Harness()
         h.establish()
