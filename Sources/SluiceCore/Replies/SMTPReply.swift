@@ -56,24 +56,19 @@ public struct SMTPReply: Hashable, Sendable, CustomStringConvertible {
     static func encodeLine(
         code: SMTPStatusCode, enhancedCode: EnhancedStatusCode?, text: String, isLast: Bool, into bytes: inout [UInt8]
     ) {
-        appendDigits(code.rawValue, to: &bytes)
+        bytes.appendDecimal(code.rawValue)
         bytes.append(isLast ? UInt8(ascii: " ") : UInt8(ascii: "-"))
         if let enhancedCode {
-            appendDigits(enhancedCode.statusClass, to: &bytes)
+            bytes.appendDecimal(enhancedCode.statusClass)
             bytes.append(UInt8(ascii: "."))
-            appendDigits(enhancedCode.subject, to: &bytes)
+            bytes.appendDecimal(enhancedCode.subject)
             bytes.append(UInt8(ascii: "."))
-            appendDigits(enhancedCode.detail, to: &bytes)
+            bytes.appendDecimal(enhancedCode.detail)
             if !text.isEmpty { bytes.append(UInt8(ascii: " ")) }
         }
         bytes.append(contentsOf: text.utf8)
         bytes.append(13)
         bytes.append(10)
-    }
-
-    private static func appendDigits(_ value: Int, to bytes: inout [UInt8]) {
-        if value >= 10 { appendDigits(value / 10, to: &bytes) }
-        bytes.append(UInt8(ascii: "0") + UInt8(value % 10))
     }
 
     public var description: String {
