@@ -354,7 +354,7 @@ public final class SMTPClient: Sendable {
         let shard = shards[connection.shard]
         // Read before this shard's lock is taken (never two shard locks at once); a shard
         // that becomes ready meanwhile only means messages fail that could have waited.
-        let readyElsewhere = !wasReady && shards.contains { $0 !== shard && $0.state.withLock { $0.pool.hasReadyConnection } }
+        let readyElsewhere = !wasReady && shards.contains { $0 !== shard && $0.hasReadyConnection }
         run(shard.state.withLock { state in
             state.connections[connection.id] = nil
             let actions = wasReady
@@ -474,7 +474,7 @@ public final class SMTPClient: Sendable {
                 for job in jobs { job.fail(error, now: .now) }
             case .handOff(let jobs, let from):
                 let others = shards.filter { $0 !== from }
-                let ready = others.filter { $0.state.withLock { $0.pool.hasReadyConnection } }
+                let ready = others.filter(\.hasReadyConnection)
                 for job in jobs { place(job, in: leastLoaded(of: ready.isEmpty ? others : ready)) }
             case .drained:
                 let waiters = state.withLock { state -> [CheckedContinuation<Void, Never>] in
@@ -552,6 +552,10 @@ private final class PoolShard: Sendable {
 
     /// Messages waiting or in flight per connection the shard may open.
     var relativeLoad: Double { Double(state.withLock { $0.pool.load }) / Double(share) }
+
+    /// Whether one of its connections is ready, read under its lock (the answer may be stale
+    /// by the time it is used: a connection can close meanwhile).
+    var hasReadyConnection: Bool { state.withLock { $0.pool.hasReadyConnection } }
 }
 
 private struct ShardState {
