@@ -65,6 +65,10 @@ final class SinkSession: ConnectionHandler, @unchecked Sendable {
     private var delayTimer: LoopTimer?
     private var outbox: [Out] = []
     private var isClosed = false
+    /// Replies not yet written: they go out at the end of the loop's iteration (see
+    /// ``write(_:)``).
+    private var unwritten: [UInt8] = []
+    private var flushScheduled = false
 
     private enum Out {
         case write([UInt8])
@@ -190,10 +194,12 @@ final class SinkSession: ConnectionHandler, @unchecked Sendable {
     private func execute(_ out: Out) {
         switch out {
         case .write(let bytes):
-            connection.enqueueWrite(bytes)
+            write(bytes)
         case .close:
+            flush()
             connection.close()
         case .startTLS:
+            flush()
             guard let context = shared.configuration.tls else {
                 connection.close(error: TransportError(.invalidArgument, "STARTTLS without a certificate"))
                 return
@@ -204,6 +210,32 @@ final class SinkSession: ConnectionHandler, @unchecked Sendable {
                 perform(machine.tlsEstablished())
             }
         }
+    }
+
+    /// Queues `bytes` to be written once the loop has handled every connection ready in this
+    /// iteration, with whatever else this session answers meanwhile. Writing each reply at
+    /// once woke a client that had gone to sleep between its connections' replies (one
+    /// wake-up, paid by the writer, per message); replies written back to back find it
+    /// awake. A close or STARTTLS flushes first, at once.
+    private func write(_ bytes: [UInt8]) {
+        if unwritten.isEmpty {
+            unwritten = bytes
+        } else {
+            unwritten += bytes
+        }
+        guard !flushScheduled else { return }
+        flushScheduled = true
+        connection.eventLoop.deferToEndOfIteration { [self] in
+            flushScheduled = false
+            flush()
+        }
+    }
+
+    /// Writes the queued replies now.
+    private func flush() {
+        guard !unwritten.isEmpty else { return }
+        connection.enqueueWrite(unwritten)
+        unwritten.removeAll(keepingCapacity: true)
     }
 }
 
