@@ -14,9 +14,13 @@ public final class EncodedMessage: Sendable {
     public let messageID: String?
     /// The CRLF-normalised bytes (for BDAT).
     let chunk: SharedBytes
-    /// The dot-stuffed bytes with the terminator, only when a line starts with a dot; else
-    /// `DATA` sends ``chunk`` and the terminator, and the message is in memory once.
-    private let stuffedCopy: SharedBytes?
+    /// What `DATA` writes, in order: the dot-stuffed content and its terminator. That is
+    /// ``chunk`` and the shared terminator unless a line starts with a dot; then it is a
+    /// dot-stuffed copy ending in the terminator (the only case the content is held twice).
+    /// Made once, so a send appends it without building an array.
+    let dataPieces: [SharedBytes]
+    /// What `BDAT` writes: ``chunk``.
+    let chunkPieces: [SharedBytes]
     /// What the state machine needs to know of it.
     let info: SMTPContentInfo
 
@@ -37,20 +41,14 @@ public final class EncodedMessage: Sendable {
         let normalized = try DataEncoder.normalized(bytes)
         self.messageID = messageID
         chunk = SharedBytes(normalized)
+        chunkPieces = [chunk]
         if Self.hasLineStartingWithDot(normalized) {
-            let dotStuffed = try DataEncoder.dotStuffed(normalized)
-            stuffedCopy = SharedBytes(dotStuffed)
+            dataPieces = [SharedBytes(try DataEncoder.dotStuffed(normalized))]
         } else {
-            stuffedCopy = nil
+            dataPieces = normalized.isEmpty ? [Self.terminator] : [chunk, Self.terminator]
         }
-        info = SMTPContentInfo(dataLength: stuffedCopy?.count ?? normalized.count + 3, chunkLength: normalized.count,
+        info = SMTPContentInfo(dataLength: dataPieces.reduce(0) { $0 + $1.count }, chunkLength: normalized.count,
                                requires8BitMIME: normalized.contains { $0 >= 0x80 })
-    }
-
-    /// What `DATA` writes, in order: the dot-stuffed content and its terminator.
-    var dataPieces: [SharedBytes] {
-        if let stuffedCopy { return [stuffedCopy] }
-        return chunk.count == 0 ? [Self.terminator] : [chunk, Self.terminator]
     }
 
     /// Whether dot-stuffing would change the content: a line (the first, or one after a LF)
