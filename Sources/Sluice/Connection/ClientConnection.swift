@@ -16,7 +16,9 @@ final class ClientConnection: ConnectionHandler, @unchecked Sendable {
     private let client: SMTPClient
     private var machine: ClientStateMachine
     private var connection: Connection?
-    private var jobs: [Int: DeliveryJob] = [:]
+    /// The jobs given to the machine and not yet finished, in the order given: a few (the
+    /// transactions in flight), so a search beats hashing the id three times per message.
+    private var jobs: [DeliveryJob] = []
     private var replyTimer: LoopTimer?
     private var idleTimer: LoopTimer?
     /// Timers cancelled whose handles have not closed yet, and whether the transport has
@@ -144,10 +146,10 @@ final class ClientConnection: ConnectionHandler, @unchecked Sendable {
     /// The task that sent `job` was cancelled: drop it if it has not started.
     func cancel(_ job: DeliveryJob) {
         loop.assertInEventLoop()
-        guard jobs[job.id] === job else { return }
+        guard let index = jobs.firstIndex(where: { $0 === job }) else { return }
         logger.debug("send cancelled", metadata: ["smtp.job": "\(job.id)"])
         if machine.cancelPending(id: job.id) {
-            jobs[job.id] = nil
+            jobs.remove(at: index)
             client.cancelledOnConnection(job, connection: self)
             armIdleTimerIfIdle()
         } else {
@@ -195,7 +197,7 @@ final class ClientConnection: ConnectionHandler, @unchecked Sendable {
                     client.cancelledOnConnection(job, connection: self)
                     continue
                 }
-                self.jobs[job.id] = job
+                self.jobs.append(job)
                 var actions = actionBuffers.popLast() ?? []
                 machine.transactionEnqueued(job.transaction, into: &actions)
                 run(actions)
@@ -243,11 +245,11 @@ final class ClientConnection: ConnectionHandler, @unchecked Sendable {
                 client.connectionReady(self, capacity: capacity(for: capabilities))
                 armIdleTimerIfIdle()
             case .transactionFinished(let outcome):
-                guard let job = jobs.removeValue(forKey: outcome.id) else { continue }
+                guard let job = takeJob(outcome.id) else { continue }
                 client.attemptFinished(job, outcome: outcome, connection: self)
                 armIdleTimerIfIdle()
             case .transactionNotAttempted(let transaction):
-                guard let job = jobs.removeValue(forKey: transaction.id) else { continue }
+                guard let job = takeJob(transaction.id) else { continue }
                 client.notAttempted(job, connection: self)
             case .armTimer(let delay):
                 if replyTimer?.reschedule(after: delay) != true {
@@ -263,6 +265,11 @@ final class ClientConnection: ConnectionHandler, @unchecked Sendable {
                     ?? SMTPError(.connection, "closed after QUIT", isTransient: true))
             }
         }
+    }
+
+    /// Removes and returns the job of transaction `id`.
+    private func takeJob(_ id: Int) -> DeliveryJob? {
+        jobs.firstIndex { $0.id == id }.map { jobs.remove(at: $0) }
     }
 
     /// Tells the client once that this connection is gone.
@@ -339,8 +346,8 @@ final class ClientConnection: ConnectionHandler, @unchecked Sendable {
     /// The message bytes a `.data` (dot-stuffed, with the terminator) or `.chunk`
     /// (normalised) piece stands for, shared and not copied.
     private func content(of output: ClientOutput, _ id: Int) -> [SharedBytes]? {
-        guard let message = jobs[id]?.message else { return nil }
-        return output == .data(transactionID: id) ? message.dataPieces : [message.chunk]
+        guard let message = jobs.first(where: { $0.id == id })?.message else { return nil }
+        return output == .data(transactionID: id) ? message.dataPieces : message.chunkPieces
     }
 
     private func startTLS() {
