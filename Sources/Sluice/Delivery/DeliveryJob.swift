@@ -4,7 +4,7 @@ import Synchronization
 /// One message on its way: its envelope and content, every recipient's outcome so far, and
 /// the callback that receives the report once.
 final class DeliveryJob: @unchecked Sendable {
-    // `attempts`, `results`, `remaining`, `lastError` and `lastReply` are touched by one party
+    // `attempts`, `results`, `remaining` and `lastError` are touched by one party
     // at a time, and each handoff is ordered by a lock or a loop hop: the pool (under the
     // shard's lock) while the job waits, the connection's loop while the job is on it, a
     // retry timer in between. `connectionID` is guarded by the lock of the pool shard the
@@ -16,10 +16,14 @@ final class DeliveryJob: @unchecked Sendable {
     private let completion: @Sendable (DeliveryReport) -> Void
 
     var attempts = 0
-    /// Each recipient's final outcome, once it has one.
-    private var results: [DeliveryReport.Recipient?]
-    /// The recipients still to try (indices into the envelope).
-    private(set) var remaining: [Int]
+    /// Each recipient's outcome so far, in the envelope's order: deferred with no reply until
+    /// a try decides it (which is what the report says of one never decided). The report
+    /// takes this array as it is.
+    private var results: [DeliveryReport.Recipient]
+    /// The recipients still to try (indices into the envelope); nil while that is all of them.
+    private var remaining: [Int]?
+    /// The first try's transaction (every recipient), made once.
+    private let firstTransaction: SMTPTransaction
     private var lastError: SMTPError?
     /// The connection the job is on, while it is on one (its shard's lock).
     var connectionID: Int?
@@ -36,16 +40,18 @@ final class DeliveryJob: @unchecked Sendable {
         self.envelope = envelope
         self.startedAt = startedAt
         self.completion = completion
-        results = Array(nils: envelope.recipients.count)
-        remaining = Array(envelope.recipients.indices)
+        results = envelope.recipients.map { DeliveryReport.Recipient(address: $0.address, status: .deferred, reply: nil) }
+        firstTransaction = SMTPTransaction(id: id, from: envelope.from, recipients: envelope.recipients,
+                                           parameters: envelope.parameters, content: message.info)
     }
 
     /// The transaction for the next try: the recipients not yet decided.
     var transaction: SMTPTransaction {
-        let recipients = remaining.count == envelope.recipients.count
-            ? envelope.recipients : remaining.map { envelope.recipients[$0] }
-        return SMTPTransaction(id: id, from: envelope.from, recipients: recipients, parameters: envelope.parameters,
-                               content: message.info)
+        guard let remaining else { return firstTransaction }
+        precondition(!remaining.isEmpty, "a job with no recipient left to try was sent again")
+        var transaction = firstTransaction
+        transaction.recipients = remaining.map { envelope.recipients[$0] }
+        return transaction
     }
 
     /// Records a try's outcome and keeps, in ``remaining``, the recipients the policy says
@@ -60,9 +66,10 @@ final class DeliveryJob: @unchecked Sendable {
         }
         let connectionFailed = outcome.error.map { $0.isTransient && $0.reply == nil } ?? false
         var retry: [Int] = []
-        for (slot, recipient) in zip(remaining, outcome.recipients) {
-            let decided = DeliveryReport.Recipient(address: recipient.address, status: recipient.status, reply: recipient.reply)
-            results[slot] = decided
+        for (index, recipient) in outcome.recipients.enumerated() {
+            guard index < remaining?.count ?? results.count else { break }
+            let slot = remaining?[index] ?? index
+            results[slot] = DeliveryReport.Recipient(address: recipient.address, status: recipient.status, reply: recipient.reply)
             guard recipient.status == .deferred, attempts < policy.maximumAttempts else { continue }
             let byReply = recipient.reply.map { $0.code.isTransient } ?? false
             if byReply ? policy.retriesTransientReplies : (connectionFailed && policy.retriesConnectionFailures) {
@@ -73,12 +80,15 @@ final class DeliveryJob: @unchecked Sendable {
         return !retry.isEmpty
     }
 
+    /// The recipients still to try, as indices into the envelope.
+    private var remainingSlots: [Int] { remaining ?? Array(envelope.recipients.indices) }
+
     /// Ends the job with `error` for every recipient not yet decided.
     func fail(_ error: SMTPError, status: DeliveryStatus = .deferred, now: ContinuousClock.Instant) {
         lastError = error
-        for slot in remaining where results[slot] == nil || results[slot]?.status == .deferred {
+        for slot in remainingSlots where results[slot].status == .deferred {
             results[slot] = DeliveryReport.Recipient(address: envelope.recipients[slot].address, status: status,
-                                                     reply: error.reply ?? results[slot]?.reply)
+                                                     reply: error.reply ?? results[slot].reply)
         }
         remaining = []
         complete(now: now)
@@ -88,10 +98,7 @@ final class DeliveryJob: @unchecked Sendable {
     func complete(now: ContinuousClock.Instant) {
         guard finished.compareExchange(expected: false, desired: true, ordering: .acquiringAndReleasing).exchanged
         else { return }
-        let recipients = results.enumerated().map { index, result in
-            result ?? DeliveryReport.Recipient(address: envelope.recipients[index].address, status: .deferred, reply: nil)
-        }
-        var report = DeliveryReport(recipients: recipients, messageID: message.messageID, envelope: envelope,
+        var report = DeliveryReport(recipients: results, messageID: message.messageID, envelope: envelope,
                                     attempts: attempts, elapsed: now - startedAt, error: nil)
         if report.outcome != .accepted {
             let error = lastError ?? SMTPError(.deferred, "the message was not delivered")
@@ -105,7 +112,7 @@ final class DeliveryJob: @unchecked Sendable {
                                              isTransient: $0 != .rejected && error.isTransient,
                                              sessionError: error.sessionError, transportError: error.transportError) }
                 ?? error
-            report = DeliveryReport(recipients: recipients, messageID: message.messageID, envelope: envelope,
+            report = DeliveryReport(recipients: results, messageID: message.messageID, envelope: envelope,
                                     attempts: attempts, elapsed: now - startedAt, error: final)
         }
         completion(report)
