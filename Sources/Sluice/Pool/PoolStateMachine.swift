@@ -65,7 +65,10 @@ struct PoolStateMachine<Job: AnyObject> {
     }
 
     private let configuration: Configuration
-    private var waiting: [Job] = []
+    /// Messages in the order they came, from `waitingHead` on; the slots before it are
+    /// emptied as their jobs are dispatched, so a dispatched job is never kept (nor freed)
+    /// here, and the array is compacted only now and then.
+    private var waiting: [Job?] = []
     private var waitingHead = 0
     /// Changed only through ``update(_:_:)``, ``insert(_:_:)`` and ``remove(_:)``, which keep
     /// the counts below: a busy pool's every message would otherwise scan every
@@ -122,7 +125,7 @@ struct PoolStateMachine<Job: AnyObject> {
     mutating func requeued(_ jobs: [Job], now: ContinuousClock.Instant) -> [Action] {
         guard !jobs.isEmpty else { return [] }
         compactWaiting()
-        waiting.insert(contentsOf: jobs, at: 0)
+        waiting.insert(contentsOf: jobs.map(Optional.some), at: 0)
         return pump(now: now)
     }
 
@@ -154,7 +157,7 @@ struct PoolStateMachine<Job: AnyObject> {
         var actions: [Action] = []
         if !error.isTransient || (consecutiveFailures >= configuration.connectAttempts && !hasReadyConnection) {
             // Every waiting message would meet the same failure here.
-            let failed = Array(waiting[waitingHead...])
+            let failed = waiting[waitingHead...].map { $0! }
             waiting = []
             waitingHead = 0
             consecutiveFailures = 0
@@ -252,7 +255,8 @@ struct PoolStateMachine<Job: AnyObject> {
                 break
             }
             guard takeToken(now: now, into: &actions) else { break }
-            let job = waiting[waitingHead]
+            let job = waiting[waitingHead]!
+            waiting[waitingHead] = nil
             waitingHead += 1
             update(id) {
                 $0.load += 1
@@ -339,10 +343,10 @@ struct PoolStateMachine<Job: AnyObject> {
 
     /// Changes connection `id`'s entry (which must exist), keeping the counts.
     private mutating func update(_ id: Int, _ change: (inout Entry) -> Void) {
-        let before = connections[id]!
-        forget(before)
-        change(&connections[id]!)
-        count(connections[id]!)
+        let index = connections.index(forKey: id)!  // one hash, not three
+        forget(connections.values[index])
+        change(&connections.values[index])
+        count(connections.values[index])
     }
 
     private mutating func insert(_ id: Int, _ entry: Entry) {
