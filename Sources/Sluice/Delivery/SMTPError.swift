@@ -59,20 +59,47 @@ public struct SMTPError: Error, Sendable, Hashable, CustomStringConvertible {
     }
 
     /// What failed.
-    public let kind: Kind
+    public var kind: Kind { storage.kind }
     /// The server's reply that decided it, if any.
-    public let reply: SMTPReply?
+    public var reply: SMTPReply? { storage.reply }
     /// The command that was answered or awaited (`MAIL`, `RCPT`, `DATA`, `AUTH`, …).
-    public let command: String?
+    public var command: String? { storage.command }
     /// What happened, in words.
-    public let detail: String
+    public var detail: String { storage.detail }
     /// Whether trying again later may succeed (a 4xx, a lost connection, a timeout).
-    public let isTransient: Bool
+    public var isTransient: Bool { storage.isTransient }
     /// The session error from the protocol layer, when there was one.
-    public let sessionError: SMTPSessionError?
+    public var sessionError: SMTPSessionError? { storage.sessionError }
     /// The transport error (connect, TLS, socket), when there was one.
-    public let transportError: TransportError?
-    private let box: ReportBox?
+    public var transportError: TransportError? { storage.transportError }
+
+    /// The fields, in one immutable object: an error rides in every report (and a report in
+    /// many values on the way to its caller), and held inline it made each of them over 300
+    /// bytes to copy. It also lets an error hold the report that holds it.
+    private let storage: Storage
+
+    private final class Storage: Sendable {
+        let kind: Kind
+        let reply: SMTPReply?
+        let command: String?
+        let detail: String
+        let isTransient: Bool
+        let sessionError: SMTPSessionError?
+        let transportError: TransportError?
+        let report: DeliveryReport?
+
+        init(kind: Kind, reply: SMTPReply?, command: String?, detail: String, isTransient: Bool,
+             sessionError: SMTPSessionError?, transportError: TransportError?, report: DeliveryReport?) {
+            self.kind = kind
+            self.reply = reply
+            self.command = command
+            self.detail = detail
+            self.isTransient = isTransient
+            self.sessionError = sessionError
+            self.transportError = transportError
+            self.report = report
+        }
+    }
 
     /// The reply code, if a reply decided it.
     public var code: Int? { reply?.code.rawValue }
@@ -82,29 +109,18 @@ public struct SMTPError: Error, Sendable, Hashable, CustomStringConvertible {
     public var text: String? { reply?.text }
     /// The message's report: every recipient's status (nil for errors that are not about
     /// one message).
-    public var report: DeliveryReport? { box?.report }
+    public var report: DeliveryReport? { storage.report }
 
     init(_ kind: Kind, _ detail: String, reply: SMTPReply? = nil, command: String? = nil, isTransient: Bool = false,
          sessionError: SMTPSessionError? = nil, transportError: TransportError? = nil) {
-        self.kind = kind
-        self.detail = detail
-        self.reply = reply
-        self.command = command
-        self.isTransient = isTransient
-        self.sessionError = sessionError
-        self.transportError = transportError
-        box = nil
+        storage = Storage(kind: kind, reply: reply, command: command, detail: detail, isTransient: isTransient,
+                          sessionError: sessionError, transportError: transportError, report: nil)
     }
 
     private init(_ error: SMTPError, report: DeliveryReport) {
-        kind = error.kind
-        detail = error.detail
-        reply = error.reply
-        command = error.command
-        isTransient = error.isTransient
-        sessionError = error.sessionError
-        transportError = error.transportError
-        box = ReportBox(report)
+        storage = Storage(kind: error.kind, reply: error.reply, command: error.command, detail: error.detail,
+                          isTransient: error.isTransient, sessionError: error.sessionError,
+                          transportError: error.transportError, report: report)
     }
 
     /// A send cancelled before its transaction started.
@@ -164,10 +180,4 @@ public struct SMTPError: Error, Sendable, Hashable, CustomStringConvertible {
         hasher.combine(reply)
         hasher.combine(detail)
     }
-}
-
-/// Holds a report inside an error (a report holds its error, so one of them must be boxed).
-private final class ReportBox: Sendable {
-    let report: DeliveryReport
-    init(_ report: DeliveryReport) { self.report = report }
 }
