@@ -257,14 +257,15 @@ private final class BulkDelivery: Sendable {
     /// limit has reported or nothing is left in flight, otherwise when ``wakeDelay`` is up.
     /// A report thus waits at most about two milliseconds (the loop's timers have millisecond
     /// resolution) for its consumer.
-    func deliver(_ report: DeliveryReport) {
+    func deliver(_ report: consuming DeliveryReport) {
         let loop = EventLoop.current
         let pullSource: (@Sendable () -> OutgoingMail?)? = if case .pull(let pull) = source { pull } else { nil }
+        var report = Optional(report)  // moved into `ready` under the lock, not copied
         // The report, the consumer's wake and the room it frees for the next pull: one lock.
         let (consumer, batch, wake, reserved) = state.withLock {
             state -> (CheckedContinuation<[DeliveryReport], any Error>?, [DeliveryReport], Wake?, Bool) in
             state.inFlight -= 1
-            state.ready.append(report)
+            state.ready.append(report.take()!)
             let reserved = pullSource != nil && state.reservePull()
             guard let consumer = state.consumer else { return (nil, [], nil, reserved) }
             if loop != nil {

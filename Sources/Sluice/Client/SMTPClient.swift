@@ -190,7 +190,7 @@ public final class SMTPClient: Sendable {
 
     /// Hands a message to the pool; `completion` gets its report, on an event loop thread.
     /// The bulk API's entry point.
-    func submit(_ mail: OutgoingMail, completion: @escaping @Sendable (DeliveryReport) -> Void) {
+    func submit(_ mail: OutgoingMail, completion: @escaping @Sendable (consuming DeliveryReport) -> Void) {
         let job = makeJob(mail.message, mail.envelope, completion: completion)
         guard !mail.envelope.recipients.isEmpty else {
             job.fail(SMTPError.noRecipients, now: .now)
@@ -200,12 +200,12 @@ public final class SMTPClient: Sendable {
     }
 
     private func makeJob(_ message: EncodedMessage, _ envelope: Envelope,
-                         completion: @escaping @Sendable (DeliveryReport) -> Void) -> DeliveryJob {
+                         completion: @escaping @Sendable (consuming DeliveryReport) -> Void) -> DeliveryJob {
         let id = nextJobID.add(1, ordering: .relaxed).newValue
         let metrics = metrics
         return DeliveryJob(id: id, message: message, envelope: envelope, startedAt: .now) { [self] report in
             metrics.record(report)
-            completion(report)
+            completion(consume report)
             jobEnded()
         }
     }
@@ -572,7 +572,7 @@ private final class ReportWaiter: Sendable {
         self.continuation.withLock { $0 = continuation }
     }
 
-    func resume(_ report: DeliveryReport) {
+    func resume(_ report: consuming DeliveryReport) {
         // The report comes only after the job was submitted, which happens after install.
         continuation.withLock { continuation in
             defer { continuation = nil }

@@ -13,7 +13,7 @@ final class DeliveryJob: @unchecked Sendable {
     let message: EncodedMessage
     let envelope: Envelope
     let startedAt: ContinuousClock.Instant
-    private let completion: @Sendable (DeliveryReport) -> Void
+    private let completion: @Sendable (consuming DeliveryReport) -> Void
 
     var attempts = 0
     /// Each recipient's outcome so far, in the envelope's order: deferred with no reply until
@@ -34,7 +34,7 @@ final class DeliveryJob: @unchecked Sendable {
     private let finished = Atomic<Bool>(false)
 
     init(id: Int, message: EncodedMessage, envelope: Envelope, startedAt: ContinuousClock.Instant,
-         completion: @escaping @Sendable (DeliveryReport) -> Void) {
+         completion: @escaping @Sendable (consuming DeliveryReport) -> Void) {
         self.id = id
         self.message = message
         self.envelope = envelope

@@ -320,19 +320,19 @@ public struct ClientStateMachine: Sendable {
     }
 
     /// A message to send on this connection.
-    public mutating func transactionEnqueued(_ transaction: SMTPTransaction) -> [Action] {
+    public mutating func transactionEnqueued(_ transaction: consuming SMTPTransaction) -> [Action] {
         enqueue(transaction)
         return finish()
     }
 
     /// A message to send on this connection: this event's actions are appended to `result`
     /// (see ``bytesReceived(_:into:)``).
-    public mutating func transactionEnqueued(_ transaction: SMTPTransaction, into result: inout [Action]) {
+    public mutating func transactionEnqueued(_ transaction: consuming SMTPTransaction, into result: inout [Action]) {
         enqueue(transaction)
         finish(into: &result)
     }
 
-    private mutating func enqueue(_ transaction: SMTPTransaction) {
+    private mutating func enqueue(_ transaction: consuming SMTPTransaction) {
         switch state {
         case .closed, .quitting:
             actions.append(.transactionNotAttempted(transaction))
@@ -587,7 +587,7 @@ public struct ClientStateMachine: Sendable {
         updateTimer()
     }
 
-    private mutating func start(_ transaction: SMTPTransaction) {
+    private mutating func start(_ transaction: consuming SMTPTransaction) {
         var parameters = transaction.parameters
         if transaction.requiresSMTPUTF8 {
             guard features.smtpUTF8 else {
@@ -612,8 +612,8 @@ public struct ClientStateMachine: Sendable {
             parameters.size = size
         }
         let id = transaction.id
-        active.append(Active(transaction: transaction, parameters: parameters,
-                             recipientReplies: Array(nils: transaction.recipients.count)))
+        let recipients = transaction.recipients.count
+        active.append(Active(transaction: transaction, parameters: parameters, recipientReplies: Array(nils: recipients)))
         if !probeReset, needsReset || (chunking && transactionsStarted > 0) {
             unsent.append(.reset)
         }
@@ -621,7 +621,7 @@ public struct ClientStateMachine: Sendable {
         probeReset = false
         transactionsStarted += 1
         unsent.append(.mail(id))
-        for index in transaction.recipients.indices { unsent.append(.recipient(id, index)) }
+        for index in 0..<recipients { unsent.append(.recipient(id, index)) }
         unsent.append(chunking ? .bdat(id) : .data(id))
     }
 
