@@ -182,19 +182,25 @@ public struct ReplyParser: Sendable {
         // Safe: split() checked 200...599.
         let status = SMTPStatusCode(rawValue: code)!
         var enhanced: EnhancedStatusCode?
-        if let first = lines.first, let (candidate, _) = EnhancedStatusCode.prefix(of: first),
+        var firstLength = 0  // of the first line's enhanced code, read once
+        if let first = lines.first, let (candidate, length) = EnhancedStatusCode.prefix(of: first),
            candidate.statusClass == code / 100 {
             enhanced = candidate
+            firstLength = length
         }
-        func text(_ line: ArraySlice<UInt8>) -> String {
-            var text = line
-            if let enhanced, let (code, length) = EnhancedStatusCode.prefix(of: line), code == enhanced {
-                text = line.dropFirst(length)
-                if text.first == UInt8(ascii: " ") { text = text.dropFirst() }
-            }
+        func text(_ line: ArraySlice<UInt8>, codeLength: Int) -> String {
+            var text = line.dropFirst(codeLength)
+            if codeLength > 0, text.first == UInt8(ascii: " ") { text = text.dropFirst() }
             return String(decoding: text, as: UTF8.self)
         }
-        return SMTPReply(code: status, enhancedCode: enhanced, firstLine: lines.first.map(text) ?? "",
+        func text(_ line: ArraySlice<UInt8>) -> String {
+            guard let enhanced, let (code, length) = EnhancedStatusCode.prefix(of: line), code == enhanced else {
+                return text(line, codeLength: 0)
+            }
+            return text(line, codeLength: length)
+        }
+        let firstLine = lines.first.map { text($0, codeLength: firstLength) } ?? ""
+        return SMTPReply(code: status, enhancedCode: enhanced, firstLine: firstLine,
                          moreLines: lines.count > 1 ? lines.dropFirst().map(text) : [])
     }
 }
