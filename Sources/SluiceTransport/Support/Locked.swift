@@ -10,10 +10,15 @@ import Darwin
 /// the uninstrumented Swift runtime, so ThreadSanitizer cannot see the lock and reports every
 /// guarded access as a race; it understands pthread mutexes. Uncontended, both cost one atomic
 /// compare-and-swap.
+///
+/// `withLock` is inlinable, so callers in other modules (the client's pool takes a lock twice
+/// per message) get it specialised, with no generic call or closure context; and the value
+/// lives behind a pointer, which the mutex already makes exclusive, so its access is not
+/// checked again at run time as a class's stored property would be.
 public final class Locked<Value>: @unchecked Sendable {
     // `value` is only touched with `mutex` held.
     private let mutex: UnsafeMutablePointer<pthread_mutex_t>
-    private var value: Value
+    @usableFromInline let value: UnsafeMutablePointer<Value>
 
     /// A lock guarding `value`.
     public init(_ value: Value) {
@@ -21,19 +26,26 @@ public final class Locked<Value>: @unchecked Sendable {
         mutex.initialize(to: pthread_mutex_t())
         let status = pthread_mutex_init(mutex, nil)
         precondition(status == 0, "pthread_mutex_init failed: \(status)")
-        self.value = value
+        self.value = .allocate(capacity: 1)
+        self.value.initialize(to: value)
     }
 
     deinit {
         pthread_mutex_destroy(mutex)
         mutex.deinitialize(count: 1)
         mutex.deallocate()
+        value.deinitialize(count: 1)
+        value.deallocate()
     }
 
     /// Runs `body` with the value, the lock held.
+    @inlinable
     public func withLock<Result, Failure: Error>(_ body: (inout Value) throws(Failure) -> Result) throws(Failure) -> Result {
-        pthread_mutex_lock(mutex)
-        defer { pthread_mutex_unlock(mutex) }
-        return try body(&value)
+        lock()
+        defer { unlock() }
+        return try body(&value.pointee)
     }
+
+    @usableFromInline func lock() { pthread_mutex_lock(mutex) }
+    @usableFromInline func unlock() { pthread_mutex_unlock(mutex) }
 }
