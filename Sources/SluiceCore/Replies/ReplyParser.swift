@@ -188,12 +188,14 @@ public struct ReplyParser: Sendable {
             enhanced = candidate
             firstLength = length
         }
+        /// The line without its first `codeLength` bytes (the enhanced code) and the space after them.
         func text(_ line: ArraySlice<UInt8>, codeLength: Int) -> String {
             var text = line.dropFirst(codeLength)
             if codeLength > 0, text.first == UInt8(ascii: " ") { text = text.dropFirst() }
             return String(decoding: text, as: UTF8.self)
         }
-        func text(_ line: ArraySlice<UInt8>) -> String {
+        /// A later line loses the enhanced code only where it repeats the first line's.
+        func laterLineText(_ line: ArraySlice<UInt8>) -> String {
             guard let enhanced, let (code, length) = EnhancedStatusCode.prefix(of: line), code == enhanced else {
                 return text(line, codeLength: 0)
             }
@@ -201,6 +203,6 @@ public struct ReplyParser: Sendable {
         }
         let firstLine = lines.first.map { text($0, codeLength: firstLength) } ?? ""
         return SMTPReply(code: status, enhancedCode: enhanced, firstLine: firstLine,
-                         moreLines: lines.count > 1 ? lines.dropFirst().map(text) : [])
+                         moreLines: lines.count > 1 ? lines.dropFirst().map(laterLineText) : [])
     }
 }
