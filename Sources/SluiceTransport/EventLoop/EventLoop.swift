@@ -16,13 +16,16 @@ public final class EventLoop: @unchecked Sendable {
     //   touched only on the loop thread (after init) and freed by the loop thread as it exits.
     // - `queue`: guarded by its lock.
     // - `thread`, `loopThread`: written before init returns (init waits on `started`), read-only after.
-    // - `resources`, `deferred`: loop thread only.
+    // - `resources`, `deferred`, `running`: loop thread only.
     // - `liveHandleCounter`: atomic.
     let uvLoop: UnsafeMutablePointer<uv_loop_t>
     private let wakeup: UnsafeMutablePointer<uv_async_t>
     /// Runs ``deferred`` once per iteration, after the iteration's I/O callbacks.
     private let check: UnsafeMutablePointer<uv_check_t>
     private var deferred: [() -> Void] = []
+    /// The batch of ``deferred`` being run; its storage is kept for the next iteration (every
+    /// connection with output defers its write, so a busy loop defers work every iteration).
+    private var running: [() -> Void] = []
     /// The loop's position in its group, for names and logs.
     public let index: Int
 
@@ -213,9 +216,9 @@ public final class EventLoop: @unchecked Sendable {
 
     fileprivate func runDeferred() {
         while !deferred.isEmpty {
-            let bodies = deferred
-            deferred = []
-            for body in bodies { body() }
+            swap(&deferred, &running)  // what the bodies defer goes to the emptied array
+            for body in running { body() }
+            running.removeAll(keepingCapacity: true)
         }
         uv_check_stop(check)
     }
