@@ -22,20 +22,30 @@ public final class Locked<Value>: @unchecked Sendable {
 
     /// A lock guarding `value`.
     public init(_ value: Value) {
-        mutex = .allocate(capacity: 1)
+        // One allocation holds both, the value after the mutex at its own alignment: a lock
+        // made per call (a single send makes one) costs one `malloc` beside the object.
+        let block = UnsafeMutableRawPointer.allocate(
+            byteCount: Self.valueOffset + MemoryLayout<Value>.size,
+            alignment: max(MemoryLayout<pthread_mutex_t>.alignment, MemoryLayout<Value>.alignment))
+        mutex = block.bindMemory(to: pthread_mutex_t.self, capacity: 1)
         mutex.initialize(to: pthread_mutex_t())
         let status = pthread_mutex_init(mutex, nil)
         precondition(status == 0, "pthread_mutex_init failed: \(status)")
-        self.value = .allocate(capacity: 1)
+        self.value = (block + Self.valueOffset).bindMemory(to: Value.self, capacity: 1)
         self.value.initialize(to: value)
     }
 
     deinit {
+        value.deinitialize(count: 1)
         pthread_mutex_destroy(mutex)
         mutex.deinitialize(count: 1)
-        mutex.deallocate()
-        value.deinitialize(count: 1)
-        value.deallocate()
+        UnsafeMutableRawPointer(mutex).deallocate()
+    }
+
+    /// Where the value starts in the block: the first multiple of its alignment after the mutex.
+    private static var valueOffset: Int {
+        let alignment = MemoryLayout<Value>.alignment
+        return (MemoryLayout<pthread_mutex_t>.stride + alignment - 1) / alignment * alignment
     }
 
     /// Runs `body` with the value, the lock held.
