@@ -59,26 +59,26 @@ public struct SMTPError: Error, Sendable, Hashable, CustomStringConvertible {
     }
 
     /// What failed.
-    public var kind: Kind { storage.kind }
+    public var kind: Kind { storage.fields.kind }
     /// The server's reply that decided it, if any.
-    public var reply: SMTPReply? { storage.reply }
+    public var reply: SMTPReply? { storage.fields.reply }
     /// The command that was answered or awaited (`MAIL`, `RCPT`, `DATA`, `AUTH`, …).
-    public var command: String? { storage.command }
+    public var command: String? { storage.fields.command }
     /// What happened, in words.
-    public var detail: String { storage.detail }
+    public var detail: String { storage.fields.detail }
     /// Whether trying again later may succeed (a 4xx, a lost connection, a timeout).
-    public var isTransient: Bool { storage.isTransient }
+    public var isTransient: Bool { storage.fields.isTransient }
     /// The session error from the protocol layer, when there was one.
-    public var sessionError: SMTPSessionError? { storage.sessionError }
+    public var sessionError: SMTPSessionError? { storage.fields.sessionError }
     /// The transport error (connect, TLS, socket), when there was one.
-    public var transportError: TransportError? { storage.transportError }
+    public var transportError: TransportError? { storage.fields.transportError }
 
     /// The fields, in one immutable object: an error rides in every report (and a report in
     /// many values on the way to its caller), and held inline it made each of them over 300
     /// bytes to copy. It also lets an error hold the report that holds it.
     private let storage: Storage
 
-    private final class Storage: Sendable {
+    private struct Fields: Sendable {
         let kind: Kind
         let reply: SMTPReply?
         let command: String?
@@ -86,17 +86,14 @@ public struct SMTPError: Error, Sendable, Hashable, CustomStringConvertible {
         let isTransient: Bool
         let sessionError: SMTPSessionError?
         let transportError: TransportError?
+    }
+
+    private final class Storage: Sendable {
+        let fields: Fields
         let report: DeliveryReport?
 
-        init(kind: Kind, reply: SMTPReply?, command: String?, detail: String, isTransient: Bool,
-             sessionError: SMTPSessionError?, transportError: TransportError?, report: DeliveryReport?) {
-            self.kind = kind
-            self.reply = reply
-            self.command = command
-            self.detail = detail
-            self.isTransient = isTransient
-            self.sessionError = sessionError
-            self.transportError = transportError
+        init(_ fields: Fields, report: DeliveryReport?) {
+            self.fields = fields
             self.report = report
         }
     }
@@ -113,14 +110,12 @@ public struct SMTPError: Error, Sendable, Hashable, CustomStringConvertible {
 
     init(_ kind: Kind, _ detail: String, reply: SMTPReply? = nil, command: String? = nil, isTransient: Bool = false,
          sessionError: SMTPSessionError? = nil, transportError: TransportError? = nil) {
-        storage = Storage(kind: kind, reply: reply, command: command, detail: detail, isTransient: isTransient,
-                          sessionError: sessionError, transportError: transportError, report: nil)
+        storage = Storage(Fields(kind: kind, reply: reply, command: command, detail: detail, isTransient: isTransient,
+                                 sessionError: sessionError, transportError: transportError), report: nil)
     }
 
     private init(_ error: SMTPError, report: DeliveryReport) {
-        storage = Storage(kind: error.kind, reply: error.reply, command: error.command, detail: error.detail,
-                          isTransient: error.isTransient, sessionError: error.sessionError,
-                          transportError: error.transportError, report: report)
+        storage = Storage(error.storage.fields, report: report)
     }
 
     /// A send cancelled before its transaction started.
