@@ -54,7 +54,7 @@ final class SinkShared: Sendable {
 }
 
 /// One SMTP session: the server state machine joined to a connection, on its loop.
-final class SinkSession: ConnectionHandler, @unchecked Sendable {
+final class SinkSession: ConnectionHandler, EndOfIterationWork, @unchecked Sendable {
     // Every mutable field is touched on the connection's loop thread only: the handler
     // methods run there, and each closure that captures the session (timers, the store's
     // completion) runs there or hops there with loop.execute before touching anything.
@@ -225,10 +225,13 @@ final class SinkSession: ConnectionHandler, @unchecked Sendable {
         }
         guard !flushScheduled else { return }
         flushScheduled = true
-        connection.eventLoop.deferToEndOfIteration { [self] in
-            flushScheduled = false
-            flush()
-        }
+        connection.eventLoop.deferToEndOfIteration(self)
+    }
+
+    /// The flush ``write(_:)`` deferred (the loop calls it).
+    func endOfIteration() {
+        flushScheduled = false
+        flush()
     }
 
     /// Writes the queued replies now.

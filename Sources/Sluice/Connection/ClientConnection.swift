@@ -5,7 +5,7 @@ import SluiceTransport
 /// One pooled SMTP connection: the client state machine joined to a transport connection,
 /// on one event loop. The I/O layer is thin: bytes in, one call to the machine, one switch
 /// over its actions.
-final class ClientConnection: ConnectionHandler, @unchecked Sendable {
+final class ClientConnection: ConnectionHandler, EndOfIterationWork, @unchecked Sendable {
     // Every mutable field is touched on `loop`'s thread only: the handler methods run there,
     // the client hops there (loop.execute) before calling enqueue/retire/cancel, and timer
     // bodies run there.
@@ -219,10 +219,13 @@ final class ClientConnection: ConnectionHandler, @unchecked Sendable {
     private func scheduleFlush() {
         guard !flushScheduled, !outgoing.isEmpty || !outgoingCommands.isEmpty else { return }
         flushScheduled = true
-        loop.deferToEndOfIteration { [self] in
-            flushScheduled = false
-            flush()
-        }
+        loop.deferToEndOfIteration(self)
+    }
+
+    /// The flush ``scheduleFlush()`` deferred (the loop calls it).
+    func endOfIteration() {
+        flushScheduled = false
+        flush()
     }
 
     /// Keeps `actions`, carried out, for a later event.

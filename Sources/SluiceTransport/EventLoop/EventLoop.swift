@@ -22,10 +22,10 @@ public final class EventLoop: @unchecked Sendable {
     private let wakeup: UnsafeMutablePointer<uv_async_t>
     /// Runs ``deferred`` once per iteration, after the iteration's I/O callbacks.
     private let check: UnsafeMutablePointer<uv_check_t>
-    private var deferred: [() -> Void] = []
+    private var deferred: [DeferredWork] = []
     /// The batch of ``deferred`` being run; its storage is kept for the next iteration (every
     /// connection with output defers its write, so a busy loop defers work every iteration).
-    private var running: [() -> Void] = []
+    private var running: [DeferredWork] = []
     /// The loop's position in its group, for names and logs.
     public let index: Int
 
@@ -209,19 +209,48 @@ public final class EventLoop: @unchecked Sendable {
     /// so work that many callbacks would each do (waking a consumer, flushing) is done once
     /// per iteration. Loop thread only.
     public func deferToEndOfIteration(_ body: @escaping () -> Void) {
+        schedule(.body(body))
+    }
+
+    /// Calls `work`'s ``EndOfIterationWork/endOfIteration()`` on this loop's thread once the
+    /// current iteration's I/O callbacks are done. Unlike a closure, deferring an object
+    /// allocates nothing: a connection that defers its write every iteration uses this.
+    /// Loop thread only.
+    public func deferToEndOfIteration(_ work: any EndOfIterationWork) {
+        schedule(.object(work))
+    }
+
+    private func schedule(_ work: DeferredWork) {
         assertInEventLoop()
         if deferred.isEmpty { uv_check_start(check, eventLoopCheckCallback) }
-        deferred.append(body)
+        deferred.append(work)
     }
 
     fileprivate func runDeferred() {
         while !deferred.isEmpty {
             swap(&deferred, &running)  // what the bodies defer goes to the emptied array
-            for body in running { body() }
+            for work in running {
+                switch work {
+                case .body(let body): body()
+                case .object(let object): object.endOfIteration()
+                }
+            }
             running.removeAll(keepingCapacity: true)
         }
         uv_check_stop(check)
     }
+
+    private enum DeferredWork {
+        case body(() -> Void)
+        case object(any EndOfIterationWork)
+    }
+}
+
+/// An object with work to do once per loop iteration, after the iteration's I/O callbacks
+/// (see ``EventLoop/deferToEndOfIteration(_:)-(any EndOfIterationWork)``).
+public protocol EndOfIterationWork: AnyObject {
+    /// Does the deferred work, on the loop's thread.
+    func endOfIteration()
 }
 
 /// The check handle's callback: runs what was deferred to the end of the iteration.
