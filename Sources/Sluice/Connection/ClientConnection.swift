@@ -37,6 +37,9 @@ final class ClientConnection: ConnectionHandler, EndOfIterationWork, @unchecked 
     /// message) waits until they are done, so actions of one batch never interleave.
     private var performing = false
     private var arrived: [DeliveryJob] = []
+    /// The batch of ``arrived`` being started; its storage is kept, as a job arrives with
+    /// nearly every message.
+    private var arriving: [DeliveryJob] = []
     /// What this loop iteration's events wrote: message contents, and command bytes gathered
     /// after the last of them. It goes out in one write at the end of the iteration (see
     /// ``scheduleFlush()``), so a message's content and the next envelope share a segment (a
@@ -80,10 +83,12 @@ final class ClientConnection: ConnectionHandler, EndOfIterationWork, @unchecked 
 
     func connection(_ connection: Connection, didReceive bytes: UnsafeRawBufferPointer) {
         if tracing { traceReplies(bytes) }
-        var actions = actionBuffers.popLast() ?? []
-        machine.bytesReceived(bytes, into: &actions)
-        perform(actions)
-        recycle(&actions)
+        handlingEvent {
+            var actions = actionBuffers.popLast() ?? []
+            machine.bytesReceived(bytes, into: &actions)
+            run(actions)
+            recycle(&actions)
+        }
     }
 
     func connectionDidClose(_ connection: Connection, error: TransportError?) {
@@ -178,13 +183,19 @@ final class ClientConnection: ConnectionHandler, EndOfIterationWork, @unchecked 
     // MARK: Actions
 
     private func perform(_ actions: [ClientStateMachine.Action]) {
+        handlingEvent { run(actions) }
+    }
+
+    /// Runs `body` (which carries out actions), then, if this is the outermost call, starts
+    /// the jobs that arrived meanwhile and schedules the write.
+    private func handlingEvent(_ body: () -> Void) {
         let outermost = !performing
         performing = true
-        run(actions)
+        body()
         guard outermost else { return }
         while !arrived.isEmpty {
-            let jobs = arrived
-            arrived = []
+            swap(&arrived, &arriving)  // what these jobs' actions hand over goes to the emptied array
+            defer { arriving.removeAll(keepingCapacity: true) }
             cancelTimer(&idleTimer)
             if let since = idleSince {
                 idleSince = nil
@@ -192,7 +203,7 @@ final class ClientConnection: ConnectionHandler, EndOfIterationWork, @unchecked 
                     run(machine.idleConnectionReused())
                 }
             }
-            for job in jobs {
+            for job in arriving {
                 if job.cancelRequested.load(ordering: .relaxed) {
                     client.cancelledOnConnection(job, connection: self)
                     continue

@@ -189,9 +189,7 @@ public struct ClientStateMachine: Sendable {
     /// The probe's RSET already reset the session for the next transaction.
     private var probeReset = false
     private var transactionsStarted = 0
-    private var output: [ClientOutput] = []
-    /// Command bytes written after the last entry of `output`, gathered in place.
-    private var pendingBytes: [UInt8] = []
+    private var output = OutputBuffer()
     private var actions: [Action] = []
     private var armedFor: Expectation?
     /// Our reason for cancelling an AUTH exchange, reported when the server answers the `*`.
@@ -707,7 +705,7 @@ public struct ClientStateMachine: Sendable {
                     appendOutput(.data(transactionID: id))
                 } else {
                     // A lenient server said 354 with no recipient: send only the terminator.
-                    pendingBytes += [UInt8(ascii: "."), 13, 10]
+                    output.append(terminator: ())
                     active[i].emptyTerminator = true
                 }
                 active[i].terminatorWritten = true
@@ -865,8 +863,7 @@ public struct ClientStateMachine: Sendable {
         outstanding = []
         for transaction in pending { actions.append(.transactionNotAttempted(transaction)) }
         pending = []
-        output = []
-        pendingBytes = []
+        output = OutputBuffer()
         timerChange = .cancelTimer
         actions.append(.close(error))
         timerArmed = false
@@ -875,35 +872,83 @@ public struct ClientStateMachine: Sendable {
     // MARK: Output
 
     private mutating func write(command: SMTPCommand, timeout: Duration) {
-        command.encode(into: &pendingBytes)
+        output.append(command)
         timerChange = .armTimer(timeout)
         timerArmed = true
         armedFor = nil
     }
 
     private mutating func write(command: SMTPCommand, expecting expectation: Expectation) {
-        command.encode(into: &pendingBytes)
+        output.append(command)
         outstanding.append(expectation)
     }
 
     /// Adds a piece that is not command bytes, after the commands gathered so far.
     private mutating func appendOutput(_ piece: ClientOutput) {
-        flushPendingBytes()
-        addToOutput(piece)
-    }
-
-    private mutating func flushPendingBytes() {
-        guard !pendingBytes.isEmpty else { return }
-        addToOutput(.bytes(pendingBytes))
-        // The bytes went with the output; the next commands (a MAIL, its RCPTs and DATA is
-        // about 100 bytes) start in a buffer that will not need to grow.
-        pendingBytes = []
-        pendingBytes.reserveCapacity(256)
-    }
-
-    private mutating func addToOutput(_ piece: ClientOutput) {
-        if output.isEmpty { output.reserveCapacity(4) }  // one allocation, not one per doubling
         output.append(piece)
+    }
+
+    /// What the machine has to write in this event: content pieces, and the command bytes
+    /// after the last of them, gathered in place.
+    ///
+    /// ``take()`` hands the pieces over (in a `.write` action) and the buffers are emptied
+    /// only when the next event writes: by then the caller has carried the action out and
+    /// dropped it, so the storage is unique again and is kept. Emptying them at once, while
+    /// the action still shared them, would allocate two new buffers per event (two events per
+    /// message). Were a copy still alive, emptying would simply allocate, as value semantics say.
+    private struct OutputBuffer {
+        private var pieces: [ClientOutput] = []
+        /// Command bytes written after the last entry of `pieces`.
+        private var bytes: [UInt8] = []
+        /// `pieces` (and `bytes`, if not empty) went out in the last ``take()``.
+        private var handedOver = false
+
+        mutating func append(_ command: SMTPCommand) {
+            reclaim()
+            if bytes.capacity == 0 { bytes.reserveCapacity(256) }  // a MAIL, its RCPTs and DATA: about 100 bytes
+            command.encode(into: &bytes)
+        }
+
+        /// A lone terminator (a 354 that came with no recipient accepted).
+        mutating func append(terminator: Void) {
+            reclaim()
+            bytes += [UInt8(ascii: "."), 13, 10]
+        }
+
+        /// A piece that is not command bytes, after the commands gathered so far.
+        mutating func append(_ piece: ClientOutput) {
+            reclaim()
+            sealBytes()
+            appendPiece(piece)
+        }
+
+        /// Everything written since the last take, or nil if nothing was.
+        mutating func take() -> [ClientOutput]? {
+            reclaim()
+            // `bytes` is not emptied here: the piece shares its storage until reclaimed.
+            if !bytes.isEmpty { appendPiece(.bytes(bytes)) }
+            guard !pieces.isEmpty else { return nil }
+            handedOver = true
+            return pieces
+        }
+
+        private mutating func reclaim() {
+            guard handedOver else { return }
+            handedOver = false
+            pieces.removeAll(keepingCapacity: true)
+            bytes.removeAll(keepingCapacity: true)
+        }
+
+        private mutating func sealBytes() {
+            guard !bytes.isEmpty else { return }
+            appendPiece(.bytes(bytes))
+            bytes.removeAll(keepingCapacity: true)
+        }
+
+        private mutating func appendPiece(_ piece: ClientOutput) {
+            if pieces.capacity == 0 { pieces.reserveCapacity(4) }  // one allocation, not one per doubling
+            pieces.append(piece)
+        }
     }
 
     private mutating func updateTimer() {
@@ -941,11 +986,9 @@ public struct ClientStateMachine: Sendable {
     /// Appends the actions of this event to `result`. Into an empty `result` they are not
     /// copied: the buffers trade places, and the machine keeps the caller's for the next event.
     private mutating func finish(into result: inout [Action]) {
-        flushPendingBytes()
-        if !output.isEmpty {
+        if let pieces = output.take() {
             // The write goes first: outcomes and timers describe the state after it.
-            actions.insert(.write(output), at: 0)
-            output = []
+            actions.insert(.write(pieces), at: 0)
         }
         if let timerChange {
             // Last: a close among the actions stops the timer anyway.
