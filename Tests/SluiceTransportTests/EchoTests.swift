@@ -89,4 +89,51 @@ struct EchoTests {
         #expect(await waitForHandles(group, toReturnTo: 0) == 0)
         await group.shutdown()
     }
+
+    /// Shared chunks followed by a tail the socket may not take: the tail is written from the
+    /// caller's array when the socket takes everything, and copied when it must wait (whole,
+    /// or cut by a partial write). Every byte must arrive once, in order, either way.
+    @Test func chunksThenTailArriveInOrderWhetherWrittenAtOnceOrQueued() async throws {
+        let group = EventLoopGroup(numberOfLoops: 1)
+        let (server, _) = try await startEchoServer(on: group)
+        let collector = Collector(checksPattern: true)
+        let connection = try await Connection.connect(
+            to: "127.0.0.1", port: server.localAddress.port, on: group.loops[0]) { _ in collector }
+        // Not reading the echo makes the server stop reading us, so the socket fills and later
+        // writes take the partial and queued paths.
+        connection.eventLoop.execute { connection.pauseReading() }
+        let total = 8 * 1024 * 1024
+        let (writes, queued) = try await withDeadline(.seconds(60), "writing 8 MiB") {
+            try await withCheckedThrowingContinuation { (done: CheckedContinuation<(Int, Int), any Error>) in
+                connection.eventLoop.execute {
+                    var offset = 0
+                    var writes = 0
+                    var queued = 0
+                    while offset < total {
+                        // Sizes vary, so the socket fills part way into a chunk or a tail.
+                        let chunkSize = min(total - offset, 1 + (writes &* 7_919) % 65_536)
+                        let tailSize = min(total - offset - chunkSize, (writes &* 104_729) % 3_000)
+                        let chunk = SharedBytes(pattern(from: offset, count: chunkSize))
+                        let tail = pattern(from: offset + chunkSize, count: tailSize)
+                        connection.enqueueWrite(writes % 5 == 0 ? [] : [chunk], then: writes % 5 == 0 ? pattern(from: offset, count: chunkSize) + tail : tail)
+                        if connection.pendingWriteBytes > 0 { queued += 1 }
+                        offset += chunkSize + tailSize
+                        writes += 1
+                    }
+                    done.resume(returning: (writes, queued))
+                }
+            }
+        }
+        #expect(queued > 0, "some of the \(writes) writes waited for the socket")
+        #expect(queued < writes, "some were written at once")
+        connection.eventLoop.execute { connection.resumeReading() }
+        try await withDeadline(.seconds(120), "8 MiB echo") { try await collector.waitForBytes(total) }
+        #expect(collector.count == total)
+        #expect(collector.mismatches == 0, "no byte was changed, lost, doubled or reordered")
+
+        await connection.close()
+        await server.close()
+        #expect(await waitForHandles(group, toReturnTo: 0) == 0)
+        await group.shutdown()
+    }
 }

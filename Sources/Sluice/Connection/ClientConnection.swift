@@ -336,18 +336,13 @@ final class ClientConnection: ConnectionHandler, EndOfIterationWork, @unchecked 
         }
     }
 
-    /// Writes the output gathered so far, in one write.
+    /// Writes the output gathered so far, in one write: the commands after the last content
+    /// are copied only if the socket does not take them at once.
     private func flush() {
-        guard let connection else { return }
-        if outgoing.isEmpty {
-            guard !outgoingCommands.isEmpty else { return }
-            connection.enqueueWrite(outgoingCommands)  // written at once if the socket takes it
-            outgoingCommands.removeAll(keepingCapacity: true)
-        } else {
-            sealCommands()
-            connection.enqueueWrite(outgoing)
-            outgoing.removeAllKeepingCapacity()
-        }
+        guard let connection, !outgoing.isEmpty || !outgoingCommands.isEmpty else { return }
+        connection.enqueueWrite(outgoing, then: outgoingCommands)
+        outgoing.removeAllKeepingCapacity()
+        outgoingCommands.removeAll(keepingCapacity: true)
     }
 
     /// Moves the command bytes gathered so far into `outgoing`, after what is there.

@@ -315,6 +315,22 @@ public final class Connection: @unchecked Sendable, LoopResource {
     /// is on). `completion` runs once the bytes are written, or with the error that stopped
     /// them. Loop thread only.
     public func enqueueWrite(_ chunks: [SharedBytes], completion: ((TransportError?) -> Void)? = nil) {
+        enqueueWrite(chunks, then: [], completion: completion)
+    }
+
+    /// Writes `bytes`, at once if the socket takes them (no copy, no request), otherwise
+    /// queues what is left (copied once). Loop thread only.
+    public func enqueueWrite(_ bytes: [UInt8], completion: ((TransportError?) -> Void)? = nil) {
+        enqueueWrite([], then: bytes, completion: completion)
+    }
+
+    /// Queues `chunks`, then `tail`, to be written in order as one vectored write (encrypted
+    /// first, if TLS is on). `tail` is copied only if the socket does not take it at once: a
+    /// message's shared content and the commands that follow it go out without a copy of
+    /// either. `completion` runs once the bytes are written, or with the error that stopped
+    /// them. Loop thread only.
+    public func enqueueWrite(_ chunks: [SharedBytes], then tail: [UInt8],
+                             completion: ((TransportError?) -> Void)? = nil) {
         eventLoop.assertInEventLoop()
         guard state == .open else {
             completion?(closedError("writing"))
@@ -322,12 +338,13 @@ public final class Connection: @unchecked Sendable, LoopResource {
         }
         switch tls {
         case .none:
-            writeToSocket(chunks, completion: completion)
+            writeToSocket(chunks, then: tail, completion: completion)
         case .handshaking:
-            writesAwaitingHandshake.append((chunks, completion))
+            writesAwaitingHandshake.append((tail.isEmpty ? chunks : chunks + [SharedBytes(tail)], completion))
         case .established(let session):
             do {
                 for chunk in chunks { try session.write(chunk.bytes) }
+                try tail.withUnsafeBytes { bytes in Result { () throws(TLSError) in try session.write(bytes) } }.get()
             } catch {
                 let failure = TransportError.tls(error, "writing to \(remoteDescription)")
                 completion?(failure)
@@ -338,36 +355,10 @@ public final class Connection: @unchecked Sendable, LoopResource {
         }
     }
 
-    /// Writes `bytes`, at once if the socket takes them (no copy, no request), otherwise
-    /// queues what is left (copied once). Loop thread only.
-    public func enqueueWrite(_ bytes: [UInt8], completion: ((TransportError?) -> Void)? = nil) {
-        eventLoop.assertInEventLoop()
-        if case .none = tls, state == .open, pendingWriteBytes == 0, !bytes.isEmpty {
-            let written = bytes.withUnsafeBytes { raw -> Int32 in
-                var buffer = cuv_buf(UnsafeMutableRawPointer(mutating: raw.baseAddress), raw.count)
-                return uv_try_write(stream, &buffer, 1)
-            }
-            if written == Int32(bytes.count) {
-                completion?(nil)
-                return
-            }
-            if written > 0 {
-                enqueueWrite([SharedBytes(bytes[Int(written)...])], completion: completion)
-                return
-            }
-            if written != Int32(UV_EAGAIN.rawValue) {
-                let failure = TransportError.uv(written, "writing to \(remoteDescription)")
-                completion?(failure)
-                closeNow(failure)
-                return
-            }
-        }
-        enqueueWrite([SharedBytes(bytes)], completion: completion)
-    }
-
-    private func writeToSocket(_ chunks: [SharedBytes], completion: ((TransportError?) -> Void)?) {
+    private func writeToSocket(_ chunks: [SharedBytes], then tail: [UInt8] = [],
+                               completion: ((TransportError?) -> Void)?) {
         var chunks = chunks
-        var total = chunks.reduce(0) { $0 + $1.count }
+        var total = chunks.reduce(tail.count) { $0 + $1.count }
         guard total > 0 else {
             completion?(nil)
             return
@@ -375,11 +366,14 @@ public final class Connection: @unchecked Sendable, LoopResource {
         if state == .open, pendingWriteBytes == 0 {
             // Nothing is queued, so the bytes may go straight to the socket, in one writev
             // and without a request; only what the socket does not take is queued.
-            let written = withUnsafeTemporaryAllocation(of: uv_buf_t.self, capacity: chunks.count) { buffers in
-                for (index, chunk) in chunks.enumerated() {
-                    buffers[index] = cuv_buf(UnsafeMutableRawPointer(mutating: chunk.bytes.baseAddress), chunk.count)
+            let written = tail.withUnsafeBytes { tail in
+                withUnsafeTemporaryAllocation(of: uv_buf_t.self, capacity: chunks.count + 1) { buffers in
+                    for (index, chunk) in chunks.enumerated() {
+                        buffers[index] = cuv_buf(UnsafeMutableRawPointer(mutating: chunk.bytes.baseAddress), chunk.count)
+                    }
+                    buffers[chunks.count] = cuv_buf(UnsafeMutableRawPointer(mutating: tail.baseAddress), tail.count)
+                    return uv_try_write(stream, buffers.baseAddress, UInt32(chunks.count + (tail.isEmpty ? 0 : 1)))
                 }
-                return uv_try_write(stream, buffers.baseAddress, UInt32(chunks.count))
             }
             if written == Int32(total) {
                 completion?(nil)
@@ -391,10 +385,13 @@ public final class Connection: @unchecked Sendable, LoopResource {
                 closeNow(failure)
                 return
             }
+            if !tail.isEmpty { chunks.append(SharedBytes(tail)) }  // it waits for the socket: copied after all
             if written > 0 {
                 chunks = Self.dropping(Int(written), from: chunks)
                 total -= Int(written)
             }
+        } else if !tail.isEmpty {
+            chunks.append(SharedBytes(tail))
         }
         let write = WriteRequest(connection: self, chunks: chunks, byteCount: total, completion: completion)
         let status = uv_write(write.request, stream, write.buffers, UInt32(chunks.count), connectionWritten)
