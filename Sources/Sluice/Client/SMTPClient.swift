@@ -202,12 +202,14 @@ public final class SMTPClient: Sendable {
     private func makeJob(_ message: EncodedMessage, _ envelope: Envelope,
                          completion: @escaping @Sendable (consuming DeliveryReport) -> Void) -> DeliveryJob {
         let id = nextJobID.add(1, ordering: .relaxed).newValue
-        let metrics = metrics
-        return DeliveryJob(id: id, message: message, envelope: envelope, startedAt: .now) { [self] report in
-            metrics.record(report)
-            completion(consume report)
-            jobEnded()
-        }
+        return DeliveryJob(id: id, message: message, envelope: envelope, startedAt: .now, client: self, completion: completion)
+    }
+
+    /// A job's report is made: it is counted and handed to its sender, and the job is done.
+    func deliver(_ report: consuming DeliveryReport, to completion: @Sendable (consuming DeliveryReport) -> Void) {
+        metrics.record(report)
+        completion(consume report)
+        jobEnded()
     }
 
     private func submit(_ job: DeliveryJob) {

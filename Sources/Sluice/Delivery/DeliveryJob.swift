@@ -13,6 +13,9 @@ final class DeliveryJob: @unchecked Sendable {
     let message: EncodedMessage
     let envelope: Envelope
     let startedAt: ContinuousClock.Instant
+    /// The client the job belongs to, which counts its report and hands it to `completion`
+    /// (held here rather than captured in a closure made per message).
+    private let client: SMTPClient
     private let completion: @Sendable (consuming DeliveryReport) -> Void
 
     var attempts = 0
@@ -34,11 +37,12 @@ final class DeliveryJob: @unchecked Sendable {
     private let finished = Atomic<Bool>(false)
 
     init(id: Int, message: EncodedMessage, envelope: Envelope, startedAt: ContinuousClock.Instant,
-         completion: @escaping @Sendable (consuming DeliveryReport) -> Void) {
+         client: SMTPClient, completion: @escaping @Sendable (consuming DeliveryReport) -> Void) {
         self.id = id
         self.message = message
         self.envelope = envelope
         self.startedAt = startedAt
+        self.client = client
         self.completion = completion
         results = envelope.recipients.map { DeliveryReport.Recipient(address: $0.address, status: .deferred, reply: nil) }
         firstTransaction = SMTPTransaction(id: id, from: envelope.from, recipients: envelope.recipients,
@@ -115,7 +119,7 @@ final class DeliveryJob: @unchecked Sendable {
             report = DeliveryReport(recipients: results, messageID: message.messageID, envelope: envelope,
                                     attempts: attempts, elapsed: now - startedAt, error: final)
         }
-        completion(report)
+        client.deliver(consume report, to: completion)
     }
 
     var isFinished: Bool { finished.load(ordering: .acquiring) }
