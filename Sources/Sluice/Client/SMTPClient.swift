@@ -59,6 +59,9 @@ public final class SMTPClient: Sendable {
     }
 
     /// What to do once the lock is released.
+    /// A shard's effects for one event, in order: usually none or one, held without an array.
+    private typealias Effects = FewElements<Effect>
+
     private enum Effect {
         case start(ClientConnection)
         case dispatch(DeliveryJob, ClientConnection)
@@ -236,7 +239,7 @@ public final class SMTPClient: Sendable {
         // Published before the cancel flag is read under the shard's lock, while cancel sets
         // the flag before it reads the shard: a cancel either finds the job there or is seen here.
         job.shard.store(shard.index, ordering: .sequentiallyConsistent)
-        let effects = shard.state.withLock { state -> [Effect]? in
+        let effects = shard.state.withLock { state -> Effects? in
             if job.cancelRequested.load(ordering: .sequentiallyConsistent) { return nil }
             return resolve(state.pool.submitted(job, now: .now), &state, shard)
         }
@@ -418,7 +421,7 @@ public final class SMTPClient: Sendable {
     /// `job` is no longer on `connection`: the pool gets the slot back, then `then` may
     /// decide what becomes of the job, under the same lock.
     private func left(_ connection: ClientConnection, _ job: DeliveryJob,
-                      then: (inout ShardState) -> [PoolStateMachine<DeliveryJob>.Action] = { _ in [] }) {
+                      then: (inout ShardState) -> PoolStateMachine<DeliveryJob>.Actions = { _ in [] }) {
         let shard = shards[connection.shard]
         run(shard.state.withLock { state in
             job.connectionID = nil
@@ -430,9 +433,9 @@ public final class SMTPClient: Sendable {
     // MARK: Effects
 
     /// Turns a shard's actions into effects, resolving connections while its lock is held.
-    private func resolve(_ actions: [PoolStateMachine<DeliveryJob>.Action], _ state: inout ShardState,
-                         _ shard: PoolShard) -> [Effect] {
-        var effects: [Effect] = []
+    private func resolve(_ actions: PoolStateMachine<DeliveryJob>.Actions, _ state: inout ShardState,
+                         _ shard: PoolShard) -> Effects {
+        var effects: Effects = []
         for action in actions {
             switch action {
             case .connect(let id):
@@ -463,7 +466,7 @@ public final class SMTPClient: Sendable {
         return effects
     }
 
-    private func run(_ effects: [Effect]) {
+    private func run(_ effects: Effects) {
         for effect in effects {
             switch effect {
             case .start(let connection):

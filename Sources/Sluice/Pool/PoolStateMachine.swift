@@ -22,6 +22,9 @@ struct PoolStateMachine<Job: AnyObject> {
         var connectionIDStride = 1
     }
 
+    /// What one event asks of the client, in order: usually none or one, held without an array.
+    typealias Actions = FewElements<Action>
+
     enum Action {
         /// Open connection `id`.
         case connect(Int)
@@ -116,13 +119,13 @@ struct PoolStateMachine<Job: AnyObject> {
     // MARK: Events
 
     /// A message to send.
-    mutating func submitted(_ job: Job, now: ContinuousClock.Instant) -> [Action] {
+    mutating func submitted(_ job: Job, now: ContinuousClock.Instant) -> Actions {
         waiting.append(job)
         return pump(now: now)
     }
 
     /// Messages that were handed to a connection and never started there: they go first.
-    mutating func requeued(_ jobs: [Job], now: ContinuousClock.Instant) -> [Action] {
+    mutating func requeued(_ jobs: [Job], now: ContinuousClock.Instant) -> Actions {
         guard !jobs.isEmpty else { return [] }
         compactWaiting()
         waiting.insert(contentsOf: jobs.map(Optional.some), at: 0)
@@ -137,7 +140,7 @@ struct PoolStateMachine<Job: AnyObject> {
     }
 
     /// Connection `id`'s session is ready; it can take `capacity` transactions at once.
-    mutating func connected(_ id: Int, capacity: Int, now: ContinuousClock.Instant) -> [Action] {
+    mutating func connected(_ id: Int, capacity: Int, now: ContinuousClock.Instant) -> Actions {
         guard let entry = connections[id] else { return [] }
         if case .connecting = entry.state { connectingCount -= 1 }
         update(id) { $0.state = .ready(capacity: max(1, capacity)) }
@@ -150,11 +153,11 @@ struct PoolStateMachine<Job: AnyObject> {
     /// `readyElsewhere` says whether another pool of the client has a ready connection: then
     /// messages this pool cannot send for a transient failure go there instead of failing.
     mutating func connectFailed(_ id: Int, error: SMTPError, readyElsewhere: Bool,
-                                now: ContinuousClock.Instant) -> [Action] {
+                                now: ContinuousClock.Instant) -> Actions {
         guard let entry = remove(id) else { return [] }
         if case .connecting = entry.state { connectingCount -= 1 }
         consecutiveFailures += 1
-        var actions: [Action] = []
+        var actions: Actions = []
         if !error.isTransient || (consecutiveFailures >= configuration.connectAttempts && !hasReadyConnection) {
             // Every waiting message would meet the same failure here.
             let failed = waiting[waitingHead...].map { $0! }
@@ -173,7 +176,7 @@ struct PoolStateMachine<Job: AnyObject> {
     /// A transaction on connection `id` finished (whatever its outcome).
     /// Waiting work goes to that connection first: it is on the thread reporting this, so
     /// the work needs no hop to another loop.
-    mutating func transactionFinished(on id: Int, now: ContinuousClock.Instant) -> [Action] {
+    mutating func transactionFinished(on id: Int, now: ContinuousClock.Instant) -> Actions {
         guard connections[id] != nil else { return pump(now: now) }
         update(id) { $0.load -= 1 }
         return pump(now: now, preferring: id)
@@ -187,28 +190,28 @@ struct PoolStateMachine<Job: AnyObject> {
     }
 
     /// Connection `id` closed (after QUIT, or because it failed after its session was ready).
-    mutating func connectionClosed(_ id: Int, now: ContinuousClock.Instant) -> [Action] {
+    mutating func connectionClosed(_ id: Int, now: ContinuousClock.Instant) -> Actions {
         if case .connecting? = remove(id)?.state { connectingCount -= 1 }
         return pump(now: now)
     }
 
     /// A time asked for with ``Action/wake(at:)`` has come.
-    mutating func wake(now: ContinuousClock.Instant) -> [Action] {
+    mutating func wake(now: ContinuousClock.Instant) -> Actions {
         wakeScheduledAt = nil
         return pump(now: now)
     }
 
     /// Takes nothing new from now on; what is waiting and in flight still goes. Every
     /// connection is retired once the work is done.
-    mutating func shutdownRequested(now: ContinuousClock.Instant) -> [Action] {
+    mutating func shutdownRequested(now: ContinuousClock.Instant) -> Actions {
         shuttingDown = true
         return pump(now: now)
     }
 
     // MARK: Decisions
 
-    private mutating func pump(now: ContinuousClock.Instant, preferring preferred: Int? = nil) -> [Action] {
-        var actions: [Action] = []
+    private mutating func pump(now: ContinuousClock.Instant, preferring preferred: Int? = nil) -> Actions {
+        var actions: Actions = []
         // A busy pool's events are mostly finished transactions: only that connection can
         // have reached a limit, so only it is checked. Other events check every connection,
         // but only while one is idle: nothing else can be retired.
@@ -234,7 +237,7 @@ struct PoolStateMachine<Job: AnyObject> {
     }
 
     /// Retires connection `id` if it is idle and reached its message limit or lifetime.
-    private mutating func retireIfExpired(_ id: Int, now: ContinuousClock.Instant, into actions: inout [Action]) {
+    private mutating func retireIfExpired(_ id: Int, now: ContinuousClock.Instant, into actions: inout Actions) {
         guard let entry = connections[id], entry.isIdle else { return }
         if entry.sent >= configuration.maximumMessagesPerConnection
             || now - entry.openedAt >= configuration.maximumConnectionLifetime {
@@ -244,7 +247,7 @@ struct PoolStateMachine<Job: AnyObject> {
     }
 
     private mutating func dispatchWaiting(now: ContinuousClock.Instant, preferring preferred: Int?,
-                                          into actions: inout [Action]) {
+                                          into actions: inout Actions) {
         while waitingHead < waiting.count {
             let id: Int
             if let preferred, hasRoom(preferred, now: now) {
@@ -299,7 +302,7 @@ struct PoolStateMachine<Job: AnyObject> {
 
     /// Opens connections while waiting messages outnumber what the connections being
     /// opened will take, within the limit and outside a backoff.
-    private mutating func openConnectionsIfNeeded(now: ContinuousClock.Instant, into actions: inout [Action]) {
+    private mutating func openConnectionsIfNeeded(now: ContinuousClock.Instant, into actions: inout Actions) {
         guard waitingCount > 0 else { return }
         if let until = backoffUntil, now < until {
             scheduleWake(at: until, into: &actions)
@@ -318,7 +321,7 @@ struct PoolStateMachine<Job: AnyObject> {
     }
 
     /// Takes a token from the rate limiter, or schedules a wake for when one will be there.
-    private mutating func takeToken(now: ContinuousClock.Instant, into actions: inout [Action]) -> Bool {
+    private mutating func takeToken(now: ContinuousClock.Instant, into actions: inout Actions) -> Bool {
         guard let limit = configuration.rateLimit else { return true }
         if let last = tokensUpdatedAt {
             tokens = min(Double(limit.burst), tokens + (now - last).seconds * limit.messagesPerSecond)
@@ -333,7 +336,7 @@ struct PoolStateMachine<Job: AnyObject> {
         return false
     }
 
-    private mutating func scheduleWake(at instant: ContinuousClock.Instant, into actions: inout [Action]) {
+    private mutating func scheduleWake(at instant: ContinuousClock.Instant, into actions: inout Actions) {
         if let scheduled = wakeScheduledAt, scheduled <= instant { return }
         wakeScheduledAt = instant
         actions.append(.wake(at: instant))
