@@ -265,6 +265,8 @@ private final class BulkDelivery: Sendable {
         let (consumer, batch, wake, reserved) = state.withLock {
             state -> (CheckedContinuation<[DeliveryReport], any Error>?, [DeliveryReport], Wake?, Bool) in
             state.inFlight -= 1
+            // Grown once per batch, not by doubling from one report each time it is handed over.
+            if state.ready.capacity == 0 { state.ready.reserveCapacity(state.wakeBatch) }
             state.ready.append(report.take()!)
             let reserved = pullSource != nil && state.reservePull()
             guard let consumer = state.consumer else { return (nil, [], nil, reserved) }
