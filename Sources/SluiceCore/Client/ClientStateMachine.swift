@@ -195,11 +195,25 @@ public struct ClientStateMachine: Sendable {
     /// Our reason for cancelling an AUTH exchange, reported when the server answers the `*`.
     private var pendingAuthenticationError: SMTPSessionError?
     private var timerArmed = false
-    /// The reply timer as this event leaves it: an `.armTimer` or `.cancelTimer`, told once
-    /// by ``finish()``. A batch of replies moves the head of the queue several times per
+    /// The reply timer as this event leaves it (armed anew, or cancelled), told once by
+    /// ``finish()`` as an `.armTimer` or `.cancelTimer` action. A batch of replies moves the head of the queue several times per
     /// message, and each restart of a libuv timer is a heap removal and insertion; only
     /// where the batch ends matters.
-    private var timerChange: Action?
+    private var timerChange: TimerChange?
+
+    /// What happens to the reply timer (a plain value: it is set several times per message,
+    /// and an `Action` would be destroyed through its value witness each time).
+    private enum TimerChange {
+        case arm(Duration)
+        case cancel
+
+        var action: Action {
+            switch self {
+            case .arm(let delay): .armTimer(delay)
+            case .cancel: .cancelTimer
+            }
+        }
+    }
 
     /// A machine for one connection.
     public init(configuration: Configuration, cryptography: any SASLCryptography) {
@@ -227,7 +241,7 @@ public struct ClientStateMachine: Sendable {
         guard case .idle = state else { preconditionFailure("connected() twice") }
         isSecure = configuration.tls == .implicit
         state = .awaitingGreeting
-        timerChange = .armTimer(configuration.timeouts.greeting)
+        timerChange = .arm(configuration.timeouts.greeting)
         timerArmed = true
         return finish()
     }
@@ -436,7 +450,7 @@ public struct ClientStateMachine: Sendable {
             if reply.code == .serviceReady {
                 state = .tlsHandshake
                 actions.append(.startTLS)
-                timerChange = .armTimer(configuration.timeouts.tlsHandshake)
+                timerChange = .arm(configuration.timeouts.tlsHandshake)
                 timerArmed = true
             } else if configuration.tls == .startTLSRequired {
                 fail(SMTPSessionError(.tlsRequired, "the server refused STARTTLS", reply: reply, command: "STARTTLS"))
@@ -678,7 +692,7 @@ public struct ClientStateMachine: Sendable {
         switch expectation {
         case .quit:
             state = .closed
-            timerChange = .cancelTimer
+            timerChange = .cancel
             actions.append(.close(nil))
             return
         case .reset, .probe:
@@ -864,7 +878,7 @@ public struct ClientStateMachine: Sendable {
         for transaction in pending { actions.append(.transactionNotAttempted(transaction)) }
         pending = []
         output = OutputBuffer()
-        timerChange = .cancelTimer
+        timerChange = .cancel
         actions.append(.close(error))
         timerArmed = false
     }
@@ -873,7 +887,7 @@ public struct ClientStateMachine: Sendable {
 
     private mutating func write(command: SMTPCommand, timeout: Duration) {
         output.append(command)
-        timerChange = .armTimer(timeout)
+        timerChange = .arm(timeout)
         timerArmed = true
         armedFor = nil
     }
@@ -954,14 +968,14 @@ public struct ClientStateMachine: Sendable {
     private mutating func updateTimer() {
         guard let head = outstanding.first else {
             if timerArmed, case .ready = state {
-                timerChange = .cancelTimer
+                timerChange = .cancel
                 timerArmed = false
                 armedFor = nil
             }
             return
         }
         guard head != armedFor || !timerArmed else { return }
-        timerChange = .armTimer(timeout(for: head))
+        timerChange = .arm(timeout(for: head))
         armedFor = head
         timerArmed = true
     }
@@ -992,7 +1006,7 @@ public struct ClientStateMachine: Sendable {
         }
         if let timerChange {
             // Last: a close among the actions stops the timer anyway.
-            actions.append(timerChange)
+            actions.append(timerChange.action)
             self.timerChange = nil
         }
         if result.isEmpty {
