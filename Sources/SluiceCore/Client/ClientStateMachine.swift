@@ -196,9 +196,9 @@ public struct ClientStateMachine: Sendable {
     private var pendingAuthenticationError: SMTPSessionError?
     private var timerArmed = false
     /// The reply timer as this event leaves it (armed anew, or cancelled), told once by
-    /// ``finish()`` as an `.armTimer` or `.cancelTimer` action. A batch of replies moves the head of the queue several times per
-    /// message, and each restart of a libuv timer is a heap removal and insertion; only
-    /// where the batch ends matters.
+    /// ``finish()`` as an `.armTimer` or `.cancelTimer` action. A batch of replies moves the
+    /// head of the queue several times per message, and each restart of a libuv timer is a
+    /// heap removal and insertion; only where the batch ends matters.
     private var timerChange: TimerChange?
 
     /// What happens to the reply timer (a plain value: it is set several times per message,
@@ -678,7 +678,7 @@ public struct ClientStateMachine: Sendable {
                 return
             }
             write(command: .bdat(size: active[i].transaction.content.chunkLength, last: true), expecting: .bdat(id))
-            appendOutput(.chunk(transactionID: id))
+            output.append(.chunk(transactionID: id))
             active[i].terminatorWritten = true
         }
     }
@@ -716,10 +716,10 @@ public struct ClientStateMachine: Sendable {
             }
             if reply.code == .startMailInput {
                 if active[i].mailReply?.code.isPositiveCompletion == true, active[i].anyRecipientAccepted {
-                    appendOutput(.data(transactionID: id))
+                    output.append(.data(transactionID: id))
                 } else {
                     // A lenient server said 354 with no recipient: send only the terminator.
-                    output.append(terminator: ())
+                    output.appendTerminator()
                     active[i].emptyTerminator = true
                 }
                 active[i].terminatorWritten = true
@@ -897,11 +897,6 @@ public struct ClientStateMachine: Sendable {
         outstanding.append(expectation)
     }
 
-    /// Adds a piece that is not command bytes, after the commands gathered so far.
-    private mutating func appendOutput(_ piece: ClientOutput) {
-        output.append(piece)
-    }
-
     /// What the machine has to write in this event: content pieces, and the command bytes
     /// after the last of them, gathered in place.
     ///
@@ -924,7 +919,7 @@ public struct ClientStateMachine: Sendable {
         }
 
         /// A lone terminator (a 354 that came with no recipient accepted).
-        mutating func append(terminator: Void) {
+        mutating func appendTerminator() {
             reclaim()
             bytes += [UInt8(ascii: "."), 13, 10]
         }
