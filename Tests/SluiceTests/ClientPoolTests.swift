@@ -96,7 +96,13 @@ struct ClientPoolTests {
     /// fail with the 421.
     @Test func messagesWaitingWhereConnectsFailGoWhereAConnectionIsReady() async throws {
         let group = EventLoopGroup(numberOfLoops: 2)
-        try await withSinkAndClient(sink: { $0.maximumConnections = 1 }, client: {
+        // Slow replies keep the first loop's part busy while the sends are spread, so the
+        // second loop's part always gets messages and tries to connect (on a busy machine the
+        // first connection could otherwise finish each message before the next was sent).
+        try await withSinkAndClient(sink: {
+            $0.maximumConnections = 1
+            $0.replyDelay = .fixed(.milliseconds(10))
+        }, client: {
             $0.eventLoopGroup = group
             $0.pool.maximumConnections = 2  // one per loop
             $0.pool.connectAttempts = 3
