@@ -62,8 +62,9 @@ public struct DeliveryReports: AsyncSequence, Sendable {
     public struct AsyncIterator: AsyncIteratorProtocol {
         fileprivate let bulk: BulkDelivery
         fileprivate let lifetime: BulkLifetime
+        /// The reports taken and not yet returned, last first: each is moved out with
+        /// `popLast()` rather than copied (a report holds a dozen references).
         private var batch: [DeliveryReport] = []
-        private var index = 0
 
         fileprivate init(bulk: BulkDelivery, lifetime: BulkLifetime) {
             self.bulk = bulk
@@ -73,17 +74,15 @@ public struct DeliveryReports: AsyncSequence, Sendable {
         /// The next report; nil when every message has reported.
         /// - Throws: What an asynchronous input sequence threw, after every message before it reported.
         public mutating func next() async throws -> DeliveryReport? {
-            if index == batch.count {
+            if batch.isEmpty {
                 batch = try await withTaskCancellationHandler {
                     try await bulk.nextBatch()
                 } onCancel: { [lifetime] in
                     lifetime.cancel()
                 }
-                index = 0
-                if batch.isEmpty { return nil }
+                batch.reverse()  // in place: the batch arrives as the only reference to its storage
             }
-            defer { index += 1 }
-            return batch[index]
+            return batch.popLast()
         }
     }
 
