@@ -3,6 +3,7 @@
 # against each sink (Postfix's smtp-sink, sluice sink), with the same message count, size and
 # sessions; messages per second and the CPU each side spent per message. Loopback only; every
 # run is bounded by its message count. Each cell is the median of ROUNDS runs, taken in turn.
+# Below the table: the Sluice client's CPU per message over smtp-source's, round by round.
 #
 #   Benchmarks/compare.sh                                   # 10 sessions, 50,000 messages of 1 KB
 #   SESSIONS=100 MESSAGES=20000 SIZE=4096 ROUNDS=3 Benchmarks/compare.sh
@@ -88,3 +89,17 @@ for pair in "${pairs[@]}"; do
     awk -v n="$name" -v w="$wall" -v c="$clientcpu" -v k="$sinkcpu" -v m="$MESSAGES" \
         'BEGIN{printf "| %-30s | %10.0f | %19.1f µs | %17.1f µs |\n", n, m/w, c/m*1e6, k/m*1e6}'
 done
+
+# The issue's measure: the Sluice client's CPU per message over smtp-source's, both against
+# smtp-sink, taken round by round (each pair ran back to back, so a slow spell of the machine
+# falls on both): its median and range, and how many rounds came in at half or under.
+python3 - "${runs[smtp-source smtp-sink]}" "${runs[sluice smtp-sink]}" <<'PY'
+import statistics, sys
+source = [float(line.split()[1]) for line in sys.argv[1].split("\n") if line.strip()]
+sluice = [float(line.split()[1]) for line in sys.argv[2].split("\n") if line.strip()]
+ratios = sorted(s / o for s, o in zip(sluice, source))
+print()
+print("sluice bench / smtp-source client CPU per message against smtp-sink, round by round: "
+      f"median {statistics.median(ratios):.2f}, range {ratios[0]:.2f}-{ratios[-1]:.2f}, "
+      f"{sum(r <= 0.5 for r in ratios)} of {len(ratios)} rounds at 0.5 or under")
+PY
