@@ -363,10 +363,11 @@ public final class Connection: @unchecked Sendable, LoopResource {
             completion?(nil)
             return
         }
+        var written = 0
         if state == .open, pendingWriteBytes == 0 {
             // Nothing is queued, so the bytes may go straight to the socket, in one writev
             // and without a request; only what the socket does not take is queued.
-            let written = tail.withUnsafeBytes { tail in
+            let status = tail.withUnsafeBytes { tail in
                 withUnsafeTemporaryAllocation(of: uv_buf_t.self, capacity: chunks.count + 1) { buffers in
                     for (index, chunk) in chunks.enumerated() {
                         buffers[index] = cuv_buf(UnsafeMutableRawPointer(mutating: chunk.bytes.baseAddress), chunk.count)
@@ -375,23 +376,23 @@ public final class Connection: @unchecked Sendable, LoopResource {
                     return uv_try_write(stream, buffers.baseAddress, UInt32(chunks.count + (tail.isEmpty ? 0 : 1)))
                 }
             }
-            if written == Int32(total) {
+            if status == Int32(total) {
                 completion?(nil)
                 return
             }
-            if written < 0, written != Int32(UV_EAGAIN.rawValue) {
-                let failure = TransportError.uv(written, "writing to \(remoteDescription)")
+            if status < 0, status != Int32(UV_EAGAIN.rawValue) {
+                let failure = TransportError.uv(status, "writing to \(remoteDescription)")
                 completion?(failure)
                 closeNow(failure)
                 return
             }
-            if !tail.isEmpty { chunks.append(SharedBytes(tail)) }  // it waits for the socket: copied after all
-            if written > 0 {
-                chunks = Self.dropping(Int(written), from: chunks)
-                total -= Int(written)
-            }
-        } else if !tail.isEmpty {
-            chunks.append(SharedBytes(tail))
+            written = max(0, Int(status))
+        }
+        // The rest waits for the socket, so the tail is copied after all.
+        if !tail.isEmpty { chunks.append(SharedBytes(tail)) }
+        if written > 0 {
+            chunks = Self.dropping(written, from: chunks)
+            total -= written
         }
         let write = WriteRequest(connection: self, chunks: chunks, byteCount: total, completion: completion)
         let status = uv_write(write.request, stream, write.buffers, UInt32(chunks.count), connectionWritten)
