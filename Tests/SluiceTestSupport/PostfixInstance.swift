@@ -86,7 +86,7 @@ public final class PostfixInstance: Sendable {
             scache unix - - n - 1 scache
             postlog unix-dgram n - n - 1 postlogd
             tlsmgr unix - - n 1000? 1 tlsmgr
-            capture unix - n n - - pipe flags= user=nobody argv=/bin/dd of=\(mailDirectory)/${queue_id} status=none
+            capture unix - n n - - pipe flags= user=nobody argv=/bin/sh -c { /bin/cat > \(mailDirectory)/.${queue_id} && /bin/mv \(mailDirectory)/.${queue_id} \(mailDirectory)/${queue_id} }
 
             """
         try main.write(toFile: directory + "/etc/main.cf", atomically: true, encoding: .utf8)
@@ -114,7 +114,9 @@ public final class PostfixInstance: Sendable {
         }
     }
 
-    /// The delivered message with this queue ID, if it has arrived.
+    /// The delivered message with this queue ID, once it has arrived whole: the pipe writes a
+    /// hidden file and renames it when the message ends, so a half-written (or still empty)
+    /// file is never read.
     public func delivered(queueID: String) -> [UInt8]? {
         FileManager.default.contents(atPath: "\(mailDirectory)/\(queueID)").map { Array($0) }
     }
