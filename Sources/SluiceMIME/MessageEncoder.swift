@@ -353,26 +353,15 @@ struct MessageEncoder {
     /// Appends a file's content as base64, reading it in pieces of 57 KiB (a whole number of
     /// 57-byte lines), so the file is never held in memory next to its encoding.
     private mutating func appendFile(_ path: String) throws(MessageError) {
-        let descriptor = open(path, O_RDONLY | O_CLOEXEC)
-        guard descriptor >= 0 else {
-            throw MessageError(.unreadable, line: 0, detail: "\(path): \(String(cString: strerror(errno)))")
-        }
-        defer { close(descriptor) }
-        var info = stat()
-        if fstat(descriptor, &info) == 0, (info.st_mode & S_IFMT) == S_IFREG {
-            output.reserveCapacity(output.count + Int(info.st_size) / 57 * 78 + 80)
+        let file = try OpenFile(path)
+        if let size = file.regularSize {
+            output.reserveCapacity(output.count + size / 57 * 78 + 80)
         }
         let pieceSize = 57 * 1_024
         var piece = [UInt8](repeating: 0, count: pieceSize)
         var filled = 0
         while true {
-            let count = piece.withUnsafeMutableBytes { buffer in
-                read(descriptor, buffer.baseAddress! + filled, pieceSize - filled)
-            }
-            if count < 0 {
-                if errno == EINTR { continue }
-                throw MessageError(.unreadable, line: 0, detail: "\(path): \(String(cString: strerror(errno)))")
-            }
+            let count = try file.read(into: &piece, at: filled)
             filled += count
             if filled == pieceSize || count == 0 {
                 BodyEncoder.base64Lines(piece[0..<filled], into: &output)

@@ -259,6 +259,20 @@ struct FileAttachmentTests {
         #expect(view.attachments?.first?.fileName == "report.pdf")
     }
 
+    @Test func anEmptyFileIsAnEmptyAttachment() async throws {
+        let path = FileManager.default.temporaryDirectory.appendingPathComponent("sluice-empty-\(UUID().uuidString).txt").path
+        try #require(FileManager.default.createFile(atPath: path, contents: nil))
+        defer { try? FileManager.default.removeItem(atPath: path) }
+        var message = Message(from: try Mailbox("a@example.com"), to: [try Mailbox("b@example.com")], text: "nothing attached")
+        message.attachments = [Attachment(contentsOfFile: path, fileName: "empty.txt")]
+        let encoded = try message.encodedForTest()
+        checkWireRules(encoded)
+        guard let view = try await PythonEmail.read(encoded) else { return }
+        #expect(view.attachments?.count == 1)
+        #expect(view.attachments?.first?.bytes == [])
+        #expect(view.attachments?.first?.fileName == "empty.txt")
+    }
+
     @Test func anUnreadableFileIsATypedErrorNamingIt() throws {
         var message = Message(from: try Mailbox("a@example.com"), to: [try Mailbox("b@example.com")])
         message.attachments = [Attachment(contentsOfFile: "/nonexistent/sluice/file.pdf")]

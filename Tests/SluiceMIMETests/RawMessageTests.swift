@@ -1,3 +1,4 @@
+import Foundation
 import SluiceMIME
 import Testing
 
@@ -40,6 +41,31 @@ struct RawMessageTests {
         // "\n.\n" would end the data for a lenient server; normalised, it is an ordinary line.
         let message = try RawMessage(Array("From: a@b.c\r\n\r\nfirst\n.\nMAIL FROM:<x@y>\n".utf8))
         #expect(message.bytes == Array("From: a@b.c\r\n\r\nfirst\r\n.\r\nMAIL FROM:<x@y>\r\n".utf8))
+    }
+
+    @Test func aFileIsReadWholeAndAnEmptyOneIsJudgedLikeNoBytes() throws {
+        let directory = FileManager.default.temporaryDirectory.appendingPathComponent("sluice-raw-\(UUID().uuidString)").path
+        try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        // Several of the reader's 64 KiB chunks and a short last one.
+        let text = "From: a@b.c\r\nSubject: big\r\n\r\n" + (0..<4_000).map { "line \($0) of the body\r\n" }.joined()
+        let path = directory + "/big.eml"
+        try #require(FileManager.default.createFile(atPath: path, contents: Data(text.utf8)))
+        #expect(try RawMessage(contentsOfFile: path).bytes == Array(text.utf8))
+
+        // Empty is the content's problem, not the file's: the same error as no bytes at all
+        // (and, under the address sanitizer, no leak: Foundation's readers leak 4 KiB here).
+        let empty = directory + "/empty.eml"
+        try #require(FileManager.default.createFile(atPath: empty, contents: nil))
+        var fromBytes: MessageError?
+        do { _ = try RawMessage([UInt8]()) } catch { fromBytes = error }
+        #expect(fromBytes != nil && fromBytes?.kind != .unreadable)
+        #expect { try RawMessage(contentsOfFile: empty) } throws: { ($0 as? MessageError)?.kind == fromBytes?.kind }
+
+        #expect { try RawMessage(contentsOfFile: directory) } throws: {
+            guard let error = $0 as? MessageError else { return false }
+            return error.kind == .unreadable && error.description.contains(directory)
+        }
     }
 
     @Test func anUnreadableFileIsATypedError() {
