@@ -84,7 +84,7 @@ struct LoopbackCommand: AsyncParsableCommand {
         await server.close()
         await group.shutdown()
 
-        let seconds = Double(elapsed.components.seconds) + Double(elapsed.components.attoseconds) / 1e18
+        let seconds = elapsed.seconds
         let mebibytes = Double(received) / 1_048_576
         print("loopback echo: \(connections) connections on \(loops) loops, \(received) bytes each way")
         print(String(format: "elapsed %.3f s, %.1f MiB/s each way, CPU %.3f s (%.2f CPU-s per GiB)",
