@@ -27,9 +27,11 @@ struct OpenFile: ~Copyable {
     private let descriptor: Int32
 
     init(_ path: String) throws(MessageError) {
-        self.path = path
-        descriptor = open(path, O_RDONLY | O_CLOEXEC)
+        let descriptor = open(path, O_RDONLY | O_CLOEXEC)
+        // Thrown before `self` exists, so `deinit` never closes a descriptor that is not one.
         guard descriptor >= 0 else { throw Self.error(path) }
+        self.path = path
+        self.descriptor = descriptor
     }
 
     deinit { close(descriptor) }
