@@ -31,11 +31,12 @@ struct RawSession {
         return all
     }
 
-    /// Waits until at least `count` replies have arrived (or the connection closed), for at most 10 s.
+    /// Waits until at least `count` replies have arrived (or the connection closed), for at
+    /// most 10 s (stretched under the sanitizers, as every test deadline is).
     @discardableResult
     func replies(atLeast count: Int) async -> [SMTPReply] {
         let clock = ContinuousClock()
-        let deadline = clock.now + .seconds(10)
+        let deadline = clock.now + scaled(.seconds(10))
         while clock.now < deadline {
             let now = replies
             if now.count >= count || collector.isClosed { return now }

@@ -15,8 +15,13 @@ struct SinkTests {
         try await client.send("EHLO client.example\r\nMAIL FROM:<s@example.com>\r\nRCPT TO:<a@example.com>\r\nDATA\r\n")
         await client.replies(atLeast: 5)
         try await client.send("Subject: hello\r\n\r\n..leading dot\r\nbody\r\n.\r\nQUIT\r\n")
+        let clock = ContinuousClock()
+        let sent = clock.now
         let replies = await client.replies(atLeast: 7)
-        #expect(replies.map(\.code.rawValue) == [220, 250, 250, 250, 354, 250, 221])
+        // Once under the thread sanitizer (in CI's rehearsal, not reproduced since) this saw
+        // five replies: say whether the wait ran out or the connection closed.
+        try #require(replies.map(\.code.rawValue) == [220, 250, 250, 250, 354, 250, 221],
+                     "after \(clock.now - sent), connection closed: \(client.collector.isClosed), \(sink.statistics)")
         let stored = try await sink.waitForMessages(count: 1)
         #expect(stored[0].content == Array("Subject: hello\r\n\r\n.leading dot\r\nbody\r\n".utf8))
         #expect(stored[0].recipients.map(\.address) == ["a@example.com"])
