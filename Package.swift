@@ -86,6 +86,7 @@ let package = Package(
             name: "sluice",
             dependencies: [
                 "Sluice",
+                "SluiceMIME",
                 "SluiceSink",
                 "SluiceTransport",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),

@@ -3,8 +3,9 @@
 // RawMessage takes an existing one, checked.
 import Foundation
 
-/// The bytes of the file at `path`, or a ``MessageError`` that says why not.
-func readFile(_ path: String) throws(MessageError) -> [UInt8] {
+/// The bytes of the file at `path`, or a ``MessageError`` that says why not (the `sluice`
+/// command reads its text and password files with it too).
+package func readFile(_ path: String) throws(MessageError) -> [UInt8] {
     let file = try OpenFile(path)
     var bytes: [UInt8] = []
     bytes.reserveCapacity(file.regularSize ?? 0)

@@ -93,9 +93,7 @@ struct ClientOptions: ParsableArguments {
                 }
                 configuration.credentials = .password(username: user, password: password)
             } else if let file = passwordFile {
-                guard let text = try? String(contentsOfFile: file, encoding: .utf8) else {
-                    throw ValidationError("--password-file: cannot read \(file)")
-                }
+                let text = try readTextFile(file, flag: "--password-file")
                 let password = text.split(separator: "\n", maxSplits: 1, omittingEmptySubsequences: false).first.map(String.init) ?? ""
                 configuration.credentials = .password(username: user, password: password.trimmingCharacters(in: ["\r"]))
             } else {

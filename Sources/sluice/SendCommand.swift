@@ -116,8 +116,8 @@ struct SendCommand: AsyncParsableCommand {
                                 message: EncodedMessage(try DKIMSigner.sign(raw, with: signers)))
         }
         var message = Message(from: sender, to: to, cc: cc, bcc: bcc, subject: subject)
-        message.textBody = try text ?? textFile.map { try Self.readText($0, flag: "--text-file") }
-        message.htmlBody = try htmlFile.map { try Self.readText($0, flag: "--html-file") }
+        message.textBody = try text ?? textFile.map { try readTextFile($0, flag: "--text-file") }
+        message.htmlBody = try htmlFile.map { try readTextFile($0, flag: "--html-file") }
         if message.textBody == nil, message.htmlBody == nil, attach.isEmpty { message.textBody = "" }
         for path in attach {
             guard FileManager.default.isReadableFile(atPath: path) else {
@@ -134,11 +134,6 @@ struct SendCommand: AsyncParsableCommand {
         return try OutgoingMail(message, signers: signers)
     }
 
-    private static func readText(_ path: String, flag: String) throws -> String {
-        guard let data = FileManager.default.contents(atPath: path) else { throw ValidationError("\(flag): cannot read \(path)") }
-        guard let text = String(data: data, encoding: .utf8) else { throw ValidationError("\(flag): \(path) is not UTF-8") }
-        return text
-    }
 
     /// 0 accepted, 2 partial, 3 rejected, 4 deferred, 5 unknown, 64 invalid input, 69 other failures.
     static func exitStatus(report: DeliveryReport?, error: SMTPError?) -> Int32 {

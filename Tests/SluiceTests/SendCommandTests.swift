@@ -68,6 +68,33 @@ struct SendCommandTests {
         await sink.shutdown()
     }
 
+    @Test func bodiesComeFromFilesAndAnEmptyFileIsAnEmptyBody() async throws {
+        let sink = try await startSink()
+        let directory = FileManager.default.temporaryDirectory.appendingPathComponent("sluice-send-\(UUID().uuidString)")
+        try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(at: directory) }
+        let text = directory.appendingPathComponent("body.txt"), html = directory.appendingPathComponent("body.html")
+        let empty = directory.appendingPathComponent("empty.txt")
+        try Data("Plain words from a file.\n".utf8).write(to: text)
+        try Data("<p>Marked-up words from a file.</p>\n".utf8).write(to: html)
+        try Data().write(to: empty)
+        guard let both = try await Self.send(sink, ["--from", "a@example.com", "--to", "b@example.org",
+                                                    "--text-file", text.path, "--html-file", html.path]),
+              let blank = try await Self.send(sink, ["--from", "a@example.com", "--to", "b@example.org",
+                                                     "--subject", "blank", "--text-file", empty.path])
+        else { return }
+        #expect(both.status == 0, "\(both.error)")
+        #expect(blank.status == 0, "\(blank.error)")
+        let stored = try await sink.waitForMessages(count: 2).map { String(decoding: $0.content, as: UTF8.self) }
+        #expect(stored[0].contains("multipart/alternative"))
+        #expect(stored[0].contains("Plain words from a file.\r\n"))
+        #expect(stored[0].contains("<p>Marked-up words from a file.</p>\r\n"))
+        #expect(stored[1].contains("Subject: blank\r\n"))
+        let body = stored[1].range(of: "\r\n\r\n").map { stored[1][$0.upperBound...] }
+        #expect(body.map { $0.allSatisfy { $0 == "\r\n" } } == true, "the body is empty: \(stored[1])")
+        await sink.shutdown()
+    }
+
     @Test(arguments: [
         ("rejected", Int32(3), "rejected"), ("deferred", 4, "deferred"), ("partial", 2, "partiallyAccepted"),
     ])
@@ -115,6 +142,8 @@ struct SendCommandTests {
         ["--to", "b@example.org", "--subject", "two\nlines"],
         ["--to", "b@example.org", "--attach", "/nonexistent/sluice/file.pdf"],
         ["--to", "b@example.org", "--text-file", "/nonexistent/sluice/body.txt"],
+        ["--to", "b@example.org", "--html-file", "/"],
+        ["--to", "b@example.org", "--user", "u", "--password-file", "/nonexistent/sluice/password"],
         ["--to", "b@example.org", "--eml", "/nonexistent/sluice/message.eml"],
         ["--to", "b@example.org", "--eml", "/dev/null", "--subject", "both"],
         ["--to", "δοκιμή@example.gr", "--from", "a@-bad-.example"],
