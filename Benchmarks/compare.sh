@@ -3,6 +3,8 @@
 # against each sink (Postfix's smtp-sink, sluice sink), with the same message count, size and
 # sessions; messages per second and the CPU each side spent per message. Loopback only; every
 # run is bounded by its message count. Each cell is the median of ROUNDS runs, taken in turn.
+# A first row measures the kernel's floor: Benchmarks/floor.c makes the system calls Sluice
+# makes against smtp-sink (one writev and one read per message) and nothing else.
 # Below the table: the Sluice client's CPU per message over smtp-source's, round by round.
 #
 #   Benchmarks/compare.sh                                   # 10 sessions, 50,000 messages of 1 KB
@@ -20,6 +22,8 @@ LOOPS=${LOOPS:-}  # empty: sluice bench's default, one loop per core
 bash scripts/setup.sh >/dev/null
 swift build -c release --product sluice >/dev/null
 SLUICE=.build/release/sluice
+FLOOR=.build/floor
+"$(command -v cc || command -v clang)" -O2 -o "$FLOOR" Benchmarks/floor.c
 TICKS=$(getconf CLK_TCK)
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
@@ -31,6 +35,9 @@ client_run() {
     if [ "$client" = smtp-source ]; then
         out=$( { TIMEFORMAT='%R %U %S'; time smtp-source -s "$SESSIONS" -m "$MESSAGES" -l "$SIZE" -d \
                  -f sender@example.com -t rcpt@example.com "127.0.0.1:$port" >/dev/null 2>&1; } 2>&1 )
+        awk '{printf "%s %.4f", $1, $2+$3}' <<<"$out"
+    elif [ "$client" = floor ]; then
+        out=$( { TIMEFORMAT='%R %U %S'; time "$FLOOR" "$port" "$SESSIONS" "$MESSAGES" "$SIZE" >/dev/null; } 2>&1 )
         awk '{printf "%s %.4f", $1, $2+$3}' <<<"$out"
     else
         out=$("$SLUICE" bench --target "127.0.0.1:$port" --security none --messages "$MESSAGES" \
@@ -69,7 +76,7 @@ measure() {
 loops_used=${LOOPS:+$LOOPS event loop(s)}
 printf '%s sessions, %s messages of %s bytes, median of %s rounds; sluice bench on %s\n\n' \
     "$SESSIONS" "$MESSAGES" "$SIZE" "$ROUNDS" "${loops_used:-one event loop per core}"
-pairs=("smtp-source smtp-sink" "sluice smtp-sink" "smtp-source sluice" "sluice sluice")
+pairs=("floor smtp-sink" "smtp-source smtp-sink" "sluice smtp-sink" "smtp-source sluice" "sluice sluice")
 # Rounds go round-robin over the pairs, so a slow spell of the machine falls on all of them
 # rather than on one; each cell is the run with the median wall time.
 declare -A runs
@@ -85,7 +92,12 @@ for pair in "${pairs[@]}"; do
     read -r client sink <<<"$pair"
     median=$(printf '%s' "${runs[$pair]}" | sort -n -k1,1 | awk '{line[NR]=$0} END{print line[int((NR+1)/2)]}')
     read -r wall clientcpu sinkcpu <<<"$median"
-    name="$([ "$client" = sluice ] && echo "sluice bench" || echo "smtp-source -d") -> $([ "$sink" = sluice ] && echo "sluice sink" || echo "smtp-sink")"
+    case $client in
+        sluice) name="sluice bench" ;;
+        floor) name="floor.c" ;;
+        *) name="smtp-source -d" ;;
+    esac
+    name="$name -> $([ "$sink" = sluice ] && echo "sluice sink" || echo "smtp-sink")"
     awk -v n="$name" -v w="$wall" -v c="$clientcpu" -v k="$sinkcpu" -v m="$MESSAGES" \
         'BEGIN{printf "| %-30s | %10.0f | %19.1f µs | %17.1f µs |\n", n, m/w, c/m*1e6, k/m*1e6}'
 done
@@ -93,13 +105,17 @@ done
 # The issue's measure: the Sluice client's CPU per message over smtp-source's, both against
 # smtp-sink, taken round by round (each pair ran back to back, so a slow spell of the machine
 # falls on both): its median and range, and how many rounds came in at half or under.
-python3 - "${runs[smtp-source smtp-sink]}" "${runs[sluice smtp-sink]}" <<'PY'
+# Then what Sluice spends above the floor, round by round.
+python3 - "${runs[smtp-source smtp-sink]}" "${runs[sluice smtp-sink]}" "${runs[floor smtp-sink]}" "$MESSAGES" <<'PY'
 import statistics, sys
-source = [float(line.split()[1]) for line in sys.argv[1].split("\n") if line.strip()]
-sluice = [float(line.split()[1]) for line in sys.argv[2].split("\n") if line.strip()]
+source, sluice, floor = ([float(line.split()[1]) for line in runs.split("\n") if line.strip()] for runs in sys.argv[1:4])
+messages = int(sys.argv[4])
 ratios = sorted(s / o for s, o in zip(sluice, source))
+above = sorted((s - f) / messages * 1e6 for s, f in zip(sluice, floor))
 print()
 print("sluice bench / smtp-source client CPU per message against smtp-sink, round by round: "
       f"median {statistics.median(ratios):.2f}, range {ratios[0]:.2f}-{ratios[-1]:.2f}, "
       f"{sum(r <= 0.5 for r in ratios)} of {len(ratios)} rounds at 0.5 or under")
+print("sluice bench's client CPU per message above the floor's, round by round: "
+      f"median {statistics.median(above):.1f} µs, range {above[0]:.1f}-{above[-1]:.1f}")
 PY
