@@ -80,7 +80,10 @@ public struct DeliveryReports: AsyncSequence, Sendable {
                 } onCancel: { [lifetime] in
                     lifetime.cancel()
                 }
-                batch.reverse()  // in place: the batch arrives as the only reference to its storage
+                // In place (the batch arrives as the only reference to its storage), through the
+                // buffer, whose swaps move the reports; Array's own swaps copy them (a retain
+                // and a release of each of a report's references).
+                batch.withUnsafeMutableBufferPointer { $0.reverse() }
             }
             return batch.popLast()
         }

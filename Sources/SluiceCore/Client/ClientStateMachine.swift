@@ -664,7 +664,7 @@ public struct ClientStateMachine: Sendable {
                 finishCancelled(id)
                 return
             }
-            if !pipelining, !active[i].anyRecipientAccepted {
+            if !pipelining, !anyRecipientAccepted(at: i) {
                 needsReset = true
                 finishTransaction(id)  // no recipient: never send DATA
                 return
@@ -672,7 +672,7 @@ public struct ClientStateMachine: Sendable {
             write(command: .data, expecting: .data(id))
         case .bdat(let id):
             guard let i = activeIndex(id) else { return }
-            if !pipelining, !active[i].anyRecipientAccepted {
+            if !pipelining, !anyRecipientAccepted(at: i) {
                 needsReset = true
                 finishTransaction(id)
                 return
@@ -715,7 +715,7 @@ public struct ClientStateMachine: Sendable {
                 return
             }
             if reply.code == .startMailInput {
-                if active[i].mailReply?.code.isPositiveCompletion == true, active[i].anyRecipientAccepted {
+                if wasAccepted(at: i) {
                     output.append(.data(transactionID: id))
                 } else {
                     // A lenient server said 354 with no recipient: send only the terminator.
@@ -793,6 +793,19 @@ public struct ClientStateMachine: Sendable {
             decidingReply = nil
         }
         return TransactionOutcome(id: transaction.id, status: status, recipients: recipients, reply: decidingReply, error: nil)
+    }
+
+    /// Whether started transaction `i` has a recipient accepted so far, read in place:
+    /// reading `active[i]`'s replies through the array copies the whole entry first (a
+    /// retain and a release of each of its references, once per message).
+    private func anyRecipientAccepted(at i: Int) -> Bool {
+        active.withUnsafeBufferPointer { $0[i].anyRecipientAccepted }
+    }
+
+    /// Whether started transaction `i`'s MAIL and at least one recipient were accepted, read
+    /// in place (as ``anyRecipientAccepted(at:)`` is).
+    private func wasAccepted(at i: Int) -> Bool {
+        active.withUnsafeBufferPointer { $0[i].mailReply?.code.isPositiveCompletion == true && $0[i].anyRecipientAccepted }
     }
 
     /// Where transaction `id` is in `active`, if it is there.

@@ -71,29 +71,29 @@ public enum SMTPCommand: Hashable, Sendable {
         case .helo(let name):
             bytes.append(contentsOf: "HELO \(name.name)".utf8)
         case .mail(let from, let parameters):
-            bytes.append(contentsOf: "MAIL FROM:<".utf8)
+            bytes.append(literal: "MAIL FROM:<")
             from?.encode(into: &bytes)
             bytes.append(UInt8(ascii: ">"))
             parameters.encode(into: &bytes)
         case .recipient(let to, let parameters):
-            bytes.append(contentsOf: "RCPT TO:<".utf8)
+            bytes.append(literal: "RCPT TO:<")
             to.encode(into: &bytes)
             bytes.append(UInt8(ascii: ">"))
             parameters.encode(into: &bytes)
         case .data:
-            bytes.append(contentsOf: "DATA".utf8)
+            bytes.append(literal: "DATA")
         case .bdat(let size, let last):
-            bytes.append(contentsOf: "BDAT ".utf8)
+            bytes.append(literal: "BDAT ")
             bytes.appendDecimal(max(size, 0))
-            if last { bytes.append(contentsOf: " LAST".utf8) }
+            if last { bytes.append(literal: " LAST") }
         case .reset:
-            bytes.append(contentsOf: "RSET".utf8)
+            bytes.append(literal: "RSET")
         case .noop:
-            bytes.append(contentsOf: "NOOP".utf8)
+            bytes.append(literal: "NOOP")
         case .quit:
-            bytes.append(contentsOf: "QUIT".utf8)
+            bytes.append(literal: "QUIT")
         case .startTLS:
-            bytes.append(contentsOf: "STARTTLS".utf8)
+            bytes.append(literal: "STARTTLS")
         case .auth(let mechanism, let initialResponse):
             precondition(Self.isValidMechanismName(mechanism), "invalid SASL mechanism name \(mechanism)")
             bytes.append(contentsOf: "AUTH \(mechanism)".utf8)

@@ -6,4 +6,10 @@ extension [UInt8] {
         if value >= 10 { appendDecimal(value / 10) }
         append(UInt8(ascii: "0") + UInt8(value % 10))
     }
+
+    /// Appends a literal's bytes straight from the binary (appending a string's UTF-8 view
+    /// goes through the string's storage, with a retain and a release per call).
+    mutating func append(literal text: StaticString) {
+        text.withUTF8Buffer { append(contentsOf: $0) }
+    }
 }
