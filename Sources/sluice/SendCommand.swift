@@ -134,7 +134,6 @@ struct SendCommand: AsyncParsableCommand {
         return try OutgoingMail(message, signers: signers)
     }
 
-
     /// 0 accepted, 2 partial, 3 rejected, 4 deferred, 5 unknown, 64 invalid input, 69 other failures.
     static func exitStatus(report: DeliveryReport?, error: SMTPError?) -> Int32 {
         if let error, error.kind == .invalidInput { return 64 }
