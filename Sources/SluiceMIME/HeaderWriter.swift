@@ -73,7 +73,7 @@ struct HeaderWriter {
 
     /// Appends bytes to the current line with no fold point before them (a `,` or `;`).
     mutating func attach(_ text: StaticString) {
-        text.withUTF8Buffer { bytes.append(contentsOf: $0) }
+        bytes.append(literal: text)
         lineLength += text.utf8CodeUnitCount
     }
 

@@ -8,8 +8,9 @@ extension [UInt8] {
     }
 
     /// Appends a literal's bytes straight from the binary (appending a string's UTF-8 view
-    /// goes through the string's storage, with a retain and a release per call).
-    mutating func append(literal text: StaticString) {
+    /// goes through the string's storage, with a retain and a release per call). Commands
+    /// here, header punctuation in SluiceMIME.
+    package mutating func append(literal text: StaticString) {
         text.withUTF8Buffer { append(contentsOf: $0) }
     }
 }
