@@ -39,7 +39,8 @@ struct session {
 static const char envelope[] = "MAIL FROM:<sender@example.com>\r\nRCPT TO:<rcpt@example.com>\r\nDATA\r\n";
 
 static void die(const char *what) {
-    fprintf(stderr, "floor: %s: %s\n", what, errno ? strerror(errno) : "unexpected reply");
+    if (errno) fprintf(stderr, "floor: %s: %s\n", what, strerror(errno));
+    else fprintf(stderr, "floor: %s\n", what);
     exit(1);
 }
 
@@ -55,15 +56,16 @@ static void flush(struct session *s) {
     s->out_count = 0;
 }
 
-// The codes of the complete replies in `s->replies` (final lines only), or -1 if the buffer
-// does not end on a complete line yet.
+// The codes of the complete replies in `s->replies` (final lines only: the code then a space,
+// or the code alone, as RFC 5321 allows), or -1 if the buffer does not end on a complete line.
 static int reply_codes(struct session *s, int *codes, int capacity) {
     if (s->length == 0 || s->replies[s->length - 1] != '\n') return -1;
     int count = 0;
     size_t start = 0;
     for (size_t i = 0; i < s->length; i++) {
         if (s->replies[i] != '\n') continue;
-        if (i - start >= 4 && s->replies[start + 3] == ' ' && count < capacity)
+        char after_code = s->replies[start + 3];
+        if (i - start >= 4 && (after_code == ' ' || after_code == '\r') && count < capacity)
             codes[count++] = atoi(s->replies + start);
         start = i + 1;
     }
@@ -119,7 +121,8 @@ int main(int argc, char **argv) {
             struct session *s = &all[ready[k].data.u32];
             ssize_t got = read(s->fd, s->replies + s->length, sizeof s->replies - s->length);
             if (got <= 0) {
-                if (s->phase != DONE) die("the server closed early");
+                if (got == 0) errno = 0;  // no error: the server closed
+                if (s->phase != DONE) die("the server closed the connection early");
                 close(s->fd);
                 open--;
                 continue;
@@ -138,12 +141,12 @@ int main(int argc, char **argv) {
             s->length = 0;
             switch (s->phase) {
             case GREETING:
-                if (codes[0] != 220) die("greeting");
+                if (codes[0] != 220) die("unexpected reply to the greeting");
                 queue(s, "EHLO floor.example\r\n", 20);
                 s->phase = EHLO;
                 break;
             case EHLO:
-                if (codes[0] != 250) die("EHLO");
+                if (codes[0] != 250) die("unexpected reply to EHLO");
                 if (started == messages) {
                     queue(s, "QUIT\r\n", 6);
                     s->phase = DONE;
@@ -154,12 +157,12 @@ int main(int argc, char **argv) {
                 s->phase = ENVELOPE;
                 break;
             case MESSAGE_AND_ENVELOPE:
-                if (codes[0] != 250) die("end of data");
+                if (codes[0] != 250) die("unexpected reply to the end of data");
                 delivered++;
                 memmove(codes, codes + 1, 3 * sizeof *codes);
                 /* fall through */
             case ENVELOPE:
-                if (codes[0] != 250 || codes[1] != 250 || codes[2] != 354) die("MAIL, RCPT or DATA");
+                if (codes[0] != 250 || codes[1] != 250 || codes[2] != 354) die("unexpected reply to MAIL, RCPT or DATA");
                 queue(s, content, content_length);
                 if (started < messages) {
                     started++;
@@ -171,12 +174,12 @@ int main(int argc, char **argv) {
                 }
                 break;
             case LAST_MESSAGE:
-                if (codes[0] != 250 || (replies == 2 && codes[1] != 221)) die("end of data or QUIT");
+                if (codes[0] != 250 || (replies == 2 && codes[1] != 221)) die("unexpected reply to the end of data or QUIT");
                 delivered++;
                 s->phase = DONE;
                 break;
             case DONE:
-                if (codes[0] != 221) die("QUIT");
+                if (codes[0] != 221) die("unexpected reply to QUIT");
                 break;
             }
         }
