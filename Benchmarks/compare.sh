@@ -29,16 +29,23 @@ TICKS=$(getconf CLK_TCK)
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 cpu_seconds() { awk -v t="$TICKS" '{printf "%.4f", ($14+$15)/t}' "/proc/$1/stat"; }
 
+# Runs a command with its output discarded and its errors shown (on the script's stderr, fd
+# 3, not mixed into the timing); prints "wall cpu" in seconds.
+exec 3>&2
+timed() {
+    local out
+    out=$( { TIMEFORMAT='%R %U %S'; time "$@" >/dev/null 2>&3; } 2>&1 )
+    awk '{printf "%s %.4f", $1, $2+$3}' <<<"$out"
+}
+
 # Loads PORT with CLIENT; prints "wall client_cpu" in seconds.
 client_run() {
     local client=$1 port=$2 out
     if [ "$client" = smtp-source ]; then
-        out=$( { TIMEFORMAT='%R %U %S'; time smtp-source -s "$SESSIONS" -m "$MESSAGES" -l "$SIZE" -d \
-                 -f sender@example.com -t rcpt@example.com "127.0.0.1:$port" >/dev/null 2>&1; } 2>&1 )
-        awk '{printf "%s %.4f", $1, $2+$3}' <<<"$out"
+        timed smtp-source -s "$SESSIONS" -m "$MESSAGES" -l "$SIZE" -d \
+            -f sender@example.com -t rcpt@example.com "127.0.0.1:$port"
     elif [ "$client" = floor ]; then
-        out=$( { TIMEFORMAT='%R %U %S'; time "$FLOOR" "$port" "$SESSIONS" "$MESSAGES" "$SIZE" >/dev/null; } 2>&1 )
-        awk '{printf "%s %.4f", $1, $2+$3}' <<<"$out"
+        timed "$FLOOR" "$port" "$SESSIONS" "$MESSAGES" "$SIZE"
     else
         out=$("$SLUICE" bench --target "127.0.0.1:$port" --security none --messages "$MESSAGES" \
                   --connections "$SESSIONS" --size "$SIZE" ${LOOPS:+--loops "$LOOPS"} --json 2>/dev/null)
