@@ -54,11 +54,9 @@ struct BenchCommand: AsyncParsableCommand {
         let stderr = FileHandle.standardError
         var sink: SMTPSink?
         var sinkGroup: EventLoopGroup?
-        var configuration: SMTPClient.Configuration
-        if let target {
-            let (host, port) = try ClientOptions.parseServer(target)
-            configuration = try client.configuration(host: host, port: port)
-        } else {
+        let (host, port) = try target.map(ClientOptions.parseServer) ?? ("127.0.0.1", nil)
+        var configuration = try settingUp("bench", nothingSent: true) { try client.configuration(host: host, port: port) }
+        if target == nil {
             // The embedded sink runs on loops of its own, so its CPU can be told from the client's.
             let group = EventLoopGroup(numberOfLoops: max(1, EventLoopGroup.coreCount / 2))
             var sinkConfiguration = SinkConfiguration()
@@ -67,7 +65,7 @@ struct BenchCommand: AsyncParsableCommand {
             let started = try await SMTPSink.start(sinkConfiguration, group: group)
             sink = started
             sinkGroup = group
-            configuration = try client.configuration(host: "127.0.0.1", port: started.localAddress.port)
+            configuration.port = started.localAddress.port
             configuration.security = .none
         }
         configuration.pool.maximumConnections = connections
@@ -80,7 +78,7 @@ struct BenchCommand: AsyncParsableCommand {
         let clientGroup = EventLoopGroup(
             numberOfLoops: loops ?? (sink == nil ? EventLoopGroup.coreCount : max(1, EventLoopGroup.coreCount / 2)))
         configuration.eventLoopGroup = clientGroup
-        let smtp = try configuration.makeClient()
+        let smtp = try settingUp("bench", nothingSent: true) { try SMTPClient(configuration: configuration) }
 
         let message = try Self.message(size: size, signers: configuration.dkim)
         let envelope = try Envelope(from: "bench@sluice.test", to: (1...recipients).map { "rcpt\($0)@sink.test" })

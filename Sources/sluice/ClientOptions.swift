@@ -122,14 +122,3 @@ extension ClientOptions {
         }
     }
 }
-
-extension SMTPClient.Configuration {
-    /// The client, or a usage error that says which setting is wrong.
-    func makeClient() throws -> SMTPClient {
-        do {
-            return try SMTPClient(configuration: self)
-        } catch {
-            throw ValidationError("\(error)")
-        }
-    }
-}

@@ -64,17 +64,9 @@ struct SendCommand: AsyncParsableCommand {
 
     func run() async throws {
         let (host, port) = try ClientOptions.parseServer(server)
-        var configuration = try client.configuration(host: host, port: port)
         // Everything the message needs is read, checked and signed before any connection is made.
-        let mail: OutgoingMail
-        do {
-            mail = try prepare(signers: configuration.dkim)
-        } catch {
-            // Not a usage mistake but bad content: say what is wrong, without the usage text.
-            let text = (error as? ValidationError)?.message ?? "\(error)"
-            FileHandle.standardError.write(Data("sluice send: \(text); nothing was sent\n".utf8))
-            throw ExitCode(64)
-        }
+        var configuration = try settingUp("send", nothingSent: true) { try client.configuration(host: host, port: port) }
+        let mail = try settingUp("send", nothingSent: true) { try prepare(signers: configuration.dkim) }
         let limit = Duration.milliseconds(Int64(timeout * 1_000))
         configuration.pool.maximumConnections = 1
         configuration.pool.connectAttempts = 1
@@ -85,7 +77,7 @@ struct SendCommand: AsyncParsableCommand {
         logger.logLevel = transcript ? .trace : .warning
         configuration.logger = logger
 
-        let smtpClient = try configuration.makeClient()
+        let smtpClient = try settingUp("send", nothingSent: true) { try SMTPClient(configuration: configuration) }
         var report: DeliveryReport?
         var failure: SMTPError?
         do {

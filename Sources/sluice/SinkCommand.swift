@@ -68,7 +68,7 @@ struct SinkCommand: AsyncParsableCommand {
     var loops: Int?
 
     func run() async throws {
-        let configuration = try makeConfiguration()
+        let configuration = try settingUp("sink") { try makeConfiguration() }
         // A sink usually shares its machine with the client loading it: by default it takes
         // half the cores (on two cores one loop took smtp-source's mail 20-40% faster, with
         // less CPU per message, than two loops that competed with smtp-source).

@@ -1,4 +1,5 @@
 import ArgumentParser
+import Foundation
 import SluiceMIME
 
 /// The `sluice` command line.
@@ -9,6 +10,23 @@ struct SluiceCommand: AsyncParsableCommand {
         abstract: "An event-driven SMTP engine: send mail, run a sink, measure throughput.",
         subcommands: [SendCommand.self, SinkCommand.self, BenchCommand.self, SoakCommand.self, LoopbackCommand.self]
     )
+}
+
+/// Runs the part of a command that turns its flags into settings once they are parsed: reading
+/// files, checking values against each other. A flag found unusable there ends the command
+/// with exit status 64 (EX_USAGE) and one line on stderr, `sluice COMMAND: what is wrong`,
+/// followed by "; nothing was sent" when `nothingSent` says so. Thrown on from `run()`,
+/// ArgumentParser would print the root command's usage instead, which names no flag of this one.
+func settingUp<T>(_ command: String, nothingSent: Bool = false, _ body: () throws -> T) throws -> T {
+    do {
+        return try body()
+    } catch let exit as ExitCode {
+        throw exit
+    } catch {
+        let text = (error as? ValidationError)?.message ?? "\(error)"
+        FileHandle.standardError.write(Data("sluice \(command): \(text)\(nothingSent ? "; nothing was sent" : "")\n".utf8))
+        throw ExitCode(64)
+    }
 }
 
 /// The UTF-8 text of the file at `path`, given with command-line flag `flag`; a usage error

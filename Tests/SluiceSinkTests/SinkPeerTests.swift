@@ -135,10 +135,11 @@ struct SinkCommandTests {
         for arguments in [["sink", "--store", "tape"], ["sink", "--reject-rcpt", "2.5"], ["sink", "--listen", "nohost"],
                           ["sink", "--disconnect", "0.1:never"], ["sink", "--tls-cert", "/x.pem"],
                           ["sink", "--drop-after-data", "2"], ["sink", "--drop-after-data", "0.1:close"],
-                          ["sink", "--loops", "0"]] {
+                          ["sink", "--loops", "0"], ["sink", "--tls-cert", "/nonexistent/c.pem", "--tls-key", "/nonexistent/k.pem"]] {
             let result = try await runInBackground(sluice, arguments)
             #expect(result.status == 64, "\(arguments): \(result.status) \(result.error)")
             #expect(!result.error.isEmpty)
+            #expect(!result.error.contains("Usage: sluice <subcommand>"), "not the root command's usage: \(result.error)")
         }
     }
 }

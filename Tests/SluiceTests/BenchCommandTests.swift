@@ -69,4 +69,23 @@ struct BenchCommandTests {
         #expect(run.status == 64, "\(arguments): \(run.error)")
         #expect(run.error.contains("Error:"))
     }
+
+    /// Flags that parse but cannot be used (found once the run starts) are named in one line,
+    /// not followed by the root command's usage, and no mail is sent.
+    @Test(arguments: [["--user", "u", "--password-file", "/nonexistent/sluice/password"],
+                      ["--user", "u", "--password-env", "SLUICE_TEST_VARIABLE_NOT_SET"],
+                      ["--security", "starttls", "--ca-file", "/nonexistent/sluice/ca.pem"]])
+    func flagsUnusableAtRunTimeNameTheFlag(arguments: [String]) async throws {
+        let sink = try await startSink()
+        guard let run = try await Self.bench(["--target", "127.0.0.1:\(sink.localAddress.port)", "--security", "none",
+                                               "--messages", "10"] + arguments)
+        else { return }
+        #expect(run.status == 64, "\(arguments): \(run.error)")
+        #expect(run.error.hasPrefix("sluice bench: "), "\(run.error)")
+        #expect(run.error.contains(arguments.last!), "the file or variable is named: \(run.error)")
+        #expect(run.error.hasSuffix("; nothing was sent\n"), "\(run.error)")
+        #expect(!run.error.contains("Usage:"), "\(run.error)")
+        #expect(sink.statistics.sessions == 0, "no connection was made")
+        await sink.shutdown()
+    }
 }

@@ -155,6 +155,7 @@ struct SendCommandTests {
         guard let run = try await Self.send(sink, from + arguments) else { return }
         #expect(run.status == 64, "\(arguments): \(run.output) \(run.error)")
         #expect(!run.error.isEmpty, "the error says what is wrong")
+        #expect(!run.error.contains("Usage: sluice <subcommand>"), "not the root command's usage: \(run.error)")
         #expect(sink.statistics.sessions == 0, "no connection was made")
         await sink.shutdown()
     }
