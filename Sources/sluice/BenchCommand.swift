@@ -288,10 +288,6 @@ struct BenchResult {
     }
 }
 
-extension Duration {
-    var seconds: Double { Double(components.seconds) + Double(components.attoseconds) / 1e18 }
-}
-
 extension Int {
     /// With thousands separators: 100,000.
     var grouped: String {
