@@ -38,8 +38,16 @@ struct RawSession {
         let clock = ContinuousClock()
         let deadline = clock.now + scaled(.seconds(10))
         while clock.now < deadline {
+            // Closed first, then the replies: the collector keeps a connection's last bytes
+            // before it marks the close, so replies read after a close are all of them. Read
+            // the other way round, a server's last replies and its close (a 250, then QUIT's 221
+            // and the close) could land between the two reads, and the stale replies would be
+            // returned as final. That fits the one failure of pipelinedSessionIsStoredExactlyAsSent
+            // (five of seven replies). With a 3 ms pause between the reads, that order failed
+            // the test in 6 runs of 8, this order in none.
+            let closed = collector.isClosed
             let now = replies
-            if now.count >= count || collector.isClosed { return now }
+            if now.count >= count || closed { return now }
             try? await Task.sleep(for: .milliseconds(5))
         }
         return replies
