@@ -16,16 +16,19 @@ public final class EventLoop: @unchecked Sendable {
     //   touched only on the loop thread (after init) and freed by the loop thread as it exits.
     // - `queue`: guarded by its lock.
     // - `thread`, `loopThread`: written before init returns (init waits on `started`), read-only after.
-    // - `resources`, `deferred`, `running`: loop thread only.
+    // - `resources`, `deferred`, `running`: loop thread only. `deferred` and `running` skip
+    //   the runtime's exclusivity checks (two per deferral, and a busy loop defers a write per
+    //   connection per iteration): no access to them overlaps another, since deferred work
+    //   runs from the swapped-out batch and defers into the emptied array.
     // - `liveHandleCounter`: atomic.
     let uvLoop: UnsafeMutablePointer<uv_loop_t>
     private let wakeup: UnsafeMutablePointer<uv_async_t>
     /// Runs ``deferred`` once per iteration, after the iteration's I/O callbacks.
     private let check: UnsafeMutablePointer<uv_check_t>
-    private var deferred: [DeferredWork] = []
+    @exclusivity(unchecked) private var deferred: [DeferredWork] = []
     /// The batch of ``deferred`` being run; its storage is kept for the next iteration (every
     /// connection with output defers its write, so a busy loop defers work every iteration).
-    private var running: [DeferredWork] = []
+    @exclusivity(unchecked) private var running: [DeferredWork] = []
     /// The loop's position in its group, for names and logs.
     public let index: Int
 
