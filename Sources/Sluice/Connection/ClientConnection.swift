@@ -57,7 +57,7 @@ final class ClientConnection: ConnectionHandler, EndOfIterationWork, @unchecked 
     /// A flush is due at the end of this loop iteration.
     @exclusivity(unchecked) private var flushScheduled = false
     /// When the connection last became idle (nil while it has work).
-    @exclusivity(unchecked) private var idleSince: ContinuousClock.Instant?
+    @exclusivity(unchecked) private var idleSince: Moment?
     /// Emptied arrays for the machine's actions, kept with their storage so the two events of
     /// every message (its reply, the next message's arrival) allocate none. More than one
     /// when events nest (a completion that retires this connection mid-batch).
@@ -206,7 +206,7 @@ final class ClientConnection: ConnectionHandler, EndOfIterationWork, @unchecked 
             cancelTimer(&idleTimer)
             if let since = idleSince {
                 idleSince = nil
-                if ContinuousClock.now - since >= client.poolSettings.checkAfterIdle {
+                if Moment.now - since >= client.poolSettings.checkAfterIdle {
                     run(machine.idleConnectionReused())
                 }
             }

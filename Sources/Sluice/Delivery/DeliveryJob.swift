@@ -12,7 +12,7 @@ final class DeliveryJob: @unchecked Sendable {
     let id: Int
     let message: EncodedMessage
     let envelope: Envelope
-    let startedAt: ContinuousClock.Instant
+    let startedAt: Moment
     /// The client the job belongs to, which counts its report and hands it to `completion`
     /// (held here rather than captured in a closure made per message).
     private let client: SMTPClient
@@ -36,7 +36,7 @@ final class DeliveryJob: @unchecked Sendable {
     let cancelRequested = Atomic<Bool>(false)
     private let finished = Atomic<Bool>(false)
 
-    init(id: Int, message: EncodedMessage, envelope: Envelope, startedAt: ContinuousClock.Instant,
+    init(id: Int, message: EncodedMessage, envelope: Envelope, startedAt: Moment,
          client: SMTPClient, completion: @escaping @Sendable (consuming DeliveryReport) -> Void) {
         self.id = id
         self.message = message
@@ -88,7 +88,7 @@ final class DeliveryJob: @unchecked Sendable {
     private var remainingSlots: [Int] { remaining ?? Array(envelope.recipients.indices) }
 
     /// Ends the job with `error` for every recipient not yet decided.
-    func fail(_ error: SMTPError, status: DeliveryStatus = .deferred, now: ContinuousClock.Instant) {
+    func fail(_ error: SMTPError, status: DeliveryStatus = .deferred, now: Moment) {
         lastError = error
         for slot in remainingSlots where results[slot].status == .deferred {
             results[slot] = DeliveryReport.Recipient(address: envelope.recipients[slot].address, status: status,
@@ -99,7 +99,7 @@ final class DeliveryJob: @unchecked Sendable {
     }
 
     /// Delivers the report, once.
-    func complete(now: ContinuousClock.Instant) {
+    func complete(now: Moment) {
         guard finished.compareExchange(expected: false, desired: true, ordering: .acquiringAndReleasing).exchanged
         else { return }
         var report = DeliveryReport(recipients: results, messageID: message.messageID, envelope: envelope,

@@ -38,7 +38,7 @@ struct PoolStateMachine<Job: AnyObject> {
         /// another pool of the client has a ready connection: send them there.
         case handOff([Job])
         /// Call ``wake(now:)`` at this time (rate limit or connect backoff).
-        case wake(at: ContinuousClock.Instant)
+        case wake(at: Moment)
         /// Shutting down and nothing is left: the client can stop.
         case drained
     }
@@ -54,7 +54,7 @@ struct PoolStateMachine<Job: AnyObject> {
         var state: ConnectionState
         var load = 0
         var sent = 0
-        var openedAt: ContinuousClock.Instant
+        var openedAt: Moment
 
         /// Ready, with a free slot by load (its message limit and lifetime aside).
         var hasFreeSlot: Bool {
@@ -86,10 +86,10 @@ struct PoolStateMachine<Job: AnyObject> {
     private var connectingCount = 0
     private var nextConnectionID = 0
     private var consecutiveFailures = 0
-    private var backoffUntil: ContinuousClock.Instant?
-    private var wakeScheduledAt: ContinuousClock.Instant?
+    private var backoffUntil: Moment?
+    private var wakeScheduledAt: Moment?
     private var tokens: Double
-    private var tokensUpdatedAt: ContinuousClock.Instant?
+    private var tokensUpdatedAt: Moment?
     private var shuttingDown = false
     private var drainedReported = false
     private var random: () -> Double
@@ -119,13 +119,13 @@ struct PoolStateMachine<Job: AnyObject> {
     // MARK: Events
 
     /// A message to send.
-    mutating func submitted(_ job: Job, now: ContinuousClock.Instant) -> Actions {
+    mutating func submitted(_ job: Job, now: Moment) -> Actions {
         waiting.append(job)
         return pump(now: now)
     }
 
     /// Messages that were handed to a connection and never started there: they go first.
-    mutating func requeued(_ jobs: [Job], now: ContinuousClock.Instant) -> Actions {
+    mutating func requeued(_ jobs: [Job], now: Moment) -> Actions {
         guard !jobs.isEmpty else { return [] }
         compactWaiting()
         waiting.insert(contentsOf: jobs.map(Optional.some), at: 0)
@@ -140,7 +140,7 @@ struct PoolStateMachine<Job: AnyObject> {
     }
 
     /// Connection `id`'s session is ready; it can take `capacity` transactions at once.
-    mutating func connected(_ id: Int, capacity: Int, now: ContinuousClock.Instant) -> Actions {
+    mutating func connected(_ id: Int, capacity: Int, now: Moment) -> Actions {
         guard let entry = connections[id] else { return [] }
         if case .connecting = entry.state { connectingCount -= 1 }
         update(id) { $0.state = .ready(capacity: max(1, capacity)) }
@@ -153,7 +153,7 @@ struct PoolStateMachine<Job: AnyObject> {
     /// `readyElsewhere` says whether another pool of the client has a ready connection: then
     /// messages this pool cannot send for a transient failure go there instead of failing.
     mutating func connectFailed(_ id: Int, error: SMTPError, readyElsewhere: Bool,
-                                now: ContinuousClock.Instant) -> Actions {
+                                now: Moment) -> Actions {
         guard let entry = remove(id) else { return [] }
         if case .connecting = entry.state { connectingCount -= 1 }
         consecutiveFailures += 1
@@ -176,7 +176,7 @@ struct PoolStateMachine<Job: AnyObject> {
     /// A transaction on connection `id` finished (whatever its outcome).
     /// Waiting work goes to that connection first: it is on the thread reporting this, so
     /// the work needs no hop to another loop.
-    mutating func transactionFinished(on id: Int, now: ContinuousClock.Instant) -> Actions {
+    mutating func transactionFinished(on id: Int, now: Moment) -> Actions {
         guard connections[id] != nil else { return pump(now: now) }
         update(id) { $0.load -= 1 }
         return pump(now: now, preferring: id)
@@ -190,27 +190,27 @@ struct PoolStateMachine<Job: AnyObject> {
     }
 
     /// Connection `id` closed (after QUIT, or because it failed after its session was ready).
-    mutating func connectionClosed(_ id: Int, now: ContinuousClock.Instant) -> Actions {
+    mutating func connectionClosed(_ id: Int, now: Moment) -> Actions {
         if case .connecting? = remove(id)?.state { connectingCount -= 1 }
         return pump(now: now)
     }
 
     /// A time asked for with ``Action/wake(at:)`` has come.
-    mutating func wake(now: ContinuousClock.Instant) -> Actions {
+    mutating func wake(now: Moment) -> Actions {
         wakeScheduledAt = nil
         return pump(now: now)
     }
 
     /// Takes nothing new from now on; what is waiting and in flight still goes. Every
     /// connection is retired once the work is done.
-    mutating func shutdownRequested(now: ContinuousClock.Instant) -> Actions {
+    mutating func shutdownRequested(now: Moment) -> Actions {
         shuttingDown = true
         return pump(now: now)
     }
 
     // MARK: Decisions
 
-    private mutating func pump(now: ContinuousClock.Instant, preferring preferred: Int? = nil) -> Actions {
+    private mutating func pump(now: Moment, preferring preferred: Int? = nil) -> Actions {
         var actions: Actions = []
         // A busy pool's events are mostly finished transactions: only that connection can
         // have reached a limit, so only it is checked. Other events check every connection,
@@ -237,7 +237,7 @@ struct PoolStateMachine<Job: AnyObject> {
     }
 
     /// Retires connection `id` if it is idle and reached its message limit or lifetime.
-    private mutating func retireIfExpired(_ id: Int, now: ContinuousClock.Instant, into actions: inout Actions) {
+    private mutating func retireIfExpired(_ id: Int, now: Moment, into actions: inout Actions) {
         guard let entry = connections[id], entry.isIdle else { return }
         if entry.sent >= configuration.maximumMessagesPerConnection
             || now - entry.openedAt >= configuration.maximumConnectionLifetime {
@@ -246,7 +246,7 @@ struct PoolStateMachine<Job: AnyObject> {
         }
     }
 
-    private mutating func dispatchWaiting(now: ContinuousClock.Instant, preferring preferred: Int?,
+    private mutating func dispatchWaiting(now: Moment, preferring preferred: Int?,
                                           into actions: inout Actions) {
         while waitingHead < waiting.count {
             let id: Int
@@ -276,7 +276,7 @@ struct PoolStateMachine<Job: AnyObject> {
     }
 
     /// The ready connection with the most room, if any has room.
-    private func leastLoadedConnection(now: ContinuousClock.Instant) -> Int? {
+    private func leastLoadedConnection(now: Moment) -> Int? {
         guard freeSlotCount > 0 else { return nil }
         var best: (id: Int, room: Int)?
         for (id, entry) in connections {
@@ -288,13 +288,13 @@ struct PoolStateMachine<Job: AnyObject> {
     }
 
     /// Whether connection `id` is ready and can take one more transaction now.
-    private func hasRoom(_ id: Int, now: ContinuousClock.Instant) -> Bool {
+    private func hasRoom(_ id: Int, now: Moment) -> Bool {
         connections[id].map { hasRoom($0, now: now) } ?? false
     }
 
     /// Whether a connection is ready and can take one more transaction now. A connection past
     /// its message limit or lifetime takes nothing new.
-    private func hasRoom(_ entry: Entry, now: ContinuousClock.Instant) -> Bool {
+    private func hasRoom(_ entry: Entry, now: Moment) -> Bool {
         guard case .ready(let capacity) = entry.state else { return false }
         return entry.load < capacity && entry.sent < configuration.maximumMessagesPerConnection
             && now - entry.openedAt < configuration.maximumConnectionLifetime
@@ -302,7 +302,7 @@ struct PoolStateMachine<Job: AnyObject> {
 
     /// Opens connections while waiting messages outnumber what the connections being
     /// opened will take, within the limit and outside a backoff.
-    private mutating func openConnectionsIfNeeded(now: ContinuousClock.Instant, into actions: inout Actions) {
+    private mutating func openConnectionsIfNeeded(now: Moment, into actions: inout Actions) {
         guard waitingCount > 0 else { return }
         if let until = backoffUntil, now < until {
             scheduleWake(at: until, into: &actions)
@@ -321,7 +321,7 @@ struct PoolStateMachine<Job: AnyObject> {
     }
 
     /// Takes a token from the rate limiter, or schedules a wake for when one will be there.
-    private mutating func takeToken(now: ContinuousClock.Instant, into actions: inout Actions) -> Bool {
+    private mutating func takeToken(now: Moment, into actions: inout Actions) -> Bool {
         guard let limit = configuration.rateLimit else { return true }
         if let last = tokensUpdatedAt {
             tokens = min(Double(limit.burst), tokens + (now - last).seconds * limit.messagesPerSecond)
@@ -336,7 +336,7 @@ struct PoolStateMachine<Job: AnyObject> {
         return false
     }
 
-    private mutating func scheduleWake(at instant: ContinuousClock.Instant, into actions: inout Actions) {
+    private mutating func scheduleWake(at instant: Moment, into actions: inout Actions) {
         if let scheduled = wakeScheduledAt, scheduled <= instant { return }
         wakeScheduledAt = instant
         actions.append(.wake(at: instant))
