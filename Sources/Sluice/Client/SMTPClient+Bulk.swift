@@ -120,6 +120,11 @@ private final class IteratorBox<Iterator: IteratorProtocol>: @unchecked Sendable
 
 /// The handoff between a bulk send's source, the client's completions and the consumer.
 private final class BulkDelivery: Sendable {
+    /// The consumer task, waiting for reports.
+    typealias Consumer = Waiter<[DeliveryReport], any Error>
+    /// The producer task of an asynchronous source, waiting for room.
+    typealias Producer = Waiter<Bool, Never>
+
     enum Source: Sendable {
         /// Pulled here, from whichever thread has room for one more.
         case pull(@Sendable () -> OutgoingMail?)
@@ -133,8 +138,8 @@ private final class BulkDelivery: Sendable {
         var inFlight = 0
         /// Reported and not yet taken by the consumer.
         var ready: [DeliveryReport] = []
-        var consumer: CheckedContinuation<[DeliveryReport], any Error>?
-        var producer: CheckedContinuation<Bool, Never>?
+        var consumer: Consumer?
+        var producer: Producer?
         /// A thread is pulling from the source (only one at a time).
         var pulling = false
         var sourceEnded = false
@@ -176,7 +181,7 @@ private final class BulkDelivery: Sendable {
     func refill() {
         switch source {
         case .push:
-            let producer = state.withLock { state -> CheckedContinuation<Bool, Never>? in
+            let producer = state.withLock { state -> Producer? in
                 guard state.hasRoom, let producer = state.producer else { return nil }
                 state.producer = nil
                 state.inFlight += 1
@@ -196,7 +201,7 @@ private final class BulkDelivery: Sendable {
         while reserved {
             let mail = source()  // user code: outside the lock
             let (consumer, batch, next) = state.withLock {
-                state -> (CheckedContinuation<[DeliveryReport], any Error>?, [DeliveryReport], Bool) in
+                state -> (Consumer?, [DeliveryReport], Bool) in
                 state.pulling = false
                 guard mail != nil else {
                     state.inFlight -= 1
@@ -229,7 +234,7 @@ private final class BulkDelivery: Sendable {
                     state.inFlight += 1
                     return true
                 }
-                state.producer = continuation
+                state.producer = Producer(continuation)
                 return nil
             }
             if let answer { continuation.resume(returning: answer) }
@@ -238,7 +243,7 @@ private final class BulkDelivery: Sendable {
 
     /// The producer task's sequence ended (or threw).
     func sourceEnded(error: (any Error)?) {
-        let consumer = state.withLock { state -> CheckedContinuation<[DeliveryReport], any Error>? in
+        let consumer = state.withLock { state -> Consumer? in
             state.sourceEnded = true
             state.sourceError = error
             return takeConsumerIfFinished(&state)
@@ -265,7 +270,7 @@ private final class BulkDelivery: Sendable {
         var report = Optional(report)  // moved into `ready` under the lock, not copied
         // The report, the consumer's wake and the room it frees for the next pull: one lock.
         let (consumer, batch, wake, reserved) = state.withLock {
-            state -> (CheckedContinuation<[DeliveryReport], any Error>?, [DeliveryReport], Wake?, Bool) in
+            state -> (Consumer?, [DeliveryReport], Wake?, Bool) in
             state.inFlight -= 1
             // Grown once per batch, not by doubling from one report each time it is handed over.
             if state.ready.capacity == 0 { state.ready.reserveCapacity(state.wakeBatch) }
@@ -299,7 +304,7 @@ private final class BulkDelivery: Sendable {
     }
 
     private func wakeConsumer(_ wake: Wake) {
-        let (consumer, batch) = state.withLock { state -> (CheckedContinuation<[DeliveryReport], any Error>?, [DeliveryReport]) in
+        let (consumer, batch) = state.withLock { state -> (Consumer?, [DeliveryReport]) in
             switch wake {
             case .atEndOfIteration: state.wakeAtEndOfIteration = false
             case .onTimer: state.wakeOnTimer = false
@@ -328,7 +333,7 @@ private final class BulkDelivery: Sendable {
                     }
                     return .batch([])
                 }
-                state.consumer = continuation
+                state.consumer = Consumer(continuation)
                 return .wait
             }
             switch answer {
@@ -353,13 +358,13 @@ private final class BulkDelivery: Sendable {
         finish(consumer)
     }
 
-    private func takeConsumerIfFinished(_ state: inout State) -> CheckedContinuation<[DeliveryReport], any Error>? {
+    private func takeConsumerIfFinished(_ state: inout State) -> Consumer? {
         guard state.isFinished, state.ready.isEmpty, let consumer = state.consumer else { return nil }
         state.consumer = nil
         return consumer
     }
 
-    private func finish(_ consumer: CheckedContinuation<[DeliveryReport], any Error>?) {
+    private func finish(_ consumer: Consumer?) {
         guard let consumer else { return }
         let error = state.withLock { state -> (any Error)? in
             defer { state.sourceError = nil }
@@ -367,4 +372,15 @@ private final class BulkDelivery: Sendable {
         }
         if let error { consumer.resume(throwing: error) } else { consumer.resume(returning: []) }
     }
+}
+
+/// A waiting task's continuation, boxed. `CheckedContinuation` is not `@frozen`: held in
+/// ``BulkDelivery``'s state, it gave the whole state (read and written under the lock for
+/// every message) a layout known only at run time, so each access went through runtime
+/// metadata. A reference has a layout the compiler knows.
+private final class Waiter<Value: Sendable, Failure: Error>: Sendable {
+    private let continuation: CheckedContinuation<Value, Failure>
+    init(_ continuation: CheckedContinuation<Value, Failure>) { self.continuation = continuation }
+    func resume(returning value: sending Value) { continuation.resume(returning: value) }
+    func resume(throwing error: Failure) { continuation.resume(throwing: error) }
 }
