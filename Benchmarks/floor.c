@@ -64,8 +64,9 @@ static int reply_codes(struct session *s, int *codes, int capacity) {
     size_t start = 0;
     for (size_t i = 0; i < s->length; i++) {
         if (s->replies[i] != '\n') continue;
-        char after_code = s->replies[start + 3];
-        if (i - start >= 4 && (after_code == ' ' || after_code == '\r') && count < capacity)
+        // Only a line long enough has a character after its code (a short last line would
+        // have this read past the bytes received).
+        if (i - start >= 4 && (s->replies[start + 3] == ' ' || s->replies[start + 3] == '\r') && count < capacity)
             codes[count++] = atoi(s->replies + start);
         start = i + 1;
     }
