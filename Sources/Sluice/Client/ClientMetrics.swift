@@ -31,8 +31,7 @@ struct ClientMetrics: Sendable {
     func record(_ report: DeliveryReport) {
         messages[Self.index(of: report.outcome)].increment()
         for recipient in report.recipients { recipients[Self.index(of: recipient.status)].increment() }
-        let (seconds, attoseconds) = report.elapsed.components
-        latency.recordNanoseconds(seconds * 1_000_000_000 + attoseconds / 1_000_000_000)
+        latency.recordNanoseconds(report.elapsed.wholeNanoseconds)
     }
 
     private static func index(of outcome: DeliveryReport.Outcome) -> Int {

@@ -209,8 +209,3 @@ public struct Backoff: Sendable, Hashable {
         return result
     }
 }
-
-extension Duration {
-    /// The duration in seconds, as a floating-point number (for the command line, too).
-    package var seconds: Double { Double(components.seconds) + Double(components.attoseconds) / 1e18 }
-}

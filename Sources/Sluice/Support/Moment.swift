@@ -37,6 +37,9 @@ struct Moment: Comparable, Hashable, Sendable {
 }
 
 extension Duration {
+    /// The duration in seconds, as a floating-point number (for the command line, too).
+    package var seconds: Double { Double(components.seconds) + Double(components.attoseconds) / 1e18 }
+
     /// The duration in whole nanoseconds (rounded toward zero), saturated to `Int64`'s range.
     var wholeNanoseconds: Int64 {
         let (seconds, attoseconds) = components
