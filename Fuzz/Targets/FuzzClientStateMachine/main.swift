@@ -4,6 +4,12 @@ import SluiceCore
 /// A scripted greeting and EHLO, then arbitrary server bytes, into the client state machine
 /// with AUTH and two transactions queued: it never traps, never sends a command after closing,
 /// and reports every transaction exactly once (finished or not attempted) when it closes.
+///
+/// And it never reports a transaction accepted without the reply being able to answer its
+/// content: the content must have gone out in an earlier event than the one that accepts it
+/// (a reply that came with the 354, before the content was written, answers nothing), and
+/// no event that ends the session with a protocol error (an extra reply, a reply before its
+/// command, a 250 to DATA) reports anything accepted.
 @_cdecl("LLVMFuzzerTestOneInput")
 public func fuzz(_ data: UnsafePointer<UInt8>, _ size: Int) -> Int32 {
     let bytes = Array(UnsafeBufferPointer(start: data, count: size))
@@ -37,21 +43,42 @@ public func fuzz(_ data: UnsafePointer<UInt8>, _ size: Int) -> Int32 {
 struct Tally {
     var closed = false
     var reported: [Int] = []
+    /// The event in which each transaction's content (DATA content or BDAT chunk) went out.
+    var contentEvent: [Int: Int] = [:]
+    var event = 0
 
     mutating func apply(_ actions: [ClientStateMachine.Action]) {
+        event += 1
+        var accepted: [Int] = []
+        var protocolError = false
         for action in actions {
             switch action {
-            case .write:
+            case .write(let pieces):
                 require(!closed, "a write after close")
+                for piece in pieces {
+                    switch piece {
+                    case .data(let id), .chunk(let id): contentEvent[id] = event
+                    case .bytes: break
+                    }
+                }
             case .transactionFinished(let outcome):
                 reported.append(outcome.id)
+                if outcome.status == .accepted || outcome.recipients.contains(where: { $0.status == .accepted }) {
+                    accepted.append(outcome.id)
+                }
             case .transactionNotAttempted(let transaction):
                 reported.append(transaction.id)
-            case .close:
+            case .close(let error):
                 closed = true
+                protocolError = error?.kind == .protocolViolation
             default:
                 break
             }
+        }
+        for id in accepted {
+            require(contentEvent[id].map { $0 < event } == true,
+                    "transaction \(id) accepted without its content having gone out before this event")
+            require(!protocolError, "transaction \(id) accepted in an event that ended in a protocol error")
         }
     }
 }

@@ -182,7 +182,19 @@ public struct ClientStateMachine: Sendable {
     /// search beats hashing, and an entry changes in place.
     private var active: [Active] = []
     private var unsent: [Step] = []
+    /// Replies awaited, in the order their commands were written.
     private var outstanding: [Expectation] = []
+    /// How many entries at the end of `outstanding` belong to commands still in `output`,
+    /// not yet handed to the connection: a reply to one of them would answer a command the
+    /// server has not seen, and is a protocol error.
+    private var unwrittenExpectations = 0
+    /// The session-phase command (EHLO, HELO, STARTTLS, AUTH) awaiting its reply is still in
+    /// `output`, not yet handed to the connection.
+    private var sessionCommandUnwritten = false
+    /// Transactions settled during this event, as indices into `actions`, and whether their
+    /// content was handed to the connection: if the event then ends in a protocol error,
+    /// their replies may have been paired with the wrong commands and they are settled again.
+    private var settledThisEvent: [(action: Int, contentSent: Bool)] = []
     private var needsReset = false
     /// Check the connection with a lone RSET before the next transaction's content goes on it.
     private var needsProbe = false
@@ -194,6 +206,11 @@ public struct ClientStateMachine: Sendable {
     private var armedFor: Expectation?
     /// Our reason for cancelling an AUTH exchange, reported when the server answers the `*`.
     private var pendingAuthenticationError: SMTPSessionError?
+    /// The 334 challenges of the current AUTH exchange so far.
+    private var authenticationChallenges = 0
+    /// The most 334 challenges one AUTH exchange may bring: SCRAM needs two, LOGIN two, an
+    /// XOAUTH2 error one. A server that goes on is holding the client, not authenticating it.
+    static let maximumAuthenticationChallenges = 5
     private var timerArmed = false
     /// The reply timer as this event leaves it (armed anew, or cancelled), told once by
     /// ``finish()`` as an `.armTimer` or `.cancelTimer` action. A batch of replies moves the
@@ -421,6 +438,11 @@ public struct ClientStateMachine: Sendable {
                                   command: outstanding.first.map(Self.verb)), closingReply: reply)
             return
         }
+        if sessionCommandUnwritten {
+            fail(SMTPSessionError(.protocolViolation, "a reply arrived before \(phaseName) was written", reply: reply,
+                                  command: phaseName))
+            return
+        }
         switch state {
         case .awaitingGreeting:
             guard reply.code == .serviceReady else {
@@ -534,6 +556,19 @@ public struct ClientStateMachine: Sendable {
             authenticated = true
             becomeReady()
         case .serverChallenge:
+            authenticationChallenges += 1
+            if pendingAuthenticationError != nil {
+                // We cancelled with `*`: the only valid answer is a final reply (501).
+                fail(SMTPSessionError(.authenticationFailed, "the server challenged again after the client cancelled",
+                                      reply: reply, command: "AUTH"))
+                return
+            }
+            guard authenticationChallenges <= Self.maximumAuthenticationChallenges else {
+                fail(SMTPSessionError(
+                    .authenticationFailed, "the server sent more than \(Self.maximumAuthenticationChallenges) challenges",
+                    reply: reply, command: "AUTH"))
+                return
+            }
             switch exchange.challengeReceived(reply.firstLine) {
             case .respond(let response):
                 state = .authenticating(exchange)
@@ -684,11 +719,25 @@ public struct ClientStateMachine: Sendable {
     }
 
     private mutating func handleTransactionReply(_ reply: SMTPReply) {
-        guard !outstanding.isEmpty else {
-            fail(SMTPSessionError(.protocolViolation, "a reply arrived when none was expected", reply: reply))
+        // Every reply answers the oldest command written and not yet answered. A reply with
+        // no such command is not guessed at: the pairing of everything after it is in doubt.
+        guard outstanding.count > unwrittenExpectations else {
+            let detail = outstanding.isEmpty
+                ? "a reply arrived with no command to answer"
+                : "a reply arrived before its command (\(Self.verb(outstanding[0]))) was written"
+            fail(SMTPSessionError(.protocolViolation, detail, reply: reply, command: outstanding.first.map(Self.verb)))
             return
         }
         let expectation = outstanding.removeFirst()
+        // 354 answers DATA and nothing else; a 3xx anywhere else means the replies and the
+        // commands are out of step.
+        if reply.code.kind == .positiveIntermediate, expectation != .quit {
+            if case .data = expectation {} else {
+                fail(SMTPSessionError(.protocolViolation, "\(Self.verb(expectation)) was answered with \(reply.code.rawValue)",
+                                      reply: reply, command: Self.verb(expectation)))
+                return
+            }
+        }
         switch expectation {
         case .quit:
             state = .closed
@@ -723,21 +772,30 @@ public struct ClientStateMachine: Sendable {
                     active[i].emptyTerminator = true
                 }
                 active[i].terminatorWritten = true
-                outstanding.insert(.content(id), at: 0)
+                // DATA ends a group and nothing is written after it until it is answered, so
+                // the content's reply is the only one awaited.
+                assert(outstanding.isEmpty, "DATA is the last command awaiting a reply")
+                expect(.content(id))
+            } else if reply.code.isPositiveCompletion || reply.code.kind == .positiveIntermediate {
+                // Only 354 lets content go; a 250 here would accept a message never sent.
+                fail(SMTPSessionError(.protocolViolation, "DATA was answered with \(reply.code.rawValue), not 354",
+                                      reply: reply, command: "DATA"))
+                return
             } else {
                 needsReset = true
                 finishTransaction(id, dataReply: reply)
             }
         case .content(let id), .bdat(let id):
             if case .bdat = expectation, !reply.code.isPositiveCompletion { needsReset = true }
-            finishTransaction(id, dataReply: reply)
+            finishTransaction(id, dataReply: reply, contentSent: true)
         }
         pump()
     }
 
     /// Reports a transaction from its replies and forgets it.
-    private mutating func finishTransaction(_ id: Int, dataReply: SMTPReply? = nil) {
+    private mutating func finishTransaction(_ id: Int, dataReply: SMTPReply? = nil, contentSent: Bool = false) {
         guard let entry = forget(id) else { return }
+        settledThisEvent.append((actions.count, contentSent && !entry.emptyTerminator))
         actions.append(.transactionFinished(Self.outcome(of: entry, dataReply: dataReply)))
     }
 
@@ -850,9 +908,22 @@ public struct ClientStateMachine: Sendable {
 
     /// Closes with `error` and settles every transaction: an unanswered one whose end of data
     /// was written is unknown, any other deferred, and those not started go elsewhere.
+    ///
+    /// After a protocol error no reply of this session can be trusted to answer the command
+    /// it was paired with: the unfinished transactions are settled without their replies, and
+    /// those settled earlier in this same event are settled again the same way (content sent:
+    /// unknown; not sent: deferred), so an extra or early reply can never make one accepted.
     private mutating func fail(_ error: SMTPSessionError?, closingReply: SMTPReply? = nil) {
         if case .closed = state { return }
         state = .closed
+        let repliesTrusted = error?.kind != .protocolViolation
+        if !repliesTrusted { settleAgainWithoutReplies(error) }
+        // A terminator still in `output` never reached the connection: nothing was sent.
+        let unwritten = outstanding.suffix(unwrittenExpectations)
+        func contentSent(_ entry: Active) -> Bool {
+            entry.terminatorWritten && !entry.emptyTerminator
+                && !unwritten.contains(.content(entry.id)) && !unwritten.contains(.bdat(entry.id))
+        }
         if let closingReply, let first = outstanding.first {
             switch first {
             case .mail(let id), .recipient(let id, _), .data(let id), .content(let id), .bdat(let id):
@@ -873,7 +944,11 @@ public struct ClientStateMachine: Sendable {
                 actions.append(.transactionNotAttempted(entry.transaction))
                 continue
             }
-            let status: DeliveryStatus = entry.terminatorWritten && !entry.emptyTerminator ? .unknown : .deferred
+            let status: DeliveryStatus = contentSent(entry) ? .unknown : .deferred
+            guard repliesTrusted else {
+                actions.append(.transactionFinished(Self.uniformOutcome(entry.transaction, status, reply: nil, error: error)))
+                continue
+            }
             let recipients = zip(entry.transaction.recipients, entry.recipientReplies).map { recipient, reply in
                 if let reply, !reply.code.isPositiveCompletion {
                     return RecipientOutcome(address: recipient.address, status: Self.status(of: reply), reply: reply)
@@ -891,15 +966,31 @@ public struct ClientStateMachine: Sendable {
         for transaction in pending { actions.append(.transactionNotAttempted(transaction)) }
         pending = []
         output = OutputBuffer()
+        unwrittenExpectations = 0
         timerChange = .cancel
         actions.append(.close(error))
         timerArmed = false
+    }
+
+    /// Settles the transactions finished earlier in this event again, without their replies
+    /// (see ``fail(_:closingReply:)``).
+    private mutating func settleAgainWithoutReplies(_ error: SMTPSessionError?) {
+        for (index, contentSent) in settledThisEvent {
+            guard case .transactionFinished(let outcome) = actions[index] else { continue }
+            let status: DeliveryStatus = contentSent ? .unknown : .deferred
+            actions[index] = .transactionFinished(TransactionOutcome(
+                id: outcome.id, status: status,
+                recipients: outcome.recipients.map { RecipientOutcome(address: $0.address, status: status, reply: nil) },
+                reply: nil, error: error))
+        }
+        settledThisEvent.removeAll()
     }
 
     // MARK: Output
 
     private mutating func write(command: SMTPCommand, timeout: Duration) {
         output.append(command)
+        sessionCommandUnwritten = true
         timerChange = .arm(timeout)
         timerArmed = true
         armedFor = nil
@@ -907,7 +998,13 @@ public struct ClientStateMachine: Sendable {
 
     private mutating func write(command: SMTPCommand, expecting expectation: Expectation) {
         output.append(command)
+        expect(expectation)
+    }
+
+    /// Awaits a reply to something just put in `output`.
+    private mutating func expect(_ expectation: Expectation) {
         outstanding.append(expectation)
+        unwrittenExpectations += 1
     }
 
     /// What the machine has to write in this event: content pieces, and the command bytes
@@ -1012,6 +1109,10 @@ public struct ClientStateMachine: Sendable {
             // The write goes first: outcomes and timers describe the state after it.
             actions.insert(.write(pieces), at: 0)
         }
+        // From here every command in the write is the connection's: replies may answer it.
+        unwrittenExpectations = 0
+        sessionCommandUnwritten = false
+        settledThisEvent.removeAll(keepingCapacity: true)
         if let timerChange {
             // Last: a close among the actions stops the timer anyway.
             actions.append(timerChange.action)

@@ -39,26 +39,6 @@ struct ClientSessionTests {
         #expect(h.outcomes.map(\.status) == [.accepted])
     }
 
-    @Test func everySplitOfTheServerBytesGivesTheSameWrites() {
-        let transcript = "220 mx.example ESMTP\r\n250-mx.example\r\n250 PIPELINING\r\n"
-        let bytes = Array(transcript.utf8)
-        var reference = Harness()
-        _ = reference.connect()
-        reference.server(transcript)
-        for cut in 0...bytes.count {
-            var h = Harness()
-            _ = h.connect()
-            h.apply(h.machine.bytesReceived(bytes[..<cut]))
-            h.apply(h.machine.bytesReceived(bytes[cut...]))
-            #expect(h.writes == reference.writes, "split at \(cut)")
-            #expect(h.ready == reference.ready)
-        }
-        var oneByOne = Harness()
-        _ = oneByOne.connect()
-        for byte in bytes { oneByOne.apply(oneByOne.machine.bytesReceived([byte])) }
-        #expect(oneByOne.writes == reference.writes)
-    }
-
     @Test func aMalformedReplyClosesWithAProtocolError() {
         var h = Harness()
         _ = h.connect()
