@@ -213,7 +213,7 @@ struct SendResult: Encodable {
     var json: String {
         let encoder = JSONEncoder()
         encoder.outputFormatting = [.sortedKeys, .withoutEscapingSlashes]
-        return String(decoding: (try? encoder.encode(self)) ?? Data("{}".utf8), as: UTF8.self)
+        return String(decoding: (try? encoder.encode(self)) ?? Data("{}".utf8), as: UTF8.self).jsonControlsEscaped
     }
 
     /// One line per recipient and a summary, for people.
@@ -225,7 +225,7 @@ struct SendResult: Encodable {
             var parts: [String] = []
             if let code = recipient.code { parts.append(String(code)) }
             if let enhanced = recipient.enhancedCode { parts.append("\(enhanced)") }
-            if let text = recipient.text { parts.append(text) }
+            if let text = recipient.text { parts.append(text.controlCharactersEscaped) }
             let reply = parts.joined(separator: " ")
             lines.append("\(recipient.status)\t\(recipient.address.address)\t\(reply.isEmpty ? "(no reply)" : reply)")
         }

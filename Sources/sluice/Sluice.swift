@@ -43,3 +43,22 @@ func readTextFile(_ path: String, flag: String) throws -> String {
     }
     return text
 }
+
+extension String {
+    /// JSON text with DEL and the C1 controls (U+0080 to U+009F) escaped as `\u007f` …
+    /// `\u009f`. JSON encoders escape only C0, and a terminal that shows the output would act
+    /// on a raw U+009B (CSI) from a server's reply. Those characters can stand only inside
+    /// strings, so replacing them everywhere leaves the JSON's meaning as it was.
+    var jsonControlsEscaped: String {
+        guard unicodeScalars.contains(where: { (0x7F...0x9F).contains($0.value) }) else { return self }
+        var escaped = ""
+        for scalar in unicodeScalars {
+            if (0x7F...0x9F).contains(scalar.value) {
+                escaped += "\\u00" + String(scalar.value, radix: 16)
+            } else {
+                escaped.unicodeScalars.append(scalar)
+            }
+        }
+        return escaped
+    }
+}

@@ -406,7 +406,7 @@ final class ClientConnection: ConnectionHandler, EndOfIterationWork, @unchecked 
     private func traceReplies(_ bytes: UnsafeRawBufferPointer) {
         for line in String(decoding: bytes, as: UTF8.self).split(separator: "\r\n", omittingEmptySubsequences: true) {
             if redactingAuthentication, !line.hasPrefix("334") { redactingAuthentication = false }
-            logger.trace("S: \(line)")
+            logger.trace("S: \(line.controlCharactersEscaped)")
         }
     }
 }

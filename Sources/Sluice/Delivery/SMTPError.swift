@@ -135,7 +135,7 @@ public struct SMTPError: Error, Sendable, Hashable, CustomStringConvertible {
             case .authenticationFailed, .authenticationNotAllowed: .authentication
             case .timeout: .timeout
             case .protocolViolation: .protocolViolation
-            case .refusedLocally: .invalidInput
+            case .refusedLocally: .rejected  // the server's own limits (SIZE, 8BITMIME, SMTPUTF8) rule it out
             case .cancelled: .cancelled
             default: .connection  // greeting refused, EHLO rejected, 421, connection lost
             }
@@ -161,7 +161,7 @@ public struct SMTPError: Error, Sendable, Hashable, CustomStringConvertible {
     public var description: String {
         var text = "SMTP \(kind)"
         if let command { text += " (\(command))" }
-        text += ": \(detail)"
+        text += ": \(detail.controlCharactersEscaped)"
         if let reply, sessionError?.reply != reply { text += " [\(reply)]" }
         return text
     }

@@ -84,7 +84,7 @@ public struct SMTPSessionError: Error, Hashable, Sendable, CustomStringConvertib
     public var description: String {
         var text = "\(kind)"
         if let command { text += " (\(command))" }
-        text += ": \(detail)"
+        text += ": \(detail.controlCharactersEscaped)"
         if let reply { text += " [\(reply)]" }
         return text
     }

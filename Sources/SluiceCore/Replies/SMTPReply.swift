@@ -71,8 +71,10 @@ public struct SMTPReply: Hashable, Sendable, CustomStringConvertible {
         bytes.append(10)
     }
 
+    /// The reply for people: code, enhanced code and text, with the server's control
+    /// characters made visible (see ``Swift/StringProtocol/controlCharactersEscaped``).
     public var description: String {
-        if let enhancedCode { return "\(code) \(enhancedCode) \(text)" }
-        return "\(code) \(text)"
+        if let enhancedCode { return "\(code) \(enhancedCode) \(text.controlCharactersEscaped)" }
+        return "\(code) \(text.controlCharactersEscaped)"
     }
 }
