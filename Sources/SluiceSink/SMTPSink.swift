@@ -26,6 +26,21 @@ public struct SinkConfiguration: Sendable {
     public var maximumConnections = 10_000
     /// A client silent this long gets 421 and is closed.
     public var idleTimeout: Duration = .seconds(300)
+    /// The longest a client may take over one whole command line, from its first byte to its
+    /// CRLF; then 421 and close. (The idle timer restarts on every byte, so a client that
+    /// trickles a line a byte at a time would otherwise hold its slot for ever.)
+    public var commandTimeout: Duration = .seconds(60)
+    /// The longest a client may take over one message's content (after 354, or one BDAT
+    /// chunk); then 421 and close.
+    public var contentTimeout: Duration = .seconds(600)
+    /// Failed AUTH attempts one client address may make in ``authenticationFailureWindow``
+    /// across all its connections; past them its sessions get 421 (Postfix's anvil limits).
+    public var maximumAuthenticationFailuresPerAddress = 20
+    /// The window over which failures per address are counted.
+    public var authenticationFailureWindow: Duration = .seconds(600)
+    /// How long a failed AUTH's reply is held, per failure so far on the connection (the
+    /// second failure waits twice this, and so on, at most ten times).
+    public var authenticationFailureDelay: Duration = .milliseconds(250)
     /// Where messages go.
     public var store = SinkStore.discard
     /// Faults to inject.
@@ -92,7 +107,14 @@ public final class SMTPSink: Sendable {
                 if shared.counters.activeSessions.load(ordering: .relaxed) >= limit {
                     shared.counters.sessions.add(1, ordering: .relaxed)
                     shared.counters.refusedSessions.add(1, ordering: .relaxed)
-                    return RefusedSession(connection: connection, hostname: hostname)
+                    return RefusedSession(connection: connection, reply: "421 4.7.0 \(hostname) Error: too many connections")
+                }
+                if let address = connection.remoteAddress?.host, shared.isLockedOut(address) {
+                    shared.counters.sessions.add(1, ordering: .relaxed)
+                    shared.counters.refusedSessions.add(1, ordering: .relaxed)
+                    return RefusedSession(
+                        connection: connection,
+                        reply: "421 4.7.0 \(hostname) Error: too many failed authentications from \(address)")
                 }
                 return SinkSession(connection: connection, shared: shared, secure: secure)
             }
@@ -125,7 +147,11 @@ public final class SMTPSink: Sendable {
     }
 
     /// What the sink has seen so far.
-    public var statistics: SinkStatistics { shared.counters.snapshot }
+    public var statistics: SinkStatistics {
+        var statistics = shared.counters.snapshot
+        statistics.acceptPauses = servers.reduce(0) { $0 + $1.acceptPauses }
+        return statistics
+    }
 
     /// The messages kept so far (``SinkStore/memory`` only).
     public var messages: [StoredMessage] { shared.store.messages }
@@ -157,6 +183,25 @@ public final class SMTPSink: Sendable {
 
     /// Reads again after ``pauseReading()``.
     public func resumeReading() { shared.setReadingPaused(false) }
+
+    /// Shuts down gracefully, as on SIGTERM: stops listening, answers every new command with
+    /// 421, lets each transaction already in its content finish (its 250 goes out) within
+    /// `grace`, and closes each session once it has nothing in flight. Returns when every
+    /// session has closed or `grace` has passed; then call ``shutdown()``, which closes what
+    /// is left.
+    ///
+    /// - Returns: The sessions still open when `grace` ran out.
+    @discardableResult
+    public func drain(grace: Duration) async -> Int {
+        for server in servers { await server.close() }
+        for session in shared.sessions { session.drain() }
+        let clock = ContinuousClock()
+        let deadline = clock.now + grace
+        while shared.counters.activeSessions.load(ordering: .relaxed) > 0, clock.now < deadline {
+            try? await Task.sleep(for: .milliseconds(10))
+        }
+        return shared.counters.activeSessions.load(ordering: .relaxed)
+    }
 
     /// Stops listening; sessions in progress are closed when an owned group shuts down.
     public func shutdown() async {

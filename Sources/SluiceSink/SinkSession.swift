@@ -42,6 +42,35 @@ final class SinkShared: Sendable {
         _ = stall.withLock { $0.sessions.removeValue(forKey: ObjectIdentifier(session)) }
     }
 
+    /// The open sessions.
+    var sessions: [SinkSession] { stall.withLock { Array($0.sessions.values) } }
+
+    /// Failed AUTH attempts by client address, counted over a window (Postfix's anvil).
+    private let authenticationFailures = Locked<[String: (count: Int, since: ContinuousClock.Instant)]>([:])
+
+    /// Records a failed AUTH from `address`; returns whether the address is now past its limit.
+    func authenticationFailed(from address: String) -> Bool {
+        counters.authenticationFailures.add(1, ordering: .relaxed)
+        let now = ContinuousClock.now
+        let window = configuration.authenticationFailureWindow
+        return authenticationFailures.withLock { table in
+            var entry = table[address].flatMap { now - $0.since < window ? $0 : nil } ?? (count: 0, since: now)
+            entry.count += 1
+            table[address] = entry
+            if table.count > 10_000 { table = table.filter { now - $0.value.since < window } }  // bounded
+            return entry.count >= configuration.maximumAuthenticationFailuresPerAddress
+        }
+    }
+
+    /// Whether `address` is past its limit of failed AUTH attempts now.
+    func isLockedOut(_ address: String) -> Bool {
+        let now = ContinuousClock.now
+        return authenticationFailures.withLock { table in
+            guard let entry = table[address], now - entry.since < configuration.authenticationFailureWindow else { return false }
+            return entry.count >= configuration.maximumAuthenticationFailuresPerAddress
+        }
+    }
+
     func replyDelay() -> Duration? {
         switch configuration.replyDelay {
         case nil: return nil
@@ -67,7 +96,13 @@ final class SinkSession: ConnectionHandler, EndOfIterationWork, @unchecked Senda
     private let shared: SinkShared
     @exclusivity(unchecked) private var machine: ServerStateMachine
     @exclusivity(unchecked) private var idleTimer: LoopTimer?
+    /// The deadline for what the client is in the middle of sending (a command line or a
+    /// content), and which one it was set for.
+    @exclusivity(unchecked) private var deadlineTimer: LoopTimer?
+    @exclusivity(unchecked) private var deadlineFor: (ServerStateMachine.InputProgress, Int) = (.idle, 0)
     @exclusivity(unchecked) private var delayTimer: LoopTimer?
+    /// Ends the hold after a failed AUTH.
+    @exclusivity(unchecked) private var holdTimer: LoopTimer?
     @exclusivity(unchecked) private var outbox: [Out] = []
     @exclusivity(unchecked) private var isClosed = false
     /// Replies not yet written: they go out at the end of the loop's iteration (see
@@ -119,13 +154,68 @@ final class SinkSession: ConnectionHandler, EndOfIterationWork, @unchecked Senda
         perform(machine.bytesReceived(bytes))
         // Input waits while a message is stored; do not let a client pile it up.
         if machine.bufferedInputCount > 1 << 20 { connection.pauseReading() }
+        updateDeadline()
+    }
+
+    /// A failed AUTH, the `failures`-th on this connection: its reply (and everything after
+    /// it) is held longer with each failure, the machine reads nothing more meanwhile (so
+    /// pipelined guesses wait their turn), and an address past its limit across connections
+    /// is closed with 421. Returns how long the replies are held.
+    private func authenticationFailed(failures: Int) -> Duration {
+        let address = connection.remoteAddress?.host ?? "unknown"
+        let penalty = shared.configuration.authenticationFailureDelay * min(failures, 10)
+        if shared.authenticationFailed(from: address) {
+            let refusal = SMTPReply(
+                .serviceNotAvailable, EnhancedStatusCode("4.7.0"),
+                "\(shared.configuration.server.hostname) Error: too many failed authentications from \(address)")
+            holdTimer = connection.eventLoop.scheduleTimer(after: penalty) { [self] in
+                perform(machine.closeRequested(refusal))
+            }
+        } else {
+            holdTimer = connection.eventLoop.scheduleTimer(after: penalty) { [self] in
+                perform(machine.holdEnded())
+                updateDeadline()
+            }
+        }
+        return penalty
+    }
+
+    /// Arms the deadline for the command line or content the client is in the middle of,
+    /// once per line or content; cancels it when nothing is half-sent.
+    private func updateDeadline() {
+        let now = (machine.inputProgress, machine.inputSequence)
+        guard now != deadlineFor else { return }
+        deadlineFor = now
+        deadlineTimer?.cancel()
+        deadlineTimer = nil
+        let limit: Duration
+        switch now.0 {
+        case .idle: return
+        case .commandLine: limit = shared.configuration.commandTimeout
+        case .content: limit = shared.configuration.contentTimeout
+        }
+        deadlineTimer = connection.eventLoop.scheduleTimer(after: limit) { [self] in
+            guard !isClosed else { return }
+            shared.counters.slowClientsClosed.add(1, ordering: .relaxed)
+            perform(machine.deadlineExceeded())
+        }
+    }
+
+    /// The sink is shutting down: the session finishes the content it is reading, then closes.
+    func drain() {
+        connection.eventLoop.execute { [self] in
+            guard !isClosed else { return }
+            perform(machine.drainRequested())
+        }
     }
 
     func connectionDidClose(_ connection: Connection, error: TransportError?) {
         isClosed = true
         shared.unregister(self)
         idleTimer?.cancel()
+        deadlineTimer?.cancel()
         delayTimer?.cancel()
+        holdTimer?.cancel()
         shared.counters.activeSessions.subtract(1, ordering: .relaxed)
     }
 
@@ -138,17 +228,20 @@ final class SinkSession: ConnectionHandler, EndOfIterationWork, @unchecked Senda
 
     private func perform(_ actions: [ServerStateMachine.Action]) {
         guard !isClosed else { return }
+        var penalty: Duration?
         for action in actions {
             switch action {
             case .write(let bytes):
                 shared.counters.countReplies(in: bytes)
-                send(.write(bytes))
+                send(.write(bytes), penalty: penalty)
             case .startTLS:
-                send(.startTLS)
+                send(.startTLS, penalty: penalty)
             case .close:
-                send(.close)
+                send(.close, penalty: penalty)
             case .deliver(let message):
                 deliver(message)
+            case .authenticationFailed(let failures):
+                penalty = authenticationFailed(failures: failures)
             }
         }
     }
@@ -177,18 +270,22 @@ final class SinkSession: ConnectionHandler, EndOfIterationWork, @unchecked Senda
                 .localErrorInProcessing, EnhancedStatusCode("4.3.0"), "Error: could not store the message: \(error)"))))
         }
         if machine.bufferedInputCount <= 1 << 20, !shared.readingPaused { connection.resumeReading() }
+        updateDeadline()
     }
 
     // MARK: Output, with the optional reply delay
 
-    private func send(_ out: Out) {
-        guard let delay = shared.replyDelay() else {
+    /// Carries `out` out now, or after the sink's reply delay or a `penalty` (a failed
+    /// AUTH), whichever is longer; what is already held keeps its place in front of it.
+    private func send(_ out: Out, penalty: Duration? = nil) {
+        let delay = [shared.replyDelay(), penalty].compactMap { $0 }.max()
+        if delay == nil, delayTimer == nil {
             execute(out)
             return
         }
         outbox.append(out)
         guard delayTimer == nil else { return }
-        delayTimer = connection.eventLoop.scheduleTimer(after: delay) { [self] in
+        delayTimer = connection.eventLoop.scheduleTimer(after: delay ?? .zero) { [self] in
             delayTimer = nil
             let due = outbox
             outbox = []
@@ -247,10 +344,11 @@ final class SinkSession: ConnectionHandler, EndOfIterationWork, @unchecked Senda
     }
 }
 
-/// Answers a connection past the limit with 421 and closes it.
+/// Answers a connection the sink will not serve (past the connection limit, or from an
+/// address locked out) with a 421 and closes it.
 final class RefusedSession: ConnectionHandler {
-    init(connection: Connection, hostname: String) {
-        connection.enqueueWrite(Array("421 4.7.0 \(hostname) Error: too many connections\r\n".utf8))
+    init(connection: Connection, reply: String) {
+        connection.enqueueWrite(Array("\(reply)\r\n".utf8))
         connection.close()
     }
     func connection(_ connection: Connection, didReceive bytes: UnsafeRawBufferPointer) {}

@@ -21,12 +21,21 @@ public struct SinkStatistics: Hashable, Sendable, Codable {
     public var rejectionsByCode: [String: Int] = [:]
     /// Replies 500, 501 and 521: commands or content the sink could not accept as SMTP.
     public var protocolErrors = 0
+    /// Sessions closed because a command line or a message's content took longer than its
+    /// deadline (a client sending a byte at a time).
+    public var slowClientsClosed = 0
+    /// Failed AUTH attempts.
+    public var authenticationFailures = 0
+    /// Times the listener stopped accepting for a while because the process had no file
+    /// descriptor left (EMFILE/ENFILE); the clients waited in the backlog meanwhile.
+    public var acceptPauses = 0
 
     /// A one-line summary for logs.
     public var summary: String {
         let rejections = rejectionsByCode.sorted { $0.key < $1.key }.map { "\($0.key)=\($0.value)" }.joined(separator: " ")
         return "sessions \(sessions) (active \(activeSessions), refused \(refusedSessions)), messages \(messages), "
-            + "recipients \(recipients), bytes \(bytes), tls \(tlsSessions), protocol errors \(protocolErrors)"
+            + "recipients \(recipients), bytes \(bytes), tls \(tlsSessions), protocol errors \(protocolErrors), "
+            + "slow clients closed \(slowClientsClosed), failed AUTH \(authenticationFailures), accept pauses \(acceptPauses)"
             + (rejections.isEmpty ? "" : ", rejections \(rejections)")
     }
 }
@@ -41,6 +50,8 @@ final class SinkCounters: Sendable {
     let bytes = Atomic<Int>(0)
     let tlsSessions = Atomic<Int>(0)
     let protocolErrors = Atomic<Int>(0)
+    let slowClientsClosed = Atomic<Int>(0)
+    let authenticationFailures = Atomic<Int>(0)
     private let rejections = Locked<[Int: Int]>([:])
 
     /// Counts the 4xx/5xx replies in bytes about to be written.
@@ -72,6 +83,8 @@ final class SinkCounters: Sendable {
         statistics.bytes = bytes.load(ordering: .relaxed)
         statistics.tlsSessions = tlsSessions.load(ordering: .relaxed)
         statistics.protocolErrors = protocolErrors.load(ordering: .relaxed)
+        statistics.slowClientsClosed = slowClientsClosed.load(ordering: .relaxed)
+        statistics.authenticationFailures = authenticationFailures.load(ordering: .relaxed)
         statistics.rejectionsByCode = Dictionary(uniqueKeysWithValues: rejections.withLock { $0 }.map { (String($0.key), $0.value) })
         return statistics
     }

@@ -19,12 +19,20 @@ public func fuzz(_ data: UnsafePointer<UInt8>, _ size: Int) -> Int32 {
     var index = 0
     while index < bytes.count {
         let end = min(bytes.count, index + split)
-        let actions = machine.bytesReceived(bytes[index..<end])
-        if check(actions, limit: configuration.maximumMessageSize) { return 0 }
-        for action in actions {
-            if case .deliver = action {
-                check(machine.deliveryFinished(.stored(id: "1")), limit: configuration.maximumMessageSize)
+        // What the driver does in answer (store a message, end a hold after a failed AUTH) can
+        // bring more actions, which are checked in turn.
+        var actions = machine.bytesReceived(bytes[index..<end])
+        while !actions.isEmpty {
+            if check(actions, limit: configuration.maximumMessageSize) { return 0 }
+            var next: [ServerStateMachine.Action] = []
+            for action in actions {
+                switch action {
+                case .deliver: next += machine.deliveryFinished(.stored(id: "1"))
+                case .authenticationFailed: next += machine.holdEnded()
+                case .write, .close, .startTLS: break
+                }
             }
+            actions = next
         }
         index = end
     }
@@ -50,7 +58,7 @@ func check(_ actions: [ServerStateMachine.Action], limit: Int) -> Bool {
             }
         case .close:
             closed = true
-        case .startTLS:
+        case .startTLS, .authenticationFailed:
             break
         }
     }

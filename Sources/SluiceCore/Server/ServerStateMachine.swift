@@ -25,6 +25,10 @@ public struct ServerStateMachine: Sendable {
         case deliver(ReceivedMessage)
         /// Close the connection (after any write above).
         case close
+        /// An AUTH attempt failed: the `failures`-th on this connection. Unless a close
+        /// follows, input is held until ``holdEnded()``: the driver slows a guesser down by
+        /// holding the reply and the next command for a while.
+        case authenticationFailed(failures: Int)
     }
 
     /// What this server offers and enforces.
@@ -59,6 +63,10 @@ public struct ServerStateMachine: Sendable {
         public var maximumRecipients = 1000
         /// The longest command line, CRLF included (RFC 5321 says 512; extensions need more).
         public var maximumCommandLength = 2048
+        /// Failed AUTH attempts allowed on one connection: the one that reaches this many is
+        /// answered 421 and the connection closed (Postfix counts errors the same way with
+        /// `smtpd_hard_error_limit`).
+        public var maximumAuthenticationFailures = 5
 
         /// The defaults: every extension but STARTTLS and AUTH on.
         public init() {}
@@ -77,6 +85,8 @@ public struct ServerStateMachine: Sendable {
         case authentication(AuthState)
         /// A message was handed to the driver; input waits until it answers.
         case delivering
+        /// An AUTH attempt failed; input waits until the driver calls ``holdEnded()``.
+        case held
         /// Discarding the rest of an overlong command line.
         case discardingLine
         case closed
@@ -102,6 +112,10 @@ public struct ServerStateMachine: Sendable {
     private var transaction: Transaction?
     private var content: [UInt8] = []
     private var contentSize = 0
+    /// AUTH attempts that failed on this connection.
+    public private(set) var authenticationFailures = 0
+    /// Shutting down: the transaction whose content is arriving may finish; nothing else starts.
+    private var draining = false
 
     private struct Transaction: Sendable {
         var from: EnvelopeAddress?
@@ -192,7 +206,84 @@ public struct ServerStateMachine: Sendable {
             write(reply)
         }
         transaction = nil
+        if draining {
+            closeForShutdown()
+            return finish()
+        }
         process()
+        return finish()
+    }
+
+    /// What the client is in the middle of sending, for the driver's deadlines: a client
+    /// that trickles a command line or a message's content a byte at a time keeps the idle
+    /// timer from firing, so a whole line and a whole content each get a deadline of their own.
+    public enum InputProgress: Hashable, Sendable {
+        /// Nothing half-sent: between commands, or waiting on the server (storing a message,
+        /// TLS, a delay).
+        case idle
+        /// Part of a command line (or an AUTH response) has arrived, not its end.
+        case commandLine
+        /// A message's content is arriving (after 354, or a BDAT chunk).
+        case content
+    }
+
+    /// Counts each command line read and each content begun: with ``inputProgress`` it tells
+    /// a driver whether the half-sent thing is the one it set its deadline for, or the next.
+    public private(set) var inputSequence = 0
+
+    /// What the client is in the middle of sending.
+    public var inputProgress: InputProgress {
+        switch phase {
+        case .data, .chunk: .content
+        case .command, .authentication: inputIndex < input.count ? .commandLine : .idle
+        case .discardingLine: .commandLine
+        case .greeting, .awaitingTLS, .delivering, .held, .closed: .idle
+        }
+    }
+
+    /// The client took longer than its deadline to send a whole command line or content:
+    /// 421 and close.
+    public mutating func deadlineExceeded() -> [Action] {
+        if case .closed = phase { return [] }
+        let what = inputProgress == .content ? "message content" : "command line"
+        reply(.serviceNotAvailable, EnhancedStatusCode("4.4.2"), "\(configuration.hostname) Error: \(what) took too long")
+        close()
+        return finish()
+    }
+
+    /// The server is shutting down: a transaction whose content is arriving (or being stored)
+    /// finishes and gets its reply; every other command is answered 421, and the connection
+    /// closes. A session between commands gets the 421 at once.
+    public mutating func drainRequested() -> [Action] {
+        draining = true
+        switch phase {
+        case .data, .chunk, .delivering, .closed:
+            break  // the end of the content (or the close) comes first
+        case .greeting, .awaitingTLS, .command, .authentication, .discardingLine, .held:
+            closeForShutdown()
+        }
+        return finish()
+    }
+
+    private mutating func closeForShutdown() {
+        if case .closed = phase { return }
+        reply(.serviceNotAvailable, EnhancedStatusCode("4.3.2"), "\(configuration.hostname) Error: shutting down")
+        close()
+    }
+
+    /// The hold after a failed AUTH is over: read on.
+    public mutating func holdEnded() -> [Action] {
+        guard case .held = phase else { return [] }
+        phase = .command
+        process()
+        return finish()
+    }
+
+    /// The driver ends the session: `reply` (a 421), then close.
+    public mutating func closeRequested(_ reply: SMTPReply) -> [Action] {
+        if case .closed = phase { return [] }
+        write(reply)
+        close()
         return finish()
     }
 
@@ -209,7 +300,7 @@ public struct ServerStateMachine: Sendable {
     private mutating func process() {
         while inputIndex < input.count {
             switch phase {
-            case .closed, .delivering, .greeting, .awaitingTLS:
+            case .closed, .delivering, .held, .greeting, .awaitingTLS:
                 return
             case .data(var decoder):
                 var consumedAll = true
@@ -291,6 +382,7 @@ public struct ServerStateMachine: Sendable {
                 guard input[index + 1] == 10 else { return .bareLineEnding }
                 let line = Array(input[inputIndex..<index])
                 inputIndex = index + 2
+                inputSequence &+= 1
                 if line.count + 2 > limit { return .tooLong }
                 return .line(line)
             }
@@ -319,6 +411,10 @@ public struct ServerStateMachine: Sendable {
     // MARK: Commands
 
     private mutating func command(_ line: [UInt8]) {
+        if draining {
+            closeForShutdown()
+            return
+        }
         if line.contains(0) {
             reply(.commandUnrecognized, EnhancedStatusCode("5.5.2"), "Error: NUL in command")
             return
@@ -518,15 +614,31 @@ public struct ServerStateMachine: Sendable {
         reply(.startMailInput, nil, "End data with <CR><LF>.<CR><LF>")
         content = []
         contentSize = 0
+        inputSequence &+= 1
         phase = .data(DataDecoder(maximumSize: configuration.maximumMessageSize))
     }
 
     private mutating func bdat(_ argument: String) {
-        let words = argument.split(separator: " ")
-        guard configuration.chunking, (1...2).contains(words.count), let size = Int(words[0]), size >= 0,
+        let words = argument.split(separator: " ", omittingEmptySubsequences: false)
+        // The size is ASCII digits only (RFC 3030): `+5` or `-0` would frame the stream
+        // differently from what the client meant, and the next command would be eaten as data.
+        guard configuration.chunking, (1...2).contains(words.count), !words[0].isEmpty,
+              words[0].utf8.allSatisfy({ (0x30...0x39).contains($0) }),
               words.count == 1 || words[1].uppercased() == "LAST"
         else {
             return reply(.syntaxError, EnhancedStatusCode("5.5.4"), "Syntax: BDAT size [LAST]")
+        }
+        // Too many digits for an Int is a size past any limit.
+        let size = Int(words[0]) ?? Int.max
+        let sizeSoFar = transaction?.usedBDAT == true ? contentSize : 0
+        if size > configuration.maximumMessageSize - sizeSoFar {
+            // Refused from its declared size: the chunk is never read, so there is no
+            // staying in step with the stream; the connection ends here.
+            transaction = nil
+            content = []
+            reply(.exceededStorageAllocation, EnhancedStatusCode("5.3.4"), "Error: message too large; closing")
+            close()
+            return
         }
         let last = words.count == 2
         // The chunk's bytes follow whatever the verdict: read them, keep them only if valid.
@@ -540,6 +652,7 @@ public struct ServerStateMachine: Sendable {
             transaction = current
             accepted = true
         }
+        inputSequence &+= 1
         phase = .chunk(remaining: size, last: last, accepted: accepted)
         if size == 0 {
             phase = .command
@@ -669,16 +782,16 @@ public struct ServerStateMachine: Sendable {
     private mutating func authenticationLine(_ line: [UInt8], _ state: AuthState) {
         phase = .command
         if line == [UInt8(ascii: "*")] {
-            return reply(.syntaxError, EnhancedStatusCode("5.7.0"), "Authentication cancelled")
+            return authenticationFailed(.syntaxError, EnhancedStatusCode("5.7.0"), "Authentication cancelled")
         }
         guard let decoded = line == [UInt8(ascii: "=")] ? [] : Base64.decode(line) else {
-            return reply(.syntaxError, EnhancedStatusCode("5.5.2"), "Invalid base64 data")
+            return authenticationFailed(.syntaxError, EnhancedStatusCode("5.5.2"), "Invalid base64 data")
         }
         switch state {
         case .plain:
             let parts = decoded.split(separator: 0, omittingEmptySubsequences: false)
             guard parts.count == 3 else {
-                return reply(.syntaxError, EnhancedStatusCode("5.5.2"), "Invalid PLAIN response")
+                return authenticationFailed(.syntaxError, EnhancedStatusCode("5.5.2"), "Invalid PLAIN response")
             }
             verify(username: String(decoding: parts[1], as: UTF8.self), password: String(decoding: parts[2], as: UTF8.self))
         case .loginUsername:
@@ -694,8 +807,24 @@ public struct ServerStateMachine: Sendable {
             authenticatedUser = username
             reply(.authenticationSucceeded, EnhancedStatusCode("2.7.0"), "Authentication successful")
         } else {
-            reply(.authenticationCredentialsInvalid, EnhancedStatusCode("5.7.8"), "Error: authentication failed")
+            authenticationFailed(.authenticationCredentialsInvalid, EnhancedStatusCode("5.7.8"), "Error: authentication failed")
         }
+    }
+
+    /// Answers an AUTH exchange that failed, counting it: the failure that reaches
+    /// ``Configuration/maximumAuthenticationFailures`` is answered 421 instead, and the
+    /// connection closes. (The driver slows the replies down as the count grows.)
+    private mutating func authenticationFailed(_ code: SMTPStatusCode, _ enhanced: EnhancedStatusCode?, _ text: String) {
+        authenticationFailures += 1
+        actions.append(.authenticationFailed(failures: authenticationFailures))
+        guard authenticationFailures < configuration.maximumAuthenticationFailures else {
+            reply(.serviceNotAvailable, EnhancedStatusCode("4.7.0"),
+                  "\(configuration.hostname) Error: too many failed authentications; closing")
+            close()
+            return
+        }
+        reply(code, enhanced, text)
+        phase = .held  // nothing more is read until the driver has held the reply a while
     }
 
     // MARK: Output

@@ -38,6 +38,8 @@ struct ServerHarness {
             case .write(let bytes): written += String(decoding: bytes, as: UTF8.self)
             case .startTLS: startedTLS = true
             case .close: closed = true
+            case .authenticationFailed:
+                written += apply(machine.holdEnded())
             case .deliver(let message):
                 if holdDeliveries {
                     waiting = message
@@ -305,6 +307,52 @@ struct ServerStateMachineTests {
         }
         #expect(ServerHarness.codes(writes.map { String(decoding: $0, as: UTF8.self) }.joined())
                 == ["220", "250", "250", "250", "354", "250", "221"])
+    }
+}
+
+@Suite("Server state machine: what a driver needs against hostile clients")
+struct ServerHostileClientTests {
+    @Test func inputProgressTellsEachHalfSentLineAndContentApart() {
+        var h = ServerHarness()
+        _ = h.connect()
+        #expect(h.machine.inputProgress == .idle)
+        h.client("NO")
+        let first = h.machine.inputSequence
+        #expect(h.machine.inputProgress == .commandLine)
+        h.client("OP\r\nNO")
+        #expect(h.machine.inputProgress == .commandLine)
+        #expect(h.machine.inputSequence != first, "a new line is half-sent, not the same one")
+        h.client("OP\r\n")
+        #expect(h.machine.inputProgress == .idle)
+        h.client("EHLO c\r\nMAIL FROM:<a@example.com>\r\nRCPT TO:<b@example.com>\r\nDATA\r\n")
+        #expect(h.machine.inputProgress == .content)
+        h.client("x\r\n.\r\n")
+        #expect(h.machine.inputProgress == .idle)
+    }
+
+    @Test func aDeadlineClosesWith421() {
+        var h = ServerHarness()
+        _ = h.connect()
+        h.client("MAIL FROM:<slow")
+        #expect(ServerHarness.codes(h.apply(h.machine.deadlineExceeded())) == ["421"])
+        #expect(h.closed)
+    }
+
+    @Test func afterAFailedAUTHNothingIsReadUntilTheHoldEnds() {
+        var configuration = Server.Configuration()
+        configuration.users = ["ada": "right"]
+        configuration.authenticationRequiresTLS = false
+        var h = ServerHarness(configuration)
+        _ = h.connect()
+        h.client("EHLO c\r\n")
+        var failures: [Int] = []
+        let bad = "AUTH PLAIN " + Base64.encode(Array("\u{0}ada\u{0}wrong".utf8)) + "\r\n"
+        for action in h.machine.bytesReceived(Array((bad + "NOOP\r\n").utf8)) {
+            if case .authenticationFailed(let count) = action { failures.append(count) }
+        }
+        #expect(failures == [1])
+        #expect(h.machine.bufferedInputCount == 6, "the NOOP waits")
+        #expect(ServerHarness.codes(h.apply(h.machine.holdEnded())) == ["250"])
     }
 }
 
