@@ -25,6 +25,21 @@ static inline void cuv_set_thread_name(const char *name) {
     prctl(PR_SET_NAME, name, 0, 0, 0);
 }
 
+/* listen(2): 0, or a negative errno. */
+static inline int cuv_listen(int fd, int backlog) {
+    return listen(fd, backlog) == 0 ? 0 : -errno;
+}
+
+/* Accepts one pending connection as a non-blocking, close-on-exec socket: its descriptor,
+ * or a negative errno (-EAGAIN when none is pending, -EMFILE when the process has no
+ * descriptor left). The listener does its own accepting: libuv's own, on EMFILE, accepts and
+ * closes every waiting client, or, when its reserved descriptor was taken by another thread,
+ * retries at once for ever. */
+static inline int cuv_accept(int fd) {
+    int accepted = accept4(fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
+    return accepted >= 0 ? accepted : -errno;
+}
+
 /* Opens a non-blocking, close-on-exec TCP socket bound to `addr` with SO_REUSEADDR and,
  * when `reuse_port` is set, SO_REUSEPORT, so that one listener per event loop can share a
  * port and the kernel spreads accepted connections across loops. Returns the descriptor or

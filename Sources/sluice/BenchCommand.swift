@@ -50,8 +50,24 @@ struct BenchCommand: AsyncParsableCommand {
         if let target { _ = try ClientOptions.parseServer(target) }
     }
 
+    /// Descriptors the process needs besides its connections: the loops, their wake-ups,
+    /// standard streams and the libraries' own.
+    static let descriptorOverhead = 64
+
     func run() async throws {
         let stderr = FileHandle.standardError
+        // Each connection takes a descriptor, and with the embedded sink (in this process)
+        // its other end takes one more; past the limit connects fail with EMFILE mid-run.
+        let descriptorLimit = raiseDescriptorLimit()
+        let needed = connections * (target == nil ? 2 : 1) + Self.descriptorOverhead
+        if needed > descriptorLimit {
+            try settingUp("bench", nothingSent: true) {
+                throw ValidationError(
+                    "--connections \(connections) needs about \(needed) file descriptors\(target == nil ? " (the embedded sink holds the other end of each)" : ""); "
+                        + "the limit here is \(descriptorLimit) (ulimit -n): raise it, or use at most "
+                        + "\(max(0, (descriptorLimit - Self.descriptorOverhead) / (target == nil ? 2 : 1))) connections")
+            }
+        }
         var sink: SMTPSink?
         var sinkGroup: EventLoopGroup?
         let (host, port) = try target.map(ClientOptions.parseServer) ?? ("127.0.0.1", nil)

@@ -42,6 +42,14 @@ struct SinkCommand: AsyncParsableCommand {
     var maxConnections = 10_000
     @Option(name: .customLong("idle-timeout"), help: "Seconds of client silence before 421 and close.")
     var idleTimeout: Double = 300
+    @Option(name: .customLong("command-timeout"), help: "Seconds a client may take over one whole command line before 421 and close.")
+    var commandTimeout: Double = 60
+    @Option(name: .customLong("content-timeout"), help: "Seconds a client may take over one message's content (or BDAT chunk) before 421 and close.")
+    var contentTimeout: Double = 600
+    @Option(name: .customLong("max-auth-failures"), help: "Failed AUTH attempts on one connection before 421 and close.")
+    var maxAuthFailures = 5
+    @Option(name: .customLong("drain-grace"), help: "Seconds that transactions in their content may take to finish after SIGTERM or SIGINT.")
+    var drainGrace: Double = 10
     @Option(name: .customLong("reject-rcpt"), help: "Reject recipients: RATE[:CODE], RATE a probability (0.1) or 1/N.")
     var rejectRecipients: String?
     @Option(name: .customLong("defer-rcpt"), help: "Answer recipients 450 at RATE.")
@@ -72,6 +80,7 @@ struct SinkCommand: AsyncParsableCommand {
         // A sink usually shares its machine with the client loading it: by default it takes
         // half the cores (on two cores one loop took smtp-source's mail 20-40% faster, with
         // less CPU per message, than two loops that competed with smtp-source).
+        raiseDescriptorLimit()
         let group = EventLoopGroup(numberOfLoops: loops ?? max(1, EventLoopGroup.coreCount / 2))
         let sink = try await SMTPSink.start(configuration, group: group)
         // The first line is the contract for scripts: written at once, not buffered.
@@ -105,6 +114,10 @@ struct SinkCommand: AsyncParsableCommand {
         statsTask.cancel()
         exitTask.cancel()
         for source in signals { source.cancel() }
+        // Stop taking new work; let messages already in their content get their 250, so that
+        // their clients do not see "unknown" and send them again.
+        let left = await sink.drain(grace: .milliseconds(Int64(drainGrace * 1000)))
+        if left > 0 { FileHandle.standardError.write(Data("sluice sink: \(left) sessions still open after the grace period; closing them\n".utf8)) }
         await sink.shutdown()
         await group.shutdown()
         report(sink.statistics, final: true)
@@ -116,7 +129,14 @@ struct SinkCommand: AsyncParsableCommand {
             let encoder = JSONEncoder()
             encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
             do {
-                try encoder.encode(statistics).write(to: URL(fileURLWithPath: statsJSON))
+                // Written beside it and renamed into place: a reader never sees it half-written.
+                let temporary = statsJSON + ".tmp-\(getpid())"
+                try encoder.encode(statistics).write(to: URL(fileURLWithPath: temporary))
+                guard rename(temporary, statsJSON) == 0 else {
+                    let reason = String(cString: strerror(errno))
+                    unlink(temporary)
+                    throw ValidationError("rename: \(reason)")
+                }
             } catch {
                 FileHandle.standardError.write(Data("cannot write \(statsJSON): \(error)\n".utf8))
             }
@@ -133,9 +153,14 @@ struct SinkCommand: AsyncParsableCommand {
         configuration.server.smtpUTF8 = !noSMTPUTF8
         configuration.server.requireAuthentication = requireAuth
         configuration.server.requireTLS = requireTLS
-        guard maxMessageSize > 0, maxRecipients > 0, maxConnections > 0, idleTimeout > 0 else {
-            throw ValidationError("--max-message-size, --max-recipients, --max-connections and --idle-timeout must be positive")
+        guard maxMessageSize > 0, maxRecipients > 0, maxConnections > 0, idleTimeout > 0, commandTimeout > 0,
+              contentTimeout > 0, maxAuthFailures > 0, drainGrace >= 0 else {
+            throw ValidationError("--max-message-size, --max-recipients, --max-connections, --idle-timeout, --command-timeout, "
+                                  + "--content-timeout and --max-auth-failures must be positive, --drain-grace not negative")
         }
+        configuration.commandTimeout = .milliseconds(Int64(commandTimeout * 1000))
+        configuration.contentTimeout = .milliseconds(Int64(contentTimeout * 1000))
+        configuration.server.maximumAuthenticationFailures = maxAuthFailures
         if let loops, !(1...256).contains(loops) {
             throw ValidationError("--loops takes 1 to 256, got \(loops)")
         }

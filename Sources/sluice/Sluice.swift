@@ -62,3 +62,18 @@ extension String {
         return escaped
     }
 }
+
+/// Raises the soft limit on open file descriptors to the hard limit (a load test or a sink
+/// with thousands of connections needs them; the usual soft limit is 1,024) and returns the
+/// limit now in force.
+@discardableResult
+func raiseDescriptorLimit() -> Int {
+    var limit = rlimit()
+    guard getrlimit(Int32(RLIMIT_NOFILE.rawValue), &limit) == 0 else { return 1024 }
+    if limit.rlim_cur < limit.rlim_max {
+        var raised = limit
+        raised.rlim_cur = limit.rlim_max
+        if setrlimit(Int32(RLIMIT_NOFILE.rawValue), &raised) == 0 { limit = raised }
+    }
+    return Int(clamping: limit.rlim_cur)  // RLIM_INFINITY is the largest value: Int.max
+}

@@ -1,4 +1,7 @@
 import CLibUV
+#if canImport(Glibc)
+import Glibc
+#endif
 
 /// A TCP connection on one event loop, optionally with TLS, bridged to Swift concurrency.
 ///
@@ -130,10 +133,15 @@ public final class Connection: @unchecked Sendable, LoopResource {
         completion?(status)
     }
 
-    /// Accepts a pending connection from `server` into this handle. Loop thread only.
-    func accept(from server: UnsafeMutablePointer<uv_stream_t>) -> Int32 {
-        let status = uv_accept(server, stream)
-        if status == 0 { becameOpen() }
+    /// Takes an accepted socket into this handle; on failure the descriptor is closed.
+    /// Loop thread only.
+    func adopt(descriptor: Int32) -> Int32 {
+        let status = uv_tcp_open(handle, uv_os_sock_t(descriptor))
+        if status == 0 {
+            becameOpen()
+        } else {
+            Glibc.close(descriptor)
+        }
         return status
     }
 

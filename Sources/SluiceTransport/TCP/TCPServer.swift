@@ -109,20 +109,18 @@ private struct ListenerSetup: Sendable {
 
 /// One listening socket on one loop. Its handle is touched on that loop's thread only.
 ///
-/// When the process has no file descriptor left (EMFILE/ENFILE), libuv's accept loop hands
-/// every failed accept to the callback and tries again at once, for ever: a core burned and a
-/// log flooded. So the listener pauses: it closes its handle, which ends libuv's loop, while
-/// `spare`, a duplicate of the listening descriptor made while descriptors were free, keeps
-/// the socket and its backlog open. New clients wait in the backlog instead of being refused.
-/// After a back-off it listens again on the spare, and duplicates it again for the next time;
-/// while even that duplicate cannot be had, it stays paused and tries later.
+/// It accepts for itself, from a `uv_poll_t` on the listening socket, rather than through
+/// `uv_listen`: when the process has no file descriptor left (EMFILE/ENFILE), libuv accepts
+/// and closes every waiting client with a reserved descriptor, or, when another thread took
+/// that descriptor, hands every failed accept to the callback and tries again at once, for
+/// ever (a core burned and a log flooded). Here the listener stops polling instead, for a
+/// back-off that doubles from 50 ms to 1 s: clients wait in the backlog and are served once
+/// descriptors are free. It logs once per 10 seconds with a count, and counts every pause.
 private final class Listener: @unchecked Sendable, LoopResource {
     let loop: EventLoop
     let setup: ListenerSetup
     let pauses: PauseCounter
-    private var handle: UnsafeMutablePointer<uv_tcp_t>?
-    /// A duplicate of the listening descriptor, held for a pause; -1 once closed.
-    private var spare: Int32
+    private let poll: UnsafeMutablePointer<uv_poll_t>
     private enum State { case listening, paused, closing, closed }
     private var state = State.listening
     private var resumeTimer: LoopTimer?
@@ -133,64 +131,74 @@ private final class Listener: @unchecked Sendable, LoopResource {
 
     static let firstBackoff = Duration.milliseconds(50)
     static let longestBackoff = Duration.seconds(1)
+    /// Accepts per wake-up, so that one busy listener does not starve the loop's connections.
+    static let acceptsPerWakeUp = 128
 
     init(on loop: EventLoop, setup: ListenerSetup, pauses: PauseCounter) throws(TransportError) {
         loop.assertInEventLoop()
         self.loop = loop
         self.setup = setup
         self.pauses = pauses
-        spare = dup(setup.descriptor)
-        if spare < 0 {
-            let error = TransportError.uv(uv_translate_sys_error(errno), "keeping a spare listening descriptor")
-            Glibc.close(setup.descriptor)
-            throw error
-        }
-        loop.register(self)
-        // From here the descriptor is the handle's: closing the handle closes it.
-        if let error = listen(on: setup.descriptor) {
-            state = .closed
-            Glibc.close(spare)
-            spare = -1
-            loop.deregister(self)
-            throw error
-        }
-    }
-
-    /// Opens a handle on `descriptor` and listens; nil when it is listening.
-    private func listen(on descriptor: Int32) -> TransportError? {
-        let handle = UnsafeMutablePointer<uv_tcp_t>.allocate(capacity: 1)
-        uv_tcp_init(loop.uvLoop, handle)
-        loop.handleOpened()
-        // Retained for the handle's life; released once, in its close callback.
-        handle.pointee.data = Unmanaged.passRetained(self).toOpaque()
-        self.handle = handle
-        var status = uv_tcp_open(handle, uv_os_sock_t(descriptor))
-        if status != 0 {
-            Glibc.close(descriptor)
-        } else {
-            status = uv_listen(UnsafeMutablePointer(OpaquePointer(handle)), setup.backlog, listenerConnection)
-        }
-        guard status != 0 else { return nil }
-        self.handle = nil
-        uv_close(UnsafeMutablePointer(OpaquePointer(handle)), handleClosed)
-        return .uv(status, "listening")
-    }
-
-    fileprivate func acceptOne(status: Int32) {
+        poll = .allocate(capacity: 1)
+        let listened = cuv_listen(setup.descriptor, setup.backlog)
+        var status = listened < 0 ? uv_translate_sys_error(-listened) : uv_poll_init(loop.uvLoop, poll, setup.descriptor)
         guard status == 0 else {
-            if status == Int32(UV_EMFILE.rawValue) || status == Int32(UV_ENFILE.rawValue) {
-                pause(status)
-            } else {
-                setup.logger.warning("accept failed", metadata: ["error": "\(TransportError.uv(status, "accepting"))"])
-            }
+            Glibc.close(setup.descriptor)
+            poll.deallocate()
+            throw .uv(status, "listening")
+        }
+        loop.handleOpened()
+        // Retained for the handle's life; released once, in pollClosed.
+        poll.pointee.data = Unmanaged.passRetained(self).toOpaque()
+        loop.register(self)
+        status = uv_poll_start(poll, Int32(UV_READABLE.rawValue), listenerReadable)
+        if status != 0 {
+            close(dueTo: .uv(status, "listening"))
+            throw .uv(status, "listening")
+        }
+    }
+
+    fileprivate func becameReadable(status: Int32) {
+        guard status == 0 else {
+            // An error on the listening socket itself: polling again at once would spin.
+            pause(status)
             return
         }
-        guard let handle else { return }
+        acceptPending()
+    }
+
+    private func acceptPending() {
+        for _ in 0..<Self.acceptsPerWakeUp {
+            guard state == .listening else { return }
+            let accepted = cuv_accept(setup.descriptor)
+            if accepted >= 0 {
+                backoff = Self.firstBackoff
+                serve(accepted)
+                continue
+            }
+            switch accepted {
+            case -EAGAIN, -EWOULDBLOCK:
+                return
+            case -EINTR, -ECONNABORTED:
+                continue
+            case -EMFILE, -ENFILE, -ENOBUFS, -ENOMEM:
+                pause(uv_translate_sys_error(-accepted))
+                return
+            default:
+                setup.logger.warning("accept failed", metadata: [
+                    "error": "\(TransportError.uv(uv_translate_sys_error(-accepted), "accepting"))",
+                ])
+                return
+            }
+        }
+    }
+
+    private func serve(_ descriptor: Int32) {
         let connection = Connection(on: loop, options: setup.options, remote: nil)
-        let accepted = connection.accept(from: UnsafeMutablePointer(OpaquePointer(handle)))
-        guard accepted == 0 else {
-            setup.logger.warning("accept failed", metadata: ["error": "\(TransportError.uv(accepted, "accepting"))"])
-            connection.closeNow(.uv(accepted, "accepting"))
+        let adopted = connection.adopt(descriptor: descriptor)
+        guard adopted == 0 else {
+            setup.logger.warning("accept failed", metadata: ["error": "\(TransportError.uv(adopted, "accepting"))"])
+            connection.closeNow(.uv(adopted, "accepting"))
             return
         }
         guard let tls = setup.tls else {
@@ -213,29 +221,20 @@ private final class Listener: @unchecked Sendable, LoopResource {
         }
     }
 
-    /// Stops accepting for a while: no descriptor is left to accept with.
+    /// Stops accepting for a while: no descriptor (or no memory) to accept with.
     private func pause(_ status: Int32) {
-        guard state == .listening, let handle else { return }
         state = .paused
+        uv_poll_stop(poll)
         pauses.count.add(1, ordering: .relaxed)
         pausesSinceLog += 1
         let now = ContinuousClock.now
         if lastLog.map({ now - $0 >= .seconds(10) }) ?? true {
-            setup.logger.warning("accepting paused: no file descriptor left", metadata: [
-                "error": "\(TransportError.uv(status, "accepting"))", "pauses": "\(pausesSinceLog)",
-                "retry": "\(backoff)",
+            setup.logger.warning("accepting paused: the process has no file descriptor left", metadata: [
+                "error": "\(TransportError.uv(status, "accepting"))", "pauses": "\(pausesSinceLog)", "retry": "\(backoff)",
             ])
             lastLog = now
             pausesSinceLog = 0
         }
-        self.handle = nil
-        // Closing the handle closes its descriptor and ends libuv's accept loop; `spare`
-        // keeps the socket open.
-        uv_close(UnsafeMutablePointer(OpaquePointer(handle)), handleClosed)
-        scheduleResume()
-    }
-
-    private func scheduleResume() {
         let delay = backoff
         backoff = min(backoff * 2, Self.longestBackoff)
         resumeTimer = loop.scheduleTimer(after: delay) { [self] in
@@ -246,57 +245,24 @@ private final class Listener: @unchecked Sendable, LoopResource {
     private func resume() {
         guard state == .paused else { return }
         resumeTimer = nil
-        // The next pause needs a spare of its own: no spare yet, no listening yet.
-        let next = dup(spare)
-        guard next >= 0 else {
-            scheduleResume()
-            return
-        }
-        let descriptor = spare
-        spare = next
         state = .listening
-        if let error = listen(on: descriptor) {
-            setup.logger.warning("listening again failed", metadata: ["error": "\(error)"])
-            state = .paused
-            scheduleResume()
-            return
-        }
-        backoff = Self.firstBackoff
+        uv_poll_start(poll, Int32(UV_READABLE.rawValue), listenerReadable)
     }
 
     func close(dueTo error: TransportError) {
-        switch state {
-        case .closing, .closed:
-            return
-        case .paused:
-            resumeTimer?.cancel()
-            resumeTimer = nil
-            state = .closing
-            finishClosing()
-        case .listening:
-            state = .closing
-            if let handle {
-                self.handle = nil
-                uv_close(UnsafeMutablePointer(OpaquePointer(handle)), handleClosed)
-            } else {
-                finishClosing()
-            }
-        }
+        guard state == .listening || state == .paused else { return }
+        resumeTimer?.cancel()
+        resumeTimer = nil
+        state = .closing
+        uv_close(UnsafeMutablePointer(OpaquePointer(poll)), pollClosed)
     }
 
-    /// A handle's close callback ran: the listener is closed if it was closing.
-    fileprivate func handleDidClose() {
-        loop.handleClosed()
-        if state == .closing { finishClosing() }
-    }
-
-    private func finishClosing() {
+    fileprivate func closed() {
         state = .closed
-        if spare >= 0 {
-            Glibc.close(spare)
-            spare = -1
-        }
+        // A poll handle does not own its descriptor.
+        Glibc.close(setup.descriptor)
         loop.deregister(self)
+        loop.handleClosed()
         let waiters = closeWaiters
         closeWaiters = []
         for waiter in waiters { waiter() }
@@ -314,16 +280,15 @@ private final class Listener: @unchecked Sendable, LoopResource {
     }
 }
 
-private func listenerConnection(_ server: UnsafeMutablePointer<uv_stream_t>?, _ status: Int32) {
+private func listenerReadable(_ handle: UnsafeMutablePointer<uv_poll_t>?, _ status: Int32, _ events: Int32) {
     // Safe: `data` is the listener retained until its close callback.
-    let listener = Unmanaged<Listener>.fromOpaque(server!.pointee.data).takeUnretainedValue()
-    listener.acceptOne(status: status)
+    let listener = Unmanaged<Listener>.fromOpaque(handle!.pointee.data).takeUnretainedValue()
+    listener.becameReadable(status: status)
 }
 
-private func handleClosed(_ handle: UnsafeMutablePointer<uv_handle_t>?) {
-    // Safe: the close callback ends the handle's life; take back the retain made when it
-    // was opened, once.
+private func pollClosed(_ handle: UnsafeMutablePointer<uv_handle_t>?) {
+    // Safe: the close callback ends the handle's life; take back the retain from init once.
     let listener = Unmanaged<Listener>.fromOpaque(handle!.pointee.data).takeRetainedValue()
-    handle!.withMemoryRebound(to: uv_tcp_t.self, capacity: 1) { $0.deallocate() }
-    listener.handleDidClose()
+    handle!.withMemoryRebound(to: uv_poll_t.self, capacity: 1) { $0.deallocate() }
+    listener.closed()
 }
