@@ -211,6 +211,7 @@ final class SinkSession: ConnectionHandler, EndOfIterationWork, @unchecked Senda
 
     func connectionDidClose(_ connection: Connection, error: TransportError?) {
         isClosed = true
+        if machine.quitReceived { shared.counters.quits.add(1, ordering: .relaxed) }
         shared.unregister(self)
         idleTimer?.cancel()
         deadlineTimer?.cancel()

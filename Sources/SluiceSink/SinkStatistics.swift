@@ -21,6 +21,8 @@ public struct SinkStatistics: Hashable, Sendable, Codable {
     public var rejectionsByCode: [String: Int] = [:]
     /// Replies 500, 501 and 521: commands or content the sink could not accept as SMTP.
     public var protocolErrors = 0
+    /// Sessions the client ended with QUIT (the rest were dropped or closed by the sink).
+    public var quits = 0
     /// Sessions closed because a command line or a message's content took longer than its
     /// deadline (a client sending a byte at a time).
     public var slowClientsClosed = 0
@@ -50,6 +52,7 @@ final class SinkCounters: Sendable {
     let bytes = Atomic<Int>(0)
     let tlsSessions = Atomic<Int>(0)
     let protocolErrors = Atomic<Int>(0)
+    let quits = Atomic<Int>(0)
     let slowClientsClosed = Atomic<Int>(0)
     let authenticationFailures = Atomic<Int>(0)
     private let rejections = Locked<[Int: Int]>([:])
@@ -83,6 +86,7 @@ final class SinkCounters: Sendable {
         statistics.bytes = bytes.load(ordering: .relaxed)
         statistics.tlsSessions = tlsSessions.load(ordering: .relaxed)
         statistics.protocolErrors = protocolErrors.load(ordering: .relaxed)
+        statistics.quits = quits.load(ordering: .relaxed)
         statistics.slowClientsClosed = slowClientsClosed.load(ordering: .relaxed)
         statistics.authenticationFailures = authenticationFailures.load(ordering: .relaxed)
         statistics.rejectionsByCode = Dictionary(uniqueKeysWithValues: rejections.withLock { $0 }.map { (String($0.key), $0.value) })

@@ -27,6 +27,31 @@ public func socketDescriptors(touchingPorts ports: Set<Int>) -> [String] {
     }
 }
 
+/// This process's socket descriptors that no /proc/net table lists: sockets never connected,
+/// or whose connect was refused (a TCP socket in no state the kernel reports).
+public func unlistedSocketDescriptors() -> [Int] {
+    var listed = Set<String>()
+    for table in ["tcp", "tcp6", "udp", "udp6", "unix", "raw", "raw6", "netlink", "packet"] {
+        guard let text = try? String(contentsOfFile: "/proc/net/\(table)", encoding: .utf8) else { continue }
+        let header = text.split(separator: "\n").first?.split(separator: " ") ?? []
+        // The inode column: "inode" in the header (unix and netlink name it "Inode").
+        guard let column = header.firstIndex(where: { $0.lowercased() == "inode" }) else { continue }
+        for line in text.split(separator: "\n").dropFirst() {
+            let fields = line.split(separator: " ")
+            // tcp's header names fewer columns than its rows have before the inode.
+            let index = table.hasPrefix("tcp") || table.hasPrefix("udp") || table.hasPrefix("raw") ? 9 : column
+            if fields.count > index { listed.insert(String(fields[index])) }
+        }
+    }
+    let descriptors = (try? FileManager.default.contentsOfDirectory(atPath: "/proc/self/fd")) ?? []
+    return descriptors.compactMap { fd -> Int? in
+        guard let target = try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/fd/\(fd)"),
+              target.hasPrefix("socket:["), !listed.contains(String(target.dropFirst(8).dropLast()))
+        else { return nil }
+        return Int(fd)
+    }
+}
+
 /// A port on 127.0.0.1 that nothing listens on (bound, then closed), for a peer to listen on.
 /// Another listener may be given it in between; a test that needs connections refused uses
 /// ``RefusedPort``.

@@ -188,6 +188,10 @@ struct ClientInteropTests {
         try await withCleanup {
             var configuration = SMTPClient.Configuration(host: "127.0.0.1", port: port, security: .none)
             configuration.pool.maximumConnections = 4
+            let transcript = LogLines()
+            var logger = Logger(label: "test") { _ in ConnectionTaggingHandler(lines: transcript) }
+            logger.logLevel = .trace
+            configuration.logger = logger
             let client = try SMTPClient(configuration: configuration)
             let mails = (0..<200).map { OutgoingMail(envelope: envelope("r\($0)@example.org"), message: testMessage("pf\($0)")) }
             let accepted = try await withDeadline(.seconds(60), "sending to smtp-sink") {
@@ -200,6 +204,20 @@ struct ClientInteropTests {
             }
             await client.shutdown()
             #expect(accepted == 200)
+            // Each connection's transcript on its own: several were greeted, and on one at
+            // least a MAIL was followed by its RCPT before any reply came (pipelining; without
+            // it every command waits for the reply to the one before).
+            var byConnection: [String: [String]] = [:]
+            for line in transcript.all {
+                let parts = line.split(separator: " ", maxSplits: 1).map(String.init)
+                if parts.count == 2 { byConnection[parts[0], default: []].append(parts[1]) }
+            }
+            let greeted = byConnection.values.filter { $0.contains { $0.hasPrefix("S: 220") } }
+            #expect(greeted.count >= 2, "several connections: \(byConnection.count)")
+            let pipelined = byConnection.values.contains { lines in
+                zip(lines, lines.dropFirst()).contains { $0.hasPrefix("C: MAIL FROM") && $1.hasPrefix("C: RCPT TO") }
+            }
+            #expect(pipelined, "MAIL and RCPT went out together")
             let dumped = try FileManager.default.contentsOfDirectory(atPath: directory.path)
             #expect(dumped.count == 200, "smtp-sink dumped every message")
             if let first = dumped.first {
@@ -312,5 +330,20 @@ private struct Aiosmtpd {
     func stop() async {
         await server.stop()
         try? FileManager.default.removeItem(atPath: out)
+    }
+}
+
+/// Records each log message prefixed with the connection that logged it
+/// (`smtp.connection` metadata, or `-`).
+struct ConnectionTaggingHandler: LogHandler {
+    let lines: LogLines
+    var metadata: Logger.Metadata = [:]
+    var logLevel: Logger.Level = .trace
+    subscript(metadataKey key: String) -> Logger.Metadata.Value? {
+        get { metadata[key] }
+        set { metadata[key] = newValue }
+    }
+    func log(event: LogEvent) {
+        lines.append("\(metadata["smtp.connection"].map { "\($0)" } ?? "-") \(event.message)")
     }
 }

@@ -74,11 +74,18 @@ struct ClientRobustnessTests {
         }
         var outcomes: [DeliveryReport.Outcome: Int] = [:]
         let mails = (0..<1_000).map { OutgoingMail(envelope: envelope("r\($0)@example.org"), message: testMessage("c\($0)")) }
-        try await withDeadline(.seconds(120), "1,000 messages under faults") {
-            var seen: [DeliveryReport.Outcome: Int] = [:]
-            for try await report in client.send(contentsOf: mails, maximumInFlight: 100) { seen[report.outcome, default: 0] += 1 }
+        let reportsByRecipient = try await withDeadline(.seconds(120), "1,000 messages under faults") {
+            var seen: [String: [DeliveryReport.Outcome]] = [:]
+            for try await report in client.send(contentsOf: mails, maximumInFlight: 100) {
+                seen[report.envelope.recipients[0].address.address, default: []].append(report.outcome)
+            }
             return seen
-        }.forEach { outcomes[$0.key] = $0.value }
+        }
+        for outcome in reportsByRecipient.values.flatMap({ $0 }) { outcomes[outcome, default: 0] += 1 }
+        // By recipient, not by sum: one duplicate and one loss would add up to 1,000 too.
+        #expect(reportsByRecipient.count == 1_000, "a report for each of the 1,000 recipients")
+        #expect(reportsByRecipient.values.allSatisfy { $0.count == 1 },
+                "reported twice: \(reportsByRecipient.filter { $0.value.count != 1 }.keys.prefix(3))")
         // Some sends are cancelled while queued behind a slow connection.
         let cancelled = (0..<20).map { index in Task { try await client.send(testMessage("x\(index)"), envelope: envelope()) } }
         for task in cancelled { task.cancel() }

@@ -112,6 +112,8 @@ public struct ServerStateMachine: Sendable {
     private var transaction: Transaction?
     private var content: [UInt8] = []
     private var contentSize = 0
+    /// Whether the client ended the session with QUIT.
+    public private(set) var quitReceived = false
     /// AUTH attempts that failed on this connection.
     public private(set) var authenticationFailures = 0
     /// Shutting down: the transaction whose content is arriving may finish; nothing else starts.
@@ -442,6 +444,7 @@ public struct ServerStateMachine: Sendable {
             reply(.ok, EnhancedStatusCode("2.0.0"), "Ok")
         case .noop: reply(.ok, EnhancedStatusCode("2.0.0"), "Ok")
         case .quit:
+            quitReceived = true
             reply(.serviceClosingTransmissionChannel, EnhancedStatusCode("2.0.0"), "Bye")
             close()
         case .vrfy: reply(.cannotVerifyUserWillAttemptDelivery, EnhancedStatusCode("2.5.2"), "Cannot VRFY user")

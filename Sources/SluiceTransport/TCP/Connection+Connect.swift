@@ -29,6 +29,27 @@ extension Connection {
             attempt.start(timeout: timeout)
         }
     }
+
+    /// As ``connect(to:port:on:timeout:tls:serverName:options:handler:)``, for a name already
+    /// resolved to `addresses` (tried in this order): the seam through which tests give a name
+    /// several addresses, whatever this machine's resolver says.
+    package static func connect(
+        to host: String,
+        resolvedAs addresses: [SocketAddress],
+        on loop: EventLoop,
+        timeout: Duration = .seconds(30),
+        tls: TLSContext? = nil,
+        serverName: String? = nil,
+        options: ConnectionOptions = ConnectionOptions(),
+        handler: @escaping @Sendable (Connection) -> any ConnectionHandler
+    ) async throws -> Connection {
+        try await loop.perform("connect to \(host)") { (operation: LoopOperation<Connection>) in
+            let attempt = ConnectAttempt(
+                operation: operation, host: host, port: addresses.first?.port ?? 0, tls: tls,
+                serverName: serverName ?? host, options: options, makeHandler: handler)
+            attempt.start(timeout: timeout, resolved: addresses)
+        }
+    }
 }
 
 /// One call to ``Connection/connect(to:port:on:timeout:tls:serverName:options:handler:)``:
@@ -63,7 +84,8 @@ private final class ConnectAttempt: @unchecked Sendable {
         self.makeHandler = makeHandler
     }
 
-    func start(timeout: Duration) {
+    /// Starts: resolves `host`, unless `resolved` gives its addresses already.
+    func start(timeout: Duration, resolved: [SocketAddress]? = nil) {
         // The attempt lives as long as the closures below hold it: the timer, the resolver's
         // completion, the current connection's connect completion.
         operation.onCancel = { [self] in abandon(TransportError(.connectionClosed, "connect cancelled")) }
@@ -71,6 +93,11 @@ private final class ConnectAttempt: @unchecked Sendable {
             let error = TransportError(.connectTimeout, "connect to \(host):\(port) timed out after \(timeout)")
             abandon(error)
             operation.fail(error)
+        }
+        if let resolved {
+            addresses = resolved
+            tryNextAddress()
+            return
         }
         let resolver = ResolveRequest(loop: loop)
         self.resolver = resolver

@@ -46,12 +46,17 @@ struct EnvelopeAddressTests {
     }
 
     @Test func pathLengthIsBoundedAt256Octets() throws {
+        // RFC 5321 §4.5.3.1.3: a path is at most 256 octets, its angle brackets included, so
+        // an address of 254 fits and one of 255 does not. Local part 64, labels at most 63.
         let local = String(repeating: "a", count: 64)
-        let labels = Array(repeating: String(repeating: "b", count: 62), count: 3).joined(separator: ".")
-        let fits = local + "@" + labels + ".cc"  // 64 + 1 + 188 + 3 = 256 with brackets? no: 256 + 2 brackets
-        #expect { try EnvelopeAddress(fits) } throws: { ($0 as? AddressError)?.kind == .tooLong }
-        let shorter = local + "@" + labels
-        #expect(try EnvelopeAddress(shorter).address.utf8.count + 2 <= 256)
+        func address(length: Int) -> String {
+            let lastLabel = length - 64 - 1 - 2 * 64
+            return local + "@" + String(repeating: "b", count: 63) + "." + String(repeating: "c", count: 63) + "."
+                + String(repeating: "d", count: lastLabel)
+        }
+        #expect(address(length: 254).utf8.count == 254 && address(length: 255).utf8.count == 255)
+        #expect(try EnvelopeAddress(address(length: 254)).address.utf8.count + 2 == 256, "exactly 256 with brackets fits")
+        #expect { try EnvelopeAddress(address(length: 255)) } throws: { ($0 as? AddressError)?.kind == .tooLong }
     }
 
     @Test func utf8AddressesAreFlaggedForSMTPUTF8() throws {

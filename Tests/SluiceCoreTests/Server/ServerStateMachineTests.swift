@@ -53,7 +53,9 @@ struct ServerHarness {
     }
 
     mutating func connect(secure: Bool = false) -> String { apply(machine.connected(secure: secure)) }
+    @discardableResult
     mutating func client(_ text: String) -> String { apply(machine.bytesReceived(Array(text.utf8))) }
+    @discardableResult
     mutating func client(_ bytes: [UInt8]) -> String { apply(machine.bytesReceived(bytes)) }
 
     /// The reply codes in `text`, one per reply (continuation lines skipped).
