@@ -1,7 +1,8 @@
 import FuzzSupport
 import SluiceCore
 
-/// A scripted greeting and EHLO, then arbitrary server bytes, into the client state machine
+/// A scripted greeting and EHLO, then arbitrary server bytes (after a first byte that sets the
+/// extensions offered and the size of each read), into the client state machine
 /// with AUTH and two transactions queued: it never traps, never sends a command after closing,
 /// and reports every transaction exactly once (finished or not attempted) when it closes.
 ///
@@ -12,23 +13,34 @@ import SluiceCore
 /// command, a 250 to DATA) reports anything accepted.
 @_cdecl("LLVMFuzzerTestOneInput")
 public func fuzz(_ data: UnsafePointer<UInt8>, _ size: Int) -> Int32 {
-    let bytes = Array(UnsafeBufferPointer(start: data, count: size))
+    // The first byte is not server bytes but the run's shape: bits 0-1 the extensions
+    // offered (no PIPELINING, no CHUNKING), bit 2 AUTH PLAIN rather than the strongest
+    // mechanism (SCRAM, which needs challenges), bits 3-7 how many bytes each read brings
+    // (1 to 32).
+    let control = size > 0 ? data[0] : 0
+    let bytes = size > 1 ? Array(UnsafeBufferPointer(start: data + 1, count: size - 1)) : []
     let configuration = ClientStateMachine.Configuration(
         ehloName: try! SMTPDomain("client.example"), tls: .none,
         credentials: try! SASLCredentials.password(username: "ada", password: "secret"),
-        allowPlaintextAuthentication: true)
+        forcedMechanism: control & 4 == 0 ? nil : .plain, allowPlaintextAuthentication: true)
     var machine = ClientStateMachine(configuration: configuration, cryptography: FakeCryptography())
     var tally = Tally()
     tally.apply(machine.connected())
     tally.apply(machine.bytesReceived(Array("220 mx.example ESMTP\r\n".utf8)))
-    tally.apply(machine.bytesReceived(Array("250-mx.example\r\n250-PIPELINING\r\n250-CHUNKING\r\n250-AUTH PLAIN LOGIN CRAM-MD5 SCRAM-SHA-256\r\n250 8BITMIME\r\n".utf8)))
+    // DATA, with and without PIPELINING, is fuzzed as well as CHUNKING (a 354 exists only
+    // without CHUNKING).
+    var ehlo = "250-mx.example\r\n"
+    if control & 1 == 0 { ehlo += "250-PIPELINING\r\n" }
+    if control & 2 == 0 { ehlo += "250-CHUNKING\r\n" }
+    ehlo += "250-AUTH PLAIN LOGIN CRAM-MD5 SCRAM-SHA-256\r\n250 8BITMIME\r\n"
+    tally.apply(machine.bytesReceived(Array(ehlo.utf8)))
     let from = try! EnvelopeAddress("a@example.com")
     for id in 1...2 {
         let transaction = SMTPTransaction(id: id, from: from, recipients: [.init(try! EnvelopeAddress("r\(id)@example.org"))],
                                           content: SMTPContentInfo(dataLength: 10, chunkLength: 7, requires8BitMIME: false))
         tally.apply(machine.transactionEnqueued(transaction))
     }
-    let split = bytes.first.map { Int($0) % 23 + 1 } ?? 1
+    let split = Int(control >> 3) + 1
     var index = 0
     while index < bytes.count, !tally.closed {
         let end = min(bytes.count, index + split)

@@ -9,6 +9,19 @@ public func fuzz(_ data: UnsafePointer<UInt8>, _ size: Int) -> Int32 {
     let bytes = message.bytes
     require(bytes.count >= 2 && bytes.suffix(2) == [13, 10], "the message does not end in CRLF")
     require(message.headerLength <= bytes.count, "header length \(message.headerLength) beyond \(bytes.count) bytes")
+    // The header section ends where it says: at the first empty line, which it includes, or
+    // at the end of a message with no empty line (no body).
+    let blank: [UInt8] = [13, 10, 13, 10]
+    let firstBlank = bytes.count >= 4
+        ? (0...(bytes.count - 4)).first { bytes[$0..<$0 + 4].elementsEqual(blank) } : nil
+    let startsBlank = bytes.starts(with: [13, 10])
+    if startsBlank {
+        require(message.headerLength == 2, "an empty header section is the first CRLF: \(message.headerLength)")
+    } else if let firstBlank {
+        require(message.headerLength == firstBlank + 4, "header section \(message.headerLength), first blank line at \(firstBlank)")
+    } else {
+        require(message.headerLength == bytes.count, "no blank line, yet a header section of \(message.headerLength)")
+    }
     var lineLength = 0
     var index = 0
     while index < bytes.count {

@@ -18,6 +18,10 @@ public func fuzz(_ data: UnsafePointer<UInt8>, _ size: Int) -> Int32 {
                 require((100...599).contains(reply.code.rawValue), "reply code \(reply.code.rawValue)")
                 require(reply.lines.allSatisfy { $0.utf8.count <= parser.limits.maximumLineLength }, "a reply line over the limit")
             }
+            // What it holds after each read is bounded by the limits (plus the read itself):
+            // past them it throws, it never grows.
+            let bound = parser.limits.maximumReplyLength + parser.limits.maximumLineLength + split
+            require(parser.bufferedByteCount <= bound, "the parser holds \(parser.bufferedByteCount) bytes, over \(bound)")
         }
     } catch {
         // A malformed reply is an error, which is the point.

@@ -56,6 +56,8 @@ func check(_ actions: [ServerStateMachine.Action], limit: Int) -> Bool {
                 if previous == 13 { require(byte == 10, "a bare CR was delivered at \(offset)") }
                 previous = byte
             }
+            // The loop checks a CR against the byte after it; the last byte has none.
+            require(previous != 13, "a bare CR was delivered as the content's last byte")
         case .close:
             closed = true
         case .startTLS, .authenticationFailed:
