@@ -16,18 +16,37 @@ echo "sanitize: building with --sanitize=$sanitizer"
 swift build --build-tests --sanitize="$sanitizer" --scratch-path "$scratch" 2>&1 | grep -E "error|warning: .*(Sources|Tests)/" || true
 swift build --build-tests --sanitize="$sanitizer" --scratch-path "$scratch" >/dev/null
 
+# The command-line tests run the sluice command as a child process: point them at the one
+# built with the sanitizer (it is in the scratch build), and check that it is.
+export SLUICE_COMMAND="$scratch/debug/sluice"
+case "$sanitizer" in address) runtime=__asan_init ;; thread) runtime=__tsan_init ;; *) runtime= ;; esac
+if [ -n "$runtime" ] && ! nm "$SLUICE_COMMAND" 2>/dev/null | grep -q "$runtime"; then
+    echo "sanitize: $SLUICE_COMMAND is not built with the $sanitizer sanitizer" >&2
+    exit 1
+fi
+echo "sanitize: the command-line tests run $SLUICE_COMMAND (built with the $sanitizer sanitizer)"
+
 log=$(mktemp)
-trap 'rm -f "$log"' EXIT
-export ASAN_OPTIONS="suppressions=$root/scripts/sanitizers/asan.supp:detect_leaks=1:abort_on_error=0"
+# Reports from child processes (the sluice command) do not reach this log: every sanitized
+# process writes its reports to files here instead, and any file there fails the run.
+reports=$(mktemp -d)
+trap 'rm -rf "$log" "$reports"' EXIT
+export ASAN_OPTIONS="suppressions=$root/scripts/sanitizers/asan.supp:detect_leaks=1:abort_on_error=0:log_path=$reports/asan"
 export LSAN_OPTIONS="suppressions=$root/scripts/sanitizers/lsan.supp:print_suppressions=0"
 # Sanitizers slow the code several times over (ThreadSanitizer most): the tests' deadlines
 # stretch to match (Tests/SluiceTestSupport/Environment.swift), so only a hang misses them.
 if [ "$sanitizer" = thread ]; then export SLUICE_TEST_TIME_SCALE=${SLUICE_TEST_TIME_SCALE:-8}
 else export SLUICE_TEST_TIME_SCALE=${SLUICE_TEST_TIME_SCALE:-4}; fi
-export TSAN_OPTIONS="suppressions=$root/scripts/sanitizers/tsan.supp:halt_on_error=1:second_deadlock_stack=1"
+export TSAN_OPTIONS="suppressions=$root/scripts/sanitizers/tsan.supp:halt_on_error=1:second_deadlock_stack=1:log_path=$reports/tsan"
 echo "sanitize: running the tests under $sanitizer"
 status=0
 swift test --skip-build --sanitize="$sanitizer" --scratch-path "$scratch" "$@" 2>&1 | tee "$log" || status=$?
+for report in "$reports"/*; do
+    [ -e "$report" ] || continue
+    echo "sanitize: a report from process ${report##*.}:" >&2
+    cat "$report" >&2
+    cat "$report" >> "$log"
+done
 if grep -E "ERROR: (Address|Leak)Sanitizer|WARNING: ThreadSanitizer|SUMMARY: (Address|Thread|Leak)Sanitizer" "$log" >/dev/null; then
     echo "sanitize: the $sanitizer sanitizer reported a problem (above)" >&2
     exit 1

@@ -76,7 +76,7 @@ struct IndependentParserTests {
         }
     }
 
-    @Test func representativeMessagesReadBackExactly() async throws {
+    @Test(.needsPeers(python: ["email"])) func representativeMessagesReadBackExactly() async throws {
         let messages = try RepresentativeMessages.all()
         guard let views = try await PythonEmail.read(try messages.map { try $0.message.encodedForTest() }) else { return }
         for ((name, message), view) in zip(messages, views) {
@@ -103,7 +103,7 @@ struct IndependentParserTests {
         }
     }
 
-    @Test func injectionAttemptsStayInsideTheirHeader() async throws {
+    @Test(.needsPeers(python: ["email"])) func injectionAttemptsStayInsideTheirHeader() async throws {
         // Encoded CR/LF inside encoded-words, specials in names, a Bcc: everything decodes to
         // text in the header it was given for; Python sees exactly the intended headers.
         var message = Message(from: try Mailbox(name: "Eve\u{2028}Bcc: x@evil.example", address: "eve@example.com"),
@@ -119,7 +119,7 @@ struct IndependentParserTests {
         Self.compare(view, with: message)
     }
 
-    @Test func fileNamesWithRFC2231CharactersAreQuotedAndReadBack() async throws {
+    @Test(.needsPeers(python: ["email"])) func fileNamesWithRFC2231CharactersAreQuotedAndReadBack() async throws {
         // Found by the property test below in CI: `filename=0''` is a valid RFC 2045 token, but
         // Python takes a bare `'`, `*` or `%` for a broken RFC 2231 value and drops the name.
         for fileName in ["0''", "'-", "it's.txt", "a*b.txt", "100%.txt", "utf-8''x.txt"] {
@@ -140,7 +140,7 @@ struct IndependentParserTests {
     static let lineText = Gen<Character?>.element(of: characters + ["\n", "\r\n", "\r"]).map { $0 ?? "a" }
         .array(of: 0...400).map { String($0) }
 
-    @Test func randomUnicodeSubjectsNamesAndBodiesReadBackExactly() async throws {
+    @Test(.needsPeers(python: ["email"])) func randomUnicodeSubjectsNamesAndBodiesReadBackExactly() async throws {
         let built = Locked<[Message]>([])
         await propertyCheck(count: 250, input: Self.unicodeText, Self.unicodeText, Self.lineText, Self.unicodeText) {
             subject, name, body, fileName in
@@ -237,7 +237,7 @@ enum RepresentativeMessages {
 
 @Suite("File attachments")
 struct FileAttachmentTests {
-    @Test func aFileIsStreamedIntoBase64AndReadsBackByteForByte() async throws {
+    @Test(.needsPeers(python: ["email"])) func aFileIsStreamedIntoBase64AndReadsBackByteForByte() async throws {
         // 1 MB and 3 bytes: many 57 KiB pieces and a short last line.
         let path = FileManager.default.temporaryDirectory.appendingPathComponent("sluice-attachment-\(UUID().uuidString).bin").path
         var generator = SeededGenerator(seed: 7)
@@ -259,7 +259,7 @@ struct FileAttachmentTests {
         #expect(view.attachments?.first?.fileName == "report.pdf")
     }
 
-    @Test func anEmptyFileIsAnEmptyAttachment() async throws {
+    @Test(.needsPeers(python: ["email"])) func anEmptyFileIsAnEmptyAttachment() async throws {
         let path = FileManager.default.temporaryDirectory.appendingPathComponent("sluice-empty-\(UUID().uuidString).txt").path
         try #require(FileManager.default.createFile(atPath: path, contents: nil))
         defer { try? FileManager.default.removeItem(atPath: path) }

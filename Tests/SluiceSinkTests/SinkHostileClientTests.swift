@@ -62,7 +62,7 @@ struct SinkHostileClientTests {
         await group.shutdown()
     }
 
-    @Test func aBusyPipeliningClientIsNeverTakenForASlowOne() async throws {
+    @Test(.needsPeers(executables: ["python3"])) func aBusyPipeliningClientIsNeverTakenForASlowOne() async throws {
         // Every read ends one line and starts the next, so some line is always half-sent, for
         // longer than the deadline in all: each line gets its own deadline. The client is a
         // process of its own: in the full parallel suite this test's own task was seen to

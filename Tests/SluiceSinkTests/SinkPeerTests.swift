@@ -8,7 +8,7 @@ import Testing
 /// The sink against clients nobody here wrote.
 @Suite("Sink: independent clients")
 struct SinkPeerTests {
-    @Test(arguments: [1, 100])
+    @Test(.needsPeers(executables: ["smtp-source"]), arguments: [1, 100])
     func postfixSMTPSourceDeliversEveryMessageIntact(_ sessions: Int) async throws {
         guard let source = requirePeer("smtp-source", install: "apt-get install postfix") else { return }
         let sink = try await startSink()
@@ -37,7 +37,7 @@ struct SinkPeerTests {
         await sink.shutdown()
     }
 
-    @Test func swaksWithSTARTTLSAuthAndPipelining() async throws {
+    @Test(.needsPeers(executables: ["swaks"])) func swaksWithSTARTTLSAuthAndPipelining() async throws {
         guard let swaks = requirePeer("swaks", install: "apt-get install swaks") else { return }
         let certificates = try TestCertificates.shared()
         let sink = try await startSink {
@@ -70,7 +70,7 @@ struct SinkPeerTests {
         await sink.shutdown()
     }
 
-    @Test func pythonSmtplibWithSMTPUTF8AndBDAT() async throws {
+    @Test(.needsPeers(executables: ["python3"])) func pythonSmtplibWithSMTPUTF8AndBDAT() async throws {
         guard let python = requirePeer("python3", install: "apt-get install python3") else { return }
         let sink = try await startSink()
         let script = """
@@ -106,7 +106,7 @@ struct SinkPeerTests {
 struct SinkCommandTests {
     private var sluice: String? { sluiceCommand() }
 
-    @Test func printsWhereItListensFirstAndExitsAfterNMessages() async throws {
+    @Test(.needsPeers(executables: ["python3"])) func printsWhereItListensFirstAndExitsAfterNMessages() async throws {
         guard let sluice, let python = requirePeer("python3", install: "apt-get install python3") else { return }
         let process = try ChildProcess(sluice, ["sink", "--listen", "127.0.0.1:0", "--exit-after", "2", "--store", "memory",
                                                     "--loops", "2"])

@@ -273,9 +273,11 @@ public func packageRoot(file: String = #filePath) -> String {
     return FileManager.default.currentDirectoryPath
 }
 
-/// The built sluice command, or a recorded issue if it is not built.
+/// The built sluice command, or a recorded issue if it is not built: `SLUICE_COMMAND` when
+/// set (scripts/sanitize.sh points it at the command built with the sanitizer, so the
+/// command-line tests run sanitized code too), else the debug build.
 public func sluiceCommand() -> String? {
-    let path = packageRoot() + "/.build/debug/sluice"
+    let path = ProcessInfo.processInfo.environment["SLUICE_COMMAND"] ?? packageRoot() + "/.build/debug/sluice"
     if FileManager.default.isExecutableFile(atPath: path) { return path }
     Issue.record("build the sluice command first (swift build); scripts/test.sh does")
     return nil

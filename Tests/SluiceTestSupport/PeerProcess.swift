@@ -1,6 +1,6 @@
 import Foundation
 import SluiceTransport
-import Testing
+public import Testing
 
 /// Python from the peers' virtual environment (scripts/setup.sh makes it), if it can import
 /// `modules`. Outside CI a missing peer is reported and the test returns early; under CI it
@@ -51,6 +51,25 @@ public final class PeerProcess: Sendable {
         await offThread { [child] in
             child.stop()
             return String(decoding: child.readOutputAndError(quietLimit: .milliseconds(200)).error, as: UTF8.self)
+        }
+    }
+}
+
+extension Trait where Self == ConditionTrait {
+    /// Runs the test only where its independent peers are installed: the `executables` on
+    /// PATH and the `python` modules in the peers' virtual environment. Outside CI a test whose
+    /// peer is missing shows as skipped, with the reason; under CI (`CI=true`) it always runs,
+    /// so a missing peer is a failure there, never a silent skip.
+    public static func needsPeers(executables: [String] = [], python: [String] = []) -> Self {
+        let names = (executables + python.map { "Python's \($0)" }).joined(separator: ", ")
+        return .enabled("needs \(names) (scripts/setup.sh installs them)") {
+            if isCI { return true }
+            guard executables.allSatisfy({ findExecutable($0) != nil }) else { return false }
+            guard !python.isEmpty else { return true }
+            let interpreter = packageRoot() + "/.build/peers-venv/bin/python"
+            guard FileManager.default.isExecutableFile(atPath: interpreter) else { return false }
+            let result = try? await runInBackground(interpreter, ["-c", "import " + python.joined(separator: ", ")])
+            return result?.status == 0
         }
     }
 }

@@ -49,7 +49,7 @@ struct ClientInteropTests {
             return AuthResult(success=ok, auth_data=auth_data)
         """, controllerArguments: "authenticator=authenticate")
 
-    @Test(arguments: [SASLMechanism.plain, .login])
+    @Test(.needsPeers(python: ["aiosmtpd"]), arguments: [SASLMechanism.plain, .login])
     func aiosmtpdWithSTARTTLSAndAUTH(mechanism: SASLMechanism) async throws {
         guard let aiosmtpd = try await Aiosmtpd.start(Self.aiosmtpdServer) else { return }
         try await withCleanup {
@@ -129,7 +129,7 @@ struct ClientInteropTests {
     /// token provider's token is accepted, a refused token fails the send with the server's
     /// 535 after the error challenge was answered as the spec asks, and under the default
     /// retry policy that permanent refusal is not tried again.
-    @Test(arguments: [SASLMechanism.xoauth2, .oauthBearer])
+    @Test(.needsPeers(python: ["aiosmtpd"]), arguments: [SASLMechanism.xoauth2, .oauthBearer])
     func aiosmtpdWithOAuth2(mechanism: SASLMechanism) async throws {
         guard let aiosmtpd = try await Aiosmtpd.start(Self.aiosmtpdOAuthServer) else { return }
         try await withCleanup {
@@ -174,7 +174,7 @@ struct ClientInteropTests {
         }
     }
 
-    @Test func postfixSMTPSinkTakesPipelinedMessagesOnSeveralConnections() async throws {
+    @Test(.needsPeers(executables: ["smtp-sink"])) func postfixSMTPSinkTakesPipelinedMessagesOnSeveralConnections() async throws {
         guard let smtpSink = requirePeer("smtp-sink", install: "apt-get install postfix") else { return }
         let port = try unusedPort()
         let directory = FileManager.default.temporaryDirectory.appendingPathComponent("smtp-sink-\(UUID().uuidString)")
@@ -235,7 +235,7 @@ struct ClientInteropTests {
     /// delivery that writes each message to a file named by its queue ID), over STARTTLS with
     /// the certificate verified, PIPELINING and CHUNKING (BDAT), four pooled connections. Every
     /// report's queue ID ("250 2.0.0 Ok: queued as …") names the file its own bytes arrived in.
-    @Test func postfixSMTPDTakesChunkedMessagesOverSTARTTLS() async throws {
+    @Test(.needsPeers(executables: ["postfix"])) func postfixSMTPDTakesChunkedMessagesOverSTARTTLS() async throws {
         let certificates = try TestCertificates.shared()
         guard let postfix = try await PostfixInstance.start(tlsCertificate: certificates.good.certificate,
                                                             tlsKey: certificates.good.key) else { return }

@@ -134,7 +134,7 @@ struct DKIMTests {
         return [("unicode", try unicode.encoded()), ("empty body", try plain.encoded()), ("raw", raw)]
     }
 
-    @Test(arguments: [DKIMSigner.Canonicalization.relaxed, .simple])
+    @Test(.needsPeers(executables: ["openssl"], python: ["dkim", "nacl"]), arguments: [DKIMSigner.Canonicalization.relaxed, .simple])
     func dkimpyVerifiesRSAAndEd25519Signatures(canonicalization: DKIMSigner.Canonicalization) async throws {
         guard let keys = try await DKIMTestKeys.shared() else { return }
         for (name, message) in try Self.messages() {
@@ -156,7 +156,7 @@ struct DKIMTests {
         }
     }
 
-    @Test func oneChangedByteOrHeaderFailsVerification() async throws {
+    @Test(.needsPeers(executables: ["openssl"], python: ["dkim", "nacl"])) func oneChangedByteOrHeaderFailsVerification() async throws {
         guard let keys = try await DKIMTestKeys.shared() else { return }
         let (_, message) = try Self.messages()[0]
         var signed = message
@@ -178,7 +178,7 @@ struct DKIMTests {
         #expect(try await keys.verify(Array(secondFrom.utf8)) == [false, false], "From is oversigned: another cannot be added")
     }
 
-    @Test func aMessageThroughTheClientAndTheSinksMaildirStillVerifies() async throws {
+    @Test(.needsPeers(executables: ["openssl"], python: ["dkim", "nacl"])) func aMessageThroughTheClientAndTheSinksMaildirStillVerifies() async throws {
         guard let keys = try await DKIMTestKeys.shared() else { return }
         let maildir = keys.directory + "/Maildir"
         for sub in ["tmp", "new", "cur"] {
@@ -197,7 +197,7 @@ struct DKIMTests {
         #expect(try await keys.verify(Array(stored)) == [true, true])
     }
 
-    @Test func keysAreReadFromPKCS1AndPKCS8AndBadOnesAreClearErrors() async throws {
+    @Test(.needsPeers(executables: ["openssl"], python: ["dkim", "nacl"])) func keysAreReadFromPKCS1AndPKCS8AndBadOnesAreClearErrors() async throws {
         guard let keys = try await DKIMTestKeys.shared() else { return }
         #expect(try SigningKey(pemFile: keys.rsaPKCS1).kind == .rsa(bits: 2048))
         #expect(try SigningKey(pemFile: keys.rsaPKCS8).kind == .rsa(bits: 2048))

@@ -212,7 +212,7 @@ struct SendCommandTests {
         await sink.shutdown()
     }
 
-    @Test func dkimFlagsSignWithEveryKeyAndDkimpyVerifies() async throws {
+    @Test(.needsPeers(executables: ["openssl"], python: ["dkim", "nacl"])) func dkimFlagsSignWithEveryKeyAndDkimpyVerifies() async throws {
         guard let keys = try await DKIMTestKeys.shared() else { return }
         let sink = try await startSink()
         guard let run = try await Self.send(sink, [

@@ -182,7 +182,7 @@ struct TLSTests {
         await group.shutdown()
     }
 
-    @Test func opensslClientInteroperatesAndCannotGoBelowTLS12() async throws {
+    @Test(.needsPeers(executables: ["openssl"])) func opensslClientInteroperatesAndCannotGoBelowTLS12() async throws {
         guard let openssl = findExecutable("openssl") else {
             Issue.record("openssl is not installed (apt-get install openssl)")
             return
