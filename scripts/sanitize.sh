@@ -20,7 +20,7 @@ swift build --build-tests --sanitize="$sanitizer" --scratch-path "$scratch" >/de
 # built with the sanitizer (it is in the scratch build), and check that it is.
 export SLUICE_COMMAND="$scratch/debug/sluice"
 case "$sanitizer" in address) runtime=__asan_init ;; thread) runtime=__tsan_init ;; *) runtime= ;; esac
-if [ -n "$runtime" ] && ! nm "$SLUICE_COMMAND" 2>/dev/null | grep -q "$runtime"; then
+if [ -n "$runtime" ] && ! nm "$SLUICE_COMMAND" 2>/dev/null | grep "$runtime" >/dev/null; then  # not -q: nm would die of SIGPIPE
     echo "sanitize: $SLUICE_COMMAND is not built with the $sanitizer sanitizer" >&2
     exit 1
 fi
