@@ -189,7 +189,7 @@ struct ClientInteropTests {
             var configuration = SMTPClient.Configuration(host: "127.0.0.1", port: port, security: .none)
             configuration.pool.maximumConnections = 4
             let transcript = LogLines()
-            var logger = Logger(label: "test") { _ in ConnectionTaggingHandler(lines: transcript) }
+            var logger = Logger(label: "test") { _ in CapturingHandler(lines: transcript, taggingConnections: true) }
             logger.logLevel = .trace
             configuration.logger = logger
             let client = try SMTPClient(configuration: configuration)
@@ -330,20 +330,5 @@ private struct Aiosmtpd {
     func stop() async {
         await server.stop()
         try? FileManager.default.removeItem(atPath: out)
-    }
-}
-
-/// Records each log message prefixed with the connection that logged it
-/// (`smtp.connection` metadata, or `-`).
-struct ConnectionTaggingHandler: LogHandler {
-    let lines: LogLines
-    var metadata: Logger.Metadata = [:]
-    var logLevel: Logger.Level = .trace
-    subscript(metadataKey key: String) -> Logger.Metadata.Value? {
-        get { metadata[key] }
-        set { metadata[key] = newValue }
-    }
-    func log(event: LogEvent) {
-        lines.append("\(metadata["smtp.connection"].map { "\($0)" } ?? "-") \(event.message)")
     }
 }

@@ -130,13 +130,19 @@ final class LogLines: Sendable {
     var all: [String] { lines.withLock { $0 } }
 }
 
+/// Records each log message; with `taggingConnections`, prefixed with the connection that
+/// logged it (its `smtp.connection` metadata, or `-`).
 struct CapturingHandler: LogHandler {
     let lines: LogLines
+    var taggingConnections = false
     var metadata: Logger.Metadata = [:]
     var logLevel: Logger.Level = .trace
     subscript(metadataKey key: String) -> Logger.Metadata.Value? {
         get { metadata[key] }
         set { metadata[key] = newValue }
     }
-    func log(event: LogEvent) { lines.append(event.message.description) }
+    func log(event: LogEvent) {
+        guard taggingConnections else { return lines.append(event.message.description) }
+        lines.append("\(metadata["smtp.connection"].map { "\($0)" } ?? "-") \(event.message)")
+    }
 }

@@ -22,12 +22,8 @@ extension Connection {
         options: ConnectionOptions = ConnectionOptions(),
         handler: @escaping @Sendable (Connection) -> any ConnectionHandler
     ) async throws -> Connection {
-        try await loop.perform("connect to \(host):\(port)") { (operation: LoopOperation<Connection>) in
-            let attempt = ConnectAttempt(
-                operation: operation, host: host, port: port, tls: tls, serverName: serverName ?? host,
-                options: options, makeHandler: handler)
-            attempt.start(timeout: timeout)
-        }
+        try await connect(to: host, port: port, resolved: nil, on: loop, timeout: timeout, tls: tls, serverName: serverName,
+                          options: options, handler: handler)
     }
 
     /// As ``connect(to:port:on:timeout:tls:serverName:options:handler:)``, for a name already
@@ -43,11 +39,19 @@ extension Connection {
         options: ConnectionOptions = ConnectionOptions(),
         handler: @escaping @Sendable (Connection) -> any ConnectionHandler
     ) async throws -> Connection {
-        try await loop.perform("connect to \(host)") { (operation: LoopOperation<Connection>) in
+        try await connect(to: host, port: addresses.first?.port ?? 0, resolved: addresses, on: loop, timeout: timeout, tls: tls,
+                          serverName: serverName, options: options, handler: handler)
+    }
+
+    private static func connect(
+        to host: String, port: Int, resolved: [SocketAddress]?, on loop: EventLoop, timeout: Duration, tls: TLSContext?,
+        serverName: String?, options: ConnectionOptions, handler: @escaping @Sendable (Connection) -> any ConnectionHandler
+    ) async throws -> Connection {
+        try await loop.perform("connect to \(host):\(port)") { (operation: LoopOperation<Connection>) in
             let attempt = ConnectAttempt(
-                operation: operation, host: host, port: addresses.first?.port ?? 0, tls: tls,
-                serverName: serverName ?? host, options: options, makeHandler: handler)
-            attempt.start(timeout: timeout, resolved: addresses)
+                operation: operation, host: host, port: port, tls: tls, serverName: serverName ?? host,
+                options: options, makeHandler: handler)
+            attempt.start(timeout: timeout, resolved: resolved)
         }
     }
 }
