@@ -71,7 +71,13 @@ struct SinkTests {
     }
 
     @Test func endlessLineAndEndlessDataAreAnsweredAndTheSessionGoesOn() async throws {
-        let sink = try await startSink { $0.server.maximumMessageSize = 1 << 20 }
+        let sink = try await startSink {
+            $0.server.maximumMessageSize = 1 << 20
+            // 32 MiB of line and 32 MiB of content take minutes under the sanitizers: the
+            // deadlines for a whole line and a whole content must not be what ends them here.
+            $0.commandTimeout = scaled(.seconds(600))
+            $0.contentTimeout = scaled(.seconds(600))
+        }
         let group = EventLoopGroup(numberOfLoops: 1)
         let client = try await RawSession.open(to: sink.localAddress, on: group.loops[0])
         try await pushEndlessLineAndData(client)
@@ -86,8 +92,10 @@ struct SinkTests {
         // Measured on a sink process of its own: this process's RSS is shared with the
         // suites running in parallel.
         guard let sluice = sluiceCommand() else { return }
-        let process = try ChildProcess(sluice, ["sink", "--listen", "127.0.0.1:0", "--max-message-size", "1048576"],
-                                       error: .null)
+        let deadline = "\(Int(600 * testTimeScale))"  // as above: the input takes minutes under the sanitizers
+        let command = memoryMeasuredCommand([sluice, "sink", "--listen", "127.0.0.1:0", "--max-message-size", "1048576",
+                                             "--command-timeout", deadline, "--content-timeout", deadline])
+        let process = try ChildProcess(command[0], Array(command.dropFirst()), error: .null)
         defer { process.stop() }
         let line = try await process.firstOutputLine(within: .seconds(20))
         let port = try #require(Int(line.split(separator: ":").last ?? ""))

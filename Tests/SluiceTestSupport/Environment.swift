@@ -283,6 +283,15 @@ public func sluiceCommand() -> String? {
     return nil
 }
 
+/// `command` (an executable and its arguments) to run as a child whose memory a test
+/// measures: under AddressSanitizer, through `/usr/bin/env` with the quarantine off, since it
+/// holds freed memory back (256 MiB by default) and the measure would be the sanitizer's.
+/// Use-after-free is still caught, only not after the memory is reused.
+public func memoryMeasuredCommand(_ command: [String]) -> [String] {
+    guard let options = ProcessInfo.processInfo.environment["ASAN_OPTIONS"] else { return command }
+    return ["/usr/bin/env", "ASAN_OPTIONS=\(options):quarantine_size_mb=0"] + command
+}
+
 /// Runs `body`, then `cleanup` — after a throw too; for clean-ups that must be awaited, which
 /// `defer` cannot do.
 public func withCleanup<T>(_ body: () async throws -> T, cleanup: () async -> Void) async throws -> T {

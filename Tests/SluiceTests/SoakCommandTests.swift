@@ -7,8 +7,9 @@ import Testing
 struct SoakCommandTests {
     @Test func aShortSoakUnderEveryFaultProvesItsAccounting() async throws {
         guard let sluice = sluiceCommand() else { return }
+        let command = memoryMeasuredCommand([sluice, "soak", "--duration", "8", "--rate", "300", "--overload-seconds", "2", "--json"])
         let run = try await withDeadline(.seconds(180), "sluice soak") {
-            try await runInBackground(sluice, ["soak", "--duration", "8", "--rate", "300", "--overload-seconds", "2", "--json"])
+            try await runInBackground(command[0], Array(command.dropFirst()))
         }
         #expect(run.status == 0, "\(run.output)\n\(run.error)")
         let result = try #require(JSONSerialization.jsonObject(with: Data(run.output.utf8)) as? [String: Any])
