@@ -2,8 +2,9 @@ import FuzzSupport
 import SluiceCore
 
 /// Arbitrary client bytes through the sink's server state machine (AUTH users, small limits):
-/// it never traps, answers with replies that end in CRLF, and never delivers content that
-/// exceeds the size limit or (unless declared BINARYMIME) holds a bare CR or LF.
+/// it never traps, answers with replies that end in CRLF, never delivers content that exceeds
+/// the size limit or (unless declared BINARYMIME) holds a bare CR or LF, and does nothing at
+/// all once it has closed, whatever arrives after.
 @_cdecl("LLVMFuzzerTestOneInput")
 public func fuzz(_ data: UnsafePointer<UInt8>, _ size: Int) -> Int32 {
     let bytes = Array(UnsafeBufferPointer(start: data, count: size))
@@ -17,13 +18,16 @@ public func fuzz(_ data: UnsafePointer<UInt8>, _ size: Int) -> Int32 {
     check(machine.connected(secure: false), limit: configuration.maximumMessageSize)
     let split = bytes.first.map { Int($0) % 31 + 1 } ?? 1
     var index = 0
+    var closed = false
     while index < bytes.count {
         let end = min(bytes.count, index + split)
         // What the driver does in answer (store a message, end a hold after a failed AUTH) can
         // bring more actions, which are checked in turn.
+        // Every read is fed, after a close too: a closed machine must do nothing more.
         var actions = machine.bytesReceived(bytes[index..<end])
+        require(!closed || actions.isEmpty, "actions after the close: \(actions.count)")
         while !actions.isEmpty {
-            if check(actions, limit: configuration.maximumMessageSize) { return 0 }
+            if check(actions, limit: configuration.maximumMessageSize) { closed = true }
             var next: [ServerStateMachine.Action] = []
             for action in actions {
                 switch action {
