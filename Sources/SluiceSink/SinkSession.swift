@@ -279,7 +279,9 @@ final class SinkSession: ConnectionHandler, EndOfIterationWork, @unchecked Senda
     /// Carries `out` out now, or after the sink's reply delay or a `penalty` (a failed
     /// AUTH), whichever is longer; what is already held keeps its place in front of it.
     private func send(_ out: Out, penalty: Duration? = nil) {
-        let delay = [shared.replyDelay(), penalty].compactMap { $0 }.max()
+        // The longer of the two, without an array per reply (this runs for every reply).
+        let configured = shared.replyDelay()
+        let delay = configured.map { configured in penalty.map { max($0, configured) } ?? configured } ?? penalty
         if delay == nil, delayTimer == nil {
             execute(out)
             return
