@@ -46,18 +46,30 @@ final class SinkShared: Sendable {
     var sessions: [SinkSession] { stall.withLock { Array($0.sessions.values) } }
 
     /// Failed AUTH attempts by client address, counted over a window (Postfix's anvil).
-    private let authenticationFailures = Locked<[String: (count: Int, since: ContinuousClock.Instant)]>([:])
+    private let authenticationFailures = Locked<[String: FailureCount]>([:])
+
+    private struct FailureCount {
+        var count = 0
+        let since: ContinuousClock.Instant
+    }
+
+    /// `address`'s failures if its window is still open at `now`.
+    private func failures(of address: String, in table: [String: FailureCount], at now: ContinuousClock.Instant)
+        -> FailureCount? {
+        table[address].flatMap { now - $0.since < configuration.authenticationFailureWindow ? $0 : nil }
+    }
 
     /// Records a failed AUTH from `address`; returns whether the address is now past its limit.
     func authenticationFailed(from address: String) -> Bool {
         counters.authenticationFailures.add(1, ordering: .relaxed)
         let now = ContinuousClock.now
-        let window = configuration.authenticationFailureWindow
         return authenticationFailures.withLock { table in
-            var entry = table[address].flatMap { now - $0.since < window ? $0 : nil } ?? (count: 0, since: now)
+            var entry = failures(of: address, in: table, at: now) ?? FailureCount(since: now)
             entry.count += 1
             table[address] = entry
-            if table.count > 10_000 { table = table.filter { now - $0.value.since < window } }  // bounded
+            if table.count > 10_000 {  // bounded: forget the windows that have closed
+                table = table.filter { now - $0.value.since < configuration.authenticationFailureWindow }
+            }
             return entry.count >= configuration.maximumAuthenticationFailuresPerAddress
         }
     }
@@ -66,7 +78,7 @@ final class SinkShared: Sendable {
     func isLockedOut(_ address: String) -> Bool {
         let now = ContinuousClock.now
         return authenticationFailures.withLock { table in
-            guard let entry = table[address], now - entry.since < configuration.authenticationFailureWindow else { return false }
+            guard let entry = failures(of: address, in: table, at: now) else { return false }
             return entry.count >= configuration.maximumAuthenticationFailuresPerAddress
         }
     }
