@@ -114,8 +114,9 @@ public struct ServerStateMachine: Sendable {
     private var contentSize = 0
     /// Whether the client ended the session with QUIT.
     public private(set) var quitReceived = false
-    /// AUTH attempts that failed on this connection.
-    public private(set) var authenticationFailures = 0
+    /// AUTH attempts that failed on this connection (each ``Action/authenticationFailed(failures:)``
+    /// tells the driver the count).
+    private var authenticationFailures = 0
     /// Shutting down: the transaction whose content is arriving may finish; nothing else starts.
     private var draining = false
 
