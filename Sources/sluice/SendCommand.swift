@@ -13,9 +13,13 @@ struct SendCommand: AsyncParsableCommand {
             Everything is checked before a connection is made: a bad address, a header with CR or \
             LF, a missing file or an empty recipient list is refused with exit status 64.
 
-            Exit status: 0 accepted for every recipient, 2 partially accepted, 3 rejected, \
-            4 deferred (transient), 5 outcome unknown, 64 invalid input (nothing was sent), \
-            69 not delivered for a connection, TLS, AUTH or protocol reason.
+            Exit status: 0 accepted for every recipient, 2 partially accepted, 3 rejected (a 5xx \
+            to MAIL, RCPT or the data), 4 deferred (a 4xx, a refused or lost connection, a \
+            timeout: try later), 5 outcome unknown (no reply after the end of the data: it may \
+            have been delivered), 64 invalid input (nothing was sent), 69 failed (nothing was \
+            sent and a retry will fail the same way: a 5xx to the greeting, EHLO or AUTH, a \
+            certificate that does not verify, STARTTLS not offered, a host name that does not \
+            exist).
             """
     )
 
@@ -126,22 +130,28 @@ struct SendCommand: AsyncParsableCommand {
         return try OutgoingMail(message, signers: signers)
     }
 
-    /// 0 accepted, 2 partial, 3 rejected, 4 deferred, 5 unknown, 64 invalid input, 69 other failures.
+    /// The exit status: the report's outcome, or what the error means when there is no
+    /// report (the two never disagree: both come from ``SMTPError/status``).
     static func exitStatus(report: DeliveryReport?, error: SMTPError?) -> Int32 {
         if let error, error.kind == .invalidInput { return 64 }
-        switch report?.outcome {
-        case .accepted?: return 0
-        case .partiallyAccepted?: return 2
-        case .rejected? where error == nil || error?.kind == .rejected: return 3
-        case .deferred? where error == nil || error?.kind == .deferred: return 4
-        case .unknown?: return 5
-        default: break
-        }
-        switch error?.kind {
+        if let report { return exitStatus(report.outcome) }
+        switch error?.status {
         case .rejected?: return 3
         case .deferred?: return 4
-        case .unknownOutcome?: return 5
+        case .unknown?: return 5
         default: return 69
+        }
+    }
+
+    /// 0 accepted, 2 partial, 3 rejected, 4 deferred, 5 unknown, 69 failed.
+    static func exitStatus(_ outcome: DeliveryReport.Outcome) -> Int32 {
+        switch outcome {
+        case .accepted: 0
+        case .partiallyAccepted: 2
+        case .rejected: 3
+        case .deferred: 4
+        case .unknown: 5
+        case .failed: 69
         }
     }
 }
@@ -177,6 +187,10 @@ struct SendResult: Encodable {
     }
     struct Failure: Encodable {
         let kind: String
+        /// The command answered or awaited (`RCPT`, `AUTH`, …).
+        let command: String?
+        /// Whether a later try may succeed.
+        let transient: Bool
         let message: String
     }
     let outcome: String
@@ -191,7 +205,9 @@ struct SendResult: Encodable {
             Recipient(address: $0.address.address, status: "\($0.status)", code: $0.code,
                       enhancedCode: $0.enhancedCode.map { "\($0)" }, text: $0.text)
         }
-        self.error = error.map { Failure(kind: Self.kindName($0.kind), message: $0.description) }
+        self.error = error.map {
+            Failure(kind: Self.kindName($0.kind), command: $0.command, transient: $0.isTransient, message: $0.description)
+        }
     }
 
     static func kindName(_ kind: SMTPError.Kind) -> String {

@@ -18,6 +18,8 @@ struct SendCommandTests {
         }
         struct Failure: Decodable {
             let kind: String
+            let command: String?
+            let transient: Bool?
             let message: String
         }
         let outcome: String
@@ -160,16 +162,17 @@ struct SendCommandTests {
         await sink.shutdown()
     }
 
-    @Test func aServerThatIsNotThereIsExitStatus69WithAConnectionError() async throws {
+    @Test func aRefusedConnectionIsDeferredWithExitStatus4AndAConnectionError() async throws {
         let refused = try RefusedPort()
         defer { refused.close() }  // keeps the port refused to the end
         let port = refused.port
         guard let run = try await Self.send(nil, ["--from", "a@example.com", "--to", "b@example.org", "--json"], port: port)
         else { return }
-        #expect(run.status == 69, "\(run.output) \(run.error)")
+        #expect(run.status == 4, "\(run.output) \(run.error)")
         let report = try Self.report(run.output)
         #expect(report.error?.kind == "connection")
-        #expect(report.outcome != "accepted")
+        #expect(report.error?.transient == true)
+        #expect(report.outcome == "deferred")
     }
 
     @Test func anEMLFileIsSentAsItIsToTheGivenEnvelope() async throws {

@@ -18,7 +18,7 @@ struct ClientMetrics: Sendable {
         messages = DeliveryReport.Outcome.allCases.map { outcome in
             Counter(label: "sluice_messages_total", dimensions: [("client", label), ("outcome", outcome.rawValue)])
         }
-        recipients = [DeliveryStatus.accepted, .rejected, .deferred, .unknown].map { status in
+        recipients = [DeliveryStatus.accepted, .rejected, .deferred, .failed, .unknown].map { status in
             Counter(label: "sluice_recipients_total", dimensions: [("client", label), ("status", Self.name(of: status))])
         }
         connectionsOpened = Counter(label: "sluice_connections_opened_total", dimensions: [("client", label)])
@@ -34,13 +34,15 @@ struct ClientMetrics: Sendable {
         latency.recordNanoseconds(report.elapsed.wholeNanoseconds)
     }
 
+    /// The outcome's index in `allCases`, which ``messages`` follows.
     private static func index(of outcome: DeliveryReport.Outcome) -> Int {
         switch outcome {
         case .accepted: 0
         case .partiallyAccepted: 1
         case .rejected: 2
         case .deferred: 3
-        case .unknown: 4
+        case .failed: 4
+        case .unknown: 5
         }
     }
 
@@ -49,7 +51,8 @@ struct ClientMetrics: Sendable {
         case .accepted: 0
         case .rejected: 1
         case .deferred: 2
-        case .unknown: 3
+        case .failed: 3
+        case .unknown: 4
         }
     }
 
@@ -58,6 +61,7 @@ struct ClientMetrics: Sendable {
         case .accepted: "accepted"
         case .rejected: "rejected"
         case .deferred: "deferred"
+        case .failed: "failed"
         case .unknown: "unknown"
         }
     }

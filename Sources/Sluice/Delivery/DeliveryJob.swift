@@ -65,8 +65,9 @@ final class DeliveryJob: @unchecked Sendable {
         if let error = outcome.error {
             lastError = SMTPError(error)
         } else if outcome.status != .accepted, let reply = outcome.reply {
-            lastError = SMTPError(outcome.status == .deferred ? .deferred : .rejected, "the server refused the message",
-                                  reply: reply, command: nil, isTransient: reply.code.isTransient)
+            let what = outcome.command == "RCPT" ? "the server refused every recipient" : "the server refused the message"
+            lastError = SMTPError(outcome.status == .deferred ? .deferred : .rejected, "\(what): \(reply)",
+                                  reply: reply, command: outcome.command, isTransient: reply.code.isTransient)
         }
         let connectionFailed = outcome.error.map { $0.isTransient && $0.reply == nil } ?? false
         var retry: [Int] = []
@@ -87,9 +88,11 @@ final class DeliveryJob: @unchecked Sendable {
     /// The recipients still to try, as indices into the envelope.
     private var remainingSlots: [Int] { remaining ?? Array(envelope.recipients.indices) }
 
-    /// Ends the job with `error` for every recipient not yet decided.
-    func fail(_ error: SMTPError, status: DeliveryStatus = .deferred, now: Moment) {
+    /// Ends the job with `error` for every recipient not yet decided; their status is what
+    /// the error means for them (``SMTPError/status``).
+    func fail(_ error: SMTPError, now: Moment) {
         lastError = error
+        let status = error.status
         for slot in remainingSlots where results[slot].status == .deferred {
             results[slot] = DeliveryReport.Recipient(address: envelope.recipients[slot].address, status: status,
                                                      reply: error.reply ?? results[slot].reply)

@@ -17,6 +17,12 @@ public struct DeliveryReport: Sendable, Hashable, CustomStringConvertible {
         /// No recipient was accepted and some refusal was transient (4xx, a lost connection
         /// before the end of the data, a timeout): trying later may succeed.
         case deferred
+        /// Nothing was sent, and trying again unchanged will fail the same way, for a reason
+        /// that is not the recipients' own: a 5xx to the greeting, EHLO or AUTH, a
+        /// certificate that does not verify, STARTTLS required and not offered, a host name
+        /// that does not exist. ``DeliveryReport/error`` says which (see
+        /// ``SMTPError/status``).
+        case failed
         /// The end of the data was written but no reply came: the message may or may not
         /// have been delivered, and a retry could duplicate it.
         case unknown
@@ -89,6 +95,7 @@ public struct DeliveryReport: Sendable, Hashable, CustomStringConvertible {
         if accepted > 0 { return .partiallyAccepted }
         if recipients.contains(where: { $0.status == .unknown }) { return .unknown }
         if recipients.contains(where: { $0.status == .deferred }) { return .deferred }
+        if recipients.contains(where: { $0.status == .failed }) { return .failed }
         return .rejected
     }
 }

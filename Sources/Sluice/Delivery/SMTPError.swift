@@ -151,16 +151,44 @@ public struct SMTPError: Error, Sendable, Hashable, CustomStringConvertible {
             case .connectTimeout: .timeout
             default: .connection
             }
-        // A certificate or settings problem, a name that does not resolve or a bad argument
-        // will fail the same way next time; a reset, a refusal or a timeout may not.
-        let transient = !(error.tls?.isCertificateFailure ?? false) && error.kind != .invalidArgument
-            && error.kind != .hostNotFound
-        self.init(kind, error.description, isTransient: transient, transportError: error)
+        self.init(kind, error.description, isTransient: Self.isTransient(error), transportError: error)
+    }
+
+    /// Whether a connection that failed this way may be had later: a certificate that does
+    /// not verify, a name that does not exist or a bad address will fail the same way next
+    /// time; a refusal, a reset, a timeout, a resolver that did not answer or a handshake
+    /// that broke may not.
+    static func isTransient(_ error: TransportError) -> Bool {
+        switch error.kind {
+        case .tls: !(error.tls?.isCertificateFailure ?? false)
+        case .hostNotFound, .invalidArgument: false
+        default: true
+        }
+    }
+
+    /// What this failure means for each recipient it leaves undecided. This is where a
+    /// failure becomes an outcome, and the report, the recipients' statuses, the CLI's
+    /// `--json` and its exit status all follow it:
+    ///
+    /// | Failure | Status |
+    /// |---|---|
+    /// | no reply after the end of the data was written | ``DeliveryStatus/unknown`` |
+    /// | 4xx (421, 450, 451, 452, 454 …), timeout, connection refused, reset or lost, resolver not answering, TLS handshake broken, protocol violation | ``DeliveryStatus/deferred`` |
+    /// | cancelled, or the client shut down before it was sent | ``DeliveryStatus/deferred`` |
+    /// | 5xx to `MAIL`, `RCPT`, `DATA` or `BDAT`; a message the server's SIZE, 8BITMIME or SMTPUTF8 rules out | ``DeliveryStatus/rejected`` |
+    /// | 5xx to the greeting, EHLO or AUTH; a certificate that does not verify; STARTTLS required and not offered; credentials that may not be sent; a host name that does not exist | ``DeliveryStatus/failed`` |
+    ///
+    /// ``isTransient`` is true exactly for the deferred rows but cancellation and shutdown
+    /// (those are not the server's doing, and nothing was tried).
+    public var status: DeliveryStatus {
+        if kind == .unknownOutcome { return .unknown }
+        if isTransient || kind == .cancelled || kind == .shutdown { return .deferred }
+        return kind == .rejected ? .rejected : .failed
     }
 
     public var description: String {
         var text = "SMTP \(kind)"
-        if let command { text += " (\(command))" }
+        if let command, sessionError == nil { text += " (\(command))" }  // the session error names it
         text += ": \(detail.controlCharactersEscaped)"
         if let reply, sessionError?.reply != reply { text += " [\(reply)]" }
         return text

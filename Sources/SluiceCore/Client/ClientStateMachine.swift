@@ -783,20 +783,23 @@ public struct ClientStateMachine: Sendable {
                 return
             } else {
                 needsReset = true
-                finishTransaction(id, dataReply: reply)
+                finishTransaction(id, dataReply: reply, dataCommand: "DATA")
             }
-        case .content(let id), .bdat(let id):
-            if case .bdat = expectation, !reply.code.isPositiveCompletion { needsReset = true }
-            finishTransaction(id, dataReply: reply, contentSent: true)
+        case .content(let id):
+            finishTransaction(id, dataReply: reply, dataCommand: "DATA", contentSent: true)
+        case .bdat(let id):
+            if !reply.code.isPositiveCompletion { needsReset = true }
+            finishTransaction(id, dataReply: reply, dataCommand: "BDAT", contentSent: true)
         }
         pump()
     }
 
     /// Reports a transaction from its replies and forgets it.
-    private mutating func finishTransaction(_ id: Int, dataReply: SMTPReply? = nil, contentSent: Bool = false) {
+    private mutating func finishTransaction(_ id: Int, dataReply: SMTPReply? = nil, dataCommand: String? = nil,
+                                            contentSent: Bool = false) {
         guard let entry = forget(id) else { return }
         settledThisEvent.append((actions.count, contentSent && !entry.emptyTerminator))
-        actions.append(.transactionFinished(Self.outcome(of: entry, dataReply: dataReply)))
+        actions.append(.transactionFinished(Self.outcome(of: entry, dataReply: dataReply, dataCommand: dataCommand)))
     }
 
     private static func status(of reply: SMTPReply) -> DeliveryStatus {
@@ -809,12 +812,13 @@ public struct ClientStateMachine: Sendable {
 
     /// An outcome in which every recipient shares the message's status and reply.
     private static func uniformOutcome(
-        _ transaction: SMTPTransaction, _ status: DeliveryStatus, reply: SMTPReply?, error: SMTPSessionError?
+        _ transaction: SMTPTransaction, _ status: DeliveryStatus, reply: SMTPReply?, command: String? = nil,
+        error: SMTPSessionError?
     ) -> TransactionOutcome {
         TransactionOutcome(
             id: transaction.id, status: status,
             recipients: transaction.recipients.map { RecipientOutcome(address: $0.address, status: status, reply: reply) },
-            reply: reply, error: error)
+            reply: reply, command: reply == nil ? nil : command, error: error)
     }
 
     /// The message's status when no recipient was accepted: rejected only if every refusal is
@@ -823,10 +827,10 @@ public struct ClientStateMachine: Sendable {
         recipients.contains { $0.status == .deferred } ? .deferred : .rejected
     }
 
-    private static func outcome(of entry: Active, dataReply: SMTPReply?) -> TransactionOutcome {
+    private static func outcome(of entry: Active, dataReply: SMTPReply?, dataCommand: String?) -> TransactionOutcome {
         let transaction = entry.transaction
         if let mailReply = entry.mailReply, !mailReply.code.isPositiveCompletion {
-            return uniformOutcome(transaction, status(of: mailReply), reply: mailReply, error: nil)
+            return uniformOutcome(transaction, status(of: mailReply), reply: mailReply, command: "MAIL", error: nil)
         }
         var recipients: [RecipientOutcome] = []
         for (recipient, reply) in zip(transaction.recipients, entry.recipientReplies) {
@@ -840,17 +844,23 @@ public struct ClientStateMachine: Sendable {
         }
         let status: DeliveryStatus
         let decidingReply: SMTPReply?
+        let command: String?
         if !entry.anyRecipientAccepted {
             status = statusWhenNoneAccepted(recipients)
-            decidingReply = entry.recipientReplies.compactMap { $0 }.last ?? dataReply
+            let lastRefusal = entry.recipientReplies.compactMap { $0 }.last
+            decidingReply = lastRefusal ?? dataReply
+            command = lastRefusal != nil ? "RCPT" : dataReply == nil ? nil : dataCommand
         } else if let dataReply {
             status = Self.status(of: dataReply)
             decidingReply = dataReply
+            command = dataCommand
         } else {
             status = .deferred
             decidingReply = nil
+            command = nil
         }
-        return TransactionOutcome(id: transaction.id, status: status, recipients: recipients, reply: decidingReply, error: nil)
+        return TransactionOutcome(id: transaction.id, status: status, recipients: recipients, reply: decidingReply,
+                                  command: command, error: nil)
     }
 
     /// Whether started transaction `i` has a recipient accepted so far, read in place:
@@ -896,7 +906,7 @@ public struct ClientStateMachine: Sendable {
             return RecipientOutcome(address: recipient.address, status: .deferred, reply: nil)
         }
         actions.append(.transactionFinished(TransactionOutcome(
-            id: id, status: .deferred, recipients: recipients, reply: nil, error: error)))
+            id: id, status: .deferred, recipients: recipients, reply: nil, command: nil, error: error)))
     }
 
     private mutating func finishLocally(_ transaction: SMTPTransaction, _ reason: String) {
@@ -930,7 +940,8 @@ public struct ClientStateMachine: Sendable {
                 if let index = activeIndex(id) {
                     let entry = active.remove(at: index)
                     actions.append(.transactionFinished(
-                        Self.uniformOutcome(entry.transaction, .deferred, reply: closingReply, error: error)))
+                        Self.uniformOutcome(entry.transaction, .deferred, reply: closingReply, command: Self.verb(first),
+                                            error: error)))
                 }
             case .reset, .probe, .quit:
                 break
@@ -958,7 +969,7 @@ public struct ClientStateMachine: Sendable {
             let allRefused = !entry.anyRecipientAccepted && entry.recipientReplies.allSatisfy { $0 != nil }
             actions.append(.transactionFinished(TransactionOutcome(
                 id: id, status: allRefused ? Self.statusWhenNoneAccepted(recipients) : status,
-                recipients: recipients, reply: nil, error: error)))
+                recipients: recipients, reply: nil, command: nil, error: error)))
         }
         active = []
         unsent = []
@@ -981,7 +992,7 @@ public struct ClientStateMachine: Sendable {
             actions[index] = .transactionFinished(TransactionOutcome(
                 id: outcome.id, status: status,
                 recipients: outcome.recipients.map { RecipientOutcome(address: $0.address, status: status, reply: nil) },
-                reply: nil, error: error))
+                reply: nil, command: nil, error: error))
         }
         settledThisEvent.removeAll()
     }

@@ -74,9 +74,20 @@ public struct SMTPSessionError: Error, Hashable, Sendable, CustomStringConvertib
         self.command = command
     }
 
-    /// Whether trying again later (or elsewhere) may succeed: 4xx replies, timeouts, lost
-    /// connections and 421.
+    /// Whether trying again later (or elsewhere) may succeed.
+    ///
+    /// RFC 5321 §4.2.1: a 4yz reply is a transient negative completion ("the command was not
+    /// accepted … but the error condition is temporary"), a 5yz a permanent one (the client
+    /// "is discouraged from repeating the exact request"). So:
+    /// - transient: any 4xx (421 and 454 included), a timeout, a lost connection, a TLS
+    ///   handshake that broke, and a protocol violation (as Postfix treats a malformed reply:
+    ///   the server may be mended or the fault may be the network's; the retry policy bounds
+    ///   the retries);
+    /// - permanent: any 5xx (to the greeting, EHLO, AUTH, MAIL, RCPT, DATA or BDAT), STARTTLS
+    ///   required and not offered, bytes injected after STARTTLS, credentials that may not be
+    ///   sent, and a message the server's own limits rule out.
     public var isTransient: Bool {
+        if kind == .protocolViolation { return true }
         if let reply { return reply.code.isTransient }
         return kind == .timeout || kind == .connectionLost || kind == .serviceClosing || kind == .tlsFailed
     }

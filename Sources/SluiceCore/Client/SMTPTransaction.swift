@@ -75,6 +75,12 @@ public enum DeliveryStatus: Hashable, Sendable {
     case rejected
     /// A 4xx reply, or the connection failed before the data was complete: safe to retry.
     case deferred
+    /// Not sent, and trying again unchanged will fail the same way: the session could not be
+    /// had for a reason that is not this recipient's (a 5xx to the greeting, EHLO or AUTH,
+    /// a certificate that does not verify, STARTTLS required and not offered, a host name
+    /// that does not exist). Nothing was refused for the recipient itself; something must
+    /// change (the credentials, the trust, the name, the server) before it can be sent.
+    case failed
     /// The end of the data was written but no reply came: it may or may not have been
     /// delivered; a retry could duplicate it.
     case unknown
@@ -102,6 +108,9 @@ public struct TransactionOutcome: Hashable, Sendable {
     /// The reply that decided the message (the final reply, or the failing MAIL, DATA or
     /// BDAT reply); nil when none came.
     public let reply: SMTPReply?
+    /// The command ``reply`` answers: `MAIL`, `RCPT` (every recipient was refused), `DATA`
+    /// or `BDAT`; nil when no reply decided it.
+    public let command: String?
     /// Why the message was not accepted when no reply says so (connection lost, timeout,
     /// refused locally before sending).
     public let error: SMTPSessionError?

@@ -12,6 +12,7 @@ public struct TransportError: Error, Sendable, Hashable, CustomStringConvertible
             case connectionRefused
             case connectionReset
             case hostNotFound
+            case lookupFailed
             case connectTimeout
             case connectionClosed
             case eventLoopShutDown
@@ -28,8 +29,12 @@ public struct TransportError: Error, Sendable, Hashable, CustomStringConvertible
         public static let connectionRefused = Kind(.connectionRefused)
         /// The peer reset or broke the connection (`ECONNRESET`, `EPIPE`).
         public static let connectionReset = Kind(.connectionReset)
-        /// The host name did not resolve to any address.
+        /// The host name does not exist or has no address (`EAI_NONAME`, `EAI_NODATA`): the
+        /// resolver's final answer.
         public static let hostNotFound = Kind(.hostNotFound)
+        /// The name could not be looked up now: the resolver failed or did not answer
+        /// (`EAI_AGAIN`, `EAI_FAIL`). Unlike ``hostNotFound``, a later try may succeed.
+        public static let lookupFailed = Kind(.lookupFailed)
         /// No address answered within the connect timeout.
         public static let connectTimeout = Kind(.connectTimeout)
         /// The connection was already closed when the operation was asked for, or closed
@@ -51,6 +56,7 @@ public struct TransportError: Error, Sendable, Hashable, CustomStringConvertible
             case .connectionRefused: "connection refused"
             case .connectionReset: "connection reset"
             case .hostNotFound: "host not found"
+            case .lookupFailed: "name lookup failed"
             case .connectTimeout: "connect timeout"
             case .connectionClosed: "connection closed"
             case .eventLoopShutDown: "event loop shut down"
@@ -99,9 +105,10 @@ public struct TransportError: Error, Sendable, Hashable, CustomStringConvertible
         case Int32(UV_ECONNREFUSED.rawValue): kind = .connectionRefused
         case Int32(UV_ECONNRESET.rawValue), Int32(UV_EPIPE.rawValue), Int32(UV_ECONNABORTED.rawValue):
             kind = .connectionReset
-        case Int32(UV_EAI_NONAME.rawValue), Int32(UV_EAI_NODATA.rawValue), Int32(UV_EAI_FAIL.rawValue),
-            Int32(UV_EAI_AGAIN.rawValue):
+        case Int32(UV_EAI_NONAME.rawValue), Int32(UV_EAI_NODATA.rawValue):
             kind = .hostNotFound
+        case Int32(UV_EAI_AGAIN.rawValue), Int32(UV_EAI_FAIL.rawValue):
+            kind = .lookupFailed
         case Int32(UV_ETIMEDOUT.rawValue): kind = .connectTimeout
         case Int32(UV_EOF.rawValue), Int32(UV_ECANCELED.rawValue): kind = .connectionClosed
         case Int32(UV_EADDRINUSE.rawValue): kind = .addressInUse

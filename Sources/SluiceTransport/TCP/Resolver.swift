@@ -7,7 +7,8 @@ extension EventLoop {
     /// Resolves `host` to its IPv4 and IPv6 addresses with `uv_getaddrinfo`, in the order the
     /// system prefers. An IP literal is returned at once, without a lookup.
     ///
-    /// - Throws: ``TransportError/Kind/hostNotFound`` when the name has no address.
+    /// - Throws: ``TransportError/Kind/hostNotFound`` when the name has no address, or
+    ///   ``TransportError/Kind/lookupFailed`` when the resolver failed or did not answer.
     public func resolve(host: String, port: Int) async throws -> [SocketAddress] {
         try await perform("resolve \(host)") { (operation: LoopOperation<[SocketAddress]>) in
             let request = ResolveRequest(loop: self)
