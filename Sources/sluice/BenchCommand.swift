@@ -126,7 +126,12 @@ struct BenchCommand: AsyncParsableCommand {
             pipelining: !noPipelining, chunking: !noChunking, tally: tally, elapsed: elapsed,
             clientCPU: cpu - sinkCPU.seconds, sinkCPU: sink == nil ? nil : sinkCPU.seconds)
         print(json ? result.json : result.text)
-        if tally.accepted != tally.count { throw ExitCode(1) }
+        if tally.accepted != tally.count {
+            let reason = "sluice bench: \((tally.count - tally.accepted).grouped) of \(tally.count.grouped) messages were not "
+                + "accepted (\(tally.failureSummary))\n"
+            stderr.write(Data(reason.utf8))
+            throw ExitCode(1)
+        }
     }
 
     /// A message of about `size` bytes: headers, then 76-character lines.
@@ -178,6 +183,9 @@ struct Tally {
     private var counts = [Int](repeating: 0, count: DeliveryReport.Outcome.allCases.count)
 
     var accepted: Int { counts[Self.index(of: .accepted)] }
+    /// Messages not wholly accepted, by where they failed and with what: `RCPT 550`,
+    /// `AUTH 535`, `connection` (counted only off the accepted path).
+    var failures: [String: Int] = [:]
 
     /// The outcomes that occurred, by name.
     var byOutcome: [String: Int] {
@@ -190,9 +198,29 @@ struct Tally {
         DeliveryReport.Outcome.allCases.firstIndex(of: outcome)!  // allCases holds every case
     }
 
+    /// Where and how a message failed: the command and the reply code when a reply decided
+    /// it (for a partial acceptance, the first refused recipient's), else the error's kind.
+    static func failureKey(_ report: DeliveryReport) -> String {
+        if let error = report.error {
+            let phase = error.command ?? "\(error.kind)"
+            return error.code.map { "\(phase) \($0)" } ?? phase
+        }
+        if let refused = report.recipients.first(where: { $0.status != .accepted }) {
+            return refused.code.map { "RCPT \($0)" } ?? "\(refused.status)"
+        }
+        return "\(report.outcome)"
+    }
+
+    /// The failures, most frequent first: `RCPT 550 ×98, connection ×2`.
+    var failureSummary: String {
+        failures.sorted { ($1.value, $0.key) < ($0.value, $1.key) }.map { "\($0.key) ×\($0.value.grouped)" }
+            .joined(separator: ", ")
+    }
+
     mutating func add(_ report: DeliveryReport) {
         count += 1
         counts[Self.index(of: report.outcome)] += 1
+        if report.outcome != .accepted { failures[Self.failureKey(report), default: 0] += 1 }
         if firstError == nil, let error = report.error { firstError = "\(error)" }
         let (seconds, attoseconds) = report.elapsed.components  // one Int128 division, not two
         let micros = seconds * 1_000_000 + attoseconds / 1_000_000_000_000
@@ -264,7 +292,10 @@ struct BenchResult {
     let clientCPU: Double
     let sinkCPU: Double?
 
+    /// Messages tried a second, whatever became of them.
     var messagesPerSecond: Double { Double(tally.count) / max(elapsed.seconds, 1e-9) }
+    /// Messages accepted (for every recipient) a second: the figure a server is judged by.
+    var acceptedPerSecond: Double { Double(tally.accepted) / max(elapsed.seconds, 1e-9) }
     var megabytesPerSecond: Double { Double(tally.accepted * size) / 1_000_000 / max(elapsed.seconds, 1e-9) }
     var clientCPUPerMessage: Double { clientCPU / Double(max(1, tally.count)) * 1e6 }
     func percentile(_ p: Double) -> Double { Double(tally.latency.valueAtPercentile(p)) / 1000 }
@@ -275,7 +306,10 @@ struct BenchResult {
                 + "\(connections) connections, pipelining \(pipelining ? "on" : "off"), chunking \(chunking ? "on" : "off")",
             "outcomes:  " + tally.byOutcome.sorted { $0.key < $1.key }.map { "\($0.key) \($0.value.grouped)" }.joined(separator: ", "),
             String(format: "elapsed:   %.3f s", elapsed.seconds),
-            String(format: "rate:      %@ msg/s, %.1f MB/s", Int(messagesPerSecond.rounded()).grouped, megabytesPerSecond),
+            tally.accepted == tally.count
+                ? String(format: "rate:      %@ msg/s, %.1f MB/s", Int(messagesPerSecond.rounded()).grouped, megabytesPerSecond)
+                : String(format: "rate:      %@ msg/s accepted, %.1f MB/s (%@ attempts/s)",
+                         Int(acceptedPerSecond.rounded()).grouped, megabytesPerSecond, Int(messagesPerSecond.rounded()).grouped),
             String(format: "latency:   p50 %.2f ms, p90 %.2f ms, p99 %.2f ms, max %.2f ms",
                    percentile(50), percentile(90), percentile(99), Double(tally.latency.max) / 1000),
             String(format: "client CPU: %.1f µs/message (%.2f s)", clientCPUPerMessage, clientCPU),
@@ -283,6 +317,7 @@ struct BenchResult {
         if let sinkCPU {
             lines.append(String(format: "sink CPU:  %.1f µs/message (%.2f s)", sinkCPU / Double(max(1, tally.count)) * 1e6, sinkCPU))
         }
+        if !tally.failures.isEmpty { lines.append("failures:  " + tally.failureSummary) }
         if let error = tally.firstError { lines.append("first error: \(error)") }
         return lines.joined(separator: "\n")
     }
@@ -292,6 +327,7 @@ struct BenchResult {
             "target": target, "messages": tally.count, "size": size, "recipients": recipients, "connections": connections,
             "pipelining": pipelining, "chunking": chunking, "outcomes": tally.byOutcome,
             "elapsedSeconds": elapsed.seconds, "messagesPerSecond": messagesPerSecond,
+            "acceptedPerSecond": acceptedPerSecond, "accepted": tally.accepted, "failures": tally.failures,
             "megabytesPerSecond": megabytesPerSecond,
             "latencyMilliseconds": ["p50": percentile(50), "p90": percentile(90), "p99": percentile(99),
                                     "max": Double(tally.latency.max) / 1000],

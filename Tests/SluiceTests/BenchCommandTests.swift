@@ -63,6 +63,27 @@ struct BenchCommandTests {
         await sink.shutdown()
     }
 
+    @Test func aServerThatRefusesEverythingHasNoAcceptedRateAndSaysWhereItFailed() async throws {
+        let sink = try await startSink { $0.faults.rejectRecipients = .everyNth(1) }
+        guard let json = try await Self.bench(["--target", "127.0.0.1:\(sink.localAddress.port)", "--security", "none",
+                                                "--messages", "100", "--connections", "2", "--json"]),
+              let text = try await Self.bench(["--target", "127.0.0.1:\(sink.localAddress.port)", "--security", "none",
+                                                "--messages", "100", "--connections", "2"])
+        else { return }
+        let result = try Self.object(json.output)
+        #expect(json.status == 1)
+        #expect(result["accepted"] as? Int == 0)
+        #expect(result["acceptedPerSecond"] as? Double == 0)
+        #expect((result["messagesPerSecond"] as? Double ?? 0) > 0, "attempts are counted apart")
+        #expect(result["failures"] as? [String: Int] == ["RCPT 550": 100])
+        #expect(text.status == 1)
+        #expect(text.output.contains("rate:      0 msg/s accepted"), "\(text.output)")
+        #expect(text.output.contains("failures:  RCPT 550 ×100"), "\(text.output)")
+        let reason = text.error.split(separator: "\n").filter { $0.hasPrefix("sluice bench:") }
+        #expect(reason == ["sluice bench: 100 of 100 messages were not accepted (RCPT 550 ×100)"], "\(text.error)")
+        await sink.shutdown()
+    }
+
     @Test(arguments: [["--size", "10"], ["--connections", "0"], ["--target", "nohost:99999"], ["--rate", "-1"]])
     func badFlagsAreUsageErrors(arguments: [String]) async throws {
         guard let run = try await Self.bench(arguments) else { return }

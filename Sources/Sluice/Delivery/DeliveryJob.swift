@@ -66,7 +66,7 @@ final class DeliveryJob: @unchecked Sendable {
             lastError = SMTPError(error)
         } else if outcome.status != .accepted, let reply = outcome.reply {
             let what = outcome.command == "RCPT" ? "the server refused every recipient" : "the server refused the message"
-            lastError = SMTPError(outcome.status == .deferred ? .deferred : .rejected, "\(what): \(reply)",
+            lastError = SMTPError(outcome.status == .deferred ? .deferred : .rejected, what,
                                   reply: reply, command: outcome.command, isTransient: reply.code.isTransient)
         }
         let connectionFailed = outcome.error.map { $0.isTransient && $0.reply == nil } ?? false
