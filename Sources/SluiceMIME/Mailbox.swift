@@ -65,6 +65,21 @@ public struct Mailbox: Hashable, Sendable, CustomStringConvertible {
         return mailboxes
     }
 
+    /// Parses an RFC 5322 address list as a header carries it: mailboxes, and groups whose
+    /// members count and whose names do not (`team: a@b.example, c@d.example;`,
+    /// `undisclosed-recipients:;`). An empty list is an empty array.
+    ///
+    /// - Throws: ``AddressError`` naming the first entry that is not a mailbox.
+    public static func addressList(_ text: String) throws(AddressError) -> [Mailbox] {
+        var mailboxes: [Mailbox] = []
+        for entry in MailboxParser.splitList(Array(text.utf8), groups: true) {
+            let entryText = String(decoding: entry, as: UTF8.self)
+            guard !entryText.trimmingWhitespace.isEmpty else { continue }
+            mailboxes.append(try Mailbox(entryText))
+        }
+        return mailboxes
+    }
+
     /// Whether the mailbox can only be written with SMTPUTF8 (its local part is UTF-8).
     public var requiresSMTPUTF8: Bool { asciiAddress == nil }
 
@@ -106,7 +121,8 @@ public struct Mailbox: Hashable, Sendable, CustomStringConvertible {
 /// The RFC 5322 mailbox grammar, as far as parsing one written by a person needs it.
 enum MailboxParser {
     /// Splits a list at the commas that are outside quotes, angle brackets and comments.
-    static func splitList(_ bytes: [UInt8]) -> [ArraySlice<UInt8>] {
+    /// With `groups`, a group's name (up to its `:`) is dropped and its `;` ends an entry.
+    static func splitList(_ bytes: [UInt8], groups: Bool = false) -> [ArraySlice<UInt8>] {
         var entries: [ArraySlice<UInt8>] = []
         var start = 0
         var index = 0
@@ -131,9 +147,11 @@ enum MailboxParser {
                 case UInt8(ascii: "("): commentDepth = 1
                 case UInt8(ascii: "<"): inAngle = true
                 case UInt8(ascii: ">"): inAngle = false
-                case UInt8(ascii: ",") where !inAngle:
+                case UInt8(ascii: ",") where !inAngle, UInt8(ascii: ";") where groups && !inAngle:
                     entries.append(bytes[start..<index])
                     start = index + 1
+                case UInt8(ascii: ":") where groups && !inAngle:
+                    start = index + 1  // the group's display name
                 default: break
                 }
             }

@@ -1,3 +1,4 @@
+public import SluiceCore
 /// An existing RFC 5322 message (an `.eml` file, a message built elsewhere), checked and
 /// ready to send as it is.
 ///
@@ -78,6 +79,65 @@ public struct RawMessage: Sendable, Hashable {
 
     /// The `Message-ID` header's value, if there is one.
     public var messageID: String? { headerValues("Message-ID").first }
+
+    /// The envelope sender the headers name, as `sendmail -t` takes it: the `Sender`
+    /// mailbox if there is one, else the one `From` mailbox.
+    ///
+    /// - Throws: ``AddressError`` when that header is not one mailbox (several `From`
+    ///   mailboxes need a `Sender`).
+    public func headerSender() throws(AddressError) -> Mailbox {
+        let field = headerValues("Sender").first ?? headerValues("From").first ?? ""
+        return try Mailbox(field)
+    }
+
+    /// The recipients the headers name, as `sendmail -t` takes them: every mailbox of every
+    /// `To`, `Cc` and `Bcc` field, group members included, each address once, in order.
+    ///
+    /// - Throws: ``AddressError`` naming the first entry that is not a mailbox.
+    public func headerRecipients() throws(AddressError) -> [Mailbox] {
+        var seen: Set<String> = []
+        var recipients: [Mailbox] = []
+        for name in ["To", "Cc", "Bcc"] {
+            for value in headerValues(name) {
+                for mailbox in try Mailbox.addressList(value) where seen.insert(mailbox.address.address.lowercased()).inserted {
+                    recipients.append(mailbox)
+                }
+            }
+        }
+        return recipients
+    }
+
+    /// The message without any field called `name` (case-insensitive), continuation lines
+    /// included; everything else byte for byte. `Bcc` is removed this way before sending,
+    /// so blind-copied recipients stay blind.
+    public func removingHeaders(named name: String) -> RawMessage {
+        let wanted = Array(name.lowercased().utf8)
+        var kept: [UInt8] = []
+        kept.reserveCapacity(bytes.count)
+        var index = 0
+        var dropping = false
+        while index < headerLength {
+            var end = index
+            while bytes[end] != 13 { end += 1 }
+            let line = bytes[index..<(end + 2)]
+            let first = bytes[index]
+            if end == index {  // the blank line: the body follows
+                kept.append(contentsOf: bytes[index...])
+                index = bytes.count
+                break
+            }
+            if first != 32, first != 9 {
+                let colon = line.firstIndex(of: UInt8(ascii: ":")) ?? index
+                dropping = colon - index == wanted.count
+                    && zip(bytes[index..<colon], wanted).allSatisfy { Self.lowercase($0) == $1 }
+            }
+            if !dropping { kept.append(contentsOf: line) }
+            index = end + 2
+        }
+        if index < bytes.count { kept.append(contentsOf: bytes[index...]) }
+        // Removing a field keeps the section valid (From cannot be removed by a Bcc).
+        return (try? RawMessage(kept)) ?? self
+    }
 
     // MARK: Checks
 

@@ -13,6 +13,14 @@ struct SendCommand: AsyncParsableCommand {
             Everything is checked before a connection is made: a bad address, a header with CR or \
             LF, a missing file or an empty recipient list is refused with exit status 64.
 
+            With --eml and no --from or --to/--cc/--bcc, the envelope comes from the message's \
+            own headers, as with sendmail -t: Sender (else From), and every To, Cc and Bcc \
+            mailbox. Bcc fields are always removed before the message is signed and sent.
+
+            --dry-run builds, signs and prints the envelope and the message, and sends nothing.
+
+            Results go to standard output; errors, diagnostics and the transcript to standard error.
+
             Exit status: 0 accepted for every recipient, 2 partially accepted, 3 rejected (a 5xx \
             to MAIL, RCPT or the data), 4 deferred (a 4xx, a refused or lost connection, a \
             timeout: try later), 5 outcome unknown (no reply after the end of the data: it may \
@@ -23,12 +31,12 @@ struct SendCommand: AsyncParsableCommand {
             """
     )
 
-    @Option(help: "The server, HOST[:PORT]; the port defaults to 587 (starttls), 465 (tls) or 25 (none).")
-    var server: String
+    @Option(help: "The server, HOST[:PORT]; the port defaults to 587 (starttls), 465 (tls) or 25 (none). Not needed with --dry-run.")
+    var server: String?
     @OptionGroup var client: ClientOptions
 
-    @Option(help: "The sender: an address or 'Name <address>'. The envelope sender too.")
-    var from: String
+    @Option(help: "The sender: an address or 'Name <address>'. The envelope sender too. With --eml, defaults to its Sender or From.")
+    var from: String?
     @Option(help: "A recipient (To); repeatable, or comma-separated.")
     var to: [String] = []
     @Option(help: "A copied recipient (Cc); repeatable.")
@@ -41,14 +49,19 @@ struct SendCommand: AsyncParsableCommand {
     var text: String?
     @Option(name: .customLong("text-file"), help: "Read the plain-text body from this UTF-8 file.")
     var textFile: String?
+    @Option(help: "The HTML body.")
+    var html: String?
     @Option(name: .customLong("html-file"), help: "Read the HTML body from this UTF-8 file.")
     var htmlFile: String?
     @Option(help: "Attach this file; repeatable.")
     var attach: [String] = []
     @Option(help: "Add a header, 'Name: value'; repeatable.")
     var header: [String] = []
-    @Option(help: "Send this existing RFC 5322 message as it is; the envelope comes from --from, --to, --cc and --bcc.")
+    @Option(help: "Send this existing RFC 5322 message as it is (Bcc removed); the envelope comes from --from, --to, --cc and --bcc, or else from its headers.")
     var eml: String?
+    @Flag(name: [.customLong("dry-run"), .customLong("print")],
+          help: "Build, sign and print the envelope and the message on stdout; connect to nothing.")
+    var dryRun = false
     @Option(help: "The most any step (connect, each command, the data) may take, in seconds.")
     var timeout: Double = 60
     @Flag(help: "Print the SMTP conversation on stderr (AUTH redacted).")
@@ -57,20 +70,29 @@ struct SendCommand: AsyncParsableCommand {
     var json = false
 
     func validate() throws {
-        _ = try ClientOptions.parseServer(server)
+        if let server { _ = try ClientOptions.parseServer(server) } else if !dryRun {
+            throw ValidationError("give the server with --server HOST[:PORT] (or --dry-run to only print the message)")
+        }
         guard timeout > 0, timeout <= 86_400 else { throw ValidationError("--timeout must be between 0 and 86400 seconds") }
         guard text == nil || textFile == nil else { throw ValidationError("give --text or --text-file, not both") }
-        if eml != nil, subject != nil || text != nil || textFile != nil || htmlFile != nil || !attach.isEmpty || !header.isEmpty {
+        guard html == nil || htmlFile == nil else { throw ValidationError("give --html or --html-file, not both") }
+        if eml != nil, subject != nil || text != nil || textFile != nil || html != nil || htmlFile != nil || !attach.isEmpty
+            || !header.isEmpty {
             throw ValidationError("--eml sends a message as it is; it cannot be combined with --subject, --text, "
-                                  + "--text-file, --html-file, --attach or --header")
+                                  + "--text-file, --html, --html-file, --attach or --header")
         }
+        if eml == nil, from == nil { throw ValidationError("give the sender with --from (only --eml can take it from its headers)") }
     }
 
     func run() async throws {
-        let (host, port) = try ClientOptions.parseServer(server)
+        let (host, port) = try server.map(ClientOptions.parseServer) ?? ("localhost", nil)
         // Everything the message needs is read, checked and signed before any connection is made.
         var configuration = try settingUp("send", nothingSent: true) { try client.configuration(host: host, port: port) }
         let mail = try settingUp("send", nothingSent: true) { try prepare(signers: configuration.dkim) }
+        if dryRun {
+            FileHandle.standardOutput.write(Data(json ? DryRun(mail).json.utf8 + [10] : DryRun(mail).text))
+            return
+        }
         let limit = Duration.milliseconds(Int64(timeout * 1_000))
         configuration.pool.maximumConnections = 1
         configuration.pool.connectAttempts = 1
@@ -91,29 +113,22 @@ struct SendCommand: AsyncParsableCommand {
             report = error.report
         }
         await smtpClient.shutdown()
-        print(json ? SendResult(report: report, error: failure).json : SendResult.text(report: report, error: failure))
+        print(json ? SendResult(report: report, error: failure).json : SendResult.text(report: report))
+        if !json, let failure { FileHandle.standardError.write(Data("sluice send: \(failure)\n".utf8)) }
         let status = Self.exitStatus(report: report, error: failure)
         if status != 0 { throw ExitCode(status) }
     }
 
     /// The message and its envelope, from the flags.
     private func prepare(signers: [DKIMSigner]) throws -> OutgoingMail {
-        let sender = try Mailbox(from)
         let to = try to.flatMap { try Mailbox.list($0) }
         let cc = try cc.flatMap { try Mailbox.list($0) }
         let bcc = try bcc.flatMap { try Mailbox.list($0) }
+        if let eml { return try prepareEML(eml, recipients: to + cc + bcc, signers: signers) }
         guard !(to + cc + bcc).isEmpty else { throw ValidationError("no recipient: give --to, --cc or --bcc") }
-
-        if let eml {
-            let raw = try RawMessage(contentsOfFile: eml)
-            let message = Message(from: sender, to: to, cc: cc, bcc: bcc)
-            let smtpUTF8 = message.requiresSMTPUTF8 || raw.has8BitBytes && !raw.headerIsASCII
-            return OutgoingMail(envelope: try Envelope(message, smtpUTF8: smtpUTF8),
-                                message: EncodedMessage(try DKIMSigner.sign(raw, with: signers)))
-        }
-        var message = Message(from: sender, to: to, cc: cc, bcc: bcc, subject: subject)
+        var message = Message(from: try Mailbox(from ?? ""), to: to, cc: cc, bcc: bcc, subject: subject)
         message.textBody = try text ?? textFile.map { try readTextFile($0, flag: "--text-file") }
-        message.htmlBody = try htmlFile.map { try readTextFile($0, flag: "--html-file") }
+        message.htmlBody = try html ?? htmlFile.map { try readTextFile($0, flag: "--html-file") }
         if message.textBody == nil, message.htmlBody == nil, attach.isEmpty { message.textBody = "" }
         for path in attach {
             guard FileManager.default.isReadableFile(atPath: path) else {
@@ -128,6 +143,32 @@ struct SendCommand: AsyncParsableCommand {
             message.headers.append(Header(name, value))
         }
         return try OutgoingMail(message, signers: signers)
+    }
+
+    /// An existing message with its Bcc fields removed, to the flags' envelope or, where the
+    /// flags give none, to the one its headers name (`sendmail -t`).
+    private func prepareEML(_ path: String, recipients explicit: [Mailbox], signers: [DKIMSigner]) throws -> OutgoingMail {
+        let raw = try RawMessage(contentsOfFile: path)
+        let sender: Mailbox
+        do {
+            sender = try from.map { try Mailbox($0) } ?? raw.headerSender()
+        } catch {
+            throw ValidationError("--eml: the message's Sender or From is not one mailbox (\(error)); give --from")
+        }
+        let recipients: [Mailbox]
+        do {
+            recipients = explicit.isEmpty ? try raw.headerRecipients() : explicit
+        } catch {
+            throw ValidationError("--eml: the message's To, Cc or Bcc cannot be read (\(error)); give --to")
+        }
+        guard !recipients.isEmpty else {
+            throw ValidationError("no recipient: give --to, --cc or --bcc, or send a message with To, Cc or Bcc")
+        }
+        let sent = raw.removingHeaders(named: "Bcc")
+        let message = Message(from: sender, to: recipients)
+        let smtpUTF8 = message.requiresSMTPUTF8 || sent.has8BitBytes && !sent.headerIsASCII
+        return OutgoingMail(envelope: try Envelope(message, smtpUTF8: smtpUTF8),
+                            message: EncodedMessage(try DKIMSigner.sign(sent, with: signers)))
     }
 
     /// The exit status: the report's outcome, or what the error means when there is no
@@ -232,8 +273,8 @@ struct SendResult: Encodable {
         return String(decoding: (try? encoder.encode(self)) ?? Data("{}".utf8), as: UTF8.self).jsonControlsEscaped
     }
 
-    /// One line per recipient and a summary, for people.
-    static func text(report: DeliveryReport?, error: SMTPError?) -> String {
+    /// One line per recipient and a summary, for people (the error goes to stderr).
+    static func text(report: DeliveryReport?) -> String {
         var lines: [String] = []
         for recipient in report?.recipients ?? [] {
             // Built part by part: Swift 6.3.1's optimizer crashes (CopyPropagation) on the
@@ -248,8 +289,45 @@ struct SendResult: Encodable {
         var summary = "outcome: \(report?.outcome.rawValue ?? "failed")"
         if let id = report?.messageID { summary += ", Message-ID: \(id)" }
         lines.append(summary)
-        if let error { lines.append("error: \(error)") }
         return lines.joined(separator: "\n")
+    }
+}
+
+/// What `--dry-run` prints: the envelope as the commands that would carry it, then the
+/// message exactly as it would go (signed, Bcc removed, CRLF).
+struct DryRun: Encodable {
+    struct EnvelopeText: Encodable {
+        let from: String
+        let recipients: [String]
+    }
+    let envelope: EnvelopeText
+    let message: String
+    let size: Int
+    let messageId: String?
+    private let bytes: [UInt8]
+
+    private enum CodingKeys: String, CodingKey { case envelope, message, size, messageId }
+
+    init(_ mail: OutgoingMail) {
+        envelope = EnvelopeText(from: mail.envelope.from?.address ?? "",
+                                recipients: mail.envelope.recipients.map(\.address.address))
+        bytes = mail.message.bytes
+        message = String(decoding: bytes, as: UTF8.self)
+        size = bytes.count
+        messageId = mail.message.messageID
+    }
+
+    /// `MAIL FROM:<…>`, a `RCPT TO:<…>` per recipient, a blank line, the message.
+    var text: [UInt8] {
+        var head = "MAIL FROM:<\(envelope.from)>\r\n"
+        for recipient in envelope.recipients { head += "RCPT TO:<\(recipient)>\r\n" }
+        return Array((head + "\r\n").utf8) + bytes
+    }
+
+    var json: String {
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = [.sortedKeys, .withoutEscapingSlashes]
+        return String(decoding: (try? encoder.encode(self)) ?? Data("{}".utf8), as: UTF8.self)
     }
 }
 

@@ -192,6 +192,115 @@ struct SendCommandTests {
         await sink.shutdown()
     }
 
+    /// Writes `text` to a temporary `.eml` file and returns its path.
+    static func emlFile(_ text: String) throws -> String {
+        let file = FileManager.default.temporaryDirectory.appendingPathComponent("sluice-send-\(UUID().uuidString).eml").path
+        try Data(text.utf8).write(to: URL(fileURLWithPath: file))
+        return file
+    }
+
+    static let headerEnvelopeEML = "From: Ann <ann@example.com>\r\n"
+        + "To: Bob <bob@example.org>, team: carol@example.org, dave@example.org;\r\n"
+        + "Cc: undisclosed-recipients:;, erin@example.org\r\n"
+        + "Bcc: secret@example.net,\r\n hidden@example.net\r\n"
+        + "Subject: from the headers\r\nMessage-ID: <headers.1@example.com>\r\n\r\n"
+        + "Body\r\nBcc: only a body line\r\n"
+
+    @Test func anEMLWithoutEnvelopeFlagsIsSentToItsHeadersWithBccRemoved() async throws {
+        let sink = try await startSink()
+        let file = try Self.emlFile(Self.headerEnvelopeEML)
+        defer { try? FileManager.default.removeItem(atPath: file) }
+        guard let sluice = sluiceCommand() else { return }
+        let run = try await withDeadline(.seconds(60), "sluice send") {
+            try await runInBackground(sluice, ["send", "--server", "127.0.0.1:\(sink.localAddress.port)", "--security", "none",
+                                               "--eml", file, "--json"])
+        }
+        #expect(run.status == 0, "\(run.output) \(run.error)")
+        let stored = try #require(sink.messages.first)
+        #expect(stored.from?.address == "ann@example.com")
+        #expect(stored.recipients.map(\.address) == ["bob@example.org", "carol@example.org", "dave@example.org",
+                                                     "erin@example.org", "secret@example.net", "hidden@example.net"])
+        let sent = String(decoding: stored.content, as: UTF8.self)
+        #expect(!sent.contains("secret@example.net") && !sent.contains("hidden@example.net"), "\(sent)")
+        #expect(sent == Self.headerEnvelopeEML.replacingOccurrences(of: "Bcc: secret@example.net,\r\n hidden@example.net\r\n", with: ""),
+                "only the Bcc field is gone; the body's 'Bcc:' line stays")
+        await sink.shutdown()
+    }
+
+    @Test func explicitEnvelopeFlagsWinOverAnEMLsHeadersAndBccIsStillRemoved() async throws {
+        let sink = try await startSink()
+        let file = try Self.emlFile(Self.headerEnvelopeEML)
+        defer { try? FileManager.default.removeItem(atPath: file) }
+        guard let run = try await Self.send(sink, ["--from", "bounces@example.com", "--to", "only@example.org", "--eml", file])
+        else { return }
+        #expect(run.status == 0, "\(run.output) \(run.error)")
+        let stored = try #require(sink.messages.first)
+        #expect(stored.from?.address == "bounces@example.com")
+        #expect(stored.recipients.map(\.address) == ["only@example.org"])
+        #expect(!String(decoding: stored.content, as: UTF8.self).contains("secret@example.net"))
+        await sink.shutdown()
+    }
+
+    @Test func dryRunPrintsTheEnvelopeAndTheSignedMessageAndConnectsToNothing() async throws {
+        let sink = try await startSink()
+        let file = try Self.emlFile(Self.headerEnvelopeEML)
+        defer { try? FileManager.default.removeItem(atPath: file) }
+        guard let text = try await Self.send(sink, ["--eml", file, "--dry-run"]),
+              let json = try await Self.send(sink, ["--from", "a@example.com", "--to", "b@example.org", "--subject", "Hi",
+                                                    "--html", "<p>hello</p>", "--print", "--json"])
+        else { return }
+        #expect(text.status == 0 && json.status == 0, "\(text.error) \(json.error)")
+        #expect(text.output.hasPrefix("MAIL FROM:<ann@example.com>\r\nRCPT TO:<bob@example.org>\r\n"), "\(text.output)")
+        #expect(text.output.contains("RCPT TO:<hidden@example.net>\r\n\r\nFrom: Ann <ann@example.com>\r\n"))
+        #expect(!text.output.contains("Bcc: secret"), "what is printed is what would be sent")
+        struct Printed: Decodable {
+            struct Envelope: Decodable {
+                let from: String
+                let recipients: [String]
+            }
+            let envelope: Envelope
+            let message: String
+            let size: Int
+        }
+        let printed = try JSONDecoder().decode(Printed.self, from: Data(json.output.utf8))
+        #expect(printed.envelope.from == "a@example.com" && printed.envelope.recipients == ["b@example.org"])
+        #expect(printed.message.contains("Content-Type: text/html; charset=utf-8\r\n"))
+        #expect(printed.message.contains("<p>hello</p>"))
+        #expect(printed.size == printed.message.utf8.count)
+        #expect(sink.statistics.sessions == 0, "a dry run connects to nothing")
+        await sink.shutdown()
+    }
+
+    @Test func resultsGoToStdoutAndTheErrorToStderr() async throws {
+        let sink = try await startSink { $0.faults.rejectRecipients = .everyNth(1) }
+        guard let run = try await Self.send(sink, ["--from", "a@example.com", "--to", "b@example.org", "--text", "x"])
+        else { return }
+        #expect(run.status == 3)
+        let lines = run.output.split(separator: "\n")
+        #expect(lines.count == 2 && lines[0].hasPrefix("rejected\tb@example.org\t550 ") && lines[1].hasPrefix("outcome: rejected"),
+                "\(run.output)")
+        #expect(run.error.hasPrefix("sluice send: SMTP rejected (RCPT): the server refused every recipient [550"), "\(run.error)")
+        await sink.shutdown()
+    }
+
+    @Test func theTranscriptNamesTheTLSVersionCipherAndServerCertificate() async throws {
+        let sink = try await startSink(ClientSecurityTests.tlsSink())
+        guard let sluice = sluiceCommand() else { return }
+        let arguments = ["send", "--server", "localhost:\(sink.localAddress.port)", "--security", "starttls",
+                         "--ca-file", try TestCertificates.shared().caFile, "--from", "a@example.com", "--to", "b@example.org",
+                         "--text", "x", "--transcript"]
+        let run = try await withDeadline(.seconds(60), "sluice send") { try await runInBackground(sluice, arguments) }
+        #expect(run.status == 0, "\(run.error)")
+        let line = run.error.split(separator: "\n").first { $0.hasPrefix("TLS established: ") }
+        #expect(line?.hasPrefix("TLS established: TLSv1.3 TLS_") == true, "\(run.error)")
+        #expect(line?.hasSuffix(", peer /CN=localhost") == true, "\(run.error)")
+        let startTLS = try #require(run.error.range(of: "C: STARTTLS")).lowerBound
+        let established = try #require(run.error.range(of: "TLS established")).lowerBound
+        let secondEHLO = try #require(run.error.range(of: "C: EHLO", options: .backwards)).lowerBound
+        #expect(startTLS < established && established < secondEHLO)
+        await sink.shutdown()
+    }
+
     @Test func theTranscriptGoesToStderrWithAUTHRedacted() async throws {
         let sink = try await startSink {
             $0.server.users = ["ada": "s3cret-password"]

@@ -85,7 +85,15 @@ final class ClientConnection: ConnectionHandler, EndOfIterationWork, @unchecked 
         self.machine = machine
         client.transportOpened()
         logger.debug("connected", metadata: ["smtp.remote": "\(connection.remoteAddress.map { "\($0)" } ?? "?")"])
+        traceTLS(connection)  // implicit TLS: the handshake is done before the handler is attached
         perform(self.machine.connected())
+    }
+
+    /// Puts what a finished handshake settled in the transcript: version, cipher, the
+    /// server certificate's subject (the peer's text, escaped).
+    private func traceTLS(_ connection: Connection) {
+        guard let details = connection.tlsDetails else { return }
+        logger.trace("TLS established: \("\(details)".controlCharactersEscaped)")
     }
 
     func connection(_ connection: Connection, didReceive bytes: UnsafeRawBufferPointer) {
@@ -374,7 +382,7 @@ final class ClientConnection: ConnectionHandler, EndOfIterationWork, @unchecked 
         connection.startTLS(context: context, serverName: client.tlsServerName) { [self] result in
             // A failed handshake closes the connection; connectionDidClose reports it.
             guard case .success = result else { return }
-            logger.trace("TLS established")
+            traceTLS(connection)
             perform(machine.tlsEstablished())
         }
     }

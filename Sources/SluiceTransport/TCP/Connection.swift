@@ -259,6 +259,12 @@ public final class Connection: @unchecked Sendable, LoopResource {
 
     // MARK: TLS
 
+    /// What the TLS handshake settled, once it has; nil before, or without TLS. Loop thread only.
+    public var tlsDetails: TLSDetails? {
+        guard case .established(let session) = tls else { return nil }
+        return session.details
+    }
+
     /// Starts TLS on this open connection (STARTTLS, or implicit TLS right after connecting):
     /// every byte read from now on is ciphertext. Writes enqueued before the handshake ends
     /// wait for it. `completion` runs once. Loop thread only.

@@ -163,4 +163,44 @@ final class TLSSession {
 
     /// The negotiated protocol version (`TLSv1.3`).
     var protocolVersion: String { String(cString: SSL_get_version(ssl)) }
+
+    /// What the handshake settled: version, cipher and the peer's certificate subject.
+    var details: TLSDetails {
+        let cipher = SSL_get_current_cipher(ssl).map { String(cString: SSL_CIPHER_get_name($0)) } ?? "none"
+        var subject: String?
+        if let certificate = SSL_get1_peer_certificate(ssl) {
+            defer { X509_free(certificate) }
+            if let name = X509_get_subject_name(certificate) {
+                var buffer = [CChar](repeating: 0, count: 512)
+                if X509_NAME_oneline(name, &buffer, Int32(buffer.count)) != nil {
+                    subject = String(decoding: buffer.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
+                }
+            }
+        }
+        return TLSDetails(version: protocolVersion, cipher: cipher, peerSubject: subject)
+    }
+}
+
+/// What a TLS handshake settled, for logs, transcripts and `Received:` headers.
+public struct TLSDetails: Hashable, Sendable, CustomStringConvertible {
+    /// The protocol version: `TLSv1.3`, `TLSv1.2`.
+    public let version: String
+    /// The cipher suite's OpenSSL name: `TLS_AES_256_GCM_SHA384`.
+    public let cipher: String
+    /// The peer certificate's subject (`/CN=localhost`), when the peer sent one (a server
+    /// always does; a client only when asked).
+    public let peerSubject: String?
+
+    /// Details as given.
+    public init(version: String, cipher: String, peerSubject: String?) {
+        self.version = version
+        self.cipher = cipher
+        self.peerSubject = peerSubject
+    }
+
+    /// `TLSv1.3 TLS_AES_256_GCM_SHA384, peer /CN=localhost`. The subject is the peer's
+    /// text: escape it (`controlCharactersEscaped`) before a terminal or a header sees it.
+    public var description: String {
+        "\(version) \(cipher)" + (peerSubject.map { ", peer \($0)" } ?? "")
+    }
 }
