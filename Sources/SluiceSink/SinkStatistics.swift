@@ -1,3 +1,4 @@
+import SluiceCore
 import SluiceTransport
 import Synchronization
 
@@ -17,8 +18,13 @@ public struct SinkStatistics: Hashable, Sendable, Codable {
     public var bytes = 0
     /// Sessions that completed a TLS handshake (STARTTLS or implicit).
     public var tlsSessions = 0
-    /// 4xx and 5xx replies sent, by code.
+    /// 4xx and 5xx replies sent, by code: each refusal once. The 554 that answers the
+    /// `DATA` or `BDAT` of a transaction whose every recipient was refused is not counted
+    /// here (the refusals were), but in ``transactionsWithoutRecipients``.
     public var rejectionsByCode: [String: Int] = [:]
+    /// Transactions whose every recipient was refused and whose `DATA` or `BDAT` came anyway
+    /// (pipelined), answered 554 5.5.1.
+    public var transactionsWithoutRecipients = 0
     /// Replies 500, 501 and 521: commands or content the sink could not accept as SMTP.
     public var protocolErrors = 0
     /// Sessions the client ended with QUIT (the rest were dropped or closed by the sink).
@@ -39,6 +45,7 @@ public struct SinkStatistics: Hashable, Sendable, Codable {
             + "recipients \(recipients), bytes \(bytes), tls \(tlsSessions), protocol errors \(protocolErrors), "
             + "slow clients closed \(slowClientsClosed), failed AUTH \(authenticationFailures), accept pauses \(acceptPauses)"
             + (rejections.isEmpty ? "" : ", rejections \(rejections)")
+            + (transactionsWithoutRecipients == 0 ? "" : ", transactions without recipients \(transactionsWithoutRecipients)")
     }
 }
 
@@ -55,7 +62,9 @@ final class SinkCounters: Sendable {
     let quits = Atomic<Int>(0)
     let slowClientsClosed = Atomic<Int>(0)
     let authenticationFailures = Atomic<Int>(0)
+    let transactionsWithoutRecipients = Atomic<Int>(0)
     private let rejections = Locked<[Int: Int]>([:])
+    private static let noValidRecipients = Array("554 5.5.1 \(ServerStateMachine.noValidRecipientsText)".utf8)
 
     /// Counts the 4xx/5xx replies in bytes about to be written.
     func countReplies(in bytes: [UInt8]) {
@@ -67,6 +76,10 @@ final class SinkCounters: Sendable {
             guard index - line >= 4, bytes[line + 3] == UInt8(ascii: " ") else { continue }  // last line of a reply
             let first = bytes[line]
             guard first == UInt8(ascii: "4") || first == UInt8(ascii: "5") else { continue }
+            if bytes[line..<index].starts(with: Self.noValidRecipients) {
+                transactionsWithoutRecipients.add(1, ordering: .relaxed)
+                continue
+            }
             let code = Int(first - 48) * 100 + Int(bytes[line + 1] - 48) * 10 + Int(bytes[line + 2] - 48)
             found.append(code)
         }
@@ -89,6 +102,7 @@ final class SinkCounters: Sendable {
         statistics.quits = quits.load(ordering: .relaxed)
         statistics.slowClientsClosed = slowClientsClosed.load(ordering: .relaxed)
         statistics.authenticationFailures = authenticationFailures.load(ordering: .relaxed)
+        statistics.transactionsWithoutRecipients = transactionsWithoutRecipients.load(ordering: .relaxed)
         statistics.rejectionsByCode = Dictionary(uniqueKeysWithValues: rejections.withLock { $0 }.map { (String($0.key), $0.value) })
         return statistics
     }

@@ -602,6 +602,10 @@ public struct ServerStateMachine: Sendable {
         reply(.ok, EnhancedStatusCode("2.1.5"), "Ok")
     }
 
+    /// The text of the 554 that answers `DATA` or `BDAT` when every recipient was refused
+    /// (RFC 2920 §3.1): a consequence of refusals already answered, not a refusal of its own.
+    public static let noValidRecipientsText = "Error: no valid recipients"
+
     private mutating func data(_ argument: String) {
         guard let current = transaction else {
             return reply(.badCommandSequence, EnhancedStatusCode("5.5.1"), "Error: need RCPT command")
@@ -610,7 +614,7 @@ public struct ServerStateMachine: Sendable {
             return reply(.badCommandSequence, EnhancedStatusCode("5.5.1"), "Error: DATA after BDAT")
         }
         guard !current.recipients.isEmpty else {
-            return reply(.transactionFailed, EnhancedStatusCode("5.5.1"), "Error: no valid recipients")
+            return reply(.transactionFailed, EnhancedStatusCode("5.5.1"), Self.noValidRecipientsText)
         }
         guard argument.trimmingSpaces.isEmpty else {
             return reply(.syntaxError, EnhancedStatusCode("5.5.4"), "Syntax: DATA")
@@ -669,7 +673,7 @@ public struct ServerStateMachine: Sendable {
             if transaction == nil {
                 reply(.badCommandSequence, EnhancedStatusCode("5.5.1"), "Error: need MAIL command")
             } else {
-                reply(.transactionFailed, EnhancedStatusCode("5.5.1"), "Error: no valid recipients")
+                reply(.transactionFailed, EnhancedStatusCode("5.5.1"), Self.noValidRecipientsText)
                 transaction = nil
             }
             return
