@@ -318,8 +318,9 @@ struct HeaderWriter {
     }
 }
 
-/// RFC 2047 encoded-words: sizes, the Q encoding, and a decoder for display names read back.
-enum EncodedWords {
+/// RFC 2047 encoded-words: sizes, the Q encoding, and a decoder for header text read back
+/// (display names, a `Subject` to show).
+public enum EncodedWords {
     static let hexDigits = Array("0123456789ABCDEF".utf8)
 
     static func bLength(_ count: Int) -> Int { (count + 2) / 3 * 4 }
@@ -363,7 +364,7 @@ enum EncodedWords {
 
     /// Decodes the encoded-words in `text` (UTF-8, US-ASCII and ISO-8859-1 charsets; other
     /// words stay as written). Whitespace between adjacent encoded-words is dropped.
-    static func decode(_ text: String) -> String {
+    public static func decode(_ text: String) -> String {
         var result = ""
         var pendingSpace = ""
         var lastWasEncoded = false

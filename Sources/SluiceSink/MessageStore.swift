@@ -1,6 +1,6 @@
 import Dispatch
 public import SluiceCore
-import SluiceTransport
+public import SluiceTransport
 import Synchronization
 #if canImport(Glibc)
 import Glibc
@@ -51,6 +51,25 @@ public struct StoredMessage: Hashable, Sendable {
     public let authenticatedUser: String?
     /// Whether it came over TLS.
     public let wasSecure: Bool
+    /// The client's address and port.
+    public let clientAddress: SocketAddress?
+    /// What the session's TLS handshake settled (version, cipher), if it was encrypted.
+    public let tls: TLSDetails?
+    /// When its end of data arrived, since the Unix epoch.
+    public let receivedAt: Duration
+
+    init(id: String, _ message: ReceivedMessage, _ arrival: Arrival) {
+        self.id = id
+        from = message.from
+        recipients = message.recipients
+        content = message.content
+        heloName = message.heloName
+        authenticatedUser = message.authenticatedUser
+        wasSecure = message.wasSecure
+        clientAddress = arrival.client
+        tls = arrival.tls
+        receivedAt = arrival.time
+    }
 }
 
 /// A store's failure: the message was not kept, and the client gets a 451.
@@ -66,11 +85,20 @@ final class MessageStore: Sendable {
     private let waiters = Locked<[(Int, CheckedContinuation<[StoredMessage], Never>)]>([])
     private let counter = Atomic<Int>(0)
     private let queue = DispatchQueue(label: "sluice.sink.store")
+    /// The sink's name, for trace headers.
     private let hostname: String
+    /// The name in Maildir file names (no '/' or ':').
+    private let fileHostname: String
+    private let wireBytes: Bool
+    private let observer: (@Sendable (StoredMessage) -> Void)?
 
-    init(_ kind: SinkStore, hostname: String) throws {
+    init(_ kind: SinkStore, hostname: String, wireBytes: Bool = false,
+         observer: (@Sendable (StoredMessage) -> Void)? = nil) throws {
         self.kind = kind
-        self.hostname = hostname.replacingSlashes
+        self.hostname = hostname
+        fileHostname = hostname.replacingSlashes
+        self.wireBytes = wireBytes
+        self.observer = observer
         switch kind {
         case .discard, .memory:
             break
@@ -95,15 +123,24 @@ final class MessageStore: Sendable {
     }
 
     /// Stores `message`; `completion` runs once it is durably kept (or not), on any thread.
-    func store(_ message: ReceivedMessage, completion: @escaping @Sendable (Result<String, StoreError>) -> Void) {
+    /// The observer, if any, sees it once it is kept.
+    func store(_ message: ReceivedMessage, arrival: @autoclosure () -> Arrival,
+               completion: @escaping @Sendable (Result<String, StoreError>) -> Void) {
         let id = nextID()
+        if case .discard = kind, observer == nil {
+            completion(.success(id))  // the load path: no copy, no clock
+            return
+        }
+        let stored = StoredMessage(id: id, message, arrival())
+        let observer = self.observer
+        let completion: @Sendable (Result<String, StoreError>) -> Void = { result in
+            completion(result)
+            if case .success = result { observer?(stored) }
+        }
         switch kind {
         case .discard:
             completion(.success(id))
         case .memory:
-            let stored = StoredMessage(id: id, from: message.from, recipients: message.recipients, content: message.content,
-                                       heloName: message.heloName, authenticatedUser: message.authenticatedUser,
-                                       wasSecure: message.wasSecure)
             let ready = memory.withLock { messages -> [(CheckedContinuation<[StoredMessage], Never>, [StoredMessage])] in
                 messages.append(stored)
                 let count = messages.count
@@ -117,14 +154,17 @@ final class MessageStore: Sendable {
             completion(.success(id))
             for (waiter, messages) in ready { waiter.resume(returning: messages) }
         case .maildir(let directory):
-            let hostname = self.hostname
+            let (hostname, fileHostname, wireBytes) = (self.hostname, self.fileHostname, self.wireBytes)
             queue.async {
-                completion(Result { try Self.writeMaildir(message.content, directory: directory, id: id, hostname: hostname) }
+                let bytes = stored.bytesForDisk(hostname: hostname, wireBytes: wireBytes)
+                completion(Result { try Self.writeMaildir(bytes, directory: directory, id: id, hostname: fileHostname) }
                     .mapError { $0 as? StoreError ?? StoreError(description: "\($0)") }.map { id })
             }
         case .mbox(let path):
+            let (hostname, wireBytes) = (self.hostname, self.wireBytes)
             queue.async {
-                completion(Result { try Self.appendMbox(message, path: path) }
+                let bytes = stored.bytesForDisk(hostname: hostname, wireBytes: wireBytes)
+                completion(Result { try Self.appendMbox(bytes, from: stored.from, path: path) }
                     .mapError { $0 as? StoreError ?? StoreError(description: "\($0)") }.map { id })
             }
         }
@@ -192,27 +232,20 @@ final class MessageStore: Sendable {
         }
     }
 
-    /// Appends one mbox entry (mboxrd: `>From ` quoting) and syncs the file.
-    static func appendMbox(_ message: ReceivedMessage, path: String) throws(StoreError) {
-        var entry = Array("From \(message.from?.address ?? "MAILER-DAEMON") \(mboxDate())\n".utf8)
+    /// Appends one mbox entry (mboxrd: `>From ` quoting) and syncs the file. `content`'s
+    /// line endings are kept as they are (LF, or CRLF when the wire bytes are kept).
+    static func appendMbox(_ content: [UInt8], from: EnvelopeAddress?, path: String) throws(StoreError) {
+        var entry = Array("From \(StoredMessage.safe(from?.address ?? "MAILER-DAEMON")) \(mboxDate())\n".utf8)
         var lineStart = true
-        var index = 0
-        let content = message.content
-        while index < content.count {
-            let byte = content[index]
+        for (index, byte) in content.enumerated() {
             if lineStart {
                 // mboxrd: quote any line matching ^>*From by one more '>'.
                 var probe = index
                 while probe < content.count, content[probe] == UInt8(ascii: ">") { probe += 1 }
                 if content[probe...].starts(with: "From ".utf8) { entry.append(UInt8(ascii: ">")) }
             }
-            if byte == 13, index + 1 < content.count, content[index + 1] == 10 {
-                index += 1
-                continue  // CRLF becomes LF in an mbox
-            }
             entry.append(byte)
             lineStart = byte == 10
-            index += 1
         }
         if entry.last != 10 { entry.append(10) }
         entry.append(10)

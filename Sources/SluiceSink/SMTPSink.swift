@@ -43,6 +43,15 @@ public struct SinkConfiguration: Sendable {
     public var authenticationFailureDelay: Duration = .milliseconds(250)
     /// Where messages go.
     public var store = SinkStore.discard
+    /// Whether a Maildir or mbox keeps each message exactly as it came on the wire (CRLF, no
+    /// trace fields). By default a file holds what an MTA delivers: `Return-Path`,
+    /// `X-Original-To`/`Delivered-To` and `Received` in front (see
+    /// ``StoredMessage/traceHeaders(by:)``), with LF line endings as Unix mail tools expect.
+    public var storesWireBytes = false
+    /// Called with each message once it is kept (on a loop thread or the store's queue):
+    /// `sluice sink --print` prints from here. Leave it nil for load work: with it, every
+    /// message is copied out even with the `discard` store.
+    public var onMessage: (@Sendable (StoredMessage) -> Void)?
     /// Faults to inject.
     public var faults = SinkFaults()
     /// A delay before replies, if any.
@@ -94,7 +103,8 @@ public final class SMTPSink: Sendable {
             throw TransportError(.invalidArgument, "the sink needs a server TLS context")
         }
         configuration.server.startTLS = configuration.server.startTLS || configuration.tls != nil
-        let store = try MessageStore(configuration.store, hostname: configuration.server.hostname)
+        let store = try MessageStore(configuration.store, hostname: configuration.server.hostname,
+                                     wireBytes: configuration.storesWireBytes, observer: configuration.onMessage)
         let shared = SinkShared(configuration: configuration, store: store)
         let ownsGroup = group == nil
         let group = group ?? EventLoopGroup()

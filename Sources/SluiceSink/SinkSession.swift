@@ -261,7 +261,8 @@ final class SinkSession: ConnectionHandler, EndOfIterationWork, @unchecked Senda
 
     private func deliver(_ message: ReceivedMessage) {
         let loop = connection.eventLoop
-        shared.store.store(message) { [self] result in
+        shared.store.store(message, arrival: Arrival(client: connection.remoteAddress, tls: connection.tlsDetails)) {
+            [self] result in
             if loop.inEventLoop {
                 delivered(message, result)
             } else {

@@ -2,6 +2,7 @@ import ArgumentParser
 import Dispatch
 import Foundation
 import SluiceCore
+import SluiceMIME
 import SluiceSink
 import SluiceTransport
 
@@ -38,6 +39,16 @@ struct SinkCommand: AsyncParsableCommand {
     var maxRecipients = 1000
     @Option(help: "Where messages go: discard, memory, maildir:DIR or mbox:FILE.")
     var store = "discard"
+    @Flag(name: .customLong("wire-bytes"),
+          help: "Keep Maildir and mbox messages exactly as they came (CRLF, no Return-Path, Delivered-To or Received).")
+    var wireBytes = false
+    @Option(name: .customLong("print"),
+            help: "Print each message kept on stdout: 'summary' (bare --print: one line with time, client, TLS, AUTH user, MAIL FROM, RCPT TO, size, Subject, Message-ID) or 'full' (that line and the whole message as an MTA delivers it).")
+    var print: PrintMode?
+
+    enum PrintMode: String, ExpressibleByArgument, CaseIterable {
+        case summary, full
+    }
     @Option(name: .customLong("max-connections"), help: "Connections past this get 421.")
     var maxConnections = 10_000
     @Option(name: .customLong("idle-timeout"), help: "Seconds of client silence before 421 and close.")
@@ -178,6 +189,11 @@ struct SinkCommand: AsyncParsableCommand {
             throw ValidationError("--store takes discard, memory, maildir:DIR or mbox:FILE, got '\(store)'")
         }
         configuration.store = store
+        configuration.storesWireBytes = wireBytes
+        if let print {
+            let printer = MessagePrinter(mode: print, hostname: hostname)
+            configuration.onMessage = { printer.print($0) }
+        }
         switch (tlsCertificate, tlsKey) {
         case (let certificate?, let key?):
             configuration.tls = try TLSContext(.server(certificateChainFile: certificate, privateKeyFile: key))
@@ -290,5 +306,69 @@ final class StopSignal: @unchecked Sendable {
                 lock.unlock()
             }
         }
+    }
+}
+
+/// Prints each message a sink keeps, one whole entry per write so entries from different
+/// loops never interleave. Everything from the client is shown with its control characters
+/// escaped: a hostile client cannot reach the terminal.
+struct MessagePrinter: Sendable {
+    let mode: SinkCommand.PrintMode
+    let hostname: String
+
+    func print(_ message: StoredMessage) {
+        var entry = Self.summary(message) + "\n"
+        if mode == .full {
+            let text = message.traceHeaders(by: hostname) + String(decoding: message.content, as: UTF8.self)
+            // Folded header lines start with a tab: it stays one; every other control is escaped.
+            let lines = text.split(separator: "\r\n", omittingEmptySubsequences: false).map {
+                $0.split(separator: "\t", omittingEmptySubsequences: false).map(\.controlCharactersEscaped).joined(separator: "\t")
+            }
+            entry += lines.joined(separator: "\n") + (text.hasSuffix("\r\n") ? "" : "\n") + "\n"
+        }
+        FileHandle.standardOutput.write(Data(entry.utf8))
+    }
+
+    /// `2026-12-05T01:40:00Z 127.0.0.1:50122 TLSv1.3 auth=ada from=<a@example.com>
+    /// to=<b@example.org>,<c@example.org> size=1234 subject="Hello" id=<x@example.com>`.
+    static func summary(_ message: StoredMessage) -> String {
+        let headers = headerFields(message.content)
+        var parts = [isoDate(message.receivedAt), message.clientAddress.map { "\($0)" } ?? "-"]
+        parts.append(message.tls?.version ?? "plain")
+        if let user = message.authenticatedUser { parts.append("auth=\(user)") }
+        parts.append("from=<\(message.from?.address ?? "")>")
+        parts.append("to=" + message.recipients.map { "<\($0.address)>" }.joined(separator: ","))
+        parts.append("size=\(message.content.count)")
+        let subject = headers["subject"].map { EncodedWords.decode($0) } ?? ""
+        parts.append("subject=\"\(subject.replacingOccurrences(of: "\"", with: "\\\""))\"")
+        parts.append("id=\(headers["message-id"] ?? "-")")
+        return parts.joined(separator: " ").controlCharactersEscaped
+    }
+
+    /// The first value of each header field (names lower-cased, values unfolded), read
+    /// leniently: the sink keeps what it is sent, well-formed or not.
+    static func headerFields(_ content: [UInt8]) -> [String: String] {
+        var fields: [String: String] = [:]
+        var current: (name: String, value: String)?
+        func finish() {
+            if let current, fields[current.name] == nil { fields[current.name] = current.value.trimmingCharacters(in: .whitespaces) }
+        }
+        for line in content.split(separator: 10, omittingEmptySubsequences: false) {
+            let text = String(decoding: line.last == 13 ? line.dropLast() : line[...], as: UTF8.self)
+            if text.isEmpty { break }
+            if text.first == " " || text.first == "\t" {
+                current?.value += text
+            } else if let colon = text.firstIndex(of: ":") {
+                finish()
+                current = (text[..<colon].lowercased(), String(text[text.index(after: colon)...]))
+            }
+        }
+        finish()
+        return fields
+    }
+
+    static func isoDate(_ sinceEpoch: Duration) -> String {
+        let date = Date(timeIntervalSince1970: Double(sinceEpoch.components.seconds))
+        return ISO8601DateFormatter().string(from: date)
     }
 }

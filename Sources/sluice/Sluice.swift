@@ -10,6 +10,22 @@ struct SluiceCommand: AsyncParsableCommand {
         abstract: "An event-driven SMTP engine: send mail, run a sink, measure throughput.",
         subcommands: [SendCommand.self, SinkCommand.self, BenchCommand.self, SoakCommand.self, LoopbackCommand.self]
     )
+
+    static func main() async {
+        await main(withOptionalValues(Array(CommandLine.arguments.dropFirst())))
+    }
+
+    /// `sink --print` with no value means `--print=summary` (ArgumentParser has no option
+    /// whose value may be left out; `--print=full` and `--print full` parse as they are).
+    static func withOptionalValues(_ arguments: [String]) -> [String] {
+        guard arguments.first == "sink" else { return arguments }
+        var rewritten = arguments
+        for index in rewritten.indices.dropFirst() where rewritten[index] == "--print" {
+            let next = index + 1 < rewritten.count ? rewritten[index + 1] : nil
+            if next.flatMap(SinkCommand.PrintMode.init(rawValue:)) == nil { rewritten[index] = "--print=summary" }
+        }
+        return rewritten
+    }
 }
 
 /// Runs the part of a command that turns its flags into settings once they are parsed: reading

@@ -29,6 +29,26 @@ struct SinkHostileClientTests {
         #expect(sink.statistics.slowClientsClosed == 1)
     }
 
+    @Test func traceFieldsNeverCarryWhatTheClientSentRaw() async throws {
+        let sink = try await startSink { $0.server.hostname = "sink.test" }
+        let group = EventLoopGroup(numberOfLoops: 1)
+        let client = try await RawSession.open(to: sink.localAddress, on: group.loops[0])
+        // The EHLO name is the one thing of the client's that reaches the trace fields unchecked
+        // (addresses with controls are refused at MAIL and RCPT).
+        try await client.send("EHLO evil\u{1B}[31m\u{9B}.test\r\nMAIL FROM:<a@example.com>\r\nRCPT TO:<b@example.org>\r\nDATA\r\n")
+        try await client.send("Subject: x\r\n\r\nbody\r\n.\r\n")
+        let replies = await client.replies(atLeast: 6)
+        #expect(replies.last?.code == .ok, "\(replies)")
+        let stored = try await sink.waitForMessages(count: 1)
+        let fields = stored[0].traceHeaders(by: "sink.test")
+        let visible = fields.unicodeScalars.allSatisfy { (32...126).contains($0.value) || $0 == "\r" || $0 == "\n" || $0 == "\t" }
+        #expect(visible, "\(fields.debugDescription)")
+        #expect(fields.contains("Received: from evil?[31m??.test ([127.0.0.1])"), "\(fields.debugDescription)")
+        #expect(fields.split(separator: "\r\n").allSatisfy { !$0.isEmpty }, "one field per line: \(fields.debugDescription)")
+        await sink.shutdown()
+        await group.shutdown()
+    }
+
     @Test func aCommandLineTrickledAByteAtATimeIsCutOffAtItsDeadline() async throws {
         let sink = try await startSink {
             $0.idleTimeout = .seconds(30)
