@@ -24,10 +24,18 @@ public final class SharedBytes: @unchecked Sendable {
         }
     }
 
-    /// Copies `bytes` into new storage.
+    /// Copies `bytes` into new storage: one `memcpy` when they are contiguous (an array, a
+    /// slice of one), else element by element.
     public convenience init(_ bytes: some Collection<UInt8>) {
+        // Called from another module the generic body runs unspecialised: copying element by
+        // element through the iterator cost about 70 µs for 1 KB (measured: `sluice bench`
+        // building each message with `EncodedMessage(bytes:)`). Contiguous storage is copied
+        // at once.
         self.init(count: bytes.count) { buffer in
-            _ = buffer.initializeMemory(as: UInt8.self, from: bytes)
+            let copied: Void? = bytes.withContiguousStorageIfAvailable { source in
+                buffer.copyMemory(from: UnsafeRawBufferPointer(source))
+            }
+            if copied == nil { _ = buffer.initializeMemory(as: UInt8.self, from: bytes) }
         }
     }
 
