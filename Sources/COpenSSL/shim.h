@@ -8,6 +8,10 @@
 #include <openssl/evp.h>
 #include <openssl/hmac.h>
 #include <openssl/rand.h>
+#include <openssl/pem.h>
+#include <stdio.h>
+#include <fcntl.h>
+#include <unistd.h>
 
 /* Adapters for OpenSSL macros that Swift cannot import. Every adapter is prefixed cssl_. */
 
@@ -42,6 +46,61 @@ static inline long cssl_BIO_set_mem_eof_return(BIO *bio, int value) {
 
 static inline X509 *cssl_get_peer_certificate(const SSL *ssl) {
     return SSL_get1_peer_certificate(ssl);
+}
+
+/* Writes a new P-256 key and a self-signed certificate for it (CN=common_name, the given
+   subjectAltName, valid from an hour ago for `days`) as PEM files. Returns 1 on success. */
+static inline int cssl_write_self_signed(const char *certificate_path, const char *key_path,
+                                         const char *common_name, const char *subject_alt_name, long days) {
+    int ok = 0;
+    EVP_PKEY *key = EVP_EC_gen("P-256");
+    X509 *certificate = X509_new();
+    FILE *file = NULL;
+    if (key == NULL || certificate == NULL) goto done;
+    if (!X509_set_version(certificate, 2)) goto done;
+    {
+        unsigned char serial[16];
+        BIGNUM *number = NULL;
+        if (RAND_bytes(serial, sizeof serial) != 1) goto done;
+        serial[0] &= 0x7f;
+        number = BN_bin2bn(serial, sizeof serial, NULL);
+        if (number == NULL || BN_to_ASN1_INTEGER(number, X509_get_serialNumber(certificate)) == NULL) { BN_free(number); goto done; }
+        BN_free(number);
+    }
+    if (X509_gmtime_adj(X509_getm_notBefore(certificate), -3600) == NULL) goto done;
+    if (X509_gmtime_adj(X509_getm_notAfter(certificate), days * 86400) == NULL) goto done;
+    if (!X509_set_pubkey(certificate, key)) goto done;
+    {
+        X509_NAME *name = X509_get_subject_name(certificate);
+        if (!X509_NAME_add_entry_by_txt(name, "CN", MBSTRING_ASC, (const unsigned char *)common_name, -1, -1, 0)) goto done;
+        if (!X509_set_issuer_name(certificate, name)) goto done;
+    }
+    {
+        X509V3_CTX context;
+        X509V3_set_ctx_nodb(&context);
+        X509V3_set_ctx(&context, certificate, certificate, NULL, NULL, 0);
+        X509_EXTENSION *extension = X509V3_EXT_conf_nid(NULL, &context, NID_subject_alt_name, subject_alt_name);
+        if (extension == NULL) goto done;
+        int added = X509_add_ext(certificate, extension, -1);
+        X509_EXTENSION_free(extension);
+        if (!added) goto done;
+    }
+    if (!X509_sign(certificate, key, EVP_sha256())) goto done;
+    {
+        int descriptor = open(key_path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);  /* a private key: owner only */
+        file = descriptor < 0 ? NULL : fdopen(descriptor, "w");
+        if (file == NULL && descriptor >= 0) close(descriptor);
+    }
+    if (file == NULL || !PEM_write_PrivateKey(file, key, NULL, NULL, 0, NULL, NULL)) goto done;
+    fclose(file);
+    file = fopen(certificate_path, "wx");
+    if (file == NULL || !PEM_write_X509(file, certificate)) goto done;
+    ok = 1;
+done:
+    if (file != NULL) fclose(file);
+    X509_free(certificate);
+    EVP_PKEY_free(key);
+    return ok;
 }
 
 #endif

@@ -9,7 +9,12 @@ import SluiceSink
 struct BenchCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "bench",
-        abstract: "Measure how many messages per second a server takes (by default an embedded sink on 127.0.0.1:0)."
+        abstract: "Measure how many messages per second a server takes (by default an embedded sink on 127.0.0.1:0).",
+        discussion: """
+            Every message has its own Message-ID; with DKIM keys each is signed on its own. With the \
+            embedded sink, --security starttls or tls runs real TLS with a certificate made at \
+            start-up (and verified); without --security it runs in plaintext. The output says which.
+            """
     )
 
     @Option(help: "The server to drive, HOST:PORT; without it an embedded sink is started.")
@@ -20,10 +25,20 @@ struct BenchCommand: AsyncParsableCommand {
     var duration: Double?
     @Option(help: "Connections in the pool.")
     var connections = 16
-    @Option(help: "Recipients per message.")
-    var recipients = 1
-    @Option(help: "Message size in bytes.")
-    var size = 1_024
+    @Option(help: "Recipients per message (default 1, or as many as --to lists).")
+    var recipients: Int?
+    @Option(help: "Message size in bytes (default 1024; not with --eml).")
+    var size: Int?
+    @Option(help: "The envelope sender and the From address.")
+    var from = "bench@sluice.test"
+    @Option(help: "Recipients: addresses (repeatable or comma-separated), or one pattern with {n}, numbered 1 to --recipients (default rcpt{n}@sink.test).")
+    var to: [String] = []
+    @Option(help: "The Subject.")
+    var subject = "sluice bench"
+    @Option(help: "Add a header, 'Name: value'; repeatable.")
+    var header: [String] = []
+    @Option(help: "Send this RFC 5322 message (each copy with its own Message-ID) instead of a generated one.")
+    var eml: String?
     @Option(help: "At most this many messages per second.")
     var rate: Double?
     @Option(name: .customLong("in-flight"), help: "Messages handed to the client and not yet reported (default 64 per connection).")
@@ -40,8 +55,11 @@ struct BenchCommand: AsyncParsableCommand {
     static let smallestSize = 256
 
     func validate() throws {
-        guard messages > 0, connections > 0, recipients > 0, size >= Self.smallestSize else {
+        guard messages > 0, connections > 0, (recipients ?? 1) > 0, (size ?? Self.smallestSize) >= Self.smallestSize else {
             throw ValidationError("--messages, --connections and --recipients must be positive and --size at least \(Self.smallestSize)")
+        }
+        if eml != nil, size != nil || !header.isEmpty || subject != "sluice bench" {
+            throw ValidationError("--eml sends that message; it cannot be combined with --size, --subject or --header")
         }
         if let duration, duration <= 0 { throw ValidationError("--duration must be positive") }
         if let rate, rate <= 0 { throw ValidationError("--rate must be positive") }
@@ -72,17 +90,37 @@ struct BenchCommand: AsyncParsableCommand {
         var sinkGroup: EventLoopGroup?
         let (host, port) = try target.map(ClientOptions.parseServer) ?? ("127.0.0.1", nil)
         var configuration = try settingUp("bench", nothingSent: true) { try client.configuration(host: host, port: port) }
+        let envelope = try settingUp("bench", nothingSent: true) { try makeEnvelope() }
+        let mails = try settingUp("bench", nothingSent: true) {
+            try eml.map { try BenchMessages.file($0, from: from, signers: configuration.dkim) }
+                ?? BenchMessages.generated(size: size ?? 1_024, from: from, to: envelope.recipients[0].address.address,
+                                           subject: subject, headers: try checkedHeaders(), signers: configuration.dkim)
+        }
+        var certificateDirectory: String?
+        defer { certificateDirectory.map(removeDirectory) }
         if target == nil {
             // The embedded sink runs on loops of its own, so its CPU can be told from the client's.
             let group = EventLoopGroup(numberOfLoops: max(1, EventLoopGroup.coreCount / 2))
             var sinkConfiguration = SinkConfiguration()
             sinkConfiguration.port = 0
-            sinkConfiguration.server.maximumRecipients = max(1000, recipients)
+            sinkConfiguration.server.maximumRecipients = max(1000, envelope.recipients.count)
+            let security = client.security ?? .none
+            if security != .none {
+                // Real TLS, with a certificate made now that the client verifies.
+                let directory = try settingUp("bench", nothingSent: true) { try makeTemporaryDirectory() }
+                certificateDirectory = directory
+                let certificate = try settingUp("bench", nothingSent: true) { try SelfSignedCertificate(in: directory) }
+                sinkConfiguration.tls = try TLSContext(.server(certificateChainFile: certificate.certificateFile,
+                                                               privateKeyFile: certificate.privateKeyFile))
+                if security == .tls { sinkConfiguration.implicitTLSListen = ("127.0.0.1", 0) }
+                configuration.tls = .client(trustRoots: .pemFile(certificate.certificateFile))
+                configuration.tlsServerName = "localhost"
+            }
             let started = try await SMTPSink.start(sinkConfiguration, group: group)
             sink = started
             sinkGroup = group
-            configuration.port = started.localAddress.port
-            configuration.security = .none
+            configuration.port = (security == .tls ? started.implicitTLSAddress : started.localAddress)?.port ?? 0
+            configuration.security = security.security
         }
         configuration.pool.maximumConnections = connections
         configuration.pool.maximumMessagesPerConnection = Int.max
@@ -96,8 +134,6 @@ struct BenchCommand: AsyncParsableCommand {
         configuration.eventLoopGroup = clientGroup
         let smtp = try settingUp("bench", nothingSent: true) { try SMTPClient(configuration: configuration) }
 
-        let message = try Self.message(size: size, signers: configuration.dkim)
-        let envelope = try Envelope(from: "bench@sluice.test", to: (1...recipients).map { "rcpt\($0)@sink.test" })
         let clock = ContinuousClock()
         let start = clock.now
         let deadline = duration.map { start + .milliseconds(Int64($0 * 1000)) }
@@ -107,8 +143,8 @@ struct BenchCommand: AsyncParsableCommand {
 
         var tally = Tally()
         var progress = Progress(total: duration == nil ? messages : nil, duration: duration, start: start)
-        let mails = BenchMails(mail: OutgoingMail(envelope: envelope, message: message), count: total, deadline: deadline)
-        for try await report in smtp.send(contentsOf: mails, maximumInFlight: inFlight ?? connections * 64) {
+        let sequence = BenchMails(messages: mails, envelope: envelope, count: total, deadline: deadline)
+        for try await report in smtp.send(contentsOf: sequence, maximumInFlight: inFlight ?? connections * 64) {
             tally.add(report)
             progress.update(done: tally.count, errors: tally.count - tally.accepted, now: clock.now, to: stderr)
         }
@@ -122,9 +158,12 @@ struct BenchCommand: AsyncParsableCommand {
         await sinkGroup?.shutdown()
 
         let result = BenchResult(
-            target: target ?? "embedded sink", connections: connections, size: message.size, recipients: recipients,
+            target: target ?? "embedded sink", security: Self.describe(configuration.security, embedded: sink != nil,
+                                                                       signed: !configuration.dkim.isEmpty),
+            connections: connections, size: mails.size, recipients: envelope.recipients.count,
             pipelining: !noPipelining, chunking: !noChunking, tally: tally, elapsed: elapsed,
-            clientCPU: cpu - sinkCPU.seconds, sinkCPU: sink == nil ? nil : sinkCPU.seconds)
+            clientCPU: cpu - sinkCPU.seconds, sinkCPU: sink == nil ? nil : sinkCPU.seconds,
+            sinkTLSSessions: sink?.statistics.tlsSessions)
         print(json ? result.json : result.text)
         if tally.accepted != tally.count {
             let reason = "sluice bench: \((tally.count - tally.accepted).grouped) of \(tally.count.grouped) messages were not "
@@ -134,44 +173,90 @@ struct BenchCommand: AsyncParsableCommand {
         }
     }
 
-    /// A message of about `size` bytes: headers, then 76-character lines.
-    /// A message of exactly `size` octets (before any DKIM signature), signed once by `signers`.
-    static func message(size: Int, signers: [DKIMSigner] = []) throws -> EncodedMessage {
-        var text = "From: Sluice Bench <bench@sluice.test>\r\nTo: <rcpt1@sink.test>\r\nSubject: sluice bench\r\n"
-        text += "Date: Mon, 23 Nov 2026 12:00:00 +0000\r\nMessage-ID: <bench@sluice.test>\r\nMIME-Version: 1.0\r\n"
-        text += "Content-Type: text/plain; charset=us-ascii\r\n\r\n"
-        let alphabet = Array("0123456789abcdefghijklmnopqrstuvwxyz".utf8)
-        var remaining = size - text.utf8.count
-        while remaining > 0 {
-            // Lines of up to 76 octets with their CRLF; never a last line too short for its CRLF.
-            var length = min(76, remaining)
-            if remaining - length == 1 { length -= 1 }
-            text += String(decoding: (0..<(length - 2)).map { alphabet[$0 % alphabet.count] }, as: UTF8.self) + "\r\n"
-            remaining -= length
+    /// The envelope every message goes with: `--from`, and `--to`'s addresses or its pattern
+    /// numbered 1 to `--recipients`.
+    func makeEnvelope() throws -> Envelope {
+        let listed = to.flatMap { $0.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) } }
+        let addresses: [String]
+        if listed.isEmpty || (listed.count == 1 && listed[0].contains("{n}")) {
+            let pattern = listed.first ?? "rcpt{n}@sink.test"
+            addresses = (1...(recipients ?? 1)).map { pattern.replacingOccurrences(of: "{n}", with: String($0)) }
+        } else {
+            if let recipients, recipients != listed.count {
+                throw ValidationError("--to lists \(listed.count) addresses but --recipients is \(recipients); give one pattern with {n} to number them")
+            }
+            addresses = listed
         }
-        return EncodedMessage(try DKIMSigner.sign(try RawMessage(Array(text.utf8)), with: signers))
+        do {
+            return try Envelope(from: from, to: addresses)
+        } catch {
+            throw ValidationError("--from or --to: \(error)")
+        }
+    }
+
+    /// `--header` values, each `Name: value` with a name a header may have.
+    func checkedHeaders() throws -> [String] {
+        try header.map { line in
+            guard let colon = line.firstIndex(of: ":"), colon != line.startIndex,
+                  line[..<colon].unicodeScalars.allSatisfy({ $0.value > 32 && $0.value < 127 }),
+                  !line.contains("\r"), !line.contains("\n") else {
+                throw ValidationError("--header '\(line)' is not 'Name: value' on one line")
+            }
+            return line
+        }
+    }
+
+    /// What the output says of the connection: `starttls`, and how its certificate came.
+    static func describe(_ security: SMTPClient.Security, embedded: Bool, signed: Bool) -> String {
+        var text: String =
+            switch security {
+            case .startTLS: "starttls"
+            case .opportunisticStartTLS: "starttls-opportunistic"
+            case .implicitTLS: "tls"
+            default: "none (plaintext)"
+            }
+        if embedded, security != .none { text += ", certificate made at start-up and verified" }
+        if signed { text += "; DKIM-signed per message" }
+        return text
     }
 }
 
-/// The same message, `count` times or until `deadline`.
+/// A fresh directory under the temporary directory.
+func makeTemporaryDirectory() throws -> String {
+    var template = Array((NSTemporaryDirectory() + "/sluice-bench-XXXXXX").utf8CString)
+    guard let made = mkdtemp(&template) else {
+        throw ValidationError("cannot make a temporary directory: \(String(cString: strerror(errno)))")
+    }
+    return String(cString: made)
+}
+
+/// Removes `path` and what it holds.
+func removeDirectory(_ path: String) {
+    try? FileManager.default.removeItem(atPath: path)
+}
+
+/// `count` messages, or as many as go until `deadline`, each its own copy.
 private struct BenchMails: Sequence, Sendable {
-    let mail: OutgoingMail
+    let messages: BenchMessages
+    let envelope: Envelope
     let count: Int
     let deadline: ContinuousClock.Instant?
 
     struct Iterator: IteratorProtocol {
-        let mail: OutgoingMail
-        var remaining: Int
+        let messages: BenchMessages
+        let envelope: Envelope
+        var sent = 0
+        let count: Int
         let deadline: ContinuousClock.Instant?
         mutating func next() -> OutgoingMail? {
-            guard remaining > 0 else { return nil }
-            if let deadline, remaining % 64 == 0, ContinuousClock.now >= deadline { return nil }
-            remaining -= 1
-            return mail
+            guard sent < count else { return nil }
+            if let deadline, sent % 64 == 0, ContinuousClock.now >= deadline { return nil }
+            sent += 1
+            return OutgoingMail(envelope: envelope, message: messages.message(sent))
         }
     }
 
-    func makeIterator() -> Iterator { Iterator(mail: mail, remaining: count, deadline: deadline) }
+    func makeIterator() -> Iterator { Iterator(messages: messages, envelope: envelope, count: count, deadline: deadline) }
 }
 
 /// Outcomes and latencies so far.
@@ -200,15 +285,20 @@ struct Tally {
 
     /// Where and how a message failed: the command and the reply code when a reply decided
     /// it (for a partial acceptance, the first refused recipient's), else the error's kind.
+    ///
+    /// Written with plain `if let`s: Swift 6.3.1's optimizer crashes (CopyPropagation) on the
+    /// same logic written with `Optional.map` closures in a release build.
     static func failureKey(_ report: DeliveryReport) -> String {
         if let error = report.error {
-            let phase = error.command ?? "\(error.kind)"
-            return error.code.map { "\(phase) \($0)" } ?? phase
+            var key = error.command ?? error.kind.description
+            if let code = error.code { key += " " + String(code) }
+            return key
         }
-        if let refused = report.recipients.first(where: { $0.status != .accepted }) {
-            return refused.code.map { "RCPT \($0)" } ?? "\(refused.status)"
+        for recipient in report.recipients where recipient.status != .accepted {
+            if let code = recipient.code { return "RCPT " + String(code) }
+            return String(describing: recipient.status)
         }
-        return "\(report.outcome)"
+        return report.outcome.rawValue
     }
 
     /// The failures, most frequent first: `RCPT 550 ×98, connection ×2`.
@@ -282,6 +372,7 @@ struct Progress {
 /// What a run measured.
 struct BenchResult {
     let target: String
+    let security: String
     let connections: Int
     let size: Int
     let recipients: Int
@@ -291,6 +382,8 @@ struct BenchResult {
     let elapsed: Duration
     let clientCPU: Double
     let sinkCPU: Double?
+    /// Sessions the embedded sink saw finish a TLS handshake: the proof that TLS ran.
+    let sinkTLSSessions: Int?
 
     /// Messages tried a second, whatever became of them.
     var messagesPerSecond: Double { Double(tally.count) / max(elapsed.seconds, 1e-9) }
@@ -304,6 +397,7 @@ struct BenchResult {
         var lines = [
             "sluice bench → \(target): \(tally.count.grouped) messages of \(size.grouped) bytes, \(recipients) recipient(s), "
                 + "\(connections) connections, pipelining \(pipelining ? "on" : "off"), chunking \(chunking ? "on" : "off")",
+            "security:  \(security)",
             "outcomes:  " + tally.byOutcome.sorted { $0.key < $1.key }.map { "\($0.key) \($0.value.grouped)" }.joined(separator: ", "),
             String(format: "elapsed:   %.3f s", elapsed.seconds),
             tally.accepted == tally.count
@@ -324,7 +418,7 @@ struct BenchResult {
 
     var json: String {
         var object: [String: Any] = [
-            "target": target, "messages": tally.count, "size": size, "recipients": recipients, "connections": connections,
+            "target": target, "security": security, "messages": tally.count, "size": size, "recipients": recipients, "connections": connections,
             "pipelining": pipelining, "chunking": chunking, "outcomes": tally.byOutcome,
             "elapsedSeconds": elapsed.seconds, "messagesPerSecond": messagesPerSecond,
             "acceptedPerSecond": acceptedPerSecond, "accepted": tally.accepted, "failures": tally.failures,
@@ -334,6 +428,7 @@ struct BenchResult {
             "clientCPUSeconds": clientCPU, "clientCPUMicrosecondsPerMessage": clientCPUPerMessage,
         ]
         if let sinkCPU { object["sinkCPUSeconds"] = sinkCPU }
+        if let sinkTLSSessions { object["sinkTLSSessions"] = sinkTLSSessions }
         if let error = tally.firstError { object["firstError"] = error }
         let data = try! JSONSerialization.data(withJSONObject: object, options: [.sortedKeys])
         return String(decoding: data, as: UTF8.self)

@@ -4,8 +4,11 @@ import Sluice
 
 /// The connection, TLS and AUTH flags `send` and `bench` share.
 struct ClientOptions: ParsableArguments {
-    @Option(help: "starttls (required), starttls-opportunistic, tls (implicit, port 465) or none.")
-    var security: SecurityMode = .starttls
+    @Option(help: "starttls (required; the default), starttls-opportunistic, tls (implicit, port 465) or none.")
+    var security: SecurityMode?
+
+    /// The security asked for, starttls when none was.
+    var securityMode: SecurityMode { security ?? .starttls }
     @Option(name: .customLong("ca-file"), help: "Trust the CA certificates in this PEM file (besides the system's).")
     var caFile: String?
     @Flag(name: .customLong("insecure-skip-verify"), help: "Do not verify the server's certificate (tests only).")
@@ -67,7 +70,7 @@ struct ClientOptions: ParsableArguments {
 
     /// A client configuration for `host` from these flags.
     func configuration(host: String, port: Int?) throws -> SMTPClient.Configuration {
-        var configuration = SMTPClient.Configuration(host: host, port: port, security: security.security)
+        var configuration = SMTPClient.Configuration(host: host, port: port, security: securityMode.security)
         configuration.ehloName = helo
         configuration.tls = .client(
             trustRoots: caFile.map { .systemAnd(pemFile: $0) } ?? .system,

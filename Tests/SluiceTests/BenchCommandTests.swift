@@ -84,11 +84,78 @@ struct BenchCommandTests {
         await sink.shutdown()
     }
 
-    @Test(arguments: [["--size", "10"], ["--connections", "0"], ["--target", "nohost:99999"], ["--rate", "-1"]])
+    @Test func fromToPatternSubjectAndHeadersGoOutAndEveryMessageHasItsOwnMessageID() async throws {
+        let sink = try await startSink()
+        guard let run = try await Self.bench(["--target", "127.0.0.1:\(sink.localAddress.port)", "--security", "none",
+                                              "--messages", "50", "--connections", "2", "--from", "load@example.com",
+                                              "--to", "user{n}@example.test", "--recipients", "3", "--subject", "Load 1",
+                                              "--header", "X-Campaign: spring", "--json"])
+        else { return }
+        #expect(run.status == 0, "\(run.error)")
+        let stored = try await sink.waitForMessages(count: 50)
+        #expect(stored.allSatisfy { $0.from?.address == "load@example.com" })
+        #expect(stored.allSatisfy { $0.recipients.map(\.address) == ["user1@example.test", "user2@example.test", "user3@example.test"] })
+        let texts = stored.map { String(decoding: $0.content, as: UTF8.self) }
+        #expect(texts.allSatisfy { $0.contains("\r\nSubject: Load 1\r\n") && $0.contains("\r\nX-Campaign: spring\r\n") })
+        #expect(texts.allSatisfy { $0.contains("\r\nFrom: Sluice Bench <load@example.com>\r\n") })
+        let ids = texts.compactMap { $0.split(separator: "\r\n").first { $0.hasPrefix("Message-ID: ") } }
+        #expect(ids.count == 50 && Set(ids).count == 50, "\(ids.prefix(3))")
+        #expect(stored.allSatisfy { $0.content.count == 1024 }, "--size is the size of each copy")
+        await sink.shutdown()
+    }
+
+    @Test func anEMLIsSentWithItsOwnMessageIDReplacedInEachCopy() async throws {
+        let sink = try await startSink()
+        let file = try SendCommandTests.emlFile("From: a@example.com\r\nTo: b@example.org\r\nMessage-ID: <same@example.com>\r\n"
+                                                + "Subject: replayed\r\n\r\nThe body\r\n")
+        defer { try? FileManager.default.removeItem(atPath: file) }
+        guard let run = try await Self.bench(["--target", "127.0.0.1:\(sink.localAddress.port)", "--security", "none",
+                                              "--messages", "20", "--connections", "2", "--eml", file, "--to", "x@example.org"])
+        else { return }
+        #expect(run.status == 0, "\(run.error)")
+        let texts = try await sink.waitForMessages(count: 20).map { String(decoding: $0.content, as: UTF8.self) }
+        #expect(texts.allSatisfy { !$0.contains("<same@example.com>") && $0.hasSuffix("Subject: replayed\r\n\r\nThe body\r\n") })
+        #expect(Set(texts).count == 20)
+        await sink.shutdown()
+    }
+
+    @Test(arguments: ["starttls", "tls"])
+    func theEmbeddedSinkReallyRunsTLSWhenAskedAndSaysSo(security: String) async throws {
+        guard let run = try await Self.bench(["--messages", "500", "--connections", "2", "--security", security, "--json"]),
+              let plain = try await Self.bench(["--messages", "500", "--connections", "2"])
+        else { return }
+        #expect(run.status == 0, "\(run.error)")
+        let result = try Self.object(run.output)
+        #expect((result["outcomes"] as? [String: Int]) == ["accepted": 500])
+        #expect(result["security"] as? String == "\(security), certificate made at start-up and verified")
+        #expect(result["sinkTLSSessions"] as? Int == 2, "every connection finished a TLS handshake")
+        #expect(plain.output.contains("security:  none (plaintext)"), "\(plain.output)")
+    }
+
+    @Test(.needsPeers(executables: ["openssl"], python: ["dkim", "nacl"]))
+    func withDKIMKeysEveryCopyIsSignedOnItsOwnAndVerifies() async throws {
+        guard let keys = try await DKIMTestKeys.shared() else { return }
+        let sink = try await startSink()
+        guard let run = try await Self.bench(["--target", "127.0.0.1:\(sink.localAddress.port)", "--security", "none",
+                                              "--messages", "3", "--connections", "1", "--from", "bench@example.com",
+                                              "--dkim-domain", "example.com", "--dkim-selector", "rsa", "--dkim-key",
+                                              keys.rsaPKCS8, "--dkim-selector", "ed", "--dkim-key", keys.ed25519])
+        else { return }
+        #expect(run.status == 0, "\(run.error)")
+        #expect(run.output.contains("DKIM-signed per message"), "\(run.output)")
+        let stored = try await sink.waitForMessages(count: 3)
+        #expect(Set(stored.map(\.content)).count == 3)
+        for message in stored { #expect(try await keys.verify(message.content) == [true, true]) }
+        await sink.shutdown()
+    }
+
+    @Test(arguments: [["--size", "10"], ["--connections", "0"], ["--target", "nohost:99999"], ["--rate", "-1"],
+                      ["--eml", "/nonexistent/sluice.eml"], ["--to", "a@b.example,c@d.example", "--recipients", "3"],
+                      ["--header", "no colon"], ["--from", "not an address"]])
     func badFlagsAreUsageErrors(arguments: [String]) async throws {
         guard let run = try await Self.bench(arguments) else { return }
         #expect(run.status == 64, "\(arguments): \(run.error)")
-        #expect(run.error.contains("Error:"))
+        #expect(run.error.contains("Error:") || run.error.hasPrefix("sluice bench: "), "says what is wrong: \(run.error)")
     }
 
     /// Flags that parse but cannot be used (found once the run starts) are named in one line,

@@ -168,7 +168,7 @@ final class TLSSession {
     var details: TLSDetails {
         let cipher = SSL_get_current_cipher(ssl).map { String(cString: SSL_CIPHER_get_name($0)) } ?? "none"
         var subject: String?
-        if let certificate = SSL_get1_peer_certificate(ssl) {
+        if let certificate = cssl_get_peer_certificate(ssl) {
             defer { X509_free(certificate) }
             if let name = X509_get_subject_name(certificate) {
                 var buffer = [CChar](repeating: 0, count: 512)
