@@ -82,6 +82,60 @@ struct ClientInteropTests {
         }
     }
 
+    /// aiosmtpd refusing the way real servers do: 535 for a wrong password, 550 and 450 for
+    /// some recipients. Each failure comes out classified as the failure table says.
+    static let aiosmtpdRefusingServer = aiosmtpdScript("""
+        class Handler:
+            async def handle_RCPT(self, server, session, envelope, address, rcpt_options):
+                if address.startswith("gone"):
+                    return "550 5.1.1 <%s>: no such user" % address
+                if address.startswith("later"):
+                    return "450 4.2.1 <%s>: mailbox busy" % address
+                envelope.rcpt_tos.append(address)
+                return "250 2.1.5 OK"
+            async def handle_DATA(self, server, session, envelope):
+                return "250 2.0.0 OK"
+        def authenticate(server, session, envelope, mechanism, auth_data):
+            ok = isinstance(auth_data, LoginPassword) and auth_data.login == b"app" and auth_data.password == b"pa55 word"
+            # handled=False: aiosmtpd itself answers (235, or 535 for a wrong password)
+            return AuthResult(success=ok, handled=False, auth_data=auth_data)
+        """, controllerArguments: "authenticator=authenticate")
+
+    @Test(.needsPeers(python: ["aiosmtpd"])) func aiosmtpdsRefusalsAreClassifiedAsTheFailureTableSays() async throws {
+        guard let aiosmtpd = try await Aiosmtpd.start(Self.aiosmtpdRefusingServer) else { return }
+        try await withCleanup {
+            func send(password: String, to recipients: [String]) async throws -> (DeliveryReport, SMTPError?) {
+                var configuration = try aiosmtpd.clientConfiguration(mechanism: .plain)
+                configuration.credentials = .password(username: "app", password: password)
+                configuration.retry = .none
+                let client = try SMTPClient(configuration: configuration)
+                defer { Task { await client.shutdown() } }
+                do {
+                    return (try await client.send(testMessage(), envelope: try Envelope(from: "s@example.com", to: recipients)), nil)
+                } catch let error as SMTPError {
+                    return (try #require(error.report), error)
+                }
+            }
+            let wrongPassword = try await send(password: "wrong", to: ["a@example.org"])
+            #expect(wrongPassword.0.outcome == .failed, "\(wrongPassword.0)")
+            #expect(wrongPassword.1?.kind == .authentication && wrongPassword.1?.code == 535 && wrongPassword.1?.isTransient == false)
+            #expect(wrongPassword.0.recipients.map(\.status) == [.failed])
+
+            let gone = try await send(password: "pa55 word", to: ["gone1@example.org", "gone2@example.org"])
+            #expect(gone.0.outcome == .rejected && gone.1?.command == "RCPT", "\(gone.0)")
+            #expect(gone.1?.description.contains("no such user") == true)
+
+            let later = try await send(password: "pa55 word", to: ["later@example.org", "gone@example.org"])
+            #expect(later.0.outcome == .deferred && later.1?.isTransient == true && later.1?.code == 450, "the 450 makes it deferred: \(later.0)")
+            #expect(later.0.recipients.map(\.status) == [.deferred, .rejected])
+
+            let some = try await send(password: "pa55 word", to: ["a@example.org", "gone@example.org"])
+            #expect(some.0.outcome == .partiallyAccepted && some.1 == nil, "\(some.0)")
+        } cleanup: {
+            await aiosmtpd.stop()
+        }
+    }
+
     /// aiosmtpd over STARTTLS with XOAUTH2 and OAUTHBEARER written here from their specs
     /// (Google's XOAUTH2 document, RFC 7628): `good-token` for user `app` is accepted; any other
     /// token gets the JSON error challenge, and only the answer the spec asks for (an empty

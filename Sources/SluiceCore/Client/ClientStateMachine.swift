@@ -847,7 +847,10 @@ public struct ClientStateMachine: Sendable {
         let command: String?
         if !entry.anyRecipientAccepted {
             status = statusWhenNoneAccepted(recipients)
-            let lastRefusal = entry.recipientReplies.compactMap { $0 }.last
+            // The reply that makes the status: the last transient refusal when one makes the
+            // message worth retrying, else the last refusal.
+            let refusals = entry.recipientReplies.compactMap { $0 }
+            let lastRefusal = status == .deferred ? refusals.last { $0.code.isTransient } : refusals.last
             decidingReply = lastRefusal ?? dataReply
             command = lastRefusal != nil ? "RCPT" : dataReply == nil ? nil : dataCommand
         } else if let dataReply {
