@@ -83,6 +83,18 @@ struct TLSTests {
         #expect(wrong?.kind == .hostnameMismatch)
     }
 
+    @Test func aPeerNameOpenSSLRefusesIsAnErrorAndTheSessionIsFreedOnce() async throws {
+        // libuv takes an IPv6 literal with a zone (`%lo`) as an address; OpenSSL's
+        // X509_VERIFY_PARAM_set1_ip_asc does not, so setting the expected peer name fails after
+        // the session was made. It was freed there and again by deinit (a double free that
+        // AddressSanitizer reports and glibc may abort on).
+        for name in ["fe80::1%lo", "[fe80::1%lo]"] {
+            let failure = try await handshake(serverPair: certificates.good, client: clientContext(), serverName: name)
+            #expect(failure?.kind == .invalidConfiguration, "\(name): \(String(describing: failure))")
+            #expect(failure?.context.contains("expected peer name") == true, "\(String(describing: failure))")
+        }
+    }
+
     @Test func expiredCertificateFailsWithItsOwnError() async throws {
         let failure = try await handshake(serverPair: certificates.expired, client: clientContext(), serverName: "localhost")
         #expect(failure?.kind == .certificateExpired)

@@ -28,23 +28,44 @@ final class TLSSession {
     /// checked against the certificate (DNS names, or IP literals against IP SANs) unless the
     /// context's verification says otherwise.
     init(context: TLSContext, serverName: String?) throws(TLSError) {
+        // The `SSL*` has one owner at a time: `makeSession` until it is fully configured (it
+        // frees it on any failure), then this object, whose deinit frees it. Nothing can fail
+        // after the object owns it, so it is never freed twice.
+        let ssl = try Self.makeSession(context: context, serverName: serverName)
+        self.context = context
+        self.ssl = ssl
+        // SSL_set_bio gave the session both BIOs; SSL_free frees them with it.
+        incoming = SSL_get_rbio(ssl)
+        outgoing = SSL_get_wbio(ssl)
+        peerName = serverName
+    }
+
+    /// A new `SSL*` with its memory BIOs, in its role, with SNI and the expected peer name
+    /// set; freed here if any step fails.
+    private static func makeSession(context: TLSContext, serverName: String?) throws(TLSError) -> OpaquePointer {
         ERR_clear_error()
         guard let ssl = SSL_new(context.context) else {
             throw TLSError.openSSL(.handshakeFailed, "creating an SSL session")
         }
-        guard let incoming = BIO_new(BIO_s_mem()), let outgoing = BIO_new(BIO_s_mem()) else {
+        do throws(TLSError) {
+            try configure(ssl, context: context, serverName: serverName)
+            return ssl
+        } catch {
             SSL_free(ssl)
+            throw error
+        }
+    }
+
+    private static func configure(_ ssl: OpaquePointer, context: TLSContext, serverName: String?) throws(TLSError) {
+        guard let incoming = BIO_new(BIO_s_mem()) else { throw TLSError.openSSL(.handshakeFailed, "creating memory BIOs") }
+        guard let outgoing = BIO_new(BIO_s_mem()) else {
+            BIO_free(incoming)
             throw TLSError.openSSL(.handshakeFailed, "creating memory BIOs")
         }
         // An empty input BIO means "wait for more", not end of file.
         _ = cssl_BIO_set_mem_eof_return(incoming, -1)
         // The session owns both BIOs from here on; SSL_free frees them.
         SSL_set_bio(ssl, incoming, outgoing)
-        self.context = context
-        self.ssl = ssl
-        self.incoming = incoming
-        self.outgoing = outgoing
-        self.peerName = serverName
 
         let configuration = context.configuration
         guard configuration.role == .client else {
@@ -63,20 +84,18 @@ final class TLSSession {
             // SNI is for DNS names only (RFC 6066 §3).
             _ = cssl_set_tlsext_host_name(ssl, serverName)
         }
-        if configuration.certificateVerification == .fullVerification {
-            // A wildcard may only stand for a whole leftmost label.
-            SSL_set_hostflags(ssl, UInt32(X509_CHECK_FLAG_NO_PARTIAL_WILDCARDS))
-            let accepted: Int32
-            if isIPLiteral {
-                let literal = serverName.hasPrefix("[") ? String(serverName.dropFirst().dropLast()) : serverName
-                accepted = X509_VERIFY_PARAM_set1_ip_asc(SSL_get0_param(ssl), literal)
-            } else {
-                accepted = SSL_set1_host(ssl, serverName)
-            }
-            guard accepted == 1 else {
-                SSL_free(ssl)
-                throw TLSError.openSSL(.invalidConfiguration, "setting the expected peer name \(serverName)")
-            }
+        guard configuration.certificateVerification == .fullVerification else { return }
+        // A wildcard may only stand for a whole leftmost label.
+        SSL_set_hostflags(ssl, UInt32(X509_CHECK_FLAG_NO_PARTIAL_WILDCARDS))
+        let accepted: Int32
+        if isIPLiteral {
+            let literal = serverName.hasPrefix("[") ? String(serverName.dropFirst().dropLast()) : serverName
+            accepted = X509_VERIFY_PARAM_set1_ip_asc(SSL_get0_param(ssl), literal)
+        } else {
+            accepted = SSL_set1_host(ssl, serverName)
+        }
+        guard accepted == 1 else {
+            throw TLSError.openSSL(.invalidConfiguration, "setting the expected peer name \(serverName)")
         }
     }
 
