@@ -18,17 +18,19 @@ public final class PostfixInstance: Sendable {
     private let master: PeerProcess
 
     /// Starts an instance, or returns nil (saying why, and failing under CI) when Postfix is
-    /// missing or the tests do not run as root.
-    public static func start(tlsCertificate: String? = nil, tlsKey: String? = nil) async throws -> PostfixInstance? {
+    /// missing or the tests do not run as root. `mainCF` lines are added to its `main.cf`
+    /// (restrictions for a test, say).
+    public static func start(tlsCertificate: String? = nil, tlsKey: String? = nil, mainCF: String = "") async throws
+        -> PostfixInstance? {
         guard let postfix = requirePeer("postfix", install: "apt-get install postfix") else { return nil }
         guard getuid() == 0 else {
             peerUnavailable("a private Postfix instance needs root (its master runs as root)")
             return nil
         }
-        return try await PostfixInstance(postfix: postfix, tlsCertificate: tlsCertificate, tlsKey: tlsKey)
+        return try await PostfixInstance(postfix: postfix, tlsCertificate: tlsCertificate, tlsKey: tlsKey, mainCF: mainCF)
     }
 
-    private init(postfix: String, tlsCertificate: String?, tlsKey: String?) async throws {
+    private init(postfix: String, tlsCertificate: String?, tlsKey: String?, mainCF: String) async throws {
         self.postfix = postfix
         // Short: Postfix's Unix sockets live under the queue directory (108-byte path limit).
         directory = "/tmp/sluice-pf-\(UUID().uuidString.prefix(8))"
@@ -89,6 +91,7 @@ public final class PostfixInstance: Sendable {
             capture unix - n n - - pipe flags= user=nobody argv=/bin/sh -c { /bin/cat > \(mailDirectory)/.${queue_id} && /bin/mv \(mailDirectory)/.${queue_id} \(mailDirectory)/${queue_id} }
 
             """
+        main += mainCF.isEmpty ? "" : mainCF + "\n"
         try main.write(toFile: directory + "/etc/main.cf", atomically: true, encoding: .utf8)
         try services.write(toFile: directory + "/etc/master.cf", atomically: true, encoding: .utf8)
         refused.close()

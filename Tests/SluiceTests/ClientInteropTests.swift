@@ -136,6 +136,41 @@ struct ClientInteropTests {
         }
     }
 
+    /// Postfix's smtpd refusing recipients by its access table (a 550 and a 450), with
+    /// PIPELINING and CHUNKING: each refusal comes out as the failure table says.
+    @Test(.needsPeers(executables: ["postfix"])) func postfixsRefusalsAreClassifiedAsTheFailureTableSays() async throws {
+        let access = "inline:{{gone@example.org=550 5.1.1 no such user}, {later@example.org=450 4.2.1 mailbox busy}}"
+        guard let postfix = try await PostfixInstance.start(
+            mainCF: "smtpd_recipient_restrictions = check_recipient_access \(access), permit_mynetworks, reject")
+        else { return }
+        try await withCleanup {
+            var configuration = SMTPClient.Configuration(host: "127.0.0.1", port: postfix.port, security: .none)
+            configuration.retry = .none
+            let client = try SMTPClient(configuration: configuration)
+            @Sendable func send(_ recipients: String...) async throws -> (DeliveryReport, SMTPError?) {
+                do {
+                    return (try await client.send(testMessage(), envelope: try Envelope(from: "s@example.com", to: recipients)), nil)
+                } catch let error as SMTPError {
+                    return (try #require(error.report), error)
+                }
+            }
+            try await withDeadline(.seconds(60), "sending to Postfix") {
+                let gone = try await send("gone@example.org")
+                #expect(gone.0.outcome == .rejected && gone.1?.command == "RCPT" && gone.1?.code == 550, "\(gone.0)")
+                #expect(gone.1?.description.contains("no such user") == true, "\(String(describing: gone.1))")
+                let later = try await send("later@example.org", "gone@example.org")
+                #expect(later.0.outcome == .deferred && later.1?.code == 450 && later.1?.isTransient == true, "\(later.0)")
+                #expect(later.0.recipients.map(\.status) == [.deferred, .rejected])
+                let some = try await send("a@example.org", "gone@example.org")
+                #expect(some.0.outcome == .partiallyAccepted && some.1 == nil, "\(some.0)")
+                #expect(some.0.recipients.map(\.status) == [.accepted, .rejected])
+            }
+            await client.shutdown()
+        } cleanup: {
+            await postfix.stop()
+        }
+    }
+
     /// aiosmtpd over STARTTLS with XOAUTH2 and OAUTHBEARER written here from their specs
     /// (Google's XOAUTH2 document, RFC 7628): `good-token` for user `app` is accepted; any other
     /// token gets the JSON error challenge, and only the answer the spec asks for (an empty
