@@ -327,8 +327,10 @@ struct PoolStateMachine<Job: AnyObject> {
             tokens = min(Double(limit.burst), tokens + (now - last).seconds * limit.messagesPerSecond)
         }
         tokensUpdatedAt = now
-        if tokens >= 1 {
-            tokens -= 1
+        // Refills add up in floating point (ten 0.1s make 0.9999999999999999): a token a
+        // billionth short is a whole one, or a wake-up every 10 ms would lose one in ten.
+        if tokens >= 1 - 1e-9 {
+            tokens = max(0, tokens - 1)
             return true
         }
         let wait = (1 - tokens) / limit.messagesPerSecond
