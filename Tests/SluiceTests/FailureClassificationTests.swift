@@ -35,6 +35,8 @@ struct FailureClassificationTests {
         /// Whether each recipient carries the reply too (a reply that broke the protocol is
         /// not trusted to say anything of them).
         var recipientsCarryTheReply = true
+        /// The whole error message, where a cell pins it: each thing said once.
+        var message: String?
 
         var testDescription: String { name }
 
@@ -62,11 +64,13 @@ struct FailureClassificationTests {
     static let cells: [Cell] = [
         // Permanent, not the recipients' own: failed.
         Cell(name: "554 greeting", peer: scripted([:], greeting: "554 5.3.2 no service here\r\n"),
-             outcome: .failed, kind: "connection", code: 554),
+             outcome: .failed, kind: "connection", code: 554,
+             message: "SMTP connection: the server refused the session [554 5.3.2 no service here]"),
         Cell(name: "5xx to EHLO and HELO", peer: scripted(["EHLO": "550 5.7.1 go away\r\n", "HELO": "550 5.7.1 go away\r\n"]),
              outcome: .failed, kind: "connection", command: "HELO", code: 550),
         Cell(name: "535 to AUTH", peer: scripted(["EHLO": ehloAuth, "AUTH": "535 5.7.8 authentication failed\r\n"]),
-             authenticates: true, outcome: .failed, kind: "authentication", command: "AUTH", code: 535),
+             authenticates: true, outcome: .failed, kind: "authentication", command: "AUTH", code: 535,
+             message: "SMTP authentication (AUTH): the server refused authentication [535 5.7.8 authentication failed]"),
         Cell(name: "STARTTLS required and not offered", peer: scripted([:]), security: "starttls",
              outcome: .failed, kind: "tls"),
         Cell(name: "a certificate that does not verify", peer: .untrustedCertificate, security: "starttls",
@@ -76,7 +80,8 @@ struct FailureClassificationTests {
         Cell(name: "550 to MAIL", peer: scripted(["MAIL": "550 5.7.1 sender refused\r\n"]),
              outcome: .rejected, kind: "rejected", command: "MAIL", code: 550),
         Cell(name: "550 to every RCPT", peer: scripted(["RCPT": "550 5.1.1 no such user\r\n"]),
-             outcome: .rejected, kind: "rejected", command: "RCPT", code: 550),
+             outcome: .rejected, kind: "rejected", command: "RCPT", code: 550,
+             message: "SMTP rejected (RCPT): the server refused every recipient [550 5.1.1 no such user]"),
         Cell(name: "554 to the end of data", peer: scripted(["<end of data>": "554 5.7.1 spam\r\n"]),
              outcome: .rejected, kind: "rejected", command: "DATA", code: 554),
         // Transient: deferred.
@@ -94,7 +99,8 @@ struct FailureClassificationTests {
              outcome: .deferred, kind: "connection", command: "RCPT", code: 421),
         Cell(name: "a refused connection", peer: .refusedPort, outcome: .deferred, kind: "connection"),
         Cell(name: "no greeting in time", peer: scripted([:], greeting: ""), timeout: 1,
-             outcome: .deferred, kind: "timeout", command: "the greeting"),
+             outcome: .deferred, kind: "timeout", command: "the greeting",
+             message: "SMTP timeout (the greeting): no reply in time"),
         Cell(name: "a protocol violation", peer: scripted(["DATA": "250 2.0.0 taken without content\r\n"]),
              outcome: .deferred, kind: "protocolViolation", command: "DATA", code: 250, recipientsCarryTheReply: false),
     ]
@@ -143,6 +149,13 @@ struct FailureClassificationTests {
             #expect(error.code == cell.code, "\(cell.name): \(error)")
             let code = cell.recipientsCarryTheReply ? cell.code : nil
             #expect(report.recipients.allSatisfy { $0.code == code }, "\(cell.name): \(report)")
+            // The message says each thing once: the command, the reply.
+            let text = error.description
+            if let command = cell.command {
+                #expect(text.components(separatedBy: "(\(command))").count == 2, "\(cell.name): \(text)")
+            }
+            if let code = cell.code { #expect(text.components(separatedBy: "\(code) ").count == 2, "\(cell.name): \(text)") }
+            if let message = cell.message { #expect(text == message) }
         }
         await client.shutdown()
         await peer.stop()

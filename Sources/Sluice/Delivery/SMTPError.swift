@@ -139,7 +139,9 @@ public struct SMTPError: Error, Sendable, Hashable, CustomStringConvertible {
             case .cancelled: .cancelled
             default: .connection  // greeting refused, EHLO rejected, 421, connection lost
             }
-        self.init(kind, error.description, reply: error.reply, command: error.command,
+        // The session error's own words; its kind, command and reply are said once, by this
+        // error's description.
+        self.init(kind, error.detail, reply: error.reply, command: error.command,
                   isTransient: error.isTransient, sessionError: error)
     }
 
@@ -187,10 +189,12 @@ public struct SMTPError: Error, Sendable, Hashable, CustomStringConvertible {
     }
 
     public var description: String {
+        // Each thing once: `SMTP authentication (AUTH): the server refused authentication
+        // [535 5.7.8 Error: authentication failed]`.
         var text = "SMTP \(kind)"
-        if let command, sessionError == nil { text += " (\(command))" }  // the session error names it
+        if let command { text += " (\(command))" }
         text += ": \(detail.controlCharactersEscaped)"
-        if let reply, sessionError?.reply != reply { text += " [\(reply)]" }
+        if let reply { text += " [\(reply)]" }
         return text
     }
 

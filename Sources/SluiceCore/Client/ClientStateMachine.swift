@@ -343,7 +343,7 @@ public struct ClientStateMachine: Sendable {
             return []
         default:
             let what = outstanding.first.map(Self.verb) ?? phaseName
-            fail(SMTPSessionError(.timeout, "no reply to \(what) in time", command: what))
+            fail(SMTPSessionError(.timeout, "no reply in time", command: what))
             return finish()
         }
     }
