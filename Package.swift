@@ -1,9 +1,10 @@
 // swift-tools-version: 6.1
 //
-// Sluice — an event-driven, asynchronous SMTP engine for Swift on Linux.
+// Sluice — an event-driven, asynchronous SMTP engine for Swift on Linux (only: the C shims use
+// Linux interfaces such as prctl and SOCK_NONBLOCK, so no other platform is declared).
 // Layers (dependencies point down only) are described in ../shared/DESIGN.md:
 //
-//   sluice (CLI) ─┬─ Sluice ──────────┬─ SluiceTransport ─┬─ CLibUV
+//   SluiceCLI ────┬─ Sluice ──────────┬─ SluiceTransport ─┬─ CLibUV
 //                 └─ SluiceSink ──────┘                   └─ COpenSSL
 //                    Sluice ─ SluiceMIME ─ SluiceCore (pure Swift, no I/O; SluiceMIME
 //                                          links GNU libidn2 for IDNA, through CIDN2)
@@ -20,14 +21,13 @@ let strict: [SwiftSetting] = [
 
 let package = Package(
     name: "sluice",
-    platforms: [.macOS(.v15)],
     products: [
         .library(name: "Sluice", targets: ["Sluice"]),
         .library(name: "SluiceCore", targets: ["SluiceCore"]),
         .library(name: "SluiceMIME", targets: ["SluiceMIME"]),
         .library(name: "SluiceTransport", targets: ["SluiceTransport"]),
         .library(name: "SluiceSink", targets: ["SluiceSink"]),
-        .executable(name: "sluice", targets: ["sluice"]),
+        .executable(name: "sluice", targets: ["SluiceCLI"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-log", from: "1.16.2"),
@@ -41,17 +41,17 @@ let package = Package(
         .systemLibrary(
             name: "CLibUV",
             pkgConfig: "libuv",
-            providers: [.apt(["libuv1-dev"]), .brew(["libuv"])]
+            providers: [.apt(["libuv1-dev"])]
         ),
         .systemLibrary(
             name: "COpenSSL",
             pkgConfig: "openssl",
-            providers: [.apt(["libssl-dev"]), .brew(["openssl@3"])]
+            providers: [.apt(["libssl-dev"])]
         ),
         .systemLibrary(
             name: "CIDN2",
             pkgConfig: "libidn2",
-            providers: [.apt(["libidn2-dev"]), .brew(["libidn2"])]
+            providers: [.apt(["libidn2-dev"])]
         ),
 
         // MARK: Layers
@@ -83,7 +83,7 @@ let package = Package(
             swiftSettings: strict
         ),
         .executableTarget(
-            name: "sluice",
+            name: "SluiceCLI",
             dependencies: [
                 "Sluice",
                 "SluiceMIME",
