@@ -73,7 +73,10 @@ struct RoundTripPropertyTests {
                 }
             }
         }
-        #expect(valid.value > 100, "the generator must produce valid addresses too (\(valid.value))")
+        // About 130 of the 3,000 are valid (σ ≈ 11): a bound of 100 failed once in a few
+        // hundred runs (exactly 100, under TSan in CI). 30 is nine σ below the mean and still
+        // proves that the property was checked on valid addresses.
+        #expect(valid.value > 30, "the generator must produce valid addresses too (\(valid.value))")
     }
 }
 
