@@ -95,7 +95,7 @@ final class SinkShared: Sendable {
 }
 
 /// One SMTP session: the server state machine joined to a connection, on its loop.
-final class SinkSession: ConnectionHandler, @unchecked Sendable {
+final class SinkSession: ConnectionHandler, EndOfIterationWork, @unchecked Sendable {
     // Every mutable field is touched on the connection's loop thread only: the handler
     // methods run there, and each closure that captures the session (timers, the store's
     // completion) runs there or hops there with loop.execute before touching anything.
@@ -117,6 +117,10 @@ final class SinkSession: ConnectionHandler, @unchecked Sendable {
     @exclusivity(unchecked) private var holdTimer: LoopTimer?
     @exclusivity(unchecked) private var outbox: [Out] = []
     @exclusivity(unchecked) private var isClosed = false
+    /// Replies not yet written: they go out at the end of the loop's iteration (see
+    /// ``write(_:)``).
+    @exclusivity(unchecked) private var unwritten: [UInt8] = []
+    @exclusivity(unchecked) private var flushScheduled = false
 
     private enum Out {
         case write([UInt8])
@@ -308,12 +312,12 @@ final class SinkSession: ConnectionHandler, @unchecked Sendable {
     private func execute(_ out: Out) {
         switch out {
         case .write(let bytes):
-            // Written with whatever else this loop iteration answers, in one write at its end
-            // (the transport's batching): replies back to back find the client awake.
-            connection.bufferWrite(bytes)
+            write(bytes)
         case .close:
-            connection.close()  // a graceful close sends what was written first
+            flush()
+            connection.close()
         case .startTLS:
+            flush()
             guard let context = shared.configuration.tls else {
                 connection.close(error: TransportError(.invalidArgument, "STARTTLS without a certificate"))
                 return
@@ -324,6 +328,35 @@ final class SinkSession: ConnectionHandler, @unchecked Sendable {
                 perform(machine.tlsEstablished())
             }
         }
+    }
+
+    /// Queues `bytes` to be written once the loop has handled every connection ready in this
+    /// iteration, with whatever else this session answers meanwhile. Writing each reply at
+    /// once woke a client that had gone to sleep between its connections' replies (one
+    /// wake-up, paid by the writer, per message); replies written back to back find it
+    /// awake. A close or STARTTLS flushes first, at once.
+    private func write(_ bytes: [UInt8]) {
+        if unwritten.isEmpty {
+            unwritten = bytes
+        } else {
+            unwritten += bytes
+        }
+        guard !flushScheduled else { return }
+        flushScheduled = true
+        connection.eventLoop.deferToEndOfIteration(self)
+    }
+
+    /// The flush ``write(_:)`` deferred (the loop calls it).
+    func endOfIteration() {
+        flushScheduled = false
+        flush()
+    }
+
+    /// Writes the queued replies now.
+    private func flush() {
+        guard !unwritten.isEmpty else { return }
+        connection.enqueueWrite(unwritten)
+        unwritten.removeAll(keepingCapacity: true)
     }
 }
 

@@ -9,14 +9,11 @@ import Glibc
 /// - From any task: ``write(_:)-(SharedBytes)``, ``startTLS(context:serverName:)``, ``close()``
 ///   suspend until the loop says the work is done.
 /// - From its ``ConnectionHandler``, on the loop: ``enqueueWrite(_:completion:)``,
-///   ``pauseReading()``, ``resumeReading()``, ``close(error:)`` act at once, without a hop;
-///   ``bufferWrite(_:)-([SharedBytes])`` gathers what one loop iteration writes and sends it in
-///   one write at the iteration's end (or at ``flush()``, ``close(error:)`` or
-///   ``startTLS(context:serverName:completion:)``).
+///   ``pauseReading()``, ``resumeReading()``, ``close(error:)`` act at once, without a hop.
 ///
 /// Memory: the libuv handle is heap-allocated; its `data` holds this object retained, and both
 /// are released only in the close callback. A write owns its buffers until its write callback.
-public final class Connection: @unchecked Sendable, LoopResource, EndOfIterationWork {
+public final class Connection: @unchecked Sendable, LoopResource {
     // Thread-safety: `eventLoop`, `options`, `handle` (the pointer) are immutable. `addresses`
     // is guarded by its lock. Every other field is touched on `eventLoop`'s thread only.
 
@@ -52,12 +49,6 @@ public final class Connection: @unchecked Sendable, LoopResource, EndOfIteration
     }
     private var tls: TLSState = .none
     private var writesAwaitingHandshake: [([SharedBytes], ((TransportError?) -> Void)?)] = []
-    /// What ``bufferWrite(_:)-([SharedBytes])`` gathered since the last flush: shared pieces,
-    /// then the bytes written after the last of them (copied into a piece of their own only
-    /// when a piece follows them).
-    private var batchPieces: [SharedBytes] = []
-    private var batchTail: [UInt8] = []
-    private var flushScheduled = false
 
     private var handler: (any ConnectionHandler)?
     private var pausedByHandler = false
@@ -288,7 +279,6 @@ public final class Connection: @unchecked Sendable, LoopResource, EndOfIteration
         guard case .none = tls else {
             preconditionFailure("startTLS called on a connection that already has TLS")
         }
-        flush()  // what was written before TLS goes out before it, in plaintext
         let session: TLSSession
         do {
             session = try TLSSession(context: context, serverName: serverName)
@@ -331,65 +321,6 @@ public final class Connection: @unchecked Sendable, LoopResource, EndOfIteration
         } else {
             completion?(nil)
         }
-    }
-
-    // MARK: Writing, batched per loop iteration
-
-    /// Adds `chunks` to what this loop iteration writes; they go out, with everything else
-    /// written before the iteration ends, in one vectored write. No copy is made. Loop
-    /// thread only.
-    ///
-    /// Writing once per iteration rather than once per event is what keeps a pipelining peer
-    /// awake: a single-threaded server such as Postfix's smtp-sink drained one connection and
-    /// slept before the next write came, and waking it cost the writer more than the write.
-    /// Against smtp-sink, writes gathered per iteration made 0.68 wake-ups a message 0.05.
-    public func bufferWrite(_ chunks: [SharedBytes]) {
-        guard !chunks.isEmpty else { return }
-        if !batchTail.isEmpty {
-            batchPieces.append(batchTail.withUnsafeBytes { SharedBytes(copying: $0) })
-            batchTail.removeAll(keepingCapacity: true)
-        }
-        batchPieces.append(contentsOf: chunks)
-        scheduleFlush()
-    }
-
-    /// Adds `bytes` to what this loop iteration writes (see
-    /// ``bufferWrite(_:)-([SharedBytes])``). They are copied only if a piece follows them or
-    /// the socket does not take them at once. Loop thread only.
-    public func bufferWrite(_ bytes: [UInt8]) {
-        guard !bytes.isEmpty else { return }
-        if batchTail.isEmpty {
-            batchTail = bytes  // taken as it is: most iterations write one reply or one batch
-        } else {
-            batchTail += bytes
-        }
-        scheduleFlush()
-    }
-
-    /// Writes what ``bufferWrite(_:)-([SharedBytes])`` gathered, now. Loop thread only.
-    public func flush() {
-        guard !batchPieces.isEmpty || !batchTail.isEmpty else { return }
-        enqueueWrite(batchPieces, then: batchTail)
-        batchPieces.removeAll(keepingCapacity: true)
-        batchTail.removeAll(keepingCapacity: true)
-    }
-
-    /// The flush deferred to the end of the iteration; the loop calls it.
-    func endOfIteration() {
-        flushScheduled = false
-        flush()
-    }
-
-    private func scheduleFlush() {
-        guard !flushScheduled else { return }
-        flushScheduled = true
-        eventLoop.deferToEndOfIteration(self)
-    }
-
-    /// Forgets what was gathered and not written (the connection is going away abortively).
-    private func dropBatch() {
-        batchPieces.removeAll()
-        batchTail.removeAll()
     }
 
     // MARK: Writing
@@ -548,7 +479,6 @@ public final class Connection: @unchecked Sendable, LoopResource, EndOfIteration
             closeNow(error)
             return
         }
-        if state == .open { flush() }  // a graceful close sends what was written first
         switch state {
         case .open:
             break
@@ -585,7 +515,6 @@ public final class Connection: @unchecked Sendable, LoopResource, EndOfIteration
         case .connecting, .open, .shuttingDown:
             break
         }
-        dropBatch()
         if closeError == nil { closeError = error }
         state = .closing
         gracefulCloseTimer?.cancel()
