@@ -219,7 +219,7 @@ public final class EventLoop: @unchecked Sendable {
     /// current iteration's I/O callbacks are done. Unlike a closure, deferring an object
     /// allocates nothing: a connection that defers its write every iteration uses this.
     /// Loop thread only.
-    public func deferToEndOfIteration(_ work: any EndOfIterationWork) {
+    package func deferToEndOfIteration(_ work: any EndOfIterationWork) {
         schedule(.object(work))
     }
 
@@ -251,7 +251,7 @@ public final class EventLoop: @unchecked Sendable {
 
 /// An object with work to do once per loop iteration, after the iteration's I/O callbacks
 /// (see ``EventLoop/deferToEndOfIteration(_:)-(any EndOfIterationWork)``).
-public protocol EndOfIterationWork: AnyObject {
+package protocol EndOfIterationWork: AnyObject {
     /// Does the deferred work, on the loop's thread.
     func endOfIteration()
 }

@@ -15,13 +15,13 @@ import Darwin
 /// per message) get it specialised, with no generic call or closure context; and the value
 /// lives behind a pointer, which the mutex already makes exclusive, so its access is not
 /// checked again at run time as a class's stored property would be.
-public final class Locked<Value>: @unchecked Sendable {
+package final class Locked<Value>: @unchecked Sendable {
     // `value` is only touched with `mutex` held.
     private let mutex: UnsafeMutablePointer<pthread_mutex_t>
     @usableFromInline let value: UnsafeMutablePointer<Value>
 
     /// A lock guarding `value`.
-    public init(_ value: Value) {
+    package init(_ value: Value) {
         // One allocation holds both, the value after the mutex at its own alignment: a lock
         // made per call (a single send makes one) costs one `malloc` beside the object.
         let block = UnsafeMutableRawPointer.allocate(
@@ -50,7 +50,7 @@ public final class Locked<Value>: @unchecked Sendable {
 
     /// Runs `body` with the value, the lock held.
     @inlinable
-    public func withLock<Result, Failure: Error>(_ body: (inout Value) throws(Failure) -> Result) throws(Failure) -> Result {
+    package func withLock<Result, Failure: Error>(_ body: (inout Value) throws(Failure) -> Result) throws(Failure) -> Result {
         lock()
         defer { unlock() }
         return try body(&value.pointee)
