@@ -120,7 +120,7 @@ func respond(_ server: inout ServerStateMachine, _ input: [UInt8]) -> [UInt8] {
             switch action {
             case .write(let bytes): out += bytes
             case .deliver: next += server.deliveryFinished(.stored(id: "x"))
-            case .startTLS, .close: break
+            case .startTLS, .close, .authenticationFailed: break
             }
         }
         actions = next
