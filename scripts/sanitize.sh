@@ -38,6 +38,9 @@ export LSAN_OPTIONS="suppressions=$root/scripts/sanitizers/lsan.supp:print_suppr
 if [ "$sanitizer" = thread ]; then export SLUICE_TEST_TIME_SCALE=${SLUICE_TEST_TIME_SCALE:-8}
 else export SLUICE_TEST_TIME_SCALE=${SLUICE_TEST_TIME_SCALE:-4}; fi
 export TSAN_OPTIONS="suppressions=$root/scripts/sanitizers/tsan.supp:halt_on_error=1:second_deadlock_stack=1:log_path=$reports/tsan"
+# Tests that must know which run this is (a test too load-sensitive for the parallel runs)
+# read this: both sanitizers' options are exported whichever runs.
+export SLUICE_SANITIZER="$sanitizer"
 echo "sanitize: running the tests under $sanitizer"
 status=0
 swift test --skip-build --sanitize="$sanitizer" --scratch-path "$scratch" "$@" 2>&1 | tee "$log" || status=$?

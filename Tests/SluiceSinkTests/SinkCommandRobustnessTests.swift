@@ -153,12 +153,16 @@ struct SinkCommandRobustnessTests {
         #expect(!warnings.isEmpty && warnings.count <= 3, "logged once per interval, not per failed accept: \(warnings.count) lines")
     }
 
-    /// Whether this is one of CI's parallel runs (the main suite or AddressSanitizer), not its
-    /// serial ThreadSanitizer run.
+    /// Whether this is one of CI's parallel runs (the main suite, or AddressSanitizer's), not
+    /// its serial ThreadSanitizer run. `scripts/sanitize.sh` says which sanitizer runs
+    /// (it exports both sanitizers' options whichever it is).
     static var inParallelCIRun: Bool {
         let environment = ProcessInfo.processInfo.environment
-        guard environment["TSAN_OPTIONS"] == nil else { return false }
-        return environment["CI"] == "true" || environment["ASAN_OPTIONS"] != nil
+        switch environment["SLUICE_SANITIZER"] {
+        case "thread": return false
+        case "address": return true
+        default: return environment["CI"] == "true"
+        }
     }
 
     @Test func benchRefusesMoreConnectionsThanItsDescriptorsAllow() async throws {
