@@ -256,14 +256,8 @@ final class MessageStore: Sendable {
         guard fsync(fd) == 0 else { throw fail("syncing \(path)") }
     }
 
-    private static func mboxDate() -> String {
-        var now = time(nil)
-        var parts = tm()
-        gmtime_r(&now, &parts)
-        var buffer = [CChar](repeating: 0, count: 64)
-        strftime(&buffer, buffer.count, "%a %b %e %H:%M:%S %Y", &parts)
-        return String(decoding: buffer.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
-    }
+    /// The `From ` line's date, `asctime` style, in UTC.
+    private static func mboxDate() -> String { utcTime(Int(time(nil)), "%a %b %e %H:%M:%S %Y") }
 }
 
 extension String {

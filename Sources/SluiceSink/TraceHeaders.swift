@@ -81,11 +81,17 @@ extension StoredMessage {
 
     /// `Sat, 05 Dec 2026 01:40:00 +0000` (RFC 5322 §3.3), in UTC.
     static func rfc5322Date(_ sinceEpoch: Duration) -> String {
-        var seconds = time_t(sinceEpoch.components.seconds)
-        var parts = tm()
-        gmtime_r(&seconds, &parts)
-        var buffer = [CChar](repeating: 0, count: 64)
-        strftime(&buffer, buffer.count, "%a, %d %b %Y %H:%M:%S +0000", &parts)
-        return String(decoding: buffer.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
+        utcTime(Int(sinceEpoch.components.seconds), "%a, %d %b %Y %H:%M:%S +0000")
     }
+}
+
+/// `seconds` since the Unix epoch, in UTC, written by `strftime` with `format`: the sink's
+/// one way of writing a time (the mbox `From ` line, the `Received:` field).
+func utcTime(_ seconds: Int, _ format: String) -> String {
+    var time = time_t(seconds)
+    var parts = tm()
+    gmtime_r(&time, &parts)
+    var buffer = [CChar](repeating: 0, count: 64)
+    strftime(&buffer, buffer.count, format, &parts)
+    return String(decoding: buffer.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
 }
