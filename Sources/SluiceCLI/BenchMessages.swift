@@ -66,7 +66,7 @@ struct BenchMessages: Sendable {
     static func generated(size: Int, from: String, to: String, subject: String, headers: [String],
                           signers: [DKIMSigner]) throws -> BenchMessages {
         var text = "From: Sluice Bench <\(from)>\r\nTo: <\(to)>\r\nSubject: \(subject)\r\n"
-        text += "Date: \(rfc5322Date())\r\nMIME-Version: 1.0\r\nContent-Type: text/plain; charset=us-ascii\r\n"
+        text += "Date: \(MessageEncoder.dateString(Date()))\r\nMIME-Version: 1.0\r\nContent-Type: text/plain; charset=us-ascii\r\n"
         for header in headers { text += header + "\r\n" }
         text += "\r\n"
         let overhead = "Message-ID: <.@\(domain(of: from))>\r\n".utf8.count + digitCount + runIDLength
@@ -109,13 +109,5 @@ struct BenchMessages: Sendable {
 
     private static func domain(of address: String) -> String {
         address.split(separator: "@").last.map(String.init) ?? "sluice.test"
-    }
-
-    private static func rfc5322Date() -> String {
-        let formatter = DateFormatter()
-        formatter.locale = Locale(identifier: "en_US_POSIX")
-        formatter.timeZone = TimeZone(identifier: "UTC")
-        formatter.dateFormat = "EEE, d MMM yyyy HH:mm:ss '+0000'"
-        return formatter.string(from: Date())
     }
 }

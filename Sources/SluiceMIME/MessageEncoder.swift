@@ -1,10 +1,10 @@
-import Foundation
+package import Foundation
 internal import SluiceCore
 
 /// Turns a ``Message`` into its RFC 5322 / MIME bytes, in one buffer: the header section,
 /// then the body tree (text parts chosen 7bit, 8bit, quoted-printable or base64; attachments
 /// base64; multiparts with boundaries that cannot occur in their content).
-struct MessageEncoder {
+package struct MessageEncoder {
     let options: EncodingOptions
     private var output: [UInt8] = []
     /// Where the message's header section ends (after its empty line).
@@ -183,8 +183,9 @@ struct MessageEncoder {
                as: UTF8.self)
     }
 
-    /// RFC 5322 §3.3 date-time in UTC: `Mon, 23 Nov 2026 23:31:07 +0000`.
-    static func dateString(_ date: Date) -> String {
+    /// RFC 5322 §3.3 date-time in UTC: `Mon, 23 Nov 2026 23:31:07 +0000`. The package's one
+    /// writer of a `Date:` field (`sluice bench` dates its messages with it too).
+    package static func dateString(_ date: Date) -> String {
         let seconds = Int64(date.timeIntervalSince1970.rounded(.down))
         var days = seconds >= 0 ? seconds / 86_400 : (seconds - 86_399) / 86_400
         let secondOfDay = Int(seconds - days * 86_400)
