@@ -267,11 +267,7 @@ struct SendResult: Encodable {
         }
     }
 
-    var json: String {
-        let encoder = JSONEncoder()
-        encoder.outputFormatting = [.sortedKeys, .withoutEscapingSlashes]
-        return String(decoding: (try? encoder.encode(self)) ?? Data("{}".utf8), as: UTF8.self).jsonControlsEscaped
-    }
+    var json: String { compactJSON(self) }
 
     /// One line per recipient and a summary, for people (the error goes to stderr).
     static func text(report: DeliveryReport?) -> String {
@@ -324,11 +320,15 @@ struct DryRun: Encodable {
         return Array((head + "\r\n").utf8) + bytes
     }
 
-    var json: String {
-        let encoder = JSONEncoder()
-        encoder.outputFormatting = [.sortedKeys, .withoutEscapingSlashes]
-        return String(decoding: (try? encoder.encode(self)) ?? Data("{}".utf8), as: UTF8.self)
-    }
+    var json: String { compactJSON(self) }
+}
+
+/// `value` as one line of JSON, keys sorted, with DEL and C1 controls escaped too (see
+/// `jsonControlsEscaped`): what `send --json` prints, for a report or a dry run.
+func compactJSON(_ value: some Encodable) -> String {
+    let encoder = JSONEncoder()
+    encoder.outputFormatting = [.sortedKeys, .withoutEscapingSlashes]
+    return String(decoding: (try? encoder.encode(value)) ?? Data("{}".utf8), as: UTF8.self).jsonControlsEscaped
 }
 
 /// Writes log messages to stderr as they are: the transcript's `C:`/`S:` lines at trace level,
