@@ -197,12 +197,8 @@ struct BenchCommand: AsyncParsableCommand {
     /// `--header` values, each `Name: value` with a name a header may have.
     func checkedHeaders() throws -> [String] {
         try header.map { line in
-            guard let colon = line.firstIndex(of: ":"), colon != line.startIndex,
-                  line[..<colon].unicodeScalars.allSatisfy({ $0.value > 32 && $0.value < 127 }),
-                  !line.contains("\r"), !line.contains("\n") else {
-                throw ValidationError("--header '\(line)' is not 'Name: value' on one line")
-            }
-            return line
+            let (name, value) = try parseHeaderFlag(line)
+            return "\(name): \(value)"
         }
     }
 

@@ -137,9 +137,7 @@ struct SendCommand: AsyncParsableCommand {
             message.attachments.append(Attachment(contentsOfFile: path))
         }
         for line in header {
-            guard let colon = line.firstIndex(of: ":") else { throw ValidationError("--header '\(line)' is not 'Name: value'") }
-            let name = String(line[..<colon])
-            let value = String(line[line.index(after: colon)...]).trimmingCharacters(in: .whitespaces)
+            let (name, value) = try parseHeaderFlag(line)
             message.headers.append(Header(name, value))
         }
         return try OutgoingMail(message, signers: signers)

@@ -45,6 +45,18 @@ func settingUp<T>(_ command: String, nothingSent: Bool = false, _ body: () throw
     }
 }
 
+/// A `--header 'Name: value'` flag (for `send` and `bench`): the name, printable ASCII
+/// without a colon, and the value with its surrounding blanks trimmed. One line only: a CR
+/// or LF would start a header of its own (`X-Note: a\r\nBcc: …`).
+func parseHeaderFlag(_ line: String) throws -> (name: String, value: String) {
+    guard let colon = line.firstIndex(of: ":"), colon != line.startIndex,
+          line[..<colon].unicodeScalars.allSatisfy({ $0.value > 32 && $0.value < 127 }),
+          !line.contains("\r"), !line.contains("\n") else {
+        throw ValidationError("--header '\(line)' is not 'Name: value' on one line")
+    }
+    return (String(line[..<colon]), String(line[line.index(after: colon)...]).trimmingCharacters(in: .whitespaces))
+}
+
 /// The UTF-8 text of the file at `path`, given with command-line flag `flag`; a usage error
 /// naming the flag, the path and the reason when it cannot be read or is not UTF-8.
 func readTextFile(_ path: String, flag: String) throws -> String {
