@@ -107,7 +107,7 @@ struct BenchCommand: AsyncParsableCommand {
             let security = client.security ?? .none
             if security != .none {
                 // Real TLS, with a certificate made now that the client verifies.
-                let directory = try settingUp("bench", nothingSent: true) { try makeTemporaryDirectory() }
+                let directory = try settingUp("bench", nothingSent: true) { try makeTemporaryDirectory("sluice-bench") }
                 certificateDirectory = directory
                 let certificate = try settingUp("bench", nothingSent: true) { try SelfSignedCertificate(in: directory) }
                 sinkConfiguration.tls = try TLSContext(.server(certificateChainFile: certificate.certificateFile,
@@ -217,9 +217,10 @@ struct BenchCommand: AsyncParsableCommand {
     }
 }
 
-/// A fresh directory under the temporary directory.
-func makeTemporaryDirectory() throws -> String {
-    var template = Array((NSTemporaryDirectory() + "/sluice-bench-XXXXXX").utf8CString)
+/// A fresh directory under the temporary directory, `NAME-XXXXXX` (mkdtemp: new, and the
+/// owner's only).
+func makeTemporaryDirectory(_ name: String) throws -> String {
+    var template = Array((NSTemporaryDirectory() + "/\(name)-XXXXXX").utf8CString)
     guard let made = mkdtemp(&template) else {
         throw ValidationError("cannot make a temporary directory: \(String(cString: strerror(errno)))")
     }

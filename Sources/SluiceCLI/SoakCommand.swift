@@ -47,7 +47,7 @@ struct SoakCommand: AsyncParsableCommand {
 
     func run() async throws {
         let stderr = FileHandle.standardError
-        let directory = workDirectory ?? NSTemporaryDirectory() + "sluice-soak-\(getpid())"
+        let directory = try workDirectory ?? makeTemporaryDirectory("sluice-soak")
         try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
         defer { if workDirectory == nil { try? FileManager.default.removeItem(atPath: directory) } }
         let mbox = directory + "/soak.mbox"
