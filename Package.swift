@@ -4,8 +4,9 @@
 // Linux interfaces such as prctl and SOCK_NONBLOCK, so no other platform is declared).
 // Layers (dependencies point down only) are described in Documentation/Architecture.md:
 //
-//   SluiceCLI ────┬─ Sluice ──────────┬─ SluiceTransport ─┬─ CLibUV
-//                 └─ SluiceSink ──────┘                   └─ COpenSSL
+//   SluiceCLI ─┬─ SluiceOutbox ─ Sluice ─┬─ SluiceTransport ─┬─ CLibUV
+//              │  (CSQLite)              │                   └─ COpenSSL
+//              └─ SluiceSink ────────────┘
 //                    Sluice ─ SluiceMIME ─ SluiceCore (pure Swift, no I/O; SluiceMIME
 //                                          links GNU libidn2 for IDNA, through CIDN2)
 //
@@ -27,6 +28,7 @@ let package = Package(
         .library(name: "SluiceMIME", targets: ["SluiceMIME"]),
         .library(name: "SluiceTransport", targets: ["SluiceTransport"]),
         .library(name: "SluiceSink", targets: ["SluiceSink"]),
+        .library(name: "SluiceOutbox", targets: ["SluiceOutbox"]),
         .executable(name: "sluice", targets: ["SluiceCLI"]),
     ],
     dependencies: [
@@ -47,6 +49,11 @@ let package = Package(
             name: "COpenSSL",
             pkgConfig: "openssl",
             providers: [.apt(["libssl-dev"])]
+        ),
+        .systemLibrary(
+            name: "CSQLite",
+            pkgConfig: "sqlite3",
+            providers: [.apt(["libsqlite3-dev"])]
         ),
         .systemLibrary(
             name: "CIDN2",
@@ -82,10 +89,23 @@ let package = Package(
             dependencies: ["SluiceCore", "SluiceTransport"],
             swiftSettings: strict
         ),
+        .target(
+            name: "SluiceOutbox",
+            dependencies: [
+                "Sluice",
+                "SluiceMIME",
+                "SluiceTransport",
+                "CSQLite",
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "Metrics", package: "swift-metrics"),
+            ],
+            swiftSettings: strict
+        ),
         .executableTarget(
             name: "SluiceCLI",
             dependencies: [
                 "Sluice",
+                "SluiceOutbox",
                 "SluiceMIME",
                 "SluiceSink",
                 "SluiceTransport",
@@ -140,6 +160,11 @@ let package = Package(
                 .product(name: "MetricsTestKit", package: "swift-metrics"),
             ],
             exclude: ["Support/verify_dkim.py"],
+            swiftSettings: strict
+        ),
+        .testTarget(
+            name: "SluiceOutboxTests",
+            dependencies: ["SluiceOutbox", "Sluice", "SluiceSink", "SluiceTestSupport"],
             swiftSettings: strict
         ),
         .testTarget(

@@ -193,7 +193,7 @@ public final class SMTPClient: Sendable {
 
     /// Hands a message to the pool; `completion` gets its report, on an event loop thread.
     /// The bulk API's entry point.
-    func submit(_ mail: OutgoingMail, completion: @escaping @Sendable (consuming DeliveryReport) -> Void) {
+    package func submit(_ mail: OutgoingMail, completion: @escaping @Sendable (consuming DeliveryReport) -> Void) {
         let job = makeJob(mail.message, mail.envelope, completion: completion)
         guard !mail.envelope.recipients.isEmpty else {
             job.fail(SMTPError.noRecipients, now: .now)

@@ -1,0 +1,227 @@
+public import Foundation
+public import Sluice
+public import SluiceMIME
+
+/// A durable spool of messages: enqueue here (or in your own database transaction), and an
+/// ``OutboxWorker`` delivers them, retries what was deferred, and records every recipient's
+/// outcome.
+///
+/// ```swift
+/// let outbox = try await Outbox.open("sqlite:/var/lib/app/outbox.db")
+/// try await outbox.initialize()
+/// let id = try await outbox.enqueue(message, envelope: envelope, idempotencyKey: "reset-\(user.id)")
+/// ```
+///
+/// Every message is checked before anything is written: a malformed message, a bad address or
+/// a message over ``maximumMessageSize`` throws ``OutboxError/Kind/invalidInput`` and adds
+/// nothing (a batch is added whole or not at all).
+public final class Outbox: Sendable {
+    /// Where the messages are kept.
+    public let store: any OutboxStore
+    /// The largest message accepted, in octets (Postfix's default `message_size_limit`).
+    public let maximumMessageSize: Int
+    /// The clock every time written comes from.
+    public let clock: any OutboxClock
+
+    /// The default store when none is named: an SQLite file in the working directory.
+    public static let defaultURL = "sqlite:sluice-outbox.db"
+
+    /// An outbox over `store`.
+    public init(store: any OutboxStore, maximumMessageSize: Int = 10_240_000, clock: any OutboxClock = SystemOutboxClock()) {
+        self.store = store
+        self.maximumMessageSize = maximumMessageSize
+        self.clock = clock
+    }
+
+    /// Opens the store a URL names: `sqlite:PATH` (`sqlite:///abs/path` too, and
+    /// `?synchronous=normal`).
+    ///
+    /// - Throws: ``OutboxError/Kind/invalidURL`` for a URL of no known store,
+    ///   ``OutboxError/Kind/unavailable`` when it cannot be opened.
+    public static func open(_ url: String, maximumMessageSize: Int = 10_240_000,
+                            clock: any OutboxClock = SystemOutboxClock()) async throws(OutboxError) -> Outbox {
+        let store: any OutboxStore
+        switch try OutboxURL(url) {
+        case .sqlite(let path, let synchronous):
+            store = try await SQLiteStore(path: path, synchronous: synchronous)
+        }
+        return Outbox(store: store, maximumMessageSize: maximumMessageSize, clock: clock)
+    }
+
+    /// Creates or migrates the schema; returns the version it had (0 for none).
+    /// - Throws: ``OutboxError/Kind/schemaTooNew`` for a store written by a newer Sluice.
+    @discardableResult
+    public func initialize() async throws(OutboxError) -> Int { try await store.initialize() }
+
+    /// Closes the store.
+    public func close() async { await store.close() }
+
+    // MARK: Enqueueing
+
+    /// Adds one message; returns its id (the first message's, for an idempotency key already
+    /// there).
+    public func enqueue(_ message: RawMessage, envelope: Envelope, idempotencyKey: String? = nil,
+                        notBefore: Date? = nil) async throws(OutboxError) -> Int64 {
+        let message = OutboxMessage(
+            sender: envelope.from.map { "\($0)" } ?? "", recipients: envelope.recipients.map { "\($0.address)" },
+            content: message.bytes, idempotencyKey: idempotencyKey, notBefore: notBefore)
+        return try await enqueue(contentsOf: [message])[0].id
+    }
+
+    /// Adds one message; returns its id.
+    public func enqueue(_ message: OutboxMessage) async throws(OutboxError) -> Int64 {
+        try await enqueue(contentsOf: [message])[0].id
+    }
+
+    /// Adds messages in one transaction, all or none, after checking every one.
+    public func enqueue(contentsOf messages: [OutboxMessage]) async throws(OutboxError) -> [EnqueueResult] {
+        var prepared: [PreparedMessage] = []
+        prepared.reserveCapacity(messages.count)
+        for (index, message) in messages.enumerated() {
+            do throws(OutboxError) {
+                prepared.append(try prepare(message))
+            } catch {
+                let which = messages.count > 1 ? "message \(index + 1): " : ""
+                throw OutboxError(error.kind, "\(which)\(error.message); nothing was enqueued")
+            }
+        }
+        return try await store.enqueue(prepared, now: clock.now())
+    }
+
+    /// Checks a message: its addresses, its size and its form.
+    func prepare(_ message: OutboxMessage) throws(OutboxError) -> PreparedMessage {
+        guard !message.recipients.isEmpty else { throw OutboxError(.invalidInput, "no recipients") }
+        do throws(AddressError) {
+            if !message.sender.isEmpty { _ = try EnvelopeAddress(message.sender) }
+            for recipient in message.recipients { _ = try EnvelopeAddress(recipient) }
+        } catch {
+            throw OutboxError(.invalidInput, "\(error)")
+        }
+        guard message.content.count <= maximumMessageSize else {
+            throw OutboxError(.invalidInput, "the message is \(message.content.count) octets, over the limit of \(maximumMessageSize)")
+        }
+        if let key = message.idempotencyKey, key.isEmpty || key.utf8.count > 512 {
+            throw OutboxError(.invalidInput, "an idempotency key must be 1 to 512 octets")
+        }
+        let raw: RawMessage
+        do throws(MessageError) {
+            raw = try RawMessage(message.content)
+        } catch {
+            throw OutboxError(.invalidInput, "the message is malformed: \(error)")
+        }
+        return PreparedMessage(message: message, messageID: raw.messageID)
+    }
+
+    // MARK: Reading and operating
+
+    /// Counts by state, the oldest waiting message and the last minute's deliveries.
+    public func status() async throws(OutboxError) -> OutboxStatus { try await store.status(now: clock.now()) }
+
+    /// One message and its recipients; nil when no message has that id.
+    public func message(_ id: Int64) async throws(OutboxError) -> OutboxRecord? {
+        try await store.message(id: id, now: clock.now())
+    }
+
+    /// Messages with a recipient in `state` (all when nil), by id, after `afterID`.
+    public func list(state: RecipientState? = nil, after afterID: Int64 = 0, limit: Int = 100)
+        async throws(OutboxError) -> [OutboxRecord]
+    {
+        try await store.list(state: state, afterID: afterID, limit: limit, now: clock.now())
+    }
+
+    /// Cancels the message's recipients not yet delivered; returns how many.
+    /// A recipient a worker is sending to at this moment may still be delivered: that is
+    /// recorded as it happened.
+    @discardableResult
+    public func cancel(_ id: Int64) async throws(OutboxError) -> Int { try await store.cancel(id: id, now: clock.now()) }
+
+    /// Makes the message's deferred, failed, expired, unknown and cancelled recipients queued
+    /// and due now; returns how many.
+    @discardableResult
+    public func retry(_ id: Int64) async throws(OutboxError) -> Int {
+        try await store.retry(id: id, states: Self.retryable, now: clock.now())
+    }
+
+    /// Makes every recipient in `state` queued and due now; returns how many.
+    @discardableResult
+    public func retry(state: RecipientState) async throws(OutboxError) -> Int {
+        guard Self.retryable.contains(state) else {
+            throw OutboxError(.invalidInput, "recipients that are \(state) cannot be retried")
+        }
+        return try await store.retry(id: nil, states: [state], now: clock.now())
+    }
+
+    /// The states ``retry(_:)`` takes back to queued.
+    public static let retryable: Set<RecipientState> = [.deferred, .failed, .expired, .unknown, .cancelled]
+
+    /// Deletes messages that finished more than `age` ago, `batch` at a time so that no
+    /// transaction holds the store long; returns how many.
+    @discardableResult
+    public func purge(olderThan age: Duration, batch: Int = 1_000) async throws(OutboxError) -> Int {
+        let before = clock.now().addingTimeInterval(-age.seconds)
+        var total = 0
+        while true {
+            let purged = try await store.purge(finishedBefore: before, limit: batch)
+            total += purged
+            if purged < batch { return total }
+        }
+    }
+}
+
+/// Where an outbox's times come from: the system's clock, or a test's.
+public protocol OutboxClock: Sendable {
+    /// Now.
+    func now() -> Date
+}
+
+/// The system's wall clock.
+public struct SystemOutboxClock: OutboxClock {
+    /// The system clock.
+    public init() {}
+    public func now() -> Date { Date() }
+}
+
+/// A parsed outbox URL.
+enum OutboxURL: Equatable {
+    case sqlite(path: String, synchronous: SQLiteStore.Synchronous)
+
+    init(_ url: String) throws(OutboxError) {
+        guard let colon = url.firstIndex(of: ":") else {
+            throw OutboxError(.invalidURL, "'\(url)' names no store; use sqlite:PATH")
+        }
+        let scheme = url[..<colon].lowercased()
+        var rest = String(url[url.index(after: colon)...])
+        switch scheme {
+        case "sqlite", "sqlite3":
+            var synchronous = SQLiteStore.Synchronous.full
+            if let question = rest.firstIndex(of: "?") {
+                for pair in rest[rest.index(after: question)...].split(separator: "&") {
+                    let parts = pair.split(separator: "=", maxSplits: 1).map(String.init)
+                    guard parts.count == 2, parts[0] == "synchronous",
+                          let value = SQLiteStore.Synchronous(rawValue: parts[1].lowercased())
+                    else {
+                        throw OutboxError(.invalidURL, "unknown SQLite option '\(pair)'; the one option is synchronous=full|normal")
+                    }
+                    synchronous = value
+                }
+                rest = String(rest[..<question])
+            }
+            // sqlite:///abs/path and sqlite://localhost/abs/path as well as sqlite:path.
+            if rest.hasPrefix("//") {
+                rest.removeFirst(2)
+                guard let slash = rest.firstIndex(of: "/") else {
+                    throw OutboxError(.invalidURL, "'\(url)' has no path")
+                }
+                let host = rest[..<slash]
+                guard host.isEmpty || host == "localhost" else {
+                    throw OutboxError(.invalidURL, "an SQLite outbox is a local file; '\(host)' is a host")
+                }
+                rest = String(rest[slash...])
+            }
+            guard !rest.isEmpty else { throw OutboxError(.invalidURL, "'\(url)' has no path") }
+            self = .sqlite(path: rest, synchronous: synchronous)
+        default:
+            throw OutboxError(.invalidURL, "'\(scheme):' is not a store Sluice knows; use sqlite:PATH")
+        }
+    }
+}

@@ -1,0 +1,441 @@
+import Foundation
+public import Logging
+import Metrics
+public import Sluice
+import SluiceMIME
+import SluiceTransport
+
+/// Delivers an outbox: claims due messages in batches, sends them through one
+/// ``Sluice/SMTPClient`` (its pool and pipelining), and writes every recipient's outcome back
+/// in batches.
+///
+/// ```swift
+/// let worker = OutboxWorker(outbox: outbox, client: client)
+/// try await worker.run()  // until the task is cancelled
+/// ```
+///
+/// - A claim is a lease that expires: a worker that crashes loses nothing, its messages are
+///   taken over by another worker once the lease is up. The lease is renewed while the worker
+///   holds the messages.
+/// - A recipient refused with a 4xx, or not tried because the connection or session failed,
+///   is deferred and tried again on the ``Configuration/retry`` schedule, alone with the other
+///   deferred recipients of its message; past ``Configuration/maximumAge`` it expires.
+/// - Delivered is written only after the server's 2xx to the end of the data. When no reply
+///   came, ``Configuration/unknownOutcome`` decides.
+/// - Cancelling the task that runs ``run()`` stops claiming; what is in flight finishes and is
+///   recorded before `run()` returns.
+public final class OutboxWorker: Sendable {
+    /// What to do with a recipient whose outcome is unknown (the end of the data was written
+    /// and no reply came: it may have been delivered).
+    public enum UnknownOutcomePolicy: String, Sendable, Hashable, CaseIterable {
+        /// Send it again later: at-least-once. A duplicate password reset is better than a
+        /// lost one. The attempt is counted in ``OutboxRecipient/unknownOutcomes``.
+        case retry
+        /// Leave it as ``RecipientState/unknown`` for an operator (``Outbox/retry(_:)``).
+        case hold
+    }
+
+    /// How a worker works.
+    public struct Configuration: Sendable {
+        /// Messages claimed at once.
+        public var batchSize = 200
+        /// Messages in flight at once, at most.
+        public var concurrency = 2_000
+        /// How long a claim holds without renewal; renewed every third of it.
+        public var lease: Duration = .seconds(60)
+        /// The delay before each retry of a deferred recipient: from 1 minute, doubling,
+        /// capped at 1 hour, with 20 % jitter.
+        public var retry = Backoff(initial: .seconds(60), maximum: .seconds(3_600))
+        /// A deferred recipient is given up (expired) once this much time has passed since its
+        /// message was first due.
+        public var maximumAge: Duration = .seconds(5 * 86_400)
+        /// What a recipient whose outcome is unknown becomes.
+        public var unknownOutcome = UnknownOutcomePolicy.retry
+        /// A limit summed over every worker of the store; nil for none.
+        public var rateLimit: OutboxRateLimit?
+        /// The longest the worker sleeps before looking for due work again (new messages wake
+        /// it sooner when the store can say so).
+        public var pollInterval: Duration = .seconds(1)
+        /// Return from ``OutboxWorker/run()`` once no recipient is queued, leased or deferred.
+        public var exitWhenIdle = false
+        /// Finished messages are deleted this long after they finished; nil to keep them.
+        public var retention: Duration? = .seconds(7 * 86_400)
+        /// The name this worker claims under: unique per worker.
+        public var owner = OutboxWorker.defaultOwner()
+        /// The logger.
+        public var logger = Logger(label: "sluice.outbox")
+
+        /// The defaults.
+        public init() {}
+    }
+
+    /// What a worker has done since it started.
+    public struct Statistics: Sendable, Hashable {
+        /// Messages claimed (a message claimed again for a retry counts again).
+        public var claimed = 0
+        /// Recipients delivered.
+        public var delivered = 0
+        /// Recipients deferred for a later attempt.
+        public var deferred = 0
+        /// Recipients failed for good.
+        public var failed = 0
+        /// Recipients given up after the maximum age.
+        public var expired = 0
+        /// Attempts whose outcome was unknown (retried or held, by the policy).
+        public var unknown = 0
+        /// Messages whose claim was taken over by another worker before their outcome was
+        /// written (their lease had expired); the other worker sends them again.
+        public var leasesLost = 0
+        /// Messages deleted by retention.
+        public var purged = 0
+    }
+
+    /// The outbox.
+    public let outbox: Outbox
+    /// The client that sends.
+    public let client: SMTPClient
+    /// How it works.
+    public let configuration: Configuration
+
+    private let state = Locked(State())
+    private let wakeup = Wakeup()
+    private let metrics: WorkerMetrics
+
+    /// A worker for `outbox` that sends through `client`.
+    public init(outbox: Outbox, client: SMTPClient, configuration: Configuration = Configuration()) {
+        self.outbox = outbox
+        self.client = client
+        var configuration = configuration
+        configuration.batchSize = max(1, configuration.batchSize)
+        configuration.concurrency = max(1, configuration.concurrency)
+        self.configuration = configuration
+        metrics = WorkerMetrics()
+    }
+
+    /// A name unique to this process and worker: host, process id and a random suffix.
+    public static func defaultOwner() -> String {
+        let host = ProcessInfo.processInfo.hostName
+        return "\(host):\(ProcessInfo.processInfo.processIdentifier):\(UInt32.random(in: 0...UInt32.max))"
+    }
+
+    /// What the worker has done so far.
+    public var statistics: Statistics { state.withLock { $0.statistics } }
+
+    /// Wakes the worker to look for due work now (after an enqueue in this process, say).
+    public func wake() { wakeup.signal() }
+
+    // MARK: The loop
+
+    private struct InHand: Sendable {
+        let message: ClaimedMessage
+        let started: ContinuousClock.Instant
+    }
+
+    private struct State: Sendable {
+        /// Claimed and not yet recorded.
+        var inHand: [Int64: InHand] = [:]
+        /// Attempts waiting to be recorded.
+        var done: [(id: Int64, attempt: Attempt)] = []
+        var statistics = Statistics()
+    }
+
+    /// Works until the task is cancelled (or, with ``Configuration/exitWhenIdle``, until no
+    /// work is left); then finishes and records what it holds, and returns.
+    /// - Throws: ``OutboxError`` when the store cannot be used at the start (no schema, a
+    ///   schema too new, unreachable). Later store errors are logged and retried.
+    public func run() async throws {
+        try await outbox.store.checkSchema()
+        let logger = configuration.logger
+        logger.info("outbox worker started", metadata: ["owner": "\(configuration.owner)"])
+        var lastRenewal = ContinuousClock.now
+        var lastHousekeeping = ContinuousClock.now - .seconds(3_600)
+        var stopping = false
+        var storeFailures = 0
+        while true {
+            if Task.isCancelled, !stopping {
+                stopping = true
+                logger.info("outbox worker stopping: finishing what it holds")
+            }
+            do {
+                try await recordDone()
+                var claimedFull = false
+                if !stopping {
+                    claimedFull = try await claimAndSend()
+                }
+                if ContinuousClock.now - lastRenewal >= configuration.lease / 3 {
+                    try await renewLeases()
+                    lastRenewal = .now
+                }
+                if !stopping, ContinuousClock.now - lastHousekeeping >= .seconds(10) {
+                    try await housekeeping()
+                    lastHousekeeping = .now
+                }
+                storeFailures = 0
+                let (holding, recordable) = state.withLock { ($0.inHand.count, $0.done.count) }
+                if holding == 0 && recordable == 0 {
+                    if stopping { break }
+                    if configuration.exitWhenIdle, try await !outbox.store.hasPendingWork() { break }
+                }
+                if claimedFull || recordable > 0 { continue }
+                await wakeup.wait(timeout: holding > 0 ? .milliseconds(20) : try await idleWait())
+            } catch {
+                // The store is unreachable or busy: keep the reports, try again shortly.
+                storeFailures += 1
+                logger.error("outbox store error (try \(storeFailures)): \(error)")
+                await wakeup.wait(timeout: .milliseconds(min(5_000, 100 * (1 << min(storeFailures, 6)))))
+            }
+        }
+        logger.info("outbox worker stopped", metadata: ["owner": "\(configuration.owner)"])
+    }
+
+    /// How long to sleep with nothing in hand: until the next message is due, at most the
+    /// poll interval.
+    private func idleWait() async throws -> Duration {
+        guard let next = try await outbox.store.nextDueAt() else { return configuration.pollInterval }
+        let until = next.timeIntervalSince(outbox.clock.now())
+        return min(configuration.pollInterval, .milliseconds(max(1, Int64(until * 1000) + 1)))
+    }
+
+    /// Claims what there is room for and hands it to the client; true when the claim was
+    /// full (more may be waiting).
+    private func claimAndSend() async throws(OutboxError) -> Bool {
+        let holding = state.withLock { $0.inHand.count }
+        let room = configuration.concurrency - holding
+        // Claim in whole batches once there is room for half of one: fewer, fuller claims.
+        let wanted = min(configuration.batchSize, room)
+        guard wanted > 0, wanted >= min(configuration.batchSize, configuration.concurrency) / 2 else { return false }
+        let now = outbox.clock.now()
+        let claimed = try await outbox.store.claim(
+            owner: configuration.owner, limit: wanted, now: now,
+            leaseUntil: now.addingTimeInterval(configuration.lease.seconds), rateLimit: configuration.rateLimit)
+        guard !claimed.isEmpty else { return false }
+        let started = ContinuousClock.now
+        state.withLock { state in
+            state.statistics.claimed += claimed.count
+            for message in claimed { state.inHand[message.id] = InHand(message: message, started: started) }
+        }
+        metrics.claimed.increment(by: claimed.count)
+        for message in claimed { send(message) }
+        return claimed.count == wanted
+    }
+
+    /// Prepares one message and hands it to the client.
+    private func send(_ message: ClaimedMessage) {
+        let mail: OutgoingMail
+        do {
+            mail = try prepare(message)
+        } catch {
+            // Unsendable as stored (a DKIM key that cannot sign it, say): every recipient fails.
+            finished(message.id, .unsendable("not sent: \(error)"))
+            return
+        }
+        client.submit(mail) { [self] report in finished(message.id, .sent(report)) }
+    }
+
+    private func prepare(_ message: ClaimedMessage) throws -> OutgoingMail {
+        let sender = message.sender.isEmpty ? nil : try EnvelopeAddress(message.sender)
+        let recipients = try message.recipients.map { recipient throws(AddressError) in try EnvelopeAddress(recipient.address) }
+        let encoded: EncodedMessage
+        if client.configuration.dkim.isEmpty {
+            encoded = try EncodedMessage(bytes: message.content, messageID: nil)
+        } else {
+            let signed = try DKIMSigner.sign(try RawMessage(message.content), with: client.configuration.dkim)
+            encoded = EncodedMessage(signed)
+        }
+        return OutgoingMail(envelope: Envelope(from: sender, to: recipients), message: encoded)
+    }
+
+    /// A message's report (on an event loop thread).
+    private func finished(_ id: Int64, _ result: Attempt) {
+        let wake = state.withLock { state in
+            state.done.append((id, result))
+            return state.done.count >= configuration.batchSize / 2 || state.done.count == state.inHand.count
+        }
+        if wake { wakeup.signal() }
+    }
+
+    /// Writes the outcomes of the reports that came in, in one transaction.
+    private func recordDone() async throws(OutboxError) {
+        let (done, inHand) = state.withLock { state in
+            (state.done, state.done.map { state.inHand[$0.id] })
+        }
+        guard !done.isEmpty else { return }
+        let now = outbox.clock.now()
+        var outcomes: [MessageOutcome] = []
+        outcomes.reserveCapacity(done.count)
+        var tally = Statistics()
+        for (index, entry) in done.enumerated() {
+            guard let held = inHand[index] else { continue }
+            let outcome = outcome(of: held.message, entry.attempt, now: now)
+            for recipient in outcome.recipients {
+                switch recipient.state {
+                case .delivered: tally.delivered += 1
+                case .deferred: tally.deferred += 1
+                case .expired: tally.expired += 1
+                case .failed: tally.failed += 1
+                default: break
+                }
+                if recipient.unknownOutcome { tally.unknown += 1 }
+            }
+            outcomes.append(outcome)
+            metrics.attemptDuration.recordNanoseconds(
+                (ContinuousClock.now - held.started).wholeNanoseconds)
+        }
+        let lost = try await outbox.store.record(outcomes, owner: configuration.owner, now: now)
+        if !lost.isEmpty {
+            configuration.logger.warning("\(lost.count) message(s) were taken over by another worker before their outcome was written; they will be sent again")
+        }
+        state.withLock { state in
+            state.done.removeFirst(done.count)
+            for entry in done { state.inHand[entry.id] = nil }
+            state.statistics.delivered += tally.delivered
+            state.statistics.deferred += tally.deferred
+            state.statistics.failed += tally.failed
+            state.statistics.expired += tally.expired
+            state.statistics.unknown += tally.unknown
+            state.statistics.leasesLost += lost.count
+        }
+        metrics.record(tally, leasesLost: lost.count)
+    }
+
+    /// Each recipient's new state, from the report.
+    private func outcome(of message: ClaimedMessage, _ attempt: Attempt, now: Date) -> MessageOutcome {
+        guard case .sent(let report) = attempt else {
+            guard case .unsendable(let reason) = attempt else { fatalError("unreachable") }
+            return MessageOutcome(
+                id: message.id,
+                recipients: message.recipients.map { .init(position: $0.position, state: .failed, reply: reason) },
+                nextAttemptAt: nil, error: reason)
+        }
+        let delay = configuration.retry.delay(afterAttempt: max(1, message.attempts), random: Double.random(in: 0..<1))
+        let next = now.addingTimeInterval(delay.seconds)
+        let expires = message.firstDueAt.addingTimeInterval(configuration.maximumAge.seconds)
+        var recipients: [MessageOutcome.Recipient] = []
+        recipients.reserveCapacity(message.recipients.count)
+        var anyDeferred = false
+        for (index, recipient) in message.recipients.enumerated() {
+            let result = index < report.recipients.count ? report.recipients[index] : nil
+            let reply = result?.reply
+            var entry = MessageOutcome.Recipient(
+                position: recipient.position, state: .deferred, code: reply?.code.rawValue,
+                enhancedCode: reply?.enhancedCode.map { "\($0)" },
+                reply: reply.map { $0.text } ?? report.error.map { "\($0)" })
+            switch result?.status {
+            case .accepted?:
+                entry.state = .delivered
+            case .rejected?:
+                entry.state = .failed
+            case .unknown?:
+                entry.unknownOutcome = true
+                entry.state = configuration.unknownOutcome == .hold ? .unknown : .deferred
+            case .deferred?, .failed?, nil:
+                // A session that failed (a refused login, an untrusted certificate) is not the
+                // recipient's doing: it waits for the operator to mend it, until it expires.
+                entry.state = .deferred
+            }
+            if entry.state == .deferred, next >= expires { entry.state = .expired }
+            if entry.state == .deferred { anyDeferred = true }
+            recipients.append(entry)
+        }
+        let error = report.error.map { "\($0)" }
+        return MessageOutcome(id: message.id, recipients: recipients, nextAttemptAt: anyDeferred ? next : nil, error: error)
+    }
+
+    /// Extends the lease of everything in hand.
+    private func renewLeases() async throws(OutboxError) {
+        let ids = state.withLock { Array($0.inHand.keys) }
+        guard !ids.isEmpty else { return }
+        let until = outbox.clock.now().addingTimeInterval(configuration.lease.seconds)
+        let held = try await outbox.store.renew(owner: configuration.owner, ids: ids, until: until)
+        if held.count < ids.count {
+            configuration.logger.warning("\(ids.count - held.count) claim(s) expired before renewal: another worker may send them too")
+        }
+    }
+
+    /// Retention and the gauges: every few seconds, in small steps.
+    private func housekeeping() async throws(OutboxError) {
+        if let retention = configuration.retention {
+            let before = outbox.clock.now().addingTimeInterval(-retention.seconds)
+            let purged = try await outbox.store.purge(finishedBefore: before, limit: 500)
+            if purged > 0 { state.withLock { $0.statistics.purged += purged } }
+        }
+        metrics.inFlight.record(state.withLock { $0.inHand.count })
+    }
+
+    /// What came of handing a message to the client.
+    private enum Attempt: Sendable {
+        /// The client's report.
+        case sent(DeliveryReport)
+        /// It could not be prepared for sending, for this reason; nothing was sent.
+        case unsendable(String)
+    }
+}
+
+/// The worker's metrics (swift-metrics).
+private struct WorkerMetrics: Sendable {
+    let claimed = Counter(label: "sluice_outbox_claimed_total")
+    let delivered = Counter(label: "sluice_outbox_recipients_total", dimensions: [("outcome", "delivered")])
+    let deferred = Counter(label: "sluice_outbox_recipients_total", dimensions: [("outcome", "deferred")])
+    let failed = Counter(label: "sluice_outbox_recipients_total", dimensions: [("outcome", "failed")])
+    let expired = Counter(label: "sluice_outbox_recipients_total", dimensions: [("outcome", "expired")])
+    let unknown = Counter(label: "sluice_outbox_unknown_outcomes_total")
+    let leasesLost = Counter(label: "sluice_outbox_leases_lost_total")
+    let attemptDuration = Metrics.Timer(label: "sluice_outbox_attempt_duration_seconds")
+    let inFlight = Gauge(label: "sluice_outbox_in_flight")
+
+    func record(_ tally: OutboxWorker.Statistics, leasesLost lost: Int) {
+        if tally.delivered > 0 { delivered.increment(by: tally.delivered) }
+        if tally.deferred > 0 { deferred.increment(by: tally.deferred) }
+        if tally.failed > 0 { failed.increment(by: tally.failed) }
+        if tally.expired > 0 { expired.increment(by: tally.expired) }
+        if tally.unknown > 0 { unknown.increment(by: tally.unknown) }
+        if lost > 0 { leasesLost.increment(by: lost) }
+    }
+}
+
+/// Wakes a waiting loop: a signal that arrives while nobody waits is kept for the next wait.
+final class Wakeup: Sendable {
+    private struct State {
+        var pending = false
+        var waiter: CheckedContinuation<Void, Never>?
+    }
+    private let state = Locked(State())
+
+    func signal() {
+        let waiter = state.withLock { state -> CheckedContinuation<Void, Never>? in
+            guard let waiter = state.waiter else {
+                state.pending = true
+                return nil
+            }
+            state.waiter = nil
+            return waiter
+        }
+        waiter?.resume()
+    }
+
+    /// Returns on a signal, on cancellation, or after `timeout`.
+    func wait(timeout: Duration) async {
+        let timer = Task { [self] in
+            try? await Task.sleep(for: timeout)
+            signal()
+        }
+        await withTaskCancellationHandler {
+            await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
+                let ready = state.withLock { state -> Bool in
+                    if state.pending {
+                        state.pending = false
+                        return true
+                    }
+                    state.waiter = continuation
+                    return false
+                }
+                if ready { continuation.resume() }
+            }
+        } onCancel: {
+            signal()
+        }
+        // A signal from the timer after this is a spurious wake-up later: harmless, where
+        // clearing it here could lose a real one.
+        timer.cancel()
+    }
+}

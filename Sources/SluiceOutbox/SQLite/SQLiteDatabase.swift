@@ -1,0 +1,270 @@
+import CSQLite
+import Foundation
+
+/// One SQLite connection, used only on the thread of the ``SQLiteThread`` that opened it.
+///
+/// Statements are prepared once and kept, by their SQL text.
+final class SQLiteDatabase {
+    private let handle: OpaquePointer
+    private var statements: [String: SQLiteStatement] = [:]
+
+    /// Opens (creating if need be) the database at `path`.
+    init(path: String, create: Bool) throws(OutboxError) {
+        var db: OpaquePointer?
+        let flags = SQLITE_OPEN_READWRITE | (create ? SQLITE_OPEN_CREATE : 0) | SQLITE_OPEN_NOMUTEX
+        let status = sqlite3_open_v2(path, &db, flags, nil)
+        guard status == SQLITE_OK, let db else {
+            let message = db.map { String(cString: sqlite3_errmsg($0)) } ?? String(cString: sqlite3_errstr(status))
+            if let db { sqlite3_close_v2(db) }
+            throw OutboxError(.unavailable, "cannot open SQLite database \(path): \(message)")
+        }
+        handle = db
+        sqlite3_extended_result_codes(db, 1)
+        // Other processes (a second worker, `sluice outbox enqueue`) share the file: wait for
+        // their locks rather than fail at once.
+        sqlite3_busy_timeout(db, 10_000)
+    }
+
+    deinit {
+        for statement in statements.values { statement.finalize() }
+        sqlite3_close_v2(handle)
+    }
+
+    /// Runs one or more statements that return no rows.
+    func execute(_ sql: String) throws(OutboxError) {
+        var error: UnsafeMutablePointer<CChar>?
+        let status = sqlite3_exec(handle, sql, nil, nil, &error)
+        guard status == SQLITE_OK else {
+            let message = error.map { String(cString: $0) } ?? lastError
+            sqlite3_free(error)
+            throw OutboxError(status == SQLITE_BUSY ? .unavailable : .database, message)
+        }
+    }
+
+    /// The statement for `sql`, prepared once and reset for another use.
+    func statement(_ sql: String) throws(OutboxError) -> SQLiteStatement {
+        if let statement = statements[sql] {
+            statement.reset()
+            return statement
+        }
+        var prepared: OpaquePointer?
+        guard sqlite3_prepare_v3(handle, sql, -1, UInt32(SQLITE_PREPARE_PERSISTENT), &prepared, nil) == SQLITE_OK,
+              let prepared
+        else {
+            throw OutboxError(.database, "\(lastError) in: \(sql)")
+        }
+        let statement = SQLiteStatement(handle: prepared, database: self)
+        statements[sql] = statement
+        return statement
+    }
+
+    /// Runs `body` in a transaction: committed when it returns, rolled back when it throws.
+    /// `BEGIN IMMEDIATE` takes the write lock at once, so two writers never deadlock upgrading.
+    func transaction<Result>(_ body: () throws(OutboxError) -> Result) throws(OutboxError) -> Result {
+        try execute("BEGIN IMMEDIATE")
+        do {
+            let result = try body()
+            try execute("COMMIT")
+            return result
+        } catch {
+            try? execute("ROLLBACK")
+            throw error
+        }
+    }
+
+    /// Rows changed by the last statement.
+    var changes: Int { Int(sqlite3_changes(handle)) }
+
+    /// The rowid of the last row inserted.
+    var lastInsertedRowID: Int64 { sqlite3_last_insert_rowid(handle) }
+
+    var lastError: String { String(cString: sqlite3_errmsg(handle)) }
+}
+
+/// A prepared statement. Parameters are numbered from 1, columns from 0.
+final class SQLiteStatement {
+    private let handle: OpaquePointer
+    private unowned let database: SQLiteDatabase
+
+    init(handle: OpaquePointer, database: SQLiteDatabase) {
+        self.handle = handle
+        self.database = database
+    }
+
+    func finalize() { sqlite3_finalize(handle) }
+
+    func reset() {
+        sqlite3_reset(handle)
+        sqlite3_clear_bindings(handle)
+    }
+
+    @discardableResult
+    func bind(_ index: Int32, _ value: Int64?) -> Self {
+        if let value { sqlite3_bind_int64(handle, index, value) } else { sqlite3_bind_null(handle, index) }
+        return self
+    }
+
+    @discardableResult
+    func bind(_ index: Int32, _ value: Int?) -> Self { bind(index, value.map(Int64.init)) }
+
+    @discardableResult
+    func bind(_ index: Int32, _ value: Double) -> Self {
+        sqlite3_bind_double(handle, index, value)
+        return self
+    }
+
+    @discardableResult
+    func bind(_ index: Int32, _ value: String?) -> Self {
+        if let value {
+            sqlite3_bind_text(handle, index, value, -1, csqlite_transient())
+        } else {
+            sqlite3_bind_null(handle, index)
+        }
+        return self
+    }
+
+    @discardableResult
+    func bind(_ index: Int32, blob: [UInt8]) -> Self {
+        _ = blob.withUnsafeBytes { bytes in
+            // A zero-length blob with a nil pointer would bind NULL; the column is NOT NULL.
+            bytes.isEmpty
+                ? sqlite3_bind_zeroblob(handle, index, 0)
+                : sqlite3_bind_blob(handle, index, bytes.baseAddress, Int32(bytes.count), csqlite_transient())
+        }
+        return self
+    }
+
+    /// Steps once: true while a row is ready.
+    func step() throws(OutboxError) -> Bool {
+        switch sqlite3_step(handle) {
+        case SQLITE_ROW: return true
+        case SQLITE_DONE: return false
+        case let status:
+            let message = database.lastError
+            sqlite3_reset(handle)
+            let kind: OutboxError.Kind = status & 0xff == SQLITE_BUSY ? .unavailable : .database
+            throw OutboxError(kind, message)
+        }
+    }
+
+    /// Runs a statement that returns no rows.
+    func run() throws(OutboxError) {
+        while try step() {}
+    }
+
+    func isNull(_ column: Int32) -> Bool { sqlite3_column_type(handle, column) == SQLITE_NULL }
+
+    func int64(_ column: Int32) -> Int64 { sqlite3_column_int64(handle, column) }
+
+    func int(_ column: Int32) -> Int { Int(sqlite3_column_int64(handle, column)) }
+
+    func optionalInt64(_ column: Int32) -> Int64? { isNull(column) ? nil : int64(column) }
+
+    func double(_ column: Int32) -> Double { sqlite3_column_double(handle, column) }
+
+    func string(_ column: Int32) -> String? {
+        guard let text = sqlite3_column_text(handle, column) else { return nil }
+        return String(cString: text)
+    }
+
+    func blob(_ column: Int32) -> [UInt8] {
+        let count = Int(sqlite3_column_bytes(handle, column))
+        guard count > 0, let base = sqlite3_column_blob(handle, column) else { return [] }
+        return Array(UnsafeRawBufferPointer(start: base, count: count))
+    }
+}
+
+/// A thread of its own for one SQLite connection: SQLite's calls block (on the disk, on
+/// another process's lock), so they never run on an event loop or the concurrency pool.
+/// Jobs run one at a time, in the order they were given.
+final class SQLiteThread: @unchecked Sendable {
+    // `jobs`, `closed` are guarded by `condition`; `database` is touched only on the thread.
+    private let condition = NSCondition()
+    private var jobs: [(SQLiteDatabase?) -> Void] = []
+    private var closed = false
+
+    /// Opens the database on a new thread.
+    init(open: @escaping @Sendable () throws(OutboxError) -> SQLiteDatabase) async throws(OutboxError) {
+        let opened: Result<Void, OutboxError> = await withCheckedContinuation { continuation in
+            let thread = Thread { [self] in
+                let database: SQLiteDatabase
+                do {
+                    database = try open()
+                } catch {
+                    continuation.resume(returning: .failure(error as! OutboxError))
+                    closeQueue()
+                    return
+                }
+                continuation.resume(returning: .success(()))
+                run(database)
+            }
+            thread.name = "sluice-sqlite"
+            thread.start()
+        }
+        try opened.get()
+    }
+
+    /// Runs `job` on the thread and returns what it returns.
+    func run<Value: Sendable>(_ job: @escaping (SQLiteDatabase) throws(OutboxError) -> Value)
+        async throws(OutboxError) -> Value
+    {
+        let result: Result<Value, OutboxError> = await withCheckedContinuation { continuation in
+            let accepted = submit { database in
+                guard let database else {
+                    continuation.resume(returning: .failure(OutboxError(.unavailable, "the outbox is closed")))
+                    return
+                }
+                do throws(OutboxError) {
+                    continuation.resume(returning: .success(try job(database)))
+                } catch {
+                    continuation.resume(returning: .failure(error))
+                }
+            }
+            if !accepted {
+                continuation.resume(returning: .failure(OutboxError(.unavailable, "the outbox is closed")))
+            }
+        }
+        return try result.get()
+    }
+
+    /// Lets the thread finish its queue, close the database and end.
+    func close() async {
+        await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
+            if !submit({ _ in continuation.resume() }) { continuation.resume() }
+            closeQueue()
+        }
+    }
+
+    private func submit(_ job: @escaping (SQLiteDatabase?) -> Void) -> Bool {
+        condition.lock()
+        defer { condition.unlock() }
+        guard !closed else { return false }
+        jobs.append(job)
+        condition.signal()
+        return true
+    }
+
+    private func closeQueue() {
+        condition.lock()
+        closed = true
+        condition.signal()
+        condition.unlock()
+    }
+
+    private func run(_ database: SQLiteDatabase) {
+        var database: SQLiteDatabase? = database
+        while true {
+            condition.lock()
+            while jobs.isEmpty, !closed { condition.wait() }
+            let batch = jobs
+            jobs = []
+            let finished = closed
+            condition.unlock()
+            for job in batch { job(database) }
+            if finished && batch.isEmpty {
+                database = nil  // closes it
+                return
+            }
+        }
+    }
+}

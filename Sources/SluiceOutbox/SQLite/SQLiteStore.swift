@@ -1,0 +1,562 @@
+public import Foundation
+
+/// The embedded outbox: one SQLite file in WAL mode, for one host.
+///
+/// Every call runs on a thread of the store's own (SQLite blocks), in a transaction that takes
+/// the write lock at once, so several processes (workers, `sluice outbox enqueue`) can share
+/// the file. Times are kept as milliseconds since 1970 (UTC).
+public final class SQLiteStore: OutboxStore {
+    public static let schemaVersion = 1
+
+    /// How hard SQLite makes each commit durable.
+    public enum Synchronous: String, Sendable, CaseIterable {
+        /// Each commit is on the disk before it returns: survives a power cut (the default).
+        case full
+        /// A commit survives the process crashing, not the machine losing power; faster.
+        case normal
+    }
+
+    /// The database file.
+    public let path: String
+    private let thread: SQLiteThread
+
+    /// Opens the store at `path`, creating the file if it does not exist.
+    public init(path: String, synchronous: Synchronous = .full) async throws(OutboxError) {
+        self.path = path
+        thread = try await SQLiteThread { () throws(OutboxError) in
+            let database = try SQLiteDatabase(path: path, create: true)
+            // WAL: readers never wait for the writer, and a commit is one append.
+            try database.execute("PRAGMA journal_mode=WAL")
+            try database.execute("PRAGMA synchronous=\(synchronous.rawValue.uppercased())")
+            return database
+        }
+    }
+
+    public func close() async { await thread.close() }
+
+    /// Runs SQL directly (for tests and maintenance).
+    func execute(_ sql: String) async throws(OutboxError) {
+        try await thread.run { (database) throws(OutboxError) in try database.execute(sql) }
+    }
+
+    // MARK: Schema
+
+    private static let schema = [
+        """
+        CREATE TABLE sluice_messages (
+            id INTEGER PRIMARY KEY,
+            idempotency_key TEXT UNIQUE,
+            sender TEXT NOT NULL,
+            message_id TEXT,
+            content BLOB NOT NULL,
+            size INTEGER NOT NULL,
+            created_at INTEGER NOT NULL,
+            not_before INTEGER NOT NULL,
+            age_from INTEGER NOT NULL,
+            due_at INTEGER,
+            attempts INTEGER NOT NULL DEFAULT 0,
+            lease_owner TEXT,
+            lease_expires_at INTEGER,
+            finished_at INTEGER,
+            last_error TEXT
+        )
+        """,
+        // A claim reads this index from its start: due messages, and held ones whose lease
+        // expired (a held message's due_at is its lease's expiry).
+        "CREATE INDEX sluice_messages_due ON sluice_messages (due_at) WHERE due_at IS NOT NULL",
+        "CREATE INDEX sluice_messages_finished ON sluice_messages (finished_at) WHERE finished_at IS NOT NULL",
+        """
+        CREATE TABLE sluice_recipients (
+            message_id INTEGER NOT NULL REFERENCES sluice_messages (id),
+            position INTEGER NOT NULL,
+            address TEXT NOT NULL,
+            state TEXT NOT NULL,
+            attempts INTEGER NOT NULL DEFAULT 0,
+            unknown_outcomes INTEGER NOT NULL DEFAULT 0,
+            code INTEGER,
+            enhanced_code TEXT,
+            reply TEXT,
+            last_attempt_at INTEGER,
+            attempt_times TEXT,
+            PRIMARY KEY (message_id, position)
+        ) WITHOUT ROWID
+        """,
+        "CREATE TABLE sluice_rate (id INTEGER PRIMARY KEY CHECK (id = 1), tokens REAL NOT NULL, updated_at INTEGER NOT NULL)",
+    ]
+
+    public func initialize() async throws(OutboxError) -> Int {
+        try await thread.run { (database) throws(OutboxError) in
+            try database.transaction { () throws(OutboxError) in
+                let version = try Self.version(database)
+                if version > Self.schemaVersion { throw Self.tooNew(version) }
+                if version == 0 {
+                    try database.execute("CREATE TABLE sluice_schema (version INTEGER NOT NULL)")
+                    for statement in Self.schema { try database.execute(statement) }
+                    try database.execute("INSERT INTO sluice_schema (version) VALUES (\(Self.schemaVersion))")
+                }
+                return version
+            }
+        }
+    }
+
+    public func checkSchema() async throws(OutboxError) {
+        try await thread.run { (database) throws(OutboxError) in try Self.check(database) }
+    }
+
+    private static func check(_ database: SQLiteDatabase) throws(OutboxError) {
+        let version = try version(database)
+        if version == 0 {
+            throw OutboxError(.notInitialized, "the outbox has no schema; run `sluice outbox init` first")
+        }
+        if version > schemaVersion { throw tooNew(version) }
+        if version < schemaVersion {
+            throw OutboxError(.notInitialized, "the outbox has schema \(version); run `sluice outbox init` to migrate it to \(schemaVersion)")
+        }
+    }
+
+    private static func tooNew(_ version: Int) -> OutboxError {
+        OutboxError(.schemaTooNew, "the outbox has schema version \(version), newer than this Sluice knows (\(schemaVersion)); nothing was changed")
+    }
+
+    private static func version(_ database: SQLiteDatabase) throws(OutboxError) -> Int {
+        let exists = try database.statement("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'sluice_schema'")
+        guard try exists.step() else { return 0 }
+        let statement = try database.statement("SELECT max(version) FROM sluice_schema")
+        return try statement.step() ? statement.int(0) : 0
+    }
+
+    // MARK: Enqueue
+
+    public func enqueue(_ messages: [PreparedMessage], now: Date) async throws(OutboxError) -> [EnqueueResult] {
+        let now = now.milliseconds
+        return try await thread.run { (database) throws(OutboxError) in
+            try Self.check(database)
+            return try database.transaction { () throws(OutboxError) in
+                var results: [EnqueueResult] = []
+                results.reserveCapacity(messages.count)
+                for prepared in messages {
+                    let message = prepared.message
+                    if let key = message.idempotencyKey {
+                        let existing = try database.statement("SELECT id FROM sluice_messages WHERE idempotency_key = ?1")
+                        existing.bind(1, key)
+                        if try existing.step() {
+                            results.append(EnqueueResult(id: existing.int64(0), existed: true))
+                            continue
+                        }
+                    }
+                    let notBefore = max(now, message.notBefore?.milliseconds ?? now)
+                    let pending = message.recipients.indices.contains { !prepared.suppressed.contains($0) }
+                    try database.statement("""
+                        INSERT INTO sluice_messages (idempotency_key, sender, message_id, content, size, created_at,
+                            not_before, age_from, due_at, finished_at)
+                        VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?7, ?8, ?9)
+                        """)
+                        .bind(1, message.idempotencyKey).bind(2, message.sender).bind(3, prepared.messageID)
+                        .bind(4, blob: message.content).bind(5, message.content.count).bind(6, now)
+                        .bind(7, notBefore).bind(8, pending ? notBefore : nil).bind(9, pending ? nil : now)
+                        .run()
+                    let id = database.lastInsertedRowID
+                    let insert = "INSERT INTO sluice_recipients (message_id, position, address, state) VALUES (?1, ?2, ?3, ?4)"
+                    for (position, address) in message.recipients.enumerated() {
+                        let state: RecipientState = prepared.suppressed.contains(position) ? .suppressed : .queued
+                        try database.statement(insert).bind(1, id).bind(2, position).bind(3, address)
+                            .bind(4, state.rawValue).run()
+                    }
+                    results.append(EnqueueResult(id: id, existed: false))
+                }
+                return results
+            }
+        }
+    }
+
+    // MARK: Claiming
+
+    public func claim(owner: String, limit: Int, now: Date, leaseUntil: Date, rateLimit: OutboxRateLimit?)
+        async throws(OutboxError) -> [ClaimedMessage]
+    {
+        let now = now.milliseconds
+        let leaseUntil = leaseUntil.milliseconds
+        return try await thread.run { (database) throws(OutboxError) in
+            try database.transaction { () throws(OutboxError) in
+                var limit = limit
+                var bucket: (tokens: Double, limit: OutboxRateLimit)?
+                if let rateLimit {
+                    let tokens = try Self.refill(database, rateLimit, now: now)
+                    limit = min(limit, Int(tokens.rounded(.down)))
+                    bucket = (tokens, rateLimit)
+                }
+                var claimed: [ClaimedMessage] = []
+                if limit > 0 {
+                    let due = try database.statement("""
+                        SELECT id, sender, content, age_from, attempts FROM sluice_messages
+                        WHERE due_at <= ?1 ORDER BY due_at, id LIMIT ?2
+                        """)
+                    due.bind(1, now).bind(2, limit)
+                    while try due.step() {
+                        claimed.append(ClaimedMessage(
+                            id: due.int64(0), sender: due.string(1) ?? "", content: due.blob(2),
+                            firstDueAt: Date(milliseconds: due.int64(3)), attempts: due.int(4) + 1, recipients: []))
+                    }
+                }
+                var sendable: [ClaimedMessage] = []
+                sendable.reserveCapacity(claimed.count)
+                for var message in claimed {
+                    let recipients = try database.statement("""
+                        SELECT position, address FROM sluice_recipients
+                        WHERE message_id = ?1 AND state IN ('queued', 'deferred') ORDER BY position
+                        """)
+                    recipients.bind(1, message.id)
+                    while try recipients.step() {
+                        message.recipients.append((recipients.int(0), recipients.string(1) ?? ""))
+                    }
+                    if message.recipients.isEmpty {
+                        // Cancelled while a worker that then vanished held it: nothing is left to send.
+                        try database.statement("""
+                            UPDATE sluice_messages SET due_at = NULL, lease_owner = NULL, lease_expires_at = NULL,
+                                finished_at = ?2 WHERE id = ?1
+                            """).bind(1, message.id).bind(2, now).run()
+                        continue
+                    }
+                    try database.statement("""
+                        UPDATE sluice_messages SET lease_owner = ?2, lease_expires_at = ?3, due_at = ?3,
+                            attempts = attempts + 1 WHERE id = ?1
+                        """).bind(1, message.id).bind(2, owner).bind(3, leaseUntil).run()
+                    sendable.append(message)
+                }
+                if let bucket {
+                    try database.statement("UPDATE sluice_rate SET tokens = ?1, updated_at = ?2 WHERE id = 1")
+                        .bind(1, bucket.tokens - Double(sendable.count)).bind(2, now).run()
+                }
+                return sendable
+            }
+        }
+    }
+
+    /// The rate limit's tokens now: what was left, plus what the time since earned, at most a
+    /// burst. The bucket is shared by every worker of the file.
+    private static func refill(_ database: SQLiteDatabase, _ limit: OutboxRateLimit, now: Int64) throws(OutboxError) -> Double {
+        let read = try database.statement("SELECT tokens, updated_at FROM sluice_rate WHERE id = 1")
+        guard try read.step() else {
+            try database.statement("INSERT INTO sluice_rate (id, tokens, updated_at) VALUES (1, ?1, ?2)")
+                .bind(1, Double(limit.burst)).bind(2, now).run()
+            return Double(limit.burst)
+        }
+        let (tokens, updated) = (read.double(0), read.int64(1))
+        let earned = Double(max(0, now - updated)) / 1000 * limit.messagesPerSecond
+        return min(Double(limit.burst), tokens + earned)
+    }
+
+    public func renew(owner: String, ids: [Int64], until: Date) async throws(OutboxError) -> Set<Int64> {
+        let until = until.milliseconds
+        return try await thread.run { (database) throws(OutboxError) in
+            try database.transaction { () throws(OutboxError) in
+                var held = Set<Int64>()
+                for id in ids {
+                    try database.statement("""
+                        UPDATE sluice_messages SET lease_expires_at = ?3, due_at = ?3
+                        WHERE id = ?1 AND lease_owner = ?2
+                        """).bind(1, id).bind(2, owner).bind(3, until).run()
+                    if database.changes > 0 { held.insert(id) }
+                }
+                return held
+            }
+        }
+    }
+
+    public func release(owner: String, ids: [Int64], now: Date) async throws(OutboxError) {
+        let now = now.milliseconds
+        try await thread.run { (database) throws(OutboxError) in
+            try database.transaction { () throws(OutboxError) in
+                for id in ids {
+                    try database.statement("""
+                        UPDATE sluice_messages SET lease_owner = NULL, lease_expires_at = NULL, due_at = ?3,
+                            attempts = max(0, attempts - 1)
+                        WHERE id = ?1 AND lease_owner = ?2
+                        """).bind(1, id).bind(2, owner).bind(3, now).run()
+                }
+            }
+        }
+    }
+
+    // MARK: Recording
+
+    public func record(_ outcomes: [MessageOutcome], owner: String, now: Date) async throws(OutboxError) -> [Int64] {
+        let now = now.milliseconds
+        return try await thread.run { (database) throws(OutboxError) in
+            try database.transaction { () throws(OutboxError) in
+                var lost: [Int64] = []
+                for outcome in outcomes {
+                    let holder = try database.statement("SELECT lease_owner FROM sluice_messages WHERE id = ?1")
+                    holder.bind(1, outcome.id)
+                    guard try holder.step(), holder.string(0) == owner else {
+                        lost.append(outcome.id)
+                        continue
+                    }
+                    for recipient in outcome.recipients {
+                        // What happened on the wire is written whatever an operator did in the
+                        // meantime; a refusal only where the recipient is still pending (a
+                        // cancel while it was in flight stays a cancel).
+                        let happened = recipient.state == .delivered || recipient.unknownOutcome
+                        try database.statement("""
+                            UPDATE sluice_recipients SET state = ?3, attempts = attempts + 1,
+                                unknown_outcomes = unknown_outcomes + ?4, code = ?5, enhanced_code = ?6, reply = ?7,
+                                last_attempt_at = ?8,
+                                attempt_times = CASE WHEN attempt_times IS NULL THEN ?8 ELSE attempt_times || ',' || ?8 END
+                            WHERE message_id = ?1 AND position = ?2 AND (?9 OR state IN ('queued', 'deferred'))
+                            """)
+                            .bind(1, outcome.id).bind(2, recipient.position).bind(3, recipient.state.rawValue)
+                            .bind(4, recipient.unknownOutcome ? 1 : 0).bind(5, recipient.code)
+                            .bind(6, recipient.enhancedCode).bind(7, recipient.reply).bind(8, now)
+                            .bind(9, happened ? 1 : 0).run()
+                    }
+                    let pending = try database.statement("""
+                        SELECT count(*) FROM sluice_recipients WHERE message_id = ?1 AND state IN ('queued', 'deferred')
+                        """)
+                    pending.bind(1, outcome.id)
+                    let stillPending = try pending.step() && pending.int(0) > 0
+                    try database.statement("""
+                        UPDATE sluice_messages SET lease_owner = NULL, lease_expires_at = NULL, due_at = ?2,
+                            finished_at = ?3, last_error = ?4 WHERE id = ?1
+                        """)
+                        .bind(1, outcome.id)
+                        .bind(2, stillPending ? (outcome.nextAttemptAt?.milliseconds ?? now) : nil)
+                        .bind(3, stillPending ? nil : now).bind(4, outcome.error).run()
+                }
+                return lost
+            }
+        }
+    }
+
+    // MARK: Reading
+
+    public func status(now: Date) async throws(OutboxError) -> OutboxStatus {
+        let now = now.milliseconds
+        return try await thread.run { (database) throws(OutboxError) in
+            try Self.check(database)
+            var recipients = Dictionary(uniqueKeysWithValues: RecipientState.allCases.map { ($0, 0) })
+            let counts = try database.statement("SELECT state, count(*) FROM sluice_recipients GROUP BY state")
+            while try counts.step() {
+                if let state = counts.string(0).flatMap(RecipientState.init(rawValue:)) { recipients[state] = counts.int(1) }
+            }
+            let leased = try database.statement("""
+                SELECT r.state, count(*) FROM sluice_messages m JOIN sluice_recipients r ON r.message_id = m.id
+                WHERE m.due_at IS NOT NULL AND m.lease_owner IS NOT NULL AND m.lease_expires_at > ?1
+                    AND r.state IN ('queued', 'deferred')
+                GROUP BY r.state
+                """)
+            leased.bind(1, now)
+            while try leased.step() {
+                if let state = leased.string(0).flatMap(RecipientState.init(rawValue:)) {
+                    recipients[state, default: 0] -= leased.int(1)
+                    recipients[.leased, default: 0] += leased.int(1)
+                }
+            }
+            let messages = try database.statement("""
+                SELECT
+                    count(*) FILTER (WHERE due_at <= ?1 AND (lease_owner IS NULL OR lease_expires_at <= ?1)),
+                    count(*) FILTER (WHERE due_at > ?1 AND lease_owner IS NULL),
+                    count(*) FILTER (WHERE due_at IS NOT NULL AND lease_owner IS NOT NULL AND lease_expires_at > ?1),
+                    min(due_at) FILTER (WHERE due_at <= ?1 AND (lease_owner IS NULL OR lease_expires_at <= ?1))
+                FROM sluice_messages WHERE due_at IS NOT NULL
+                """)
+            messages.bind(1, now)
+            _ = try messages.step()
+            let (waiting, scheduled, held) = (messages.int(0), messages.int(1), messages.int(2))
+            let oldest = messages.optionalInt64(3)
+            let finished = try database.statement("SELECT count(*) FROM sluice_messages WHERE due_at IS NULL")
+            _ = try finished.step()
+            let recent = try database.statement("""
+                SELECT count(*) FROM sluice_recipients WHERE state = 'delivered' AND last_attempt_at > ?1
+                """)
+            recent.bind(1, now - 60_000)
+            _ = try recent.step()
+            return OutboxStatus(
+                recipients: recipients, messagesWaiting: waiting, messagesScheduled: scheduled, messagesLeased: held,
+                messagesFinished: finished.int(0), oldestWaitingSince: oldest.map(Date.init(milliseconds:)),
+                deliveredLastMinute: recent.int(0))
+        }
+    }
+
+    public func hasPendingWork() async throws(OutboxError) -> Bool {
+        try await thread.run { (database) throws(OutboxError) in
+            try database.statement("SELECT 1 FROM sluice_messages WHERE due_at IS NOT NULL LIMIT 1").step()
+        }
+    }
+
+    public func nextDueAt() async throws(OutboxError) -> Date? {
+        try await thread.run { (database) throws(OutboxError) in
+            let statement = try database.statement("SELECT min(due_at) FROM sluice_messages WHERE due_at IS NOT NULL")
+            return try statement.step() ? statement.optionalInt64(0).map(Date.init(milliseconds:)) : nil
+        }
+    }
+
+    public func message(id: Int64, now: Date) async throws(OutboxError) -> OutboxRecord? {
+        let now = now.milliseconds
+        return try await thread.run { (database) throws(OutboxError) in
+            try Self.check(database)
+            return try Self.record(database, id: id, now: now)
+        }
+    }
+
+    public func content(id: Int64) async throws(OutboxError) -> [UInt8]? {
+        try await thread.run { (database) throws(OutboxError) in
+            let statement = try database.statement("SELECT content FROM sluice_messages WHERE id = ?1")
+            statement.bind(1, id)
+            return try statement.step() ? statement.blob(0) : nil
+        }
+    }
+
+    public func list(state: RecipientState?, afterID: Int64, limit: Int, now: Date) async throws(OutboxError) -> [OutboxRecord] {
+        let now = now.milliseconds
+        return try await thread.run { (database) throws(OutboxError) in
+            try Self.check(database)
+            let leased = "(m.lease_owner IS NOT NULL AND m.lease_expires_at > ?3)"
+            let query: String
+            switch state {
+            case nil:
+                query = "SELECT m.id FROM sluice_messages m WHERE m.id > ?1 AND ?2 IS NULL ORDER BY m.id LIMIT ?4"
+            case .leased?:
+                query = """
+                    SELECT m.id FROM sluice_messages m WHERE m.id > ?1 AND ?2 IS NOT NULL AND m.due_at IS NOT NULL
+                        AND \(leased) ORDER BY m.id LIMIT ?4
+                    """
+            case .queued?, .deferred?:
+                query = """
+                    SELECT m.id FROM sluice_messages m WHERE m.id > ?1 AND NOT \(leased) AND EXISTS (
+                        SELECT 1 FROM sluice_recipients r WHERE r.message_id = m.id AND r.state = ?2)
+                    ORDER BY m.id LIMIT ?4
+                    """
+            case _?:
+                query = """
+                    SELECT DISTINCT r.message_id FROM sluice_recipients r WHERE r.message_id > ?1 AND r.state = ?2
+                        AND ?3 IS NOT NULL ORDER BY r.message_id LIMIT ?4
+                    """
+            }
+            let ids = try database.statement(query)
+            ids.bind(1, afterID).bind(2, state?.rawValue).bind(3, now).bind(4, limit)
+            var found: [Int64] = []
+            while try ids.step() { found.append(ids.int64(0)) }
+            var records: [OutboxRecord] = []
+            for id in found {
+                if let record = try Self.record(database, id: id, now: now) { records.append(record) }
+            }
+            return records
+        }
+    }
+
+    private static func record(_ database: SQLiteDatabase, id: Int64, now: Int64) throws(OutboxError) -> OutboxRecord? {
+        let row = try database.statement("""
+            SELECT idempotency_key, sender, message_id, size, created_at, not_before, due_at, attempts, lease_owner,
+                lease_expires_at, last_error
+            FROM sluice_messages WHERE id = ?1
+            """)
+        row.bind(1, id)
+        guard try row.step() else { return nil }
+        let leaseExpires = row.optionalInt64(9)
+        let owner = row.string(8)
+        let held = owner != nil && (leaseExpires ?? 0) > now
+        var record = OutboxRecord(
+            id: id, idempotencyKey: row.string(0), sender: row.string(1) ?? "", messageID: row.string(2), size: row.int(3),
+            createdAt: Date(milliseconds: row.int64(4)), notBefore: Date(milliseconds: row.int64(5)),
+            dueAt: row.optionalInt64(6).map(Date.init(milliseconds:)), attempts: row.int(7),
+            leaseOwner: held ? owner : nil, leaseExpiresAt: held ? leaseExpires.map(Date.init(milliseconds:)) : nil,
+            lastError: row.string(10), recipients: [])
+        let recipients = try database.statement("""
+            SELECT position, address, state, attempts, unknown_outcomes, code, enhanced_code, reply, attempt_times
+            FROM sluice_recipients WHERE message_id = ?1 ORDER BY position
+            """)
+        recipients.bind(1, id)
+        while try recipients.step() {
+            var state = recipients.string(2).flatMap(RecipientState.init(rawValue:)) ?? .failed
+            if held, state.isPending { state = .leased }
+            let times = (recipients.string(8) ?? "").split(separator: ",").compactMap { Int64($0) }
+            record.recipients.append(OutboxRecipient(
+                position: recipients.int(0), address: recipients.string(1) ?? "", state: state,
+                attempts: recipients.int(3), unknownOutcomes: recipients.int(4),
+                code: recipients.optionalInt64(5).map { Int($0) }, enhancedCode: recipients.string(6),
+                reply: recipients.string(7), attemptTimes: times.map(Date.init(milliseconds:))))
+        }
+        return record
+    }
+
+    // MARK: Operators
+
+    public func cancel(id: Int64, now: Date) async throws(OutboxError) -> Int {
+        let now = now.milliseconds
+        return try await thread.run { (database) throws(OutboxError) in
+            try Self.check(database)
+            return try database.transaction { () throws(OutboxError) in
+                let exists = try database.statement("SELECT lease_owner FROM sluice_messages WHERE id = ?1")
+                exists.bind(1, id)
+                guard try exists.step() else { throw OutboxError(.notFound, "no message has id \(id)") }
+                let held = !exists.isNull(0)
+                try database.statement("""
+                    UPDATE sluice_recipients SET state = 'cancelled' WHERE message_id = ?1 AND state IN ('queued', 'deferred')
+                    """).bind(1, id).run()
+                let cancelled = database.changes
+                if !held {
+                    try database.statement("""
+                        UPDATE sluice_messages SET due_at = NULL, finished_at = ?2 WHERE id = ?1 AND due_at IS NOT NULL
+                        """).bind(1, id).bind(2, now).run()
+                }
+                return cancelled
+            }
+        }
+    }
+
+    public func retry(id: Int64?, states: Set<RecipientState>, now: Date) async throws(OutboxError) -> Int {
+        let now = now.milliseconds
+        let stored = states.subtracting([.leased, .queued]).map(\.rawValue).sorted()
+        let list = stored.map { "'\($0)'" }.joined(separator: ", ")  // from the enum's own names only
+        return try await thread.run { (database) throws(OutboxError) in
+            try Self.check(database)
+            return try database.transaction { () throws(OutboxError) in
+                if let id {
+                    let exists = try database.statement("SELECT 1 FROM sluice_messages WHERE id = ?1")
+                    exists.bind(1, id)
+                    guard try exists.step() else { throw OutboxError(.notFound, "no message has id \(id)") }
+                }
+                guard !stored.isEmpty else { return 0 }
+                let scope = id == nil ? "?1 IS NULL" : "message_id = ?1"
+                // The messages first (while their recipients still have the old states): due
+                // now, unless a worker holds one, and the retry schedule's age starts again.
+                try database.statement("""
+                    UPDATE sluice_messages SET due_at = CASE WHEN lease_owner IS NULL THEN ?2 ELSE due_at END,
+                        finished_at = NULL, age_from = ?2
+                    WHERE id IN (SELECT message_id FROM sluice_recipients WHERE \(scope) AND state IN (\(list)))
+                    """).bind(1, id).bind(2, now).run()
+                try database.statement("""
+                    UPDATE sluice_recipients SET state = 'queued' WHERE \(scope) AND state IN (\(list))
+                    """).bind(1, id).run()
+                return database.changes
+            }
+        }
+    }
+
+    public func purge(finishedBefore before: Date, limit: Int) async throws(OutboxError) -> Int {
+        let before = before.milliseconds
+        return try await thread.run { (database) throws(OutboxError) in
+            try Self.check(database)
+            return try database.transaction { () throws(OutboxError) in
+                let old = try database.statement("""
+                    SELECT id FROM sluice_messages WHERE finished_at < ?1 ORDER BY finished_at LIMIT ?2
+                    """)
+                old.bind(1, before).bind(2, limit)
+                var ids: [Int64] = []
+                while try old.step() { ids.append(old.int64(0)) }
+                for id in ids {
+                    try database.statement("DELETE FROM sluice_recipients WHERE message_id = ?1").bind(1, id).run()
+                    try database.statement("DELETE FROM sluice_messages WHERE id = ?1").bind(1, id).run()
+                }
+                return ids.count
+            }
+        }
+    }
+}
+
+extension Date {
+    /// Milliseconds since 1970, as the stores keep times.
+    var milliseconds: Int64 { Int64((timeIntervalSince1970 * 1000).rounded(.down)) }
+
+    init(milliseconds: Int64) { self.init(timeIntervalSince1970: Double(milliseconds) / 1000) }
+}

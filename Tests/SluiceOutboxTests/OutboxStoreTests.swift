@@ -1,0 +1,170 @@
+import Foundation
+import Sluice
+@testable import SluiceOutbox
+import SluiceTestSupport
+import Testing
+
+/// The SQLite store and the outbox's checks, without a worker.
+@Suite struct OutboxStoreTests {
+    @Test func anIdempotencyKeyAddsAMessageOnce() async throws {
+        let (outbox, _) = try await makeSQLiteOutbox()
+        let first = try await outbox.enqueue(outboxMessage("a", key: "reset-42"))
+        let again = try await outbox.enqueue(contentsOf: [outboxMessage("b", key: "reset-42"), outboxMessage("c")])
+        #expect(again[0] == EnqueueResult(id: first, existed: true))
+        #expect(again[1].existed == false && again[1].id != first)
+        let status = try await outbox.status()
+        #expect(status.recipients[.queued] == 2)
+        #expect(try await outbox.message(first)?.messageID == "<a@example.com>")
+    }
+
+    @Test func badInputAddsNothingAndSaysWhy() async throws {
+        let (outbox, _) = try await makeSQLiteOutbox()
+        let small = Outbox(store: outbox.store, maximumMessageSize: 100)
+        var noHeaders = outboxMessage("x")
+        noHeaders.content = Array("just a body with no header\r\n".utf8)
+        var nul = outboxMessage("y")
+        nul.content.insert(0, at: 30)
+        let cases: [(OutboxMessage, String)] = [
+            (outboxMessage("bad", to: ["not an address"]), "address"),
+            (outboxMessage("cr", to: ["a@example.org\r\nRSET"]), "address"),
+            (outboxMessage("none", to: []), "no recipients"),
+            (noHeaders, "malformed"),
+            (nul, "malformed"),
+            (outboxMessage("key", key: ""), "idempotency key"),
+        ]
+        for (message, words) in cases {
+            // In a batch after a good message: the good one is not added either.
+            let error = await #expect(throws: OutboxError.self) {
+                try await outbox.enqueue(contentsOf: [outboxMessage("good"), message])
+            }
+            #expect(error?.kind == .invalidInput)
+            #expect(error?.message.contains(words) == true, "\(error?.message ?? "")")
+            #expect(error?.message.contains("message 2") == true)
+        }
+        let tooBig = await #expect(throws: OutboxError.self) { try await small.enqueue(outboxMessage("big")) }
+        #expect(tooBig?.message.contains("over the limit of 100") == true)
+        #expect(try await outbox.status().recipients.values.reduce(0, +) == 0)
+    }
+
+    @Test func anUninitialisedStoreSaysSoAndANewerSchemaIsLeftAlone() async throws {
+        let (fresh, _) = try await makeSQLiteOutbox(initialize: false)
+        let missing = await #expect(throws: OutboxError.self) { try await fresh.enqueue(outboxMessage()) }
+        #expect(missing?.kind == .notInitialized)
+        #expect(try await fresh.initialize() == 0)
+        #expect(try await fresh.initialize() == 1)  // a second init is a no-op
+
+        let id = try await fresh.enqueue(outboxMessage("kept"))
+        let store = try #require(fresh.store as? SQLiteStore)
+        try await store.execute("UPDATE sluice_schema SET version = 99")
+        let tooNew = await #expect(throws: OutboxError.self) { try await fresh.initialize() }
+        #expect(tooNew?.kind == .schemaTooNew)
+        #expect(tooNew?.message.contains("99") == true)
+        let refused = await #expect(throws: OutboxError.self) { try await fresh.status() }
+        #expect(refused?.kind == .schemaTooNew)
+        try await store.execute("UPDATE sluice_schema SET version = 1")
+        #expect(try await fresh.message(id)?.recipients.first?.state == .queued)
+    }
+
+    @Test func urlsNameTheirStore() throws {
+        #expect(try OutboxURL("sqlite:outbox.db") == .sqlite(path: "outbox.db", synchronous: .full))
+        #expect(try OutboxURL("sqlite:///var/lib/o.db?synchronous=normal") == .sqlite(path: "/var/lib/o.db", synchronous: .normal))
+        #expect(try OutboxURL("SQLITE://localhost/o.db") == .sqlite(path: "/o.db", synchronous: .full))
+        for bad in ["outbox.db", "sqlite:", "sqlite://db.example.com/o.db", "sqlite:o.db?journal=off", "mysql://x/y"] {
+            let error = #expect(throws: OutboxError.self) { try OutboxURL(bad) }
+            #expect(error?.kind == .invalidURL, "\(bad)")
+        }
+    }
+
+    @Test func aClaimIsALeaseThatExpiresAndIsTakenOver() async throws {
+        let clock = ManualClock()
+        let (outbox, _) = try await makeSQLiteOutbox(clock: clock)
+        let store = outbox.store
+        let id = try await outbox.enqueue(outboxMessage("lease", to: ["a@example.org", "b@example.org"]))
+        let now = clock.now()
+        let first = try await store.claim(owner: "A", limit: 10, now: now, leaseUntil: now + 60, rateLimit: nil)
+        #expect(first.map(\.id) == [id])
+        #expect(first.first?.recipients.map(\.address) == ["a@example.org", "b@example.org"])
+        #expect(try await outbox.status().recipients[.leased] == 2)
+        // Held: nobody else gets it, even after A renews for another minute.
+        #expect(try await store.claim(owner: "B", limit: 10, now: now + 30, leaseUntil: now + 90, rateLimit: nil).isEmpty)
+        #expect(try await store.renew(owner: "A", ids: [id], until: now + 90) == [id])
+        #expect(try await store.claim(owner: "B", limit: 10, now: now + 89, leaseUntil: now + 150, rateLimit: nil).isEmpty)
+        // A vanished: once its lease is up, B takes the message over, as a second attempt.
+        let taken = try await store.claim(owner: "B", limit: 10, now: now + 91, leaseUntil: now + 151, rateLimit: nil)
+        #expect(taken.map(\.attempts) == [2])
+        // A's late outcome is not written over B's claim.
+        let late = MessageOutcome(id: id, recipients: [.init(position: 0, state: .delivered, code: 250)],
+                                  nextAttemptAt: nil, error: nil)
+        #expect(try await store.record([late], owner: "A", now: now + 92) == [id])
+        #expect(try await store.renew(owner: "A", ids: [id], until: now + 200).isEmpty)
+        let outcome = MessageOutcome(id: id, recipients: [
+            .init(position: 0, state: .delivered, code: 250, reply: "ok"),
+            .init(position: 1, state: .deferred, code: 450, enhancedCode: "4.2.0", reply: "busy"),
+        ], nextAttemptAt: now + 300, error: nil)
+        #expect(try await store.record([outcome], owner: "B", now: now + 93).isEmpty)
+        let record = try #require(try await outbox.message(id))
+        #expect(record.recipients.map(\.state) == [.delivered, .deferred])
+        #expect(record.recipients[1].enhancedCode == "4.2.0")
+        #expect(record.dueAt == now + 300)
+        // Only the deferred recipient is claimed next time.
+        let retry = try await store.claim(owner: "C", limit: 10, now: now + 300, leaseUntil: now + 360, rateLimit: nil)
+        #expect(retry.first?.recipients.map(\.address) == ["b@example.org"])
+    }
+
+    @Test func theRateLimitIsSharedByEveryWorkerAndNeverOvershoots() async throws {
+        let clock = ManualClock()
+        let (outbox, _) = try await makeSQLiteOutbox(clock: clock)
+        _ = try await outbox.enqueue(contentsOf: (0..<100).map { outboxMessage("r\($0)") })
+        let limit = OutboxRateLimit(messagesPerSecond: 10, burst: 5)
+        let start = clock.now()
+        func claim(_ owner: String, at seconds: Double) async throws -> Int {
+            let now = start + seconds
+            return try await outbox.store.claim(owner: owner, limit: 50, now: now, leaseUntil: now + 600, rateLimit: limit).count
+        }
+        #expect(try await claim("A", at: 0) == 5)  // the burst
+        #expect(try await claim("B", at: 0) == 0)  // shared: nothing left
+        #expect(try await claim("B", at: 0.3) == 3)
+        #expect(try await claim("A", at: 0.35) == 0)
+        #expect(try await claim("A", at: 10) == 5)  // a long pause earns no more than a burst
+        var total = 5 + 3 + 5
+        for step in 1...20 { total += try await claim(step % 2 == 0 ? "A" : "B", at: 10 + Double(step) * 0.1) }
+        // Two seconds at ten a second, after a full burst: at most 20 plus the burst's 5.
+        #expect(total - 13 <= 20)
+        #expect(total - 13 >= 19)
+    }
+
+    @Test func cancelRetryAndPurge() async throws {
+        let clock = ManualClock()
+        let (outbox, _) = try await makeSQLiteOutbox(clock: clock)
+        let id = try await outbox.enqueue(outboxMessage("c", to: ["a@example.org", "b@example.org"]))
+        #expect(try await outbox.cancel(id) == 2)
+        #expect(try await outbox.message(id)?.recipients.map(\.state) == [.cancelled, .cancelled])
+        #expect(try await outbox.store.hasPendingWork() == false)
+        let missing = await #expect(throws: OutboxError.self) { try await outbox.cancel(999) }
+        #expect(missing?.kind == .notFound)
+        #expect(try await outbox.retry(id) == 2)
+        #expect(try await outbox.message(id)?.recipients.map(\.state) == [.queued, .queued])
+        #expect(try await outbox.store.hasPendingWork())
+        #expect(try await outbox.cancel(id) == 2)
+        // Purged only once it has been finished for longer than the retention.
+        clock.advance(by: .seconds(3_600))
+        #expect(try await outbox.purge(olderThan: .seconds(7_200)) == 0)
+        clock.advance(by: .seconds(3_601))
+        #expect(try await outbox.purge(olderThan: .seconds(7_200), batch: 1) == 1)
+        #expect(try await outbox.message(id) == nil)
+        let notRetryable = await #expect(throws: OutboxError.self) { try await outbox.retry(state: .delivered) }
+        #expect(notRetryable?.kind == .invalidInput)
+    }
+
+    @Test func aScheduledMessageIsNotClaimedBeforeItsTime() async throws {
+        let clock = ManualClock()
+        let (outbox, _) = try await makeSQLiteOutbox(clock: clock)
+        let later = clock.now() + 3_600
+        let id = try await outbox.enqueue(outboxMessage("s", notBefore: later))
+        let store = outbox.store
+        #expect(try await store.claim(owner: "A", limit: 10, now: later - 1, leaseUntil: later + 60, rateLimit: nil).isEmpty)
+        #expect(try await store.nextDueAt() == later)
+        #expect(try await outbox.status().messagesScheduled == 1)
+        #expect(try await store.claim(owner: "A", limit: 10, now: later, leaseUntil: later + 60, rateLimit: nil).map(\.id) == [id])
+    }
+}

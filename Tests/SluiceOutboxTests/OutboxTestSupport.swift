@@ -1,0 +1,105 @@
+import Foundation
+import Sluice
+import SluiceMIME
+@testable import SluiceOutbox
+import SluiceTestSupport
+import SluiceTransport
+import Testing
+
+/// A clock a test moves by hand.
+final class ManualClock: OutboxClock, @unchecked Sendable {
+    private let lock = NSLock()
+    private var current: Date
+
+    init(_ start: Date = Date(timeIntervalSince1970: 1_800_000_000)) { current = start }
+
+    func now() -> Date { lock.withLock { current } }
+
+    func advance(by duration: Duration) {
+        lock.withLock { current = current.addingTimeInterval(Double(duration.components.seconds)) }
+    }
+}
+
+/// A fresh SQLite outbox in a temporary directory, initialised.
+func makeSQLiteOutbox(clock: any OutboxClock = SystemOutboxClock(), initialize: Bool = true) async throws -> (Outbox, String) {
+    let directory = FileManager.default.temporaryDirectory.appendingPathComponent("sluice-outbox-\(UUID().uuidString)")
+    try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
+    let path = directory.appendingPathComponent("outbox.db").path
+    let outbox = try await Outbox.open("sqlite:\(path)", clock: clock)
+    if initialize { try await outbox.initialize() }
+    return (outbox, path)
+}
+
+/// A short RFC 5322 message.
+func outboxMessage(_ tag: String = "1", to recipients: [String] = ["rcpt@example.org"], key: String? = nil,
+                   notBefore: Date? = nil) -> OutboxMessage {
+    let text = "From: sender@example.com\r\nTo: \(recipients.joined(separator: ", "))\r\nSubject: \(tag)\r\n"
+        + "Message-ID: <\(tag)@example.com>\r\n\r\nbody of \(tag)\r\n"
+    return OutboxMessage(sender: "sender@example.com", recipients: recipients, content: Array(text.utf8),
+                         idempotencyKey: key, notBefore: notBefore)
+}
+
+/// A relay whose answer to each `RCPT` a test decides by address, counting what it saw.
+final class ScriptedRelay: Sendable {
+    let server: ScriptedSMTPServer
+    private let seen: Locked<[String: Int]>
+
+    var port: Int { server.port }
+
+    /// `answer(address, timesSeenBefore)` is the RCPT reply (without CRLF).
+    static func start(_ answer: @escaping @Sendable (String, Int) -> String) async throws -> ScriptedRelay {
+        let seen = Locked([String: Int]())
+        let server = try await ScriptedSMTPServer.start { line in
+            let verb = line.split(separator: " ").first.map { String($0).uppercased() } ?? ""
+            switch verb {
+            case "EHLO": return "250-relay.test\r\n250-PIPELINING\r\n250 8BITMIME\r\n"
+            case "MAIL", "RSET", "NOOP": return "250 ok\r\n"
+            case "DATA": return "354 go ahead\r\n"
+            case "<END": return "250 2.0.0 queued\r\n"
+            case "QUIT": return "221 bye\r\n"
+            case "RCPT":
+                let address = line.split(separator: "<").last.flatMap { $0.split(separator: ">").first }.map(String.init) ?? ""
+                let before = seen.withLock { seen in
+                    defer { seen[address, default: 0] += 1 }
+                    return seen[address, default: 0]
+                }
+                return answer(address, before) + "\r\n"
+            default: return "502 5.5.2 not scripted\r\n"
+            }
+        }
+        return ScriptedRelay(server: server, seen: seen)
+    }
+
+    private init(server: ScriptedSMTPServer, seen: Locked<[String: Int]>) {
+        self.server = server
+        self.seen = seen
+    }
+
+    /// How many times `RCPT TO:<address>` came.
+    func rcptCount(_ address: String) -> Int { seen.withLock { $0[address, default: 0] } }
+
+    func shutdown() async { await server.shutdown() }
+}
+
+/// A plaintext client for a loopback relay, without in-process retries (the outbox retries).
+func relayClient(port: Int) throws -> SMTPClient {
+    var configuration = SMTPClient.Configuration(host: "127.0.0.1", port: port, security: .none)
+    configuration.retry = .none
+    configuration.pool.connectBackoff = Backoff(initial: .milliseconds(10), maximum: .milliseconds(50))
+    return try SMTPClient(configuration: configuration)
+}
+
+/// Waits until `condition` holds, for at most `limit`.
+func eventually(_ what: String, within limit: Duration = .seconds(20),
+                _ condition: @Sendable () async throws -> Bool) async throws {
+    let deadline = ContinuousClock.now + scaled(limit)
+    while ContinuousClock.now < deadline {
+        if try await condition() { return }
+        try await Task.sleep(for: .milliseconds(20))
+    }
+    throw OutboxTestTimeout(description: "timed out waiting until \(what)")
+}
+
+struct OutboxTestTimeout: Error, CustomStringConvertible {
+    let description: String
+}
