@@ -326,6 +326,10 @@ public final class OutboxWorker: Sendable {
             case .rejected?:
                 entry.state = .failed
             case .unknown?:
+                // The reply kept is the RCPT's 250, which says nothing of the message: keep
+                // the error instead.
+                (entry.code, entry.enhancedCode) = (nil, nil)
+                entry.reply = report.error.map { "\($0)" } ?? "no reply after the end of the data"
                 entry.unknownOutcome = true
                 entry.state = configuration.unknownOutcome == .hold ? .unknown : .deferred
             case .deferred?, .failed?, nil:

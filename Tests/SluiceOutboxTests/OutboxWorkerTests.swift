@@ -1,0 +1,213 @@
+import Foundation
+import Sluice
+import SluiceOutbox
+import SluiceSink
+import SluiceTestSupport
+import Testing
+
+/// The worker against real SMTP servers, on a clock the test moves.
+@Suite struct OutboxWorkerTests {
+    /// Runs a worker in a task; the test cancels it when done.
+    static func start(_ outbox: Outbox, _ client: SMTPClient,
+                      _ configure: (inout OutboxWorker.Configuration) -> Void = { _ in })
+        -> (OutboxWorker, Task<Void, any Error>)
+    {
+        var configuration = OutboxWorker.Configuration()
+        configuration.pollInterval = .milliseconds(20)
+        configure(&configuration)
+        let worker = OutboxWorker(outbox: outbox, client: client, configuration: configuration)
+        return (worker, Task { try await worker.run() })
+    }
+
+    @Test func aDeferredRecipientIsRetriedAloneUntilAcceptedAndARefusalIsFinal() async throws {
+        // later@ is refused with a 450 three times, then accepted.
+        let relay = try await ScriptedRelay.start { address, before in
+            switch address {
+            case "bad@example.org": "550 5.1.1 no such user"
+            case "later@example.org": before < 3 ? "450 4.2.0 mailbox busy" : "250 2.1.5 ok"
+            default: "250 2.1.5 ok"
+            }
+        }
+        let clock = ManualClock()
+        let (outbox, _) = try await makeSQLiteOutbox(clock: clock)
+        let client = try relayClient(port: relay.port)
+        let id = try await outbox.enqueue(outboxMessage("d", to: ["ok@example.org", "later@example.org", "bad@example.org"]))
+        let (worker, task) = Self.start(outbox, client)
+        for attempt in 1...3 {
+            try await eventually("attempt \(attempt) is recorded") {
+                try await outbox.message(id)?.recipients[1].attempts == attempt
+            }
+            let record = try #require(try await outbox.message(id))
+            #expect(record.recipients.map(\.state) == [.delivered, .deferred, .failed])
+            let due = try #require(record.dueAt)
+            // 1, 2, 4 minutes, with ±10 % jitter.
+            let delay = due.timeIntervalSince(clock.now())
+            let expected = 60 * pow(2, Double(attempt - 1))
+            #expect(delay >= expected * 0.9 && delay <= expected * 1.1, "attempt \(attempt): \(delay) s")
+            clock.advance(by: .seconds(Int64(delay.rounded(.up))))
+            worker.wake()
+        }
+        try await eventually("later@ is delivered") {
+            try await outbox.message(id)?.recipients[1].state == .delivered
+        }
+        let record = try #require(try await outbox.message(id))
+        #expect(record.attempts == 4)
+        #expect(record.dueAt == nil)
+        #expect(record.recipients[0].attempts == 1)
+        #expect(record.recipients[1].attempts == 4)
+        #expect(record.recipients[1].attemptTimes.count == 4)
+        #expect(record.recipients[1].code == 250)
+        #expect(record.recipients[2].attempts == 1)
+        #expect(record.recipients[2].code == 550)
+        #expect(record.recipients[2].enhancedCode == "5.1.1")
+        #expect(record.recipients[2].reply == "no such user")
+        // Only the deferred recipient went again.
+        #expect(relay.rcptCount("ok@example.org") == 1)
+        #expect(relay.rcptCount("bad@example.org") == 1)
+        #expect(relay.rcptCount("later@example.org") == 4)
+        #expect(worker.statistics.delivered == 2)
+        #expect(worker.statistics.deferred == 3)
+        #expect(worker.statistics.failed == 1)
+        task.cancel()
+        try await task.value
+        await client.shutdown()
+        await relay.shutdown()
+        await outbox.close()
+    }
+
+    @Test func aRecipientDeferredPastTheMaximumAgeExpiresWithItsLastReply() async throws {
+        let relay = try await ScriptedRelay.start { _, before in "451 4.7.1 greylisted (\(before))" }
+        let clock = ManualClock()
+        let (outbox, _) = try await makeSQLiteOutbox(clock: clock)
+        let client = try relayClient(port: relay.port)
+        let id = try await outbox.enqueue(outboxMessage("e"))
+        let (worker, task) = Self.start(outbox, client) { configuration in
+            configuration.maximumAge = .seconds(600)
+            configuration.retry = Backoff(initial: .seconds(60), maximum: .seconds(120))
+        }
+        var attempts = 0
+        while try await outbox.message(id)?.recipients[0].state != .expired {
+            attempts += 1
+            try #require(attempts < 20, "never expired")
+            try await eventually("attempt \(attempts) is recorded") { [attempts] in
+                try await outbox.message(id)?.recipients[0].attempts == attempts
+            }
+            clock.advance(by: .seconds(121))
+            worker.wake()
+        }
+        let recipient = try #require(try await outbox.message(id)?.recipients[0])
+        // 60 s, then 120 s apart: the attempt that would be due after 600 s is not made.
+        #expect((5...7).contains(recipient.attempts), "\(recipient.attempts)")
+        #expect(recipient.code == 451)
+        #expect(recipient.reply == "greylisted (\(recipient.attempts - 1))")
+        #expect(worker.statistics.expired == 1)
+        #expect(try await outbox.store.hasPendingWork() == false)
+        task.cancel()
+        try await task.value
+        await client.shutdown()
+        await relay.shutdown()
+    }
+
+    @Test(arguments: OutboxWorker.UnknownOutcomePolicy.allCases)
+    func anUnknownOutcomeIsNeverDelivered(policy: OutboxWorker.UnknownOutcomePolicy) async throws {
+        // The sink closes the connection after the end of the data, before its reply.
+        let sink = try await startSink { configuration in
+            configuration.faults.dropAfterData = .everyNth(1)
+        }
+        let clock = ManualClock()
+        let (outbox, _) = try await makeSQLiteOutbox(clock: clock)
+        let client = try relayClient(port: sink.localAddress.port)
+        let id = try await outbox.enqueue(outboxMessage("u"))
+        let (worker, task) = Self.start(outbox, client) { $0.unknownOutcome = policy }
+        try await eventually("the attempt is recorded") {
+            try await outbox.message(id)?.recipients[0].attempts == 1
+        }
+        let recipient = try #require(try await outbox.message(id)?.recipients[0])
+        #expect(recipient.state == (policy == .hold ? .unknown : .deferred))
+        #expect(recipient.unknownOutcomes == 1)
+        #expect(recipient.code == nil)
+        #expect(worker.statistics.unknown == 1)
+        #expect(worker.statistics.delivered == 0)
+        #expect(try await outbox.store.hasPendingWork() == (policy == .retry))
+        task.cancel()
+        try await task.value
+        await client.shutdown()
+        await sink.shutdown()
+    }
+
+    @Test func scheduledAndCancelledMessagesWaitAndStay() async throws {
+        let relay = try await ScriptedRelay.start { _, _ in "250 ok" }
+        let clock = ManualClock()
+        let (outbox, _) = try await makeSQLiteOutbox(clock: clock)
+        let client = try relayClient(port: relay.port)
+        let scheduled = try await outbox.enqueue(outboxMessage("s", to: ["scheduled@example.org"], notBefore: clock.now() + 3_600))
+        let cancelled = try await outbox.enqueue(outboxMessage("c", to: ["cancelled@example.org"], notBefore: clock.now() + 60))
+        let now = try await outbox.enqueue(outboxMessage("n", to: ["now@example.org"]))
+        #expect(try await outbox.cancel(cancelled) == 1)
+        let (worker, task) = Self.start(outbox, client)
+        try await eventually("the unscheduled message is delivered") {
+            try await outbox.message(now)?.recipients[0].state == .delivered
+        }
+        clock.advance(by: .seconds(3_599))
+        worker.wake()
+        try await Task.sleep(for: .milliseconds(100))
+        #expect(try await outbox.message(scheduled)?.recipients[0].state == .queued)
+        clock.advance(by: .seconds(1))
+        worker.wake()
+        try await eventually("the scheduled message is delivered") {
+            try await outbox.message(scheduled)?.recipients[0].state == .delivered
+        }
+        #expect(try await outbox.message(cancelled)?.recipients[0].state == .cancelled)
+        #expect(relay.rcptCount("cancelled@example.org") == 0)
+        task.cancel()
+        try await task.value
+        await client.shutdown()
+        await relay.shutdown()
+    }
+
+    @Test func exitWhenIdleDrainsTheOutboxIntoTheSinkAndReturns() async throws {
+        let sink = try await startSink()
+        let (outbox, _) = try await makeSQLiteOutbox()
+        let client = try relayClient(port: sink.localAddress.port)
+        let messages = (0..<500).map { outboxMessage("m\($0)", to: ["a\($0)@example.org", "b\($0)@example.org"]) }
+        _ = try await outbox.enqueue(contentsOf: messages)
+        let (worker, task) = Self.start(outbox, client) { configuration in
+            configuration.exitWhenIdle = true
+            configuration.batchSize = 64
+            configuration.concurrency = 128
+        }
+        try await withDeadline(scaled(.seconds(60)), "the worker drains 500 messages") { try await task.value }
+        let status = try await outbox.status()
+        #expect(status.recipients[.delivered] == 1_000)
+        #expect(status.pendingRecipients == 0)
+        #expect(status.messagesFinished == 500)
+        #expect(worker.statistics.claimed == 500)
+        let stored = sink.messages
+        #expect(stored.count == 500)
+        #expect(Set(stored.flatMap { $0.recipients.map { "\($0)" } }).count == 1_000)
+        await client.shutdown()
+        await sink.shutdown()
+    }
+
+    @Test func aCancelledWorkerRecordsWhatItHeldBeforeItReturns() async throws {
+        // Replies come slowly, so the worker is cancelled with messages in flight.
+        let sink = try await startSink { configuration in
+            configuration.replyDelay = .fixed(.milliseconds(300))
+        }
+        let (outbox, _) = try await makeSQLiteOutbox()
+        let client = try relayClient(port: sink.localAddress.port)
+        _ = try await outbox.enqueue(contentsOf: (0..<20).map { outboxMessage("h\($0)") })
+        let (worker, task) = Self.start(outbox, client) { $0.batchSize = 10 }
+        try await eventually("the worker holds messages") { worker.statistics.claimed > 0 }
+        task.cancel()
+        try await task.value
+        let status = try await outbox.status()
+        // Nothing is left leased: what it held was recorded (or given back) before it returned.
+        #expect(status.recipients[.leased] == 0)
+        #expect(status.recipients[.delivered] == worker.statistics.delivered)
+        #expect(worker.statistics.delivered == worker.statistics.claimed)
+        #expect(sink.messages.count == worker.statistics.delivered)
+        await client.shutdown()
+        await sink.shutdown()
+    }
+}
