@@ -8,7 +8,8 @@ struct SluiceCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "sluice",
         abstract: "An event-driven SMTP engine: send mail, run a sink, measure throughput.",
-        subcommands: [SendCommand.self, SinkCommand.self, BenchCommand.self, SoakCommand.self, LoopbackCommand.self]
+        subcommands: [SendCommand.self, SinkCommand.self, BenchCommand.self, SoakCommand.self, OutboxCommand.self,
+                      WorkerCommand.self, LoopbackCommand.self]
     )
 
     static func main() async {
@@ -31,16 +32,18 @@ struct SluiceCommand: AsyncParsableCommand {
 /// Runs the part of a command that turns its flags into settings once they are parsed: reading
 /// files, checking values against each other. A flag found unusable there ends the command
 /// with exit status 64 (EX_USAGE) and one line on stderr, `sluice COMMAND: what is wrong`,
-/// followed by "; nothing was sent" when `nothingSent` says so. Thrown on from `run()`,
+/// followed by "; nothing was sent" when `nothingSent` says so (or "; nothing was enqueued"). Thrown on from `run()`,
 /// ArgumentParser would print the root command's usage instead, which names no flag of this one.
-func settingUp<T>(_ command: String, nothingSent: Bool = false, _ body: () throws -> T) throws -> T {
+func settingUp<T>(_ command: String, nothingSent: Bool = false, nothingWritten: Bool = false,
+                  _ body: () throws -> T) throws -> T {
     do {
         return try body()
     } catch let exit as ExitCode {
         throw exit
     } catch {
         let text = (error as? ValidationError)?.message ?? "\(error)"
-        FileHandle.standardError.write(Data("sluice \(command): \(text)\(nothingSent ? "; nothing was sent" : "")\n".utf8))
+        let suffix = nothingSent ? "; nothing was sent" : nothingWritten ? "; nothing was enqueued" : ""
+        FileHandle.standardError.write(Data("sluice \(command): \(text)\(suffix)\n".utf8))
         throw ExitCode(64)
     }
 }

@@ -79,7 +79,7 @@ public final class Outbox: Sendable {
         prepared.reserveCapacity(messages.count)
         for (index, message) in messages.enumerated() {
             do throws(OutboxError) {
-                prepared.append(try prepare(message))
+                prepared.append(try check(message))
             } catch {
                 let which = messages.count > 1 ? "message \(index + 1): " : ""
                 throw OutboxError(error.kind, "\(which)\(error.message); nothing was enqueued")
@@ -88,8 +88,11 @@ public final class Outbox: Sendable {
         return try await store.enqueue(prepared, now: clock.now())
     }
 
-    /// Checks a message: its addresses, its size and its form.
-    func prepare(_ message: OutboxMessage) throws(OutboxError) -> PreparedMessage {
+    /// Checks a message as ``enqueue(contentsOf:)`` does, writing nothing: its addresses, its
+    /// size, its idempotency key and its form.
+    /// - Throws: ``OutboxError/Kind/invalidInput`` saying what is wrong.
+    @discardableResult
+    public func check(_ message: OutboxMessage) throws(OutboxError) -> PreparedMessage {
         guard !message.recipients.isEmpty else { throw OutboxError(.invalidInput, "no recipients") }
         do throws(AddressError) {
             if !message.sender.isEmpty { _ = try EnvelopeAddress(message.sender) }

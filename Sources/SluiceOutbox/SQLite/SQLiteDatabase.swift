@@ -64,11 +64,24 @@ final class SQLiteDatabase {
         try execute("BEGIN IMMEDIATE")
         do {
             let result = try body()
+            resetActiveStatements()
             try execute("COMMIT")
             return result
         } catch {
             try? execute("ROLLBACK")
             throw error
+        }
+    }
+
+    /// Resets every statement left mid-result (a `step()` that returned a row and was not
+    /// stepped to its end). Such a statement keeps its read transaction open, and with it a
+    /// snapshot: later reads on this connection would not see other processes' commits, and
+    /// its next write transaction would fail with SQLITE_BUSY_SNAPSHOT.
+    func resetActiveStatements() {
+        var statement = sqlite3_next_stmt(handle, nil)
+        while let current = statement {
+            if sqlite3_stmt_busy(current) != 0 { sqlite3_reset(current) }
+            statement = sqlite3_next_stmt(handle, current)
         }
     }
 
@@ -260,7 +273,10 @@ final class SQLiteThread: @unchecked Sendable {
             jobs = []
             let finished = closed
             condition.unlock()
-            for job in batch { job(database) }
+            for job in batch {
+                job(database)
+                database?.resetActiveStatements()
+            }
             if finished && batch.isEmpty {
                 database = nil  // closes it
                 return

@@ -1,0 +1,164 @@
+import Foundation
+import Sluice
+@testable import SluiceOutbox
+import SluiceSink
+import SluiceTestSupport
+import Testing
+
+/// `sluice outbox` and `sluice worker`, run as a user runs them.
+@Suite struct OutboxCommandTests {
+    /// Runs `sluice ARGS` on a thread of its own.
+    static func sluice(_ arguments: [String], input: String? = nil, in directory: String? = nil) async throws
+        -> (status: Int32, output: String, error: String)?
+    {
+        guard let command = sluiceCommand() else { return nil }
+        return try await offThread { try run(command, arguments, input: input, in: directory) }
+    }
+
+    static func temporaryDirectory() throws -> String {
+        let directory = FileManager.default.temporaryDirectory.appendingPathComponent("sluice-cli-\(UUID().uuidString)").path
+        try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+        return directory
+    }
+
+    struct StatusJSON: Decodable {
+        var recipients: [String: Int]
+        var messages: [String: Int]
+        var deliveredLastMinute: Int
+    }
+
+    struct RecordJSON: Decodable {
+        struct Recipient: Decodable {
+            var address: String
+            var state: String
+            var code: Int?
+            var enhancedCode: String?
+            var reply: String?
+            var attempts: Int
+            var unknownOutcomes: Int
+        }
+        var id: Int64
+        var messageID: String?
+        var idempotencyKey: String?
+        var recipients: [Recipient]
+    }
+
+    @Test func enqueueInspectRetryCancelAndPurgeFromTheShell() async throws {
+        let directory = try Self.temporaryDirectory()
+        let url = "sqlite:\(directory)/o.db"
+        guard let before = try await Self.sluice(["outbox", "status", "--outbox", url]) else { return }
+        #expect(before.status == 69)
+        #expect(before.error.contains("sluice outbox init"), "\(before.error)")
+        #expect(try await Self.sluice(["outbox", "init", "--outbox", url])?.output.contains("created at schema version 1") == true)
+        #expect(try await Self.sluice(["outbox", "init", "--outbox", url])?.output.contains("already at schema version 1") == true)
+
+        let eml = "\(directory)/m.eml"
+        try Data("From: a@example.com\r\nTo: b@example.org\r\nBcc: hidden@example.org\r\nSubject: hi\r\nMessage-ID: <m1@example.com>\r\n\r\nhello\r\n".utf8)
+            .write(to: URL(fileURLWithPath: eml))
+        let fromFile = try #require(try await Self.sluice(["outbox", "enqueue", "--outbox", url, "--eml", eml]))
+        #expect(fromFile.status == 0, "\(fromFile.error)")
+        #expect(fromFile.output == "1\n")
+        let lines = """
+            {"from": "a@example.com", "to": ["c@example.org", "d@example.org"], "raw": "From: a@example.com\\r\\nSubject: s\\r\\n\\r\\nbody\\r\\n", "idempotencyKey": "k1"}
+
+            {"from": "", "to": ["e@example.org"], "eml": "\(eml)", "notBefore": "2030-01-01T00:00:00Z"}
+            {"from": "a@example.com", "to": ["f@example.org"], "raw": "From: a@example.com\\r\\n\\r\\nsame key\\r\\n", "idempotencyKey": "k1"}
+            """
+        let fromInput = try #require(try await Self.sluice(["outbox", "enqueue", "--outbox", url], input: lines))
+        #expect(fromInput.status == 0, "\(fromInput.error)")
+        #expect(fromInput.output == "2\n3\n2\n")  // the repeated key returns the first id
+
+        // Bad input: a clear error naming the line, exit 64, and nothing written.
+        let bad: [(String, String)] = [
+            ("{\"from\": \"a@example.com\", \"to\": [\"ok@example.org\"], \"raw\": \"From: a@example.com\\r\\n\\r\\nx\\r\\n\"}\n{\"from\": \"a@example.com\", \"to\": [\"not an address\"], \"raw\": \"x\"}",
+             "line 2: invalid address"),
+            ("{\"from\": \"a@example.com\"}", "line 1: not a message object"),
+            ("{\"from\": \"a@example.com\", \"to\": [\"x@example.org\"], \"raw\": \"no header here\\r\\n\"}", "line 1: the message is malformed"),
+            ("{\"from\": \"a@example.com\", \"to\": [\"x@example.org\"], \"eml\": \"/nonexistent.eml\"}", "line 1: cannot read"),
+            ("{\"from\": \"a@example.com\", \"to\": [\"x@example.org\"], \"raw\": \"From: a@example.com\\r\\n\\r\\nx\\r\\n\", \"notBefore\": \"tomorrow\"}", "RFC 3339"),
+        ]
+        for (input, words) in bad {
+            let run = try #require(try await Self.sluice(["outbox", "enqueue", "--outbox", url], input: input))
+            #expect(run.status == 64)
+            #expect(run.error.contains(words), "\(run.error)")
+            #expect(run.error.contains("nothing was enqueued"), "\(run.error)")
+            #expect(run.output.isEmpty)
+        }
+        let big = try #require(try await Self.sluice(["outbox", "enqueue", "--outbox", url, "--eml", eml, "--max-size", "50"]))
+        #expect(big.status == 64 && big.error.contains("over the limit of 50"), "\(big.error)")
+
+        let status = try #require(try await Self.sluice(["outbox", "status", "--json", "--outbox", url]))
+        let counts = try JSONDecoder().decode(StatusJSON.self, from: Data(status.output.utf8))
+        // b and hidden (its Bcc: the envelope only), c, d, and e (scheduled, queued all the same).
+        #expect(counts.recipients["queued"] == 5)
+        #expect(counts.recipients.keys.sorted() == RecipientState.allCases.map(\.rawValue).sorted())
+        #expect(counts.messages["scheduled"] == 1)
+
+        let shown = try #require(try await Self.sluice(["outbox", "show", "1", "--json", "--outbox", url]))
+        let record = try JSONDecoder().decode(RecordJSON.self, from: Data(shown.output.utf8))
+        #expect(record.messageID == "<m1@example.com>")
+        #expect(record.recipients.map(\.address) == ["b@example.org", "hidden@example.org"])
+        let content = try #require(try await Outbox.open(url).store.content(id: 1))
+        #expect(!String(decoding: content, as: UTF8.self).contains("Bcc"))
+
+        #expect(try await Self.sluice(["outbox", "cancel", "2", "--outbox", url])?.output == "2 recipients cancelled\n")
+        let cancelled = try #require(try await Self.sluice(["outbox", "list", "--state", "cancelled", "--json", "--outbox", url]))
+        #expect(try cancelled.output.split(separator: "\n").map {
+            try JSONDecoder().decode(RecordJSON.self, from: Data($0.utf8)).id
+        } == [2])
+        #expect(try await Self.sluice(["outbox", "retry", "--state", "cancelled", "--outbox", url])?.output == "2 recipients queued again\n")
+        let missing = try #require(try await Self.sluice(["outbox", "show", "99", "--outbox", url]))
+        #expect(missing.status == 64 && missing.error.contains("no message has id 99"))
+        let wrongState = try #require(try await Self.sluice(["outbox", "list", "--state", "sent", "--outbox", url]))
+        #expect(wrongState.status == 64 && wrongState.error.contains("not a state"))
+        #expect(try await Self.sluice(["outbox", "purge", "--older-than", "1d", "--outbox", url])?.output == "0 messages purged\n")
+        let badAge = try #require(try await Self.sluice(["outbox", "purge", "--older-than", "soon", "--outbox", url]))
+        #expect(badAge.status == 64)
+    }
+
+    @Test func aWrongURLAnUnreachableStoreAndANewerSchemaAreRefusedClearly() async throws {
+        let directory = try Self.temporaryDirectory()
+        guard let wrong = try await Self.sluice(["outbox", "status", "--outbox", "mysql://db/x"]) else { return }
+        #expect(wrong.status == 64 && wrong.error.contains("not a store Sluice knows"), "\(wrong.error)")
+        let unreachable = try #require(try await Self.sluice(["outbox", "init", "--outbox", "sqlite:\(directory)/no/such/dir/o.db"]))
+        #expect(unreachable.status == 69 && unreachable.error.contains("cannot open"), "\(unreachable.error)")
+
+        let url = "sqlite:\(directory)/o.db"
+        let outbox = try await Outbox.open(url)
+        try await outbox.initialize()
+        try await (outbox.store as! SQLiteStore).execute("UPDATE sluice_schema SET version = 7")
+        await outbox.close()
+        for arguments in [["outbox", "init"], ["outbox", "status"], ["worker", "--server", "127.0.0.1:1", "--security", "none"]] {
+            let run = try #require(try await Self.sluice(arguments + ["--outbox", url]))
+            #expect(run.status == 69, "\(arguments)")
+            #expect(run.error.contains("schema version 7, newer than this Sluice knows"), "\(run.error)")
+        }
+        // From the environment too.
+        guard let command = sluiceCommand() else { return }
+        let fromEnvironment = try await offThread {
+            try run("/usr/bin/env", ["SLUICE_OUTBOX=\(url)", command, "outbox", "status"])
+        }
+        #expect(fromEnvironment.status == 69 && fromEnvironment.error.contains("schema version 7"))
+    }
+
+    @Test func theWorkerDrainsTheOutboxAndExitsWhenIdle() async throws {
+        let directory = try Self.temporaryDirectory()
+        let url = "sqlite:\(directory)/o.db"
+        let outbox = try await Outbox.open(url)
+        try await outbox.initialize()
+        _ = try await outbox.enqueue(contentsOf: (0..<300).map { outboxMessage("w\($0)", to: ["r\($0)@example.org"]) })
+        let sink = try await startSink { $0.faults.rejectRecipients = .everyNth(10) }
+        guard let run = try await Self.sluice([
+            "worker", "--outbox", url, "--server", "127.0.0.1:\(sink.localAddress.port)", "--security", "none",
+            "--exit-when-idle", "--batch", "50",
+        ]) else { return }
+        #expect(run.status == 0, "\(run.error)")
+        #expect(run.error.contains("recipients delivered 270, deferred 0, failed 30"), "\(run.error)")
+        let status = try await outbox.status()
+        #expect(status.recipients[.delivered] == 270)
+        #expect(status.recipients[.failed] == 30)
+        #expect(sink.statistics.messages == 270)
+        await sink.shutdown()
+        await outbox.close()
+    }
+}
