@@ -1,0 +1,111 @@
+import Foundation
+import Sluice
+import SluiceOutbox
+import SluiceSink
+import SluiceTestSupport
+import Testing
+
+/// Workers killed outright while they drain an outbox into a faulty sink: nothing is lost, and
+/// every duplicate is accounted for.
+@Suite struct OutboxCrashTests {
+    /// What the sink received: how many times each (Message-ID, recipient) pair came.
+    struct Received {
+        private(set) var counts: [String: Int] = [:]
+        mutating func add(_ message: StoredMessage) {
+            let text = String(decoding: message.content.prefix(2_048), as: UTF8.self)
+            guard let start = text.range(of: "Message-ID: ")?.upperBound,
+                  let end = text[start...].firstIndex(where: \.isNewline) else { return }
+            let messageID = String(text[start..<end])
+            for recipient in message.recipients { counts["\(messageID) \(recipient)", default: 0] += 1 }
+        }
+    }
+
+    static func worker(_ command: String, url: String, port: Int, exitWhenIdle: Bool) throws -> ChildProcess {
+        var arguments = ["worker", "--outbox", url, "--server", "127.0.0.1:\(port)", "--security", "none",
+                         "--batch", "100", "--concurrency", "400", "--lease", "3s", "--retry-after", "1s",
+                         "--retry-max", "2s", "--poll-interval", "200ms"]
+        if exitWhenIdle { arguments.append("--exit-when-idle") }
+        return try ChildProcess(command, arguments, input: .null, output: .null, error: exitWhenIdle ? .pipe : .null)
+    }
+
+    @Test func aWorkerKilledHalfwayLosesNothingAndItsDuplicatesAreBounded() async throws {
+        guard let command = sluiceCommand() else { return }
+        let sink = try await startSink { configuration in
+            configuration.store = .memory
+            configuration.faults.deferRecipients = .probability(0.05)
+            configuration.faults.rejectRecipients = .probability(0.02)
+            configuration.faults.dropAfterData = .probability(0.005)
+            configuration.faults.seed = 24
+        }
+        let directory = try OutboxCommandTests.temporaryDirectory()
+        let url = "sqlite:\(directory)/o.db"
+        let outbox = try await Outbox.open(url)
+        try await outbox.initialize()
+        let total = 10_000
+        for start in stride(from: 0, to: total, by: 1_000) {
+            _ = try await outbox.enqueue(contentsOf: (start..<start + 1_000).map {
+                outboxMessage("c\($0)", to: ["a\($0)@example.org", "b\($0)@example.org"])
+            })
+        }
+
+        // The first worker is killed (SIGKILL: no goodbye) once half the mail is in the sink.
+        let first = try Self.worker(command, url: url, port: sink.localAddress.port, exitWhenIdle: false)
+        try await eventually("half the messages reach the sink", within: .seconds(120)) {
+            sink.statistics.messages >= total / 2 || !first.isRunning
+        }
+        kill(first.pid, SIGKILL)
+        #expect(await first.exitStatus() == 128 + SIGKILL)
+        // What it held when it died: leased, and nobody else's.
+        let held = try await outbox.list(state: .leased, limit: 100_000)
+        let heldIDs = Set(held.compactMap(\.messageID))
+        #expect(held.count <= 400)
+
+        let second = try Self.worker(command, url: url, port: sink.localAddress.port, exitWhenIdle: true)
+        let (_, errorOutput) = await offThread { second.readOutputAndError() }
+        let status = await second.exitStatus()
+        #expect(status == 0, "\(String(decoding: errorOutput, as: UTF8.self))")
+
+        let records = try await outbox.list(limit: 100_000)
+        #expect(records.count == total)
+        let outboxStatus = try await outbox.status()
+        #expect(outboxStatus.pendingRecipients == 0)
+        var unknownIDs = Set<String>()
+        var delivered = 0
+        var failed = 0
+        var received = Received()
+        for message in sink.messages { received.add(message) }
+        let counts = received.counts
+        for record in records {
+            let messageID = try #require(record.messageID)
+            for recipient in record.recipients {
+                let times = counts["\(messageID) \(recipient.address)", default: 0]
+                if recipient.unknownOutcomes > 0 { unknownIDs.insert(messageID) }
+                switch recipient.state {
+                case .delivered:
+                    delivered += 1
+                    // Nothing lost: every recipient recorded delivered is in the sink.
+                    #expect(times >= 1, "\(messageID) \(recipient.address) recorded delivered but never received")
+                case .failed:
+                    failed += 1
+                    #expect(recipient.code == 550, "\(recipient)")
+                default:
+                    Issue.record("\(messageID) \(recipient.address) ended \(recipient.state)")
+                }
+                // Twice only where a worker died holding it, or no reply said whether it was taken.
+                if times > 1 {
+                    #expect(heldIDs.contains(messageID) || recipient.unknownOutcomes > 0,
+                            "\(messageID) \(recipient.address) received \(times) times")
+                }
+            }
+        }
+        #expect(delivered + failed == 2 * total)
+        // 2 % of RCPTs are refused for good (more attempts than recipients: deferrals are retried).
+        #expect(failed > 2 * total / 100 / 2 && failed < 2 * total * 4 / 100, "\(failed)")
+        let duplicates = counts.values.reduce(0) { $0 + max(0, $1 - 1) }
+        print("crash (SQLite): \(delivered) delivered, \(failed) failed, \(held.count) held by the killed worker, "
+              + "\(unknownIDs.count) messages with an unknown outcome, \(duplicates) duplicate deliveries")
+        #expect(duplicates <= 2 * (held.count + unknownIDs.count))
+        await outbox.close()
+        await sink.shutdown()
+    }
+}
