@@ -5,7 +5,7 @@
 // Layers (dependencies point down only) are described in Documentation/Architecture.md:
 //
 //   SluiceCLI ─┬─ SluiceOutbox ─ Sluice ─┬─ SluiceTransport ─┬─ CLibUV
-//              │  (CSQLite)              │                   └─ COpenSSL
+//              │  (CSQLite, CLibPQ)      │                   └─ COpenSSL
 //              └─ SluiceSink ────────────┘
 //                    Sluice ─ SluiceMIME ─ SluiceCore (pure Swift, no I/O; SluiceMIME
 //                                          links GNU libidn2 for IDNA, through CIDN2)
@@ -56,6 +56,11 @@ let package = Package(
             providers: [.apt(["libsqlite3-dev"])]
         ),
         .systemLibrary(
+            name: "CLibPQ",
+            pkgConfig: "libpq",
+            providers: [.apt(["libpq-dev"])]
+        ),
+        .systemLibrary(
             name: "CIDN2",
             pkgConfig: "libidn2",
             providers: [.apt(["libidn2-dev"])]
@@ -96,6 +101,7 @@ let package = Package(
                 "SluiceMIME",
                 "SluiceTransport",
                 "CSQLite",
+                "CLibPQ",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "Metrics", package: "swift-metrics"),
             ],

@@ -9,10 +9,12 @@ import SluiceOutbox
 struct OutboxCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "outbox",
-        abstract: "Create, fill and inspect a durable outbox (SQLite).",
+        abstract: "Create, fill and inspect a durable outbox (SQLite or PostgreSQL).",
         discussion: """
             Every subcommand takes --outbox URL, or the environment variable SLUICE_OUTBOX, \
-            else sqlite:sluice-outbox.db in the working directory. `sluice worker` delivers it.
+            else sqlite:sluice-outbox.db in the working directory. PostgreSQL is named as libpq \
+            names it: postgresql://user@host/db or 'host=/run/postgresql dbname=mail', with the \
+            password in PGPASSWORD or ~/.pgpass (never in the URL). `sluice worker` delivers it.
 
             Exit status: 0 done, 64 invalid input or URL (nothing was written), 69 the outbox \
             cannot be used (unreachable, not initialised, or a schema newer than this sluice).
@@ -324,7 +326,8 @@ func parseState(_ text: String) throws -> RecipientState {
 
 /// `--outbox URL`, shared by `outbox` and `worker`.
 struct OutboxOptions: ParsableArguments {
-    @Option(name: .customLong("outbox"), help: "The outbox: sqlite:PATH (default: $SLUICE_OUTBOX, else sqlite:sluice-outbox.db).")
+    @Option(name: .customLong("outbox"),
+            help: "The outbox: sqlite:PATH or postgresql://… (default: $SLUICE_OUTBOX, else sqlite:sluice-outbox.db).")
     var explicitURL: String?
 
     var url: String { explicitURL ?? ProcessInfo.processInfo.environment["SLUICE_OUTBOX"] ?? Outbox.defaultURL }
@@ -335,6 +338,10 @@ struct OutboxOptions: ParsableArguments {
               _ body: (Outbox) async throws -> Void) async throws {
         var opened: Outbox?
         do {
+            if Outbox.urlHoldsPassword(url) {
+                throw OutboxError(.invalidURL, "the outbox URL holds a password, which any user can read in the process list; "
+                                  + "put it in PGPASSWORD or a ~/.pgpass file instead")
+            }
             let outbox = try await Outbox.open(url, maximumMessageSize: maximumMessageSize)
             opened = outbox
             try await body(outbox)

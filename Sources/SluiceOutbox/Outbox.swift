@@ -34,7 +34,9 @@ public final class Outbox: Sendable {
     }
 
     /// Opens the store a URL names: `sqlite:PATH` (`sqlite:///abs/path` too, and
-    /// `?synchronous=normal`).
+    /// `?synchronous=normal`), or PostgreSQL as libpq names it: `postgresql://…` (or
+    /// `postgres://…`), or `key=value` pairs (`host=/run/postgresql dbname=mail`). A
+    /// PostgreSQL password comes best from `PGPASSWORD` or `~/.pgpass`, not the URL.
     ///
     /// - Throws: ``OutboxError/Kind/invalidURL`` for a URL of no known store,
     ///   ``OutboxError/Kind/unavailable`` when it cannot be opened.
@@ -44,8 +46,17 @@ public final class Outbox: Sendable {
         switch try OutboxURL(url) {
         case .sqlite(let path, let synchronous):
             store = try await SQLiteStore(path: path, synchronous: synchronous)
+        case .postgres(let conninfo):
+            store = try await PostgresStore(conninfo: conninfo)
         }
         return Outbox(store: store, maximumMessageSize: maximumMessageSize, clock: clock)
+    }
+
+    /// Whether `url` carries a PostgreSQL password in clear (`postgresql://user:secret@host`,
+    /// `password=secret`). The command line refuses such a URL: other users can read a
+    /// process's arguments. `PGPASSWORD` or a `~/.pgpass` file keep it private.
+    public static func urlHoldsPassword(_ url: String) -> Bool {
+        (try? OutboxURL(url))?.holdsPassword ?? false
     }
 
     /// Creates or migrates the schema; returns the version it had (0 for none).
@@ -187,10 +198,22 @@ public struct SystemOutboxClock: OutboxClock {
 /// A parsed outbox URL.
 enum OutboxURL: Equatable {
     case sqlite(path: String, synchronous: SQLiteStore.Synchronous)
+    case postgres(conninfo: String)
 
     init(_ url: String) throws(OutboxError) {
+        let lowered = url.lowercased()
+        if lowered.hasPrefix("postgres://") || lowered.hasPrefix("postgresql://") {
+            self = .postgres(conninfo: url)
+            return
+        }
+        // libpq's key=value form: `host=/tmp port=5433 dbname=mail`.
+        if !lowered.hasPrefix("sqlite"), let equals = url.firstIndex(of: "="),
+           url[..<equals].allSatisfy({ $0.isLetter || $0 == "_" }), !url[..<equals].isEmpty {
+            self = .postgres(conninfo: url)
+            return
+        }
         guard let colon = url.firstIndex(of: ":") else {
-            throw OutboxError(.invalidURL, "'\(url)' names no store; use sqlite:PATH")
+            throw OutboxError(.invalidURL, "'\(url)' names no store; use sqlite:PATH, postgresql://… or host=… dbname=…")
         }
         let scheme = url[..<colon].lowercased()
         var rest = String(url[url.index(after: colon)...])
@@ -224,7 +247,23 @@ enum OutboxURL: Equatable {
             guard !rest.isEmpty else { throw OutboxError(.invalidURL, "'\(url)' has no path") }
             self = .sqlite(path: rest, synchronous: synchronous)
         default:
-            throw OutboxError(.invalidURL, "'\(scheme):' is not a store Sluice knows; use sqlite:PATH")
+            throw OutboxError(.invalidURL, "'\(scheme):' is not a store Sluice knows; use sqlite:PATH, postgresql://… or host=… dbname=…")
         }
+    }
+}
+
+extension OutboxURL {
+    /// Whether the URL holds a password in clear (`postgresql://user:secret@host`,
+    /// `password=secret`): the command line refuses those, since other users can read a
+    /// process's arguments.
+    var holdsPassword: Bool {
+        guard case .postgres(let conninfo) = self else { return false }
+        if conninfo.contains("://") {
+            let afterScheme = conninfo[conninfo.range(of: "://")!.upperBound...]
+            let authority = afterScheme.prefix { $0 != "/" && $0 != "?" }
+            if let at = authority.lastIndex(of: "@"), authority[..<at].contains(":") { return true }
+            return conninfo.range(of: "[?&]password=", options: .regularExpression) != nil
+        }
+        return conninfo.range(of: "(^|\\s)password\\s*=", options: .regularExpression) != nil
     }
 }

@@ -65,8 +65,17 @@ public protocol OutboxStore: Sendable {
     /// Deletes up to `limit` messages that finished before `before`; returns how many.
     func purge(finishedBefore before: Date, limit: Int) async throws(OutboxError) -> Int
 
+    /// Calls `wake` (on any thread) when messages may have been added, if the store can tell;
+    /// a worker polls as well.
+    func subscribe(_ wake: @escaping @Sendable () -> Void) async throws(OutboxError)
+
     /// Closes the store; calls after this fail.
     func close() async
+}
+
+extension OutboxStore {
+    /// Stores that cannot tell ignore subscriptions; workers poll them.
+    public func subscribe(_ wake: @escaping @Sendable () -> Void) async throws(OutboxError) {}
 }
 
 /// A message checked by ``Outbox`` and ready for a store.

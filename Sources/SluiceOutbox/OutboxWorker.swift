@@ -146,6 +146,11 @@ public final class OutboxWorker: Sendable {
     public func run() async throws {
         try await outbox.store.checkSchema()
         let logger = configuration.logger
+        do {
+            try await outbox.store.subscribe { [weak self] in self?.wake() }
+        } catch {
+            logger.warning("no notifications of new messages (polling every \(configuration.pollInterval)): \(error)")
+        }
         logger.info("outbox worker started", metadata: ["owner": "\(configuration.owner)"])
         var lastRenewal = ContinuousClock.now
         var lastHousekeeping = ContinuousClock.now - .seconds(3_600)

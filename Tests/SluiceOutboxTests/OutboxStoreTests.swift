@@ -6,8 +6,9 @@ import Testing
 
 /// The SQLite store and the outbox's checks, without a worker.
 @Suite struct OutboxStoreTests {
-    @Test func anIdempotencyKeyAddsAMessageOnce() async throws {
-        let (outbox, _) = try await makeSQLiteOutbox()
+    @Test(arguments: StoreKind.allCases)
+    func anIdempotencyKeyAddsAMessageOnce(store kind: StoreKind) async throws {
+        guard let outbox = try await makeOutbox(kind) else { return }
         let first = try await outbox.enqueue(outboxMessage("a", key: "reset-42"))
         let again = try await outbox.enqueue(contentsOf: [outboxMessage("b", key: "reset-42"), outboxMessage("c")])
         #expect(again[0] == EnqueueResult(id: first, existed: true))
@@ -17,8 +18,9 @@ import Testing
         #expect(try await outbox.message(first)?.messageID == "<a@example.com>")
     }
 
-    @Test func badInputAddsNothingAndSaysWhy() async throws {
-        let (outbox, _) = try await makeSQLiteOutbox()
+    @Test(arguments: StoreKind.allCases)
+    func badInputAddsNothingAndSaysWhy(store kind: StoreKind) async throws {
+        guard let outbox = try await makeOutbox(kind) else { return }
         let small = Outbox(store: outbox.store, maximumMessageSize: 100)
         var noHeaders = outboxMessage("x")
         noHeaders.content = Array("just a body with no header\r\n".utf8)
@@ -46,22 +48,22 @@ import Testing
         #expect(try await outbox.status().recipients.values.reduce(0, +) == 0)
     }
 
-    @Test func anUninitialisedStoreSaysSoAndANewerSchemaIsLeftAlone() async throws {
-        let (fresh, _) = try await makeSQLiteOutbox(initialize: false)
+    @Test(arguments: StoreKind.allCases)
+    func anUninitialisedStoreSaysSoAndANewerSchemaIsLeftAlone(store kind: StoreKind) async throws {
+        guard let fresh = try await makeOutbox(kind, initialize: false) else { return }
         let missing = await #expect(throws: OutboxError.self) { try await fresh.enqueue(outboxMessage()) }
         #expect(missing?.kind == .notInitialized)
         #expect(try await fresh.initialize() == 0)
         #expect(try await fresh.initialize() == 1)  // a second init is a no-op
 
         let id = try await fresh.enqueue(outboxMessage("kept"))
-        let store = try #require(fresh.store as? SQLiteStore)
-        try await store.execute("UPDATE sluice_schema SET version = 99")
+        try await execute("UPDATE sluice_schema SET version = 99", on: fresh)
         let tooNew = await #expect(throws: OutboxError.self) { try await fresh.initialize() }
         #expect(tooNew?.kind == .schemaTooNew)
         #expect(tooNew?.message.contains("99") == true)
         let refused = await #expect(throws: OutboxError.self) { try await fresh.status() }
         #expect(refused?.kind == .schemaTooNew)
-        try await store.execute("UPDATE sluice_schema SET version = 1")
+        try await execute("UPDATE sluice_schema SET version = 1", on: fresh)
         #expect(try await fresh.message(id)?.recipients.first?.state == .queued)
     }
 
@@ -75,9 +77,10 @@ import Testing
         }
     }
 
-    @Test func aClaimIsALeaseThatExpiresAndIsTakenOver() async throws {
+    @Test(arguments: StoreKind.allCases)
+    func aClaimIsALeaseThatExpiresAndIsTakenOver(store kind: StoreKind) async throws {
         let clock = ManualClock()
-        let (outbox, _) = try await makeSQLiteOutbox(clock: clock)
+        guard let outbox = try await makeOutbox(kind, clock: clock) else { return }
         let store = outbox.store
         let id = try await outbox.enqueue(outboxMessage("lease", to: ["a@example.org", "b@example.org"]))
         let now = clock.now()
@@ -111,9 +114,10 @@ import Testing
         #expect(retry.first?.recipients.map(\.address) == ["b@example.org"])
     }
 
-    @Test func theRateLimitIsSharedByEveryWorkerAndNeverOvershoots() async throws {
+    @Test(arguments: StoreKind.allCases)
+    func theRateLimitIsSharedByEveryWorkerAndNeverOvershoots(store kind: StoreKind) async throws {
         let clock = ManualClock()
-        let (outbox, _) = try await makeSQLiteOutbox(clock: clock)
+        guard let outbox = try await makeOutbox(kind, clock: clock) else { return }
         _ = try await outbox.enqueue(contentsOf: (0..<100).map { outboxMessage("r\($0)") })
         let limit = OutboxRateLimit(messagesPerSecond: 10, burst: 5)
         let start = clock.now()
@@ -133,9 +137,10 @@ import Testing
         #expect(total - 13 >= 19)
     }
 
-    @Test func cancelRetryAndPurge() async throws {
+    @Test(arguments: StoreKind.allCases)
+    func cancelRetryAndPurge(store kind: StoreKind) async throws {
         let clock = ManualClock()
-        let (outbox, _) = try await makeSQLiteOutbox(clock: clock)
+        guard let outbox = try await makeOutbox(kind, clock: clock) else { return }
         let id = try await outbox.enqueue(outboxMessage("c", to: ["a@example.org", "b@example.org"]))
         #expect(try await outbox.cancel(id) == 2)
         #expect(try await outbox.message(id)?.recipients.map(\.state) == [.cancelled, .cancelled])
@@ -156,9 +161,10 @@ import Testing
         #expect(notRetryable?.kind == .invalidInput)
     }
 
-    @Test func aScheduledMessageIsNotClaimedBeforeItsTime() async throws {
+    @Test(arguments: StoreKind.allCases)
+    func aScheduledMessageIsNotClaimedBeforeItsTime(store kind: StoreKind) async throws {
         let clock = ManualClock()
-        let (outbox, _) = try await makeSQLiteOutbox(clock: clock)
+        guard let outbox = try await makeOutbox(kind, clock: clock) else { return }
         let later = clock.now() + 3_600
         let id = try await outbox.enqueue(outboxMessage("s", notBefore: later))
         let store = outbox.store

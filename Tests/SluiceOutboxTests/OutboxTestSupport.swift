@@ -20,6 +20,35 @@ final class ManualClock: OutboxClock, @unchecked Sendable {
     }
 }
 
+/// The stores every store and worker test runs against.
+enum StoreKind: String, CaseIterable, Sendable, CustomTestStringConvertible {
+    case sqlite, postgres
+    var testDescription: String { rawValue }
+}
+
+/// A fresh outbox of `kind`, initialised: an SQLite file in a temporary directory, or a new
+/// database in the test process's PostgreSQL cluster. Nil when PostgreSQL is not installed
+/// (outside CI; under CI that is a failure).
+func makeOutbox(_ kind: StoreKind, clock: any OutboxClock = SystemOutboxClock(), initialize: Bool = true)
+    async throws -> Outbox?
+{
+    switch kind {
+    case .sqlite:
+        return try await makeSQLiteOutbox(clock: clock, initialize: initialize).0
+    case .postgres:
+        guard let cluster = try await PostgresCluster.shared() else { return nil }
+        let outbox = try await Outbox.open(try await cluster.createDatabase(), clock: clock)
+        if initialize { try await outbox.initialize() }
+        return outbox
+    }
+}
+
+/// Runs SQL on the outbox's store directly.
+func execute(_ sql: String, on outbox: Outbox) async throws {
+    if let store = outbox.store as? SQLiteStore { try await store.execute(sql) }
+    if let store = outbox.store as? PostgresStore { try await store.execute(sql) }
+}
+
 /// A fresh SQLite outbox in a temporary directory, initialised.
 func makeSQLiteOutbox(clock: any OutboxClock = SystemOutboxClock(), initialize: Bool = true) async throws -> (Outbox, String) {
     let directory = FileManager.default.temporaryDirectory.appendingPathComponent("sluice-outbox-\(UUID().uuidString)")

@@ -19,7 +19,8 @@ import Testing
         return (worker, Task { try await worker.run() })
     }
 
-    @Test func aDeferredRecipientIsRetriedAloneUntilAcceptedAndARefusalIsFinal() async throws {
+    @Test(arguments: StoreKind.allCases)
+    func aDeferredRecipientIsRetriedAloneUntilAcceptedAndARefusalIsFinal(store kind: StoreKind) async throws {
         // later@ is refused with a 450 three times, then accepted.
         let relay = try await ScriptedRelay.start { address, before in
             switch address {
@@ -29,7 +30,7 @@ import Testing
             }
         }
         let clock = ManualClock()
-        let (outbox, _) = try await makeSQLiteOutbox(clock: clock)
+        guard let outbox = try await makeOutbox(kind, clock: clock) else { return }
         let client = try relayClient(port: relay.port)
         let id = try await outbox.enqueue(outboxMessage("d", to: ["ok@example.org", "later@example.org", "bad@example.org"]))
         let (worker, task) = Self.start(outbox, client)
@@ -75,10 +76,11 @@ import Testing
         await outbox.close()
     }
 
-    @Test func aRecipientDeferredPastTheMaximumAgeExpiresWithItsLastReply() async throws {
+    @Test(arguments: StoreKind.allCases)
+    func aRecipientDeferredPastTheMaximumAgeExpiresWithItsLastReply(store kind: StoreKind) async throws {
         let relay = try await ScriptedRelay.start { _, before in "451 4.7.1 greylisted (\(before))" }
         let clock = ManualClock()
-        let (outbox, _) = try await makeSQLiteOutbox(clock: clock)
+        guard let outbox = try await makeOutbox(kind, clock: clock) else { return }
         let client = try relayClient(port: relay.port)
         let id = try await outbox.enqueue(outboxMessage("e"))
         let (worker, task) = Self.start(outbox, client) { configuration in
@@ -108,14 +110,14 @@ import Testing
         await relay.shutdown()
     }
 
-    @Test(arguments: OutboxWorker.UnknownOutcomePolicy.allCases)
-    func anUnknownOutcomeIsNeverDelivered(policy: OutboxWorker.UnknownOutcomePolicy) async throws {
+    @Test(arguments: StoreKind.allCases, OutboxWorker.UnknownOutcomePolicy.allCases)
+    func anUnknownOutcomeIsNeverDelivered(store kind: StoreKind, policy: OutboxWorker.UnknownOutcomePolicy) async throws {
         // The sink closes the connection after the end of the data, before its reply.
         let sink = try await startSink { configuration in
             configuration.faults.dropAfterData = .everyNth(1)
         }
         let clock = ManualClock()
-        let (outbox, _) = try await makeSQLiteOutbox(clock: clock)
+        guard let outbox = try await makeOutbox(kind, clock: clock) else { return }
         let client = try relayClient(port: sink.localAddress.port)
         let id = try await outbox.enqueue(outboxMessage("u"))
         let (worker, task) = Self.start(outbox, client) { $0.unknownOutcome = policy }
@@ -135,10 +137,11 @@ import Testing
         await sink.shutdown()
     }
 
-    @Test func scheduledAndCancelledMessagesWaitAndStay() async throws {
+    @Test(arguments: StoreKind.allCases)
+    func scheduledAndCancelledMessagesWaitAndStay(store kind: StoreKind) async throws {
         let relay = try await ScriptedRelay.start { _, _ in "250 ok" }
         let clock = ManualClock()
-        let (outbox, _) = try await makeSQLiteOutbox(clock: clock)
+        guard let outbox = try await makeOutbox(kind, clock: clock) else { return }
         let client = try relayClient(port: relay.port)
         let scheduled = try await outbox.enqueue(outboxMessage("s", to: ["scheduled@example.org"], notBefore: clock.now() + 3_600))
         let cancelled = try await outbox.enqueue(outboxMessage("c", to: ["cancelled@example.org"], notBefore: clock.now() + 60))
@@ -165,9 +168,10 @@ import Testing
         await relay.shutdown()
     }
 
-    @Test func exitWhenIdleDrainsTheOutboxIntoTheSinkAndReturns() async throws {
+    @Test(arguments: StoreKind.allCases)
+    func exitWhenIdleDrainsTheOutboxIntoTheSinkAndReturns(store kind: StoreKind) async throws {
         let sink = try await startSink()
-        let (outbox, _) = try await makeSQLiteOutbox()
+        guard let outbox = try await makeOutbox(kind) else { return }
         let client = try relayClient(port: sink.localAddress.port)
         let messages = (0..<500).map { outboxMessage("m\($0)", to: ["a\($0)@example.org", "b\($0)@example.org"]) }
         _ = try await outbox.enqueue(contentsOf: messages)
@@ -189,12 +193,13 @@ import Testing
         await sink.shutdown()
     }
 
-    @Test func aCancelledWorkerRecordsWhatItHeldBeforeItReturns() async throws {
+    @Test(arguments: StoreKind.allCases)
+    func aCancelledWorkerRecordsWhatItHeldBeforeItReturns(store kind: StoreKind) async throws {
         // Replies come slowly, so the worker is cancelled with messages in flight.
         let sink = try await startSink { configuration in
             configuration.replyDelay = .fixed(.milliseconds(300))
         }
-        let (outbox, _) = try await makeSQLiteOutbox()
+        guard let outbox = try await makeOutbox(kind) else { return }
         let client = try relayClient(port: sink.localAddress.port)
         _ = try await outbox.enqueue(contentsOf: (0..<20).map { outboxMessage("h\($0)") })
         let (worker, task) = Self.start(outbox, client) { $0.batchSize = 10 }

@@ -1,0 +1,499 @@
+public import Foundation
+import SluiceTransport
+
+/// The outbox in PostgreSQL, for workers on many hosts.
+///
+/// libpq runs on an event loop of the store's own without blocking (`uv_poll` on its socket,
+/// pipeline mode), so every operation is one round trip and one transaction. Workers claim with
+/// `FOR UPDATE SKIP LOCKED` and are woken by `LISTEN sluice_outbox` when messages are added,
+/// polling as well (PgBouncer in transaction mode passes no notifications). A lost connection
+/// is opened again on the next operation.
+public final class PostgresStore: OutboxStore {
+    public static let schemaVersion = PostgresSchema.version
+
+    /// The connection string, as libpq takes it (a `postgresql://` URI or `key=value` pairs).
+    private let conninfo: String
+    private let group: EventLoopGroup
+    private let state = Locked(State())
+
+    private struct State {
+        var connection: PostgresConnection?
+        var listeners: [@Sendable () -> Void] = []
+    }
+
+    /// Connects to the database `conninfo` names (a libpq URI or `key=value` string; the
+    /// password from `PGPASSWORD` or `~/.pgpass` when it holds none).
+    /// - Throws: ``OutboxError/Kind/unavailable`` when it cannot connect.
+    public init(conninfo: String) async throws(OutboxError) {
+        self.conninfo = conninfo
+        group = EventLoopGroup(numberOfLoops: 1)
+        _ = try await connection()
+    }
+
+    public func close() async {
+        let connection = state.withLock { state in
+            defer { state.connection = nil }
+            return state.connection
+        }
+        await connection?.close()
+        await group.shutdown()
+    }
+
+    /// The open connection, or a new one if there is none or it broke.
+    private func connection() async throws(OutboxError) -> PostgresConnection {
+        if let current = state.withLock({ $0.connection }), await !current.isBroken { return current }
+        let fresh = try await PostgresConnection.connect(conninfo, loop: group.next()) { [weak self] channel in
+            guard channel == "sluice_outbox", let self else { return }
+            for listener in state.withLock({ $0.listeners }) { listener() }
+        }
+        let listening = state.withLock { state in
+            state.connection = fresh
+            return !state.listeners.isEmpty
+        }
+        if listening { _ = try await fresh.execute([.init("LISTEN sluice_outbox")]) }
+        return fresh
+    }
+
+    /// Runs one pipeline; a lost connection is dropped so that the next call opens another.
+    private func run(_ statements: [PostgresConnection.Statement], checked: Bool = true) async throws(OutboxError)
+        -> [PostgresConnection.Rows]
+    {
+        let connection = try await connection()
+        let all = checked ? [Self.checkStatement] + statements : statements
+        do {
+            let results = try await connection.execute(all)
+            return checked ? Array(results.dropFirst()) : results
+        } catch {
+            if error.kind == .unavailable {
+                state.withLock { state in
+                    if state.connection === connection { state.connection = nil }
+                }
+            }
+            throw Self.explained(error)
+        }
+    }
+
+    private static let checkStatement = PostgresConnection.Statement("SELECT sluice_check_schema(\(PostgresSchema.version))")
+
+    /// A missing schema reads as PostgreSQL's "function does not exist": say what to do.
+    private static func explained(_ error: OutboxError) -> OutboxError {
+        if error.message.contains("sluice_check_schema") && error.message.contains("does not exist") {
+            return OutboxError(.notInitialized, "the outbox has no schema; run `sluice outbox init` first")
+        }
+        if error.message.contains("run `sluice outbox init` to migrate") {
+            return OutboxError(.notInitialized, error.message.replacingOccurrences(of: "ERROR:  ", with: ""))
+        }
+        if error.kind == .schemaTooNew || error.kind == .invalidInput {
+            return OutboxError(error.kind, error.message.replacingOccurrences(of: "ERROR:  ", with: ""))
+        }
+        return error
+    }
+
+    /// Subscribes to notifications of new messages.
+    public func subscribe(_ wake: @escaping @Sendable () -> Void) async throws(OutboxError) {
+        state.withLock { $0.listeners.append(wake) }
+        _ = try await run([.init("LISTEN sluice_outbox")], checked: false)
+    }
+
+    // MARK: Schema
+
+    public func initialize() async throws(OutboxError) -> Int {
+        let exists = try await run([.init("SELECT to_regclass('sluice_schema') IS NOT NULL")], checked: false)
+        var before = 0
+        if exists.first?.rows.first?.first == "t" {
+            let version = try await run([.init("SELECT coalesce(max(version), 0) FROM sluice_schema")], checked: false)
+            before = version.first?.rows.first?.first.flatMap { $0 }.flatMap { Int($0) } ?? 0
+        }
+        _ = try await run([.init(PostgresSchema.create)], checked: false)
+        return before
+    }
+
+    public func checkSchema() async throws(OutboxError) {
+        _ = try await run([])
+    }
+
+    // MARK: Enqueue
+
+    public func enqueue(_ messages: [PreparedMessage], now: Date) async throws(OutboxError) -> [EnqueueResult] {
+        let now = String(now.milliseconds)
+        let statements = messages.map { prepared in
+            let message = prepared.message
+            return PostgresConnection.Statement(
+                "SELECT id, existed FROM sluice_enqueue_message($1, $2::text[], $3::bytea, $4, sluice_at($5::bigint), $6, $7::integer[], sluice_at($8::bigint))",
+                [.text(message.sender), .text(pgArray(message.recipients)), .bytes(message.content),
+                 message.idempotencyKey.map { .text($0) }, message.notBefore.map { .text(String($0.milliseconds)) },
+                 prepared.messageID.map { .text($0) }, .text(pgArray(prepared.suppressed.sorted().map(String.init))),
+                 .text(now)])
+        }
+        let results = try await run(statements)
+        return try results.map { (rows) throws(OutboxError) in
+            guard let row = rows.rows.first, let id = row[0].flatMap({ Int64($0) }) else {
+                throw OutboxError(.database, "enqueue returned no id")
+            }
+            return EnqueueResult(id: id, existed: row[1] == "t")
+        }
+    }
+
+    // MARK: Claiming
+
+    public func claim(owner: String, limit: Int, now: Date, leaseUntil: Date, rateLimit: OutboxRateLimit?)
+        async throws(OutboxError) -> [ClaimedMessage]
+    {
+        let limitClause: String
+        let bucket: String
+        let spend: String
+        var parameters: [PostgresConnection.Parameter?] = [
+            .text(String(now.milliseconds)), .text(String(limit)), .text(owner), .text(String(leaseUntil.milliseconds)),
+        ]
+        if let rateLimit {
+            bucket = """
+                bucket AS (
+                    SELECT least($5::float8, tokens + $6::float8
+                                 * greatest(0, extract(epoch FROM sluice_at($1::bigint) - updated_at))::float8) AS tokens
+                    FROM sluice_rate WHERE id = 1 FOR UPDATE),
+                """
+            limitClause = "least($2::integer, (SELECT floor(tokens)::integer FROM bucket))"
+            spend = """
+                , spent AS (
+                    UPDATE sluice_rate SET tokens = (SELECT tokens FROM bucket) - (SELECT count(*) FROM claimed),
+                        updated_at = sluice_at($1::bigint)
+                    WHERE id = 1)
+                """
+            parameters += [.text(String(rateLimit.burst)), .text(String(rateLimit.messagesPerSecond))]
+        } else {
+            (bucket, limitClause, spend) = ("", "$2::integer", "")
+        }
+        let sql = """
+            WITH \(bucket)
+            due AS (
+                SELECT id FROM sluice_messages WHERE due_at <= sluice_at($1::bigint)
+                ORDER BY due_at, id LIMIT \(limitClause) FOR UPDATE SKIP LOCKED),
+            claimed AS (
+                UPDATE sluice_messages m SET lease_owner = $3, lease_expires_at = sluice_at($4::bigint),
+                    due_at = sluice_at($4::bigint), attempts = m.attempts + 1
+                FROM due WHERE m.id = due.id
+                RETURNING m.id, m.sender, m.content, sluice_ms(m.age_from) AS age_from, m.attempts)
+            \(spend)
+            SELECT c.id, c.sender, c.content, c.age_from, c.attempts,
+                (SELECT string_agg(r.position || ' ' || r.address, E'\\n' ORDER BY r.position) FROM sluice_recipients r
+                 WHERE r.message_id = c.id AND r.state IN ('queued', 'deferred'))
+            FROM claimed c ORDER BY c.id
+            """
+        let rows = try await run([.init(sql, parameters)], checked: false)[0].rows
+        var claimed: [ClaimedMessage] = []
+        var empty: [Int64] = []
+        claimed.reserveCapacity(rows.count)
+        for row in rows {
+            guard let id = row[0].flatMap({ Int64($0) }) else { continue }
+            let recipients = (row[5] ?? "").split(separator: "\n").compactMap { line -> (position: Int, address: String)? in
+                guard let space = line.firstIndex(of: " "), let position = Int(line[..<space]) else { return nil }
+                return (position, String(line[line.index(after: space)...]))
+            }
+            if recipients.isEmpty {
+                empty.append(id)
+                continue
+            }
+            claimed.append(ClaimedMessage(
+                id: id, sender: row[1] ?? "", content: decodeBytea(row[2] ?? ""),
+                firstDueAt: Date(milliseconds: row[3].flatMap { Int64($0) } ?? 0),
+                attempts: row[4].flatMap { Int($0) } ?? 1, recipients: recipients))
+        }
+        if !empty.isEmpty {
+            // Cancelled while a worker that then vanished held them: nothing is left to send.
+            _ = try await run([.init("""
+                UPDATE sluice_messages SET due_at = NULL, lease_owner = NULL, lease_expires_at = NULL,
+                    finished_at = sluice_at($2::bigint)
+                WHERE id = ANY ($1::bigint[]) AND lease_owner = $3
+                """, [.text(pgArray(empty.map(String.init))), .text(String(now.milliseconds)), .text(owner)])], checked: false)
+        }
+        return claimed
+    }
+
+    public func renew(owner: String, ids: [Int64], until: Date) async throws(OutboxError) -> Set<Int64> {
+        let rows = try await run([.init("""
+            UPDATE sluice_messages SET lease_expires_at = sluice_at($3::bigint), due_at = sluice_at($3::bigint)
+            WHERE id = ANY ($1::bigint[]) AND lease_owner = $2 RETURNING id
+            """, [.text(pgArray(ids.map(String.init))), .text(owner), .text(String(until.milliseconds))])], checked: false)
+        return Set(rows[0].rows.compactMap { $0[0].flatMap { Int64($0) } })
+    }
+
+    public func release(owner: String, ids: [Int64], now: Date) async throws(OutboxError) {
+        _ = try await run([.init("""
+            UPDATE sluice_messages SET lease_owner = NULL, lease_expires_at = NULL, due_at = sluice_at($3::bigint),
+                attempts = greatest(0, attempts - 1)
+            WHERE id = ANY ($1::bigint[]) AND lease_owner = $2
+            """, [.text(pgArray(ids.map(String.init))), .text(owner), .text(String(now.milliseconds))])], checked: false)
+    }
+
+    // MARK: Recording
+
+    public func record(_ outcomes: [MessageOutcome], owner: String, now: Date) async throws(OutboxError) -> [Int64] {
+        guard !outcomes.isEmpty else { return [] }
+        let now = String(now.milliseconds)
+        var messageIDs: [String?] = [], positions: [String?] = [], states: [String?] = [], unknowns: [String?] = []
+        var codes: [String?] = [], enhanced: [String?] = [], replies: [String?] = [], happened: [String?] = []
+        for outcome in outcomes {
+            for recipient in outcome.recipients {
+                messageIDs.append(String(outcome.id))
+                positions.append(String(recipient.position))
+                states.append(recipient.state.rawValue)
+                unknowns.append(recipient.unknownOutcome ? "1" : "0")
+                codes.append(recipient.code.map(String.init))
+                enhanced.append(recipient.enhancedCode)
+                replies.append(recipient.reply)
+                // What happened on the wire is written whatever an operator did meanwhile.
+                happened.append(recipient.state == .delivered || recipient.unknownOutcome ? "t" : "f")
+            }
+        }
+        let ids = pgArray(outcomes.map { String($0.id) })
+        let results = try await run([
+            // The claims, locked so that no takeover slips between the two updates.
+            .init("SELECT id FROM sluice_messages WHERE id = ANY ($1::bigint[]) AND lease_owner = $2 ORDER BY id FOR UPDATE",
+                  [.text(ids), .text(owner)]),
+            .init("""
+                UPDATE sluice_recipients r SET state = u.state, attempts = r.attempts + 1,
+                    unknown_outcomes = r.unknown_outcomes + u.unknown, code = u.code, enhanced_code = u.enhanced,
+                    reply = u.reply, last_attempt_at = sluice_at($9::bigint),
+                    attempt_times = r.attempt_times || sluice_at($9::bigint)
+                FROM unnest($1::bigint[], $2::integer[], $3::text[], $4::integer[], $5::integer[], $6::text[], $7::text[],
+                            $8::boolean[]) AS u(message_id, position, state, unknown, code, enhanced, reply, happened)
+                WHERE r.message_id = u.message_id AND r.position = u.position
+                    AND (u.happened OR r.state IN ('queued', 'deferred'))
+                    AND EXISTS (SELECT 1 FROM sluice_messages m WHERE m.id = u.message_id AND m.lease_owner = $10)
+                """,
+                  [.text(pgArray(messageIDs)), .text(pgArray(positions)), .text(pgArray(states)), .text(pgArray(unknowns)),
+                   .text(pgArray(codes)), .text(pgArray(enhanced)), .text(pgArray(replies)), .text(pgArray(happened)),
+                   .text(now), .text(owner)]),
+            .init("""
+                UPDATE sluice_messages m SET lease_owner = NULL, lease_expires_at = NULL,
+                    due_at = CASE WHEN p.pending THEN coalesce(sluice_at(u.next), sluice_at($4::bigint)) END,
+                    finished_at = CASE WHEN p.pending THEN NULL ELSE sluice_at($4::bigint) END,
+                    last_error = u.error
+                FROM unnest($1::bigint[], $2::bigint[], $3::text[]) AS u(id, next, error),
+                    LATERAL (SELECT EXISTS (SELECT 1 FROM sluice_recipients r
+                                            WHERE r.message_id = u.id AND r.state IN ('queued', 'deferred')) AS pending) p
+                WHERE m.id = u.id AND m.lease_owner = $5
+                RETURNING m.id
+                """,
+                  [.text(ids), .text(pgArray(outcomes.map { $0.nextAttemptAt.map { String($0.milliseconds) } })),
+                   .text(pgArray(outcomes.map(\.error))), .text(now), .text(owner)]),
+        ], checked: false)
+        let written = Set(results[2].rows.compactMap { $0[0].flatMap { Int64($0) } })
+        return outcomes.map(\.id).filter { !written.contains($0) }
+    }
+
+    // MARK: Reading
+
+    public func status(now: Date) async throws(OutboxError) -> OutboxStatus {
+        let now = String(now.milliseconds)
+        let results = try await run([
+            .init("""
+                SELECT r.state, (m.due_at IS NOT NULL AND m.lease_owner IS NOT NULL AND m.lease_expires_at > sluice_at($1::bigint)
+                                 AND r.state IN ('queued', 'deferred')), count(*)
+                FROM sluice_recipients r JOIN sluice_messages m ON m.id = r.message_id GROUP BY 1, 2
+                """, [.text(now)]),
+            .init("""
+                SELECT
+                    count(*) FILTER (WHERE due_at <= sluice_at($1::bigint)
+                                     AND (lease_owner IS NULL OR lease_expires_at <= sluice_at($1::bigint))),
+                    count(*) FILTER (WHERE due_at > sluice_at($1::bigint) AND lease_owner IS NULL),
+                    count(*) FILTER (WHERE lease_owner IS NOT NULL AND lease_expires_at > sluice_at($1::bigint)),
+                    sluice_ms(min(due_at) FILTER (WHERE due_at <= sluice_at($1::bigint)
+                                                  AND (lease_owner IS NULL OR lease_expires_at <= sluice_at($1::bigint))))
+                FROM sluice_messages WHERE due_at IS NOT NULL
+                """, [.text(now)]),
+            .init("SELECT count(*) FROM sluice_messages WHERE due_at IS NULL"),
+            .init("""
+                SELECT count(*) FROM sluice_recipients
+                WHERE state = 'delivered' AND last_attempt_at > sluice_at($1::bigint - 60000)
+                """, [.text(now)]),
+        ])
+        var recipients = Dictionary(uniqueKeysWithValues: RecipientState.allCases.map { ($0, 0) })
+        for row in results[0].rows {
+            guard let state = row[0].flatMap(RecipientState.init(rawValue:)), let count = row[2].flatMap({ Int($0) }) else { continue }
+            recipients[row[1] == "t" ? .leased : state, default: 0] += count
+        }
+        let messages = results[1].rows.first ?? []
+        func int(_ value: String??) -> Int { value.flatMap { $0 }.flatMap { Int($0) } ?? 0 }
+        return OutboxStatus(
+            recipients: recipients, messagesWaiting: int(messages.first), messagesScheduled: int(messages.dropFirst().first),
+            messagesLeased: int(messages.dropFirst(2).first), messagesFinished: int(results[2].rows.first?.first),
+            oldestWaitingSince: messages.dropFirst(3).first.flatMap { $0 }.flatMap { Int64($0) }.map(Date.init(milliseconds:)),
+            deliveredLastMinute: int(results[3].rows.first?.first))
+    }
+
+    public func hasPendingWork() async throws(OutboxError) -> Bool {
+        let rows = try await run([.init("SELECT 1 FROM sluice_messages WHERE due_at IS NOT NULL LIMIT 1")], checked: false)
+        return !rows[0].rows.isEmpty
+    }
+
+    public func nextDueAt() async throws(OutboxError) -> Date? {
+        let rows = try await run([.init("SELECT sluice_ms(min(due_at)) FROM sluice_messages WHERE due_at IS NOT NULL")],
+                                 checked: false)
+        return rows[0].rows.first?.first.flatMap { $0 }.flatMap { Int64($0) }.map(Date.init(milliseconds:))
+    }
+
+    private static let recordColumns = """
+        m.id, m.idempotency_key, m.sender, m.message_id, m.size, sluice_ms(m.created_at), sluice_ms(m.not_before),
+        sluice_ms(m.due_at), m.attempts, m.lease_owner, sluice_ms(m.lease_expires_at), m.last_error,
+        (SELECT json_agg(json_build_object('p', r.position, 'a', r.address, 's', r.state, 'n', r.attempts,
+                                           'u', r.unknown_outcomes, 'c', r.code, 'e', r.enhanced_code, 'r', r.reply,
+                                           't', ARRAY(SELECT sluice_ms(t) FROM unnest(r.attempt_times) AS t))
+                         ORDER BY r.position)
+         FROM sluice_recipients r WHERE r.message_id = m.id)
+        """
+
+    public func message(id: Int64, now: Date) async throws(OutboxError) -> OutboxRecord? {
+        let rows = try await run([.init("SELECT \(Self.recordColumns) FROM sluice_messages m WHERE m.id = $1::bigint",
+                                        [.text(String(id))])])
+        return rows[0].rows.first.map { Self.record($0, now: now) }
+    }
+
+    public func content(id: Int64) async throws(OutboxError) -> [UInt8]? {
+        let rows = try await run([.init("SELECT content FROM sluice_messages WHERE id = $1::bigint", [.text(String(id))])],
+                                 checked: false)
+        return rows[0].rows.first?.first.flatMap { $0 }.map(decodeBytea)
+    }
+
+    public func list(state: RecipientState?, afterID: Int64, limit: Int, now: Date) async throws(OutboxError) -> [OutboxRecord] {
+        let held = "(m.due_at IS NOT NULL AND m.lease_owner IS NOT NULL AND m.lease_expires_at > sluice_at($3::bigint))"
+        let filter: String
+        switch state {
+        case nil: filter = "$2::text IS NULL"
+        case .leased?: filter = "$2::text IS NOT NULL AND \(held)"
+        case .queued?, .deferred?:
+            filter = "NOT \(held) AND EXISTS (SELECT 1 FROM sluice_recipients r WHERE r.message_id = m.id AND r.state = $2)"
+        case _?: filter = "EXISTS (SELECT 1 FROM sluice_recipients r WHERE r.message_id = m.id AND r.state = $2)"
+        }
+        let rows = try await run([.init("""
+            SELECT \(Self.recordColumns) FROM sluice_messages m
+            WHERE m.id > $1::bigint AND \(filter) AND $3::bigint IS NOT NULL ORDER BY m.id LIMIT $4::integer
+            """, [.text(String(afterID)), state.map { .text($0.rawValue) }, .text(String(now.milliseconds)), .text(String(limit))])])
+        return rows[0].rows.map { Self.record($0, now: now) }
+    }
+
+    private struct RecipientJSON: Decodable {
+        var p: Int
+        var a: String
+        var s: String
+        var n: Int
+        var u: Int
+        var c: Int?
+        var e: String?
+        var r: String?
+        var t: [Int64]?
+    }
+
+    private static func record(_ row: [String?], now: Date) -> OutboxRecord {
+        func int64(_ index: Int) -> Int64? { row[index].flatMap { Int64($0) } }
+        let leaseExpires = int64(10)
+        let held = row[9] != nil && int64(7) != nil && (leaseExpires ?? 0) > now.milliseconds
+        let recipients = (try? JSONDecoder().decode([RecipientJSON].self, from: Data((row[12] ?? "[]").utf8))) ?? []
+        return OutboxRecord(
+            id: int64(0) ?? 0, idempotencyKey: row[1], sender: row[2] ?? "", messageID: row[3],
+            size: Int(int64(4) ?? 0), createdAt: Date(milliseconds: int64(5) ?? 0),
+            notBefore: Date(milliseconds: int64(6) ?? 0), dueAt: int64(7).map(Date.init(milliseconds:)),
+            attempts: Int(int64(8) ?? 0), leaseOwner: held ? row[9] : nil,
+            leaseExpiresAt: held ? leaseExpires.map(Date.init(milliseconds:)) : nil, lastError: row[11],
+            recipients: recipients.map { recipient in
+                var state = RecipientState(rawValue: recipient.s) ?? .failed
+                if held, state.isPending { state = .leased }
+                return OutboxRecipient(
+                    position: recipient.p, address: recipient.a, state: state, attempts: recipient.n,
+                    unknownOutcomes: recipient.u, code: recipient.c, enhancedCode: recipient.e, reply: recipient.r,
+                    attemptTimes: (recipient.t ?? []).map(Date.init(milliseconds:)))
+            })
+    }
+
+    // MARK: Operators
+
+    public func cancel(id: Int64, now: Date) async throws(OutboxError) -> Int {
+        let results = try await run([
+            .init("SELECT lease_owner IS NOT NULL FROM sluice_messages WHERE id = $1::bigint FOR UPDATE", [.text(String(id))]),
+            .init("""
+                UPDATE sluice_recipients SET state = 'cancelled'
+                WHERE message_id = $1::bigint AND state IN ('queued', 'deferred')
+                """, [.text(String(id))]),
+            .init("""
+                UPDATE sluice_messages SET due_at = NULL, finished_at = sluice_at($2::bigint)
+                WHERE id = $1::bigint AND due_at IS NOT NULL AND lease_owner IS NULL
+                """, [.text(String(id)), .text(String(now.milliseconds))]),
+        ])
+        guard !results[0].rows.isEmpty else { throw OutboxError(.notFound, "no message has id \(id)") }
+        return results[1].affected
+    }
+
+    public func retry(id: Int64?, states: Set<RecipientState>, now: Date) async throws(OutboxError) -> Int {
+        let stored = pgArray(states.subtracting([.leased, .queued]).map(\.rawValue).sorted())
+        let parameters: [PostgresConnection.Parameter?] = [id.map { .text(String($0)) }, .text(stored), .text(String(now.milliseconds))]
+        let scope = "($1::bigint IS NULL OR message_id = $1::bigint)"
+        let results = try await run([
+            .init("SELECT count(*) FROM sluice_messages WHERE $1::bigint IS NULL OR id = $1::bigint", [parameters[0]]),
+            .init("""
+                UPDATE sluice_messages SET due_at = CASE WHEN lease_owner IS NULL THEN sluice_at($3::bigint) ELSE due_at END,
+                    finished_at = NULL, age_from = sluice_at($3::bigint)
+                WHERE id IN (SELECT message_id FROM sluice_recipients WHERE \(scope) AND state = ANY ($2::text[]))
+                """, parameters),
+            .init("UPDATE sluice_recipients SET state = 'queued' WHERE \(scope) AND state = ANY ($2::text[])",
+                  [parameters[0], parameters[1]]),
+            .init("SELECT pg_notify('sluice_outbox', '')"),
+        ])
+        if id != nil, results[0].rows.first?.first == "0" { throw OutboxError(.notFound, "no message has id \(id!)") }
+        return results[2].affected
+    }
+
+    public func purge(finishedBefore before: Date, limit: Int) async throws(OutboxError) -> Int {
+        let results = try await run([.init("""
+            DELETE FROM sluice_messages WHERE id IN (
+                SELECT id FROM sluice_messages WHERE finished_at < sluice_at($1::bigint) ORDER BY finished_at LIMIT $2::integer)
+            """, [.text(String(before.milliseconds)), .text(String(limit))])])
+        return results[0].affected
+    }
+
+    /// Runs SQL directly (for tests and maintenance).
+    func execute(_ sql: String) async throws(OutboxError) {
+        _ = try await run([.init(sql)], checked: false)
+    }
+}
+
+/// A PostgreSQL array literal of text values (NULL for nil), every element quoted.
+func pgArray(_ values: [String?]) -> String {
+    var text = "{"
+    for (index, value) in values.enumerated() {
+        if index > 0 { text += "," }
+        guard let value else {
+            text += "NULL"
+            continue
+        }
+        text += "\""
+        for character in value.unicodeScalars where character != "\0" {
+            if character == "\"" || character == "\\" { text += "\\" }
+            text.unicodeScalars.append(character)
+        }
+        text += "\""
+    }
+    return text + "}"
+}
+
+func pgArray(_ values: [String]) -> String { pgArray(values.map { Optional($0) }) }
+
+/// A bytea in PostgreSQL's text form (`\x` and hex digits) as bytes.
+func decodeBytea(_ text: String) -> [UInt8] {
+    var bytes: [UInt8] = []
+    let utf8 = Array(text.utf8)
+    guard utf8.count >= 2, utf8[0] == UInt8(ascii: "\\"), utf8[1] == UInt8(ascii: "x") else { return utf8 }
+    bytes.reserveCapacity((utf8.count - 2) / 2)
+    func nibble(_ byte: UInt8) -> UInt8 {
+        switch byte {
+        case UInt8(ascii: "0")...UInt8(ascii: "9"): byte - UInt8(ascii: "0")
+        case UInt8(ascii: "a")...UInt8(ascii: "f"): byte - UInt8(ascii: "a") + 10
+        default: byte - UInt8(ascii: "A") + 10
+        }
+    }
+    var index = 2
+    while index + 1 < utf8.count {
+        bytes.append(nibble(utf8[index]) << 4 | nibble(utf8[index + 1]))
+        index += 2
+    }
+    return bytes
+}
