@@ -162,3 +162,47 @@ import Testing
         await outbox.close()
     }
 }
+
+extension OutboxCommandTests {
+    @Test func postgresFromTheShellWithItsPasswordKeptOffTheCommandLine() async throws {
+        guard let cluster = try await PostgresCluster.shared() else { return }
+        let conninfo = try await cluster.createDatabase()
+        guard let initialized = try await Self.sluice(["outbox", "init", "--outbox", conninfo]) else { return }
+        #expect(initialized.status == 0, "\(initialized.error)")
+        #expect(initialized.output.contains("created at schema version 1"))
+        let input = (0..<50).map { #"{"from": "a@example.com", "to": ["r\#($0)@example.org"], "raw": "From: a@example.com\r\nSubject: \#($0)\r\n\r\nbody\r\n"}"# }
+            .joined(separator: "\n")
+        let enqueued = try #require(try await Self.sluice(["outbox", "enqueue", "--outbox", conninfo], input: input))
+        #expect(enqueued.status == 0, "\(enqueued.error)")
+        #expect(enqueued.output.split(separator: "\n").count == 50)
+
+        // A service enqueues inside its own transaction, in SQL.
+        let database = String(conninfo.split(separator: "=").last!)
+        let id = try await cluster.psql(
+            "BEGIN; SELECT sluice_enqueue('a@example.com', ARRAY['sql@example.org'], convert_to(E'From: a@example.com\\r\\n\\r\\nfrom SQL\\r\\n', 'UTF8'), 'order-17'); COMMIT;",
+            database: database)
+        #expect(Int(id.trimmingCharacters(in: .whitespacesAndNewlines)) == 51)
+
+        let sink = try await startSink()
+        let worker = try #require(try await Self.sluice([
+            "worker", "--outbox", conninfo, "--server", "127.0.0.1:\(sink.localAddress.port)", "--security", "none",
+            "--exit-when-idle",
+        ]))
+        #expect(worker.status == 0, "\(worker.error)")
+        let status = try #require(try await Self.sluice(["outbox", "status", "--json", "--outbox", conninfo]))
+        let counts = try JSONDecoder().decode(StatusJSON.self, from: Data(status.output.utf8))
+        #expect(counts.recipients["delivered"] == 51)
+        #expect(sink.statistics.messages == 51)
+        await sink.shutdown()
+
+        for url in ["postgresql://postgres:secret@localhost/x", "host=/tmp password=secret dbname=x"] {
+            let refused = try #require(try await Self.sluice(["outbox", "status", "--outbox", url]))
+            #expect(refused.status == 64)
+            #expect(refused.error.contains("PGPASSWORD"), "\(refused.error)")
+            #expect(!refused.error.contains("secret"))
+        }
+        let unreachable = try #require(try await Self.sluice(["outbox", "status", "--outbox", "host=/nonexistent port=1 dbname=x"]))
+        #expect(unreachable.status == 69)
+        #expect(unreachable.error.contains("cannot connect to PostgreSQL"), "\(unreachable.error)")
+    }
+}
