@@ -20,6 +20,7 @@ let package = Package(
         suite("ClientBenchmarks", ["Sluice", "SluiceSink"]),
         suite("MIMEBenchmarks", ["SluiceMIME"]),
         suite("DKIMBenchmarks", ["Sluice"]),
+        suite("OutboxBenchmarks", ["Sluice", "SluiceOutbox", "SluiceSink"]),
     ]
 )
 

@@ -138,7 +138,9 @@ struct OutboxCommand: AsyncParsableCommand {
         static func readJSONLines(_ data: Data) throws -> [(String, OutboxMessage)] {
             var messages: [(String, OutboxMessage)] = []
             let decoder = JSONDecoder()
-            for (index, line) in data.split(separator: UInt8(ascii: "\n"), omittingEmptySubsequences: false).enumerated() {
+            // As an array: Data's generic split and slicing cost more than the decoding.
+            let bytes = [UInt8](data)
+            for (index, line) in bytes.split(separator: UInt8(ascii: "\n"), omittingEmptySubsequences: false).enumerated() {
                 let number = index + 1
                 guard !line.allSatisfy({ $0 == 32 || $0 == 9 || $0 == 13 }) else { continue }
                 let entry: Line

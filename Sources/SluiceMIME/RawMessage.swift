@@ -19,6 +19,17 @@ public struct RawMessage: Sendable, Hashable {
 
     /// Checks and normalises `bytes`.
     public init(_ bytes: some Collection<UInt8>) throws(MessageError) {
+        try self.init(checking: bytes)
+    }
+
+    /// Checks and normalises `bytes`. The common case, an array, gets code specialised for
+    /// it here: a caller in another module would otherwise run the generic code, reaching
+    /// each byte through the collection's witness table (a thousand allocations for 1 KB).
+    public init(_ bytes: [UInt8]) throws(MessageError) {
+        try self.init(checking: bytes)
+    }
+
+    private init(checking bytes: some Collection<UInt8>) throws(MessageError) {
         var normalized: [UInt8] = []
         normalized.reserveCapacity(bytes.count + 2)
         var eightBit = false

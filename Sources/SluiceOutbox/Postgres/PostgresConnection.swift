@@ -62,7 +62,15 @@ final class PostgresConnection: @unchecked Sendable {
     }
 
     deinit {
-        if let connection { PQfinish(connection) }
+        // Dropped without close(): the watcher (which its handle keeps alive) must stop on
+        // the loop before the socket it watches is closed.
+        guard connection != nil || watcher != nil else { return }
+        let (watcher, connection) = (self.watcher, connection.map(OpaqueConnection.init(pointer:)))
+        let finish: @Sendable () -> Void = {
+            watcher?.close()
+            if let connection { PQfinish(connection.pointer) }
+        }
+        if loop.inEventLoop || !loop.execute(finish) { finish() }
     }
 
     /// Connects (on a thread of its own: libpq resolves host names and authenticates
@@ -115,8 +123,8 @@ final class PostgresConnection: @unchecked Sendable {
             throw OutboxError(.unavailable, "libpq refused pipeline mode: \(lastError)")
         }
         do {
-            watcher = try DescriptorWatcher(loop: loop, descriptor: PQsocket(connection)) { [unowned self] events, status in
-                ready(events, status: status)
+            watcher = try DescriptorWatcher(loop: loop, descriptor: PQsocket(connection)) { [weak self] events, status in
+                self?.ready(events, status: status)
             }
         } catch {
             throw OutboxError(.unavailable, "cannot watch the PostgreSQL socket: \(error)")

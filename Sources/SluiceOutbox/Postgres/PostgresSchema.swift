@@ -54,7 +54,6 @@ enum PostgresSchema {
                 idempotency_key text UNIQUE,
                 sender text NOT NULL,
                 message_id text,
-                content bytea NOT NULL,
                 size integer NOT NULL,
                 created_at timestamptz NOT NULL DEFAULT now(),
                 not_before timestamptz NOT NULL,
@@ -68,6 +67,14 @@ enum PostgresSchema {
             ) WITH (fillfactor = 80, autovacuum_vacuum_scale_factor = 0.02, autovacuum_vacuum_insert_scale_factor = 0.05);
             CREATE INDEX sluice_messages_due ON sluice_messages (due_at, id) WHERE due_at IS NOT NULL;
             CREATE INDEX sluice_messages_finished ON sluice_messages (finished_at) WHERE finished_at IS NOT NULL;
+
+            -- The content apart from the row every claim and outcome rewrites: an UPDATE copies
+            -- the whole row (content under 2 KB is not TOASTed), which would write each message
+            -- again at every step.
+            CREATE TABLE sluice_contents (
+                message_id bigint PRIMARY KEY REFERENCES sluice_messages (id) ON DELETE CASCADE,
+                content bytea NOT NULL
+            );
 
             CREATE TABLE sluice_recipients (
                 message_id bigint NOT NULL REFERENCES sluice_messages (id) ON DELETE CASCADE,
@@ -129,9 +136,9 @@ enum PostgresSchema {
                 END IF;
                 v_pending := EXISTS (SELECT 1 FROM generate_subscripts(p_recipients, 1) AS s(i)
                                      WHERE NOT (s.i - 1 = ANY (p_suppressed)));
-                INSERT INTO sluice_messages (idempotency_key, sender, message_id, content, size, created_at, not_before,
+                INSERT INTO sluice_messages (idempotency_key, sender, message_id, size, created_at, not_before,
                                              age_from, due_at, finished_at)
-                VALUES (p_idempotency_key, p_sender, p_message_id, p_content, length(p_content), p_now, v_due, v_due,
+                VALUES (p_idempotency_key, p_sender, p_message_id, length(p_content), p_now, v_due, v_due,
                         CASE WHEN v_pending THEN v_due END, CASE WHEN NOT v_pending THEN p_now END)
                 ON CONFLICT (idempotency_key) DO NOTHING
                 RETURNING sluice_messages.id INTO v_id;
@@ -141,6 +148,7 @@ enum PostgresSchema {
                     RETURN QUERY SELECT v_id, true;
                     RETURN;
                 END IF;
+                INSERT INTO sluice_contents (message_id, content) VALUES (v_id, p_content);
                 INSERT INTO sluice_recipients (message_id, position, address, state)
                 SELECT v_id, t.ord - 1, t.address, CASE WHEN t.ord - 1 = ANY (p_suppressed) THEN 'suppressed' ELSE 'queued' END
                 FROM unnest(p_recipients) WITH ORDINALITY AS t(address, ord);

@@ -172,9 +172,9 @@ public final class PostgresStore: OutboxStore {
                 UPDATE sluice_messages m SET lease_owner = $3, lease_expires_at = sluice_at($4::bigint),
                     due_at = sluice_at($4::bigint), attempts = m.attempts + 1
                 FROM due WHERE m.id = due.id
-                RETURNING m.id, m.sender, m.content, sluice_ms(m.age_from) AS age_from, m.attempts)
+                RETURNING m.id, m.sender, sluice_ms(m.age_from) AS age_from, m.attempts)
             \(spend)
-            SELECT c.id, c.sender, c.content, c.age_from, c.attempts,
+            SELECT c.id, c.sender, (SELECT content FROM sluice_contents WHERE message_id = c.id), c.age_from, c.attempts,
                 (SELECT string_agg(r.position || ' ' || r.address, E'\\n' ORDER BY r.position) FROM sluice_recipients r
                  WHERE r.message_id = c.id AND r.state IN ('queued', 'deferred'))
             FROM claimed c ORDER BY c.id
@@ -350,7 +350,7 @@ public final class PostgresStore: OutboxStore {
     }
 
     public func content(id: Int64) async throws(OutboxError) -> [UInt8]? {
-        let rows = try await run([.init("SELECT content FROM sluice_messages WHERE id = $1::bigint", [.text(String(id))])],
+        let rows = try await run([.init("SELECT content FROM sluice_contents WHERE message_id = $1::bigint", [.text(String(id))])],
                                  checked: false)
         return rows[0].rows.first?.first.flatMap { $0 }.map(decodeBytea)
     }

@@ -1,5 +1,6 @@
 import CSQLite
 import Foundation
+import SluiceTransport
 
 /// One SQLite connection, used only on the thread of the ``SQLiteThread`` that opened it.
 ///
@@ -200,6 +201,8 @@ final class SQLiteThread: @unchecked Sendable {
     init(open: @escaping @Sendable () throws(OutboxError) -> SQLiteDatabase) async throws(OutboxError) {
         let opened: Result<Void, OutboxError> = await withCheckedContinuation { continuation in
             let thread = Thread { [self] in
+                // Named for top, perf and gdb (Foundation's name does not reach the OS thread).
+                nameCurrentThread("sluice-sqlite")
                 let database: SQLiteDatabase
                 do {
                     database = try open()
@@ -211,7 +214,6 @@ final class SQLiteThread: @unchecked Sendable {
                 continuation.resume(returning: .success(()))
                 run(database)
             }
-            thread.name = "sluice-sqlite"
             thread.start()
         }
         try opened.get()

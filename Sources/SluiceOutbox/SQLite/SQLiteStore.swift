@@ -48,7 +48,6 @@ public final class SQLiteStore: OutboxStore {
             idempotency_key TEXT UNIQUE,
             sender TEXT NOT NULL,
             message_id TEXT,
-            content BLOB NOT NULL,
             size INTEGER NOT NULL,
             created_at INTEGER NOT NULL,
             not_before INTEGER NOT NULL,
@@ -65,6 +64,9 @@ public final class SQLiteStore: OutboxStore {
         // expired (a held message's due_at is its lease's expiry).
         "CREATE INDEX sluice_messages_due ON sluice_messages (due_at) WHERE due_at IS NOT NULL",
         "CREATE INDEX sluice_messages_finished ON sluice_messages (finished_at) WHERE finished_at IS NOT NULL",
+        // The content apart from the row that changes with every claim and outcome, so that
+        // those writes do not copy it again.
+        "CREATE TABLE sluice_contents (message_id INTEGER PRIMARY KEY, content BLOB NOT NULL)",
         """
         CREATE TABLE sluice_recipients (
             message_id INTEGER NOT NULL REFERENCES sluice_messages (id),
@@ -147,15 +149,17 @@ public final class SQLiteStore: OutboxStore {
                     let notBefore = max(now, message.notBefore?.milliseconds ?? now)
                     let pending = message.recipients.indices.contains { !prepared.suppressed.contains($0) }
                     try database.statement("""
-                        INSERT INTO sluice_messages (idempotency_key, sender, message_id, content, size, created_at,
+                        INSERT INTO sluice_messages (idempotency_key, sender, message_id, size, created_at,
                             not_before, age_from, due_at, finished_at)
-                        VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?7, ?8, ?9)
+                        VALUES (?1, ?2, ?3, ?5, ?6, ?7, ?7, ?8, ?9)
                         """)
                         .bind(1, message.idempotencyKey).bind(2, message.sender).bind(3, prepared.messageID)
-                        .bind(4, blob: message.content).bind(5, message.content.count).bind(6, now)
+                        .bind(5, message.content.count).bind(6, now)
                         .bind(7, notBefore).bind(8, pending ? notBefore : nil).bind(9, pending ? nil : now)
                         .run()
                     let id = database.lastInsertedRowID
+                    try database.statement("INSERT INTO sluice_contents (message_id, content) VALUES (?1, ?2)")
+                        .bind(1, id).bind(2, blob: message.content).run()
                     let insert = "INSERT INTO sluice_recipients (message_id, position, address, state) VALUES (?1, ?2, ?3, ?4)"
                     for (position, address) in message.recipients.enumerated() {
                         let state: RecipientState = prepared.suppressed.contains(position) ? .suppressed : .queued
@@ -185,44 +189,64 @@ public final class SQLiteStore: OutboxStore {
                     limit = min(limit, Int(tokens.rounded(.down)))
                     bucket = (tokens, rateLimit)
                 }
+                // One statement claims the batch, one reads its recipients.
                 var claimed: [ClaimedMessage] = []
                 if limit > 0 {
                     let due = try database.statement("""
-                        SELECT id, sender, content, age_from, attempts FROM sluice_messages
-                        WHERE due_at <= ?1 ORDER BY due_at, id LIMIT ?2
+                        UPDATE sluice_messages SET lease_owner = ?3, lease_expires_at = ?4, due_at = ?4,
+                            attempts = attempts + 1
+                        WHERE id IN (SELECT id FROM sluice_messages WHERE due_at <= ?1 ORDER BY due_at, id LIMIT ?2)
+                        RETURNING id, sender, age_from, attempts
                         """)
-                    due.bind(1, now).bind(2, limit)
+                    due.bind(1, now).bind(2, limit).bind(3, owner).bind(4, leaseUntil)
                     while try due.step() {
                         claimed.append(ClaimedMessage(
-                            id: due.int64(0), sender: due.string(1) ?? "", content: due.blob(2),
-                            firstDueAt: Date(milliseconds: due.int64(3)), attempts: due.int(4) + 1, recipients: []))
+                            id: due.int64(0), sender: due.string(1) ?? "", content: [],
+                            firstDueAt: Date(milliseconds: due.int64(2)), attempts: due.int(3), recipients: []))
                     }
+                }
+                guard !claimed.isEmpty else {
+                    if let bucket {
+                        try database.statement("UPDATE sluice_rate SET tokens = ?1, updated_at = ?2 WHERE id = 1")
+                            .bind(1, bucket.tokens).bind(2, now).run()
+                    }
+                    return []
+                }
+                var index = Dictionary(uniqueKeysWithValues: claimed.indices.map { (claimed[$0].id, $0) })
+                let recipients = try database.statement("""
+                    SELECT r.message_id, r.position, r.address FROM sluice_messages m
+                    JOIN sluice_recipients r ON r.message_id = m.id
+                    WHERE m.due_at = ?1 AND m.lease_owner = ?2 AND r.state IN ('queued', 'deferred')
+                    ORDER BY r.message_id, r.position
+                    """)
+                recipients.bind(1, leaseUntil).bind(2, owner)
+                while try recipients.step() {
+                    guard let position = index[recipients.int64(0)] else { continue }
+                    claimed[position].recipients.append((recipients.int(1), recipients.string(2) ?? ""))
+                }
+                let contents = try database.statement("""
+                    SELECT c.message_id, c.content FROM sluice_messages m JOIN sluice_contents c ON c.message_id = m.id
+                    WHERE m.due_at = ?1 AND m.lease_owner = ?2
+                    """)
+                contents.bind(1, leaseUntil).bind(2, owner)
+                while try contents.step() {
+                    guard let position = index[contents.int64(0)] else { continue }
+                    claimed[position].content = contents.blob(1)
                 }
                 var sendable: [ClaimedMessage] = []
                 sendable.reserveCapacity(claimed.count)
-                for var message in claimed {
-                    let recipients = try database.statement("""
-                        SELECT position, address FROM sluice_recipients
-                        WHERE message_id = ?1 AND state IN ('queued', 'deferred') ORDER BY position
-                        """)
-                    recipients.bind(1, message.id)
-                    while try recipients.step() {
-                        message.recipients.append((recipients.int(0), recipients.string(1) ?? ""))
-                    }
-                    if message.recipients.isEmpty {
-                        // Cancelled while a worker that then vanished held it: nothing is left to send.
-                        try database.statement("""
-                            UPDATE sluice_messages SET due_at = NULL, lease_owner = NULL, lease_expires_at = NULL,
-                                finished_at = ?2 WHERE id = ?1
-                            """).bind(1, message.id).bind(2, now).run()
+                for message in claimed {
+                    guard message.recipients.isEmpty else {
+                        sendable.append(message)
                         continue
                     }
+                    // Cancelled while a worker that then vanished held it: nothing is left to send.
                     try database.statement("""
-                        UPDATE sluice_messages SET lease_owner = ?2, lease_expires_at = ?3, due_at = ?3,
-                            attempts = attempts + 1 WHERE id = ?1
-                        """).bind(1, message.id).bind(2, owner).bind(3, leaseUntil).run()
-                    sendable.append(message)
+                        UPDATE sluice_messages SET due_at = NULL, lease_owner = NULL, lease_expires_at = NULL,
+                            finished_at = ?2, attempts = max(0, attempts - 1) WHERE id = ?1
+                        """).bind(1, message.id).bind(2, now).run()
                 }
+                index = [:]
                 if let bucket {
                     try database.statement("UPDATE sluice_rate SET tokens = ?1, updated_at = ?2 WHERE id = 1")
                         .bind(1, bucket.tokens - Double(sendable.count)).bind(2, now).run()
@@ -309,18 +333,20 @@ public final class SQLiteStore: OutboxStore {
                             .bind(6, recipient.enhancedCode).bind(7, recipient.reply).bind(8, now)
                             .bind(9, happened ? 1 : 0).run()
                     }
-                    let pending = try database.statement("""
-                        SELECT count(*) FROM sluice_recipients WHERE message_id = ?1 AND state IN ('queued', 'deferred')
-                        """)
-                    pending.bind(1, outcome.id)
-                    let stillPending = try pending.step() && pending.int(0) > 0
+                    // Due again if a recipient is still pending, else finished: one statement.
                     try database.statement("""
-                        UPDATE sluice_messages SET lease_owner = NULL, lease_expires_at = NULL, due_at = ?2,
-                            finished_at = ?3, last_error = ?4 WHERE id = ?1
+                        UPDATE sluice_messages SET lease_owner = NULL, lease_expires_at = NULL,
+                            due_at = CASE WHEN EXISTS (SELECT 1 FROM sluice_recipients
+                                                       WHERE message_id = ?1 AND state IN ('queued', 'deferred'))
+                                          THEN coalesce(?2, ?3) END,
+                            finished_at = CASE WHEN EXISTS (SELECT 1 FROM sluice_recipients
+                                                            WHERE message_id = ?1 AND state IN ('queued', 'deferred'))
+                                               THEN NULL ELSE ?3 END,
+                            last_error = ?4
+                        WHERE id = ?1
                         """)
-                        .bind(1, outcome.id)
-                        .bind(2, stillPending ? (outcome.nextAttemptAt?.milliseconds ?? now) : nil)
-                        .bind(3, stillPending ? nil : now).bind(4, outcome.error).run()
+                        .bind(1, outcome.id).bind(2, outcome.nextAttemptAt?.milliseconds).bind(3, now)
+                        .bind(4, outcome.error).run()
                 }
                 return lost
             }
@@ -400,7 +426,7 @@ public final class SQLiteStore: OutboxStore {
 
     public func content(id: Int64) async throws(OutboxError) -> [UInt8]? {
         try await thread.run { (database) throws(OutboxError) in
-            let statement = try database.statement("SELECT content FROM sluice_messages WHERE id = ?1")
+            let statement = try database.statement("SELECT content FROM sluice_contents WHERE message_id = ?1")
             statement.bind(1, id)
             return try statement.step() ? statement.blob(0) : nil
         }
@@ -546,6 +572,7 @@ public final class SQLiteStore: OutboxStore {
                 while try old.step() { ids.append(old.int64(0)) }
                 for id in ids {
                     try database.statement("DELETE FROM sluice_recipients WHERE message_id = ?1").bind(1, id).run()
+                    try database.statement("DELETE FROM sluice_contents WHERE message_id = ?1").bind(1, id).run()
                     try database.statement("DELETE FROM sluice_messages WHERE id = ?1").bind(1, id).run()
                 }
                 return ids.count

@@ -296,3 +296,9 @@ protocol LoopResource: AnyObject {
     /// Closes the resource and fails whatever waits on it with `error`. Loop thread only.
     func close(dueTo error: TransportError)
 }
+
+/// Names the calling thread as top, perf and gdb show it (at most 15 bytes are kept): for
+/// the threads other modules start, such as the outbox's database thread.
+package func nameCurrentThread(_ name: String) {
+    cuv_set_thread_name(name)
+}
