@@ -1,17 +1,19 @@
 #!/usr/bin/env bash
 # Installs what Sluice needs on a fresh Debian or Ubuntu machine that has only the Swift
-# toolchain: the C libraries it links (libuv, OpenSSL, libidn2, SQLite), pkg-config, and the independent
-# peers its tests talk to: the openssl command, Postfix's smtp-source and smtp-sink, swaks
-# (with Net::SSLeay for TLS) and Python 3. Each package is installed only if missing, so a
-# second run does nothing. Postfix's own daemon is not started (policy-rc.d in containers;
-# nothing here needs it running). Python peers (aiosmtpd, dkimpy) come from PyPI into a
-# virtual environment at .build/peers-venv, which the tests use.
+# toolchain: the C libraries it links (libuv, OpenSSL, libidn2, SQLite, libpq), pkg-config, and
+# the independent peers its tests talk to: the openssl command, Postfix's smtp-source and
+# smtp-sink, swaks (with Net::SSLeay for TLS), Python 3, and PostgreSQL's server (the outbox
+# tests start a private cluster of their own; the package's default cluster is not used).
+# Each package is installed only if missing, so a second run does nothing. Neither Postfix's
+# daemon nor PostgreSQL's is needed running (policy-rc.d keeps them stopped in containers).
+# Python peers (aiosmtpd, dkimpy) come from PyPI into a virtual environment at
+# .build/peers-venv, which the tests use.
 #
 #   scripts/setup.sh            # build and test dependencies
 set -euo pipefail
 
-packages=(pkg-config libuv1-dev libssl-dev libidn2-dev libsqlite3-dev openssl ca-certificates
-          postfix swaks libnet-ssleay-perl libauthen-sasl-perl python3 python3-venv)
+packages=(pkg-config libuv1-dev libssl-dev libidn2-dev libsqlite3-dev libpq-dev openssl ca-certificates
+          postfix swaks libnet-ssleay-perl libauthen-sasl-perl python3 python3-venv postgresql)
 
 missing=()
 for package in "${packages[@]}"; do
@@ -43,5 +45,5 @@ if ! "$venv/bin/python" -c "import aiosmtpd, dkim, nacl" >/dev/null 2>&1; then
 fi
 
 command -v swift >/dev/null 2>&1 || { echo "setup: the Swift toolchain is not on PATH" >&2; exit 1; }
-pkg-config --exists libuv openssl libidn2 sqlite3 || { echo "setup: pkg-config cannot find libuv, openssl, libidn2 and sqlite3" >&2; exit 1; }
+pkg-config --exists libuv openssl libidn2 sqlite3 libpq || { echo "setup: pkg-config cannot find libuv, openssl, libidn2, sqlite3 and libpq" >&2; exit 1; }
 echo "setup: libuv $(pkg-config --modversion libuv), OpenSSL $(pkg-config --modversion openssl), $(swift --version 2>&1 | head -1)"
