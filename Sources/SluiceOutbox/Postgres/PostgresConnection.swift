@@ -188,48 +188,36 @@ final class PostgresConnection: @unchecked Sendable {
     }
 
     private static func send(_ statement: Statement, on connection: OpaquePointer) -> Bool {
-        // Text parameters as C strings and bytes as they are, all alive for the call.
+        // Every parameter's bytes in one buffer (text NUL-terminated, bytes as they are), and
+        // a pointer into it for each: one allocation however many parameters (a batch of
+        // contents has thousands).
         let count = statement.parameters.count
-        var storage: [[UInt8]] = []
-        storage.reserveCapacity(count)
+        var storage: [UInt8] = []
+        var offsets = [Int](repeating: -1, count: count)
         var lengths = [Int32](repeating: 0, count: count)
         var formats = [Int32](repeating: 0, count: count)
         for (index, parameter) in statement.parameters.enumerated() {
             switch parameter {
             case .text(let text)?:
-                storage.append(Array(text.utf8) + [0])
+                offsets[index] = storage.count
+                storage.append(contentsOf: text.utf8)
+                storage.append(0)
             case .bytes(let bytes)?:
-                storage.append(bytes.isEmpty ? [0] : bytes)
+                offsets[index] = storage.count
+                storage.append(contentsOf: bytes)
                 lengths[index] = Int32(bytes.count)
                 formats[index] = 1
             case nil:
-                storage.append([])
+                break
             }
         }
-        return withPointers(to: storage, statement.parameters) { values in
-            PQsendQueryParams(connection, statement.sql, Int32(count), nil, values, lengths, formats, 0) == 1
-        }
-    }
-
-    /// Calls `body` with a C array of pointers to each parameter's bytes (NULL for SQL NULL).
-    private static func withPointers<R>(to storage: [[UInt8]], _ parameters: [Parameter?],
-                                        _ body: ([UnsafePointer<CChar>?]) -> R) -> R {
-        var pointers: [UnsafePointer<CChar>?] = []
-        pointers.reserveCapacity(storage.count)
-        func next(_ index: Int) -> R {
-            guard index < storage.count else { return body(pointers) }
-            guard parameters[index] != nil else {
-                pointers.append(nil)
-                return next(index + 1)
-            }
-            return storage[index].withUnsafeBufferPointer { buffer in
-                buffer.baseAddress!.withMemoryRebound(to: CChar.self, capacity: buffer.count) { pointer in
-                    pointers.append(pointer)
-                    return next(index + 1)
-                }
+        if storage.isEmpty { storage.append(0) }
+        return storage.withUnsafeBufferPointer { buffer in
+            buffer.baseAddress!.withMemoryRebound(to: CChar.self, capacity: buffer.count) { base in
+                let values: [UnsafePointer<CChar>?] = offsets.map { $0 < 0 ? nil : base + $0 }
+                return PQsendQueryParams(connection, statement.sql, Int32(count), nil, values, lengths, formats, 0) == 1
             }
         }
-        return next(0)
     }
 
     private func flush() {

@@ -114,24 +114,106 @@ public final class PostgresStore: OutboxStore {
 
     // MARK: Enqueue
 
+    /// Messages with an idempotency key go through `sluice_enqueue_message` one statement
+    /// each (it finds an existing key); the others are written set-wise, three statements for
+    /// the whole batch, with ids taken from the sequence first. Both in one transaction.
     public func enqueue(_ messages: [PreparedMessage], now: Date) async throws(OutboxError) -> [EnqueueResult] {
-        let now = String(now.milliseconds)
-        let statements = messages.map { prepared in
+        let nowText = String(now.milliseconds)
+        let plain = messages.indices.filter { messages[$0].message.idempotencyKey == nil }
+        var ids: [Int64] = []
+        if !plain.isEmpty {
+            let rows = try await run([.init(
+                "SELECT nextval(pg_get_serial_sequence('sluice_messages', 'id')) FROM generate_series(1, $1::integer)",
+                [.text(String(plain.count))])])
+            ids = rows[0].rows.compactMap { $0[0].flatMap { Int64($0) } }
+            guard ids.count == plain.count else { throw OutboxError(.database, "the id sequence gave \(ids.count) ids") }
+        }
+        var statements: [PostgresConnection.Statement] = []
+        if !plain.isEmpty {
+            statements += Self.insertStatements(plain.map { messages[$0] }, ids: ids, now: nowText, nowDate: now)
+        }
+        let keyed = messages.indices.filter { messages[$0].message.idempotencyKey != nil }
+        for index in keyed {
+            let prepared = messages[index]
             let message = prepared.message
-            return PostgresConnection.Statement(
+            statements.append(PostgresConnection.Statement(
                 "SELECT id, existed FROM sluice_enqueue_message($1, $2::text[], $3::bytea, $4, sluice_at($5::bigint), $6, $7::integer[], sluice_at($8::bigint))",
                 [.text(message.sender), .text(pgArray(message.recipients)), .bytes(message.content),
                  message.idempotencyKey.map { .text($0) }, message.notBefore.map { .text(String($0.milliseconds)) },
                  prepared.messageID.map { .text($0) }, .text(pgArray(prepared.suppressed.sorted().map(String.init))),
-                 .text(now)])
+                 .text(nowText)]))
         }
         let results = try await run(statements)
-        return try results.map { (rows) throws(OutboxError) in
+        var answers = [EnqueueResult?](repeating: nil, count: messages.count)
+        for (index, id) in zip(plain, ids) { answers[index] = EnqueueResult(id: id, existed: false) }
+        let keyedResults = results.suffix(keyed.count)
+        for (index, rows) in zip(keyed, keyedResults) {
             guard let row = rows.rows.first, let id = row[0].flatMap({ Int64($0) }) else {
                 throw OutboxError(.database, "enqueue returned no id")
             }
-            return EnqueueResult(id: id, existed: row[1] == "t")
+            answers[index] = EnqueueResult(id: id, existed: row[1] == "t")
         }
+        return answers.compactMap { $0 }
+    }
+
+    /// The three statements that write `messages` (none with an idempotency key) under `ids`.
+    private static func insertStatements(_ messages: [PreparedMessage], ids: [Int64], now: String, nowDate: Date)
+        -> [PostgresConnection.Statement]
+    {
+        var senders: [String?] = [], messageIDs: [String?] = [], sizes: [String?] = [], notBefores: [String?] = []
+        var pending: [String?] = []
+        var recipientMessages: [String?] = [], positions: [String?] = [], addresses: [String?] = [], states: [String?] = []
+        // The contents go as raw bytes, two parameters a message, in statements of at most
+        // 10,000 messages (PostgreSQL takes 65,535 parameters a statement).
+        var contents: [PostgresConnection.Statement] = []
+        var contentValues: [String] = []
+        var contentParameters: [PostgresConnection.Parameter?] = []
+        func flushContents() {
+            guard !contentValues.isEmpty else { return }
+            contents.append(.init("INSERT INTO sluice_contents (message_id, content) VALUES "
+                                  + contentValues.joined(separator: ", "), contentParameters))
+            contentValues = []
+            contentParameters = []
+        }
+        for (prepared, id) in zip(messages, ids) {
+            let message = prepared.message
+            senders.append(message.sender)
+            messageIDs.append(prepared.messageID)
+            sizes.append(String(message.content.count))
+            notBefores.append(String(max(nowDate, message.notBefore ?? nowDate).milliseconds))
+            pending.append(message.recipients.indices.contains { !prepared.suppressed.contains($0) } ? "t" : "f")
+            for (position, address) in message.recipients.enumerated() {
+                recipientMessages.append(String(id))
+                positions.append(String(position))
+                addresses.append(address)
+                states.append(prepared.suppressed.contains(position) ? "suppressed" : "queued")
+            }
+            let base = contentParameters.count
+            contentValues.append("($\(base + 1)::bigint, $\(base + 2)::bytea)")
+            contentParameters += [.text(String(id)), .bytes(message.content)]
+            if contentValues.count == 10_000 { flushContents() }
+        }
+        flushContents()
+        return [
+            .init("""
+                INSERT INTO sluice_messages (id, sender, message_id, size, created_at, not_before, age_from, due_at, finished_at)
+                OVERRIDING SYSTEM VALUE
+                SELECT t.id, t.sender, t.message_id, t.size, sluice_at($7::bigint), sluice_at(t.not_before),
+                    sluice_at(t.not_before), CASE WHEN t.pending THEN sluice_at(t.not_before) END,
+                    CASE WHEN t.pending THEN NULL ELSE sluice_at($7::bigint) END
+                FROM unnest($1::bigint[], $2::text[], $3::text[], $4::integer[], $5::bigint[], $6::boolean[])
+                    AS t(id, sender, message_id, size, not_before, pending)
+                """,
+                  [.text(pgArray(ids.map(String.init))), .text(pgArray(senders)), .text(pgArray(messageIDs)),
+                   .text(pgArray(sizes)), .text(pgArray(notBefores)), .text(pgArray(pending)), .text(now)]),
+        ] + contents + [
+            .init("""
+                INSERT INTO sluice_recipients (message_id, position, address, state)
+                SELECT * FROM unnest($1::bigint[], $2::integer[], $3::text[], $4::text[])
+                """,
+                  [.text(pgArray(recipientMessages)), .text(pgArray(positions)), .text(pgArray(addresses)),
+                   .text(pgArray(states))]),
+        ]
     }
 
     // MARK: Claiming
