@@ -170,7 +170,10 @@ let package = Package(
         ),
         .testTarget(
             name: "SluiceOutboxTests",
-            dependencies: ["SluiceOutbox", "Sluice", "SluiceSink", "SluiceTestSupport"],
+            dependencies: [
+                "SluiceOutbox", "Sluice", "SluiceSink", "SluiceTestSupport",
+                .product(name: "MetricsTestKit", package: "swift-metrics"),
+            ],
             swiftSettings: strict
         ),
         .testTarget(

@@ -43,6 +43,10 @@ public protocol OutboxStore: Sendable {
     /// Whether any recipient is pending (queued, deferred, or leased).
     func hasPendingWork() async throws(OutboxError) -> Bool
 
+    /// Messages due now and not held by a worker, and when the oldest of them became due:
+    /// cheap enough for a gauge every few seconds (an index range, not a scan).
+    func waiting(now: Date) async throws(OutboxError) -> (count: Int, oldestDueAt: Date?)
+
     /// When the next message not held by a worker is due; nil when none is pending.
     func nextDueAt() async throws(OutboxError) -> Date?
 

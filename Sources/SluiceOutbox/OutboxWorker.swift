@@ -1,6 +1,6 @@
 import Foundation
 public import Logging
-import Metrics
+public import Metrics
 public import Sluice
 import SluiceMIME
 import SluiceTransport
@@ -64,6 +64,8 @@ public final class OutboxWorker: Sendable {
         public var owner = OutboxWorker.defaultOwner()
         /// The logger.
         public var logger = Logger(label: "sluice.outbox")
+        /// Where the metrics go; nil for the process's (`MetricsSystem.factory`).
+        public var metricsFactory: (any MetricsFactory)?
 
         /// The defaults.
         public init() {}
@@ -109,7 +111,7 @@ public final class OutboxWorker: Sendable {
         configuration.batchSize = max(1, configuration.batchSize)
         configuration.concurrency = max(1, configuration.concurrency)
         self.configuration = configuration
-        metrics = WorkerMetrics()
+        metrics = WorkerMetrics(factory: configuration.metricsFactory ?? MetricsSystem.factory)
     }
 
     /// A name unique to this process and worker: host, process id and a random suffix.
@@ -361,7 +363,7 @@ public final class OutboxWorker: Sendable {
         }
     }
 
-    /// Retention and the gauges: every few seconds, in small steps.
+    /// Retention and the gauges: every ten seconds, in small steps.
     private func housekeeping() async throws(OutboxError) {
         if let retention = configuration.retention {
             let before = outbox.clock.now().addingTimeInterval(-retention.seconds)
@@ -369,6 +371,10 @@ public final class OutboxWorker: Sendable {
             if purged > 0 { state.withLock { $0.statistics.purged += purged } }
         }
         metrics.inFlight.record(state.withLock { $0.inHand.count })
+        let now = outbox.clock.now()
+        let waiting = try await outbox.store.waiting(now: now)
+        metrics.waiting.record(waiting.count)
+        metrics.oldestWaiting.record(waiting.oldestDueAt.map { max(0, now.timeIntervalSince($0)) } ?? 0)
     }
 
     /// What came of handing a message to the client.
@@ -382,15 +388,36 @@ public final class OutboxWorker: Sendable {
 
 /// The worker's metrics (swift-metrics).
 private struct WorkerMetrics: Sendable {
-    let claimed = Counter(label: "sluice_outbox_claimed_total")
-    let delivered = Counter(label: "sluice_outbox_recipients_total", dimensions: [("outcome", "delivered")])
-    let deferred = Counter(label: "sluice_outbox_recipients_total", dimensions: [("outcome", "deferred")])
-    let failed = Counter(label: "sluice_outbox_recipients_total", dimensions: [("outcome", "failed")])
-    let expired = Counter(label: "sluice_outbox_recipients_total", dimensions: [("outcome", "expired")])
-    let unknown = Counter(label: "sluice_outbox_unknown_outcomes_total")
-    let leasesLost = Counter(label: "sluice_outbox_leases_lost_total")
-    let attemptDuration = Metrics.Timer(label: "sluice_outbox_attempt_duration_seconds")
-    let inFlight = Gauge(label: "sluice_outbox_in_flight")
+    let claimed: Counter
+    let delivered: Counter
+    let deferred: Counter
+    let failed: Counter
+    let expired: Counter
+    let unknown: Counter
+    let leasesLost: Counter
+    let attemptDuration: Metrics.Timer
+    let inFlight: Gauge
+    /// Messages due and not held by any worker (the store's, not this worker's).
+    let waiting: Gauge
+    /// Seconds since the oldest waiting message became due.
+    let oldestWaiting: Gauge
+
+    init(factory: any MetricsFactory) {
+        func outcome(_ name: String) -> Counter {
+            Counter(label: "sluice_outbox_recipients_total", dimensions: [("outcome", name)], factory: factory)
+        }
+        claimed = Counter(label: "sluice_outbox_claimed_total", factory: factory)
+        delivered = outcome("delivered")
+        deferred = outcome("deferred")
+        failed = outcome("failed")
+        expired = outcome("expired")
+        unknown = Counter(label: "sluice_outbox_unknown_outcomes_total", factory: factory)
+        leasesLost = Counter(label: "sluice_outbox_leases_lost_total", factory: factory)
+        attemptDuration = Metrics.Timer(label: "sluice_outbox_attempt_duration_seconds", factory: factory)
+        inFlight = Gauge(label: "sluice_outbox_in_flight", factory: factory)
+        waiting = Gauge(label: "sluice_outbox_waiting", factory: factory)
+        oldestWaiting = Gauge(label: "sluice_outbox_oldest_waiting_seconds", factory: factory)
+    }
 
     func record(_ tally: OutboxWorker.Statistics, leasesLost lost: Int) {
         if tally.delivered > 0 { delivered.increment(by: tally.delivered) }

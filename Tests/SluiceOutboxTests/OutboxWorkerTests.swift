@@ -1,4 +1,5 @@
 import Foundation
+import MetricsTestKit
 import Sluice
 import SluiceOutbox
 import SluiceSink
@@ -217,5 +218,32 @@ import Testing
         #expect(sink.messages.count == worker.statistics.delivered)
         await client.shutdown()
         await sink.shutdown()
+    }
+
+    @Test func theWorkerCountsOutcomesAndTheWaitingQueueInMetrics() async throws {
+        let sink = try await startSink { $0.faults.rejectRecipients = .everyNth(3) }
+        guard let outbox = try await makeOutbox(.sqlite) else { return }
+        let client = try relayClient(port: sink.localAddress.port)
+        _ = try await outbox.enqueue(contentsOf: (0..<3).map { outboxMessage("m\($0)") })
+        let metrics = TestMetrics()
+        let (_, task) = Self.start(outbox, client) { configuration in
+            configuration.exitWhenIdle = true
+            configuration.metricsFactory = metrics
+            // One message at a time, so that the first look at the queue sees two waiting.
+            configuration.rateLimit = OutboxRateLimit(messagesPerSecond: 20, burst: 1)
+        }
+        try await task.value
+        func outcome(_ name: String) throws -> Int64 {
+            try metrics.expectCounter("sluice_outbox_recipients_total", [("outcome", name)]).totalValue
+        }
+        #expect(try outcome("delivered") == 2)
+        #expect(try outcome("failed") == 1)
+        #expect(try metrics.expectCounter("sluice_outbox_claimed_total").totalValue == 3)
+        #expect(try metrics.expectTimer("sluice_outbox_attempt_duration_seconds").values.count == 3)
+        #expect(try metrics.expectGauge("sluice_outbox_waiting").values.first == 2)
+        #expect(try metrics.expectGauge("sluice_outbox_oldest_waiting_seconds").values.first.map { $0 >= 0 } == true)
+        await client.shutdown()
+        await sink.shutdown()
+        await outbox.close()
     }
 }

@@ -409,6 +409,15 @@ public final class PostgresStore: OutboxStore {
         return !rows[0].rows.isEmpty
     }
 
+    public func waiting(now: Date) async throws(OutboxError) -> (count: Int, oldestDueAt: Date?) {
+        // A held message's due_at is its lease's expiry, in the future: the range excludes it.
+        let rows = try await run([.init(
+            "SELECT count(*), sluice_ms(min(due_at)) FROM sluice_messages WHERE due_at <= sluice_at($1::bigint)",
+            [.text(String(now.milliseconds))])], checked: false)
+        let row = rows[0].rows.first
+        return (row?[0].flatMap { Int($0) } ?? 0, row?[1].flatMap { Int64($0) }.map(Date.init(milliseconds:)))
+    }
+
     public func nextDueAt() async throws(OutboxError) -> Date? {
         let rows = try await run([.init("SELECT sluice_ms(min(due_at)) FROM sluice_messages WHERE due_at IS NOT NULL")],
                                  checked: false)

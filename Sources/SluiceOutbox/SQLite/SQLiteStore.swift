@@ -409,6 +409,17 @@ public final class SQLiteStore: OutboxStore {
         }
     }
 
+    public func waiting(now: Date) async throws(OutboxError) -> (count: Int, oldestDueAt: Date?) {
+        let now = now.milliseconds
+        return try await thread.run { (database) throws(OutboxError) in
+            // A held message's due_at is its lease's expiry, in the future: the range excludes it.
+            let statement = try database.statement("SELECT count(*), min(due_at) FROM sluice_messages WHERE due_at <= ?1")
+            statement.bind(1, now)
+            guard try statement.step() else { return (0, nil) }
+            return (statement.int(0), statement.optionalInt64(1).map(Date.init(milliseconds:)))
+        }
+    }
+
     public func nextDueAt() async throws(OutboxError) -> Date? {
         try await thread.run { (database) throws(OutboxError) in
             let statement = try database.statement("SELECT min(due_at) FROM sluice_messages WHERE due_at IS NOT NULL")
