@@ -51,7 +51,7 @@ enum PostgresSchema {
             -- Updates are frequent: room on each page keeps them cheap, and autovacuum keeps up.
             CREATE TABLE sluice_messages (
                 id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
-                idempotency_key text UNIQUE,
+                idempotency_key text,
                 sender text NOT NULL,
                 message_id text,
                 size integer NOT NULL,
@@ -66,6 +66,10 @@ enum PostgresSchema {
                 last_error text
             ) WITH (fillfactor = 80, autovacuum_vacuum_scale_factor = 0.02, autovacuum_vacuum_insert_scale_factor = 0.05);
             CREATE INDEX sluice_messages_due ON sluice_messages (due_at, id) WHERE due_at IS NOT NULL;
+            -- Partial: most messages have no key, and an UPDATE that is not HOT adds an entry to
+            -- every index the row is in.
+            CREATE UNIQUE INDEX sluice_messages_idempotency_key ON sluice_messages (idempotency_key)
+                WHERE idempotency_key IS NOT NULL;
             CREATE INDEX sluice_messages_finished ON sluice_messages (finished_at) WHERE finished_at IS NOT NULL;
 
             -- The content apart from the row every claim and outcome rewrites: an UPDATE copies
@@ -140,7 +144,7 @@ enum PostgresSchema {
                                              age_from, due_at, finished_at)
                 VALUES (p_idempotency_key, p_sender, p_message_id, length(p_content), p_now, v_due, v_due,
                         CASE WHEN v_pending THEN v_due END, CASE WHEN NOT v_pending THEN p_now END)
-                ON CONFLICT (idempotency_key) DO NOTHING
+                ON CONFLICT (idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
                 RETURNING sluice_messages.id INTO v_id;
                 IF v_id IS NULL THEN
                     -- Another transaction enqueued the same key first, and committed.

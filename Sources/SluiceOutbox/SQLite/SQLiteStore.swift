@@ -45,7 +45,7 @@ public final class SQLiteStore: OutboxStore {
         """
         CREATE TABLE sluice_messages (
             id INTEGER PRIMARY KEY,
-            idempotency_key TEXT UNIQUE,
+            idempotency_key TEXT,
             sender TEXT NOT NULL,
             message_id TEXT,
             size INTEGER NOT NULL,
@@ -64,6 +64,12 @@ public final class SQLiteStore: OutboxStore {
         // expired (a held message's due_at is its lease's expiry).
         "CREATE INDEX sluice_messages_due ON sluice_messages (due_at) WHERE due_at IS NOT NULL",
         "CREATE INDEX sluice_messages_finished ON sluice_messages (finished_at) WHERE finished_at IS NOT NULL",
+        // Partial: most messages have no key, and every rewrite of their row would otherwise
+        // touch this index too.
+        """
+        CREATE UNIQUE INDEX sluice_messages_idempotency_key ON sluice_messages (idempotency_key)
+        WHERE idempotency_key IS NOT NULL
+        """,
         // The content apart from the row that changes with every claim and outcome, so that
         // those writes do not copy it again.
         "CREATE TABLE sluice_contents (message_id INTEGER PRIMARY KEY, content BLOB NOT NULL)",
