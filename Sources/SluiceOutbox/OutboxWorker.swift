@@ -189,11 +189,22 @@ public final class OutboxWorker: Sendable {
                 // The store is unreachable or busy: keep the reports, try again shortly.
                 storeFailures += 1
                 logger.error("outbox store error (try \(storeFailures)): \(error)")
+                if stopping && storeFailures >= Self.failuresBeforeGivingUp {
+                    // Stopping, and the store will not take the outcomes: leave them. The
+                    // leases expire and another worker sends those messages again (a
+                    // duplicate for what was delivered, never a loss).
+                    let held = state.withLock { $0.inHand.count }
+                    logger.error("outbox worker stopping without recording \(held) message(s): the store is unavailable")
+                    break
+                }
                 await wakeup.wait(timeout: .milliseconds(min(5_000, 100 * (1 << min(storeFailures, 6)))))
             }
         }
         logger.info("outbox worker stopped", metadata: ["owner": "\(configuration.owner)"])
     }
+
+    /// Store errors in a row after which a stopping worker gives up recording (about 25 s).
+    static let failuresBeforeGivingUp = 8
 
     /// How long to sleep with nothing in hand: until the next message is due, at most the
     /// poll interval.
