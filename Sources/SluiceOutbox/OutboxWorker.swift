@@ -203,7 +203,8 @@ public final class OutboxWorker: Sendable {
         logger.info("outbox worker stopped", metadata: ["owner": "\(configuration.owner)"])
     }
 
-    /// Store errors in a row after which a stopping worker gives up recording (about 25 s).
+    /// Store errors in a row after which a stopping worker gives up recording: with the
+    /// backoff between them, about 16 s.
     static let failuresBeforeGivingUp = 8
 
     /// How long to sleep with nothing in hand: until the next message is due, at most the
