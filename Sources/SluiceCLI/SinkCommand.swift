@@ -100,13 +100,7 @@ struct SinkCommand: AsyncParsableCommand {
         FileHandle.standardOutput.write(Data(banner.utf8))
 
         let stop = StopSignal()
-        let signals = [SIGINT, SIGTERM].map { number -> any DispatchSourceSignal in
-            signal(number, SIG_IGN)
-            let source = DispatchSource.makeSignalSource(signal: number, queue: .global())
-            source.setEventHandler { stop.fire() }
-            source.resume()
-            return source
-        }
+        let signals = stop.fireOnTerminationSignals()
         let statsTask = Task {
             guard statsInterval > 0 else { return }
             while !Task.isCancelled {
@@ -293,6 +287,18 @@ final class StopSignal: @unchecked Sendable {
         waiters = []
         lock.unlock()
         for waiter in waiting { waiter.resume() }
+    }
+
+    /// Fires on SIGINT or SIGTERM from now on (their default actions are turned off); the
+    /// caller keeps the returned sources and cancels them when done.
+    func fireOnTerminationSignals() -> [any DispatchSourceSignal] {
+        [SIGINT, SIGTERM].map { number in
+            signal(number, SIG_IGN)
+            let source = DispatchSource.makeSignalSource(signal: number, queue: .global())
+            source.setEventHandler { self.fire() }
+            source.resume()
+            return source
+        }
     }
 
     func wait() async {

@@ -109,13 +109,7 @@ struct WorkerCommand: AsyncParsableCommand {
             let worker = OutboxWorker(outbox: outbox, client: smtpClient, configuration: settings)
             let task = Task { try await worker.run() }
             let stop = StopSignal()
-            let signals = [SIGINT, SIGTERM].map { number -> any DispatchSourceSignal in
-                signal(number, SIG_IGN)
-                let source = DispatchSource.makeSignalSource(signal: number, queue: .global())
-                source.setEventHandler { stop.fire() }
-                source.resume()
-                return source
-            }
+            let signals = stop.fireOnTerminationSignals()
             let canceller = Task {
                 await stop.wait()
                 task.cancel()
