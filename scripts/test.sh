@@ -26,12 +26,12 @@ fi
 
 echo "test: running"
 if [ $# -eq 0 ]; then
-    # The outbox's crash tests drive worker processes, a database server and a sink flat out
+    # The outbox's load tests drive worker processes, a database server and a sink flat out
     # for about a minute; beside the rest of the suite they would starve its timing tests of
     # the two cores. So they run on their own, after it.
-    swift test --skip-build --skip OutboxCrashTests
-    echo "test: the outbox's crash tests, on their own"
-    swift test --skip-build --filter OutboxCrashTests
+    swift test --skip-build --skip OutboxLoadTests
+    echo "test: the outbox's load tests, on their own"
+    swift test --skip-build --filter OutboxLoadTests
 else
     swift test --skip-build "$@"
 fi

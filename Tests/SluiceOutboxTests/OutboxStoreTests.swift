@@ -19,19 +19,6 @@ import Testing
     }
 
     @Test(arguments: StoreKind.allCases)
-    func aBatchLargerThanOneStatementTakesIsWrittenWhole(store kind: StoreKind) async throws {
-        guard let outbox = try await makeOutbox(kind) else { return }
-        // PostgreSQL takes at most 65,535 parameters a statement; the contents go two a message.
-        let results = try await outbox.enqueue(contentsOf: (0..<33_000).map { outboxMessage("b\($0)") })
-        #expect(Set(results.map(\.id)).count == 33_000)
-        #expect(try await outbox.status().recipients[.queued] == 33_000)
-        let last = try #require(results.last)
-        #expect(try await outbox.message(last.id)?.messageID == "<b32999@example.com>")
-        #expect(try await outbox.store.content(id: last.id) == outboxMessage("b32999").content)
-        await outbox.close()
-    }
-
-    @Test(arguments: StoreKind.allCases)
     func badInputAddsNothingAndSaysWhy(store kind: StoreKind) async throws {
         guard let outbox = try await makeOutbox(kind) else { return }
         let small = Outbox(store: outbox.store, maximumMessageSize: 100)

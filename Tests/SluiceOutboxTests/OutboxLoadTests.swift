@@ -5,9 +5,11 @@ import SluiceSink
 import SluiceTestSupport
 import Testing
 
-/// Workers killed outright while they drain an outbox into a faulty sink: nothing is lost, and
-/// every duplicate is accounted for.
-@Suite struct OutboxCrashTests {
+/// The outbox under load: workers killed outright while they drain an outbox into a faulty
+/// sink (nothing is lost, and every duplicate is accounted for), and one very large batch.
+/// They load both cores for a while, so `scripts/test.sh` runs them on their own, after the
+/// rest of the suite, whose timing tests they would starve.
+@Suite struct OutboxLoadTests {
     /// What the sink received: how many times each (Message-ID, recipient) pair came.
     struct Received {
         private(set) var counts: [String: Int] = [:]
@@ -126,5 +128,18 @@ import Testing
         #expect(duplicates <= 2 * (held.count + unknownIDs.count))
         await outbox.close()
         await sink.shutdown()
+    }
+
+    @Test(arguments: StoreKind.allCases)
+    func aBatchLargerThanOneStatementTakesIsWrittenWhole(store kind: StoreKind) async throws {
+        guard let outbox = try await makeOutbox(kind) else { return }
+        // PostgreSQL takes at most 65,535 parameters a statement; the contents go two a message.
+        let results = try await outbox.enqueue(contentsOf: (0..<33_000).map { outboxMessage("b\($0)") })
+        #expect(Set(results.map(\.id)).count == 33_000)
+        #expect(try await outbox.status().recipients[.queued] == 33_000)
+        let last = try #require(results.last)
+        #expect(try await outbox.message(last.id)?.messageID == "<b32999@example.com>")
+        #expect(try await outbox.store.content(id: last.id) == outboxMessage("b32999").content)
+        await outbox.close()
     }
 }
