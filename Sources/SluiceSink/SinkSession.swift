@@ -272,12 +272,16 @@ final class SinkSession: ConnectionHandler, EndOfIterationWork, @unchecked Senda
     }
 
     private func delivered(_ message: ReceivedMessage, _ result: Result<String, StoreError>) {
-        guard !isClosed else { return }
-        switch result {
-        case .success(let id):
+        // A stored message is counted even when its client has already gone: the count must
+        // match the store.
+        if case .success = result {
             shared.counters.messages.add(1, ordering: .relaxed)
             shared.counters.recipients.add(message.recipients.count, ordering: .relaxed)
             shared.counters.bytes.add(message.content.count, ordering: .relaxed)
+        }
+        guard !isClosed else { return }
+        switch result {
+        case .success(let id):
             perform(machine.deliveryFinished(.stored(id: id)))
         case .failure(let error):
             perform(machine.deliveryFinished(.failed(SMTPReply(

@@ -239,6 +239,37 @@ struct SinkTests {
         #expect(recipientCodes.contains(450) && recipientCodes.contains(250))
     }
 
+    /// A client may hang up while its message is being written: the message is in the store,
+    /// so it is in the count too (`sluice soak` compares the two).
+    @Test func aMessageStoredAfterItsClientHungUpIsCounted() async throws {
+        let directory = FileManager.default.temporaryDirectory.appendingPathComponent("sluice-count-\(UUID().uuidString)")
+        try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(at: directory) }
+        let mbox = directory.appendingPathComponent("count.mbox").path
+        let sink = try await startSink { $0.store = .mbox(mbox) }
+        let group = EventLoopGroup(numberOfLoops: 1)
+        let sessions = 20
+        for _ in 0..<sessions {
+            let client = try await RawSession.open(to: sink.localAddress, on: group.loops[0])
+            // The whole transaction in one write, then gone before any reply.
+            try await client.send("EHLO c\r\nMAIL FROM:<s@example.com>\r\nRCPT TO:<a@example.com>\r\nDATA\r\nx\r\n.\r\n")
+            await client.connection.close()
+        }
+        func storedCount() -> Int {
+            let text = (try? String(contentsOfFile: mbox, encoding: .utf8)) ?? ""
+            return text.split(separator: "\n").filter { $0.hasPrefix("From ") }.count
+        }
+        let clock = ContinuousClock()
+        let deadline = clock.now + scaled(.seconds(10))
+        while clock.now < deadline, storedCount() == 0 || sink.statistics.messages != storedCount() {
+            try await Task.sleep(for: .milliseconds(20))
+        }
+        #expect(storedCount() > 0, "some messages were stored before their clients left")
+        #expect(sink.statistics.messages == storedCount(), "the count matches the store")
+        await sink.shutdown()
+        await group.shutdown()
+    }
+
     @Test func disconnectAfterDataLeavesNoReplyAndNoMessage() async throws {
         let sink = try await startSink {
             $0.faults.disconnect = .everyNth(1)
