@@ -27,9 +27,13 @@ public func socketDescriptors(touchingPorts ports: Set<Int>) -> [String] {
     }
 }
 
-/// This process's socket descriptors that no /proc/net table lists: sockets never connected,
-/// or whose connect was refused (a TCP socket in no state the kernel reports).
-public func unlistedSocketDescriptors() -> [Int] {
+/// This process's sockets that are not connected and never were, or whose connect failed:
+/// those no /proc/net table lists and whose local address is unspecified (0.0.0.0 or ::).
+///
+/// A connection that ended (reset, say) but whose descriptor is still open is in no table
+/// either, but it keeps its local address; a loaded parallel suite has hundreds of those for
+/// a moment, so they are left out: they are not what a refused connect leaks.
+public func unconnectedSocketDescriptors() -> [Int] {
     var listed = Set<String>()
     for table in ["tcp", "tcp6", "udp", "udp6", "unix", "raw", "raw6", "netlink", "packet"] {
         guard let text = try? String(contentsOfFile: "/proc/net/\(table)", encoding: .utf8) else { continue }
@@ -44,11 +48,36 @@ public func unlistedSocketDescriptors() -> [Int] {
         }
     }
     let descriptors = (try? FileManager.default.contentsOfDirectory(atPath: "/proc/self/fd")) ?? []
-    return descriptors.compactMap { fd -> Int? in
-        guard let target = try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/fd/\(fd)"),
-              target.hasPrefix("socket:["), !listed.contains(String(target.dropFirst(8).dropLast()))
+    return descriptors.compactMap { name -> Int? in
+        guard let target = try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/fd/\(name)"),
+              target.hasPrefix("socket:["), !listed.contains(String(target.dropFirst(8).dropLast())),
+              let fd = Int32(name), hasUnspecifiedLocalAddress(fd)
         else { return nil }
         return Int(fd)
+    }
+}
+
+/// Whether `fd` is an IPv4 or IPv6 socket bound to no address (0.0.0.0 or ::).
+private func hasUnspecifiedLocalAddress(_ fd: Int32) -> Bool {
+    var storage = sockaddr_storage()
+    var length = socklen_t(MemoryLayout<sockaddr_storage>.size)
+    let named = withUnsafeMutablePointer(to: &storage) {
+        $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(fd, $0, &length) }
+    }
+    guard named == 0 else { return false }
+    switch Int32(storage.ss_family) {
+    case AF_INET:
+        return withUnsafePointer(to: &storage) {
+            $0.withMemoryRebound(to: sockaddr_in.self, capacity: 1) { $0.pointee.sin_addr.s_addr == 0 }
+        }
+    case AF_INET6:
+        return withUnsafePointer(to: &storage) {
+            $0.withMemoryRebound(to: sockaddr_in6.self, capacity: 1) { pointer in
+                withUnsafeBytes(of: pointer.pointee.sin6_addr) { $0.allSatisfy { $0 == 0 } }
+            }
+        }
+    default:
+        return false
     }
 }
 
