@@ -6,7 +6,7 @@ import SluiceTestSupport
 import Testing
 
 /// `sluice outbox` and `sluice worker`, run as a user runs them.
-@Suite struct OutboxCommandTests {
+@Suite(.closesOutboxes) struct OutboxCommandTests {
     /// Runs `sluice ARGS` on a thread of its own.
     static func sluice(_ arguments: [String], input: String? = nil, in directory: String? = nil) async throws
         -> (status: Int32, output: String, error: String)?
@@ -98,7 +98,7 @@ import Testing
         let record = try JSONDecoder().decode(RecordJSON.self, from: Data(shown.output.utf8))
         #expect(record.messageID == "<m1@example.com>")
         #expect(record.recipients.map(\.address) == ["b@example.org", "hidden@example.org"])
-        let content = try #require(try await Outbox.open(url).store.content(id: 1))
+        let content = try #require(try await openOutbox(url).store.content(id: 1))
         #expect(!String(decoding: content, as: UTF8.self).contains("Bcc"))
 
         #expect(try await Self.sluice(["outbox", "cancel", "2", "--outbox", url])?.output == "2 recipients cancelled\n")
@@ -124,7 +124,7 @@ import Testing
         #expect(unreachable.status == 69 && unreachable.error.contains("cannot open"), "\(unreachable.error)")
 
         let url = "sqlite:\(directory)/o.db"
-        let outbox = try await Outbox.open(url)
+        let outbox = try await openOutbox(url)
         try await outbox.initialize()
         try await (outbox.store as! SQLiteStore).execute("UPDATE sluice_schema SET version = 7")
         await outbox.close()
@@ -144,7 +144,7 @@ import Testing
     @Test func theWorkerDrainsTheOutboxAndExitsWhenIdle() async throws {
         let directory = try Self.temporaryDirectory()
         let url = "sqlite:\(directory)/o.db"
-        let outbox = try await Outbox.open(url)
+        let outbox = try await openOutbox(url)
         try await outbox.initialize()
         _ = try await outbox.enqueue(contentsOf: (0..<300).map { outboxMessage("w\($0)", to: ["r\($0)@example.org"]) })
         let sink = try await startSink { $0.faults.rejectRecipients = .everyNth(10) }

@@ -9,7 +9,7 @@ import Testing
 /// sink (nothing is lost, and every duplicate is accounted for), and one very large batch.
 /// They load both cores for a while, so `scripts/test.sh` runs them on their own, after the
 /// rest of the suite, whose timing tests they would starve.
-@Suite struct OutboxLoadTests {
+@Suite(.closesOutboxes) struct OutboxLoadTests {
     /// What the sink received: how many times each (Message-ID, recipient) pair came.
     struct Received {
         private(set) var counts: [String: Int] = [:]
@@ -48,7 +48,7 @@ import Testing
             guard let cluster = try await PostgresCluster.shared() else { return }
             url = try await cluster.createDatabase()
         }
-        let outbox = try await Outbox.open(url)
+        let outbox = try await openOutbox(url)
         try await outbox.initialize()
         // PostgreSQL's run is the 100,000; under a sanitizer (every client and server
         // instruction checked) a tenth of that.

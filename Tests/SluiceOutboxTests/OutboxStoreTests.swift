@@ -5,7 +5,7 @@ import SluiceTestSupport
 import Testing
 
 /// The SQLite store and the outbox's checks, without a worker.
-@Suite struct OutboxStoreTests {
+@Suite(.closesOutboxes) struct OutboxStoreTests {
     @Test(arguments: StoreKind.allCases)
     func anIdempotencyKeyAddsAMessageOnce(store kind: StoreKind) async throws {
         guard let outbox = try await makeOutbox(kind) else { return }

@@ -20,6 +20,42 @@ final class ManualClock: OutboxClock, @unchecked Sendable {
     }
 }
 
+/// Closes every outbox a test opened through ``openOutbox(_:clock:)`` when the test ends,
+/// passed or failed, so that no store's thread, loop or database connection outlives it.
+struct ClosesOutboxes: SuiteTrait, TestTrait, TestScoping {
+    var isRecursive: Bool { true }
+
+    /// The outboxes the running test has opened.
+    @TaskLocal static var opened: Locked<[Outbox]>?
+
+    func provideScope(for test: Test, testCase: Test.Case?, performing function: @Sendable () async throws -> Void)
+        async throws {
+        guard testCase != nil else { return try await function() }  // the suite: each case has its own scope
+        let opened = Locked<[Outbox]>([])
+        let outcome: Result<Void, any Error>
+        do {
+            try await Self.$opened.withValue(opened) { try await function() }
+            outcome = .success(())
+        } catch {
+            outcome = .failure(error)
+        }
+        for outbox in opened.withLock({ $0 }) { await outbox.close() }
+        try outcome.get()
+    }
+}
+
+extension Trait where Self == ClosesOutboxes {
+    /// Closes the outboxes each test opens when it ends.
+    static var closesOutboxes: Self { ClosesOutboxes() }
+}
+
+/// Opens the outbox at `url`; a test under ``ClosesOutboxes`` has it closed when it ends.
+func openOutbox(_ url: String, clock: any OutboxClock = SystemOutboxClock()) async throws -> Outbox {
+    let outbox = try await Outbox.open(url, clock: clock)
+    ClosesOutboxes.opened?.withLock { $0.append(outbox) }
+    return outbox
+}
+
 /// The stores every store and worker test runs against.
 enum StoreKind: String, CaseIterable, Sendable, CustomTestStringConvertible {
     case sqlite, postgres
@@ -37,7 +73,7 @@ func makeOutbox(_ kind: StoreKind, clock: any OutboxClock = SystemOutboxClock(),
         return try await makeSQLiteOutbox(clock: clock, initialize: initialize).0
     case .postgres:
         guard let cluster = try await PostgresCluster.shared() else { return nil }
-        let outbox = try await Outbox.open(try await cluster.createDatabase(), clock: clock)
+        let outbox = try await openOutbox(try await cluster.createDatabase(), clock: clock)
         if initialize { try await outbox.initialize() }
         return outbox
     }
@@ -54,7 +90,7 @@ func makeSQLiteOutbox(clock: any OutboxClock = SystemOutboxClock(), initialize: 
     let directory = FileManager.default.temporaryDirectory.appendingPathComponent("sluice-outbox-\(UUID().uuidString)")
     try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
     let path = directory.appendingPathComponent("outbox.db").path
-    let outbox = try await Outbox.open("sqlite:\(path)", clock: clock)
+    let outbox = try await openOutbox("sqlite:\(path)", clock: clock)
     if initialize { try await outbox.initialize() }
     return (outbox, path)
 }

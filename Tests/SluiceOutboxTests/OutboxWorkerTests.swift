@@ -7,7 +7,7 @@ import SluiceTestSupport
 import Testing
 
 /// The worker against real SMTP servers, on a clock the test moves.
-@Suite struct OutboxWorkerTests {
+@Suite(.closesOutboxes) struct OutboxWorkerTests {
     /// Runs a worker in a task; the test cancels it when done.
     static func start(_ outbox: Outbox, _ client: SMTPClient,
                       _ configure: (inout OutboxWorker.Configuration) -> Void = { _ in })
