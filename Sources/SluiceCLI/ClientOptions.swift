@@ -33,6 +33,9 @@ struct ClientOptions: ParsableArguments {
     var dkimSelector: [String] = []
     @Option(name: .customLong("dkim-key"), help: "A DKIM private key, RSA or Ed25519 PEM; repeatable for several signatures.")
     var dkimKey: [String] = []
+    @Option(name: .customLong("bounce-rules"),
+            help: "Bounce class rules, one a line (CLASS CODE ENHANCED REGEX), tried before the standard ones.")
+    var bounceRules: String?
 
     enum SecurityMode: String, ExpressibleByArgument, CaseIterable {
         case starttls, starttlsOpportunistic = "starttls-opportunistic", tls, none
@@ -77,6 +80,13 @@ struct ClientOptions: ParsableArguments {
             certificateVerification: insecureSkipVerify ? .none : .fullVerification)
         configuration.allowPlaintextAuthentication = allowPlaintextAuth
         configuration.dkim = try dkimSigners()
+        if let bounceRules {
+            do {
+                configuration.bounceClassifier = try BounceClassifier(parsing: try readTextFile(bounceRules, flag: "--bounce-rules"))
+            } catch let error as BounceRuleError {
+                throw ValidationError("--bounce-rules \(bounceRules): \(error)")
+            }
+        }
         if auth != "auto" {
             guard let mechanism = SASLMechanism.allCases.first(where: { $0.rawValue.lowercased() == auth.lowercased() }) else {
                 throw ValidationError("--auth \(auth) is not one of auto, "

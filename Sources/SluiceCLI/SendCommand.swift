@@ -223,6 +223,8 @@ struct SendResult: Encodable {
         let code: Int?
         let enhancedCode: String?
         let text: String?
+        /// Why it was not accepted (``BounceClass``); absent when accepted.
+        let bounceClass: String?
     }
     struct Failure: Encodable {
         let kind: String
@@ -242,7 +244,7 @@ struct SendResult: Encodable {
         messageId = report?.messageID
         recipients = (report?.recipients ?? []).map {
             Recipient(address: $0.address.address, status: "\($0.status)", code: $0.code,
-                      enhancedCode: $0.enhancedCode.map { "\($0)" }, text: $0.text)
+                      enhancedCode: $0.enhancedCode.map { "\($0)" }, text: $0.text, bounceClass: $0.bounceClass?.rawValue)
         }
         self.error = error.map {
             Failure(kind: Self.kindName($0.kind), command: $0.command, transient: $0.isTransient, message: $0.description)
@@ -278,7 +280,9 @@ struct SendResult: Encodable {
             if let enhanced = recipient.enhancedCode { parts.append("\(enhanced)") }
             if let text = recipient.text { parts.append(text.controlCharactersEscaped) }
             let reply = parts.joined(separator: " ")
-            lines.append("\(recipient.status)\t\(recipient.address.address)\t\(reply.isEmpty ? "(no reply)" : reply)")
+            var line = "\(recipient.status)\t\(recipient.address.address)\t\(reply.isEmpty ? "(no reply)" : reply)"
+            if let bounceClass = recipient.bounceClass { line += "\t[\(bounceClass)]" }
+            lines.append(line)
         }
         var summary = "outcome: \(report?.outcome.rawValue ?? "failed")"
         if let id = report?.messageID { summary += ", Message-ID: \(id)" }

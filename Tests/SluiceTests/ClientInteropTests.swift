@@ -171,6 +171,34 @@ struct ClientInteropTests {
         }
     }
 
+    /// Postfix's own refusals, in its own words (no access table here): an unknown local user
+    /// and a relay it will not do get the bounce classes a sender acts on.
+    @Test(.needsPeers(executables: ["postfix"])) func postfixsOwnRefusalsGetTheirBounceClasses() async throws {
+        guard let postfix = try await PostfixInstance.start(mainCF: """
+            mydestination = sluice.test
+            local_recipient_maps = inline:{{known@sluice.test=known}}
+            mynetworks = 192.0.2.0/24
+            smtpd_relay_restrictions = permit_mynetworks, reject_unauth_destination
+            """)
+        else { return }
+        try await withCleanup {
+            var configuration = SMTPClient.Configuration(host: "127.0.0.1", port: postfix.port, security: .none)
+            configuration.retry = .none
+            let client = try SMTPClient(configuration: configuration)
+            let report = try await withDeadline(.seconds(60), "sending to Postfix") {
+                try await client.send(testMessage(), envelope: try Envelope(
+                    from: "s@example.com", to: ["known@sluice.test", "nobody@sluice.test", "a@elsewhere.test"]))
+            }
+            #expect(report.outcome == .partiallyAccepted, "\(report)")
+            #expect(report.recipients.map(\.bounceClass) == [nil, .invalidRecipient, .routing], "\(report)")
+            #expect(report.recipients[1].text?.contains("User unknown in local recipient table") == true, "\(report)")
+            #expect(report.recipients[2].text?.contains("Relay access denied") == true, "\(report)")
+            await client.shutdown()
+        } cleanup: {
+            await postfix.stop()
+        }
+    }
+
     /// aiosmtpd over STARTTLS with XOAUTH2 and OAUTHBEARER written here from their specs
     /// (Google's XOAUTH2 document, RFC 7628): `good-token` for user `app` is accepted; any other
     /// token gets the JSON error challenge, and only the answer the spec asks for (an empty

@@ -29,6 +29,9 @@ struct ClientMetricsTests {
             #expect(try metrics.expectCounter("sluice_messages_total", name + [("outcome", "rejected")]).totalValue == 1)
             #expect(try metrics.expectCounter("sluice_recipients_total", name + [("status", "accepted")]).totalValue == 2)
             #expect(try metrics.expectCounter("sluice_recipients_total", name + [("status", "rejected")]).totalValue == 2)
+            // The sink refuses with 550 5.1.1: both refusals are counted by their class.
+            #expect(try metrics.expectCounter(
+                "sluice_bounces_total", name + [("status", "rejected"), ("class", "invalid-recipient")]).totalValue == 2)
             #expect(try metrics.expectCounter("sluice_connections_opened_total", name).totalValue == 1)
             #expect(try metrics.expectTimer("sluice_message_duration_seconds", name).values.count == 3)
         }

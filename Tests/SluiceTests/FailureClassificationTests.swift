@@ -37,6 +37,8 @@ struct FailureClassificationTests {
         var recipientsCarryTheReply = true
         /// The whole error message, where a cell pins it: each thing said once.
         var message: String?
+        /// Every recipient's bounce class.
+        var bounceClass: BounceClass = .other
 
         var testDescription: String { name }
 
@@ -65,44 +67,44 @@ struct FailureClassificationTests {
         // Permanent, not the recipients' own: failed.
         Cell(name: "554 greeting", peer: scripted([:], greeting: "554 5.3.2 no service here\r\n"),
              outcome: .failed, kind: "connection", code: 554,
-             message: "SMTP connection: the server refused the session [554 5.3.2 no service here]"),
+             message: "SMTP connection: the server refused the session [554 5.3.2 no service here]", bounceClass: .other),
         Cell(name: "5xx to EHLO and HELO", peer: scripted(["EHLO": "550 5.7.1 go away\r\n", "HELO": "550 5.7.1 go away\r\n"]),
-             outcome: .failed, kind: "connection", command: "HELO", code: 550),
+             outcome: .failed, kind: "connection", command: "HELO", code: 550, bounceClass: .policy),
         Cell(name: "535 to AUTH", peer: scripted(["EHLO": ehloAuth, "AUTH": "535 5.7.8 authentication failed\r\n"]),
              authenticates: true, outcome: .failed, kind: "authentication", command: "AUTH", code: 535,
-             message: "SMTP authentication (AUTH): the server refused authentication [535 5.7.8 authentication failed]"),
+             message: "SMTP authentication (AUTH): the server refused authentication [535 5.7.8 authentication failed]", bounceClass: .policy),
         Cell(name: "STARTTLS required and not offered", peer: scripted([:]), security: "starttls",
-             outcome: .failed, kind: "tls"),
+             outcome: .failed, kind: "tls", bounceClass: .tls),
         Cell(name: "a certificate that does not verify", peer: .untrustedCertificate, security: "starttls",
-             outcome: .failed, kind: "tls"),
-        Cell(name: "a host name that does not exist", peer: .unknownHost, outcome: .failed, kind: "connection"),
+             outcome: .failed, kind: "tls", bounceClass: .tls),
+        Cell(name: "a host name that does not exist", peer: .unknownHost, outcome: .failed, kind: "connection", bounceClass: .routing),
         // Permanent, the message's or the recipients': rejected.
         Cell(name: "550 to MAIL", peer: scripted(["MAIL": "550 5.7.1 sender refused\r\n"]),
-             outcome: .rejected, kind: "rejected", command: "MAIL", code: 550),
+             outcome: .rejected, kind: "rejected", command: "MAIL", code: 550, bounceClass: .policy),
         Cell(name: "550 to every RCPT", peer: scripted(["RCPT": "550 5.1.1 no such user\r\n"]),
              outcome: .rejected, kind: "rejected", command: "RCPT", code: 550,
-             message: "SMTP rejected (RCPT): the server refused every recipient [550 5.1.1 no such user]"),
+             message: "SMTP rejected (RCPT): the server refused every recipient [550 5.1.1 no such user]", bounceClass: .invalidRecipient),
         Cell(name: "554 to the end of data", peer: scripted(["<end of data>": "554 5.7.1 spam\r\n"]),
-             outcome: .rejected, kind: "rejected", command: "DATA", code: 554),
+             outcome: .rejected, kind: "rejected", command: "DATA", code: 554, bounceClass: .content),
         // Transient: deferred.
         Cell(name: "421 greeting", peer: scripted([:], greeting: "421 4.3.2 busy\r\n"),
-             outcome: .deferred, kind: "connection", code: 421),
+             outcome: .deferred, kind: "connection", code: 421, bounceClass: .other),
         Cell(name: "454 to AUTH", peer: scripted(["EHLO": ehloAuth, "AUTH": "454 4.7.0 try later\r\n"]),
-             authenticates: true, outcome: .deferred, kind: "authentication", command: "AUTH", code: 454),
+             authenticates: true, outcome: .deferred, kind: "authentication", command: "AUTH", code: 454, bounceClass: .policy),
         Cell(name: "454 to STARTTLS", peer: scripted(["EHLO": ehloStartTLS, "STARTTLS": "454 4.7.0 TLS not available\r\n"]),
-             security: "starttls", outcome: .deferred, kind: "tls", command: "STARTTLS", code: 454),
+             security: "starttls", outcome: .deferred, kind: "tls", command: "STARTTLS", code: 454, bounceClass: .tls),
         Cell(name: "451 to MAIL", peer: scripted(["MAIL": "451 4.3.0 later\r\n"]),
-             outcome: .deferred, kind: "deferred", command: "MAIL", code: 451),
+             outcome: .deferred, kind: "deferred", command: "MAIL", code: 451, bounceClass: .other),
         Cell(name: "450 to every RCPT", peer: scripted(["RCPT": "450 4.2.1 later\r\n"]),
-             outcome: .deferred, kind: "deferred", command: "RCPT", code: 450),
+             outcome: .deferred, kind: "deferred", command: "RCPT", code: 450, bounceClass: .inactiveMailbox),
         Cell(name: "421 to RCPT", peer: scripted(["RCPT": "421 4.3.2 closing\r\n"]),
-             outcome: .deferred, kind: "connection", command: "RCPT", code: 421),
-        Cell(name: "a refused connection", peer: .refusedPort, outcome: .deferred, kind: "connection"),
+             outcome: .deferred, kind: "connection", command: "RCPT", code: 421, bounceClass: .other),
+        Cell(name: "a refused connection", peer: .refusedPort, outcome: .deferred, kind: "connection", bounceClass: .connection),
         Cell(name: "no greeting in time", peer: scripted([:], greeting: ""), timeout: 1,
              outcome: .deferred, kind: "timeout", command: "the greeting",
-             message: "SMTP timeout (the greeting): no reply in time"),
+             message: "SMTP timeout (the greeting): no reply in time", bounceClass: .connection),
         Cell(name: "a protocol violation", peer: scripted(["DATA": "250 2.0.0 taken without content\r\n"]),
-             outcome: .deferred, kind: "protocolViolation", command: "DATA", code: 250, recipientsCarryTheReply: false),
+             outcome: .deferred, kind: "protocolViolation", command: "DATA", code: 250, recipientsCarryTheReply: false, bounceClass: .protocol),
     ]
 
     /// The peer started for `cell`, its port, and how to stop it.
@@ -156,6 +158,7 @@ struct FailureClassificationTests {
             }
             if let code = cell.code { #expect(text.components(separatedBy: "\(code) ").count == 2, "\(cell.name): \(text)") }
             if let message = cell.message { #expect(text == message) }
+            #expect(report.recipients.allSatisfy { $0.bounceClass == cell.bounceClass }, "\(cell.name): \(report)")
         }
         await client.shutdown()
         await peer.stop()
@@ -182,6 +185,7 @@ struct FailureClassificationTests {
         #expect(report.error?.command == cell.command, "\(cell.name): \(run.output)")
         let code = cell.recipientsCarryTheReply ? cell.code : nil
         #expect(report.recipients.allSatisfy { $0.code == code }, "\(cell.name): \(run.output)")
+        #expect(report.recipients.allSatisfy { $0.bounceClass == cell.bounceClass.rawValue }, "\(cell.name): \(run.output)")
     }
 
     @Test func whenEveryRecipientIsRefusedTheErrorNamesRCPTAndSaysWhatTheServerSaid() async throws {

@@ -99,6 +99,7 @@ struct HostilePeerTests {
         #expect(run.status == 3, "exit 3: the server's limit refuses the message: \(run.output) \(run.error)")
         #expect(run.report?.outcome == "rejected")
         #expect(run.report?.error?.message.contains("takes at most 100") == true, "\(run.output)")
+        #expect(run.report?.recipients.map(\.bounceClass) == ["message-too-large"], "\(run.output)")
     }
 
     @Test func eightBitContentForAServerWithout8BITMIMEIsARefusalNotBadInput() async throws {
@@ -113,6 +114,7 @@ struct HostilePeerTests {
         #expect(run.status == 3, "\(run.output) \(run.error)")
         let report = try SendCommandTests.report(run.output)
         #expect(report.outcome == "rejected")
+        #expect(report.recipients.map(\.bounceClass) == ["content"], "5.6.3, conversion required: \(run.output)")
         #expect(report.error?.message.contains("8BITMIME") == true)
     }
 }

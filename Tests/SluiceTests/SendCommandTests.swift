@@ -13,6 +13,7 @@ struct SendCommandTests {
             let address: String
             let status: String
             let code: Int?
+            let bounceClass: String?
             let enhancedCode: String?
             let text: String?
         }

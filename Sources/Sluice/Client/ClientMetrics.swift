@@ -9,6 +9,9 @@ struct ClientMetrics: Sendable {
     /// recipient's status).
     private let messages: [Counter]
     private let recipients: [Counter]
+    /// Recipients not accepted, by status (rejected, deferred, failed, unknown) and bounce
+    /// class: `statuses × classes`, row by status.
+    private let bounces: [Counter]
     let connectionsOpened: Counter
     let connectionsFailed: Counter
     let connectionsRetired: Counter
@@ -21,6 +24,13 @@ struct ClientMetrics: Sendable {
         recipients = [DeliveryStatus.accepted, .rejected, .deferred, .failed, .unknown].map { status in
             Counter(label: "sluice_recipients_total", dimensions: [("client", label), ("status", Self.name(of: status))])
         }
+        bounces = [DeliveryStatus.rejected, .deferred, .failed, .unknown].flatMap { status in
+            BounceClass.allCases.map { bounceClass in
+                Counter(label: "sluice_bounces_total", dimensions: [
+                    ("client", label), ("status", Self.name(of: status)), ("class", bounceClass.rawValue),
+                ])
+            }
+        }
         connectionsOpened = Counter(label: "sluice_connections_opened_total", dimensions: [("client", label)])
         connectionsFailed = Counter(label: "sluice_connections_failed_total", dimensions: [("client", label)])
         connectionsRetired = Counter(label: "sluice_connections_closed_total", dimensions: [("client", label)])
@@ -30,7 +40,14 @@ struct ClientMetrics: Sendable {
 
     func record(_ report: DeliveryReport) {
         messages[Self.index(of: report.outcome)].increment()
-        for recipient in report.recipients { recipients[Self.index(of: recipient.status)].increment() }
+        for recipient in report.recipients {
+            let status = Self.index(of: recipient.status)
+            recipients[status].increment()
+            if status > 0, let bounceClass = recipient.bounceClass,
+               let column = BounceClass.allCases.firstIndex(of: bounceClass) {
+                bounces[(status - 1) * BounceClass.allCases.count + column].increment()
+            }
+        }
         latency.recordNanoseconds(report.elapsed.wholeNanoseconds)
     }
 

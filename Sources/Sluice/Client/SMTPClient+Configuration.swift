@@ -150,6 +150,9 @@ extension SMTPClient {
         public var rateLimit: RateLimit?
         /// Retries of transient failures.
         public var retry = RetryPolicy()
+        /// How each refused or deferred recipient's ``DeliveryReport/Recipient/bounceClass`` is
+        /// decided: the standard rules, or a user's in front of them.
+        public var bounceClassifier = BounceClassifier.standard
         /// How long each reply may take (RFC 5321 defaults).
         public var timeouts = SMTPTimeouts()
         /// DKIM signers, applied in order to every ``Message`` and ``RawMessage`` sent (once per

@@ -108,6 +108,7 @@ final class DeliveryJob: @unchecked Sendable {
         var report = DeliveryReport(recipients: results, messageID: message.messageID, envelope: envelope,
                                     attempts: attempts, elapsed: now - startedAt, error: nil)
         if report.outcome != .accepted {
+            let classifier = client.configuration.bounceClassifier
             let error = lastError ?? SMTPError(.deferred, "the message was not delivered")
             let kind: SMTPError.Kind? =
                 switch report.outcome {
@@ -119,6 +120,12 @@ final class DeliveryJob: @unchecked Sendable {
                                              isTransient: $0 != .rejected && error.isTransient,
                                              sessionError: error.sessionError, transportError: error.transportError) }
                 ?? error
+            for slot in results.indices where results[slot].status != .accepted {
+                let recipient = results[slot]
+                results[slot] = DeliveryReport.Recipient(
+                    address: recipient.address, status: recipient.status, reply: recipient.reply,
+                    bounceClass: classifier.classify(recipient.reply, error: final))
+            }
             report = DeliveryReport(recipients: results, messageID: message.messageID, envelope: envelope,
                                     attempts: attempts, elapsed: now - startedAt, error: final)
         }

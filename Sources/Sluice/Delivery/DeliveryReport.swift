@@ -37,6 +37,16 @@ public struct DeliveryReport: Sendable, Hashable, CustomStringConvertible {
         /// The reply that decided it: the `RCPT` reply if that refused it, else the reply to
         /// the end of the data; nil when no reply came.
         public let reply: SMTPReply?
+        /// Why it was not accepted, in the terms a bulk sender acts on (from ``reply``, or from
+        /// the failure when no reply came; see ``BounceClassifier``); nil when accepted.
+        public let bounceClass: BounceClass?
+
+        init(address: EnvelopeAddress, status: DeliveryStatus, reply: SMTPReply?, bounceClass: BounceClass? = nil) {
+            self.address = address
+            self.status = status
+            self.reply = reply
+            self.bounceClass = bounceClass
+        }
 
         /// The reply code, if a reply came.
         public var code: Int? { reply?.code.rawValue }
@@ -84,6 +94,7 @@ public struct DeliveryReport: Sendable, Hashable, CustomStringConvertible {
         for recipient in recipients {
             text += "; \(recipient.address): \(recipient.status)"
             if let reply = recipient.reply { text += " (\(reply))" }
+            if let bounceClass = recipient.bounceClass { text += " [\(bounceClass)]" }
         }
         if let error { text += "; \(error)" }
         return text

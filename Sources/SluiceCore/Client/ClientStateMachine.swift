@@ -638,14 +638,16 @@ public struct ClientStateMachine: Sendable {
         var parameters = transaction.parameters
         if transaction.requiresSMTPUTF8 {
             guard features.smtpUTF8 else {
-                finishLocally(transaction, "an address needs SMTPUTF8, which the server does not offer")
+                finishLocally(transaction, "an address needs SMTPUTF8, which the server does not offer",
+                              code: EnhancedStatusCode(statusClass: 5, subject: 6, detail: 7))
                 return
             }
             parameters.smtpUTF8 = true
         }
         if transaction.content.requires8BitMIME {
             guard features.eightBitMIME || chunking && features.binaryMIME else {
-                finishLocally(transaction, "the content is 8-bit and the server does not offer 8BITMIME")
+                finishLocally(transaction, "the content is 8-bit and the server does not offer 8BITMIME",
+                              code: EnhancedStatusCode(statusClass: 5, subject: 6, detail: 3))
                 return
             }
             if parameters.body == nil { parameters.body = .eightBitMIME }
@@ -653,7 +655,8 @@ public struct ClientStateMachine: Sendable {
         if let limit = features.maximumMessageSize {
             let size = transaction.content.chunkLength
             if limit > 0, size > limit {
-                finishLocally(transaction, "the message is \(size) octets; the server takes at most \(limit)")
+                finishLocally(transaction, "the message is \(size) octets; the server takes at most \(limit)",
+                              code: EnhancedStatusCode(statusClass: 5, subject: 3, detail: 4))
                 return
             }
             parameters.size = size
@@ -912,8 +915,8 @@ public struct ClientStateMachine: Sendable {
             id: id, status: .deferred, recipients: recipients, reply: nil, command: nil, error: error)))
     }
 
-    private mutating func finishLocally(_ transaction: SMTPTransaction, _ reason: String) {
-        let error = SMTPSessionError(.refusedLocally, reason, command: "MAIL")
+    private mutating func finishLocally(_ transaction: SMTPTransaction, _ reason: String, code: EnhancedStatusCode?) {
+        let error = SMTPSessionError(.refusedLocally, reason, command: "MAIL", enhancedCode: code)
         actions.append(.transactionFinished(Self.uniformOutcome(transaction, .rejected, reply: nil, error: error)))
     }
 

@@ -65,13 +65,19 @@ public struct SMTPSessionError: Error, Hashable, Sendable, CustomStringConvertib
     public let command: String?
     /// What happened, in words.
     public let detail: String
+    /// For a refusal made here with no reply (``Kind/refusedLocally``), the RFC 3463 code that
+    /// says what is wrong: `5.3.4` for a message larger than the server's SIZE, `5.6.7` for an
+    /// address that needs SMTPUTF8, `5.6.3` for 8-bit content without 8BITMIME.
+    public let enhancedCode: EnhancedStatusCode?
 
     /// Creates an error.
-    public init(_ kind: Kind, _ detail: String, reply: SMTPReply? = nil, command: String? = nil) {
+    public init(_ kind: Kind, _ detail: String, reply: SMTPReply? = nil, command: String? = nil,
+                enhancedCode: EnhancedStatusCode? = nil) {
         self.kind = kind
         self.detail = detail
         self.reply = reply
         self.command = command
+        self.enhancedCode = enhancedCode
     }
 
     /// Whether trying again later (or elsewhere) may succeed.
