@@ -96,7 +96,27 @@ public final class Outbox: Sendable {
                 throw OutboxError(error.kind, "\(which)\(error.message); nothing was enqueued")
             }
         }
-        return try await store.enqueue(prepared, now: clock.now())
+        let now = clock.now()
+        try await markSuppressed(&prepared, now: now)
+        return try await store.enqueue(prepared, now: now)
+    }
+
+    /// Marks the recipients on the suppression list, so that they are recorded as suppressed
+    /// and never sent. (A worker checks again when it claims the message.)
+    private func markSuppressed(_ prepared: inout [PreparedMessage], now: Date) async throws(OutboxError) {
+        var targets: [String] = []
+        for message in prepared {
+            for recipient in message.message.recipients { targets += Suppression.targets(of: recipient) }
+        }
+        let active = try await store.activeSuppressions(among: targets, now: now)
+        guard !active.isEmpty else { return }
+        let suppressed = Set(active.map(\.target))
+        for index in prepared.indices {
+            for (position, recipient) in prepared[index].message.recipients.enumerated()
+            where Suppression.targets(of: recipient).contains(where: suppressed.contains) {
+                prepared[index].suppressed.insert(position)
+            }
+        }
     }
 
     /// Checks a message as ``enqueue(contentsOf:)`` does, writing nothing: its addresses, its
@@ -163,6 +183,69 @@ public final class Outbox: Sendable {
             throw OutboxError(.invalidInput, "recipients that are \(state) cannot be retried")
         }
         return try await store.retry(id: nil, states: [state], now: clock.now())
+    }
+
+    // MARK: The suppression list
+
+    /// Adds an address (`user@example.com`) or a whole domain (`example.com`) to the
+    /// suppression list, or updates it; nothing is sent to it from now on.
+    /// - Parameters:
+    ///   - reason: ``Suppression/Reason/manual`` (the default), ``Suppression/Reason/complaint``,
+    ///     ``Suppression/Reason/unsubscribed``, or a ``Sluice/BounceClass`` name.
+    ///   - expiresAt: When it lapses; nil for never.
+    /// - Throws: ``OutboxError/Kind/invalidInput`` for a target that is neither, or an unknown reason.
+    public func suppress(_ target: String, reason: String = Suppression.Reason.manual, detail: String? = nil,
+                         expiresAt: Date? = nil) async throws(OutboxError) {
+        let entry = try Suppression(target: target, reason: reason, detail: detail, createdAt: clock.now(), expiresAt: expiresAt)
+        _ = try await store.suppress([entry])
+    }
+
+    /// Adds or updates entries in one transaction; returns how many.
+    @discardableResult
+    public func suppress(contentsOf entries: [Suppression]) async throws(OutboxError) -> Int {
+        try await store.suppress(entries)
+    }
+
+    /// Takes addresses or domains off the list; returns how many were on it.
+    /// - Throws: ``OutboxError/Kind/invalidInput`` for a target that is neither.
+    @discardableResult
+    public func unsuppress(_ targets: [String]) async throws(OutboxError) -> Int {
+        var normalized: [String] = []
+        for target in targets { normalized.append(try Suppression.normalized(target)) }
+        return try await store.unsuppress(normalized)
+    }
+
+    /// The list, by target, after `after` (lapsed entries too: see ``Suppression/isActive(at:)``).
+    public func suppressions(after: String? = nil, limit: Int = 1_000) async throws(OutboxError) -> [Suppression] {
+        try await store.suppressions(after: after, limit: limit)
+    }
+
+    /// The entry that stops mail to `address` now (its own, else its domain's); nil when none.
+    public func suppression(for address: String) async throws(OutboxError) -> Suppression? {
+        let targets = Suppression.targets(of: address)
+        let active = try await store.activeSuppressions(among: targets, now: clock.now())
+        return targets.lazy.compactMap { target in active.first { $0.target == target } }.first
+    }
+
+    /// Adds the entries of a CSV file (``SuppressionCSV``) in one transaction: every line is
+    /// checked first, and one that is wrong adds nothing. Returns how many.
+    /// - Throws: ``OutboxError/Kind/invalidInput`` naming the line.
+    @discardableResult
+    public func importSuppressions(csv: String) async throws(OutboxError) -> Int {
+        let entries = try SuppressionCSV.parse(csv, now: clock.now())
+        return try await store.suppress(entries)
+    }
+
+    /// The whole list as CSV (``SuppressionCSV``), read a page at a time.
+    public func exportSuppressions() async throws(OutboxError) -> String {
+        var text = SuppressionCSV.header
+        var after: String?
+        while true {
+            let page = try await store.suppressions(after: after, limit: 1_000)
+            for entry in page { text += SuppressionCSV.line(entry) }
+            guard page.count == 1_000, let last = page.last else { return text }
+            after = last.target
+        }
     }
 
     /// The states ``retry(_:)`` takes back to queued.

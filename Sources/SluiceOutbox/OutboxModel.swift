@@ -1,4 +1,5 @@
 public import Foundation
+public import SluiceCore
 
 /// Where a recipient of an outbox message stands.
 ///
@@ -90,12 +91,16 @@ public struct OutboxRecipient: Sendable, Hashable, Codable {
     public var enhancedCode: String?
     /// The server's text, or the error, of its last attempt.
     public var reply: String?
+    /// Why its last attempt did not deliver it (``Sluice/BounceClass``); nil when it did, or
+    /// before any attempt.
+    public var bounceClass: BounceClass?
     /// When each attempt ended, first first.
     public var attemptTimes: [Date]
 
     /// A recipient record.
     public init(position: Int, address: String, state: RecipientState, attempts: Int = 0, unknownOutcomes: Int = 0,
-                code: Int? = nil, enhancedCode: String? = nil, reply: String? = nil, attemptTimes: [Date] = []) {
+                code: Int? = nil, enhancedCode: String? = nil, reply: String? = nil, bounceClass: BounceClass? = nil,
+                attemptTimes: [Date] = []) {
         self.position = position
         self.address = address
         self.state = state
@@ -104,6 +109,7 @@ public struct OutboxRecipient: Sendable, Hashable, Codable {
         self.code = code
         self.enhancedCode = enhancedCode
         self.reply = reply
+        self.bounceClass = bounceClass
         self.attemptTimes = attemptTimes
     }
 }
@@ -180,17 +186,20 @@ public struct MessageOutcome: Sendable, Hashable {
         public var enhancedCode: String?
         /// The server's text, or the error.
         public var reply: String?
+        /// Why it was not delivered; nil when it was.
+        public var bounceClass: BounceClass?
         /// Whether the outcome of this attempt was unknown (counted, whatever the policy did).
         public var unknownOutcome: Bool
 
         /// A recipient's outcome.
         public init(position: Int, state: RecipientState, code: Int? = nil, enhancedCode: String? = nil,
-                    reply: String? = nil, unknownOutcome: Bool = false) {
+                    reply: String? = nil, bounceClass: BounceClass? = nil, unknownOutcome: Bool = false) {
             self.position = position
             self.state = state
             self.code = code
             self.enhancedCode = enhancedCode
             self.reply = reply
+            self.bounceClass = bounceClass
             self.unknownOutcome = unknownOutcome
         }
     }
@@ -203,13 +212,17 @@ public struct MessageOutcome: Sendable, Hashable {
     public var nextAttemptAt: Date?
     /// An error that was not a recipient's own reply, if there was one.
     public var error: String?
+    /// Addresses to add to the suppression list with the outcome (hard bounces), in the same
+    /// transaction.
+    public var suppress: [Suppression]
 
     /// A message's outcome.
-    public init(id: Int64, recipients: [Recipient], nextAttemptAt: Date?, error: String?) {
+    public init(id: Int64, recipients: [Recipient], nextAttemptAt: Date?, error: String?, suppress: [Suppression] = []) {
         self.id = id
         self.recipients = recipients
         self.nextAttemptAt = nextAttemptAt
         self.error = error
+        self.suppress = suppress
     }
 }
 

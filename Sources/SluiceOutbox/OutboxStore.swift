@@ -69,6 +69,20 @@ public protocol OutboxStore: Sendable {
     /// Deletes up to `limit` messages that finished before `before`; returns how many.
     func purge(finishedBefore before: Date, limit: Int) async throws(OutboxError) -> Int
 
+    /// Adds entries to the suppression list, replacing any with the same target; returns how
+    /// many were written.
+    func suppress(_ entries: [Suppression]) async throws(OutboxError) -> Int
+
+    /// Removes targets (normalized) from the suppression list; returns how many were there.
+    func unsuppress(_ targets: [String]) async throws(OutboxError) -> Int
+
+    /// The suppression list by target, after `after`, at most `limit` entries, lapsed ones
+    /// included.
+    func suppressions(after: String?, limit: Int) async throws(OutboxError) -> [Suppression]
+
+    /// The entries in force at `now` among `targets` (normalized addresses and domains).
+    func activeSuppressions(among targets: [String], now: Date) async throws(OutboxError) -> [Suppression]
+
     /// Calls `wake` (on any thread) when messages may have been added, if the store can tell;
     /// a worker polls as well.
     func subscribe(_ wake: @escaping @Sendable () -> Void) async throws(OutboxError)

@@ -66,6 +66,12 @@ public final class OutboxWorker: Sendable {
         public var logger = Logger(label: "sluice.outbox")
         /// Where the metrics go; nil for the process's (`MetricsSystem.factory`).
         public var metricsFactory: (any MetricsFactory)?
+        /// A recipient refused for good (a 5xx) with one of these bounce classes joins the
+        /// suppression list, with the class as its reason: by default the address does not
+        /// exist, its domain does not, or it is disabled. Empty to add none.
+        public var suppressOn: Set<BounceClass> = BounceClassifier.hardClasses
+        /// How long an address added for a hard bounce stays on the list; nil for good.
+        public var suppressionLifetime: Duration?
 
         /// The defaults.
         public init() {}
@@ -83,6 +89,10 @@ public final class OutboxWorker: Sendable {
         public var failed = 0
         /// Recipients given up after the maximum age.
         public var expired = 0
+        /// Recipients not sent because they were on the suppression list when claimed.
+        public var suppressed = 0
+        /// Addresses this worker added to the suppression list (hard bounces).
+        public var addedToSuppressionList = 0
         /// Attempts whose outcome was unknown (retried or held, by the policy).
         public var unknown = 0
         /// Messages whose claim was taken over by another worker before their outcome was
@@ -129,7 +139,10 @@ public final class OutboxWorker: Sendable {
     // MARK: The loop
 
     private struct InHand: Sendable {
+        /// The message, with only the recipients sent to.
         let message: ClaimedMessage
+        /// Its recipients found on the suppression list at the claim, not sent to.
+        let suppressed: [(position: Int, entry: Suppression)]
         let started: ContinuousClock.Instant
     }
 
@@ -228,14 +241,45 @@ public final class OutboxWorker: Sendable {
             owner: configuration.owner, limit: wanted, now: now,
             leaseUntil: now.addingTimeInterval(configuration.lease.seconds), rateLimit: configuration.rateLimit)
         guard !claimed.isEmpty else { return false }
+        let held = try await withoutSuppressed(claimed, now: now)
         let started = ContinuousClock.now
         state.withLock { state in
             state.statistics.claimed += claimed.count
-            for message in claimed { state.inHand[message.id] = InHand(message: message, started: started) }
+            for (message, suppressed) in held {
+                state.inHand[message.id] = InHand(message: message, suppressed: suppressed, started: started)
+            }
         }
         metrics.claimed.increment(by: claimed.count)
-        for message in claimed { send(message) }
+        for (message, _) in held {
+            if message.recipients.isEmpty {
+                finished(message.id, .notSent)
+            } else {
+                send(message)
+            }
+        }
         return claimed.count == wanted
+    }
+
+    /// Takes out of each claimed message the recipients on the suppression list now (added
+    /// since it was enqueued): they are recorded as suppressed and not sent.
+    private func withoutSuppressed(_ claimed: [ClaimedMessage], now: Date) async throws(OutboxError)
+        -> [(ClaimedMessage, [(position: Int, entry: Suppression)])]
+    {
+        let targets = claimed.flatMap { $0.recipients.flatMap { Suppression.targets(of: $0.address) } }
+        let active = try await outbox.store.activeSuppressions(among: targets, now: now)
+        guard !active.isEmpty else { return claimed.map { ($0, []) } }
+        let byTarget = Dictionary(active.map { ($0.target, $0) }) { first, _ in first }
+        return claimed.map { message in
+            var kept = message
+            var suppressed: [(position: Int, entry: Suppression)] = []
+            kept.recipients = message.recipients.filter { recipient in
+                guard let entry = Suppression.targets(of: recipient.address).lazy.compactMap({ byTarget[$0] }).first
+                else { return true }
+                suppressed.append((recipient.position, entry))
+                return false
+            }
+            return (kept, suppressed)
+        }
     }
 
     /// Prepares one message and hands it to the client.
@@ -285,17 +329,19 @@ public final class OutboxWorker: Sendable {
         var tally = Statistics()
         for (index, entry) in done.enumerated() {
             guard let held = inHand[index] else { continue }
-            let outcome = outcome(of: held.message, entry.attempt, now: now)
+            let outcome = outcome(of: held, entry.attempt, now: now)
             for recipient in outcome.recipients {
                 switch recipient.state {
                 case .delivered: tally.delivered += 1
                 case .deferred: tally.deferred += 1
                 case .expired: tally.expired += 1
                 case .failed: tally.failed += 1
+                case .suppressed: tally.suppressed += 1
                 default: break
                 }
                 if recipient.unknownOutcome { tally.unknown += 1 }
             }
+            tally.addedToSuppressionList += outcome.suppress.count
             outcomes.append(outcome)
             metrics.attemptDuration.recordNanoseconds(
                 (ContinuousClock.now - held.started).wholeNanoseconds)
@@ -312,19 +358,35 @@ public final class OutboxWorker: Sendable {
             state.statistics.failed += tally.failed
             state.statistics.expired += tally.expired
             state.statistics.unknown += tally.unknown
+            state.statistics.suppressed += tally.suppressed
+            state.statistics.addedToSuppressionList += tally.addedToSuppressionList
             state.statistics.leasesLost += lost.count
         }
         metrics.record(tally, leasesLost: lost.count)
     }
 
     /// Each recipient's new state, from the report.
+    private func outcome(of held: InHand, _ attempt: Attempt, now: Date) -> MessageOutcome {
+        var outcome = outcome(of: held.message, attempt, now: now)
+        for (position, entry) in held.suppressed {
+            outcome.recipients.append(.init(position: position, state: .suppressed,
+                                            reply: "on the suppression list (\(entry.reason))"))
+        }
+        return outcome
+    }
+
     private func outcome(of message: ClaimedMessage, _ attempt: Attempt, now: Date) -> MessageOutcome {
-        guard case .sent(let report) = attempt else {
-            guard case .unsendable(let reason) = attempt else { fatalError("unreachable") }
+        let report: DeliveryReport
+        switch attempt {
+        case .sent(let sent):
+            report = sent
+        case .unsendable(let reason):
             return MessageOutcome(
                 id: message.id,
                 recipients: message.recipients.map { .init(position: $0.position, state: .failed, reply: reason) },
                 nextAttemptAt: nil, error: reason)
+        case .notSent:
+            return MessageOutcome(id: message.id, recipients: [], nextAttemptAt: nil, error: nil)
         }
         let delay = configuration.retry.delay(afterAttempt: max(1, message.attempts), random: Double.random(in: 0..<1))
         let next = now.addingTimeInterval(delay.seconds)
@@ -332,18 +394,25 @@ public final class OutboxWorker: Sendable {
         var recipients: [MessageOutcome.Recipient] = []
         recipients.reserveCapacity(message.recipients.count)
         var anyDeferred = false
+        var suppress: [Suppression] = []
         for (index, recipient) in message.recipients.enumerated() {
             let result = index < report.recipients.count ? report.recipients[index] : nil
             let reply = result?.reply
             var entry = MessageOutcome.Recipient(
                 position: recipient.position, state: .deferred, code: reply?.code.rawValue,
                 enhancedCode: reply?.enhancedCode.map { "\($0)" },
-                reply: reply.map { $0.text } ?? report.error.map { "\($0)" })
+                reply: reply.map { $0.text } ?? report.error.map { "\($0)" }, bounceClass: result?.bounceClass)
             switch result?.status {
             case .accepted?:
                 entry.state = .delivered
             case .rejected?:
                 entry.state = .failed
+                if let bounceClass = result?.bounceClass, configuration.suppressOn.contains(bounceClass),
+                   let added = try? Suppression(
+                       target: recipient.address, reason: bounceClass.rawValue, detail: reply.map { "\($0)" },
+                       createdAt: now, expiresAt: configuration.suppressionLifetime.map { now.addingTimeInterval($0.seconds) }) {
+                    suppress.append(added)
+                }
             case .unknown?:
                 // The reply kept is the RCPT's 250, which says nothing of the message: keep
                 // the error instead.
@@ -361,7 +430,8 @@ public final class OutboxWorker: Sendable {
             recipients.append(entry)
         }
         let error = report.error.map { "\($0)" }
-        return MessageOutcome(id: message.id, recipients: recipients, nextAttemptAt: anyDeferred ? next : nil, error: error)
+        return MessageOutcome(id: message.id, recipients: recipients, nextAttemptAt: anyDeferred ? next : nil, error: error,
+                              suppress: suppress)
     }
 
     /// Extends the lease of everything in hand.
@@ -395,6 +465,8 @@ public final class OutboxWorker: Sendable {
         case sent(DeliveryReport)
         /// It could not be prepared for sending, for this reason; nothing was sent.
         case unsendable(String)
+        /// Every recipient was on the suppression list: nothing was sent.
+        case notSent
     }
 }
 
@@ -405,6 +477,8 @@ private struct WorkerMetrics: Sendable {
     let deferred: Counter
     let failed: Counter
     let expired: Counter
+    let suppressed: Counter
+    let addedToSuppressionList: Counter
     let unknown: Counter
     let leasesLost: Counter
     let attemptDuration: Metrics.Timer
@@ -423,6 +497,8 @@ private struct WorkerMetrics: Sendable {
         deferred = outcome("deferred")
         failed = outcome("failed")
         expired = outcome("expired")
+        suppressed = outcome("suppressed")
+        addedToSuppressionList = Counter(label: "sluice_outbox_suppressions_added_total", factory: factory)
         unknown = Counter(label: "sluice_outbox_unknown_outcomes_total", factory: factory)
         leasesLost = Counter(label: "sluice_outbox_leases_lost_total", factory: factory)
         attemptDuration = Metrics.Timer(label: "sluice_outbox_attempt_duration_seconds", factory: factory)
@@ -436,6 +512,8 @@ private struct WorkerMetrics: Sendable {
         if tally.deferred > 0 { deferred.increment(by: tally.deferred) }
         if tally.failed > 0 { failed.increment(by: tally.failed) }
         if tally.expired > 0 { expired.increment(by: tally.expired) }
+        if tally.suppressed > 0 { suppressed.increment(by: tally.suppressed) }
+        if tally.addedToSuppressionList > 0 { addedToSuppressionList.increment(by: tally.addedToSuppressionList) }
         if tally.unknown > 0 { unknown.increment(by: tally.unknown) }
         if lost > 0 { leasesLost.increment(by: lost) }
     }

@@ -49,8 +49,8 @@ import Testing
         guard let before = try await Self.sluice(["outbox", "status", "--outbox", url]) else { return }
         #expect(before.status == 69)
         #expect(before.error.contains("sluice outbox init"), "\(before.error)")
-        #expect(try await Self.sluice(["outbox", "init", "--outbox", url])?.output.contains("created at schema version 1") == true)
-        #expect(try await Self.sluice(["outbox", "init", "--outbox", url])?.output.contains("already at schema version 1") == true)
+        #expect(try await Self.sluice(["outbox", "init", "--outbox", url])?.output.contains("created at schema version 2") == true)
+        #expect(try await Self.sluice(["outbox", "init", "--outbox", url])?.output.contains("already at schema version 2") == true)
 
         let eml = "\(directory)/m.eml"
         try Data("From: a@example.com\r\nTo: b@example.org\r\nBcc: hidden@example.org\r\nSubject: hi\r\nMessage-ID: <m1@example.com>\r\n\r\nhello\r\n".utf8)
@@ -169,7 +169,7 @@ extension OutboxCommandTests {
         let conninfo = try await cluster.createDatabase()
         guard let initialized = try await Self.sluice(["outbox", "init", "--outbox", conninfo]) else { return }
         #expect(initialized.status == 0, "\(initialized.error)")
-        #expect(initialized.output.contains("created at schema version 1"))
+        #expect(initialized.output.contains("created at schema version 2"))
         let input = (0..<50).map { #"{"from": "a@example.com", "to": ["r\#($0)@example.org"], "raw": "From: a@example.com\r\nSubject: \#($0)\r\n\r\nbody\r\n"}"# }
             .joined(separator: "\n")
         let enqueued = try #require(try await Self.sluice(["outbox", "enqueue", "--outbox", conninfo], input: input))

@@ -54,7 +54,7 @@ import Testing
         let missing = await #expect(throws: OutboxError.self) { try await fresh.enqueue(outboxMessage()) }
         #expect(missing?.kind == .notInitialized)
         #expect(try await fresh.initialize() == 0)
-        #expect(try await fresh.initialize() == 1)  // a second init is a no-op
+        #expect(try await fresh.initialize() == 2)  // a second init is a no-op
 
         let id = try await fresh.enqueue(outboxMessage("kept"))
         try await execute("UPDATE sluice_schema SET version = 99", on: fresh)
@@ -63,7 +63,7 @@ import Testing
         #expect(tooNew?.message.contains("99") == true)
         let refused = await #expect(throws: OutboxError.self) { try await fresh.status() }
         #expect(refused?.kind == .schemaTooNew)
-        try await execute("UPDATE sluice_schema SET version = 1", on: fresh)
+        try await execute("UPDATE sluice_schema SET version = 2", on: fresh)
         #expect(try await fresh.message(id)?.recipients.first?.state == .queued)
     }
 

@@ -1,9 +1,9 @@
-/// The PostgreSQL outbox's schema, version 1, created in one transaction by `sluice outbox
-/// init`. Times are `timestamptz`; the store passes them as milliseconds through
+/// The PostgreSQL outbox's schema, created (version 1) and migrated (to 2) in one transaction by
+/// `sluice outbox init`. Times are `timestamptz`; the store passes them as milliseconds through
 /// `sluice_at`/`sluice_ms`. A service enqueues inside its own transaction with
 /// `SELECT sluice_enqueue(sender, recipients, content, idempotency_key, not_before)`.
 enum PostgresSchema {
-    static let version = 1
+    static let version = 2
 
     /// Creates version 1 when there is no schema; refuses a newer one, touching nothing.
     static let create = #"""
@@ -15,11 +15,11 @@ enum PostgresSchema {
             IF to_regclass('sluice_schema') IS NOT NULL THEN
                 SELECT coalesce(max(version), 0) INTO current_version FROM sluice_schema;
             END IF;
-            IF current_version > 1 THEN
-                RAISE EXCEPTION 'the outbox has schema version %, newer than this Sluice knows (1); nothing was changed',
+            IF current_version > 2 THEN
+                RAISE EXCEPTION 'the outbox has schema version %, newer than this Sluice knows (2); nothing was changed',
                     current_version;
             END IF;
-            IF current_version = 1 THEN
+            IF current_version >= 1 THEN
                 RETURN;
             END IF;
 
@@ -113,7 +113,41 @@ enum PostgresSchema {
             CREATE TRIGGER sluice_messages_notify AFTER INSERT ON sluice_messages
                 FOR EACH STATEMENT EXECUTE FUNCTION sluice_notify();
 
-            CREATE FUNCTION sluice_enqueue_message(
+            -- sluice_enqueue_message and sluice_enqueue come with version 2 (they consult the
+            -- suppression list).
+        END $do$
+        """#
+
+    /// Version 2: each recipient's bounce class, and the suppression list, which enqueueing in
+    /// SQL (`sluice_enqueue`) consults too. Nothing when the schema is at 2 already.
+    static let migrateTo2 = #"""
+        DO $do$
+        DECLARE
+            current_version integer;
+        BEGIN
+            PERFORM pg_advisory_xact_lock(7231541);
+            SELECT coalesce(max(version), 0) INTO current_version FROM sluice_schema;
+            IF current_version >= 2 THEN
+                RETURN;
+            END IF;
+
+            ALTER TABLE sluice_recipients ADD COLUMN bounce_class text;
+
+            -- Addresses (user@example.com) and domains (example.com) nothing is sent to, kept in
+            -- ASCII lower case.
+            CREATE TABLE sluice_suppressions (
+                target text PRIMARY KEY,
+                reason text NOT NULL,
+                detail text,
+                created_at timestamptz NOT NULL,
+                expires_at timestamptz
+            );
+
+            -- What Sluice's Swift side does to a target: ASCII letters only, whatever the collation.
+            CREATE FUNCTION sluice_lower_ascii(t text) RETURNS text LANGUAGE sql IMMUTABLE PARALLEL SAFE
+                AS $f$ SELECT translate(t, 'ABCDEFGHIJKLMNOPQRSTUVWXYZ', 'abcdefghijklmnopqrstuvwxyz') $f$;
+
+            CREATE OR REPLACE FUNCTION sluice_enqueue_message(
                 p_sender text, p_recipients text[], p_content bytea, p_idempotency_key text DEFAULT NULL,
                 p_not_before timestamptz DEFAULT NULL, p_message_id text DEFAULT NULL, p_suppressed integer[] DEFAULT '{}',
                 p_now timestamptz DEFAULT now())
@@ -122,6 +156,7 @@ enum PostgresSchema {
                 v_id bigint;
                 v_due timestamptz := greatest(p_now, coalesce(p_not_before, p_now));
                 v_pending boolean;
+                v_suppressed integer[];
             BEGIN
                 IF p_idempotency_key IS NOT NULL THEN
                     SELECT m.id INTO v_id FROM sluice_messages m WHERE m.idempotency_key = p_idempotency_key;
@@ -138,8 +173,15 @@ enum PostgresSchema {
                 ) THEN
                     RAISE EXCEPTION 'an envelope address is malformed' USING ERRCODE = '22023';
                 END IF;
+                -- Positions on the suppression list (the address, or its domain), besides those given.
+                v_suppressed := coalesce(p_suppressed, '{}') || ARRAY(
+                    SELECT t.ord::integer - 1 FROM unnest(p_recipients) WITH ORDINALITY AS t(address, ord)
+                    WHERE EXISTS (
+                        SELECT 1 FROM sluice_suppressions s
+                        WHERE s.target IN (sluice_lower_ascii(t.address), sluice_lower_ascii(substring(t.address FROM '@([^@]*)$')))
+                            AND (s.expires_at IS NULL OR s.expires_at > p_now)));
                 v_pending := EXISTS (SELECT 1 FROM generate_subscripts(p_recipients, 1) AS s(i)
-                                     WHERE NOT (s.i - 1 = ANY (p_suppressed)));
+                                     WHERE NOT (s.i - 1 = ANY (v_suppressed)));
                 INSERT INTO sluice_messages (idempotency_key, sender, message_id, size, created_at, not_before,
                                              age_from, due_at, finished_at)
                 VALUES (p_idempotency_key, p_sender, p_message_id, length(p_content), p_now, v_due, v_due,
@@ -154,17 +196,19 @@ enum PostgresSchema {
                 END IF;
                 INSERT INTO sluice_contents (message_id, content) VALUES (v_id, p_content);
                 INSERT INTO sluice_recipients (message_id, position, address, state)
-                SELECT v_id, t.ord - 1, t.address, CASE WHEN t.ord - 1 = ANY (p_suppressed) THEN 'suppressed' ELSE 'queued' END
+                SELECT v_id, t.ord - 1, t.address, CASE WHEN t.ord - 1 = ANY (v_suppressed) THEN 'suppressed' ELSE 'queued' END
                 FROM unnest(p_recipients) WITH ORDINALITY AS t(address, ord);
                 RETURN QUERY SELECT v_id, false;
             END $f$;
 
             -- For services: enqueue inside your own transaction (the transactional outbox).
-            CREATE FUNCTION sluice_enqueue(sender text, recipients text[], content bytea,
+            CREATE OR REPLACE FUNCTION sluice_enqueue(sender text, recipients text[], content bytea,
                                            idempotency_key text DEFAULT NULL, not_before timestamptz DEFAULT NULL)
             RETURNS bigint LANGUAGE sql AS $f$
                 SELECT e.id FROM sluice_enqueue_message(sender, recipients, content, idempotency_key, not_before) AS e
             $f$;
+
+            UPDATE sluice_schema SET version = 2;
         END $do$
         """#
 }

@@ -1,4 +1,5 @@
 public import Foundation
+import SluiceCore
 import SluiceTransport
 
 /// The outbox in PostgreSQL, for workers on many hosts.
@@ -104,7 +105,8 @@ public final class PostgresStore: OutboxStore {
             let version = try await run([.init("SELECT coalesce(max(version), 0) FROM sluice_schema")], checked: false)
             before = version.first?.rows.first?.first.flatMap { $0 }.flatMap { Int($0) } ?? 0
         }
-        _ = try await run([.init(PostgresSchema.create)], checked: false)
+        // One pipeline, one transaction: a failed migration leaves the schema as it was.
+        _ = try await run([.init(PostgresSchema.create), .init(PostgresSchema.migrateTo2)], checked: false)
         return before
     }
 
@@ -314,6 +316,7 @@ public final class PostgresStore: OutboxStore {
         let now = String(now.milliseconds)
         var messageIDs: [String?] = [], positions: [String?] = [], states: [String?] = [], unknowns: [String?] = []
         var codes: [String?] = [], enhanced: [String?] = [], replies: [String?] = [], happened: [String?] = []
+        var classes: [String?] = []
         for outcome in outcomes {
             for recipient in outcome.recipients {
                 messageIDs.append(String(outcome.id))
@@ -323,6 +326,7 @@ public final class PostgresStore: OutboxStore {
                 codes.append(recipient.code.map(String.init))
                 enhanced.append(recipient.enhancedCode)
                 replies.append(recipient.reply)
+                classes.append(recipient.bounceClass?.rawValue)
                 // What happened on the wire is written whatever an operator did meanwhile.
                 happened.append(recipient.state == .delivered || recipient.unknownOutcome ? "t" : "f")
             }
@@ -333,19 +337,22 @@ public final class PostgresStore: OutboxStore {
             .init("SELECT id FROM sluice_messages WHERE id = ANY ($1::bigint[]) AND lease_owner = $2 ORDER BY id FOR UPDATE",
                   [.text(ids), .text(owner)]),
             .init("""
-                UPDATE sluice_recipients r SET state = u.state, attempts = r.attempts + 1,
+                UPDATE sluice_recipients r SET state = u.state, attempts = r.attempts + (u.state <> 'suppressed')::integer,
                     unknown_outcomes = r.unknown_outcomes + u.unknown, code = u.code, enhanced_code = u.enhanced,
                     reply = u.reply, last_attempt_at = sluice_at($9::bigint),
-                    attempt_times = r.attempt_times || sluice_at($9::bigint)
+                    attempt_times = CASE WHEN u.state = 'suppressed' THEN r.attempt_times
+                                         ELSE r.attempt_times || sluice_at($9::bigint) END,
+                    bounce_class = u.bounce_class
                 FROM unnest($1::bigint[], $2::integer[], $3::text[], $4::integer[], $5::integer[], $6::text[], $7::text[],
-                            $8::boolean[]) AS u(message_id, position, state, unknown, code, enhanced, reply, happened)
+                            $8::boolean[], $11::text[])
+                    AS u(message_id, position, state, unknown, code, enhanced, reply, happened, bounce_class)
                 WHERE r.message_id = u.message_id AND r.position = u.position
                     AND (u.happened OR r.state IN ('queued', 'deferred'))
                     AND EXISTS (SELECT 1 FROM sluice_messages m WHERE m.id = u.message_id AND m.lease_owner = $10)
                 """,
                   [.text(pgArray(messageIDs)), .text(pgArray(positions)), .text(pgArray(states)), .text(pgArray(unknowns)),
                    .text(pgArray(codes)), .text(pgArray(enhanced)), .text(pgArray(replies)), .text(pgArray(happened)),
-                   .text(now), .text(owner)]),
+                   .text(now), .text(owner), .text(pgArray(classes))]),
             .init("""
                 UPDATE sluice_messages m SET lease_owner = NULL, lease_expires_at = NULL,
                     due_at = CASE WHEN p.pending THEN coalesce(sluice_at(u.next), sluice_at($4::bigint)) END,
@@ -361,7 +368,79 @@ public final class PostgresStore: OutboxStore {
                    .text(pgArray(outcomes.map(\.error))), .text(now), .text(owner)]),
         ], checked: false)
         let written = Set(results[2].rows.compactMap { $0[0].flatMap { Int64($0) } })
+        // Hard bounces of the outcomes written join the suppression list: rarely any, so a
+        // statement of their own only when there are.
+        let suppress = outcomes.filter { written.contains($0.id) }.flatMap(\.suppress)
+        if !suppress.isEmpty { _ = try await run([Self.upsert(suppress)], checked: false) }
         return outcomes.map(\.id).filter { !written.contains($0) }
+    }
+
+    // MARK: Suppression
+
+    private static func upsert(_ entries: [Suppression]) -> PostgresConnection.Statement {
+        // One row a target: a batch that names one twice would make ON CONFLICT touch a row twice.
+        var latest: [String: Suppression] = [:]
+        for entry in entries { latest[entry.target] = entry }
+        let rows = latest.values.sorted { $0.target < $1.target }
+        return .init("""
+            INSERT INTO sluice_suppressions (target, reason, detail, created_at, expires_at)
+            SELECT t.target, t.reason, t.detail, sluice_at(t.created), sluice_at(t.expires)
+            FROM unnest($1::text[], $2::text[], $3::text[], $4::bigint[], $5::bigint[])
+                AS t(target, reason, detail, created, expires)
+            ON CONFLICT (target) DO UPDATE SET reason = excluded.reason, detail = excluded.detail,
+                created_at = excluded.created_at, expires_at = excluded.expires_at
+            """, [.text(pgArray(rows.map(\.target))), .text(pgArray(rows.map(\.reason))), .text(pgArray(rows.map(\.detail))),
+                  .text(pgArray(rows.map { String($0.createdAt.milliseconds) })),
+                  .text(pgArray(rows.map { $0.expiresAt.map { String($0.milliseconds) } }))])
+    }
+
+    public func suppress(_ entries: [Suppression]) async throws(OutboxError) -> Int {
+        guard !entries.isEmpty else {
+            try await checkSchema()
+            return 0
+        }
+        // In pieces, so that a large import is not one statement of millions of values.
+        var written = 0
+        var start = 0
+        while start < entries.count {
+            let piece = Array(entries[start..<min(start + 10_000, entries.count)])
+            written += try await run([Self.upsert(piece)])[0].affected
+            start += piece.count
+        }
+        return written
+    }
+
+    public func unsuppress(_ targets: [String]) async throws(OutboxError) -> Int {
+        let results = try await run([.init("DELETE FROM sluice_suppressions WHERE target = ANY ($1::text[])",
+                                           [.text(pgArray(targets))])])
+        return results[0].affected
+    }
+
+    private static let suppressionColumns = "target, reason, detail, sluice_ms(created_at), sluice_ms(expires_at)"
+
+    public func suppressions(after: String?, limit: Int) async throws(OutboxError) -> [Suppression] {
+        let results = try await run([.init("""
+            SELECT \(Self.suppressionColumns) FROM sluice_suppressions
+            WHERE $1::text IS NULL OR target COLLATE "C" > $1::text ORDER BY target COLLATE "C" LIMIT $2::integer
+            """, [after.map { .text($0) }, .text(String(limit))])])
+        return Self.suppressions(results[0].rows)
+    }
+
+    public func activeSuppressions(among targets: [String], now: Date) async throws(OutboxError) -> [Suppression] {
+        guard !targets.isEmpty else { return [] }
+        let results = try await run([.init("""
+            SELECT \(Self.suppressionColumns) FROM sluice_suppressions
+            WHERE target = ANY ($1::text[]) AND (expires_at IS NULL OR expires_at > sluice_at($2::bigint))
+            """, [.text(pgArray(Array(Set(targets)))), .text(String(now.milliseconds))])])
+        return Self.suppressions(results[0].rows)
+    }
+
+    private static func suppressions(_ rows: [[String?]]) -> [Suppression] {
+        rows.map { row in
+            Suppression(stored: row[0] ?? "", reason: row[1] ?? "", detail: row[2],
+                        createdAt: Date(milliseconds: row[3].flatMap { Int64($0) } ?? 0),
+                        expiresAt: row[4].flatMap { Int64($0) }.map(Date.init(milliseconds:)))
+        }
     }
 
     // MARK: Reading
@@ -429,6 +508,7 @@ public final class PostgresStore: OutboxStore {
         sluice_ms(m.due_at), m.attempts, m.lease_owner, sluice_ms(m.lease_expires_at), m.last_error,
         (SELECT json_agg(json_build_object('p', r.position, 'a', r.address, 's', r.state, 'n', r.attempts,
                                            'u', r.unknown_outcomes, 'c', r.code, 'e', r.enhanced_code, 'r', r.reply,
+                                           'b', r.bounce_class,
                                            't', ARRAY(SELECT sluice_ms(t) FROM unnest(r.attempt_times) AS t))
                          ORDER BY r.position)
          FROM sluice_recipients r WHERE r.message_id = m.id)
@@ -472,6 +552,7 @@ public final class PostgresStore: OutboxStore {
         var c: Int?
         var e: String?
         var r: String?
+        var b: String?
         var t: [Int64]?
     }
 
@@ -492,7 +573,7 @@ public final class PostgresStore: OutboxStore {
                 return OutboxRecipient(
                     position: recipient.p, address: recipient.a, state: state, attempts: recipient.n,
                     unknownOutcomes: recipient.u, code: recipient.c, enhancedCode: recipient.e, reply: recipient.r,
-                    attemptTimes: (recipient.t ?? []).map(Date.init(milliseconds:)))
+                    bounceClass: recipient.b.flatMap(BounceClass.init(rawValue:)), attemptTimes: (recipient.t ?? []).map(Date.init(milliseconds:)))
             })
     }
 

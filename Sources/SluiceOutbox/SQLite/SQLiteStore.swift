@@ -1,4 +1,5 @@
 public import Foundation
+import SluiceCore
 
 /// The embedded outbox: one SQLite file in WAL mode, for one host.
 ///
@@ -6,7 +7,7 @@ public import Foundation
 /// the write lock at once, so several processes (workers, `sluice outbox enqueue`) can share
 /// the file. Times are kept as milliseconds since 1970 (UTC).
 public final class SQLiteStore: OutboxStore {
-    public static let schemaVersion = 1
+    public static let schemaVersion = 2
 
     /// How hard SQLite makes each commit durable.
     public enum Synchronous: String, Sendable, CaseIterable {
@@ -41,7 +42,7 @@ public final class SQLiteStore: OutboxStore {
 
     // MARK: Schema
 
-    private static let schema = [
+    static let schema = [
         """
         CREATE TABLE sluice_messages (
             id INTEGER PRIMARY KEY,
@@ -92,6 +93,24 @@ public final class SQLiteStore: OutboxStore {
         "CREATE TABLE sluice_rate (id INTEGER PRIMARY KEY CHECK (id = 1), tokens REAL NOT NULL, updated_at INTEGER NOT NULL)",
     ]
 
+    /// What each version adds to the one before, by the version it makes.
+    private static let migrations: [(version: Int, statements: [String])] = [
+        (2, [
+            // Why a recipient was not delivered (a BounceClass name).
+            "ALTER TABLE sluice_recipients ADD COLUMN bounce_class TEXT",
+            // Addresses and domains nothing is sent to.
+            """
+            CREATE TABLE sluice_suppressions (
+                target TEXT PRIMARY KEY,
+                reason TEXT NOT NULL,
+                detail TEXT,
+                created_at INTEGER NOT NULL,
+                expires_at INTEGER
+            ) WITHOUT ROWID
+            """,
+        ]),
+    ]
+
     public func initialize() async throws(OutboxError) -> Int {
         try await thread.run { (database) throws(OutboxError) in
             try database.transaction { () throws(OutboxError) in
@@ -100,7 +119,11 @@ public final class SQLiteStore: OutboxStore {
                 if version == 0 {
                     try database.execute("CREATE TABLE sluice_schema (version INTEGER NOT NULL)")
                     for statement in Self.schema { try database.execute(statement) }
-                    try database.execute("INSERT INTO sluice_schema (version) VALUES (\(Self.schemaVersion))")
+                    try database.execute("INSERT INTO sluice_schema (version) VALUES (1)")
+                }
+                for migration in Self.migrations where migration.version > max(version, 1) {
+                    for statement in migration.statements { try database.execute(statement) }
+                    try database.execute("UPDATE sluice_schema SET version = \(migration.version)")
                 }
                 return version
             }
@@ -328,17 +351,20 @@ public final class SQLiteStore: OutboxStore {
                         // cancel while it was in flight stays a cancel).
                         let happened = recipient.state == .delivered || recipient.unknownOutcome
                         try database.statement("""
-                            UPDATE sluice_recipients SET state = ?3, attempts = attempts + 1,
+                            UPDATE sluice_recipients SET state = ?3, attempts = attempts + (?3 <> 'suppressed'),
                                 unknown_outcomes = unknown_outcomes + ?4, code = ?5, enhanced_code = ?6, reply = ?7,
-                                last_attempt_at = ?8,
-                                attempt_times = CASE WHEN attempt_times IS NULL THEN ?8 ELSE attempt_times || ',' || ?8 END
+                                last_attempt_at = ?8, bounce_class = ?10,
+                                attempt_times = CASE WHEN ?3 = 'suppressed' THEN attempt_times
+                                                     WHEN attempt_times IS NULL THEN ?8
+                                                     ELSE attempt_times || ',' || ?8 END
                             WHERE message_id = ?1 AND position = ?2 AND (?9 OR state IN ('queued', 'deferred'))
                             """)
                             .bind(1, outcome.id).bind(2, recipient.position).bind(3, recipient.state.rawValue)
                             .bind(4, recipient.unknownOutcome ? 1 : 0).bind(5, recipient.code)
                             .bind(6, recipient.enhancedCode).bind(7, recipient.reply).bind(8, now)
-                            .bind(9, happened ? 1 : 0).run()
+                            .bind(9, happened ? 1 : 0).bind(10, recipient.bounceClass?.rawValue).run()
                     }
+                    for entry in outcome.suppress { try Self.write(entry, to: database) }
                     // Due again if a recipient is still pending, else finished: one statement.
                     try database.statement("""
                         UPDATE sluice_messages SET lease_owner = NULL, lease_expires_at = NULL,
@@ -357,6 +383,85 @@ public final class SQLiteStore: OutboxStore {
                 return lost
             }
         }
+    }
+
+    // MARK: Suppression
+
+    private static func write(_ entry: Suppression, to database: SQLiteDatabase) throws(OutboxError) {
+        try database.statement("""
+            INSERT INTO sluice_suppressions (target, reason, detail, created_at, expires_at) VALUES (?1, ?2, ?3, ?4, ?5)
+            ON CONFLICT (target) DO UPDATE SET reason = excluded.reason, detail = excluded.detail,
+                created_at = excluded.created_at, expires_at = excluded.expires_at
+            """)
+            .bind(1, entry.target).bind(2, entry.reason).bind(3, entry.detail).bind(4, entry.createdAt.milliseconds)
+            .bind(5, entry.expiresAt?.milliseconds).run()
+    }
+
+    public func suppress(_ entries: [Suppression]) async throws(OutboxError) -> Int {
+        try await thread.run { (database) throws(OutboxError) in
+            try Self.check(database)
+            return try database.transaction { () throws(OutboxError) in
+                for entry in entries { try Self.write(entry, to: database) }
+                return entries.count
+            }
+        }
+    }
+
+    public func unsuppress(_ targets: [String]) async throws(OutboxError) -> Int {
+        try await thread.run { (database) throws(OutboxError) in
+            try Self.check(database)
+            return try database.transaction { () throws(OutboxError) in
+                var removed = 0
+                for target in targets {
+                    try database.statement("DELETE FROM sluice_suppressions WHERE target = ?1").bind(1, target).run()
+                    removed += database.changes
+                }
+                return removed
+            }
+        }
+    }
+
+    public func suppressions(after: String?, limit: Int) async throws(OutboxError) -> [Suppression] {
+        try await thread.run { (database) throws(OutboxError) in
+            try Self.check(database)
+            let rows = try database.statement("""
+                SELECT target, reason, detail, created_at, expires_at FROM sluice_suppressions
+                WHERE ?1 IS NULL OR target > ?1 ORDER BY target LIMIT ?2
+                """)
+            rows.bind(1, after).bind(2, limit)
+            return try Self.suppressions(from: rows)
+        }
+    }
+
+    public func activeSuppressions(among targets: [String], now: Date) async throws(OutboxError) -> [Suppression] {
+        guard !targets.isEmpty else { return [] }
+        let now = now.milliseconds
+        return try await thread.run { (database) throws(OutboxError) in
+            try Self.check(database)
+            // Most outboxes have an empty list or a short one: no look-up per recipient then.
+            guard try database.statement("SELECT 1 FROM sluice_suppressions LIMIT 1").step() else { return [] }
+            var found: [Suppression] = []
+            for target in Set(targets) {
+                let rows = try database.statement("""
+                    SELECT target, reason, detail, created_at, expires_at FROM sluice_suppressions
+                    WHERE target = ?1 AND (expires_at IS NULL OR expires_at > ?2)
+                    """)
+                rows.bind(1, target).bind(2, now)
+                found += try Self.suppressions(from: rows)
+            }
+            return found
+        }
+    }
+
+    private static func suppressions(from rows: SQLiteStatement) throws(OutboxError) -> [Suppression] {
+        var entries: [Suppression] = []
+        while try rows.step() {
+            // Read as written: the target was normalized on the way in.
+            entries.append(Suppression(
+                stored: rows.string(0) ?? "", reason: rows.string(1) ?? "", detail: rows.string(2),
+                createdAt: Date(milliseconds: rows.int64(3)), expiresAt: rows.optionalInt64(4).map(Date.init(milliseconds:))))
+        }
+        return entries
     }
 
     // MARK: Reading
@@ -505,7 +610,8 @@ public final class SQLiteStore: OutboxStore {
             leaseOwner: held ? owner : nil, leaseExpiresAt: held ? leaseExpires.map(Date.init(milliseconds:)) : nil,
             lastError: row.string(10), recipients: [])
         let recipients = try database.statement("""
-            SELECT position, address, state, attempts, unknown_outcomes, code, enhanced_code, reply, attempt_times
+            SELECT position, address, state, attempts, unknown_outcomes, code, enhanced_code, reply, attempt_times,
+                bounce_class
             FROM sluice_recipients WHERE message_id = ?1 ORDER BY position
             """)
         recipients.bind(1, id)
@@ -517,7 +623,8 @@ public final class SQLiteStore: OutboxStore {
                 position: recipients.int(0), address: recipients.string(1) ?? "", state: state,
                 attempts: recipients.int(3), unknownOutcomes: recipients.int(4),
                 code: recipients.optionalInt64(5).map { Int($0) }, enhancedCode: recipients.string(6),
-                reply: recipients.string(7), attemptTimes: times.map(Date.init(milliseconds:))))
+                reply: recipients.string(7), bounceClass: recipients.string(9).flatMap(BounceClass.init(rawValue:)),
+                attemptTimes: times.map(Date.init(milliseconds:))))
         }
         return record
     }
