@@ -387,6 +387,7 @@ private func describe(_ record: OutboxRecord, details: Bool) -> String {
         if let code = recipient.code { text += " \(code)" }
         if let enhanced = recipient.enhancedCode { text += " \(enhanced)" }
         if let reply = recipient.reply { text += " \(reply.controlCharactersEscaped)" }
+        if let bounceClass = recipient.bounceClass { text += " [\(bounceClass)]" }
         if details {
             text += " (attempts \(recipient.attempts)"
             if recipient.unknownOutcomes > 0 { text += ", \(recipient.unknownOutcomes) unknown" }
@@ -405,6 +406,7 @@ private struct RecordJSON: Encodable {
         var code: Int?
         var enhancedCode: String?
         var reply: String?
+        var bounceClass: String?
         var attempts: Int
         var unknownOutcomes: Int
         var attemptTimes: [String]?
@@ -436,7 +438,8 @@ private struct RecordJSON: Encodable {
         lastError = record.lastError
         recipients = record.recipients.map {
             Recipient(address: $0.address, state: $0.state.rawValue, code: $0.code, enhancedCode: $0.enhancedCode,
-                      reply: $0.reply, attempts: $0.attempts, unknownOutcomes: $0.unknownOutcomes,
+                      reply: $0.reply, bounceClass: $0.bounceClass?.rawValue, attempts: $0.attempts,
+                      unknownOutcomes: $0.unknownOutcomes,
                       attemptTimes: details ? $0.attemptTimes.map(formatRFC3339) : nil)
         }
     }

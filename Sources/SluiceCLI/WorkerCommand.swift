@@ -61,6 +61,13 @@ struct WorkerCommand: AsyncParsableCommand {
     var pollInterval: Duration = .seconds(1)
     @Flag(name: .customLong("exit-when-idle"), help: "Exit 0 once no recipient is queued, leased or deferred.")
     var exitWhenIdle = false
+    @Option(name: .customLong("suppress-on"),
+            help: "Bounce classes whose 5xx refusals add the address to the suppression list, comma-separated, or none.",
+            transform: parseBounceClasses)
+    var suppressOn: Set<BounceClass> = BounceClassifier.hardClasses
+    @Option(name: .customLong("suppression-lifetime"), help: "How long an address added for a hard bounce stays on the list (for good when left out).",
+            transform: parseDurationFlag)
+    var suppressionLifetime: Duration?
     @Option(help: "The most any SMTP step may take, in seconds.")
     var timeout: Double = 60
     @Flag(help: "Log each claim and record (to stderr).")
@@ -102,6 +109,8 @@ struct WorkerCommand: AsyncParsableCommand {
         settings.retention = retention
         settings.pollInterval = pollInterval
         settings.exitWhenIdle = exitWhenIdle
+        settings.suppressOn = suppressOn
+        settings.suppressionLifetime = suppressionLifetime
         settings.logger = logger
 
         let interactive = isatty(STDERR_FILENO) == 1
@@ -150,6 +159,8 @@ struct WorkerCommand: AsyncParsableCommand {
     static func summary(_ statistics: OutboxWorker.Statistics) -> String {
         "sluice worker: claimed \(statistics.claimed) messages; recipients delivered \(statistics.delivered), "
             + "deferred \(statistics.deferred), failed \(statistics.failed), expired \(statistics.expired), "
-            + "unknown \(statistics.unknown); leases lost \(statistics.leasesLost); purged \(statistics.purged)"
+            + "unknown \(statistics.unknown), suppressed \(statistics.suppressed); "
+            + "added to the suppression list \(statistics.addedToSuppressionList); "
+            + "leases lost \(statistics.leasesLost); purged \(statistics.purged)"
     }
 }

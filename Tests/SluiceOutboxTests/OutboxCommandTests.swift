@@ -158,8 +158,58 @@ import Testing
         #expect(status.recipients[.delivered] == 270)
         #expect(status.recipients[.failed] == 30)
         #expect(sink.statistics.messages == 270)
+        // The sink's refusals are 550 5.1.1: hard bounces, each on the suppression list now.
+        #expect(run.error.contains("added to the suppression list 30"), "\(run.error)")
+        let failed = try await outbox.list(state: .failed, limit: 100)
+        #expect(failed.count == 30 && failed.allSatisfy { $0.recipients.first?.bounceClass == .invalidRecipient })
+        let listed = try #require(try await Self.sluice(["suppression", "list", "--json", "--outbox", url]))
+        let entries = listed.output.split(separator: "\n")
+        #expect(entries.count == 30 && entries.allSatisfy { $0.contains("\"reason\":\"invalid-recipient\"") }, "\(listed.output)")
         await sink.shutdown()
         await outbox.close()
+    }
+
+    @Test func theSuppressionListFromTheShell() async throws {
+        let directory = try Self.temporaryDirectory()
+        let url = "sqlite:\(directory)/o.db"
+        guard let initialized = try await Self.sluice(["outbox", "init", "--outbox", url]) else { return }
+        #expect(initialized.status == 0)
+        let added = try #require(try await Self.sluice([
+            "suppression", "add", "A@Example.org", "blocked.example", "--reason", "complaint", "--detail", "FBL",
+            "--outbox", url]))
+        #expect(added.status == 0 && added.output == "2 entries added or updated\n", "\(added.error)")
+        let on = try #require(try await Self.sluice(["suppression", "list", "someone@blocked.example", "--outbox", url]))
+        #expect(on.status == 0 && on.output.hasPrefix("blocked.example  complaint  since "), "\(on.output)")
+        let off = try #require(try await Self.sluice(["suppression", "list", "b@example.org", "--outbox", url]))
+        #expect(off.status == 1 && off.output.isEmpty)
+
+        let csv = "\(directory)/list.csv"
+        try "address,reason\nc@example.org,unsubscribed\n".write(toFile: csv, atomically: true, encoding: .utf8)
+        let imported = try #require(try await Self.sluice(["suppression", "import", csv, "--outbox", url]))
+        #expect(imported.status == 0 && imported.output == "1 entry imported\n", "\(imported.error)")
+        let fromInput = try #require(try await Self.sluice(["suppression", "import", "-", "--outbox", url],
+                                                          input: "d@example.org\nnot an address\n"))
+        #expect(fromInput.status == 64)
+        #expect(fromInput.error == "sluice suppression import: line 2: \"not an address\" is not an address or a domain; "
+                + "nothing was imported\n", "\(fromInput.error)")
+
+        let exported = try #require(try await Self.sluice(["suppression", "export", "--outbox", url]))
+        #expect(exported.output.split(separator: "\r\n").map { $0.split(separator: ",").prefix(2).joined(separator: ",") } == [
+            "target,reason", "a@example.org,complaint", "blocked.example,complaint", "c@example.org,unsubscribed",
+        ])
+        let removed = try #require(try await Self.sluice(["suppression", "remove", "a@example.org", "--outbox", url]))
+        #expect(removed.output == "1 entry removed\n")
+        let bad = try #require(try await Self.sluice(["suppression", "add", "not an address", "--outbox", url]))
+        #expect(bad.status == 64 && bad.error.contains("is not an address or a domain"), "\(bad.error)")
+        let reason = try #require(try await Self.sluice(["suppression", "add", "e@example.org", "--reason", "nope", "--outbox", url]))
+        #expect(reason.status == 64 && reason.error.contains("is not a suppression reason"), "\(reason.error)")
+
+        // What is on the list is recorded as suppressed when enqueued.
+        let outbox = try await openOutbox(url)
+        let id = try await outbox.enqueue(outboxMessage("s", to: ["c@example.org", "x@blocked.example", "a@example.org"]))
+        let shown = try #require(try await Self.sluice(["outbox", "show", "\(id)", "--outbox", url]))
+        #expect(shown.output.contains("c@example.org suppressed") && shown.output.contains("x@blocked.example suppressed")
+                && shown.output.contains("a@example.org queued"), "\(shown.output)")
     }
 }
 
