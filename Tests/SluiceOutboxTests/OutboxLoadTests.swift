@@ -142,4 +142,77 @@ import Testing
         #expect(try await outbox.store.content(id: last.id) == outboxMessage("b32999").content)
         await outbox.close()
     }
+
+    /// Two campaigns to one list of 10,000 through a sink told to refuse 3 % of recipients with
+    /// 550 5.1.1 and 1 % of messages with 554 5.7.1: afterwards the suppression list holds
+    /// exactly the refused addresses (not the policy refusals), the counts by class match what
+    /// the sink did, and the second campaign sends nothing to a suppressed address.
+    @Test func aCampaignsHardBouncesAreSuppressedAndTheNextCampaignSkipsThem() async throws {
+        let first = try await startSink { configuration in
+            configuration.store = .discard
+            configuration.faults.rejectRecipients = .probability(0.03)
+            configuration.faults.rejectData = .probability(0.01)
+            configuration.faults.seed = 25
+        }
+        guard let outbox = try await makeOutbox(.sqlite) else { return }
+        let list = (0..<10_000).map { "r\($0)@example.org" }
+        func campaign(_ name: String) async throws {
+            for start in stride(from: 0, to: list.count, by: 1_000) {
+                _ = try await outbox.enqueue(contentsOf: (start..<start + 1_000).map {
+                    outboxMessage("\(name)-\($0)", to: [list[$0]])
+                })
+            }
+        }
+        func drain(into sink: SMTPSink) async throws -> OutboxWorker {
+            var configuration = SMTPClient.Configuration(host: "127.0.0.1", port: sink.localAddress.port, security: .none)
+            configuration.retry = .none
+            configuration.pool.maximumConnections = 8
+            let client = try SMTPClient(configuration: configuration)
+            var settings = OutboxWorker.Configuration()
+            settings.exitWhenIdle = true
+            settings.pollInterval = .milliseconds(20)
+            let worker = OutboxWorker(outbox: outbox, client: client, configuration: settings)
+            try await withDeadline(.seconds(300), "draining a campaign") { try await worker.run() }
+            await client.shutdown()
+            return worker
+        }
+        try await campaign("one")
+        let worker = try await drain(into: first)
+        let statistics = first.statistics
+        await first.shutdown()
+
+        var failed: [String: BounceClass] = [:]
+        var after: Int64 = 0
+        while case let page = try await outbox.list(state: .failed, after: after, limit: 1_000), let last = page.last {
+            for record in page { failed[record.recipients[0].address] = record.recipients[0].bounceClass }
+            after = last.id
+        }
+        let refusedAtRCPT = statistics.rejectionsByCode["550", default: 0]
+        let refusedAtData = statistics.rejectionsByCode["554", default: 0]
+        #expect(refusedAtRCPT > 200 && refusedAtData > 50, "the faults fired: \(statistics.rejectionsByCode)")
+        #expect(failed.values.count { $0 == .invalidRecipient } == refusedAtRCPT)
+        #expect(failed.values.count { $0 == .policy } == refusedAtData)
+        #expect(failed.count == refusedAtRCPT + refusedAtData)
+        #expect(worker.statistics.delivered == list.count - failed.count)
+        #expect(statistics.recipients == list.count - failed.count)
+
+        var suppressed = Set<String>()
+        var cursor: String?
+        while case let page = try await outbox.suppressions(after: cursor, limit: 1_000), let last = page.last {
+            suppressed.formUnion(page.map(\.target))
+            cursor = last.target
+        }
+        #expect(suppressed == Set(failed.filter { $0.value == .invalidRecipient }.keys), "exactly the hard bounces")
+        #expect(worker.statistics.addedToSuppressionList == refusedAtRCPT)
+
+        let second = try await startSink { $0.store = .memory }
+        try await campaign("two")
+        let status = try await outbox.status()
+        #expect(status.recipients[.suppressed] == refusedAtRCPT, "recorded as suppressed at the enqueue")
+        _ = try await drain(into: second)
+        let received = Set(second.messages.flatMap { $0.recipients.map { "\($0)" } })
+        #expect(received.count == list.count - refusedAtRCPT)
+        #expect(received.isSubset(of: Set(list)) && received.isDisjoint(with: suppressed))
+        await second.shutdown()
+    }
 }
