@@ -57,6 +57,11 @@ struct SendCommand: AsyncParsableCommand {
     var attach: [String] = []
     @Option(help: "Add a header, 'Name: value'; repeatable.")
     var header: [String] = []
+    @Option(name: .customLong("list-unsubscribe"),
+            help: "Add List-Unsubscribe: an https: URL, a mailto: address, or both, comma-separated.")
+    var listUnsubscribe: String?
+    @Flag(name: .customLong("one-click"), help: "Add List-Unsubscribe-Post for one-click unsubscription (RFC 8058; needs an https: URL).")
+    var oneClick = false
     @Option(help: "Send this existing RFC 5322 message as it is (Bcc removed); the envelope comes from --from, --to, --cc and --bcc, or else from its headers.")
     var eml: String?
     @Flag(name: [.customLong("dry-run"), .customLong("print")],
@@ -77,10 +82,11 @@ struct SendCommand: AsyncParsableCommand {
         guard text == nil || textFile == nil else { throw ValidationError("give --text or --text-file, not both") }
         guard html == nil || htmlFile == nil else { throw ValidationError("give --html or --html-file, not both") }
         if eml != nil, subject != nil || text != nil || textFile != nil || html != nil || htmlFile != nil || !attach.isEmpty
-            || !header.isEmpty {
+            || !header.isEmpty || listUnsubscribe != nil || oneClick {
             throw ValidationError("--eml sends a message as it is; it cannot be combined with --subject, --text, "
-                                  + "--text-file, --html, --html-file, --attach or --header")
+                                  + "--text-file, --html, --html-file, --attach, --header, --list-unsubscribe or --one-click")
         }
+        if oneClick, listUnsubscribe == nil { throw ValidationError("--one-click needs --list-unsubscribe with an https: URL") }
         if eml == nil, from == nil { throw ValidationError("give the sender with --from (only --eml can take it from its headers)") }
     }
 
@@ -139,6 +145,24 @@ struct SendCommand: AsyncParsableCommand {
         for line in header {
             let (name, value) = try parseHeaderFlag(line)
             message.headers.append(Header(name, value))
+        }
+        if let listUnsubscribe {
+            var url: String?
+            var mailto: String?
+            for part in listUnsubscribe.split(separator: ",").map({ $0.trimmingCharacters(in: .whitespaces) }) {
+                if part.lowercased().hasPrefix("mailto:") {
+                    guard mailto == nil else { throw ValidationError("--list-unsubscribe takes one mailto: address") }
+                    mailto = part
+                } else {
+                    guard url == nil else { throw ValidationError("--list-unsubscribe takes one URL") }
+                    url = part
+                }
+            }
+            do {
+                message.listUnsubscribe = try ListUnsubscribe(url: url, mailto: mailto, oneClick: oneClick)
+            } catch {
+                throw ValidationError("--list-unsubscribe: \(error.detail ?? "\(error)")")
+            }
         }
         return try OutgoingMail(message, signers: signers)
     }

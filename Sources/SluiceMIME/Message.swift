@@ -43,6 +43,8 @@ public struct Message: Hashable, Sendable {
     public var references: [String]
     /// The priority (`X-Priority` and `Importance`, written only when not normal).
     public var priority: Priority
+    /// How to unsubscribe (`List-Unsubscribe`, and `List-Unsubscribe-Post` for one click).
+    public var listUnsubscribe: ListUnsubscribe?
     /// More header fields, written in order after the standard ones.
     public var headers: [Header]
     /// The plain-text body.

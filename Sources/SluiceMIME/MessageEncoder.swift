@@ -28,6 +28,9 @@ package struct MessageEncoder {
         "content-id", "x-priority", "importance",
     ]
 
+    /// Header names written from ``Message/listUnsubscribe`` when it is set.
+    static let listUnsubscribeNames: Set<String> = ["list-unsubscribe", "list-unsubscribe-post"]
+
     mutating func encode(_ message: Message, using generator: inout some RandomNumberGenerator)
         throws(MessageError) -> RawMessage
     {
@@ -63,6 +66,12 @@ package struct MessageEncoder {
         case .normal:
             break
         }
+        if let unsubscribe = message.listUnsubscribe {
+            // Folded only between the URIs (after each comma), never inside one.
+            let elements = unsubscribe.elements
+            headers.field("List-Unsubscribe", tokens: elements.indices.map { elements[$0] + ($0 < elements.count - 1 ? "," : "") })
+            if unsubscribe.oneClick { headers.field("List-Unsubscribe-Post", tokens: ["List-Unsubscribe=One-Click"]) }
+        }
         for header in message.headers {
             headers.field(header.name) { $0.unstructured(header.value) }
         }
@@ -86,6 +95,9 @@ package struct MessageEncoder {
             guard !Self.reservedNames.contains(header.name.lowercased()) else {
                 throw MessageError(.reservedHeader, line: 0,
                                    detail: "\(header.name) is written from the message's own properties")
+            }
+            guard message.listUnsubscribe == nil || !Self.listUnsubscribeNames.contains(header.name.lowercased()) else {
+                throw MessageError(.reservedHeader, line: 0, detail: "\(header.name) is written from listUnsubscribe")
             }
             try Self.checkValue(header.value, header: header.name)
         }

@@ -30,6 +30,23 @@ struct CountingMails: Sequence, Sendable {
 
 @Suite("SMTPClient bulk")
 struct ClientBulkTests {
+    /// A mail with no recipient is reported at once, and counted as any other: the client's
+    /// shutdown, which waits for every message to report, still returns. (It hung: the report
+    /// uncounted a message that had never been counted.)
+    @Test func aMailWithNoRecipientIsReportedAndShutdownStillReturns() async throws {
+        let sink = try await startSink()
+        var configuration = SMTPClient.Configuration(host: "127.0.0.1", port: sink.localAddress.port, security: .none)
+        configuration.retry = .none
+        let client = try SMTPClient(configuration: configuration)
+        let mails = [OutgoingMail(envelope: try Envelope(from: "a@example.com", to: []), message: testMessage("none")),
+                     OutgoingMail(envelope: envelope("b@example.org"), message: testMessage("one"))]
+        var outcomes: [DeliveryReport.Outcome] = []
+        for try await report in client.send(contentsOf: mails) { outcomes.append(report.outcome) }
+        #expect(outcomes.sorted { $0.rawValue < $1.rawValue } == [.accepted, .failed])
+        try await withDeadline(.seconds(20), "the client's shutdown") { await client.shutdown() }
+        await sink.shutdown()
+    }
+
     @Test func everyMessageOfASequenceReportsOnce() async throws {
         try await withSinkAndClient(client: { $0.pool.maximumConnections = 4 }) { sink, client in
             let mails = CountingMails(count: 2_000, taken: .init())

@@ -1,3 +1,4 @@
+public import SluiceMIME
 import SluiceTransport
 
 extension SMTPClient {
@@ -27,6 +28,38 @@ extension SMTPClient {
         Task { bulk.refill() }
         return DeliveryReports(bulk: bulk, lifetime: BulkLifetime(bulk: bulk, producer: nil))
     }
+
+    /// Sends `message` to each of `recipients` in a copy of its own (see
+    /// ``OutgoingMail/init(personalizing:for:unsubscribe:dkim:)``): its own `To`, its own
+    /// `Message-ID` and, with `unsubscribe`, its own one-click unsubscribe link; each signed
+    /// with the configured DKIM signers. Reports come as ``send(contentsOf:maximumInFlight:)-(Mails,_)``
+    /// gives them, one a recipient.
+    ///
+    /// - Throws: ``SMTPError`` of kind ``SMTPError/Kind/invalidInput`` when the first copy
+    ///   cannot be made (the message itself is wrong), before anything is sent. A later copy
+    ///   that cannot be made is reported with that error, never dropped.
+    public func send<Recipients: Collection & Sendable>(_ message: Message, toEach recipients: Recipients,
+                                                      unsubscribe: UnsubscribeLinks? = nil, maximumInFlight: Int = 1_000)
+        throws(SMTPError) -> DeliveryReports where Recipients.Element == Mailbox
+    {
+        if let first = recipients.first {
+            _ = try OutgoingMail(personalizing: message, for: first, unsubscribe: unsubscribe, dkim: configuration.dkim)
+        }
+        let dkim = configuration.dkim
+        return send(contentsOf: recipients.lazy.map { recipient in
+            do throws(SMTPError) {
+                return try OutgoingMail(personalizing: message, for: recipient, unsubscribe: unsubscribe, dkim: dkim)
+            } catch {
+                var mail = OutgoingMail(envelope: Envelope(from: nil, to: [recipient.address]), message: Self.emptyMessage)
+                mail.problem = error
+                return mail
+            }
+        }, maximumInFlight: maximumInFlight)
+    }
+
+    /// The content of a copy that could not be made: never sent. (No bytes: no NUL and no
+    /// long line, so preparing it cannot fail.)
+    private static let emptyMessage = try! EncodedMessage(bytes: [], messageID: nil)
 
     /// Sends every message of an asynchronous sequence and returns their reports as they
     /// complete (see ``send(contentsOf:maximumInFlight:)-(Mails,_)``); the sequence ends by

@@ -194,11 +194,20 @@ public final class SMTPClient: Sendable {
     /// Hands a message to the pool; `completion` gets its report, on an event loop thread.
     /// The bulk API's entry point.
     package func submit(_ mail: OutgoingMail, completion: @escaping @Sendable (consuming DeliveryReport) -> Void) {
-        let job = makeJob(mail.message, mail.envelope, completion: completion)
-        guard !mail.envelope.recipients.isEmpty else {
-            job.fail(SMTPError.noRecipients, now: .now)
+        if let problem = mail.problem ?? (mail.envelope.recipients.isEmpty ? SMTPError.noRecipients : nil) {
+            // Reported without a job (a transaction needs a recipient), and counted as every
+            // message is, since its report uncounts it: a shutdown waits for the count to
+            // reach zero.
+            let recipients = mail.envelope.recipients.map {
+                DeliveryReport.Recipient(address: $0.address, status: problem.status, reply: nil,
+                                         bounceClass: configuration.bounceClassifier.classify(nil, error: problem))
+            }
+            outstanding.add(1, ordering: .sequentiallyConsistent)
+            deliver(DeliveryReport(recipients: recipients, messageID: mail.message.messageID, envelope: mail.envelope,
+                                   attempts: 0, elapsed: .zero, error: problem), to: completion)
             return
         }
+        let job = makeJob(mail.message, mail.envelope, completion: completion)
         submit(job)
     }
 

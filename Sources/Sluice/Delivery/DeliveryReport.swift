@@ -101,6 +101,8 @@ public struct DeliveryReport: Sendable, Hashable, CustomStringConvertible {
     }
 
     static func outcome(of recipients: [Recipient]) -> Outcome {
+        // No recipient (a bulk mail with an empty envelope): nothing can be sent as it is.
+        if recipients.isEmpty { return .failed }
         let accepted = recipients.count { $0.status == .accepted }
         if accepted == recipients.count, accepted > 0 { return .accepted }
         if accepted > 0 { return .partiallyAccepted }

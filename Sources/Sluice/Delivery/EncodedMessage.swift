@@ -78,9 +78,35 @@ public struct OutgoingMail: Sendable {
     /// What it says.
     public var message: EncodedMessage
 
+    /// Why it cannot be sent, when it could not be made (``SMTPClient/send(_:toEach:unsubscribe:maximumInFlight:)``
+    /// reports such a copy rather than dropping it).
+    package var problem: SMTPError?
+
     /// A message and its envelope.
     public init(envelope: Envelope, message: EncodedMessage) {
         self.envelope = envelope
         self.message = message
+    }
+
+    /// `message`'s copy for `recipient` alone: `To` is the recipient, the `Message-ID` its
+    /// own, and, with `unsubscribe`, `List-Unsubscribe` carries the recipient's own link. It
+    /// is signed by `dkim` after those are set, so that the signature covers them.
+    /// - Throws: ``SMTPError`` of kind ``SMTPError/Kind/invalidInput`` when the copy cannot be
+    ///   encoded or signed.
+    public init(personalizing message: Message, for recipient: Mailbox, unsubscribe: UnsubscribeLinks? = nil,
+                dkim: [DKIMSigner] = []) throws(SMTPError) {
+        var copy = message
+        copy.to = [recipient]
+        copy.cc = []
+        copy.bcc = []
+        copy.messageID = nil
+        do {
+            if let unsubscribe { copy.listUnsubscribe = try unsubscribe.listUnsubscribe(for: recipient.address.address) }
+            let signed = try DKIMSigner.sign(try copy.encoded(), with: dkim)
+            self.init(envelope: Envelope(from: message.sender?.address ?? message.from.address, to: [recipient.address]),
+                      message: EncodedMessage(signed))
+        } catch {
+            throw SMTPError(.invalidInput, "the copy for \(recipient.address) cannot be made: \(error); nothing was sent")
+        }
     }
 }
