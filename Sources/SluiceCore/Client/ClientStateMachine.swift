@@ -162,6 +162,7 @@ public struct ClientStateMachine: Sendable {
         var smtpUTF8 = false
         var eightBitMIME = false
         var binaryMIME = false
+        var deliveryStatusNotifications = false
         var maximumMessageSize: Int?
 
         init() {}
@@ -172,6 +173,7 @@ public struct ClientStateMachine: Sendable {
             smtpUTF8 = capabilities.smtpUTF8
             eightBitMIME = capabilities.eightBitMIME
             binaryMIME = capabilities.binaryMIME
+            deliveryStatusNotifications = capabilities.deliveryStatusNotifications
             maximumMessageSize = capabilities.maximumMessageSize
         }
     }
@@ -636,6 +638,13 @@ public struct ClientStateMachine: Sendable {
 
     private mutating func start(_ transaction: consuming SMTPTransaction) {
         var parameters = transaction.parameters
+        if !features.deliveryStatusNotifications, parameters.hasDeliveryStatusParameters
+            || transaction.recipients.contains(where: { $0.parameters != RecipientParameters() }) {
+            // RFC 3461 §5.2: a server that does not offer DSN is not sent its parameters (it
+            // would refuse them with a 555); the relay sends its own notifications.
+            parameters.removeDeliveryStatusParameters()
+            for index in transaction.recipients.indices { transaction.recipients[index].parameters = RecipientParameters() }
+        }
         if transaction.requiresSMTPUTF8 {
             guard features.smtpUTF8 else {
                 finishLocally(transaction, "an address needs SMTPUTF8, which the server does not offer",

@@ -52,6 +52,15 @@ public struct MailParameters: Hashable, Sendable {
         envelopeID = id
     }
 
+    /// Whether `RET` or `ENVID` is set (RFC 3461).
+    var hasDeliveryStatusParameters: Bool { returnContent != nil || envelopeID != nil }
+
+    /// Drops `RET` and `ENVID`, for a server that does not offer DSN.
+    mutating func removeDeliveryStatusParameters() {
+        returnContent = nil
+        envelopeID = nil
+    }
+
     func encode(into bytes: inout [UInt8]) {
         if let size {
             bytes.append(contentsOf: " SIZE=".utf8)

@@ -243,6 +243,28 @@ struct ClientTransactionTests {
         #expect(h.outcomes.map(\.status) == [.accepted, .accepted])
     }
 
+    /// RFC 3461 §5.2: ENVID, RET, NOTIFY and ORCPT go to a server that offers DSN, and to no
+    /// other (which would refuse them with a 555).
+    @Test(arguments: [true, false])
+    func dsnParametersGoOnlyToAServerThatOffersDSN(offered: Bool) throws {
+        var h = Harness()
+        h.establish(extensions: ["PIPELINING"] + (offered ? ["DSN"] : []))
+        let plain = transaction(1, to: ["a@example.com"])
+        var with = plain.transaction
+        try with.parameters.setEnvelopeID("sluice.42")
+        with.parameters.returnContent = .headers
+        var recipient = RecipientParameters(notify: .never)
+        try recipient.setOriginalRecipient(address("a@example.com"))
+        with.recipients[0].parameters = recipient
+        let written = h.enqueue(TestTransaction(transaction: with, body: plain.body))
+        if offered {
+            #expect(written == "MAIL FROM:<sender@example.com> RET=HDRS ENVID=sluice.42\r\n"
+                    + "RCPT TO:<a@example.com> NOTIFY=NEVER ORCPT=rfc822;a@example.com\r\nDATA\r\n")
+        } else {
+            #expect(written == "MAIL FROM:<sender@example.com>\r\nRCPT TO:<a@example.com>\r\nDATA\r\n")
+        }
+    }
+
     @Test func chunkingSendsWholeTransactionsBackToBack() {
         var h = Harness()
         h.establish(extensions: ["PIPELINING", "CHUNKING", "8BITMIME"])
