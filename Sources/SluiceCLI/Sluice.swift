@@ -9,7 +9,7 @@ struct SluiceCommand: AsyncParsableCommand {
         commandName: "sluice",
         abstract: "An event-driven SMTP engine: send mail, run a sink, measure throughput.",
         subcommands: [SendCommand.self, SinkCommand.self, BenchCommand.self, SoakCommand.self, OutboxCommand.self,
-                      WorkerCommand.self, SuppressionCommand.self, LoopbackCommand.self]
+                      WorkerCommand.self, SuppressionCommand.self, BouncesCommand.self, LoopbackCommand.self]
     )
 
     static func main() async {

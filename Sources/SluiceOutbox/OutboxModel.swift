@@ -26,6 +26,9 @@ public enum RecipientState: String, Sendable, Hashable, Codable, CaseIterable, C
     case cancelled
     /// On a suppression list: recorded and never sent.
     case suppressed
+    /// Accepted by the relay, then reported undeliverable by a delivery status notification
+    /// that came back later (``Outbox/ingestReport(_:)``).
+    case bounced
 
     /// Whether a worker will still try it.
     public var isPending: Bool { self == .queued || self == .deferred || self == .leased }
@@ -260,5 +263,32 @@ public struct OutboxRateLimit: Sendable, Hashable {
     public init(messagesPerSecond: Double, burst: Int) {
         self.messagesPerSecond = messagesPerSecond
         self.burst = max(1, burst)
+    }
+}
+
+/// A bounce that came back after delivery, for a store to write.
+public struct BounceRecord: Sendable, Hashable {
+    /// The outbox message.
+    public var messageID: Int64
+    /// The recipient's address, as enqueued (compared without ASCII case).
+    public var address: String
+    /// The reported status (RFC 3463), as text.
+    public var enhancedCode: String?
+    /// What the remote host said, and which host.
+    public var reply: String?
+    /// The class the report gives.
+    public var bounceClass: BounceClass
+    /// The suppression it adds, if the bounce is hard.
+    public var suppress: Suppression?
+
+    /// A bounce.
+    public init(messageID: Int64, address: String, enhancedCode: String?, reply: String?, bounceClass: BounceClass,
+                suppress: Suppression?) {
+        self.messageID = messageID
+        self.address = address
+        self.enhancedCode = enhancedCode
+        self.reply = reply
+        self.bounceClass = bounceClass
+        self.suppress = suppress
     }
 }

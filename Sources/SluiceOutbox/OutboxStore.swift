@@ -83,6 +83,19 @@ public protocol OutboxStore: Sendable {
     /// The entries in force at `now` among `targets` (normalized addresses and domains).
     func activeSuppressions(among targets: [String], now: Date) async throws(OutboxError) -> [Suppression]
 
+    /// The outbox's own secret, made when the schema was: it authenticates the `ENVID` of every
+    /// message sent, so that a report naming one can be trusted.
+    func secret() async throws(OutboxError) -> [UInt8]
+
+    /// The outbox ids of messages whose `Message-ID` header is `messageID` (angle brackets
+    /// included, as stored).
+    func messages(withMessageID messageID: String) async throws(OutboxError) -> [Int64]
+
+    /// Marks recipients delivered (or of unknown outcome) as bounced, with the report's status,
+    /// and adds the suppressions, in one transaction. Returns, for each, whether a recipient
+    /// was changed (false when the message has no such recipient, or it was not delivered).
+    func recordBounces(_ bounces: [BounceRecord], now: Date) async throws(OutboxError) -> [Bool]
+
     /// Calls `wake` (on any thread) when messages may have been added, if the store can tell;
     /// a worker polls as well.
     func subscribe(_ wake: @escaping @Sendable () -> Void) async throws(OutboxError)

@@ -2,6 +2,7 @@ import Foundation
 public import Logging
 public import Metrics
 public import Sluice
+import SluiceCore
 import SluiceMIME
 import SluiceTransport
 
@@ -152,6 +153,8 @@ public final class OutboxWorker: Sendable {
         /// Attempts waiting to be recorded.
         var done: [(id: Int64, attempt: Attempt)] = []
         var statistics = Statistics()
+        /// The outbox's secret, for each message's ENVID.
+        var secret: [UInt8] = []
     }
 
     /// Works until the task is cancelled (or, with ``Configuration/exitWhenIdle``, until no
@@ -160,6 +163,8 @@ public final class OutboxWorker: Sendable {
     ///   schema too new, unreachable). Later store errors are logged and retried.
     public func run() async throws {
         try await outbox.store.checkSchema()
+        let secret = try await outbox.store.secret()
+        state.withLock { $0.secret = secret }
         let logger = configuration.logger
         do {
             try await outbox.store.subscribe { [weak self] in self?.wake() }
@@ -297,7 +302,18 @@ public final class OutboxWorker: Sendable {
 
     private func prepare(_ message: ClaimedMessage) throws -> OutgoingMail {
         let sender = message.sender.isEmpty ? nil : try EnvelopeAddress(message.sender)
-        let recipients = try message.recipients.map { recipient throws(AddressError) in try EnvelopeAddress(recipient.address) }
+        // ENVID names the message (authenticated), ORCPT each recipient as enqueued, and only
+        // the headers come back: a report that comes back later is matched by them (RFC 3461).
+        // A relay without DSN is sent none of them.
+        var parameters = MailParameters()
+        try parameters.setEnvelopeID(EnvelopeToken.envelopeID(for: message.id, secret: state.withLock { $0.secret }))
+        parameters.returnContent = .headers
+        let recipients = try message.recipients.map { recipient throws(AddressError) in
+            let address = try EnvelopeAddress(recipient.address)
+            var original = RecipientParameters()
+            try original.setOriginalRecipient(address)
+            return SMTPTransaction.Recipient(address, parameters: original)
+        }
         let encoded: EncodedMessage
         if client.configuration.dkim.isEmpty {
             encoded = try EncodedMessage(bytes: message.content, messageID: nil)
@@ -305,7 +321,7 @@ public final class OutboxWorker: Sendable {
             let signed = try DKIMSigner.sign(try RawMessage(message.content), with: client.configuration.dkim)
             encoded = EncodedMessage(signed)
         }
-        return OutgoingMail(envelope: Envelope(from: sender, to: recipients), message: encoded)
+        return OutgoingMail(envelope: Envelope(from: sender, recipients: recipients, parameters: parameters), message: encoded)
     }
 
     /// A message's report (on an event loop thread).

@@ -102,3 +102,16 @@ public struct Suppression: Sendable, Hashable, Codable {
         !text.isEmpty && !text.hasPrefix(".") && !text.hasSuffix(".") && !text.contains("..") && !text.contains("@")
     }
 }
+
+/// The bytes a hexadecimal string spells; nil when it does not.
+func hexBytes(_ text: String) -> [UInt8]? {
+    let digits = Array(text.utf8)
+    guard digits.count.isMultiple(of: 2) else { return nil }
+    var bytes: [UInt8] = []
+    bytes.reserveCapacity(digits.count / 2)
+    for index in stride(from: 0, to: digits.count, by: 2) {
+        guard let byte = UInt8(String(decoding: digits[index...index + 1], as: UTF8.self), radix: 16) else { return nil }
+        bytes.append(byte)
+    }
+    return bytes
+}

@@ -132,6 +132,19 @@ enum PostgresSchema {
             END IF;
 
             ALTER TABLE sluice_recipients ADD COLUMN bounce_class text;
+            -- Bounced: accepted by the relay, then reported undeliverable.
+            ALTER TABLE sluice_recipients DROP CONSTRAINT sluice_recipients_state_check;
+            ALTER TABLE sluice_recipients ADD CONSTRAINT sluice_recipients_state_check
+                CHECK (state IN ('queued', 'delivered', 'deferred', 'failed', 'expired', 'unknown', 'cancelled', 'suppressed',
+                                 'bounced'));
+
+            -- The outbox's secret, which authenticates the ENVID every message is sent with.
+            CREATE TABLE sluice_settings (name text PRIMARY KEY, value text NOT NULL);
+            INSERT INTO sluice_settings (name, value)
+                VALUES ('secret', replace(gen_random_uuid()::text || gen_random_uuid()::text, '-', ''));
+
+            -- Reports that carry no ENVID are matched by the returned Message-ID.
+            CREATE INDEX sluice_messages_message_id ON sluice_messages (message_id) WHERE message_id IS NOT NULL;
 
             -- Addresses (user@example.com) and domains (example.com) nothing is sent to, kept in
             -- ASCII lower case.

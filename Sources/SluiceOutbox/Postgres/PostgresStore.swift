@@ -416,6 +416,53 @@ public final class PostgresStore: OutboxStore {
         return results[0].affected
     }
 
+    // MARK: Bounces
+
+    public func secret() async throws(OutboxError) -> [UInt8] {
+        let rows = try await run([.init("SELECT value FROM sluice_settings WHERE name = 'secret'")])
+        guard let hex = rows[0].rows.first?.first.flatMap({ $0 }), let secret = hexBytes(hex) else {
+            throw OutboxError(.database, "the outbox has no secret")
+        }
+        return secret
+    }
+
+    public func messages(withMessageID messageID: String) async throws(OutboxError) -> [Int64] {
+        let rows = try await run([.init("SELECT id FROM sluice_messages WHERE message_id = $1 ORDER BY id", [.text(messageID)])])
+        return rows[0].rows.compactMap { $0[0].flatMap { Int64($0) } }
+    }
+
+    public func recordBounces(_ bounces: [BounceRecord], now: Date) async throws(OutboxError) -> [Bool] {
+        guard !bounces.isEmpty else { return [] }
+        // In one pipeline: one transaction, one round trip. A hard bounce's suppression is
+        // written when its recipient is bounced.
+        var statements: [PostgresConnection.Statement] = []
+        var updates: [Int] = []
+        for bounce in bounces {
+            updates.append(statements.count + 1)  // after the schema check
+            statements.append(.init("""
+                UPDATE sluice_recipients SET state = 'bounced', enhanced_code = $3, reply = $4, bounce_class = $5, code = NULL,
+                    last_attempt_at = sluice_at($6::bigint)
+                WHERE message_id = $1::bigint AND sluice_lower_ascii(address) = sluice_lower_ascii($2)
+                    AND state IN ('delivered', 'unknown')
+                """, [.text(String(bounce.messageID)), .text(bounce.address), bounce.enhancedCode.map { .text($0) },
+                      bounce.reply.map { .text($0) }, .text(bounce.bounceClass.rawValue), .text(String(now.milliseconds))]))
+            if let entry = bounce.suppress {
+                statements.append(.init("""
+                    INSERT INTO sluice_suppressions (target, reason, detail, created_at, expires_at)
+                    SELECT $3, $4, $5, sluice_at($6::bigint), sluice_at($7::bigint)
+                    WHERE EXISTS (SELECT 1 FROM sluice_recipients WHERE message_id = $1::bigint
+                                  AND sluice_lower_ascii(address) = sluice_lower_ascii($2) AND state = 'bounced')
+                    ON CONFLICT (target) DO UPDATE SET reason = excluded.reason, detail = excluded.detail,
+                        created_at = excluded.created_at, expires_at = excluded.expires_at
+                    """, [.text(String(bounce.messageID)), .text(bounce.address), .text(entry.target), .text(entry.reason),
+                          entry.detail.map { .text($0) }, .text(String(entry.createdAt.milliseconds)),
+                          entry.expiresAt.map { .text(String($0.milliseconds)) }]))
+            }
+        }
+        let results = try await run([Self.checkStatement] + statements, checked: false)
+        return updates.map { results[$0].affected > 0 }
+    }
+
     private static let suppressionColumns = "target, reason, detail, sluice_ms(created_at), sluice_ms(expires_at)"
 
     public func suppressions(after: String?, limit: Int) async throws(OutboxError) -> [Suppression] {

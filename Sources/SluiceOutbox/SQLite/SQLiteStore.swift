@@ -108,6 +108,11 @@ public final class SQLiteStore: OutboxStore {
                 expires_at INTEGER
             ) WITHOUT ROWID
             """,
+            // The outbox's secret, which authenticates the ENVID every message is sent with.
+            "CREATE TABLE sluice_settings (name TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID",
+            "INSERT INTO sluice_settings (name, value) VALUES ('secret', lower(hex(randomblob(32))))",
+            // Reports that carry no ENVID are matched by the returned Message-ID.
+            "CREATE INDEX sluice_messages_message_id ON sluice_messages (message_id) WHERE message_id IS NOT NULL",
         ]),
     ]
 
@@ -450,6 +455,52 @@ public final class SQLiteStore: OutboxStore {
                 found += try Self.suppressions(from: rows)
             }
             return found
+        }
+    }
+
+    // MARK: Bounces
+
+    public func secret() async throws(OutboxError) -> [UInt8] {
+        try await thread.run { (database) throws(OutboxError) in
+            try Self.check(database)
+            let row = try database.statement("SELECT value FROM sluice_settings WHERE name = 'secret'")
+            guard try row.step(), let hex = row.string(0), let secret = hexBytes(hex) else {
+                throw OutboxError(.database, "the outbox has no secret")
+            }
+            return secret
+        }
+    }
+
+    public func messages(withMessageID messageID: String) async throws(OutboxError) -> [Int64] {
+        try await thread.run { (database) throws(OutboxError) in
+            try Self.check(database)
+            let rows = try database.statement("SELECT id FROM sluice_messages WHERE message_id = ?1 ORDER BY id")
+            rows.bind(1, messageID)
+            var ids: [Int64] = []
+            while try rows.step() { ids.append(rows.int64(0)) }
+            return ids
+        }
+    }
+
+    public func recordBounces(_ bounces: [BounceRecord], now: Date) async throws(OutboxError) -> [Bool] {
+        let now = now.milliseconds
+        return try await thread.run { (database) throws(OutboxError) in
+            try Self.check(database)
+            return try database.transaction { () throws(OutboxError) in
+                var changed: [Bool] = []
+                for bounce in bounces {
+                    try database.statement("""
+                        UPDATE sluice_recipients SET state = 'bounced', enhanced_code = ?3, reply = ?4, bounce_class = ?5,
+                            code = NULL, last_attempt_at = ?6
+                        WHERE message_id = ?1 AND lower(address) = lower(?2) AND state IN ('delivered', 'unknown')
+                        """)
+                        .bind(1, bounce.messageID).bind(2, bounce.address).bind(3, bounce.enhancedCode).bind(4, bounce.reply)
+                        .bind(5, bounce.bounceClass.rawValue).bind(6, now).run()
+                    changed.append(database.changes > 0)
+                    if database.changes > 0, let entry = bounce.suppress { try Self.write(entry, to: database) }
+                }
+                return changed
+            }
         }
     }
 
