@@ -19,18 +19,19 @@ public final class PostfixInstance: Sendable {
 
     /// Starts an instance, or returns nil (saying why, and failing under CI) when Postfix is
     /// missing or the tests do not run as root. `mainCF` lines are added to its `main.cf`
-    /// (restrictions for a test, say).
-    public static func start(tlsCertificate: String? = nil, tlsKey: String? = nil, mainCF: String = "") async throws
-        -> PostfixInstance? {
+    /// (restrictions for a test, say), `masterCF` lines to its `master.cf` (a service more).
+    public static func start(tlsCertificate: String? = nil, tlsKey: String? = nil, mainCF: String = "",
+                             masterCF: String = "") async throws -> PostfixInstance? {
         guard let postfix = requirePeer("postfix", install: "apt-get install postfix") else { return nil }
         guard getuid() == 0 else {
             peerUnavailable("a private Postfix instance needs root (its master runs as root)")
             return nil
         }
-        return try await PostfixInstance(postfix: postfix, tlsCertificate: tlsCertificate, tlsKey: tlsKey, mainCF: mainCF)
+        return try await PostfixInstance(postfix: postfix, tlsCertificate: tlsCertificate, tlsKey: tlsKey, mainCF: mainCF,
+                                         masterCF: masterCF)
     }
 
-    private init(postfix: String, tlsCertificate: String?, tlsKey: String?, mainCF: String) async throws {
+    private init(postfix: String, tlsCertificate: String?, tlsKey: String?, mainCF: String, masterCF: String) async throws {
         self.postfix = postfix
         // Short: Postfix's Unix sockets live under the queue directory (108-byte path limit).
         directory = "/tmp/sluice-pf-\(UUID().uuidString.prefix(8))"
@@ -69,7 +70,7 @@ public final class PostfixInstance: Sendable {
         if let tlsCertificate, let tlsKey {
             main += "smtpd_tls_security_level = may\nsmtpd_tls_cert_file = \(tlsCertificate)\nsmtpd_tls_key_file = \(tlsKey)\n"
         }
-        let services = """
+        var services = """
             127.0.0.1:\(port) inet n - n - - smtpd
             pickup unix n - n 60 1 pickup
             cleanup unix n - n - 0 cleanup
@@ -92,6 +93,7 @@ public final class PostfixInstance: Sendable {
 
             """
         main += mainCF.isEmpty ? "" : mainCF + "\n"
+        services += masterCF.isEmpty ? "" : masterCF + "\n"
         try main.write(toFile: directory + "/etc/main.cf", atomically: true, encoding: .utf8)
         try services.write(toFile: directory + "/etc/master.cf", atomically: true, encoding: .utf8)
         refused.close()
