@@ -3,6 +3,7 @@ import Dispatch
 import Foundation
 import SluiceCore
 import SluiceMIME
+import SluiceOutbox
 import SluiceSink
 import SluiceTransport
 
@@ -39,6 +40,10 @@ struct SinkCommand: AsyncParsableCommand {
     var maxRecipients = 1000
     @Option(help: "Where messages go: discard, memory, maildir:DIR or mbox:FILE.")
     var store = "discard"
+    @Flag(help: "Receive bounces: record each delivery status notification and complaint in the outbox (--outbox); a message is answered 250 once recorded, 451 if the outbox cannot be written.")
+    var bounces = false
+    @Option(name: .customLong("outbox"), help: "With --bounces, the outbox: sqlite:PATH or postgresql://… (default: $SLUICE_OUTBOX, else sqlite:sluice-outbox.db).")
+    var outboxURL: String?
     @Flag(name: .customLong("wire-bytes"),
           help: "Keep Maildir and mbox messages exactly as they came (CRLF, no Return-Path, Delivered-To or Received).")
     var wireBytes = false
@@ -87,7 +92,36 @@ struct SinkCommand: AsyncParsableCommand {
     var loops: Int?
 
     func run() async throws {
-        let configuration = try settingUp("sink") { try makeConfiguration() }
+        var configuration = try settingUp("sink") { try makeConfiguration() }
+        var bounceOutbox: Outbox?
+        if bounces {
+            let url = outboxURL ?? ProcessInfo.processInfo.environment["SLUICE_OUTBOX"] ?? Outbox.defaultURL
+            let outbox: Outbox
+            do throws(OutboxError) {
+                if Outbox.urlHoldsPassword(url) {
+                    throw OutboxError(.invalidURL, "the outbox URL holds a password, which any user can read in the process list; "
+                                      + "put it in PGPASSWORD or a ~/.pgpass file instead")
+                }
+                outbox = try await Outbox.open(url)
+                try await outbox.store.checkSchema()
+            } catch {
+                FileHandle.standardError.write(Data("sluice sink: \(error.message)\n".utf8))
+                throw ExitCode(error.exitStatus)
+            }
+            bounceOutbox = outbox
+            configuration.store = .handler(SinkHandler { message in
+                // A message that is no report of this outbox's (an auto-reply, a forgery) is
+                // taken and dropped, with its reason: refusing it would only bounce it again.
+                // An outbox that cannot be written is a 451: the sender keeps it and retries.
+                do throws(OutboxError) {
+                    let result = try await outbox.ingestReport(message.content)
+                    FileHandle.standardError.write(Data("bounce \(message.id): \(result)".controlCharactersEscaped.utf8 + [10]))
+                } catch {
+                    guard error.kind == .invalidInput else { throw error }
+                    FileHandle.standardError.write(Data("bounce \(message.id): dropped: \(error.message)".controlCharactersEscaped.utf8 + [10]))
+                }
+            })
+        }
         // A sink usually shares its machine with the client loading it: by default it takes
         // half the cores (on two cores one loop took smtp-source's mail 20-40% faster, with
         // less CPU per message, than two loops that competed with smtp-source).
@@ -125,6 +159,7 @@ struct SinkCommand: AsyncParsableCommand {
         if left > 0 { FileHandle.standardError.write(Data("sluice sink: \(left) sessions still open after the grace period; closing them\n".utf8)) }
         await sink.shutdown()
         await group.shutdown()
+        await bounceOutbox?.close()
         report(sink.statistics, final: true)
     }
 
@@ -182,6 +217,8 @@ struct SinkCommand: AsyncParsableCommand {
         guard let store = SinkStore(store) else {
             throw ValidationError("--store takes discard, memory, maildir:DIR or mbox:FILE, got '\(store)'")
         }
+        if bounces, store != .discard { throw ValidationError("--bounces records reports in the outbox; it takes no --store") }
+        if outboxURL != nil, !bounces { throw ValidationError("--outbox goes with --bounces") }
         configuration.store = store
         configuration.storesWireBytes = wireBytes
         if let print {

@@ -17,6 +17,10 @@ public enum SinkStore: Hashable, Sendable {
     case maildir(String)
     /// One mbox file, appended and synced before each 250 (`From ` lines quoted as `>From `).
     case mbox(String)
+    /// Code of yours: each message is answered 250 once it returns, 451 if it throws (the
+    /// client keeps the message and tries again). `sluice sink --bounces` records reports in
+    /// an outbox this way.
+    case handler(SinkHandler)
 
     /// Parses `discard`, `memory`, `maildir:DIR` or `mbox:FILE`.
     public init?(_ text: String) {
@@ -33,6 +37,19 @@ public enum SinkStore: Hashable, Sendable {
             }
         }
     }
+}
+
+/// What ``SinkStore/handler(_:)`` calls with each message.
+public struct SinkHandler: Hashable, Sendable {
+    private let id = SinkHandler.ids.add(1, ordering: .relaxed).newValue
+    private static let ids = Atomic<Int>(0)
+    let handle: @Sendable (StoredMessage) async throws -> Void
+
+    /// A handler; `handle` may suspend (a database write, say) and runs off the event loops.
+    public init(_ handle: @escaping @Sendable (StoredMessage) async throws -> Void) { self.handle = handle }
+
+    public static func == (lhs: SinkHandler, rhs: SinkHandler) -> Bool { lhs.id == rhs.id }
+    public func hash(into hasher: inout Hasher) { hasher.combine(id) }
 }
 
 /// A message a sink took.
@@ -100,7 +117,7 @@ final class MessageStore: Sendable {
         self.wireBytes = wireBytes
         self.observer = observer
         switch kind {
-        case .discard, .memory:
+        case .discard, .memory, .handler:
             break
         case .maildir(let directory):
             for sub in ["", "/tmp", "/new", "/cur"] {
@@ -140,6 +157,15 @@ final class MessageStore: Sendable {
         switch kind {
         case .discard:
             completion(.success(id))
+        case .handler(let handler):
+            Task {
+                do {
+                    try await handler.handle(stored)
+                    completion(.success(id))
+                } catch {
+                    completion(.failure(StoreError(description: "\(error)")))
+                }
+            }
         case .memory:
             let ready = memory.withLock { messages -> [(CheckedContinuation<[StoredMessage], Never>, [StoredMessage])] in
                 messages.append(stored)

@@ -190,4 +190,44 @@ import Testing
         }
         #expect(try await outbox.suppressions().map(\.target) == ["angry@example.org"])
     }
+
+    /// `sluice sink --bounces` as the bounce address's server: a report is recorded before
+    /// its 250; an auto-reply is taken and dropped.
+    @Test(.needsPeers(executables: ["python3"]))
+    func theSinkReceivesBouncesIntoTheOutbox() async throws {
+        guard let sluice = sluiceCommand(), let python = requirePeer("python3", install: "apt-get install python3") else { return }
+        let relay = try await DSNRelay()
+        let (outbox, path) = try await makeSQLiteOutbox()
+        let id = try await outbox.enqueue(outboxMessage("s", to: ["gone@example.org"]))
+        let client = try relayClient(port: relay.port)
+        let (_, task) = OutboxWorkerTests.start(outbox, client) { $0.exitWhenIdle = true }
+        try await task.value
+        await client.shutdown()
+        await relay.server.shutdown()
+        let mail = try #require(relay.lines.withLock { $0 }.first { $0.hasPrefix("MAIL FROM:") })
+        let envelopeID = String(try #require(mail.split(separator: " ").first { $0.hasPrefix("ENVID=") }).dropFirst(6))
+
+        let sink = try ChildProcess(sluice, ["sink", "--listen", "127.0.0.1:0", "--bounces", "--outbox", "sqlite:\(path)"])
+        defer { sink.stop() }
+        let port = try await sink.firstOutputLine(within: .seconds(20)).split(separator: ":").last.map(String.init) ?? ""
+        let directory = try OutboxCommandTests.temporaryDirectory()
+        try Data(Self.dsn(envelopeID: envelopeID, messageID: nil, [("gone@example.org", "failed", "5.1.1")]))
+            .write(to: URL(fileURLWithPath: "\(directory)/dsn.eml"))
+        try Data("From: someone@example.org\r\nSubject: Out of office\r\n\r\nAway.\r\n".utf8)
+            .write(to: URL(fileURLWithPath: "\(directory)/away.eml"))
+        let send = """
+            import smtplib, sys
+            with smtplib.SMTP("127.0.0.1", int(sys.argv[1])) as s:
+                for name in sys.argv[2:]:
+                    print(s.sendmail("", ["bounces@example.com"], open(name, 'rb').read()))
+            """
+        let sent = try await runInBackground(python, ["-c", send, port, "\(directory)/dsn.eml", "\(directory)/away.eml"])
+        #expect(sent.status == 0, "both taken: \(sent.error)")
+        // Recorded before the 250 that smtplib has seen.
+        #expect(try await outbox.message(id)?.recipients.map(\.state) == [.bounced])
+        #expect(try await outbox.suppression(for: "gone@example.org") != nil)
+        #expect(sink.stop() == 0)
+        let log = String(decoding: sink.readOutputAndError(quietLimit: .seconds(1)).error, as: UTF8.self)
+        #expect(log.contains("bounced gone@example.org") && log.contains("dropped: not a report Sluice reads"), "\(log)")
+    }
 }
