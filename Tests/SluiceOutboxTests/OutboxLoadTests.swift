@@ -144,9 +144,10 @@ import Testing
     }
 
     /// Two campaigns to one list of 10,000 through a sink told to refuse 3 % of recipients with
-    /// 550 5.1.1 and 1 % of messages with 554 5.7.1: afterwards the suppression list holds
-    /// exactly the refused addresses (not the policy refusals), the counts by class match what
-    /// the sink did, and the second campaign sends nothing to a suppressed address.
+    /// 550 5.1.1 and 1 % of messages with 554 5.7.1, and 1 % of the delivered bouncing later by
+    /// DSN: the suppression list holds exactly the refused and the bounced addresses (not the
+    /// policy refusals), the counts by class match what the sink did, and the second campaign
+    /// sends nothing to a suppressed address.
     @Test func aCampaignsHardBouncesAreSuppressedAndTheNextCampaignSkipsThem() async throws {
         let first = try await startSink { configuration in
             configuration.store = .discard
@@ -205,14 +206,30 @@ import Testing
         #expect(suppressed == Set(failed.filter { $0.value == .invalidRecipient }.keys), "exactly the hard bounces")
         #expect(worker.statistics.addedToSuppressionList == refusedAtRCPT)
 
+        // 1 % of the delivered bounce later: a DSN each, matched by the returned Message-ID.
+        var delivered: [(id: Int64, messageID: String, address: String)] = []
+        after = 0
+        while case let page = try await outbox.list(state: .delivered, after: after, limit: 1_000), let last = page.last {
+            for record in page { delivered.append((record.id, record.messageID ?? "", record.recipients[0].address)) }
+            after = last.id
+        }
+        let later = delivered.enumerated().filter { $0.offset % 100 == 0 }.map(\.element)
+        for bounce in later {
+            let result = try await outbox.ingestReport(BounceIngestionTests.dsn(
+                envelopeID: nil, messageID: bounce.messageID, [(bounce.address, "failed", "5.1.1")]))
+            #expect(result.bounced.map(\.address) == [bounce.address])
+        }
+        let hard = suppressed.union(later.map(\.address))
+        #expect(try await outbox.status().recipients[.bounced] == later.count)
+
         let second = try await startSink { $0.store = .memory }
         try await campaign("two")
         let status = try await outbox.status()
-        #expect(status.recipients[.suppressed] == refusedAtRCPT, "recorded as suppressed at the enqueue")
+        #expect(status.recipients[.suppressed] == hard.count, "recorded as suppressed at the enqueue")
         _ = try await drain(into: second)
         let received = Set(second.messages.flatMap { $0.recipients.map { "\($0)" } })
-        #expect(received.count == list.count - refusedAtRCPT)
-        #expect(received.isSubset(of: Set(list)) && received.isDisjoint(with: suppressed))
+        #expect(received.count == list.count - hard.count)
+        #expect(received.isSubset(of: Set(list)) && received.isDisjoint(with: hard))
         await second.shutdown()
     }
 }
