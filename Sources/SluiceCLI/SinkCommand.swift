@@ -114,7 +114,7 @@ struct SinkCommand: AsyncParsableCommand {
                 // taken and dropped, with its reason: refusing it would only bounce it again.
                 // An outbox that cannot be written is a 451: the sender keeps it and retries.
                 do throws(OutboxError) {
-                    let result = try await outbox.ingestReport(message.content)
+                    let result = try await outbox.ingestReport(message.content, deliveredTo: message.recipients.map { "\($0)" })
                     FileHandle.standardError.write(Data("bounce \(message.id): \(result)".controlCharactersEscaped.utf8 + [10]))
                 } catch {
                     guard error.kind == .invalidInput else { throw error }

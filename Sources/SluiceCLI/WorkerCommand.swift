@@ -68,6 +68,8 @@ struct WorkerCommand: AsyncParsableCommand {
     @Option(name: .customLong("suppression-lifetime"), help: "How long an address added for a hard bounce stays on the list (for good when left out).",
             transform: parseDurationFlag)
     var suppressionLifetime: Duration?
+    @Option(help: "Send each recipient from its own return path, LOCAL+TOKEN@DOMAIN (VERP), given as LOCAL@DOMAIN, so that bounces name their recipient.")
+    var verp: String?
     @Option(help: "The most any SMTP step may take, in seconds.")
     var timeout: Double = 60
     @Flag(help: "Log each claim and record (to stderr).")
@@ -111,6 +113,16 @@ struct WorkerCommand: AsyncParsableCommand {
         settings.exitWhenIdle = exitWhenIdle
         settings.suppressOn = suppressOn
         settings.suppressionLifetime = suppressionLifetime
+        if let verp {
+            settings.verp = try settingUp("worker") { () throws -> VERP in
+                guard let at = verp.lastIndex(of: "@") else { throw ValidationError("--verp takes LOCAL@DOMAIN, got '\(verp)'") }
+                do {
+                    return try VERP(localPart: String(verp[..<at]), domain: String(verp[verp.index(after: at)...]))
+                } catch {
+                    throw ValidationError("--verp: \((error as? OutboxError)?.message ?? "\(error)")")
+                }
+            }
+        }
         settings.logger = logger
 
         let interactive = isatty(STDERR_FILENO) == 1

@@ -33,6 +33,55 @@ enum EnvelopeToken {
     }
 }
 
+/// A per-recipient return path (VERP): `LOCAL+ID-POSITION-MAC@DOMAIN`, the MAC an HMAC of the
+/// message id and the recipient's position under the outbox's secret. A report delivered to it
+/// names its recipient by itself, and nobody can make one for an address.
+public struct VERP: Sendable, Hashable {
+    /// The local part before the `+` (`bounces`).
+    public var localPart: String
+    /// The domain whose mail server receives the reports (`sluice sink --bounces`, say).
+    public var domain: String
+
+    /// A return path under `localPart@domain`.
+    /// - Throws: ``OutboxError/Kind/invalidInput`` when `localPart@domain` is not an address.
+    public init(localPart: String = "bounces", domain: String) throws(OutboxError) {
+        guard !localPart.contains("+"), (try? EnvelopeAddress("\(localPart)@\(domain)")) != nil else {
+            throw OutboxError(.invalidInput, "\(localPart)@\(domain) is not an address for VERP (no '+' in the local part)")
+        }
+        self.localPart = localPart
+        self.domain = domain
+    }
+
+    func address(message id: Int64, position: Int, secret: [UInt8]) -> String {
+        "\(localPart)+\(id)-\(position)-\(Self.mac(id, position, secret))@\(domain)"
+    }
+
+    /// What an address says: not a VERP address of this form, a forged one, or a recipient.
+    enum Reading: Equatable {
+        case notOurs
+        case forged
+        case recipient(message: Int64, position: Int)
+    }
+
+    static func read(_ address: String, secret: [UInt8]) -> Reading {
+        let local = address.split(separator: "@").first.map(String.init) ?? ""
+        guard let plus = local.lastIndex(of: "+") else { return .notOurs }
+        let parts = local[local.index(after: plus)...].split(separator: "-")
+        guard parts.count == 3, let id = Int64(parts[0]), let position = Int(parts[1]) else { return .notOurs }
+        let expected = Array(mac(id, position, secret).utf8)
+        let given = Array(parts[2].lowercased().utf8)
+        guard expected.count == given.count, zip(expected, given).reduce(UInt8(0), { $0 | ($1.0 ^ $1.1) }) == 0 else {
+            return .forged
+        }
+        return .recipient(message: id, position: position)
+    }
+
+    private static func mac(_ id: Int64, _ position: Int, _ secret: [UInt8]) -> String {
+        Digest.hmac(.sha256, key: secret, data: Array("verp.\(id).\(position)".utf8)).prefix(8)
+            .map { String($0, radix: 16).leftPadded(to: 2) }.joined()
+    }
+}
+
 /// What ingesting one report did.
 public struct ReportIngestion: Sendable, Hashable, CustomStringConvertible {
     /// One recipient the report changed.
@@ -83,8 +132,14 @@ extension Outbox {
     /// - Throws: ``OutboxError/Kind/invalidInput`` for a message that is not a report, a
     ///   malformed one, one whose `ENVID` is Sluice's with a wrong MAC (forged), or one about
     ///   no message of this outbox; nothing is changed then.
+    ///
+    /// - Parameter deliveredTo: The addresses the report was delivered to (its envelope
+    ///   recipients, as a server knows them); with a VERP return path (``VERP``) they name the
+    ///   recipient, authenticated, whatever the report says. Without them the report's
+    ///   `Delivered-To`, `X-Original-To` and `To` are read.
     @discardableResult
-    public func ingestReport(_ bytes: [UInt8], suppressOn: Set<BounceClass> = BounceClassifier.hardClasses,
+    public func ingestReport(_ bytes: [UInt8], deliveredTo: [String] = [],
+                             suppressOn: Set<BounceClass> = BounceClassifier.hardClasses,
                              classifier: BounceClassifier = .standard) async throws(OutboxError) -> ReportIngestion {
         let report: BounceReport
         do throws(BounceReportError) {
@@ -94,7 +149,17 @@ extension Outbox {
         }
         let now = clock.now()
         switch report {
-        case .deliveryStatus(let dsn):
+        case .deliveryStatus(var dsn):
+            if let (id, address) = try await verpRecipient(deliveredTo.isEmpty ? Self.deliveredTo(bytes) : deliveredTo) {
+                // The return path names message and recipient: the report's own ENVID and
+                // addresses give way to it (a forwarded address reports its final one).
+                dsn.originalEnvelopeID = nil
+                for index in dsn.recipients.indices {
+                    dsn.recipients[index].originalRecipient = address
+                    dsn.recipients[index].finalRecipient = address
+                }
+                return try await ingest(dsn, ids: [id], now: now, suppressOn: suppressOn, classifier: classifier)
+            }
             return try await ingest(dsn, now: now, suppressOn: suppressOn, classifier: classifier)
         case .feedback(let feedback):
             return try await ingest(feedback, now: now)
@@ -121,9 +186,49 @@ extension Outbox {
         return ids
     }
 
-    private func ingest(_ dsn: DeliveryStatusNotification, now: Date, suppressOn: Set<BounceClass>,
+    /// The VERP address among `addresses`, read: the message and the recipient's address.
+    /// - Throws: ``OutboxError/Kind/invalidInput`` for a VERP address with a wrong MAC.
+    private func verpRecipient(_ addresses: [String]) async throws(OutboxError) -> (Int64, String)? {
+        let candidates = addresses.filter { $0.contains("+") }
+        guard !candidates.isEmpty else { return nil }
+        let secret = try await store.secret()
+        for address in candidates {
+            switch VERP.read(address, secret: secret) {
+            case .notOurs: continue
+            case .forged: throw OutboxError(.invalidInput, "the return path \(address) is not one this outbox made (forged); nothing was changed")
+            case .recipient(let id, let position):
+                guard let record = try await store.message(id: id, now: clock.now()),
+                      let recipient = record.recipients.first(where: { $0.position == position }) else {
+                    throw OutboxError(.invalidInput, "the return path \(address) names no message of this outbox; nothing was changed")
+                }
+                return (id, recipient.address)
+            }
+        }
+        return nil
+    }
+
+    /// The addresses a stored report was delivered to, from the headers MTAs add.
+    static func deliveredTo(_ bytes: [UInt8]) -> [String] {
+        guard let raw = try? RawMessage(bytes) else { return [] }
+        return ["Delivered-To", "X-Original-To", "Envelope-To", "To"].flatMap(raw.headerValues).flatMap { value in
+            value.split(separator: ",").map { part in
+                let text = String(part)
+                if let open = text.lastIndex(of: "<"), let close = text.lastIndex(of: ">"), open < close {
+                    return String(text[text.index(after: open)..<close])
+                }
+                return text.trimmingCharacters(in: .whitespaces)
+            }
+        }
+    }
+
+    private func ingest(_ dsn: DeliveryStatusNotification, ids known: [Int64]? = nil, now: Date, suppressOn: Set<BounceClass>,
                         classifier: BounceClassifier) async throws(OutboxError) -> ReportIngestion {
-        let ids = try await candidates(envelopeID: dsn.originalEnvelopeID, messageID: dsn.originalMessageID)
+        let ids: [Int64]
+        if let known {
+            ids = known
+        } else {
+            ids = try await candidates(envelopeID: dsn.originalEnvelopeID, messageID: dsn.originalMessageID)
+        }
         var result = ReportIngestion(kind: "bounce")
         var records: [BounceRecord] = []
         var labels: [ReportIngestion.Bounce] = []

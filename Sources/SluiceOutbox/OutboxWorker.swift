@@ -73,6 +73,11 @@ public final class OutboxWorker: Sendable {
         public var suppressOn: Set<BounceClass> = BounceClassifier.hardClasses
         /// How long an address added for a hard bounce stays on the list; nil for good.
         public var suppressionLifetime: Duration?
+        /// A per-recipient return path (VERP), opt-in: each recipient is sent in a transaction
+        /// of its own from `LOCAL+ID-POSITION-MAC@DOMAIN`, so that a bounce names its
+        /// recipient even when the report does not. Nil sends each message from its own sender
+        /// in one transaction.
+        public var verp: VERP?
 
         /// The defaults.
         public init() {}
@@ -297,7 +302,29 @@ public final class OutboxWorker: Sendable {
             finished(message.id, .unsendable("not sent: \(error)"))
             return
         }
-        client.submit(mail) { [self] report in finished(message.id, .sent(report)) }
+        guard let verp = configuration.verp else {
+            client.submit(mail) { [self] report in finished(message.id, .sent(report)) }
+            return
+        }
+        // VERP: a transaction a recipient, each from its own return path; the message's
+        // outcome is written once every one has reported.
+        let secret = state.withLock { $0.secret }
+        let reports = Locked([DeliveryReport?](repeating: nil, count: mail.envelope.recipients.count))
+        for (index, recipient) in mail.envelope.recipients.enumerated() {
+            var single = mail
+            let position = message.recipients[index].position
+            single.envelope = Envelope(
+                from: try? EnvelopeAddress(verp.address(message: message.id, position: position, secret: secret)),
+                recipients: [recipient], parameters: mail.envelope.parameters)
+            client.submit(single) { [self] report in
+                let all = reports.withLock { reports -> [DeliveryReport]? in
+                    reports[index] = report
+                    let done = reports.compactMap { $0 }
+                    return done.count == reports.count ? done : nil
+                }
+                if let all { finished(message.id, .sentEach(all)) }
+            }
+        }
     }
 
     private func prepare(_ message: ClaimedMessage) throws -> OutgoingMail {
@@ -393,9 +420,13 @@ public final class OutboxWorker: Sendable {
 
     private func outcome(of message: ClaimedMessage, _ attempt: Attempt, now: Date) -> MessageOutcome {
         let report: DeliveryReport
+        var each: [DeliveryReport]?
         switch attempt {
         case .sent(let sent):
             report = sent
+        case .sentEach(let reports):
+            report = reports[0]
+            each = reports
         case .unsendable(let reason):
             return MessageOutcome(
                 id: message.id,
@@ -412,7 +443,10 @@ public final class OutboxWorker: Sendable {
         var anyDeferred = false
         var suppress: [Suppression] = []
         for (index, recipient) in message.recipients.enumerated() {
-            let result = index < report.recipients.count ? report.recipients[index] : nil
+            // With VERP each recipient has a report of its own, about it alone.
+            let report = each.map { index < $0.count ? $0[index] : report } ?? report
+            let resultIndex = each == nil ? index : 0
+            let result = resultIndex < report.recipients.count ? report.recipients[resultIndex] : nil
             let reply = result?.reply
             var entry = MessageOutcome.Recipient(
                 position: recipient.position, state: .deferred, code: reply?.code.rawValue,
@@ -445,7 +479,7 @@ public final class OutboxWorker: Sendable {
             if entry.state == .deferred { anyDeferred = true }
             recipients.append(entry)
         }
-        let error = report.error.map { "\($0)" }
+        let error = (each?.lazy.compactMap(\.error).first ?? report.error).map { "\($0)" }
         return MessageOutcome(id: message.id, recipients: recipients, nextAttemptAt: anyDeferred ? next : nil, error: error,
                               suppress: suppress)
     }
@@ -483,6 +517,8 @@ public final class OutboxWorker: Sendable {
         case unsendable(String)
         /// Every recipient was on the suppression list: nothing was sent.
         case notSent
+        /// Sent a recipient a transaction (VERP): each recipient's report, in order.
+        case sentEach([DeliveryReport])
     }
 }
 

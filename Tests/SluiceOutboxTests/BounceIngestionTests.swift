@@ -230,4 +230,48 @@ import Testing
         let log = String(decoding: sink.readOutputAndError(quietLimit: .seconds(1)).error, as: UTF8.self)
         #expect(log.contains("bounced gone@example.org") && log.contains("dropped: not a report Sluice reads"), "\(log)")
     }
+
+    @Test(arguments: StoreKind.allCases)
+    func withVERPEachRecipientHasItsOwnReturnPathAndABounceToItNamesTheRecipient(store kind: StoreKind) async throws {
+        let relay = try await DSNRelay()
+        guard let outbox = try await makeOutbox(kind) else { return }
+        let id = try await outbox.enqueue(outboxMessage("v", to: ["first@example.org", "second@example.org"]))
+        let client = try relayClient(port: relay.port)
+        let verp = try VERP(domain: "bounces.example.com")
+        let (_, task) = OutboxWorkerTests.start(outbox, client) {
+            $0.exitWhenIdle = true
+            $0.verp = verp
+        }
+        try await task.value
+        await client.shutdown()
+        await relay.server.shutdown()
+        let lines = relay.lines.withLock { $0 }.filter { $0.hasPrefix("MAIL") || $0.hasPrefix("RCPT") }
+        let senders = lines.filter { $0.hasPrefix("MAIL") }.compactMap { line in
+            line.split(separator: "<").dropFirst().first?.split(separator: ">").first.map(String.init)
+        }
+        #expect(senders.count == 2, "a transaction a recipient: \(lines)")
+        #expect(senders.allSatisfy { $0.hasPrefix("bounces+\(id)-") && $0.hasSuffix("@bounces.example.com") }, "\(senders)")
+        #expect(Set(senders).count == 2)
+        #expect(try await outbox.message(id)?.recipients.map(\.state) == [.delivered, .delivered])
+        let second = try #require(senders.first { $0.hasPrefix("bounces+\(id)-1-") })
+
+        // A report with no ENVID, no Message-ID, about a forwarded address: the return path
+        // it was delivered to names the recipient.
+        let report = Self.dsn(envelopeID: nil, messageID: nil, [("forwarded@elsewhere.example", "failed", "5.1.1")])
+        let result = try await outbox.ingestReport(report, deliveredTo: [second])
+        #expect(result.bounced.map(\.address) == ["second@example.org"])
+        #expect(try await outbox.message(id)?.recipients.map(\.state) == [.delivered, .bounced])
+
+        // Read from the report's own To when no envelope is known.
+        let first = try #require(senders.first { $0.hasPrefix("bounces+\(id)-0-") })
+        let addressed = Array(String(decoding: report, as: UTF8.self)
+            .replacingOccurrences(of: "To: sender@example.com", with: "To: <\(first)>").utf8)
+        #expect(try await outbox.ingestReport(addressed).bounced.map(\.address) == ["first@example.org"])
+
+        // A return path with another MAC is forged: nothing changes.
+        let forged = first.replacingOccurrences(of: "-0-", with: "-1-")
+        let refused = await #expect(throws: OutboxError.self) { try await outbox.ingestReport(report, deliveredTo: [forged]) }
+        #expect(refused?.message.contains("forged") == true)
+        #expect(try await outbox.suppressions().map(\.target) == ["first@example.org", "second@example.org"])
+    }
 }
