@@ -226,8 +226,8 @@ import Testing
         // Recorded before the 250 that smtplib has seen.
         #expect(try await outbox.message(id)?.recipients.map(\.state) == [.bounced])
         #expect(try await outbox.suppression(for: "gone@example.org") != nil)
-        #expect(sink.stop() == 0)
-        let log = String(decoding: sink.readOutputAndError(quietLimit: .seconds(1)).error, as: UTF8.self)
+        #expect(await sink.stopped() == 0)
+        let log = String(decoding: await sink.outputAndError(quietLimit: .seconds(1)).error, as: UTF8.self)
         #expect(log.contains("bounced gone@example.org") && log.contains("dropped: not a report Sluice reads"), "\(log)")
     }
 

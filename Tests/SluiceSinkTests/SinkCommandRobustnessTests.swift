@@ -68,7 +68,7 @@ struct SinkCommandRobustnessTests {
         await sending.collector.waitForClose()
         #expect(Array(sending.codes.suffix(2)) == [250, 421], "its 250 came, then the close: \(sending.replies)")
         #expect(await sink.exitStatus() == 0)
-        let summary = String(decoding: sink.readOutputAndError(quietLimit: .seconds(1)).error, as: UTF8.self)
+        let summary = String(decoding: await sink.outputAndError(quietLimit: .seconds(1)).error, as: UTF8.self)
         #expect(summary.contains("messages 1"), "\(summary)")
         await group.shutdown()
     }
@@ -105,8 +105,8 @@ struct SinkCommandRobustnessTests {
                 return try await RawSession.open(to: address, on: group.loops[0])
             } catch {
                 let running = sink.isRunning
-                sink.stop(grace: .seconds(5))
-                let log = String(decoding: sink.readOutputAndError(quietLimit: .seconds(1)).error, as: UTF8.self)
+                await sink.stopped(grace: .seconds(5))
+                let log = String(decoding: await sink.outputAndError(quietLimit: .seconds(1)).error, as: UTF8.self)
                 Issue.record("\(what): \(error); the sink \(running ? "ran" : "had exited"): \(log.suffix(3000))")
                 throw error
             }
@@ -131,8 +131,8 @@ struct SinkCommandRobustnessTests {
         let lateReplies = await late.replies(atLeast: 2)
         if lateReplies.map(\.code.rawValue) != [220, 250] {
             let running = sink.isRunning
-            sink.stop(grace: .seconds(5))
-            let log = String(decoding: sink.readOutputAndError(quietLimit: .seconds(1)).error, as: UTF8.self)
+            await sink.stopped(grace: .seconds(5))
+            let log = String(decoding: await sink.outputAndError(quietLimit: .seconds(1)).error, as: UTF8.self)
             Issue.record("a client after the flood got \(lateReplies); the sink \(running ? "ran" : "had exited"): \(log.suffix(2000))")
         }
         await late.connection.close()
@@ -147,8 +147,8 @@ struct SinkCommandRobustnessTests {
         }
         #expect(pauses > 0, "the pauses are counted in the statistics")
         await group.shutdown()
-        sink.stop(grace: .seconds(5))
-        let log = String(decoding: sink.readOutputAndError(quietLimit: .seconds(1)).error, as: UTF8.self)
+        await sink.stopped(grace: .seconds(5))
+        let log = String(decoding: await sink.outputAndError(quietLimit: .seconds(1)).error, as: UTF8.self)
         let warnings = log.split(separator: "\n").filter { $0.contains("accepting paused") || $0.contains("accept failed") }
         #expect(!warnings.isEmpty && warnings.count <= 3, "logged once per interval, not per failed accept: \(warnings.count) lines")
     }

@@ -125,8 +125,8 @@ struct SinkCommandTests {
         let deadline = ContinuousClock.now + .seconds(10)
         while process.isRunning, ContinuousClock.now < deadline { try await Task.sleep(for: .milliseconds(20)) }
         #expect(!process.isRunning, "it exits after --exit-after messages")
-        #expect(process.stop() == 0)
-        let summary = String(decoding: process.readOutputAndError(quietLimit: .seconds(1)).error, as: UTF8.self)
+        #expect(await process.stopped() == 0)
+        let summary = String(decoding: await process.outputAndError(quietLimit: .seconds(1)).error, as: UTF8.self)
         #expect(summary.contains("messages 2"), "\(summary)")
     }
 

@@ -200,6 +200,19 @@ public final class ChildProcess: @unchecked Sendable {
         await offThread { self.waitUntilExit() }
     }
 
+    /// ``stop(grace:)`` waited for on a thread of its own: from an async test, since the
+    /// concurrency pool has two threads here and a test blocking one starves every timer test
+    /// running beside it.
+    @discardableResult
+    public func stopped(grace: Duration = .milliseconds(500)) async -> Int32 {
+        await offThread { self.stop(grace: grace) }
+    }
+
+    /// ``readOutputAndError(quietLimit:)`` waited for on a thread of its own (see ``stopped(grace:)``).
+    public func outputAndError(quietLimit: Duration? = nil) async -> (output: [UInt8], error: [UInt8]) {
+        await offThread { self.readOutputAndError(quietLimit: quietLimit) }
+    }
+
     /// Sends SIGTERM, then SIGKILL if the child is still there after `grace`, and reaps it.
     @discardableResult
     public func stop(grace: Duration = .milliseconds(500)) -> Int32 {
