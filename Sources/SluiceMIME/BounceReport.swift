@@ -105,6 +105,17 @@ public struct DeliveryStatusNotification: Sendable, Hashable {
 
         /// The address to act on: the original one when the report has it, else the final one.
         public var address: String { originalRecipient ?? finalRecipient }
+
+        /// A recipient's status, as a report gives it.
+        public init(originalRecipient: String?, finalRecipient: String, action: Action, status: EnhancedStatusCode,
+                    remoteMTA: String?, diagnosticCode: String?) {
+            self.originalRecipient = originalRecipient
+            self.finalRecipient = finalRecipient
+            self.action = action
+            self.status = status
+            self.remoteMTA = remoteMTA
+            self.diagnosticCode = diagnosticCode
+        }
     }
 
     /// `Original-Envelope-Id`: the `ENVID` the message was sent with, if the report has it.

@@ -108,6 +108,68 @@ struct BounceReportTests {
 
         """
 
+    /// RFC 3464 §10.1, "a simple DSN": sendmail reporting a delay that became a failure (its
+    /// lines as the RFC gives them, LF line ends, the returned message's headers added).
+    static let rfc3464Simple = """
+        Date: Thu, 7 Jul 1994 17:16:05 -0400
+        From: Mail Delivery Subsystem <MAILER-DAEMON@CS.UTK.EDU>
+        Message-Id: <199407072116.RAA14128@CS.UTK.EDU>
+        Subject: Returned mail: Cannot send message for 5 days
+        To: <owner-info-mime@cs.utk.edu>
+        MIME-Version: 1.0
+        Content-Type: multipart/report; report-type=delivery-status;
+            boundary="RAA14128.773615765/CS.UTK.EDU"
+
+        --RAA14128.773615765/CS.UTK.EDU
+
+        The original message was received at Sat, 2 Jul 1994 17:10:28 -0400
+        from root@localhost
+
+            ----- The following addresses had delivery problems -----
+        <louisl@larry.slip.umd.edu>  (unrecoverable error)
+
+        --RAA14128.773615765/CS.UTK.EDU
+        content-type: message/delivery-status
+
+        Reporting-MTA: dns; cs.utk.edu
+
+        Original-Recipient: rfc822;louisl@larry.slip.umd.edu
+        Final-Recipient: rfc822;louisl@larry.slip.umd.edu
+        Action: failed
+        Status: 4.0.0
+        Diagnostic-Code: smtp; 426 connection timed out
+        Last-Attempt-Date: Thu, 7 Jul 1994 17:15:49 -0400
+
+        --RAA14128.773615765/CS.UTK.EDU
+        content-type: message/rfc822
+
+        From: owner-info-mime@cs.utk.edu
+        To: louisl@larry.slip.umd.edu
+        Message-ID: <199407021710.RAA00001@cs.utk.edu>
+        Subject: info-mime
+
+        [original message goes here]
+
+        --RAA14128.773615765/CS.UTK.EDU--
+
+        """
+
+    @Test func rfc3464sSimpleExampleIsRead() throws {
+        guard case .deliveryStatus(let dsn) = try BounceReport(parsing: Array(Self.rfc3464Simple.utf8)) else {
+            Issue.record("not read as a delivery status notification")
+            return
+        }
+        #expect(dsn.reportingMTA == "cs.utk.edu")
+        #expect(dsn.originalEnvelopeID == nil)
+        #expect(dsn.originalMessageID == "<199407021710.RAA00001@cs.utk.edu>")
+        #expect(dsn.recipients == [DeliveryStatusNotification.Recipient(
+            originalRecipient: "louisl@larry.slip.umd.edu", finalRecipient: "louisl@larry.slip.umd.edu", action: .failed,
+            status: EnhancedStatusCode("4.0.0")!, remoteMTA: nil, diagnosticCode: "426 connection timed out")])
+        // A delay that became a failure: its class says so, and it is not a hard bounce.
+        #expect(BounceClassifier.standard.classify(code: 426, enhancedCode: EnhancedStatusCode("4.0.0"),
+                                                   text: "426 connection timed out") == .connection)
+    }
+
     @Test func aDeliveryStatusNotificationIsReadRecipientByRecipient() throws {
         guard case .deliveryStatus(let dsn) = try BounceReport(parsing: Array(Self.dsn.utf8)) else {
             Issue.record("not read as a delivery status notification")

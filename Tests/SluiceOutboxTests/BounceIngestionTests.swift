@@ -274,4 +274,34 @@ import Testing
         #expect(refused?.message.contains("forged") == true)
         #expect(try await outbox.suppressions().map(\.target) == ["first@example.org", "second@example.org"])
     }
+
+    @Test func bouncesIngestReadsAnMboxAndSaysWhatItRefused() async throws {
+        let relay = try await DSNRelay()
+        let (outbox, path) = try await makeSQLiteOutbox()
+        let id = try await outbox.enqueue(outboxMessage("m", to: ["gone@example.org"]))
+        let client = try relayClient(port: relay.port)
+        let (_, task) = OutboxWorkerTests.start(outbox, client) { $0.exitWhenIdle = true }
+        try await task.value
+        await client.shutdown()
+        await relay.server.shutdown()
+        let mail = try #require(relay.lines.withLock { $0 }.first { $0.hasPrefix("MAIL FROM:") })
+        let envelopeID = String(try #require(mail.split(separator: " ").first { $0.hasPrefix("ENVID=") }).dropFirst(6))
+        let directory = try OutboxCommandTests.temporaryDirectory()
+        let report = String(decoding: Self.dsn(envelopeID: envelopeID, messageID: nil, [("gone@example.org", "failed", "5.1.1")]),
+                            as: UTF8.self).replacingOccurrences(of: "Your message", with: ">From the start of a line, your message")
+        let mbox = "From MAILER-DAEMON Sat Dec  5 08:00:00 2026\n" + report.replacingOccurrences(of: "\r\n", with: "\n")
+            + "\nFrom someone@example.org Sat Dec  5 08:01:00 2026\nFrom: someone@example.org\nSubject: away\n\nAway.\n"
+        try mbox.write(toFile: "\(directory)/bounces.mbox", atomically: true, encoding: .utf8)
+        guard let run = try await OutboxCommandTests.sluice(["bounces", "ingest", "--mbox", "\(directory)/bounces.mbox",
+                                                            "--outbox", "sqlite:\(path)"]) else { return }
+        #expect(run.status == 65, "one of the two is no report: \(run.output) \(run.error)")
+        let lines = run.output.split(separator: "\n")
+        #expect(lines.count == 2)
+        #expect(lines.first?.hasPrefix("\(directory)/bounces.mbox#1: bounced gone@example.org (message \(id), 5.1.1, invalid-recipient, suppressed)") == true,
+                "\(run.output)")
+        #expect(lines.last?.contains("#2: refused: not a report Sluice reads") == true, "\(run.output)")
+        #expect(try await outbox.message(id)?.recipients.map(\.state) == [.bounced])
+        let none = try #require(try await OutboxCommandTests.sluice(["bounces", "ingest", "--outbox", "sqlite:\(path)"]))
+        #expect(none.status == 64 && none.error.contains("give --maildir DIR, --mbox FILE or message files"))
+    }
 }

@@ -238,6 +238,7 @@ extension BounceClassifier {
             (.routing, nil, nil,
              #"relay(ing)? (access )?(denied|not permitted|prohibited)|unable to relay|not permitted to relay|relay not allowed|no route|routing loop|mail loop|too many hops"#),
             (.tls, nil, nil, #"starttls|\btls\b|\bssl\b|encryption (required|needed)|certificate"#),
+            (.connection, nil, nil, #"timed out|connection (refused|reset|lost|closed)|no answer from host"#),
             (.policy, nil, nil,
              #"block ?list|black ?list|blocked using|listed (at|on|in|by)|spamhaus|barracuda|\brbl\b|dnsbl|reputation|banned|poor sender"#),
             (.content, nil, nil,
