@@ -115,6 +115,21 @@ import Testing
         return (outbox, id, String(envelopeID), lines.filter { $0.hasPrefix("RCPT TO:") })
     }
 
+    /// ``sent(_:to:)`` from an SQLite outbox whose path a command can be given.
+    static func sentFromSQLite(to recipients: [String]) async throws -> (Outbox, String, Int64, String) {
+        let relay = try await DSNRelay()
+        let (outbox, path) = try await makeSQLiteOutbox()
+        let id = try await outbox.enqueue(outboxMessage("s", to: recipients))
+        let client = try relayClient(port: relay.port)
+        let (_, task) = OutboxWorkerTests.start(outbox, client) { $0.exitWhenIdle = true }
+        try await task.value
+        await client.shutdown()
+        await relay.server.shutdown()
+        let mail = try #require(relay.lines.withLock { $0 }.first { $0.hasPrefix("MAIL FROM:") })
+        let envelopeID = String(try #require(mail.split(separator: " ").first { $0.hasPrefix("ENVID=") }).dropFirst(6))
+        return (outbox, path, id, envelopeID)
+    }
+
     @Test(arguments: StoreKind.allCases)
     func aBounceIsMatchedByTheWorkersENVIDAndRecordedOnItsRecipient(store kind: StoreKind) async throws {
         guard let (outbox, id, envelopeID, rcpts) = try await Self.sent(kind, to: ["gone@example.org", "ok@example.org"]) else { return }
@@ -196,16 +211,7 @@ import Testing
     @Test(.needsPeers(executables: ["python3"]))
     func theSinkReceivesBouncesIntoTheOutbox() async throws {
         guard let sluice = sluiceCommand(), let python = requirePeer("python3", install: "apt-get install python3") else { return }
-        let relay = try await DSNRelay()
-        let (outbox, path) = try await makeSQLiteOutbox()
-        let id = try await outbox.enqueue(outboxMessage("s", to: ["gone@example.org"]))
-        let client = try relayClient(port: relay.port)
-        let (_, task) = OutboxWorkerTests.start(outbox, client) { $0.exitWhenIdle = true }
-        try await task.value
-        await client.shutdown()
-        await relay.server.shutdown()
-        let mail = try #require(relay.lines.withLock { $0 }.first { $0.hasPrefix("MAIL FROM:") })
-        let envelopeID = String(try #require(mail.split(separator: " ").first { $0.hasPrefix("ENVID=") }).dropFirst(6))
+        let (outbox, path, id, envelopeID) = try await Self.sentFromSQLite(to: ["gone@example.org"])
 
         let sink = try ChildProcess(sluice, ["sink", "--listen", "127.0.0.1:0", "--bounces", "--outbox", "sqlite:\(path)"])
         defer { sink.stop() }
@@ -276,16 +282,7 @@ import Testing
     }
 
     @Test func bouncesIngestReadsAnMboxAndSaysWhatItRefused() async throws {
-        let relay = try await DSNRelay()
-        let (outbox, path) = try await makeSQLiteOutbox()
-        let id = try await outbox.enqueue(outboxMessage("m", to: ["gone@example.org"]))
-        let client = try relayClient(port: relay.port)
-        let (_, task) = OutboxWorkerTests.start(outbox, client) { $0.exitWhenIdle = true }
-        try await task.value
-        await client.shutdown()
-        await relay.server.shutdown()
-        let mail = try #require(relay.lines.withLock { $0 }.first { $0.hasPrefix("MAIL FROM:") })
-        let envelopeID = String(try #require(mail.split(separator: " ").first { $0.hasPrefix("ENVID=") }).dropFirst(6))
+        let (outbox, path, id, envelopeID) = try await Self.sentFromSQLite(to: ["gone@example.org"])
         let directory = try OutboxCommandTests.temporaryDirectory()
         let report = String(decoding: Self.dsn(envelopeID: envelopeID, messageID: nil, [("gone@example.org", "failed", "5.1.1")]),
                             as: UTF8.self).replacingOccurrences(of: "Your message", with: ">From the start of a line, your message")
