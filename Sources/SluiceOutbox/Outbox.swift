@@ -95,6 +95,9 @@ public final class Outbox: Sendable {
                 let which = messages.count > 1 ? "message \(index + 1): " : ""
                 throw OutboxError(error.kind, "\(which)\(error.message); nothing was enqueued")
             }
+            // A large batch takes seconds to check: let the pool's other tasks run meanwhile
+            // (it has a thread a core, and a caller's server shares them).
+            if index % 256 == 255 { await Task.yield() }
         }
         let now = clock.now()
         try await markSuppressed(&prepared, now: now)
