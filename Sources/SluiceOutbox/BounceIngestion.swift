@@ -28,8 +28,7 @@ enum EnvelopeToken {
     }
 
     private static func mac(_ id: Int64, _ secret: [UInt8]) -> String {
-        Digest.hmac(.sha256, key: secret, data: Array("sluice.\(id)".utf8)).prefix(10)
-            .map { String($0, radix: 16).leftPadded(to: 2) }.joined()
+        hex(Digest.hmac(.sha256, key: secret, data: Array("sluice.\(id)".utf8)).prefix(10))
     }
 }
 
@@ -77,8 +76,7 @@ public struct VERP: Sendable, Hashable {
     }
 
     private static func mac(_ id: Int64, _ position: Int, _ secret: [UInt8]) -> String {
-        Digest.hmac(.sha256, key: secret, data: Array("verp.\(id).\(position)".utf8)).prefix(8)
-            .map { String($0, radix: 16).leftPadded(to: 2) }.joined()
+        hex(Digest.hmac(.sha256, key: secret, data: Array("verp.\(id).\(position)".utf8)).prefix(8))
     }
 }
 
@@ -312,8 +310,14 @@ extension Outbox {
     }
 }
 
-extension String {
-    fileprivate func leftPadded(to width: Int) -> String {
-        count >= width ? self : String(repeating: "0", count: width - count) + self
+/// Lower-case hexadecimal, two digits a byte (a worker makes one for every message it sends).
+private func hex(_ bytes: some Collection<UInt8>) -> String {
+    let digits = Array("0123456789abcdef".utf8)
+    var text: [UInt8] = []
+    text.reserveCapacity(bytes.count * 2)
+    for byte in bytes {
+        text.append(digits[Int(byte >> 4)])
+        text.append(digits[Int(byte & 15)])
     }
+    return String(decoding: text, as: UTF8.self)
 }

@@ -107,16 +107,10 @@ public final class Outbox: Sendable {
     /// Marks the recipients on the suppression list, so that they are recorded as suppressed
     /// and never sent. (A worker checks again when it claims the message.)
     private func markSuppressed(_ prepared: inout [PreparedMessage], now: Date) async throws(OutboxError) {
-        var targets: [String] = []
-        for message in prepared {
-            for recipient in message.message.recipients { targets += Suppression.targets(of: recipient) }
-        }
-        let active = try await store.activeSuppressions(among: targets, now: now)
+        let active = try await store.activeSuppressions(forAddresses: prepared.flatMap(\.message.recipients), now: now)
         guard !active.isEmpty else { return }
-        let suppressed = Set(active.map(\.target))
         for index in prepared.indices {
-            for (position, recipient) in prepared[index].message.recipients.enumerated()
-            where Suppression.targets(of: recipient).contains(where: suppressed.contains) {
+            for (position, recipient) in prepared[index].message.recipients.enumerated() where active[recipient] != nil {
                 prepared[index].suppressed.insert(position)
             }
         }
@@ -225,9 +219,8 @@ public final class Outbox: Sendable {
 
     /// The entry that stops mail to `address` now (its own, else its domain's); nil when none.
     public func suppression(for address: String) async throws(OutboxError) -> Suppression? {
-        let targets = Suppression.targets(of: address)
-        let active = try await store.activeSuppressions(among: targets, now: clock.now())
-        return targets.lazy.compactMap { target in active.first { $0.target == target } }.first
+        let normalized = (try? Suppression.normalized(address)) ?? address
+        return try await store.activeSuppressions(forAddresses: [normalized], now: clock.now())[normalized]
     }
 
     /// Adds the entries of a CSV file (``SuppressionCSV``) in one transaction: every line is

@@ -80,8 +80,10 @@ public protocol OutboxStore: Sendable {
     /// included.
     func suppressions(after: String?, limit: Int) async throws(OutboxError) -> [Suppression]
 
-    /// The entries in force at `now` among `targets` (normalized addresses and domains).
-    func activeSuppressions(among targets: [String], now: Date) async throws(OutboxError) -> [Suppression]
+    /// For each of `addresses` (envelope addresses) on the list at `now`, the entry that
+    /// stops it: its own, else its domain's. Cheap when the list is empty: no address is
+    /// looked at.
+    func activeSuppressions(forAddresses addresses: [String], now: Date) async throws(OutboxError) -> [String: Suppression]
 
     /// The outbox's own secret, made when the schema was: it authenticates the `ENVID` of every
     /// message sent, so that a report naming one can be trusted.

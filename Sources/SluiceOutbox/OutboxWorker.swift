@@ -275,16 +275,14 @@ public final class OutboxWorker: Sendable {
     private func withoutSuppressed(_ claimed: [ClaimedMessage], now: Date) async throws(OutboxError)
         -> [(ClaimedMessage, [(position: Int, entry: Suppression)])]
     {
-        let targets = claimed.flatMap { $0.recipients.flatMap { Suppression.targets(of: $0.address) } }
-        let active = try await outbox.store.activeSuppressions(among: targets, now: now)
+        let active = try await outbox.store.activeSuppressions(
+            forAddresses: claimed.flatMap { $0.recipients.map(\.address) }, now: now)
         guard !active.isEmpty else { return claimed.map { ($0, []) } }
-        let byTarget = Dictionary(active.map { ($0.target, $0) }) { first, _ in first }
         return claimed.map { message in
             var kept = message
             var suppressed: [(position: Int, entry: Suppression)] = []
             kept.recipients = message.recipients.filter { recipient in
-                guard let entry = Suppression.targets(of: recipient.address).lazy.compactMap({ byTarget[$0] }).first
-                else { return true }
+                guard let entry = active[recipient.address] else { return true }
                 suppressed.append((recipient.position, entry))
                 return false
             }

@@ -120,14 +120,21 @@ public struct RecipientParameters: Hashable, Sendable {
 
 /// xtext (RFC 3461 §4): printable ASCII except `+` and `=` as is, everything else `+HH`.
 enum XText {
+    /// Appends `text` xtext-encoded (RFC 3461 §4). A worker writes one or more for every
+    /// message (ENVID, each ORCPT): no allocation.
     static func encode(_ text: String, into bytes: inout [UInt8]) {
-        let hex = Array("0123456789ABCDEF".utf8)
         for byte in text.utf8 {
             if (33...126).contains(byte), byte != UInt8(ascii: "+"), byte != UInt8(ascii: "=") {
                 bytes.append(byte)
             } else {
-                bytes.append(contentsOf: [UInt8(ascii: "+"), hex[Int(byte >> 4)], hex[Int(byte & 0xF)]])
+                bytes.append(UInt8(ascii: "+"))
+                bytes.append(hexDigit(byte >> 4))
+                bytes.append(hexDigit(byte & 0xF))
             }
         }
+    }
+
+    private static func hexDigit(_ value: UInt8) -> UInt8 {
+        value < 10 ? UInt8(ascii: "0") + value : UInt8(ascii: "A") + value - 10
     }
 }

@@ -473,13 +473,26 @@ public final class PostgresStore: OutboxStore {
         return Self.suppressions(results[0].rows)
     }
 
-    public func activeSuppressions(among targets: [String], now: Date) async throws(OutboxError) -> [Suppression] {
-        guard !targets.isEmpty else { return [] }
+    public func activeSuppressions(forAddresses addresses: [String], now: Date) async throws(OutboxError)
+        -> [String: Suppression]
+    {
+        guard !addresses.isEmpty else { return [:] }
+        // Each address against its own entry and its domain's, in SQL: an empty list costs a
+        // probe of an empty index, whatever the batch.
         let results = try await run([.init("""
-            SELECT \(Self.suppressionColumns) FROM sluice_suppressions
-            WHERE target = ANY ($1::text[]) AND (expires_at IS NULL OR expires_at > sluice_at($2::bigint))
-            """, [.text(pgArray(Array(Set(targets)))), .text(String(now.milliseconds))])])
-        return Self.suppressions(results[0].rows)
+            SELECT DISTINCT ON (a.address) a.address, \(Self.suppressionColumns)
+            FROM unnest($1::text[]) AS a(address)
+            JOIN sluice_suppressions s
+                ON s.target IN (sluice_lower_ascii(a.address), sluice_lower_ascii(substring(a.address FROM '@([^@]*)$')))
+                AND (s.expires_at IS NULL OR s.expires_at > sluice_at($2::bigint))
+            ORDER BY a.address, (s.target = sluice_lower_ascii(a.address)) DESC
+            """, [.text(pgArray(addresses)), .text(String(now.milliseconds))])])
+        var found: [String: Suppression] = [:]
+        for row in results[0].rows {
+            guard let address = row[0], let entry = Self.suppressions([Array(row.dropFirst())]).first else { continue }
+            found[address] = entry
+        }
+        return found
     }
 
     private static func suppressions(_ rows: [[String?]]) -> [Suppression] {

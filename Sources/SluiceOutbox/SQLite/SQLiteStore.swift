@@ -438,21 +438,28 @@ public final class SQLiteStore: OutboxStore {
         }
     }
 
-    public func activeSuppressions(among targets: [String], now: Date) async throws(OutboxError) -> [Suppression] {
-        guard !targets.isEmpty else { return [] }
+    public func activeSuppressions(forAddresses addresses: [String], now: Date) async throws(OutboxError)
+        -> [String: Suppression]
+    {
+        guard !addresses.isEmpty else { return [:] }
         let now = now.milliseconds
         return try await thread.run { (database) throws(OutboxError) in
             try Self.check(database)
             // Most outboxes have an empty list or a short one: no look-up per recipient then.
-            guard try database.statement("SELECT 1 FROM sluice_suppressions LIMIT 1").step() else { return [] }
-            var found: [Suppression] = []
-            for target in Set(targets) {
-                let rows = try database.statement("""
-                    SELECT target, reason, detail, created_at, expires_at FROM sluice_suppressions
-                    WHERE target = ?1 AND (expires_at IS NULL OR expires_at > ?2)
-                    """)
-                rows.bind(1, target).bind(2, now)
-                found += try Self.suppressions(from: rows)
+            guard try database.statement("SELECT 1 FROM sluice_suppressions LIMIT 1").step() else { return [:] }
+            var found: [String: Suppression] = [:]
+            for address in addresses where found[address] == nil {
+                for target in Suppression.targets(of: address) {
+                    let rows = try database.statement("""
+                        SELECT target, reason, detail, created_at, expires_at FROM sluice_suppressions
+                        WHERE target = ?1 AND (expires_at IS NULL OR expires_at > ?2)
+                        """)
+                    rows.bind(1, target).bind(2, now)
+                    if let entry = try Self.suppressions(from: rows).first {
+                        found[address] = entry
+                        break
+                    }
+                }
             }
             return found
         }
