@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# Compares sluice builds on the outbox in turn, in one run (this machine drifts between runs):
+# for each round and each binary, `outbox enqueue` of N 1 KB messages into a fresh SQLite
+# outbox, then `worker --exit-when-idle` draining it into one `sluice sink` (the first
+# binary's). Prints each run's rates and the CPU of the enqueue, the worker and the sink.
+#
+#   scripts/outbox-compare.sh MESSAGES ROUNDS OLD_SLUICE NEW_SLUICE [MORE…]
+set -euo pipefail
+messages=$1 rounds=$2
+shift 2
+work="$(mktemp -d /tmp/sluice-outbox-compare.XXXXXX)"
+sinkpid=""
+cleanup() { [ -n "$sinkpid" ] && kill "$sinkpid" 2>/dev/null; rm -rf "$work"; }
+trap cleanup EXIT
+
+python3 - "$messages" >"$work/input.jsonl" <<'PY'
+import json, sys
+body = "From: a@example.com\r\nTo: r{0}@example.org\r\nSubject: bench\r\nMessage-ID: <{0}@bench.example>\r\n\r\n" \
+    + ("x" * 70 + "\r\n") * 12
+for i in range(int(sys.argv[1])):
+    print(json.dumps({"from": "a@example.com", "to": ["r%d@example.org" % i], "raw": body.format(i)}))
+PY
+
+"$1" sink --listen 127.0.0.1:0 --loops 1 >"$work/sink.out" 2>/dev/null &
+sinkpid=$!
+for _ in $(seq 50); do grep -q "listening on" "$work/sink.out" 2>/dev/null && break; sleep 0.1; done
+port="$(sed -n 's/^listening on .*:\([0-9]*\)$/\1/p' "$work/sink.out" | head -1)"
+ticks() { awk '{print $14 + $15}' "/proc/$sinkpid/stat"; }
+
+for round in $(seq "$rounds"); do
+    for index in $(seq $#); do
+        sluice="${!index}"
+        db="$work/outbox-$round-$index.db"
+        "$sluice" outbox init --outbox "sqlite:$db" >/dev/null
+        /usr/bin/time -f "%e %U %S" -o "$work/enqueue" "$sluice" outbox enqueue --outbox "sqlite:$db" <"$work/input.jsonl" >/dev/null
+        before=$(ticks)
+        /usr/bin/time -f "%e %U %S" -o "$work/drain" "$sluice" worker --outbox "sqlite:$db" --server "127.0.0.1:$port" \
+            --security none --exit-when-idle >/dev/null 2>&1
+        after=$(ticks)
+        read -r e1 u1 s1 <"$work/enqueue"
+        read -r e2 u2 s2 <"$work/drain"
+        python3 -c "print('%-40s enqueue %6.0f msg/s, %.2f s CPU; drain %6.0f msg/s, worker %.2f+%.2f s, sink %.2f s' % (
+            '$sluice'[-40:], $messages / $e1, $u1 + $s1, $messages / $e2, $u2, $s2, ($after - $before) / $(getconf CLK_TCK)))"
+    done
+done
