@@ -7,7 +7,9 @@ public import Testing
 /// is a failure. Each list of modules is checked once per run.
 public func peerPython(importing modules: [String]) async -> String? {
     let python = packageRoot() + "/.build/peers-venv/bin/python"
-    let key = modules.joined(separator: ", ")
+    // No modules: the interpreter alone ("import " with nothing after it is a syntax error,
+    // which read as a missing peer).
+    let key = modules.isEmpty ? "sys" : modules.joined(separator: ", ")
     let known = importable.withLock { $0[key] }
     let available: Bool
     if let known {

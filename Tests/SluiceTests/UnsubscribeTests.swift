@@ -39,9 +39,9 @@ struct UnsubscribeTests {
         #expect(long.allSatisfy { $0.utf8.count <= 998 })
     }
 
-    @Test(.needsPeers(python: []))
+    @Test(.needsPeers(python: ["email"]))
     func pythonsEmailPackageReadsBothFields() async throws {
-        guard let python = await peerPython(importing: []) else { return }
+        guard let python = await peerPython(importing: ["email"]) else { return }
         let raw = try Self.message(url: Self.longURL).encoded()
         let path = FileManager.default.temporaryDirectory.appendingPathComponent("unsub-\(UUID().uuidString).eml").path
         try Data(raw.bytes).write(to: URL(fileURLWithPath: path))
