@@ -88,8 +88,9 @@ public struct ReportIngestion: Sendable, Hashable, CustomStringConvertible {
         public var messageID: Int64
         /// The recipient.
         public var address: String
-        /// The reported status, and the class it gives.
+        /// The reported status (RFC 3463).
         public var status: String
+        /// The class the status and the diagnostic give.
         public var bounceClass: BounceClass
         /// Whether the address joined the suppression list.
         public var suppressed: Bool

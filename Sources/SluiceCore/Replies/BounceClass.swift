@@ -132,11 +132,17 @@ public struct BounceRuleError: Error, Sendable, Hashable, CustomStringConvertibl
 /// ```
 public struct BounceClassifier: Sendable {
     /// The rules, in the order they are tried.
-    public let rules: [BounceRule]
+    public var rules: [BounceRule] { includesStandard ? ownRules + Self.standardRules : ownRules }
+
+    private let ownRules: [BounceRule]
+    /// The standard rules are compiled the first time a reply is classified, not when a
+    /// classifier (or a client's configuration, which holds one) is made.
+    private let includesStandard: Bool
 
     /// A classifier that tries `rules`, then (unless `standard` is false) the standard ones.
     public init(rules: [BounceRule], standard: Bool = true) {
-        self.rules = standard ? rules + Self.standardRules : rules
+        ownRules = rules
+        includesStandard = standard
     }
 
     /// Reads rules, one a line, in front of the standard ones: a class, a reply code pattern,
@@ -196,8 +202,13 @@ public struct BounceClassifier: Sendable {
 
     /// The class of a reply given by its parts.
     public func classify(code: Int, enhancedCode: EnhancedStatusCode?, text: String) -> BounceClass {
-        for rule in rules where rule.matches(code: code, enhancedCode: enhancedCode, text: text) {
+        for rule in ownRules where rule.matches(code: code, enhancedCode: enhancedCode, text: text) {
             return rule.bounceClass
+        }
+        if includesStandard {
+            for rule in Self.standardRules where rule.matches(code: code, enhancedCode: enhancedCode, text: text) {
+                return rule.bounceClass
+            }
         }
         return .other
     }
