@@ -232,7 +232,7 @@ import Testing
         // Recorded before the 250 that smtplib has seen.
         #expect(try await outbox.message(id)?.recipients.map(\.state) == [.bounced])
         #expect(try await outbox.suppression(for: "gone@example.org") != nil)
-        #expect(await sink.stopped() == 0)
+        #expect(await sink.stopped(grace: scaled(.seconds(10))) == 0, "it drains and exits on SIGTERM")
         let log = String(decoding: await sink.outputAndError(quietLimit: .seconds(1)).error, as: UTF8.self)
         #expect(log.contains("bounced gone@example.org") && log.contains("dropped: not a report Sluice reads"), "\(log)")
     }
