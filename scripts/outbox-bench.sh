@@ -21,13 +21,7 @@ cleanup() {
 }
 trap cleanup EXIT
 
-python3 - "$messages" >"$work/input.jsonl" <<'EOF'
-import json, sys
-body = "From: a@example.com\r\nTo: r{0}@example.org\r\nSubject: bench\r\nMessage-ID: <{0}@bench.example>\r\n\r\n" \
-    + ("x" * 70 + "\r\n") * 12
-for i in range(int(sys.argv[1])):
-    print(json.dumps({"from": "a@example.com", "to": ["r%d@example.org" % i], "raw": body.format(i)}))
-EOF
+python3 scripts/outbox-messages.py "$messages" >"$work/input.jsonl"
 
 "$sluice" sink --listen 127.0.0.1:0 --loops 1 >"$work/sink.out" &
 pids+=($!)

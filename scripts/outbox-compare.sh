@@ -13,13 +13,7 @@ sinkpid=""
 cleanup() { [ -n "$sinkpid" ] && kill "$sinkpid" 2>/dev/null; rm -rf "$work"; }
 trap cleanup EXIT
 
-python3 - "$messages" >"$work/input.jsonl" <<'PY'
-import json, sys
-body = "From: a@example.com\r\nTo: r{0}@example.org\r\nSubject: bench\r\nMessage-ID: <{0}@bench.example>\r\n\r\n" \
-    + ("x" * 70 + "\r\n") * 12
-for i in range(int(sys.argv[1])):
-    print(json.dumps({"from": "a@example.com", "to": ["r%d@example.org" % i], "raw": body.format(i)}))
-PY
+python3 "$(dirname "$0")/outbox-messages.py" "$messages" >"$work/input.jsonl"
 
 "$1" sink --listen 127.0.0.1:0 --loops 1 >"$work/sink.out" 2>/dev/null &
 sinkpid=$!

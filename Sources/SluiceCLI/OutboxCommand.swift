@@ -332,7 +332,21 @@ struct OutboxOptions: ParsableArguments {
             help: "The outbox: sqlite:PATH or postgresql://… (default: $SLUICE_OUTBOX, else sqlite:sluice-outbox.db).")
     var explicitURL: String?
 
-    var url: String { explicitURL ?? ProcessInfo.processInfo.environment["SLUICE_OUTBOX"] ?? Outbox.defaultURL }
+    var url: String { Self.url(explicitURL) }
+
+    /// `explicit`, else `$SLUICE_OUTBOX`, else the default SQLite file.
+    static func url(_ explicit: String?) -> String {
+        explicit ?? ProcessInfo.processInfo.environment["SLUICE_OUTBOX"] ?? Outbox.defaultURL
+    }
+
+    /// Opens the outbox at `url`, refusing a URL that holds a password.
+    static func open(_ url: String, maximumMessageSize: Int = 10_240_000) async throws(OutboxError) -> Outbox {
+        if Outbox.urlHoldsPassword(url) {
+            throw OutboxError(.invalidURL, "the outbox URL holds a password, which any user can read in the process list; "
+                              + "put it in PGPASSWORD or a ~/.pgpass file instead")
+        }
+        return try await Outbox.open(url, maximumMessageSize: maximumMessageSize)
+    }
 
     /// Opens the outbox, runs `body`, closes it; an outbox error ends the command with one line
     /// on stderr and its exit status.
@@ -340,11 +354,7 @@ struct OutboxOptions: ParsableArguments {
               _ body: (Outbox) async throws -> Void) async throws {
         var opened: Outbox?
         do {
-            if Outbox.urlHoldsPassword(url) {
-                throw OutboxError(.invalidURL, "the outbox URL holds a password, which any user can read in the process list; "
-                                  + "put it in PGPASSWORD or a ~/.pgpass file instead")
-            }
-            let outbox = try await Outbox.open(url, maximumMessageSize: maximumMessageSize)
+            let outbox = try await Self.open(url, maximumMessageSize: maximumMessageSize)
             opened = outbox
             try await body(outbox)
             await outbox.close()

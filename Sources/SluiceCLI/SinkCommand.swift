@@ -95,14 +95,9 @@ struct SinkCommand: AsyncParsableCommand {
         var configuration = try settingUp("sink") { try makeConfiguration() }
         var bounceOutbox: Outbox?
         if bounces {
-            let url = outboxURL ?? ProcessInfo.processInfo.environment["SLUICE_OUTBOX"] ?? Outbox.defaultURL
             let outbox: Outbox
             do throws(OutboxError) {
-                if Outbox.urlHoldsPassword(url) {
-                    throw OutboxError(.invalidURL, "the outbox URL holds a password, which any user can read in the process list; "
-                                      + "put it in PGPASSWORD or a ~/.pgpass file instead")
-                }
-                outbox = try await Outbox.open(url)
+                outbox = try await OutboxOptions.open(OutboxOptions.url(outboxURL))
                 try await outbox.store.checkSchema()
             } catch {
                 FileHandle.standardError.write(Data("sluice sink: \(error.message)\n".utf8))

@@ -49,6 +49,19 @@ public enum BounceReport: Sendable, Hashable {
         }
     }
 
+    /// The addresses of a header value such as `To`: each comma-separated entry's address in
+    /// angle brackets, else the entry itself. Lenient on purpose: a report's returned headers
+    /// are often redacted (`<Undisclosed Recipients>`) and are only a hint.
+    package static func addresses(inHeaderValue value: String) -> [String] {
+        value.split(separator: ",").map { part in
+            let text = String(part)
+            if let open = text.lastIndex(of: "<"), let close = text.lastIndex(of: ">"), open < close {
+                return String(text[text.index(after: open)..<close])
+            }
+            return text.trimmingWhitespace
+        }
+    }
+
     /// LF line ends made CRLF, so that every part is read one way.
     static func crlf(_ bytes: [UInt8]) -> [UInt8] {
         var result: [UInt8] = []
@@ -216,13 +229,7 @@ public struct FeedbackReport: Sendable, Hashable {
         originalMessageID = original?.header("message-id")
         var recipients = MIMEEntity.fieldGroups(body).flatMap { $0.all("original-rcpt-to") }.map(DeliveryStatusNotification.typedValue)
         if recipients.isEmpty, let to = original?.header("to") {
-            recipients = to.split(separator: ",").map { part in
-                let text = String(part)
-                if let open = text.lastIndex(of: "<"), let close = text.lastIndex(of: ">"), open < close {
-                    return String(text[text.index(after: open)..<close])
-                }
-                return text.trimmingWhitespace
-            }
+            recipients = BounceReport.addresses(inHeaderValue: to)
         }
         guard !recipients.isEmpty else {
             throw BounceReportError("the feedback report names no recipient (no Original-Rcpt-To, no returned To)")

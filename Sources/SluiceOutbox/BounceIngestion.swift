@@ -19,16 +19,12 @@ enum EnvelopeToken {
     static func read(_ envelopeID: String, secret: [UInt8]) -> Reading {
         let parts = envelopeID.split(separator: ".", omittingEmptySubsequences: false)
         guard parts.count == 3, parts[0] == "sluice", let id = Int64(parts[1]) else { return .notOurs }
-        let expected = Array(mac(id, secret).utf8)
-        let given = Array(parts[2].utf8)
-        guard expected.count == given.count, zip(expected, given).reduce(UInt8(0), { $0 | ($1.0 ^ $1.1) }) == 0 else {
-            return .forged
-        }
+        guard Hex.constantTimeEqual(mac(id, secret).utf8, parts[2].utf8) else { return .forged }
         return .message(id)
     }
 
     private static func mac(_ id: Int64, _ secret: [UInt8]) -> String {
-        hex(Digest.hmac(.sha256, key: secret, data: Array("sluice.\(id)".utf8)).prefix(10))
+        Hex.lowercase(Digest.hmac(.sha256, key: secret, data: Array("sluice.\(id)".utf8)).prefix(10))
     }
 }
 
@@ -67,16 +63,12 @@ public struct VERP: Sendable, Hashable {
         guard let plus = local.lastIndex(of: "+") else { return .notOurs }
         let parts = local[local.index(after: plus)...].split(separator: "-")
         guard parts.count == 3, let id = Int64(parts[0]), let position = Int(parts[1]) else { return .notOurs }
-        let expected = Array(mac(id, position, secret).utf8)
-        let given = Array(parts[2].lowercased().utf8)
-        guard expected.count == given.count, zip(expected, given).reduce(UInt8(0), { $0 | ($1.0 ^ $1.1) }) == 0 else {
-            return .forged
-        }
+        guard Hex.constantTimeEqual(mac(id, position, secret).utf8, parts[2].lowercased().utf8) else { return .forged }
         return .recipient(message: id, position: position)
     }
 
     private static func mac(_ id: Int64, _ position: Int, _ secret: [UInt8]) -> String {
-        hex(Digest.hmac(.sha256, key: secret, data: Array("verp.\(id).\(position)".utf8)).prefix(8))
+        Hex.lowercase(Digest.hmac(.sha256, key: secret, data: Array("verp.\(id).\(position)".utf8)).prefix(8))
     }
 }
 
@@ -209,15 +201,8 @@ extension Outbox {
     /// The addresses a stored report was delivered to, from the headers MTAs add.
     static func deliveredTo(_ bytes: [UInt8]) -> [String] {
         guard let raw = try? RawMessage(bytes) else { return [] }
-        return ["Delivered-To", "X-Original-To", "Envelope-To", "To"].flatMap(raw.headerValues).flatMap { value in
-            value.split(separator: ",").map { part in
-                let text = String(part)
-                if let open = text.lastIndex(of: "<"), let close = text.lastIndex(of: ">"), open < close {
-                    return String(text[text.index(after: open)..<close])
-                }
-                return text.trimmingCharacters(in: .whitespaces)
-            }
-        }
+        return ["Delivered-To", "X-Original-To", "Envelope-To", "To"].flatMap(raw.headerValues)
+            .flatMap(BounceReport.addresses(inHeaderValue:))
     }
 
     private func ingest(_ dsn: DeliveryStatusNotification, ids known: [Int64]? = nil, now: Date, suppressOn: Set<BounceClass>,
@@ -311,14 +296,4 @@ extension Outbox {
     }
 }
 
-/// Lower-case hexadecimal, two digits a byte (a worker makes one for every message it sends).
-private func hex(_ bytes: some Collection<UInt8>) -> String {
-    let digits = Array("0123456789abcdef".utf8)
-    var text: [UInt8] = []
-    text.reserveCapacity(bytes.count * 2)
-    for byte in bytes {
-        text.append(digits[Int(byte >> 4)])
-        text.append(digits[Int(byte & 15)])
-    }
-    return String(decoding: text, as: UTF8.self)
-}
+

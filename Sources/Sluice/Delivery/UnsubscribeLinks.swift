@@ -56,10 +56,7 @@ public struct UnsubscribeLinks: Sendable {
 
     /// Whether `token` is the one ``token(for:)`` makes for `recipient`, compared in constant time.
     public func isValid(token: String, for recipient: String) -> Bool {
-        let expected = Array(self.token(for: recipient).utf8)
-        let given = Array(token.utf8)
-        guard expected.count == given.count else { return false }
-        return zip(expected, given).reduce(UInt8(0)) { $0 | ($1.0 ^ $1.1) } == 0
+        Hex.constantTimeEqual(self.token(for: recipient).utf8, token.utf8)
     }
 
     /// The URL for `recipient`: the template with the recipient percent-encoded and its token.
@@ -81,10 +78,9 @@ public struct UnsubscribeLinks: Sendable {
                 || "-._~".unicodeScalars.contains(character) {
                 encoded.unicodeScalars.append(character)
             } else {
-                let hex = Array("0123456789ABCDEF".unicodeScalars)
                 encoded.unicodeScalars.append("%")
-                encoded.unicodeScalars.append(hex[Int(byte >> 4)])
-                encoded.unicodeScalars.append(hex[Int(byte & 15)])
+                encoded.unicodeScalars.append(Unicode.Scalar(Hex.digit(byte >> 4, upper: true)))
+                encoded.unicodeScalars.append(Unicode.Scalar(Hex.digit(byte & 15, upper: true)))
             }
         }
         return encoded

@@ -128,13 +128,9 @@ enum XText {
                 bytes.append(byte)
             } else {
                 bytes.append(UInt8(ascii: "+"))
-                bytes.append(hexDigit(byte >> 4))
-                bytes.append(hexDigit(byte & 0xF))
+                bytes.append(Hex.digit(byte >> 4, upper: true))
+                bytes.append(Hex.digit(byte & 0xF, upper: true))
             }
         }
-    }
-
-    private static func hexDigit(_ value: UInt8) -> UInt8 {
-        value < 10 ? UInt8(ascii: "0") + value : UInt8(ascii: "A") + value - 10
     }
 }

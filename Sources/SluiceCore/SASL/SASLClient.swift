@@ -103,7 +103,7 @@ public struct SASLClient: Sendable {
             guard !challenge.isEmpty else { return fail(.malformedChallenge, "an empty CRAM-MD5 challenge") }
             state = .awaitingOutcome
             let digest = cryptography.hmac(.md5, key: Array(secret.utf8), data: challenge)
-            return .respond(Array(credentials.username.utf8) + [UInt8(ascii: " ")] + Array(Self.hex(digest).utf8))
+            return .respond(Array(credentials.username.utf8) + [UInt8(ascii: " ")] + Array(Hex.lowercase(digest).utf8))
         case (.xoauth2, .awaitingOutcome):
             // The server's JSON error; RFC-less but documented: answer with an empty line,
             // the server then fails the exchange.
@@ -211,15 +211,5 @@ public struct SASLClient: Sendable {
             }
         }
         return escaped
-    }
-
-    private static func hex(_ bytes: [UInt8]) -> String {
-        let digits = Array("0123456789abcdef")
-        var text = ""
-        for byte in bytes {
-            text.append(digits[Int(byte >> 4)])
-            text.append(digits[Int(byte & 0xF)])
-        }
-        return text
     }
 }
