@@ -20,6 +20,11 @@ let strict: [SwiftSetting] = [
     .enableUpcomingFeature("InternalImportsByDefault"),
 ]
 
+let serviceLifecycle: Target.Dependency = .product(
+    name: "ServiceLifecycle", package: "swift-service-lifecycle", condition: .when(traits: ["ServiceLifecycleSupport"]))
+let tracing: Target.Dependency = .product(
+    name: "Tracing", package: "swift-distributed-tracing", condition: .when(traits: ["DistributedTracingSupport"]))
+
 let package = Package(
     name: "sluice",
     products: [
@@ -31,12 +36,25 @@ let package = Package(
         .library(name: "SluiceOutbox", targets: ["SluiceOutbox"]),
         .executable(name: "sluice", targets: ["SluiceCLI"]),
     ],
+    traits: [
+        .trait(
+            name: "ServiceLifecycleSupport",
+            description: "SMTPClient, SMTPSink and OutboxWorker are swift-service-lifecycle Services"
+        ),
+        .trait(
+            name: "DistributedTracingSupport",
+            description: "Spans for each send, each attempt and each sink transaction (swift-distributed-tracing)"
+        ),
+        .default(enabledTraits: ["ServiceLifecycleSupport", "DistributedTracingSupport"]),
+    ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-log", from: "1.16.2"),
         .package(url: "https://github.com/apple/swift-metrics", from: "2.13.0"),
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
         .package(url: "https://github.com/x-sheep/swift-property-based", from: "2.0.1"),
         .package(url: "https://github.com/HdrHistogram/hdrhistogram-swift", from: "0.2.0"),
+        .package(url: "https://github.com/swift-server/swift-service-lifecycle", from: "2.13.0"),
+        .package(url: "https://github.com/apple/swift-distributed-tracing", from: "1.7.3"),
     ],
     targets: [
         // MARK: C bridges (system libraries; the only C this package touches)
@@ -86,12 +104,14 @@ let package = Package(
                 "SluiceTransport",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "Metrics", package: "swift-metrics"),
+                serviceLifecycle,
+                tracing,
             ],
             swiftSettings: strict
         ),
         .target(
             name: "SluiceSink",
-            dependencies: ["SluiceCore", "SluiceTransport"],
+            dependencies: ["SluiceCore", "SluiceTransport", serviceLifecycle, tracing],
             swiftSettings: strict
         ),
         .target(
@@ -104,6 +124,7 @@ let package = Package(
                 "CLibPQ",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "Metrics", package: "swift-metrics"),
+                serviceLifecycle,
             ],
             swiftSettings: strict
         ),
@@ -118,6 +139,9 @@ let package = Package(
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "Histogram", package: "hdrhistogram-swift"),
+                // `sluice worker` runs its client and worker in a ServiceGroup: the command
+                // line needs the ServiceLifecycleSupport trait (a default one).
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
             ],
             swiftSettings: strict
         ),
@@ -164,6 +188,8 @@ let package = Package(
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "Metrics", package: "swift-metrics"),
                 .product(name: "MetricsTestKit", package: "swift-metrics"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+                .product(name: "ServiceLifecycleTestKit", package: "swift-service-lifecycle"),
             ],
             exclude: ["Support/verify_dkim.py"],
             swiftSettings: strict

@@ -1,6 +1,7 @@
 import ArgumentParser
 import Foundation
 import Logging
+import ServiceLifecycle
 import Sluice
 import SluiceOutbox
 
@@ -128,13 +129,18 @@ struct WorkerCommand: AsyncParsableCommand {
         let interactive = isatty(STDERR_FILENO) == 1
         try await outboxOptions.with("worker") { outbox in
             let worker = OutboxWorker(outbox: outbox, client: smtpClient, configuration: settings)
-            let task = Task { try await worker.run() }
-            let stop = StopSignal()
-            let signals = stop.fireOnTerminationSignals()
-            let canceller = Task {
-                await stop.wait()
-                task.cancel()
-            }
+            // A swift-service-lifecycle group, as a service embedding Sluice runs them: the
+            // client first, since a group stops its services in reverse order. On SIGTERM or
+            // SIGINT the worker stops claiming and records what it holds while the client
+            // still sends; then the client finishes and says QUIT. When the worker ends (idle,
+            // or a store it cannot use) the group shuts down the same way.
+            let services = ServiceGroup(configuration: ServiceGroupConfiguration(
+                services: [
+                    .init(service: smtpClient),
+                    .init(service: worker, successTerminationBehavior: .gracefullyShutdownGroup,
+                          failureTerminationBehavior: .gracefullyShutdownGroup),
+                ],
+                gracefulShutdownSignals: [.sigterm, .sigint], logger: logger))
             let statusLine = Task {
                 guard interactive else { return }
                 var last = worker.statistics
@@ -145,19 +151,9 @@ struct WorkerCommand: AsyncParsableCommand {
                     last = now
                 }
             }
-            defer {
-                for source in signals { source.cancel() }
-                canceller.cancel()
-                statusLine.cancel()
-            }
-            do {
-                try await task.value
-            } catch let error as OutboxError {
-                await smtpClient.shutdown()
-                throw error
-            }
+            defer { statusLine.cancel() }
+            try await services.run()
             statusLine.cancel()
-            await smtpClient.shutdown()
             let final = worker.statistics
             FileHandle.standardError.write(Data(((interactive ? "\r\u{1b}[K" : "") + Self.summary(final) + "\n").utf8))
         }

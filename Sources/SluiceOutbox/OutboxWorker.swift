@@ -5,6 +5,10 @@ public import Sluice
 import SluiceCore
 import SluiceMIME
 import SluiceTransport
+import Synchronization
+#if ServiceLifecycleSupport
+public import ServiceLifecycle
+#endif
 
 /// Delivers an outbox: claims due messages in batches, sends them through one
 /// ``Sluice/SMTPClient`` (its pool and pipelining), and writes every recipient's outcome back
@@ -117,6 +121,7 @@ public final class OutboxWorker: Sendable {
 
     private let state = Locked(State())
     private let wakeup = Wakeup()
+    private let stopRequested = Atomic<Bool>(false)
     private let metrics: WorkerMetrics
 
     /// A worker for `outbox` that sends through `client`.
@@ -162,11 +167,31 @@ public final class OutboxWorker: Sendable {
         var secret: [UInt8] = []
     }
 
-    /// Works until the task is cancelled (or, with ``Configuration/exitWhenIdle``, until no
-    /// work is left); then finishes and records what it holds, and returns.
+    /// Asks the worker to stop as cancelling its task does: it claims nothing more, finishes
+    /// and records what it holds, and ``run()`` returns.
+    public func stop() {
+        stopRequested.store(true, ordering: .relaxed)
+        wakeup.signal()
+    }
+
+    /// Works until the task is cancelled, ``stop()`` is called or (in a swift-service-lifecycle
+    /// `ServiceGroup`) a graceful shutdown begins — or, with ``Configuration/exitWhenIdle``,
+    /// until no work is left; then finishes and records what it holds, and returns.
     /// - Throws: ``OutboxError`` when the store cannot be used at the start (no schema, a
     ///   schema too new, unreachable). Later store errors are logged and retried.
     public func run() async throws {
+        #if ServiceLifecycleSupport
+        try await withGracefulShutdownHandler {
+            try await work()
+        } onGracefulShutdown: { [self] in
+            stop()
+        }
+        #else
+        try await work()
+        #endif
+    }
+
+    private func work() async throws {
         try await outbox.store.checkSchema()
         let secret = try await outbox.store.secret()
         state.withLock { $0.secret = secret }
@@ -182,7 +207,7 @@ public final class OutboxWorker: Sendable {
         var stopping = false
         var storeFailures = 0
         while true {
-            if Task.isCancelled, !stopping {
+            if Task.isCancelled || stopRequested.load(ordering: .relaxed), !stopping {
                 stopping = true
                 logger.info("outbox worker stopping: finishing what it holds")
             }
@@ -615,3 +640,10 @@ final class Wakeup: Sendable {
         timer.cancel()
     }
 }
+
+#if ServiceLifecycleSupport
+/// An ``OutboxWorker`` is a swift-service-lifecycle `Service`: on a graceful shutdown it
+/// stops claiming, finishes and records what it holds, and ``OutboxWorker/run()`` returns.
+/// Put it after its ``SMTPClient`` in the group, so the client outlives it.
+extension OutboxWorker: Service {}
+#endif

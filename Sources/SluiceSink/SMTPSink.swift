@@ -56,6 +56,9 @@ public struct SinkConfiguration: Sendable {
     public var faults = SinkFaults()
     /// A delay before replies, if any.
     public var replyDelay: ReplyDelay?
+    /// How long a graceful shutdown of the sink as a `Service` lets transactions in progress
+    /// finish (see ``SMTPSink/drain(grace:)``).
+    public var drainGrace: Duration = .seconds(10)
 
     /// The defaults: 127.0.0.1:2525, every extension but STARTTLS and AUTH, discard.
     public init() {}
@@ -193,6 +196,9 @@ public final class SMTPSink: Sendable {
 
     /// Reads again after ``pauseReading()``.
     public func resumeReading() { shared.setReadingPaused(false) }
+
+    /// ``SinkConfiguration/drainGrace``.
+    var drainGrace: Duration { shared.configuration.drainGrace }
 
     /// Shuts down gracefully, as on SIGTERM: stops listening, answers every new command with
     /// 421, lets each transaction already in its content finish (its 250 goes out) within

@@ -169,6 +169,37 @@ import Testing
         await outbox.close()
     }
 
+    /// `sluice worker` runs its client and worker as a swift-service-lifecycle group: SIGTERM
+    /// in the middle of a drain stops the claiming, finishes and records what is in flight,
+    /// and exits 0 with nothing left leased and nothing delivered unrecorded.
+    @Test func theWorkerStopsOnSIGTERMWithEverythingInFlightRecorded() async throws {
+        guard let command = sluiceCommand() else { return }
+        let directory = try Self.temporaryDirectory()
+        let url = "sqlite:\(directory)/o.db"
+        let outbox = try await openOutbox(url)
+        try await outbox.initialize()
+        _ = try await outbox.enqueue(contentsOf: (0..<400).map { outboxMessage("t\($0)", to: ["r\($0)@example.org"]) })
+        // One connection, each batch of replies held: a drain of 400 takes seconds and SIGTERM lands in it.
+        let sink = try await startSink { $0.replyDelay = .fixed(.milliseconds(50)) }
+        let worker = try ChildProcess(command, [
+            "worker", "--outbox", url, "--server", "127.0.0.1:\(sink.localAddress.port)", "--security", "none",
+            "--batch", "20", "--concurrency", "40", "--connections", "1",
+        ])
+        try await eventually("the sink took a first batch", within: .seconds(30)) { sink.statistics.messages >= 20 }
+        #expect(await worker.stopped(grace: scaled(.seconds(20))) == 0, "it stops on SIGTERM, not on SIGKILL")
+        let (_, error) = await worker.outputAndError()
+        let stderr = String(decoding: error, as: UTF8.self)
+        #expect(stderr.contains("sluice worker: claimed"), "its summary: \(stderr)")
+        let status = try await outbox.status()
+        #expect(status.recipients[.leased] ?? 0 == 0, "nothing is left leased: \(status.recipients)")
+        let delivered = status.recipients[.delivered] ?? 0
+        #expect(delivered == sink.statistics.messages, "every message the sink took is recorded delivered")
+        #expect(delivered < 400, "it stopped before the end: \(delivered)")
+        #expect(sink.statistics.quits >= 1, "the client said QUIT")
+        await sink.shutdown()
+        await outbox.close()
+    }
+
     @Test func theSuppressionListFromTheShell() async throws {
         let directory = try Self.temporaryDirectory()
         let url = "sqlite:\(directory)/o.db"
