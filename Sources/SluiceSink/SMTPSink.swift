@@ -1,6 +1,9 @@
 public import Logging
 public import SluiceCore
 public import SluiceTransport
+#if DistributedTracingSupport
+public import Tracing
+#endif
 
 /// How a sink is set up.
 public struct SinkConfiguration: Sendable {
@@ -56,6 +59,12 @@ public struct SinkConfiguration: Sendable {
     public var faults = SinkFaults()
     /// A delay before replies, if any.
     public var replyDelay: ReplyDelay?
+    #if DistributedTracingSupport
+    /// The tracer for a span per transaction (from its content's arrival to its storing);
+    /// nil takes `InstrumentationSystem.tracer` when the sink starts. With the no-op tracer
+    /// no span is made.
+    public var tracer: (any Tracer)?
+    #endif
     /// How long a graceful shutdown of the sink as a `Service` lets transactions in progress
     /// finish (see ``SMTPSink/drain(grace:)``).
     public var drainGrace: Duration = .seconds(10)

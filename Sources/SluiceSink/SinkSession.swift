@@ -1,5 +1,8 @@
 import SluiceCore
 import SluiceTransport
+#if DistributedTracingSupport
+import Tracing
+#endif
 
 /// What every session of one sink shares.
 final class SinkShared: Sendable {
@@ -8,6 +11,10 @@ final class SinkShared: Sendable {
     let counters = SinkCounters()
     let faults: FaultState?
     let delays: Locked<SplitMix64>
+    #if DistributedTracingSupport
+    /// The tracer for a span per transaction; nil for the no-op one (then none is made).
+    let tracer: (any Tracer)?
+    #endif
     /// Whether reading is paused sink-wide, and the open sessions to tell when it changes.
     private let stall = Locked<(paused: Bool, sessions: [ObjectIdentifier: SinkSession])>((false, [:]))
 
@@ -16,6 +23,10 @@ final class SinkShared: Sendable {
         self.store = store
         faults = configuration.faults.isEmpty ? nil : FaultState(configuration.faults)
         delays = Locked(SplitMix64(seed: configuration.faults.seed &+ 0x5EED))
+        #if DistributedTracingSupport
+        let tracer = configuration.tracer ?? InstrumentationSystem.tracer
+        self.tracer = tracer is NoOpTracer ? nil : tracer
+        #endif
     }
 
     /// Whether reading is paused sink-wide (``SMTPSink/pauseReading()``).
@@ -261,17 +272,54 @@ final class SinkSession: ConnectionHandler, EndOfIterationWork, @unchecked Senda
 
     private func deliver(_ message: ReceivedMessage) {
         let loop = connection.eventLoop
+        let span = transactionSpan(message)
         shared.store.store(message, arrival: Arrival(client: connection.remoteAddress, tls: connection.tlsDetails)) {
             [self] result in
             if loop.inEventLoop {
-                delivered(message, result)
+                delivered(message, result, span: span)
             } else {
-                loop.execute { self.delivered(message, result) }
+                loop.execute { self.delivered(message, result, span: span) }
             }
         }
     }
 
-    private func delivered(_ message: ReceivedMessage, _ result: Result<String, StoreError>) {
+    #if DistributedTracingSupport
+    typealias TransactionSpan = (any Span)?
+
+    /// A server span for a transaction whose content has arrived, ended once it is stored
+    /// (or not) and its reply is due. Addresses stay out of it: they are personal data.
+    private func transactionSpan(_ message: ReceivedMessage) -> TransactionSpan {
+        guard let tracer = shared.tracer else { return nil }
+        let span = tracer.startSpan("smtp receive", context: .topLevel, ofKind: .server)
+        if let client = connection.remoteAddress {
+            span.attributes["client.address"] = client.host
+            span.attributes["client.port"] = client.port
+        }
+        span.attributes["smtp.recipients"] = message.recipients.count
+        span.attributes["smtp.message.size"] = message.content.count
+        span.attributes["smtp.tls"] = message.wasSecure
+        return span
+    }
+
+    private func ended(_ span: TransactionSpan, _ result: Result<String, StoreError>) {
+        guard let span else { return }
+        switch result {
+        case .success:
+            span.attributes["smtp.outcome"] = "stored"
+        case .failure(let error):
+            span.attributes["smtp.outcome"] = "failed"
+            span.setStatus(SpanStatus(code: .error, message: "\(error)"))
+        }
+        span.end()
+    }
+    #else
+    typealias TransactionSpan = Void
+    private func transactionSpan(_ message: ReceivedMessage) {}
+    private func ended(_ span: Void, _ result: Result<String, StoreError>) {}
+    #endif
+
+    private func delivered(_ message: ReceivedMessage, _ result: Result<String, StoreError>, span: TransactionSpan) {
+        ended(span, result)
         // A stored message is counted even when its client has already gone: the count must
         // match the store.
         if case .success = result {

@@ -22,12 +22,12 @@ struct ClientMetrics: Sendable {
             Counter(label: "sluice_messages_total", dimensions: [("client", label), ("outcome", outcome.rawValue)])
         }
         recipients = [DeliveryStatus.accepted, .rejected, .deferred, .failed, .unknown].map { status in
-            Counter(label: "sluice_recipients_total", dimensions: [("client", label), ("status", Self.name(of: status))])
+            Counter(label: "sluice_recipients_total", dimensions: [("client", label), ("status", status.rawValue)])
         }
         bounces = [DeliveryStatus.rejected, .deferred, .failed, .unknown].flatMap { status in
             BounceClass.allCases.map { bounceClass in
                 Counter(label: "sluice_bounces_total", dimensions: [
-                    ("client", label), ("status", Self.name(of: status)), ("class", bounceClass.rawValue),
+                    ("client", label), ("status", status.rawValue), ("class", bounceClass.rawValue),
                 ])
             }
         }
@@ -70,16 +70,6 @@ struct ClientMetrics: Sendable {
         case .deferred: 2
         case .failed: 3
         case .unknown: 4
-        }
-    }
-
-    private static func name(of status: DeliveryStatus) -> String {
-        switch status {
-        case .accepted: "accepted"
-        case .rejected: "rejected"
-        case .deferred: "deferred"
-        case .failed: "failed"
-        case .unknown: "unknown"
         }
     }
 }

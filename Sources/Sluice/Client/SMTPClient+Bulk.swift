@@ -1,3 +1,4 @@
+public import Logging
 public import SluiceMIME
 import SluiceTransport
 
@@ -20,11 +21,17 @@ extension SMTPClient {
     ///
     /// Dropping the returned sequence (or cancelling the task iterating it) stops taking
     /// messages from `mails`; those already handed over still finish.
-    public func send<Mails: Sequence & Sendable>(contentsOf mails: Mails, maximumInFlight: Int = 1_000)
+    ///
+    /// `logger` and, with a tracer, the calling task's trace context follow every message, as
+    /// in ``send(_:envelope:logger:)-(EncodedMessage,_,_)``: a span per message, each a child of
+    /// the caller's.
+    public func send<Mails: Sequence & Sendable>(contentsOf mails: Mails, maximumInFlight: Int = 1_000,
+                                                 logger: Logger? = nil)
         -> DeliveryReports where Mails.Element == OutgoingMail
     {
         let iterator = IteratorBox(mails.makeIterator())
-        let bulk = BulkDelivery(client: self, limit: max(1, maximumInFlight), source: .pull { iterator.next() })
+        let bulk = BulkDelivery(client: self, limit: max(1, maximumInFlight), source: .pull { iterator.next() },
+                                logger: logger, context: .current)
         Task { bulk.refill() }
         return DeliveryReports(bulk: bulk, lifetime: BulkLifetime(bulk: bulk, producer: nil))
     }
@@ -32,14 +39,15 @@ extension SMTPClient {
     /// Sends `message` to each of `recipients` in a copy of its own (see
     /// ``OutgoingMail/init(personalizing:for:unsubscribe:dkim:)``): its own `To`, its own
     /// `Message-ID` and, with `unsubscribe`, its own one-click unsubscribe link; each signed
-    /// with the configured DKIM signers. Reports come as ``send(contentsOf:maximumInFlight:)-(Mails,_)``
+    /// with the configured DKIM signers. Reports come as ``send(contentsOf:maximumInFlight:logger:)-(Mails,_,_)``
     /// gives them, one a recipient.
     ///
     /// - Throws: ``SMTPError`` of kind ``SMTPError/Kind/invalidInput`` when the first copy
     ///   cannot be made (the message itself is wrong), before anything is sent. A later copy
     ///   that cannot be made is reported with that error, never dropped.
     public func send<Recipients: Collection & Sendable>(_ message: Message, toEach recipients: Recipients,
-                                                      unsubscribe: UnsubscribeLinks? = nil, maximumInFlight: Int = 1_000)
+                                                      unsubscribe: UnsubscribeLinks? = nil, maximumInFlight: Int = 1_000,
+                                                      logger: Logger? = nil)
         throws(SMTPError) -> DeliveryReports where Recipients.Element == Mailbox
     {
         if let first = recipients.first {
@@ -54,7 +62,7 @@ extension SMTPClient {
                 mail.problem = error
                 return mail
             }
-        }, maximumInFlight: maximumInFlight)
+        }, maximumInFlight: maximumInFlight, logger: logger)
     }
 
     /// The content of a copy that could not be made: never sent. (No bytes: no NUL and no
@@ -62,17 +70,19 @@ extension SMTPClient {
     private static let emptyMessage = try! EncodedMessage(bytes: [], messageID: nil)
 
     /// Sends every message of an asynchronous sequence and returns their reports as they
-    /// complete (see ``send(contentsOf:maximumInFlight:)-(Mails,_)``); the sequence ends by
+    /// complete (see ``send(contentsOf:maximumInFlight:logger:)-(Mails,_,_)``); the sequence ends by
     /// throwing what `mails` throws, after every message taken before it has reported.
-    public func send<Mails: AsyncSequence & Sendable>(contentsOf mails: Mails, maximumInFlight: Int = 1_000)
+    public func send<Mails: AsyncSequence & Sendable>(contentsOf mails: Mails, maximumInFlight: Int = 1_000,
+                                                      logger: Logger? = nil)
         -> DeliveryReports where Mails.Element == OutgoingMail
     {
-        let bulk = BulkDelivery(client: self, limit: max(1, maximumInFlight), source: .push)
+        let bulk = BulkDelivery(client: self, limit: max(1, maximumInFlight), source: .push,
+                                logger: logger, context: .current)
         let producer = Task {
             do {
                 for try await mail in mails {
                     guard await bulk.acquire() else { break }
-                    submit(mail) { bulk.deliver($0) }
+                    submit(mail, logger: logger, context: bulk.context) { bulk.deliver($0) }
                 }
                 bulk.sourceEnded(error: nil)
             } catch {
@@ -204,9 +214,16 @@ private final class BulkDelivery: Sendable {
     private let source: Source
     private let state: Locked<State>
 
-    init(client: SMTPClient, limit: Int, source: Source) {
+    /// The caller's logger and trace context, for every message (see
+    /// ``SMTPClient/send(_:envelope:logger:)-(EncodedMessage,_,_)``).
+    let logger: Logger?
+    let context: HandoverContext
+
+    init(client: SMTPClient, limit: Int, source: Source, logger: Logger?, context: HandoverContext) {
         self.client = client
         self.source = source
+        self.logger = logger
+        self.context = context
         state = Locked(State(limit: limit))
     }
 
@@ -252,7 +269,7 @@ private final class BulkDelivery: Sendable {
                 consumer?.resume(returning: batch)
                 return
             }
-            client.submit(mail) { self.deliver($0) }
+            client.submit(mail, logger: logger, context: context) { self.deliver($0) }
             reserved = next
         }
     }

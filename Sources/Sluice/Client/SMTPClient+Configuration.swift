@@ -1,6 +1,9 @@
 public import Logging
 import SluiceCore
 import SluiceTransport
+#if DistributedTracingSupport
+public import Tracing
+#endif
 
 extension SMTPClient {
     /// How the connection is secured.
@@ -161,9 +164,16 @@ extension SMTPClient {
         /// Event loops to run on; nil makes the client own a group (one loop per core),
         /// which ``SMTPClient/shutdown()`` stops.
         public var eventLoopGroup: EventLoopGroup?
-        /// Where the client logs: connections at `.debug`, the SMTP transcript at `.trace`
-        /// (AUTH payloads redacted).
+        /// Where the client logs: a relay it cannot connect to at `.warning` (with the
+        /// cause), connections at `.debug`, the SMTP transcript at `.trace` (AUTH payloads
+        /// redacted). A message's own events go to the logger given to its `send`, if any.
         public var logger = Logger(label: "sluice.client")
+        #if DistributedTracingSupport
+        /// The tracer for a span per send and per attempt; nil takes
+        /// `InstrumentationSystem.tracer` when the client is made. With the no-op tracer no
+        /// span is made at all.
+        public var tracer: (any Tracer)?
+        #endif
 
         /// A configuration for `host`; the port defaults to the one for `security`.
         public init(host: String, port: Int? = nil, security: Security = .startTLS) {

@@ -1,8 +1,11 @@
-import Logging
+public import Logging
 import SluiceCore
 import SluiceMIME
 import SluiceTransport
 import Synchronization
+#if DistributedTracingSupport
+import Tracing
+#endif
 
 /// An SMTP client: a pool of pipelined connections to one relay, shared by every task of a
 /// process, that reports the truth about every recipient.
@@ -44,6 +47,13 @@ public final class SMTPClient: Sendable {
     private let metrics: ClientMetrics
     private let nextJobID = Atomic<Int>(1)
     private let logger: Logger
+    /// The relay, as spans and the caller's log lines name it.
+    let server: MessageObservation.Server
+    #if DistributedTracingSupport
+    /// The tracer, or nil for the no-op one: then no span is made, and a message with no
+    /// logger of its own carries nothing extra.
+    let tracer: (any Tracer)?
+    #endif
 
     private struct State {
         var drainWaiters: [CheckedContinuation<Void, Never>] = []
@@ -146,6 +156,11 @@ public final class SMTPClient: Sendable {
                 rateLimit: configuration.rateLimit, firstConnectionID: index, connectionIDStride: shardCount)))
         }
         metrics = ClientMetrics(label: "\(configuration.host):\(configuration.port)")
+        server = MessageObservation.Server(host: configuration.host, port: configuration.port)
+        #if DistributedTracingSupport
+        let tracer = configuration.tracer ?? InstrumentationSystem.tracer
+        self.tracer = tracer is NoOpTracer ? nil : tracer
+        #endif
         var logger = configuration.logger
         logger[metadataKey: "smtp.server"] = "\(configuration.host):\(configuration.port)"
         self.logger = logger
@@ -155,18 +170,26 @@ public final class SMTPClient: Sendable {
 
     /// Sends a message and returns its report once its outcome is known (retries included).
     ///
+    /// With a tracer (``Configuration/tracer``, or the one bootstrapped in
+    /// `InstrumentationSystem`), the send is a span in the calling task's trace, with a child
+    /// span for each attempt.
+    ///
+    /// - Parameter logger: Where to log what happens to this message (a retry, its outcome,
+    ///   at `.debug`), with the caller's metadata (a request id, say). The connection's own
+    ///   events and the transcript go to ``Configuration/logger``.
     /// - Returns: The report, when at least one recipient was accepted; check
     ///   ``DeliveryReport/outcome`` for a partial acceptance.
     /// - Throws: ``SMTPError`` when no recipient was accepted; its ``SMTPError/report`` has
     ///   every recipient's status. Cancelling the task cancels the message (kind
     ///   ``SMTPError/Kind/cancelled``) until the end of its data is written; after that it
     ///   runs to its end and is reported truthfully.
-    public func send(_ message: EncodedMessage, envelope: Envelope) async throws -> DeliveryReport {
+    public func send(_ message: EncodedMessage, envelope: Envelope, logger: Logger? = nil) async throws -> DeliveryReport {
         guard !envelope.recipients.isEmpty else {
             throw SMTPError.noRecipients
         }
         let waiter = ReportWaiter()
-        let job = makeJob(message, envelope) { waiter.resume($0) }
+        let observation = MessageObservation.make(logger: logger, client: self, context: .current)
+        let job = makeJob(message, envelope, observation: observation) { waiter.resume($0) }
         let report = await withTaskCancellationHandler {
             await withCheckedContinuation { continuation in
                 waiter.install(continuation)
@@ -180,20 +203,22 @@ public final class SMTPClient: Sendable {
     }
 
     /// Signs `message` with the configured DKIM signers, prepares it and sends it (see
-    /// ``send(_:envelope:)-(EncodedMessage,_)``).
-    public func send(_ message: RawMessage, envelope: Envelope) async throws -> DeliveryReport {
+    /// ``send(_:envelope:logger:)-(EncodedMessage,_,_)``).
+    public func send(_ message: RawMessage, envelope: Envelope, logger: Logger? = nil) async throws -> DeliveryReport {
         let signed: RawMessage
         do {
             signed = try DKIMSigner.sign(message, with: configuration.dkim)
         } catch {
             throw SMTPError(.invalidInput, "\(error); nothing was sent")
         }
-        return try await send(EncodedMessage(signed), envelope: envelope)
+        return try await send(EncodedMessage(signed), envelope: envelope, logger: logger)
     }
 
     /// Hands a message to the pool; `completion` gets its report, on an event loop thread.
-    /// The bulk API's entry point.
-    package func submit(_ mail: OutgoingMail, completion: @escaping @Sendable (consuming DeliveryReport) -> Void) {
+    /// The bulk API's entry point; `logger` and `context` are the caller's (see
+    /// ``send(_:envelope:logger:)-(EncodedMessage,_,_)``).
+    package func submit(_ mail: OutgoingMail, logger: Logger? = nil, context: @autoclosure () -> HandoverContext = .topLevel,
+                        completion: @escaping @Sendable (consuming DeliveryReport) -> Void) {
         if let problem = mail.problem ?? (mail.envelope.recipients.isEmpty ? SMTPError.noRecipients : nil) {
             // Reported without a job (a transaction needs a recipient), and counted as every
             // message is, since its report uncounts it: a shutdown waits for the count to
@@ -207,14 +232,16 @@ public final class SMTPClient: Sendable {
                                    attempts: 0, elapsed: .zero, error: problem), to: completion)
             return
         }
-        let job = makeJob(mail.message, mail.envelope, completion: completion)
+        let observation = MessageObservation.make(logger: logger, client: self, context: context())
+        let job = makeJob(mail.message, mail.envelope, observation: observation, completion: completion)
         submit(job)
     }
 
-    private func makeJob(_ message: EncodedMessage, _ envelope: Envelope,
+    private func makeJob(_ message: EncodedMessage, _ envelope: Envelope, observation: MessageObservation?,
                          completion: @escaping @Sendable (consuming DeliveryReport) -> Void) -> DeliveryJob {
         let id = nextJobID.add(1, ordering: .relaxed).newValue
-        return DeliveryJob(id: id, message: message, envelope: envelope, startedAt: .now, client: self, completion: completion)
+        return DeliveryJob(id: id, message: message, envelope: envelope, startedAt: .now, client: self,
+                           observation: observation, completion: completion)
     }
 
     /// A job's report is made: it is counted and handed to its sender, and the job is done.
@@ -402,11 +429,13 @@ public final class SMTPClient: Sendable {
     /// sends its next message as soon as it has the report must find the slot free, not see
     /// a busy pool and make it open a connection it does not need.
     func attemptFinished(_ job: DeliveryJob, outcome: TransactionOutcome, connection: ClientConnection) {
+        job.observation?.attemptEnded(outcome)
         let retry = job.record(outcome, policy: retryPolicy)
         left(connection, job)
         if retry, !job.cancelRequested.load(ordering: .relaxed) {
             let delay = retryPolicy.backoff.delay(afterAttempt: job.attempts, random: .random(in: 0..<1))
-            logger.debug("retrying", metadata: ["smtp.message": "\(job.id)", "smtp.delay": "\(delay)"])
+            (job.observation?.logger ?? logger).debug(
+                "retrying", metadata: ["smtp.message": "\(job.id)", "smtp.delay": "\(delay)"])
             connection.loop.scheduleTimer(after: delay) { [self] in submit(job) }
         } else {
             job.complete(now: .now)
@@ -414,6 +443,7 @@ public final class SMTPClient: Sendable {
     }
 
     func notAttempted(_ job: DeliveryJob, connection: ClientConnection) {
+        job.observation?.attemptAbandoned()
         left(connection, job) { state in
             if job.cancelRequested.load(ordering: .sequentiallyConsistent) {
                 return [.fail([job], SMTPError.cancelledBeforeStart)]

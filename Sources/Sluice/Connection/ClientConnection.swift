@@ -159,6 +159,7 @@ final class ClientConnection: ConnectionHandler, EndOfIterationWork, @unchecked 
     /// Sends `job` on this connection.
     func enqueue(_ job: DeliveryJob) {
         loop.assertInEventLoop()
+        job.observation?.attemptStarted(number: job.attempts + 1, connection: id)
         arrived.append(job)
         if !performing { perform([]) }
     }
@@ -167,7 +168,7 @@ final class ClientConnection: ConnectionHandler, EndOfIterationWork, @unchecked 
     func cancel(_ job: DeliveryJob) {
         loop.assertInEventLoop()
         guard let index = jobs.firstIndex(where: { $0 === job }) else { return }
-        logger.debug("send cancelled", metadata: ["smtp.job": "\(job.id)"])
+        (job.observation?.logger ?? logger).debug("send cancelled", metadata: ["smtp.job": "\(job.id)"])
         if machine.cancelPending(id: job.id) {
             jobs.remove(at: index)
             client.cancelledOnConnection(job, connection: self)
@@ -191,7 +192,7 @@ final class ClientConnection: ConnectionHandler, EndOfIterationWork, @unchecked 
     func connectFailed(_ error: SMTPError) {
         guard !reportedClosed else { return }
         reportedClosed = true
-        logger.debug("connect failed", metadata: ["smtp.error": "\(error)"])
+        logger.warning("could not connect to the relay", metadata: ["smtp.error": "\(error)"])
         client.connectionEnded(self, wasReady: false, error: error)
     }
 

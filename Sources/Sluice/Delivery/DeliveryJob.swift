@@ -17,6 +17,8 @@ final class DeliveryJob: @unchecked Sendable {
     /// (held here rather than captured in a closure made per message).
     private let client: SMTPClient
     private let completion: @Sendable (consuming DeliveryReport) -> Void
+    /// The caller's logger and the message's spans; nil when nobody watches.
+    let observation: MessageObservation?
 
     var attempts = 0
     /// Each recipient's outcome so far, in the envelope's order: deferred with no reply until
@@ -37,8 +39,10 @@ final class DeliveryJob: @unchecked Sendable {
     private let finished = Atomic<Bool>(false)
 
     init(id: Int, message: EncodedMessage, envelope: Envelope, startedAt: Moment,
-         client: SMTPClient, completion: @escaping @Sendable (consuming DeliveryReport) -> Void) {
+         client: SMTPClient, observation: MessageObservation? = nil,
+         completion: @escaping @Sendable (consuming DeliveryReport) -> Void) {
         self.id = id
+        self.observation = observation
         self.message = message
         self.envelope = envelope
         self.startedAt = startedAt
@@ -129,6 +133,7 @@ final class DeliveryJob: @unchecked Sendable {
             report = DeliveryReport(recipients: results, messageID: message.messageID, envelope: envelope,
                                     attempts: attempts, elapsed: now - startedAt, error: final)
         }
+        observation?.finished(report, job: id)
         client.deliver(consume report, to: completion)
     }
 

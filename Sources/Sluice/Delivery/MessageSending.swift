@@ -1,3 +1,4 @@
+public import Logging
 import SluiceCore
 import SluiceMIME
 
@@ -33,19 +34,24 @@ extension SMTPClient {
     /// Encodes a built message once, signs it with the configured DKIM signers, and sends it
     /// to its To, Cc and Bcc recipients (Bcc in the envelope only), from its Sender or From.
     ///
-    /// - Parameter options: How to encode it; by default 7-bit clean, and SMTPUTF8 only when
-    ///   an address needs it (the server must then offer SMTPUTF8, or the send fails before
-    ///   any 8-bit byte is on the wire).
-    /// - Returns: The report (see ``send(_:envelope:)-(EncodedMessage,_)``).
+    /// - Parameters:
+    ///   - options: How to encode it; by default 7-bit clean, and SMTPUTF8 only when
+    ///     an address needs it (the server must then offer SMTPUTF8, or the send fails before
+    ///     any 8-bit byte is on the wire).
+    ///   - logger: Where this message's events are logged, with the caller's metadata (see
+    ///     ``send(_:envelope:logger:)-(EncodedMessage,_,_)``).
+    /// - Returns: The report (see ``send(_:envelope:logger:)-(EncodedMessage,_,_)``).
     /// - Throws: ``SMTPError`` of kind ``SMTPError/Kind/invalidInput`` when the message
     ///   cannot be encoded (nothing was sent), or as the other `send` does.
-    public func send(_ message: Message, options: EncodingOptions? = nil) async throws -> DeliveryReport {
+    public func send(_ message: Message, options: EncodingOptions? = nil, logger: Logger? = nil) async throws
+        -> DeliveryReport
+    {
         let mail: OutgoingMail
         do {
             mail = try OutgoingMail(message, options: options, signers: configuration.dkim)
         } catch {
             throw SMTPError(.invalidInput, "the message cannot be sent: \(error); nothing was sent")
         }
-        return try await send(mail.message, envelope: mail.envelope)
+        return try await send(mail.message, envelope: mail.envelope, logger: logger)
     }
 }

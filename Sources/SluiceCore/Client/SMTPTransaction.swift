@@ -68,7 +68,7 @@ public struct SMTPTransaction: Hashable, Sendable {
 
 /// What happened to a message, or to one of its recipients (DESIGN.md: outcomes are never
 /// guessed).
-public enum DeliveryStatus: Hashable, Sendable {
+public enum DeliveryStatus: String, Hashable, Sendable {
     /// A 2xx reply to the end of the data (and, for a recipient, to its RCPT).
     case accepted
     /// A 5xx reply: do not retry unchanged.
