@@ -1,6 +1,6 @@
 import Foundation
 public import Logging
-public import Metrics
+import Metrics
 public import Sluice
 import SluiceCore
 import SluiceMIME
@@ -69,8 +69,21 @@ public final class OutboxWorker: Sendable {
         public var owner = OutboxWorker.defaultOwner()
         /// The logger.
         public var logger = Logger(label: "sluice.outbox")
-        /// Where the metrics go; nil for the process's (`MetricsSystem.factory`).
-        public var metricsFactory: (any MetricsFactory)?
+        /// Where the metrics go and the dimensions added to each. The worker's metrics,
+        /// named in the style of the client's (see ``MetricsOptions``):
+        ///
+        /// | Metric | Kind | Dimensions |
+        /// |---|---|---|
+        /// | `smtp.outbox.recipients` | counter | `smtp.outcome`: delivered, deferred, failed, expired, suppressed |
+        /// | `smtp.outbox.claimed` | counter | |
+        /// | `smtp.outbox.suppressions.added` | counter | |
+        /// | `smtp.outbox.unknown_outcomes` | counter | |
+        /// | `smtp.outbox.leases.lost` | counter | |
+        /// | `smtp.outbox.attempt.duration` | timer (seconds) | |
+        /// | `smtp.outbox.in_flight` | gauge | |
+        /// | `smtp.outbox.waiting` | gauge: due and not held | |
+        /// | `smtp.outbox.oldest_waiting.age` | gauge (seconds) | |
+        public var metrics = MetricsOptions()
         /// A recipient refused for good (a 5xx) with one of these bounce classes joins the
         /// suppression list, with the class as its reason: by default the address does not
         /// exist, its domain does not, or it is disabled. Empty to add none.
@@ -132,7 +145,7 @@ public final class OutboxWorker: Sendable {
         configuration.batchSize = max(1, configuration.batchSize)
         configuration.concurrency = max(1, configuration.concurrency)
         self.configuration = configuration
-        metrics = WorkerMetrics(factory: configuration.metricsFactory ?? MetricsSystem.factory)
+        metrics = WorkerMetrics(options: configuration.metrics)
     }
 
     /// A name unique to this process and worker: host, process id and a random suffix.
@@ -545,7 +558,7 @@ public final class OutboxWorker: Sendable {
     }
 }
 
-/// The worker's metrics (swift-metrics).
+/// The worker's metrics (see ``OutboxWorker/Configuration-swift.struct/metrics``).
 private struct WorkerMetrics: Sendable {
     let claimed: Counter
     let delivered: Counter
@@ -563,23 +576,28 @@ private struct WorkerMetrics: Sendable {
     /// Seconds since the oldest waiting message became due.
     let oldestWaiting: Gauge
 
-    init(factory: any MetricsFactory) {
-        func outcome(_ name: String) -> Counter {
-            Counter(label: "sluice_outbox_recipients_total", dimensions: [("outcome", name)], factory: factory)
+    init(options: MetricsOptions) {
+        let factory = options.factory ?? MetricsSystem.factory
+        let base = options.dimensions
+        func counter(_ label: String, _ dimensions: [(String, String)] = []) -> Counter {
+            Counter(label: label, dimensions: base + dimensions, factory: factory)
         }
-        claimed = Counter(label: "sluice_outbox_claimed_total", factory: factory)
+        func gauge(_ label: String) -> Gauge { Gauge(label: label, dimensions: base, factory: factory) }
+        func outcome(_ name: String) -> Counter { counter("smtp.outbox.recipients", [("smtp.outcome", name)]) }
+        claimed = counter("smtp.outbox.claimed")
         delivered = outcome("delivered")
         deferred = outcome("deferred")
         failed = outcome("failed")
         expired = outcome("expired")
         suppressed = outcome("suppressed")
-        addedToSuppressionList = Counter(label: "sluice_outbox_suppressions_added_total", factory: factory)
-        unknown = Counter(label: "sluice_outbox_unknown_outcomes_total", factory: factory)
-        leasesLost = Counter(label: "sluice_outbox_leases_lost_total", factory: factory)
-        attemptDuration = Metrics.Timer(label: "sluice_outbox_attempt_duration_seconds", factory: factory)
-        inFlight = Gauge(label: "sluice_outbox_in_flight", factory: factory)
-        waiting = Gauge(label: "sluice_outbox_waiting", factory: factory)
-        oldestWaiting = Gauge(label: "sluice_outbox_oldest_waiting_seconds", factory: factory)
+        addedToSuppressionList = counter("smtp.outbox.suppressions.added")
+        unknown = counter("smtp.outbox.unknown_outcomes")
+        leasesLost = counter("smtp.outbox.leases.lost")
+        attemptDuration = Metrics.Timer(label: "smtp.outbox.attempt.duration", dimensions: base,
+                                        preferredDisplayUnit: .seconds, factory: factory)
+        inFlight = gauge("smtp.outbox.in_flight")
+        waiting = gauge("smtp.outbox.waiting")
+        oldestWaiting = gauge("smtp.outbox.oldest_waiting.age")
     }
 
     func record(_ tally: OutboxWorker.Statistics, leasesLost lost: Int) {

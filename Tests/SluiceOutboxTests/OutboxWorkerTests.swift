@@ -228,20 +228,22 @@ import Testing
         let metrics = TestMetrics()
         let (_, task) = Self.start(outbox, client) { configuration in
             configuration.exitWhenIdle = true
-            configuration.metricsFactory = metrics
+            configuration.metrics.factory = metrics
+            configuration.metrics.dimensions = [("service", "receipts")]
             // One message at a time, so that the first look at the queue sees two waiting.
             configuration.rateLimit = OutboxRateLimit(messagesPerSecond: 20, burst: 1)
         }
         try await task.value
+        let service = [("service", "receipts")]
         func outcome(_ name: String) throws -> Int64 {
-            try metrics.expectCounter("sluice_outbox_recipients_total", [("outcome", name)]).totalValue
+            try metrics.expectCounter("smtp.outbox.recipients", service + [("smtp.outcome", name)]).totalValue
         }
         #expect(try outcome("delivered") == 2)
         #expect(try outcome("failed") == 1)
-        #expect(try metrics.expectCounter("sluice_outbox_claimed_total").totalValue == 3)
-        #expect(try metrics.expectTimer("sluice_outbox_attempt_duration_seconds").values.count == 3)
-        #expect(try metrics.expectGauge("sluice_outbox_waiting").values.first == 2)
-        #expect(try metrics.expectGauge("sluice_outbox_oldest_waiting_seconds").values.first.map { $0 >= 0 } == true)
+        #expect(try metrics.expectCounter("smtp.outbox.claimed", service).totalValue == 3)
+        #expect(try metrics.expectTimer("smtp.outbox.attempt.duration", service).values.count == 3)
+        #expect(try metrics.expectGauge("smtp.outbox.waiting", service).values.first == 2)
+        #expect(try metrics.expectGauge("smtp.outbox.oldest_waiting.age", service).values.first.map { $0 >= 0 } == true)
         await client.shutdown()
         await sink.shutdown()
         await outbox.close()

@@ -3,6 +3,7 @@ import SluiceCore
 
 /// The client's counters and timers (swift-metrics): a service that bootstraps a metrics
 /// backend gets them; without one they cost a no-op call.
+/// Named and shaped as ``SMTPClient/Configuration-swift.struct/metrics`` says.
 struct ClientMetrics: Sendable {
     /// One counter per outcome and per recipient status, in the order of the cases (an
     /// index, not a dictionary: each message would otherwise hash its outcome and each
@@ -17,25 +18,33 @@ struct ClientMetrics: Sendable {
     let connectionsRetired: Counter
     private let latency: Metrics.Timer
 
-    init(label: String) {
+    init(server: MessageObservation.Server, options: MetricsOptions) {
+        let factory = options.factory ?? MetricsSystem.factory
+        let base = options.dimensions
+            + (options.includesServer ? [("server.address", server.host), ("server.port", "\(server.port)")] : [])
+        let smtp = base + [("messaging.system", "smtp")]
         messages = DeliveryReport.Outcome.allCases.map { outcome in
-            Counter(label: "sluice_messages_total", dimensions: [("client", label), ("outcome", outcome.rawValue)])
+            Counter(label: "messaging.client.sent.messages", dimensions: smtp + [("smtp.outcome", outcome.rawValue)],
+                    factory: factory)
         }
-        recipients = [DeliveryStatus.accepted, .rejected, .deferred, .failed, .unknown].map { status in
-            Counter(label: "sluice_recipients_total", dimensions: [("client", label), ("status", status.rawValue)])
+        let statuses: [DeliveryStatus] = [.accepted, .rejected, .deferred, .failed, .unknown]
+        recipients = statuses.map { status in
+            Counter(label: "smtp.client.recipients", dimensions: base + [("smtp.recipient.status", status.rawValue)],
+                    factory: factory)
         }
-        bounces = [DeliveryStatus.rejected, .deferred, .failed, .unknown].flatMap { status in
+        bounces = statuses.dropFirst().flatMap { status in
             BounceClass.allCases.map { bounceClass in
-                Counter(label: "sluice_bounces_total", dimensions: [
-                    ("client", label), ("status", status.rawValue), ("class", bounceClass.rawValue),
-                ])
+                Counter(label: "smtp.client.bounces", dimensions: base + [
+                    ("smtp.recipient.status", status.rawValue), ("smtp.bounce.class", bounceClass.rawValue),
+                ], factory: factory)
             }
         }
-        connectionsOpened = Counter(label: "sluice_connections_opened_total", dimensions: [("client", label)])
-        connectionsFailed = Counter(label: "sluice_connections_failed_total", dimensions: [("client", label)])
-        connectionsRetired = Counter(label: "sluice_connections_closed_total", dimensions: [("client", label)])
-        latency = Metrics.Timer(label: "sluice_message_duration_seconds", dimensions: [("client", label)],
-                                preferredDisplayUnit: .seconds)
+        connectionsOpened = Counter(label: "smtp.client.connections.opened", dimensions: base, factory: factory)
+        connectionsFailed = Counter(label: "smtp.client.connections.failed", dimensions: base, factory: factory)
+        connectionsRetired = Counter(label: "smtp.client.connections.closed", dimensions: base, factory: factory)
+        latency = Metrics.Timer(label: "messaging.client.operation.duration",
+                                dimensions: smtp + [("messaging.operation.name", "send")],
+                                preferredDisplayUnit: .seconds, factory: factory)
     }
 
     func record(_ report: DeliveryReport) {

@@ -168,6 +168,18 @@ extension SMTPClient {
         /// cause), connections at `.debug`, the SMTP transcript at `.trace` (AUTH payloads
         /// redacted). A message's own events go to the logger given to its `send`, if any.
         public var logger = Logger(label: "sluice.client")
+        /// Where the metrics go and the dimensions they carry (see ``MetricsOptions``). The
+        /// client's metrics; each also carries `server.address` and `server.port` (unless
+        /// left out) and the dimensions added:
+        ///
+        /// | Metric | Kind | Dimensions besides the server's |
+        /// |---|---|---|
+        /// | `messaging.client.sent.messages` | counter | `messaging.system`, `smtp.outcome` |
+        /// | `messaging.client.operation.duration` | timer (seconds) | `messaging.system`, `messaging.operation.name` |
+        /// | `smtp.client.recipients` | counter | `smtp.recipient.status` |
+        /// | `smtp.client.bounces` | counter | `smtp.recipient.status`, `smtp.bounce.class` |
+        /// | `smtp.client.connections.opened` / `.failed` / `.closed` | counter | |
+        public var metrics = MetricsOptions()
         #if DistributedTracingSupport
         /// The tracer for a span per send and per attempt; nil takes
         /// `InstrumentationSystem.tracer` when the client is made. With the no-op tracer no

@@ -155,8 +155,8 @@ public final class SMTPClient: Sendable {
                 connectAttempts: max(1, pool.connectAttempts), connectBackoff: pool.connectBackoff,
                 rateLimit: configuration.rateLimit, firstConnectionID: index, connectionIDStride: shardCount)))
         }
-        metrics = ClientMetrics(label: "\(configuration.host):\(configuration.port)")
         server = MessageObservation.Server(host: configuration.host, port: configuration.port)
+        metrics = ClientMetrics(server: server, options: configuration.metrics)
         #if DistributedTracingSupport
         let tracer = configuration.tracer ?? InstrumentationSystem.tracer
         self.tracer = tracer is NoOpTracer ? nil : tracer
