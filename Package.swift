@@ -2,7 +2,7 @@
 //
 // Sluice — an event-driven, asynchronous SMTP engine for Swift on Linux (only: the C shims use
 // Linux interfaces such as prctl and SOCK_NONBLOCK, so no other platform is declared).
-// Layers (dependencies point down only) are described in Documentation/Architecture.md:
+// Layers (dependencies point down only) are described in Sources/Sluice/Sluice.docc/Architecture.md:
 //
 //   SluiceCLI ─┬─ SluiceOutbox ─ Sluice ─┬─ SluiceTransport ─┬─ CLibUV
 //              │  (CSQLite, CLibPQ)      │                   └─ COpenSSL

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Sets up a fresh machine, builds Sluice with its tests (failing on any compiler warning in
-# Sluice's own code), and runs the whole test suite.
+# Sluice's own code), builds the documentation (failing on any DocC warning), and runs the
+# whole test suite.
 #
 # Under CI (CI=true) it then runs scripts/reliability.sh: the suite under ASan and TSan, every
 # fuzz target for 60 s and a 60-second soak under faults.
@@ -21,6 +22,12 @@ fi
 root=$(pwd)
 if grep -E "^${root}/(Sources|Tests)/.*warning:" "$log" >/dev/null; then
     echo "test: the build has compiler warnings in Sluice's own code (see above); Sluice builds warning-free" >&2
+    exit 1
+fi
+
+echo "test: documentation (DocC; any warning fails it)"
+if ! bash scripts/docs.sh; then
+    echo "test: the documentation has warnings or errors (see above)" >&2
     exit 1
 fi
 

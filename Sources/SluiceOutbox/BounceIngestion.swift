@@ -124,10 +124,14 @@ extension Outbox {
     ///   malformed one, one whose `ENVID` is Sluice's with a wrong MAC (forged), or one about
     ///   no message of this outbox; nothing is changed then.
     ///
-    /// - Parameter deliveredTo: The addresses the report was delivered to (its envelope
-    ///   recipients, as a server knows them); with a VERP return path (``VERP``) they name the
-    ///   recipient, authenticated, whatever the report says. Without them the report's
-    ///   `Delivered-To`, `X-Original-To` and `To` are read.
+    /// - Parameters:
+    ///   - bytes: The report as it arrived: a whole RFC 5322 message.
+    ///   - deliveredTo: The addresses the report was delivered to (its envelope recipients,
+    ///     as a server knows them); with a VERP return path (``VERP``) they name the
+    ///     recipient, authenticated, whatever the report says. Without them the report's
+    ///     `Delivered-To`, `X-Original-To` and `To` are read.
+    ///   - suppressOn: The bounce classes whose recipients join the suppression list.
+    ///   - classifier: How a failed recipient's status and text become a bounce class.
     @discardableResult
     public func ingestReport(_ bytes: [UInt8], deliveredTo: [String] = [],
                              suppressOn: Set<BounceClass> = BounceClassifier.hardClasses,

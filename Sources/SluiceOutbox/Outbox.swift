@@ -187,8 +187,10 @@ public final class Outbox: Sendable {
     /// Adds an address (`user@example.com`) or a whole domain (`example.com`) to the
     /// suppression list, or updates it; nothing is sent to it from now on.
     /// - Parameters:
+    ///   - target: An address or a domain.
     ///   - reason: ``Suppression/Reason/manual`` (the default), ``Suppression/Reason/complaint``,
     ///     ``Suppression/Reason/unsubscribed``, or a ``Sluice/BounceClass`` name.
+    ///   - detail: Why, in words (the bounce's text, a ticket), kept with the entry.
     ///   - expiresAt: When it lapses; nil for never.
     /// - Throws: ``OutboxError/Kind/invalidInput`` for a target that is neither, or an unknown reason.
     public func suppress(_ target: String, reason: String = Suppression.Reason.manual, detail: String? = nil,

@@ -27,7 +27,7 @@ public enum RecipientState: String, Sendable, Hashable, Codable, CaseIterable, C
     /// On a suppression list: recorded and never sent.
     case suppressed
     /// Accepted by the relay, then reported undeliverable by a delivery status notification
-    /// that came back later (``Outbox/ingestReport(_:)``).
+    /// that came back later (``Outbox/ingestReport(_:deliveredTo:suppressOn:classifier:)``).
     case bounced
 
     /// Whether a worker will still try it.

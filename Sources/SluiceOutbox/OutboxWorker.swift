@@ -70,7 +70,7 @@ public final class OutboxWorker: Sendable {
         /// The logger.
         public var logger = Logger(label: "sluice.outbox")
         /// Where the metrics go and the dimensions added to each. The worker's metrics,
-        /// named in the style of the client's (see ``MetricsOptions``):
+        /// named in the style of the client's (see ``Sluice/MetricsOptions``):
         ///
         /// | Metric | Kind | Dimensions |
         /// |---|---|---|

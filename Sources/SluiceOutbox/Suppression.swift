@@ -6,12 +6,12 @@ import SluiceCore
 /// A recipient on the list is recorded as ``RecipientState/suppressed`` when it is enqueued,
 /// and again if it was added to the list while its message waited: a worker checks each batch
 /// it claims. Workers add an address by themselves when a relay refuses it for good with a
-/// hard ``BounceClass`` (``OutboxWorker/Configuration/suppressOn``).
+/// hard ``Sluice/BounceClass`` (``OutboxWorker/Configuration/suppressOn``).
 public struct Suppression: Sendable, Hashable, Codable {
     /// `user@example.com` for one address, `example.com` for every address at a domain,
     /// as ``Suppression/normalized(_:)`` writes it.
     public var target: String
-    /// Why: a ``BounceClass`` name for a hard bounce, or ``Reason/manual``,
+    /// Why: a ``Sluice/BounceClass`` name for a hard bounce, or ``Reason/manual``,
     /// ``Reason/complaint``, ``Reason/unsubscribed``.
     public var reason: String
     /// What was said: the reply that bounced, or an operator's note.

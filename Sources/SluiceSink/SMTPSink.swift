@@ -180,8 +180,8 @@ public final class SMTPSink: Sendable {
 
     /// Waits until at least `count` messages are kept in memory (``SinkStore/memory`` only).
     ///
-    /// - Throws: `CancellationError` when the task is cancelled, ``TransportError`` with
-    ///   ``TransportError/Kind/connectTimeout`` when `timeout` passes first.
+    /// - Throws: `CancellationError` when the task is cancelled, ``Sluice/TransportError`` with
+    ///   ``Sluice/TransportError/Kind/connectTimeout`` when `timeout` passes first.
     public func waitForMessages(count: Int, timeout: Duration = .seconds(30)) async throws -> [StoredMessage] {
         precondition(shared.store.kind == .memory, "waitForMessages needs the memory store")
         return try await withThrowingTaskGroup(of: [StoredMessage]?.self) { tasks in

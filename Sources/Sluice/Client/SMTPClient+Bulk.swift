@@ -39,7 +39,7 @@ extension SMTPClient {
     /// Sends `message` to each of `recipients` in a copy of its own (see
     /// ``OutgoingMail/init(personalizing:for:unsubscribe:dkim:)``): its own `To`, its own
     /// `Message-ID` and, with `unsubscribe`, its own one-click unsubscribe link; each signed
-    /// with the configured DKIM signers. Reports come as ``send(contentsOf:maximumInFlight:logger:)-(Mails,_,_)``
+    /// with the configured DKIM signers. Reports come as ``send(contentsOf:maximumInFlight:logger:)-871l``
     /// gives them, one a recipient.
     ///
     /// - Throws: ``SMTPError`` of kind ``SMTPError/Kind/invalidInput`` when the first copy
@@ -70,7 +70,7 @@ extension SMTPClient {
     private static let emptyMessage = try! EncodedMessage(bytes: [], messageID: nil)
 
     /// Sends every message of an asynchronous sequence and returns their reports as they
-    /// complete (see ``send(contentsOf:maximumInFlight:logger:)-(Mails,_,_)``); the sequence ends by
+    /// complete (see ``send(contentsOf:maximumInFlight:logger:)-871l``); the sequence ends by
     /// throwing what `mails` throws, after every message taken before it has reported.
     public func send<Mails: AsyncSequence & Sendable>(contentsOf mails: Mails, maximumInFlight: Int = 1_000,
                                                       logger: Logger? = nil)

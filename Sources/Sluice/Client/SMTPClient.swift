@@ -174,9 +174,12 @@ public final class SMTPClient: Sendable {
     /// `InstrumentationSystem`), the send is a span in the calling task's trace, with a child
     /// span for each attempt.
     ///
-    /// - Parameter logger: Where to log what happens to this message (a retry, its outcome,
-    ///   at `.debug`), with the caller's metadata (a request id, say). The connection's own
-    ///   events and the transcript go to ``Configuration/logger``.
+    /// - Parameters:
+    ///   - message: The message, prepared (dot-stuffing and the size known once).
+    ///   - envelope: Who it is from and to; its recipients need not match the headers.
+    ///   - logger: Where to log what happens to this message (a retry, its outcome, at
+    ///     `.debug`), with the caller's metadata (a request id, say). The connection's own
+    ///     events and the transcript go to ``Configuration/logger``.
     /// - Returns: The report, when at least one recipient was accepted; check
     ///   ``DeliveryReport/outcome`` for a partial acceptance.
     /// - Throws: ``SMTPError`` when no recipient was accepted; its ``SMTPError/report`` has

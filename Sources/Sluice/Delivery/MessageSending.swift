@@ -35,6 +35,7 @@ extension SMTPClient {
     /// to its To, Cc and Bcc recipients (Bcc in the envelope only), from its Sender or From.
     ///
     /// - Parameters:
+    ///   - message: The message to encode and send.
     ///   - options: How to encode it; by default 7-bit clean, and SMTPUTF8 only when
     ///     an address needs it (the server must then offer SMTPUTF8, or the send fails before
     ///     any 8-bit byte is on the wire).

@@ -3,7 +3,7 @@ import SluiceTransport
 
 /// Why a message was not delivered to any recipient, or why the client could not work.
 ///
-/// ``SMTPClient/send(_:envelope:)`` throws it only when no recipient was accepted; the
+/// ``SMTPClient/send(_:envelope:logger:)-(EncodedMessage,_,_)`` throws it only when no recipient was accepted; the
 /// ``report`` then holds every recipient's status. A partial acceptance is not an error: it
 /// is visible in the ``DeliveryReport``, as .NET's `SmtpFailedRecipientsException` makes it
 /// visible.

@@ -23,7 +23,7 @@ public struct UnsubscribeLinks: Sendable {
     private let secret: [UInt8]
 
     /// Links from `urlTemplate`, signed with `secret` (at least 16 random bytes, kept private).
-    /// - Throws: ``SluiceMIME/MessageError`` for a template that is not `https:` or has no
+    /// - Throws: ``MessageError`` for a template that is not `https:` or has no
     ///   `{token}`, and for a short secret.
     public init(urlTemplate: String, secret: [UInt8], mailto: String? = nil, oneClick: Bool = true) throws(MessageError) {
         guard secret.count >= 16 else {

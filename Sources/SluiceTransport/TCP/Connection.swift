@@ -8,7 +8,7 @@ import Glibc
 /// Two ways to use it:
 /// - From any task: ``write(_:)-(SharedBytes)``, ``startTLS(context:serverName:)``, ``close()``
 ///   suspend until the loop says the work is done.
-/// - From its ``ConnectionHandler``, on the loop: ``enqueueWrite(_:completion:)``,
+/// - From its ``ConnectionHandler``, on the loop: ``enqueueWrite(_:completion:)-1mksg``,
 ///   ``pauseReading()``, ``resumeReading()``, ``close(error:)`` act at once, without a hop.
 ///
 /// Memory: the libuv handle is heap-allocated; its `data` holds this object retained, and both
