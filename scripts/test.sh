@@ -39,6 +39,10 @@ if [ $# -eq 0 ]; then
     swift test --skip-build --skip OutboxLoadTests
     echo "test: the outbox's load tests, on their own"
     swift test --skip-build --filter OutboxLoadTests
+    # The Hummingbird example, built as a user's package against this checkout, serves a
+    # request and drains on SIGTERM.
+    echo "test: Examples/HummingbirdNotifier"
+    bash Examples/HummingbirdNotifier/test.sh
 else
     swift test --skip-build "$@"
 fi
