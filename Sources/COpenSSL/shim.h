@@ -9,6 +9,7 @@
 #include <openssl/hmac.h>
 #include <openssl/rand.h>
 #include <openssl/pem.h>
+#include <openssl/params.h>
 #include <stdio.h>
 #include <fcntl.h>
 #include <unistd.h>
@@ -101,6 +102,38 @@ done:
     X509_free(certificate);
     EVP_PKEY_free(key);
     return ok;
+}
+
+/* An HMAC keyed once: the digest fetched and the key's inner and outer blocks hashed when it
+   is made, so that each MAC after that costs a copy, the data and the final blocks (OpenSSL 3's
+   one-shot HMAC() fetches both algorithms by name on every call). NULL on failure. */
+static inline EVP_MAC_CTX *cssl_hmac_key(const char *digest, const unsigned char *key, size_t key_length) {
+    EVP_MAC *mac = EVP_MAC_fetch(NULL, "HMAC", NULL);
+    if (mac == NULL) return NULL;
+    EVP_MAC_CTX *context = EVP_MAC_CTX_new(mac);
+    EVP_MAC_free(mac);  /* the context holds its own reference */
+    if (context == NULL) return NULL;
+    OSSL_PARAM parameters[2] = {
+        OSSL_PARAM_construct_utf8_string("digest", (char *)digest, 0),
+        OSSL_PARAM_construct_end(),
+    };
+    if (EVP_MAC_init(context, key, key_length, parameters) != 1) {
+        EVP_MAC_CTX_free(context);
+        return NULL;
+    }
+    return context;
+}
+
+/* The MAC of `data` under a key from cssl_hmac_key, which is only read (so any thread may
+   use it at once): the work happens on a copy. Returns the MAC's length, or 0 on failure. */
+static inline size_t cssl_hmac(const EVP_MAC_CTX *key, const unsigned char *data, size_t length,
+                               unsigned char *output, size_t capacity) {
+    EVP_MAC_CTX *context = EVP_MAC_CTX_dup(key);
+    if (context == NULL) return 0;
+    size_t written = 0;
+    int ok = EVP_MAC_update(context, data, length) == 1 && EVP_MAC_final(context, output, &written, capacity) == 1;
+    EVP_MAC_CTX_free(context);
+    return ok ? written : 0;
 }
 
 #endif

@@ -7,7 +7,7 @@ import SluiceTransport
 /// under the outbox's secret, so that a report naming it is known to be about a message this
 /// outbox sent, and which one.
 enum EnvelopeToken {
-    static func envelopeID(for id: Int64, secret: [UInt8]) -> String { "sluice.\(id).\(mac(id, secret))" }
+    static func envelopeID(for id: Int64, key: Digest.HMACKey) -> String { "sluice.\(id).\(mac(id, key))" }
 
     /// What an `ENVID` says: not one of Sluice's, one whose MAC is wrong, or a message id.
     enum Reading: Equatable {
@@ -16,15 +16,15 @@ enum EnvelopeToken {
         case message(Int64)
     }
 
-    static func read(_ envelopeID: String, secret: [UInt8]) -> Reading {
+    static func read(_ envelopeID: String, key: Digest.HMACKey) -> Reading {
         let parts = envelopeID.split(separator: ".", omittingEmptySubsequences: false)
         guard parts.count == 3, parts[0] == "sluice", let id = Int64(parts[1]) else { return .notOurs }
-        guard Hex.constantTimeEqual(mac(id, secret).utf8, parts[2].utf8) else { return .forged }
+        guard Hex.constantTimeEqual(mac(id, key).utf8, parts[2].utf8) else { return .forged }
         return .message(id)
     }
 
-    private static func mac(_ id: Int64, _ secret: [UInt8]) -> String {
-        Hex.lowercase(Digest.hmac(.sha256, key: secret, data: Array("sluice.\(id)".utf8)).prefix(10))
+    private static func mac(_ id: Int64, _ key: Digest.HMACKey) -> String {
+        Hex.lowercase(key.mac("sluice.\(id)".utf8).prefix(10))
     }
 }
 
@@ -47,8 +47,8 @@ public struct VERP: Sendable, Hashable {
         self.domain = domain
     }
 
-    func address(message id: Int64, position: Int, secret: [UInt8]) -> String {
-        "\(localPart)+\(id)-\(position)-\(Self.mac(id, position, secret))@\(domain)"
+    func address(message id: Int64, position: Int, key: Digest.HMACKey) -> String {
+        "\(localPart)+\(id)-\(position)-\(Self.mac(id, position, key))@\(domain)"
     }
 
     /// What an address says: not a VERP address of this form, a forged one, or a recipient.
@@ -58,17 +58,17 @@ public struct VERP: Sendable, Hashable {
         case recipient(message: Int64, position: Int)
     }
 
-    static func read(_ address: String, secret: [UInt8]) -> Reading {
+    static func read(_ address: String, key: Digest.HMACKey) -> Reading {
         let local = address.split(separator: "@").first.map(String.init) ?? ""
         guard let plus = local.lastIndex(of: "+") else { return .notOurs }
         let parts = local[local.index(after: plus)...].split(separator: "-")
         guard parts.count == 3, let id = Int64(parts[0]), let position = Int(parts[1]) else { return .notOurs }
-        guard Hex.constantTimeEqual(mac(id, position, secret).utf8, parts[2].lowercased().utf8) else { return .forged }
+        guard Hex.constantTimeEqual(mac(id, position, key).utf8, parts[2].lowercased().utf8) else { return .forged }
         return .recipient(message: id, position: position)
     }
 
-    private static func mac(_ id: Int64, _ position: Int, _ secret: [UInt8]) -> String {
-        Hex.lowercase(Digest.hmac(.sha256, key: secret, data: Array("verp.\(id).\(position)".utf8)).prefix(8))
+    private static func mac(_ id: Int64, _ position: Int, _ key: Digest.HMACKey) -> String {
+        Hex.lowercase(key.mac("verp.\(id).\(position)".utf8).prefix(8))
     }
 }
 
@@ -165,7 +165,7 @@ extension Outbox {
     /// returned Message-ID.
     private func candidates(envelopeID: String?, messageID: String?) async throws(OutboxError) -> [Int64] {
         if let envelopeID {
-            switch EnvelopeToken.read(envelopeID, secret: try await store.secret()) {
+            switch EnvelopeToken.read(envelopeID, key: Digest.HMACKey(.sha256, key: try await store.secret())) {
             case .message(let id): return [id]
             case .forged: throw OutboxError(.invalidInput, "the report's ENVID \(envelopeID) is not one this outbox made (forged); nothing was changed")
             case .notOurs: break
@@ -186,9 +186,9 @@ extension Outbox {
     private func verpRecipient(_ addresses: [String]) async throws(OutboxError) -> (Int64, String)? {
         let candidates = addresses.filter { $0.contains("+") }
         guard !candidates.isEmpty else { return nil }
-        let secret = try await store.secret()
+        let key = Digest.HMACKey(.sha256, key: try await store.secret())
         for address in candidates {
-            switch VERP.read(address, secret: secret) {
+            switch VERP.read(address, key: key) {
             case .notOurs: continue
             case .forged: throw OutboxError(.invalidInput, "the return path \(address) is not one this outbox made (forged); nothing was changed")
             case .recipient(let id, let position):

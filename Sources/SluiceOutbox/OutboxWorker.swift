@@ -176,8 +176,8 @@ public final class OutboxWorker: Sendable {
         /// Attempts waiting to be recorded.
         var done: [(id: Int64, attempt: Attempt)] = []
         var statistics = Statistics()
-        /// The outbox's secret, for each message's ENVID.
-        var secret: [UInt8] = []
+        /// The outbox's secret as an HMAC key (made once), for each message's ENVID.
+        var key: Digest.HMACKey?
     }
 
     /// Asks the worker to stop as cancelling its task does: it claims nothing more, finishes
@@ -206,8 +206,8 @@ public final class OutboxWorker: Sendable {
 
     private func work() async throws {
         try await outbox.store.checkSchema()
-        let secret = try await outbox.store.secret()
-        state.withLock { $0.secret = secret }
+        let key = Digest.HMACKey(.sha256, key: try await outbox.store.secret())
+        state.withLock { $0.key = key }
         let logger = configuration.logger
         do {
             try await outbox.store.subscribe { [weak self] in self?.wake() }
@@ -344,13 +344,13 @@ public final class OutboxWorker: Sendable {
         }
         // VERP: a transaction a recipient, each from its own return path; the message's
         // outcome is written once every one has reported.
-        let secret = state.withLock { $0.secret }
+        let key = self.key
         let reports = Locked([DeliveryReport?](repeating: nil, count: mail.envelope.recipients.count))
         for (index, recipient) in mail.envelope.recipients.enumerated() {
             var single = mail
             let position = message.recipients[index].position
             single.envelope = Envelope(
-                from: try? EnvelopeAddress(verp.address(message: message.id, position: position, secret: secret)),
+                from: try? EnvelopeAddress(verp.address(message: message.id, position: position, key: key)),
                 recipients: [recipient], parameters: mail.envelope.parameters)
             client.submit(single) { [self] report in
                 let all = reports.withLock { reports -> [DeliveryReport]? in
@@ -363,13 +363,21 @@ public final class OutboxWorker: Sendable {
         }
     }
 
+    /// The outbox's secret as an HMAC key: read at the start of ``run()``, before any claim.
+    private var key: Digest.HMACKey {
+        guard let key = state.withLock({ $0.key }) else {
+            preconditionFailure("the worker claims only after it has read the outbox's secret")
+        }
+        return key
+    }
+
     private func prepare(_ message: ClaimedMessage) throws -> OutgoingMail {
         let sender = message.sender.isEmpty ? nil : try EnvelopeAddress(message.sender)
         // ENVID names the message (authenticated), ORCPT each recipient as enqueued, and only
         // the headers come back: a report that comes back later is matched by them (RFC 3461).
         // A relay without DSN is sent none of them.
         var parameters = MailParameters()
-        try parameters.setEnvelopeID(EnvelopeToken.envelopeID(for: message.id, secret: state.withLock { $0.secret }))
+        try parameters.setEnvelopeID(EnvelopeToken.envelopeID(for: message.id, key: key))
         parameters.returnContent = .headers
         let recipients = try message.recipients.map { recipient throws(AddressError) in
             let address = try EnvelopeAddress(recipient.address)

@@ -20,7 +20,8 @@ public struct UnsubscribeLinks: Sendable {
     public let mailto: String?
     /// Whether each copy carries `List-Unsubscribe-Post: List-Unsubscribe=One-Click`.
     public let oneClick: Bool
-    private let secret: [UInt8]
+    /// The secret, as an HMAC key made once for every copy.
+    private let key: Digest.HMACKey
 
     /// Links from `urlTemplate`, signed with `secret` (at least 16 random bytes, kept private).
     /// - Throws: ``MessageError`` for a template that is not `https:` or has no
@@ -38,7 +39,7 @@ public struct UnsubscribeLinks: Sendable {
             .replacingOccurrences(of: "{token}", with: String(repeating: "x", count: Self.tokenLength))
         _ = try ListUnsubscribe(url: typical, mailto: mailto, oneClick: oneClick)
         self.urlTemplate = urlTemplate
-        self.secret = secret
+        key = Digest.HMACKey(.sha256, key: secret)
         self.mailto = mailto
         self.oneClick = oneClick
     }
@@ -48,7 +49,7 @@ public struct UnsubscribeLinks: Sendable {
     /// The token for `recipient` (its address compared without ASCII case): 16 bytes of
     /// HMAC-SHA-256, base64url.
     public func token(for recipient: String) -> String {
-        let mac = Digest.hmac(.sha256, key: secret, data: Array(Self.lowered(recipient).utf8))
+        let mac = key.mac(Self.lowered(recipient).utf8)
         return Base64.encode(Array(mac.prefix(16)))
             .replacingOccurrences(of: "+", with: "-").replacingOccurrences(of: "/", with: "_")
             .replacingOccurrences(of: "=", with: "")
