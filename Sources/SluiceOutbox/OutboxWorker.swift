@@ -61,6 +61,11 @@ public final class OutboxWorker: Sendable {
         /// The longest the worker sleeps before looking for due work again (new messages wake
         /// it sooner when the store can say so).
         public var pollInterval: Duration = .seconds(1)
+        /// How long a stopping worker keeps trying to record what it holds while the store
+        /// does not answer. Then it returns and leaves those messages leased: their leases
+        /// expire and a worker sends them again (a duplicate for what was delivered, never a
+        /// loss).
+        public var stoppingPatience: Duration = .seconds(20)
         /// Return from ``OutboxWorker/run()`` once no recipient is queued, leased or deferred.
         public var exitWhenIdle = false
         /// Finished messages are deleted this long after they finished; nil to keep them.
@@ -219,9 +224,14 @@ public final class OutboxWorker: Sendable {
         var lastHousekeeping = ContinuousClock.now - .seconds(3_600)
         var stopping = false
         var storeFailures = 0
+        /// Since when the store has failed without a success between, and since when the
+        /// worker has been stopping: it gives up recording once both are older than its patience.
+        var failingSince: ContinuousClock.Instant?
+        var stoppingSince: ContinuousClock.Instant?
         while true {
             if Task.isCancelled || stopRequested.load(ordering: .relaxed), !stopping {
                 stopping = true
+                stoppingSince = .now
                 logger.info("outbox worker stopping: finishing what it holds")
             }
             do {
@@ -239,6 +249,7 @@ public final class OutboxWorker: Sendable {
                     lastHousekeeping = .now
                 }
                 storeFailures = 0
+                failingSince = nil
                 let (holding, recordable) = state.withLock { ($0.inHand.count, $0.done.count) }
                 if holding == 0 && recordable == 0 {
                     if stopping { break }
@@ -250,7 +261,9 @@ public final class OutboxWorker: Sendable {
                 // The store is unreachable or busy: keep the reports, try again shortly.
                 storeFailures += 1
                 logger.error("outbox store error (try \(storeFailures)): \(error)")
-                if stopping && storeFailures >= Self.failuresBeforeGivingUp {
+                let since = failingSince ?? .now
+                failingSince = since
+                if let stoppingSince, ContinuousClock.now - max(since, stoppingSince) >= configuration.stoppingPatience {
                     // Stopping, and the store will not take the outcomes: leave them. The
                     // leases expire and another worker sends those messages again (a
                     // duplicate for what was delivered, never a loss).
@@ -263,10 +276,6 @@ public final class OutboxWorker: Sendable {
         }
         logger.info("outbox worker stopped", metadata: ["owner": "\(configuration.owner)"])
     }
-
-    /// Store errors in a row after which a stopping worker gives up recording: with the
-    /// backoff between them, about 16 s.
-    static let failuresBeforeGivingUp = 8
 
     /// How long to sleep with nothing in hand: until the next message is due, at most the
     /// poll interval.

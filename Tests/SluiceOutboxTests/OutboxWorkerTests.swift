@@ -220,6 +220,46 @@ import Testing
         await sink.shutdown()
     }
 
+    /// A worker told to stop while the store does not answer keeps trying for its patience,
+    /// then returns and leaves what it holds leased; once the leases expire, another worker
+    /// sends those messages again: a duplicate for what was delivered, never a loss.
+    @Test func aStoppingWorkerWhoseStoreIsGoneGivesUpAndLosesNothing() async throws {
+        // Replies held, so messages are in the worker's hands when the store goes.
+        let sink = try await startSink { $0.replyDelay = .fixed(.milliseconds(300)) }
+        let (sqlite, _) = try await makeSQLiteOutbox()
+        let flaky = FlakyStore(sqlite.store)
+        let outbox = Outbox(store: flaky)
+        let client = try relayClient(port: sink.localAddress.port)
+        _ = try await outbox.enqueue(contentsOf: (0..<10).map { outboxMessage("s\($0)") })
+        let (worker, task) = Self.start(outbox, client) { configuration in
+            configuration.stoppingPatience = .seconds(1)
+            configuration.lease = .seconds(3)
+        }
+        try await eventually("the worker holds the messages", within: .seconds(20)) { worker.statistics.claimed == 10 }
+        flaky.fail()
+        worker.stop()
+        let clock = ContinuousClock()
+        let started = clock.now
+        try await withDeadline(scaled(.seconds(30)), "the stopping worker gives up") { try await task.value }
+        #expect(clock.now - started < scaled(.seconds(15)), "it gives up after its patience, not the old 16 s of tries")
+        // Nothing was recorded: every message is still leased in the store underneath (or,
+        // on a slow machine, its lease has run out already).
+        let held = try await sqlite.status()
+        #expect((held.recipients[.leased] ?? 0) + (held.recipients[.queued] ?? 0) == 10, "\(held.recipients)")
+        #expect(held.recipients[.delivered] ?? 0 == 0)
+
+        // Once the leases expire, a second worker delivers every message (it waits for them:
+        // a leased recipient is pending work).
+        flaky.fail(false)
+        let (_, again) = Self.start(sqlite, client) { $0.exitWhenIdle = true }
+        try await withDeadline(scaled(.seconds(60)), "the second worker drains the outbox") { try await again.value }
+        let after = try await sqlite.status()
+        #expect(after.recipients[.delivered] == 10, "nothing is lost: \(after.recipients)")
+        #expect(sink.statistics.messages >= 10, "each was sent at least once")
+        await client.shutdown()
+        await sink.shutdown()
+    }
+
     @Test func theWorkerCountsOutcomesAndTheWaitingQueueInMetrics() async throws {
         let sink = try await startSink { $0.faults.rejectRecipients = .everyNth(3) }
         guard let outbox = try await makeOutbox(.sqlite) else { return }
