@@ -3,6 +3,7 @@ import Foundation
 import Histogram
 import Sluice
 import SluiceSink
+import Synchronization
 
 /// `sluice bench`: drives a server (by default an embedded sink) as fast as it takes mail and
 /// reports throughput, latency and the client's CPU per message.
@@ -39,8 +40,13 @@ struct BenchCommand: AsyncParsableCommand {
     var header: [String] = []
     @Option(help: "Send this RFC 5322 message (each copy with its own Message-ID) instead of a generated one.")
     var eml: String?
-    @Option(help: "At most this many messages per second.")
+    @Option(help: ArgumentHelp(
+        "The open model: messages arrive at this many a second whatever the server does, and latency counts from each one's intended start.",
+        discussion: "Without it, the closed model: a fixed number in flight (--in-flight), each message sent as soon as one reports."))
     var rate: Double?
+    @Option(name: .customLong("max-lateness"),
+            help: "With --rate: a message that cannot start within this many seconds of its intended start is dropped, and counted.")
+    var maxLateness: Double = 1
     @Option(name: .customLong("in-flight"), help: "Messages handed to the client and not yet reported (default 64 per connection).")
     var inFlight: Int?
     @Option(help: "Event loops for the client (default: one per core, or half the cores with the embedded sink).")
@@ -63,6 +69,7 @@ struct BenchCommand: AsyncParsableCommand {
         }
         if let duration, duration <= 0 { throw ValidationError("--duration must be positive") }
         if let rate, rate <= 0 { throw ValidationError("--rate must be positive") }
+        if maxLateness <= 0 { throw ValidationError("--max-lateness must be positive") }
         if let inFlight, inFlight <= 0 { throw ValidationError("--in-flight must be positive") }
         if let loops, loops <= 0 { throw ValidationError("--loops must be positive") }
         if let target { _ = try ClientOptions.parseServer(target) }
@@ -127,7 +134,6 @@ struct BenchCommand: AsyncParsableCommand {
         configuration.pool.maximumConnectionLifetime = .seconds(86_400)
         configuration.pipelining.enabled = !noPipelining
         configuration.pipelining.chunking = !noChunking
-        configuration.rateLimit = rate.map { SMTPClient.RateLimit(messagesPerSecond: $0) }
         configuration.retry = .none
         let clientGroup = EventLoopGroup(
             numberOfLoops: loops ?? (sink == nil ? EventLoopGroup.coreCount : max(1, EventLoopGroup.coreCount / 2)))
@@ -143,10 +149,24 @@ struct BenchCommand: AsyncParsableCommand {
 
         var tally = Tally()
         var progress = Progress(total: duration == nil ? messages : nil, duration: duration, start: start)
-        let sequence = BenchMails(messages: mails, envelope: envelope, count: total, deadline: deadline)
-        for try await report in smtp.send(contentsOf: sequence, maximumInFlight: inFlight ?? connections * 64) {
-            tally.add(report)
-            progress.update(done: tally.count, errors: tally.count - tally.accepted, now: clock.now, to: stderr)
+        let maximumInFlight = inFlight ?? connections * 64
+        var arrivals: OpenArrivals?
+        if let rate {
+            // The open model: arrivals on a schedule, latency from each intended start (wrk2's
+            // correction for coordinated omission), what cannot start in time dropped (k6's).
+            let schedule = OpenArrivals(messages: mails, envelope: envelope, count: total, deadline: deadline,
+                                        start: start, rate: rate, maximumLateness: .milliseconds(Int64(maxLateness * 1000)))
+            arrivals = schedule
+            for try await report in smtp.send(contentsOf: schedule, maximumInFlight: maximumInFlight) {
+                tally.add(report, latency: clock.now - schedule.intendedStart(of: report, messages: mails))
+                progress.update(done: tally.count, errors: tally.count - tally.accepted, now: clock.now, to: stderr)
+            }
+        } else {
+            let sequence = BenchMails(messages: mails, envelope: envelope, count: total, deadline: deadline)
+            for try await report in smtp.send(contentsOf: sequence, maximumInFlight: maximumInFlight) {
+                tally.add(report, latency: report.elapsed)
+                progress.update(done: tally.count, errors: tally.count - tally.accepted, now: clock.now, to: stderr)
+            }
         }
         let elapsed = clock.now - start
         let cpu = processCPUTime() - cpuStart
@@ -161,7 +181,10 @@ struct BenchCommand: AsyncParsableCommand {
             target: target ?? "embedded sink", security: Self.describe(configuration.security, embedded: sink != nil,
                                                                        signed: !configuration.dkim.isEmpty),
             connections: connections, size: mails.size, recipients: envelope.recipients.count,
-            pipelining: !noPipelining, chunking: !noChunking, tally: tally, elapsed: elapsed,
+            pipelining: !noPipelining, chunking: !noChunking,
+            model: rate.map { .open(rate: $0, dropped: arrivals?.dropped ?? 0, maximumLateness: maxLateness) }
+                ?? .closed(inFlight: maximumInFlight),
+            tally: tally, elapsed: elapsed,
             clientCPU: cpu - sinkCPU.seconds, sinkCPU: sink == nil ? nil : sinkCPU.seconds,
             sinkTLSSessions: sink?.statistics.tlsSessions)
         print(json ? result.json : result.text)
@@ -304,12 +327,14 @@ struct Tally {
             .joined(separator: ", ")
     }
 
-    mutating func add(_ report: DeliveryReport) {
+    /// Counts `report`, whose message took `latency`: from its submission in the closed
+    /// model, from its intended start in the open one.
+    mutating func add(_ report: DeliveryReport, latency elapsed: Duration) {
         count += 1
         counts[Self.index(of: report.outcome)] += 1
         if report.outcome != .accepted { failures[Self.failureKey(report), default: 0] += 1 }
         if firstError == nil, let error = report.error { firstError = "\(error)" }
-        let (seconds, attoseconds) = report.elapsed.components  // one Int128 division, not two
+        let (seconds, attoseconds) = elapsed.components  // one Int128 division, not two
         let micros = seconds * 1_000_000 + attoseconds / 1_000_000_000_000
         _ = latency.record(UInt64(max(1, micros)))
     }
@@ -375,6 +400,7 @@ struct BenchResult {
     let recipients: Int
     let pipelining: Bool
     let chunking: Bool
+    let model: LoadModel
     let tally: Tally
     let elapsed: Duration
     let clientCPU: Double
@@ -395,6 +421,7 @@ struct BenchResult {
             "sluice bench → \(target): \(tally.count.grouped) messages of \(size.grouped) bytes, \(recipients) recipient(s), "
                 + "\(connections) connections, pipelining \(pipelining ? "on" : "off"), chunking \(chunking ? "on" : "off")",
             "security:  \(security)",
+            "model:     \(model.text)",
             "outcomes:  " + tally.byOutcome.sorted { $0.key < $1.key }.map { "\($0.key) \($0.value.grouped)" }.joined(separator: ", "),
             String(format: "elapsed:   %.3f s", elapsed.seconds),
             tally.accepted == tally.count
@@ -416,7 +443,7 @@ struct BenchResult {
     var json: String {
         var object: [String: Any] = [
             "target": target, "security": security, "messages": tally.count, "size": size, "recipients": recipients, "connections": connections,
-            "pipelining": pipelining, "chunking": chunking, "outcomes": tally.byOutcome,
+            "pipelining": pipelining, "chunking": chunking, "outcomes": tally.byOutcome, "model": model.json,
             "elapsedSeconds": elapsed.seconds, "messagesPerSecond": messagesPerSecond,
             "acceptedPerSecond": acceptedPerSecond, "accepted": tally.accepted, "failures": tally.failures,
             "megabytesPerSecond": megabytesPerSecond,
@@ -443,4 +470,100 @@ extension Int {
         }
         return self < 0 ? "-" + result : result
     }
+}
+
+/// How load is offered.
+enum LoadModel {
+    /// A fixed number in flight: each message goes as soon as one reports (`smtp-source`'s
+    /// model). Latency is from submission, so a stalled server slows the arrivals and hides.
+    case closed(inFlight: Int)
+    /// Arrivals at `rate` a second whatever the server does; latency from each message's
+    /// intended start; `dropped` could not start within `maximumLateness` seconds.
+    case open(rate: Double, dropped: Int, maximumLateness: Double)
+
+    var text: String {
+        switch self {
+        case .closed(let inFlight):
+            "closed, \(inFlight.grouped) in flight; latency from each message's submission"
+        case .open(let rate, let dropped, let lateness):
+            String(format: "open, %@ msg/s arriving; latency from each message's intended start; "
+                   + "dropped %@ (could not start within %g s)", Int(rate.rounded()).grouped, dropped.grouped, lateness)
+        }
+    }
+
+    var json: [String: Any] {
+        switch self {
+        case .closed(let inFlight): ["name": "closed", "inFlight": inFlight]
+        case .open(let rate, let dropped, let lateness):
+            ["name": "open", "rate": rate, "dropped": dropped, "maximumLatenessSeconds": lateness]
+        }
+    }
+}
+
+/// The open model's arrivals: message n (from 1) is due at `start + (n - 1) / rate`. The
+/// bulk send asks for the next message once the one before has room, so a message asked for
+/// later than its due time plus `maximumLateness` could not start in time: it is dropped,
+/// counted, and the schedule goes on with the first message still in time.
+final class OpenArrivals: AsyncSequence, Sendable {
+    typealias Element = OutgoingMail
+    let messages: BenchMessages
+    let envelope: Envelope
+    let count: Int
+    let deadline: ContinuousClock.Instant?
+    let start: ContinuousClock.Instant
+    let rate: Double
+    let maximumLateness: Duration
+    private let droppedCount = Atomic<Int>(0)
+
+    init(messages: BenchMessages, envelope: Envelope, count: Int, deadline: ContinuousClock.Instant?,
+         start: ContinuousClock.Instant, rate: Double, maximumLateness: Duration) {
+        self.messages = messages
+        self.envelope = envelope
+        self.count = count
+        self.deadline = deadline
+        self.start = start
+        self.rate = rate
+        self.maximumLateness = maximumLateness
+    }
+
+    /// Messages that could not start in time.
+    var dropped: Int { droppedCount.load(ordering: .relaxed) }
+
+    /// When message `number` (from 1) is due.
+    func due(_ number: Int) -> ContinuousClock.Instant {
+        start + .nanoseconds(Int64((Double(number - 1) / rate * 1e9).rounded()))
+    }
+
+    /// The intended start of the message `report` is about (its number is in its Message-ID).
+    func intendedStart(of report: DeliveryReport, messages: BenchMessages) -> ContinuousClock.Instant {
+        due(report.messageID.flatMap(messages.number(inMessageID:)) ?? 1)
+    }
+
+    struct AsyncIterator: AsyncIteratorProtocol {
+        let arrivals: OpenArrivals
+        var next = 1
+
+        mutating func next() async throws -> OutgoingMail? {
+            let clock = ContinuousClock()
+            while next <= arrivals.count {
+                let due = arrivals.due(next)
+                let now = clock.now
+                if let deadline = arrivals.deadline, due >= deadline { return nil }
+                if now > due + arrivals.maximumLateness {
+                    // Too late: every message due before now - lateness is dropped at once.
+                    let lateness = (now - arrivals.maximumLateness - arrivals.start).seconds
+                    let firstInTime = Swift.min(arrivals.count + 1, Swift.max(next + 1, Int((lateness * arrivals.rate).rounded(.up)) + 1))
+                    arrivals.droppedCount.add(firstInTime - next, ordering: .relaxed)
+                    next = firstInTime
+                    continue
+                }
+                if due > now { try await Task.sleep(until: due, clock: clock) }
+                defer { next += 1 }
+                return OutgoingMail(envelope: arrivals.envelope, message: arrivals.messages.message(next))
+            }
+            return nil
+        }
+    }
+
+    func makeAsyncIterator() -> AsyncIterator { AsyncIterator(arrivals: self) }
 }

@@ -40,6 +40,13 @@ struct BenchMessages: Sendable {
     /// The size of each message before any DKIM signature.
     var size: Int { template.count }
 
+    /// The copy's number in a Message-ID this run made (`<NNNNNNNNNNNNNNNN.RUN@DOMAIN>`).
+    func number(inMessageID messageID: String) -> Int? {
+        let digits = messageID.utf8.dropFirst().prefix(Self.digitCount)
+        guard messageID.utf8.first == UInt8(ascii: "<"), digits.count == Self.digitCount else { return nil }
+        return Int(Substring(digits))
+    }
+
     /// Copy `number`, with its own Message-ID (and signature).
     func message(_ number: Int) -> EncodedMessage {
         var bytes = template

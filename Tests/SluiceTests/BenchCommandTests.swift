@@ -50,6 +50,41 @@ struct BenchCommandTests {
         #expect(run.output.contains("latency:   p50"))
     }
 
+    @Test func theOpenModelPacesArrivalsAndSaysSo() async throws {
+        guard let run = try await Self.bench(["--messages", "300", "--rate", "150", "--connections", "2", "--json"])
+        else { return }
+        #expect(run.status == 0, "\(run.error)")
+        let result = try Self.object(run.output)
+        let model = try #require(result["model"] as? [String: Any])
+        #expect(model["name"] as? String == "open")
+        #expect(model["rate"] as? Double == 150)
+        #expect(model["dropped"] as? Int == 0)
+        #expect((result["outcomes"] as? [String: Int]) == ["accepted": 300])
+        // 300 arrivals at 150 a second take two seconds, however fast the sink is.
+        #expect((result["elapsedSeconds"] as? Double ?? 0) >= 1.95, "\(result["elapsedSeconds"] ?? "")")
+    }
+
+    /// A server that stalls: the closed model slows its arrivals to the server's pace and
+    /// reports the latency of what it sent; the open model keeps arriving, counts from each
+    /// message's intended start (so the stall shows), and counts what could not start.
+    @Test func aStalledServerShowsInTheOpenModelsLatencyAndDrops() async throws {
+        let sink = try await startSink { $0.replyDelay = .fixed(.milliseconds(300)) }
+        guard let run = try await Self.bench([
+            "--target", "127.0.0.1:\(sink.localAddress.port)", "--security", "none", "--connections", "1",
+            "--in-flight", "2", "--rate", "50", "--messages", "100", "--max-lateness", "0.5", "--json",
+        ]) else { return }
+        #expect(run.status == 0, "\(run.error)")
+        let result = try Self.object(run.output)
+        let model = try #require(result["model"] as? [String: Any])
+        let dropped = try #require(model["dropped"] as? Int)
+        let sent = try #require(result["messages"] as? Int)
+        #expect(sent + dropped == 100, "every arrival is sent or counted as dropped")
+        #expect(dropped > 50, "the server takes a few a second of the 50 arriving: \(dropped) dropped")
+        let latency = try #require(result["latencyMilliseconds"] as? [String: Double])
+        #expect(latency["p50"]! >= 300, "latency counts the wait to start as well: \(latency)")
+        await sink.shutdown()
+    }
+
     @Test func aTargetThatRejectsSomeMailIsCountedAndTheExitStatusSaysSo() async throws {
         let sink = try await startSink { $0.faults.rejectRecipients = .everyNth(4) }
         guard let run = try await Self.bench(["--target", "127.0.0.1:\(sink.localAddress.port)", "--security", "none",
