@@ -26,6 +26,11 @@ struct BenchCommand: AsyncParsableCommand {
     var duration: Double?
     @Option(help: "Connections in the pool.")
     var connections = 16
+    @Option(name: .customLong("messages-per-connection"),
+            help: "Close each connection after this many messages (1: a new connection, greeting, EHLO, STARTTLS and AUTH for every message).")
+    var messagesPerConnection: Int?
+    @Option(help: "Write one JSON line a second: messages, accepted, failed, rate and latency percentiles in that second.")
+    var timeseries: String?
     @Option(help: "Recipients per message (default 1, or as many as --to lists).")
     var recipients: Int?
     @Option(help: "Message size in bytes (default 1024; not with --eml).")
@@ -70,6 +75,7 @@ struct BenchCommand: AsyncParsableCommand {
         if let duration, duration <= 0 { throw ValidationError("--duration must be positive") }
         if let rate, rate <= 0 { throw ValidationError("--rate must be positive") }
         if maxLateness <= 0 { throw ValidationError("--max-lateness must be positive") }
+        if let messagesPerConnection, messagesPerConnection <= 0 { throw ValidationError("--messages-per-connection must be positive") }
         if let inFlight, inFlight <= 0 { throw ValidationError("--in-flight must be positive") }
         if let loops, loops <= 0 { throw ValidationError("--loops must be positive") }
         if let target { _ = try ClientOptions.parseServer(target) }
@@ -130,7 +136,7 @@ struct BenchCommand: AsyncParsableCommand {
             configuration.security = security.security
         }
         configuration.pool.maximumConnections = connections
-        configuration.pool.maximumMessagesPerConnection = Int.max
+        configuration.pool.maximumMessagesPerConnection = messagesPerConnection ?? Int.max
         configuration.pool.maximumConnectionLifetime = .seconds(86_400)
         configuration.pipelining.enabled = !noPipelining
         configuration.pipelining.chunking = !noChunking
@@ -147,6 +153,7 @@ struct BenchCommand: AsyncParsableCommand {
         let sinkCPUStart = await sinkGroup?.threadCPUTime() ?? .zero
         let cpuStart = processCPUTime()
 
+        var series = try settingUp("bench", nothingSent: true) { try timeseries.map { try TimeSeries(path: $0, start: start) } }
         var tally = Tally()
         var progress = Progress(total: duration == nil ? messages : nil, duration: duration, start: start)
         let maximumInFlight = inFlight ?? connections * 64
@@ -158,17 +165,21 @@ struct BenchCommand: AsyncParsableCommand {
                                         start: start, rate: rate, maximumLateness: .milliseconds(Int64(maxLateness * 1000)))
             arrivals = schedule
             for try await report in smtp.send(contentsOf: schedule, maximumInFlight: maximumInFlight) {
-                tally.add(report, latency: clock.now - schedule.intendedStart(of: report, messages: mails))
+                let latency = clock.now - schedule.intendedStart(of: report, messages: mails)
+                tally.add(report, latency: latency)
+                series?.add(report, latency: latency, now: clock.now)
                 progress.update(done: tally.count, errors: tally.count - tally.accepted, now: clock.now, to: stderr)
             }
         } else {
             let sequence = BenchMails(messages: mails, envelope: envelope, count: total, deadline: deadline)
             for try await report in smtp.send(contentsOf: sequence, maximumInFlight: maximumInFlight) {
                 tally.add(report, latency: report.elapsed)
+                series?.add(report, latency: report.elapsed, now: clock.now)
                 progress.update(done: tally.count, errors: tally.count - tally.accepted, now: clock.now, to: stderr)
             }
         }
         let elapsed = clock.now - start
+        series?.finish(now: clock.now)
         let cpu = processCPUTime() - cpuStart
         let sinkCPU = (await sinkGroup?.threadCPUTime() ?? .zero) - sinkCPUStart
         progress.finish(to: stderr)
@@ -566,4 +577,60 @@ final class OpenArrivals: AsyncSequence, Sendable {
     }
 
     func makeAsyncIterator() -> AsyncIterator { AsyncIterator(arrivals: self) }
+}
+
+/// `--timeseries`: one JSON line for each second of the run, as reports arrive (a second in
+/// which none arrived is a line of zeros, written when the next one comes or at the end).
+struct TimeSeries {
+    private let file: FileHandle
+    private let start: ContinuousClock.Instant
+    private var second = 0
+    private var messages = 0
+    private var accepted = 0
+    private var latency = Histogram<UInt64>(highestTrackableValue: 600_000_000, numberOfSignificantValueDigits: .two)
+
+    init(path: String, start: ContinuousClock.Instant) throws {
+        guard FileManager.default.createFile(atPath: path, contents: nil), let file = FileHandle(forWritingAtPath: path) else {
+            throw ValidationError("--timeseries: cannot write \(path)")
+        }
+        self.file = file
+        self.start = start
+    }
+
+    mutating func add(_ report: DeliveryReport, latency elapsed: Duration, now: ContinuousClock.Instant) {
+        flush(through: Int((now - start).seconds))
+        messages += 1
+        if report.outcome == .accepted { accepted += 1 }
+        let (seconds, attoseconds) = elapsed.components
+        _ = latency.record(UInt64(max(1, seconds * 1_000_000 + attoseconds / 1_000_000_000_000)))
+    }
+
+    /// Writes every second before `current`.
+    private mutating func flush(through current: Int) {
+        while second < current {
+            write()
+            second += 1
+        }
+    }
+
+    private mutating func write() {
+        func milliseconds(_ p: Double) -> Double { messages == 0 ? 0 : Double(latency.valueAtPercentile(p)) / 1000 }
+        let object: [String: Any] = [
+            "second": second, "messages": messages, "accepted": accepted, "failed": messages - accepted,
+            "latencyMilliseconds": ["p50": milliseconds(50), "p90": milliseconds(90), "p99": milliseconds(99),
+                                    "max": messages == 0 ? 0 : Double(latency.max) / 1000],
+        ]
+        let data = (try? JSONSerialization.data(withJSONObject: object, options: [.sortedKeys])) ?? Data()
+        file.write(data + Data("\n".utf8))
+        messages = 0
+        accepted = 0
+        latency.reset()
+    }
+
+    /// Writes the seconds left, the last one partial.
+    mutating func finish(now: ContinuousClock.Instant) {
+        flush(through: Int((now - start).seconds))
+        if messages > 0 { write() }
+        try? file.close()
+    }
 }

@@ -85,6 +85,36 @@ struct BenchCommandTests {
         await sink.shutdown()
     }
 
+    @Test func aTimeSeriesHasALineForEachSecond() async throws {
+        let path = FileManager.default.temporaryDirectory.appendingPathComponent("sluice-series-\(UUID().uuidString).jsonl").path
+        defer { try? FileManager.default.removeItem(atPath: path) }
+        guard let run = try await Self.bench(["--messages", "300", "--rate", "100", "--connections", "2", "--timeseries", path])
+        else { return }
+        #expect(run.status == 0, "\(run.error)")
+        let lines = try String(contentsOfFile: path, encoding: .utf8).split(separator: "\n")
+        let seconds = try lines.map { try Self.object(String($0)) }
+        #expect(seconds.map { $0["second"] as? Int } == Array(0..<seconds.count), "one line a second, in order")
+        #expect(seconds.count >= 3, "300 messages at 100 a second: three seconds")
+        #expect(seconds.reduce(0) { $0 + ($1["messages"] as? Int ?? 0) } == 300)
+        #expect(seconds.reduce(0) { $0 + ($1["failed"] as? Int ?? 1) } == 0)
+        for full in seconds.dropLast() {
+            // Arrivals are paced, so each whole second holds about a hundred.
+            #expect((70...130).contains(full["messages"] as? Int ?? 0), "\(full)")
+            #expect((full["latencyMilliseconds"] as? [String: Double])?["p99"].map { $0 > 0 } == true)
+        }
+    }
+
+    @Test func oneMessageAConnectionMakesASessionForEveryMessage() async throws {
+        let sink = try await startSink()
+        guard let run = try await Self.bench(["--target", "127.0.0.1:\(sink.localAddress.port)", "--security", "none",
+                                               "--messages", "40", "--connections", "2", "--messages-per-connection", "1"])
+        else { return }
+        #expect(run.status == 0, "\(run.error)")
+        #expect(sink.statistics.messages == 40)
+        #expect(sink.statistics.sessions == 40, "a new connection, greeting and EHLO for every message")
+        await sink.shutdown()
+    }
+
     @Test func aTargetThatRejectsSomeMailIsCountedAndTheExitStatusSaysSo() async throws {
         let sink = try await startSink { $0.faults.rejectRecipients = .everyNth(4) }
         guard let run = try await Self.bench(["--target", "127.0.0.1:\(sink.localAddress.port)", "--security", "none",
