@@ -41,6 +41,11 @@ export TSAN_OPTIONS="suppressions=$root/scripts/sanitizers/tsan.supp:halt_on_err
 # Tests that must know which run this is (a test too load-sensitive for the parallel runs)
 # read this: both sanitizers' options are exported whichever runs.
 export SLUICE_SANITIZER="$sanitizer"
+# A sanitized child that crashes is reported by the sanitizer. Swift's own crash handler
+# would also start swift-backtrace, whose reads of the dying process's stack ASan stops;
+# the orphaned backtracer then holds the child's output pipes open, and the test reading
+# them waits for ever (seen: a crashed `sluice bench` hung the suite for 13 minutes).
+export SWIFT_BACKTRACE=enable=no
 echo "sanitize: running the tests under $sanitizer"
 status=0
 swift test --skip-build --sanitize="$sanitizer" --scratch-path "$scratch" "$@" 2>&1 | tee "$log" || status=$?

@@ -562,9 +562,11 @@ final class OpenArrivals: AsyncSequence, Sendable {
                 if let deadline = arrivals.deadline, due >= deadline { return nil }
                 if now > due + arrivals.maximumLateness {
                     // Too late: every message due before now - lateness is dropped at once.
+                    // (`count` is Int.max for a run of a duration: nothing here adds to it.)
                     let lateness = (now - arrivals.maximumLateness - arrivals.start).seconds
-                    let firstInTime = Swift.min(arrivals.count + 1, Swift.max(next + 1, Int((lateness * arrivals.rate).rounded(.up)) + 1))
-                    arrivals.droppedCount.add(firstInTime - next, ordering: .relaxed)
+                    let firstInTime = Swift.max(next + 1, Int((lateness * arrivals.rate).rounded(.up)) + 1)
+                    let skipped = firstInTime > arrivals.count ? arrivals.count - next + 1 : firstInTime - next
+                    arrivals.droppedCount.add(skipped, ordering: .relaxed)
                     next = firstInTime
                     continue
                 }

@@ -85,6 +85,20 @@ struct BenchCommandTests {
         await sink.shutdown()
     }
 
+    /// A run of a duration has no message count (Int.max); dropping late arrivals in it once
+    /// overflowed that count and crashed the command.
+    @Test func aRunOfADurationThatDropsArrivalsEndsCleanly() async throws {
+        let sink = try await startSink { $0.replyDelay = .fixed(.milliseconds(200)) }
+        guard let run = try await Self.bench([
+            "--target", "127.0.0.1:\(sink.localAddress.port)", "--security", "none", "--connections", "1",
+            "--in-flight", "1", "--rate", "200", "--duration", "2", "--max-lateness", "0.1", "--json",
+        ]) else { return }
+        #expect(run.status == 0, "\(run.error)")
+        let model = try #require(try Self.object(run.output)["model"] as? [String: Any])
+        #expect((model["dropped"] as? Int ?? 0) > 100, "\(model)")
+        await sink.shutdown()
+    }
+
     @Test func aTimeSeriesHasALineForEachSecond() async throws {
         let path = FileManager.default.temporaryDirectory.appendingPathComponent("sluice-series-\(UUID().uuidString).jsonl").path
         defer { try? FileManager.default.removeItem(atPath: path) }
