@@ -40,10 +40,19 @@ public final class PeerProcess: Sendable {
     /// The first line the peer printed (its "ready" line).
     public let firstLine: String
 
-    /// Starts `executable` and waits (at most 20 s) for its first line of output.
+    /// Starts `executable` and waits (at most 20 s) for its first line of output. A peer
+    /// that exits or stays silent instead throws ``PeerStartError`` with what it wrote to
+    /// standard error, so a failed start says why.
     public init(_ executable: String, _ arguments: [String]) async throws {
-        child = try ChildProcess(executable, arguments)
-        firstLine = try await child.firstOutputLine(within: .seconds(20))
+        let child = try ChildProcess(executable, arguments)
+        do {
+            firstLine = try await child.firstOutputLine(within: .seconds(20))
+        } catch {
+            let status = await child.stopped()
+            let stderr = await child.outputAndError(quietLimit: .milliseconds(200)).error
+            throw PeerStartError(program: executable, status: status, error: String(decoding: stderr, as: UTF8.self))
+        }
+        self.child = child
     }
 
     /// Stops the peer (SIGTERM, then SIGKILL after half a second) and returns what it wrote
@@ -54,6 +63,18 @@ public final class PeerProcess: Sendable {
             child.stop()
             return String(decoding: child.readOutputAndError(quietLimit: .milliseconds(200)).error, as: UTF8.self)
         }
+    }
+}
+
+/// A peer that exited, or printed nothing, before its first line.
+public struct PeerStartError: Error, CustomStringConvertible {
+    public let program: String
+    /// Its exit status (128 + the signal when it was killed).
+    public let status: Int32
+    /// What it wrote to standard error.
+    public let error: String
+    public var description: String {
+        "\(program) did not start (exit status \(status)); it wrote:\n\(error.suffix(4000))"
     }
 }
 

@@ -21,7 +21,8 @@ struct ClientInteropTests {
         context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
         context.load_cert_chain(cert, key)
         controller = Controller(Handler(), hostname="127.0.0.1", port=port, tls_context=context,
-                                require_starttls=True, auth_require_tls=True, \(controllerArguments))
+                                require_starttls=True, auth_require_tls=True, ready_timeout=15,
+                                \(controllerArguments))
         controller.start()
         print("ready", flush=True)
         try:
@@ -420,12 +421,22 @@ private struct Aiosmtpd {
     static func start(_ script: String) async throws -> Aiosmtpd? {
         guard let python = await peerPython(importing: ["aiosmtpd"]) else { return nil }
         let certificates = try TestCertificates.shared()
-        let port = try unusedPort()
         let out = FileManager.default.temporaryDirectory.appendingPathComponent("aiosmtpd-\(UUID().uuidString).jsonl").path
-        let server = try await PeerProcess(python, ["-c", script, "\(port)", certificates.good.certificate,
-                                                    certificates.good.key, out])
-        #expect(server.firstLine == "ready")
-        return Aiosmtpd(server: server, port: port, out: out)
+        // A port found free can be taken by another test's socket before the script binds it,
+        // so a start that fails is tried again on another port; the last failure is thrown.
+        var attempt = 1
+        while true {
+            let port = try unusedPort()
+            do {
+                let server = try await PeerProcess(python, ["-c", script, "\(port)", certificates.good.certificate,
+                                                            certificates.good.key, out])
+                #expect(server.firstLine == "ready")
+                return Aiosmtpd(server: server, port: port, out: out)
+            } catch let error as PeerStartError where attempt < 3 {
+                print("aiosmtpd did not start on port \(port) (attempt \(attempt)); trying another: \(error)")
+                attempt += 1
+            }
+        }
     }
 
     /// STARTTLS to it, its certificate verified against the test CA as "localhost".
