@@ -44,6 +44,8 @@ struct SinkCommand: AsyncParsableCommand {
     var bounces = false
     @Option(name: .customLong("outbox"), help: "With --bounces, the outbox: sqlite:PATH or postgresql://… (default: $SLUICE_OUTBOX, else sqlite:sluice-outbox.db).")
     var outboxURL: String?
+    @Flag(help: "Check each message's X-Sluice-Checksum (sluice bench --checksum adds it): a body that does not match is answered 554 5.6.0 and counted as corrupted; a message without one is counted as unchecked.")
+    var verify = false
     @Flag(name: .customLong("wire-bytes"),
           help: "Keep Maildir and mbox messages exactly as they came (CRLF, no Return-Path, Delivered-To or Received).")
     var wireBytes = false
@@ -216,6 +218,7 @@ struct SinkCommand: AsyncParsableCommand {
         if outboxURL != nil, !bounces { throw ValidationError("--outbox goes with --bounces") }
         configuration.store = store
         configuration.storesWireBytes = wireBytes
+        configuration.verifiesChecksums = verify
         if let print {
             let printer = MessagePrinter(mode: print, hostname: hostname)
             configuration.onMessage = { printer.print($0) }

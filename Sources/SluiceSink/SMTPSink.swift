@@ -55,6 +55,11 @@ public struct SinkConfiguration: Sendable {
     /// `sluice sink --print` prints from here. Leave it nil for load work: with it, every
     /// message is copied out even with the `discard` store.
     public var onMessage: (@Sendable (StoredMessage) -> Void)?
+    /// Whether each message's ``ContentChecksum`` field is checked (`sluice sink --verify`):
+    /// a message whose body does not match its field is answered `554 5.6.0` and not kept,
+    /// so the sender counts it as failed. A message without the field is kept and counted as
+    /// unchecked.
+    public var verifiesChecksums = false
     /// Faults to inject.
     public var faults = SinkFaults()
     /// A delay before replies, if any.

@@ -273,6 +273,11 @@ final class SinkSession: ConnectionHandler, EndOfIterationWork, @unchecked Senda
     private func deliver(_ message: ReceivedMessage) {
         let loop = connection.eventLoop
         let span = transactionSpan(message)
+        if shared.configuration.verifiesChecksums, let refusal = checksumRefusal(message) {
+            ended(span, .failure(StoreError(description: "checksum mismatch")))
+            finish(refusal)
+            return
+        }
         shared.store.store(message, arrival: Arrival(client: connection.remoteAddress, tls: connection.tlsDetails)) {
             [self] result in
             if loop.inEventLoop {
@@ -327,16 +332,36 @@ final class SinkSession: ConnectionHandler, EndOfIterationWork, @unchecked Senda
             shared.counters.recipients.add(message.recipients.count, ordering: .relaxed)
             shared.counters.bytes.add(message.content.count, ordering: .relaxed)
         }
-        guard !isClosed else { return }
         switch result {
         case .success(let id):
-            perform(machine.deliveryFinished(.stored(id: id)))
+            finish(.stored(id: id))
         case .failure(let error):
-            perform(machine.deliveryFinished(.failed(SMTPReply(
-                .localErrorInProcessing, EnhancedStatusCode("4.3.0"), "Error: could not store the message: \(error)"))))
+            finish(.failed(SMTPReply(.localErrorInProcessing, EnhancedStatusCode("4.3.0"), "Error: could not store the message: \(error)")))
         }
+    }
+
+    /// Answers the transaction whose content was delivered, and reads on.
+    private func finish(_ result: DeliveryResult) {
+        guard !isClosed else { return }
+        perform(machine.deliveryFinished(result))
         if machine.bufferedInputCount <= 1 << 20, !shared.readingPaused { connection.resumeReading() }
         updateDeadline()
+    }
+
+    /// With ``SinkConfiguration/verifiesChecksums``: the refusal for a message whose body
+    /// does not match its checksum (counted, and never stored), or nil to store it.
+    private func checksumRefusal(_ message: ReceivedMessage) -> DeliveryResult? {
+        switch ContentChecksum.verify(message.content) {
+        case .verified:
+            shared.counters.checksumsVerified.add(1, ordering: .relaxed)
+            return nil
+        case .unchecked:
+            shared.counters.checksumsMissing.add(1, ordering: .relaxed)
+            return nil
+        case .mismatch(let reason):
+            shared.counters.checksumMismatches.add(1, ordering: .relaxed)
+            return .failed(SMTPReply(.transactionFailed, EnhancedStatusCode("5.6.0"), "Error: content corrupted: \(reason)"))
+        }
     }
 
     // MARK: Output, with the optional reply delay

@@ -37,6 +37,13 @@ public struct SinkStatistics: Hashable, Sendable, Codable {
     /// Times the listener stopped accepting for a while because the process had no file
     /// descriptor left (EMFILE/ENFILE); the clients waited in the backlog meanwhile.
     public var acceptPauses = 0
+    /// With ``SinkConfiguration/verifiesChecksums``: messages whose checksum matched.
+    public var checksumsVerified = 0
+    /// With ``SinkConfiguration/verifiesChecksums``: messages refused because their body did
+    /// not match their checksum (corrupted on the way).
+    public var checksumMismatches = 0
+    /// With ``SinkConfiguration/verifiesChecksums``: messages that had no checksum to check.
+    public var checksumsMissing = 0
 
     /// A one-line summary for logs.
     public var summary: String {
@@ -46,6 +53,8 @@ public struct SinkStatistics: Hashable, Sendable, Codable {
             + "slow clients closed \(slowClientsClosed), failed AUTH \(authenticationFailures), accept pauses \(acceptPauses)"
             + (rejections.isEmpty ? "" : ", rejections \(rejections)")
             + (transactionsWithoutRecipients == 0 ? "" : ", transactions without recipients \(transactionsWithoutRecipients)")
+            + (checksumsVerified + checksumMismatches + checksumsMissing == 0 ? ""
+                : ", checksums verified \(checksumsVerified), mismatched \(checksumMismatches), missing \(checksumsMissing)")
     }
 }
 
@@ -63,6 +72,9 @@ final class SinkCounters: Sendable {
     let slowClientsClosed = Atomic<Int>(0)
     let authenticationFailures = Atomic<Int>(0)
     let transactionsWithoutRecipients = Atomic<Int>(0)
+    let checksumsVerified = Atomic<Int>(0)
+    let checksumMismatches = Atomic<Int>(0)
+    let checksumsMissing = Atomic<Int>(0)
     private let rejections = Locked<[Int: Int]>([:])
     private static let noValidRecipients = Array("554 5.5.1 \(ServerStateMachine.noValidRecipientsText)".utf8)
 
@@ -103,6 +115,9 @@ final class SinkCounters: Sendable {
         statistics.slowClientsClosed = slowClientsClosed.load(ordering: .relaxed)
         statistics.authenticationFailures = authenticationFailures.load(ordering: .relaxed)
         statistics.transactionsWithoutRecipients = transactionsWithoutRecipients.load(ordering: .relaxed)
+        statistics.checksumsVerified = checksumsVerified.load(ordering: .relaxed)
+        statistics.checksumMismatches = checksumMismatches.load(ordering: .relaxed)
+        statistics.checksumsMissing = checksumsMissing.load(ordering: .relaxed)
         statistics.rejectionsByCode = Dictionary(uniqueKeysWithValues: rejections.withLock { $0 }.map { (String($0.key), $0.value) })
         return statistics
     }
