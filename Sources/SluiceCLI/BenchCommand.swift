@@ -31,10 +31,20 @@ struct BenchCommand: AsyncParsableCommand {
     var messagesPerConnection: Int?
     @Option(help: "Write one JSON line a second: messages, accepted, failed, rate and latency percentiles in that second.")
     var timeseries: String?
-    @Option(help: "Recipients per message (default 1, or as many as --to lists).")
-    var recipients: Int?
-    @Option(help: "Message size in bytes (default 1024; not with --eml).")
-    var size: Int?
+    @Option(help: ArgumentHelp(
+        "Recipients per message: N, a uniform range LO-HI, or a mix N:WEIGHT,… (default 1, or as many as --to lists).",
+        discussion: "A message with k recipients goes to the first k addresses."))
+    var recipients: String?
+    @Option(help: ArgumentHelp(
+        "Message size in bytes: N, a uniform range LO-HI, or a mix N:WEIGHT,…; k is 1,024 and m 1,048,576 (default 1k; not with --eml).",
+        discussion: "--size 1k-100k draws each message's size uniformly; --size 1k:80,10k:15,1m:5 draws from a weighted mix."))
+    var size: String?
+    @Option(name: .customLong("size-mix"), help: "The same as --size with a mix, SIZE:WEIGHT,… (1k:80,10k:15,1m:5).")
+    var sizeMix: String?
+    @Flag(help: "Add an X-Sluice-Checksum field (the SHA-256 of the body) that sluice sink --verify checks, so corruption on the way shows up as failures.")
+    var checksum = false
+    @Option(help: "Seed for the per-message draws of size and recipients (default: random, printed), so a run can be repeated.")
+    var seed: UInt64?
     @Option(help: "The envelope sender and the From address.")
     var from = "bench@sluice.test"
     @Option(help: "Recipients: addresses (repeatable or comma-separated), or one pattern with {n}, numbered 1 to --recipients (default rcpt{n}@sink.test).")
@@ -66,11 +76,13 @@ struct BenchCommand: AsyncParsableCommand {
     static let smallestSize = 256
 
     func validate() throws {
-        guard messages > 0, connections > 0, (recipients ?? 1) > 0, (size ?? Self.smallestSize) >= Self.smallestSize else {
-            throw ValidationError("--messages, --connections and --recipients must be positive and --size at least \(Self.smallestSize)")
+        guard messages > 0, connections > 0 else {
+            throw ValidationError("--messages and --connections must be positive")
         }
-        if eml != nil, size != nil || !header.isEmpty || subject != "sluice bench" {
-            throw ValidationError("--eml sends that message; it cannot be combined with --size, --subject or --header")
+        _ = try sizes()
+        _ = try recipientCounts()
+        if eml != nil, size != nil || sizeMix != nil || !header.isEmpty || subject != "sluice bench" {
+            throw ValidationError("--eml sends that message; it cannot be combined with --size, --size-mix, --subject or --header")
         }
         if let duration, duration <= 0 { throw ValidationError("--duration must be positive") }
         if let rate, rate <= 0 { throw ValidationError("--rate must be positive") }
@@ -80,6 +92,28 @@ struct BenchCommand: AsyncParsableCommand {
         if let loops, loops <= 0 { throw ValidationError("--loops must be positive") }
         if let target { _ = try ClientOptions.parseServer(target) }
     }
+
+    /// `--size` or `--size-mix` (not both), or the default of 1k.
+    func sizes() throws -> BenchDistribution {
+        if size != nil, sizeMix != nil { throw ValidationError("give --size or --size-mix, not both") }
+        if let sizeMix, !sizeMix.contains(":") {
+            throw ValidationError("--size-mix \(sizeMix): give SIZE:WEIGHT pairs, such as 1k:80,10k:15,1m:5 (or use --size)")
+        }
+        guard let text = size ?? sizeMix else { return BenchDistribution(.fixed(1_024), salt: Self.sizeSalt) }
+        return try BenchDistribution(parsing: text, option: size == nil ? "--size-mix" : "--size", minimum: Self.smallestSize,
+                                     salt: Self.sizeSalt, value: BenchDistribution.octets)
+    }
+
+    /// `--recipients`, if given.
+    func recipientCounts() throws -> BenchDistribution? {
+        try recipients.map {
+            try BenchDistribution(parsing: $0, option: "--recipients", minimum: 1, salt: Self.recipientSalt) { Int($0) }
+        }
+    }
+
+    /// Keep the size and recipient draws of one message independent.
+    static let sizeSalt: UInt64 = 0x5172_E5A1_7000_0001
+    static let recipientSalt: UInt64 = 0x2EC1_71E2_7000_0002
 
     /// Descriptors the process needs besides its connections: the loops, their wake-ups,
     /// standard streams and the libraries' own.
@@ -103,11 +137,14 @@ struct BenchCommand: AsyncParsableCommand {
         var sinkGroup: EventLoopGroup?
         let (host, port) = try target.map(ClientOptions.parseServer) ?? ("127.0.0.1", nil)
         var configuration = try settingUp("bench", nothingSent: true) { try client.configuration(host: host, port: port) }
-        let envelope = try settingUp("bench", nothingSent: true) { try makeEnvelope() }
-        let mails = try settingUp("bench", nothingSent: true) {
-            try eml.map { try BenchMessages.file($0, from: from, signers: configuration.dkim) }
-                ?? BenchMessages.generated(size: size ?? 1_024, from: from, to: envelope.recipients[0].address.address,
-                                           subject: subject, headers: try checkedHeaders(), signers: configuration.dkim)
+        let seed = seed ?? UInt64.random(in: 0...UInt64.max)
+        let load = try settingUp("bench", nothingSent: true) {
+            let envelopes = try makeEnvelopes()
+            let mails = try eml.map { try BenchMessages.file($0, from: from, signers: configuration.dkim, checksum: checksum, seed: seed) }
+                ?? BenchMessages.generated(sizes: try sizes(), from: from, to: envelopes.first.recipients[0].address.address,
+                                           subject: subject, headers: try checkedHeaders(), signers: configuration.dkim,
+                                           checksum: checksum, seed: seed)
+            return BenchLoad(messages: mails, envelopes: envelopes)
         }
         var certificateDirectory: String?
         defer { certificateDirectory.map(removeDirectory) }
@@ -116,7 +153,9 @@ struct BenchCommand: AsyncParsableCommand {
             let group = EventLoopGroup(numberOfLoops: max(1, EventLoopGroup.coreCount / 2))
             var sinkConfiguration = SinkConfiguration()
             sinkConfiguration.port = 0
-            sinkConfiguration.server.maximumRecipients = max(1000, envelope.recipients.count)
+            sinkConfiguration.server.maximumRecipients = max(1000, load.envelopes.counts.maximum)
+            sinkConfiguration.verifiesChecksums = checksum
+            sinkConfiguration.server.maximumMessageSize = max(sinkConfiguration.server.maximumMessageSize, load.messages.largest + 65_536)
             let security = client.security ?? .none
             if security != .none {
                 // Real TLS, with a certificate made now that the client verifies.
@@ -161,19 +200,20 @@ struct BenchCommand: AsyncParsableCommand {
         if let rate {
             // The open model: arrivals on a schedule, latency from each intended start (wrk2's
             // correction for coordinated omission), what cannot start in time dropped (k6's).
-            let schedule = OpenArrivals(messages: mails, envelope: envelope, count: total, deadline: deadline,
+            let schedule = OpenArrivals(load: load, count: total, deadline: deadline,
                                         start: start, rate: rate, maximumLateness: .milliseconds(Int64(maxLateness * 1000)))
             arrivals = schedule
             for try await report in smtp.send(contentsOf: schedule, maximumInFlight: maximumInFlight) {
-                let latency = clock.now - schedule.intendedStart(of: report, messages: mails)
-                tally.add(report, latency: latency)
+                let number = load.number(of: report)
+                let latency = clock.now - schedule.due(number ?? 1)
+                tally.add(report, latency: latency, size: load.size(of: report, number: number))
                 series?.add(report, latency: latency, now: clock.now)
                 progress.update(done: tally.count, errors: tally.count - tally.accepted, now: clock.now, to: stderr)
             }
         } else {
-            let sequence = BenchMails(messages: mails, envelope: envelope, count: total, deadline: deadline)
+            let sequence = BenchMails(load: load, count: total, deadline: deadline)
             for try await report in smtp.send(contentsOf: sequence, maximumInFlight: maximumInFlight) {
-                tally.add(report, latency: report.elapsed)
+                tally.add(report, latency: report.elapsed, size: load.size(of: report))
                 series?.add(report, latency: report.elapsed, now: clock.now)
                 progress.update(done: tally.count, errors: tally.count - tally.accepted, now: clock.now, to: stderr)
             }
@@ -191,13 +231,15 @@ struct BenchCommand: AsyncParsableCommand {
         let result = BenchResult(
             target: target ?? "embedded sink", security: Self.describe(configuration.security, embedded: sink != nil,
                                                                        signed: !configuration.dkim.isEmpty),
-            connections: connections, size: mails.size, recipients: envelope.recipients.count,
+            connections: connections, seed: seed, sizes: load.messages.sizeDescription,
+            recipients: load.envelopes.counts.description, checksum: checksum,
             pipelining: !noPipelining, chunking: !noChunking,
             model: rate.map { .open(rate: $0, dropped: arrivals?.dropped ?? 0, maximumLateness: maxLateness) }
                 ?? .closed(inFlight: maximumInFlight),
             tally: tally, elapsed: elapsed,
             clientCPU: cpu - sinkCPU.seconds, sinkCPU: sink == nil ? nil : sinkCPU.seconds,
-            sinkTLSSessions: sink?.statistics.tlsSessions)
+            sinkTLSSessions: sink?.statistics.tlsSessions,
+            sinkChecksums: checksum ? sink.map { ($0.statistics.checksumsVerified, $0.statistics.checksumMismatches) } : nil)
         print(json ? result.json : result.text)
         if tally.accepted != tally.count {
             let reason = "sluice bench: \((tally.count - tally.accepted).grouped) of \(tally.count.grouped) messages were not "
@@ -207,22 +249,26 @@ struct BenchCommand: AsyncParsableCommand {
         }
     }
 
-    /// The envelope every message goes with: `--from`, and `--to`'s addresses or its pattern
-    /// numbered 1 to `--recipients`.
-    func makeEnvelope() throws -> Envelope {
+    /// The envelopes messages go with: `--from`, and the first k of `--to`'s addresses (or of
+    /// its pattern numbered from 1) for each k that `--recipients` can draw.
+    func makeEnvelopes() throws -> BenchEnvelopes {
         let listed = to.flatMap { $0.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) } }
+        let counts: BenchDistribution
         let addresses: [String]
         if listed.isEmpty || (listed.count == 1 && listed[0].contains("{n}")) {
+            counts = try recipientCounts() ?? BenchDistribution(.fixed(1), salt: Self.recipientSalt)
             let pattern = listed.first ?? "rcpt{n}@sink.test"
-            addresses = (1...(recipients ?? 1)).map { pattern.replacingOccurrences(of: "{n}", with: String($0)) }
+            addresses = (1...counts.maximum).map { pattern.replacingOccurrences(of: "{n}", with: String($0)) }
         } else {
-            if let recipients, recipients != listed.count {
-                throw ValidationError("--to lists \(listed.count) addresses but --recipients is \(recipients); give one pattern with {n} to number them")
+            counts = try recipientCounts() ?? BenchDistribution(.fixed(listed.count), salt: Self.recipientSalt)
+            if counts.maximum > listed.count {
+                throw ValidationError("--to lists \(listed.count) addresses but --recipients \(counts) needs \(counts.maximum); "
+                                      + "list more, or give one pattern with {n} to number them")
             }
             addresses = listed
         }
         do {
-            return try Envelope(from: from, to: addresses)
+            return try BenchEnvelopes(from: from, addresses: addresses, counts: counts)
         } catch {
             throw ValidationError("--from or --to: \(error)")
         }
@@ -266,16 +312,66 @@ func removeDirectory(_ path: String) {
     try? FileManager.default.removeItem(atPath: path)
 }
 
+/// What message number n of a run is: its content and its envelope.
+struct BenchLoad: Sendable {
+    let messages: BenchMessages
+    let envelopes: BenchEnvelopes
+
+    /// Message `number` (from 1) with the envelope for the recipient count drawn for it.
+    func mail(_ number: Int) -> OutgoingMail {
+        OutgoingMail(envelope: envelopes.envelope(for: number, seed: messages.seed), message: messages.message(number))
+    }
+
+    /// The number of the message `report` is about (it is in its Message-ID).
+    func number(of report: DeliveryReport) -> Int? {
+        report.messageID.flatMap(messages.number(inMessageID:))
+    }
+
+    /// The size of the message `report` is about (`number` if already known).
+    func size(of report: DeliveryReport, number: Int? = nil) -> Int {
+        if messages.hasOneSize { return messages.size(of: 1) }
+        return messages.size(of: number ?? self.number(of: report) ?? 1)
+    }
+}
+
+/// The envelopes of a run: one for each recipient count that can be drawn, each to the first
+/// that many addresses.
+struct BenchEnvelopes: Sendable {
+    let counts: BenchDistribution
+    /// By recipient count; nil for counts that cannot be drawn.
+    private let byCount: [Envelope?]
+
+    init(from: String, addresses: [String], counts: BenchDistribution) throws {
+        var byCount = [Envelope?](repeating: nil, count: counts.maximum + 1)
+        let possible: [Int] =
+            switch counts.shape {
+            case .fixed(let value): [value]
+            case .uniform(let range): Array(range)
+            case .mix(let entries, _): entries.map(\.value)
+            }
+        for count in possible where byCount[count] == nil {
+            byCount[count] = try Envelope(from: from, to: Array(addresses.prefix(count)))
+        }
+        self.counts = counts
+        self.byCount = byCount
+    }
+
+    /// The envelope with the most recipients (its first address names the bench message's To).
+    var first: Envelope { byCount.last!! }  // the maximum can always be drawn
+
+    func envelope(for number: Int, seed: UInt64) -> Envelope {
+        byCount[counts.value(for: number, seed: seed)]!  // a drawn count was made in init
+    }
+}
+
 /// `count` messages, or as many as go until `deadline`, each its own copy.
 private struct BenchMails: Sequence, Sendable {
-    let messages: BenchMessages
-    let envelope: Envelope
+    let load: BenchLoad
     let count: Int
     let deadline: ContinuousClock.Instant?
 
     struct Iterator: IteratorProtocol {
-        let messages: BenchMessages
-        let envelope: Envelope
+        let load: BenchLoad
         var sent = 0
         let count: Int
         let deadline: ContinuousClock.Instant?
@@ -283,16 +379,18 @@ private struct BenchMails: Sequence, Sendable {
             guard sent < count else { return nil }
             if let deadline, sent % 64 == 0, ContinuousClock.now >= deadline { return nil }
             sent += 1
-            return OutgoingMail(envelope: envelope, message: messages.message(sent))
+            return load.mail(sent)
         }
     }
 
-    func makeIterator() -> Iterator { Iterator(messages: messages, envelope: envelope, count: count, deadline: deadline) }
+    func makeIterator() -> Iterator { Iterator(load: load, count: count, deadline: deadline) }
 }
 
 /// Outcomes and latencies so far.
 struct Tally {
     var count = 0
+    /// Octets of the messages accepted (before any DKIM signature).
+    var acceptedBytes = 0
     var firstError: String?
     var latency = Histogram<UInt64>(highestTrackableValue: 600_000_000, numberOfSignificantValueDigits: .three)
     /// Counts per outcome, in `allCases` order: a report costs no hashing.
@@ -340,9 +438,10 @@ struct Tally {
 
     /// Counts `report`, whose message took `latency`: from its submission in the closed
     /// model, from its intended start in the open one.
-    mutating func add(_ report: DeliveryReport, latency elapsed: Duration) {
+    mutating func add(_ report: DeliveryReport, latency elapsed: Duration, size: Int) {
         count += 1
         counts[Self.index(of: report.outcome)] += 1
+        if report.outcome == .accepted { acceptedBytes += size }
         if report.outcome != .accepted { failures[Self.failureKey(report), default: 0] += 1 }
         if firstError == nil, let error = report.error { firstError = "\(error)" }
         let (seconds, attoseconds) = elapsed.components  // one Int128 division, not two
@@ -407,8 +506,12 @@ struct BenchResult {
     let target: String
     let security: String
     let connections: Int
-    let size: Int
-    let recipients: Int
+    let seed: UInt64
+    /// The size of every message, or the distribution sizes were drawn from.
+    let sizes: String
+    /// The recipients of every message, or the distribution their counts were drawn from.
+    let recipients: String
+    let checksum: Bool
     let pipelining: Bool
     let chunking: Bool
     let model: LoadModel
@@ -418,19 +521,25 @@ struct BenchResult {
     let sinkCPU: Double?
     /// Sessions the embedded sink saw finish a TLS handshake: the proof that TLS ran.
     let sinkTLSSessions: Int?
+    /// With `--checksum`, the messages whose checksum the embedded sink verified, and those
+    /// whose body did not match it.
+    let sinkChecksums: (verified: Int, mismatched: Int)?
 
     /// Messages tried a second, whatever became of them.
     var messagesPerSecond: Double { Double(tally.count) / max(elapsed.seconds, 1e-9) }
     /// Messages accepted (for every recipient) a second: the figure a server is judged by.
     var acceptedPerSecond: Double { Double(tally.accepted) / max(elapsed.seconds, 1e-9) }
-    var megabytesPerSecond: Double { Double(tally.accepted * size) / 1_000_000 / max(elapsed.seconds, 1e-9) }
+    var megabytesPerSecond: Double { Double(tally.acceptedBytes) / 1_000_000 / max(elapsed.seconds, 1e-9) }
+    /// The mean size of the messages accepted.
+    var meanSize: Int { tally.acceptedBytes / max(1, tally.accepted) }
     var clientCPUPerMessage: Double { clientCPU / Double(max(1, tally.count)) * 1e6 }
     func percentile(_ p: Double) -> Double { Double(tally.latency.valueAtPercentile(p)) / 1000 }
 
     var text: String {
         var lines = [
-            "sluice bench → \(target): \(tally.count.grouped) messages of \(size.grouped) bytes, \(recipients) recipient(s), "
-                + "\(connections) connections, pipelining \(pipelining ? "on" : "off"), chunking \(chunking ? "on" : "off")",
+            "sluice bench → \(target): \(tally.count.grouped) messages of \(Int(sizes).map(\.grouped) ?? sizes + " (mean \(meanSize.grouped))") bytes, "
+                + "\(recipients) recipient(s), \(connections) connections, pipelining \(pipelining ? "on" : "off"), chunking \(chunking ? "on" : "off")"
+                + (checksum ? ", checksummed" : "") + (Int(sizes) == nil || Int(recipients) == nil ? ", seed \(seed)" : ""),
             "security:  \(security)",
             "model:     \(model.text)",
             "outcomes:  " + tally.byOutcome.sorted { $0.key < $1.key }.map { "\($0.key) \($0.value.grouped)" }.joined(separator: ", "),
@@ -446,6 +555,9 @@ struct BenchResult {
         if let sinkCPU {
             lines.append(String(format: "sink CPU:  %.1f µs/message (%.2f s)", sinkCPU / Double(max(1, tally.count)) * 1e6, sinkCPU))
         }
+        if let sinkChecksums {
+            lines.append("checksums: \(sinkChecksums.verified.grouped) verified by the sink, \(sinkChecksums.mismatched.grouped) mismatched")
+        }
         if !tally.failures.isEmpty { lines.append("failures:  " + tally.failureSummary) }
         if let error = tally.firstError { lines.append("first error: \(error)") }
         return lines.joined(separator: "\n")
@@ -453,7 +565,9 @@ struct BenchResult {
 
     var json: String {
         var object: [String: Any] = [
-            "target": target, "security": security, "messages": tally.count, "size": size, "recipients": recipients, "connections": connections,
+            "target": target, "security": security, "messages": tally.count, "size": Int(sizes) ?? meanSize, "sizes": sizes,
+            "recipients": Int(recipients) ?? 0, "recipientCounts": recipients, "seed": String(seed), "checksum": checksum,
+            "connections": connections,
             "pipelining": pipelining, "chunking": chunking, "outcomes": tally.byOutcome, "model": model.json,
             "elapsedSeconds": elapsed.seconds, "messagesPerSecond": messagesPerSecond,
             "acceptedPerSecond": acceptedPerSecond, "accepted": tally.accepted, "failures": tally.failures,
@@ -464,6 +578,9 @@ struct BenchResult {
         ]
         if let sinkCPU { object["sinkCPUSeconds"] = sinkCPU }
         if let sinkTLSSessions { object["sinkTLSSessions"] = sinkTLSSessions }
+        if let sinkChecksums {
+            object["sinkChecksums"] = ["verified": sinkChecksums.verified, "mismatched": sinkChecksums.mismatched]
+        }
         if let error = tally.firstError { object["firstError"] = error }
         let data = try! JSONSerialization.data(withJSONObject: object, options: [.sortedKeys])
         return String(decoding: data, as: UTF8.self)
@@ -517,8 +634,7 @@ enum LoadModel {
 /// counted, and the schedule goes on with the first message still in time.
 final class OpenArrivals: AsyncSequence, Sendable {
     typealias Element = OutgoingMail
-    let messages: BenchMessages
-    let envelope: Envelope
+    let load: BenchLoad
     let count: Int
     let deadline: ContinuousClock.Instant?
     let start: ContinuousClock.Instant
@@ -526,10 +642,9 @@ final class OpenArrivals: AsyncSequence, Sendable {
     let maximumLateness: Duration
     private let droppedCount = Atomic<Int>(0)
 
-    init(messages: BenchMessages, envelope: Envelope, count: Int, deadline: ContinuousClock.Instant?,
+    init(load: BenchLoad, count: Int, deadline: ContinuousClock.Instant?,
          start: ContinuousClock.Instant, rate: Double, maximumLateness: Duration) {
-        self.messages = messages
-        self.envelope = envelope
+        self.load = load
         self.count = count
         self.deadline = deadline
         self.start = start
@@ -543,11 +658,6 @@ final class OpenArrivals: AsyncSequence, Sendable {
     /// When message `number` (from 1) is due.
     func due(_ number: Int) -> ContinuousClock.Instant {
         start + .nanoseconds(Int64((Double(number - 1) / rate * 1e9).rounded()))
-    }
-
-    /// The intended start of the message `report` is about (its number is in its Message-ID).
-    func intendedStart(of report: DeliveryReport, messages: BenchMessages) -> ContinuousClock.Instant {
-        due(report.messageID.flatMap(messages.number(inMessageID:)) ?? 1)
     }
 
     struct AsyncIterator: AsyncIteratorProtocol {
@@ -572,7 +682,7 @@ final class OpenArrivals: AsyncSequence, Sendable {
                 }
                 if due > now { try await Task.sleep(until: due, clock: clock) }
                 defer { next += 1 }
-                return OutgoingMail(envelope: arrivals.envelope, message: arrivals.messages.message(next))
+                return arrivals.load.mail(next)
             }
             return nil
         }

@@ -162,11 +162,12 @@ struct FaultPolicy: ServerPolicy {
     }
 }
 
-/// SplitMix64: a small, fast, seedable generator (for repeatable fault runs, not secrets).
-struct SplitMix64: RandomNumberGenerator, Sendable {
+/// SplitMix64: a small, fast, seedable generator (for repeatable fault runs and the bench's
+/// per-message draws, not secrets).
+package struct SplitMix64: RandomNumberGenerator, Sendable {
     private var state: UInt64
-    init(seed: UInt64) { state = seed }
-    mutating func next() -> UInt64 {
+    package init(seed: UInt64) { state = seed }
+    package mutating func next() -> UInt64 {
         state &+= 0x9E37_79B9_7F4A_7C15
         var z = state
         z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
@@ -175,7 +176,7 @@ struct SplitMix64: RandomNumberGenerator, Sendable {
     }
 
     /// A uniform value in 0..<1, from the top 53 bits.
-    mutating func nextFraction() -> Double {
+    package mutating func nextFraction() -> Double {
         Double(next() >> 11) / Double(UInt64(1) << 53)
     }
 }

@@ -261,3 +261,115 @@ struct BenchCommandTests {
         await sink.shutdown()
     }
 }
+
+/// What `sluice bench` sends: size and recipient mixes, checksums.
+@Suite("sluice bench: message mixes and checksums")
+struct BenchMixTests {
+    /// Whether `observed` of `trials` lies within five standard deviations of `share`: a
+    /// bound a correct draw misses about once in 1.7 million runs.
+    static func withinBounds(_ observed: Int, of trials: Int, share: Double) -> Bool {
+        let expected = Double(trials) * share
+        let deviation = (Double(trials) * share * (1 - share)).squareRoot()
+        return abs(Double(observed) - expected) <= 5 * deviation
+    }
+
+    @Test func sizeAndRecipientMixesHoldWithinStatisticalBounds() async throws {
+        let sink = try await startSink()
+        let messages = 2_000
+        guard let run = try await BenchCommandTests.bench([
+            "--target", "127.0.0.1:\(sink.localAddress.port)", "--security", "none", "--messages", String(messages),
+            "--connections", "4", "--size-mix", "300:70,5k:30", "--recipients", "1:50,3:50", "--json"])
+        else { return }
+        #expect(run.status == 0, "\(run.error)")
+        let stored = try await sink.waitForMessages(count: messages)
+        let sizes = Dictionary(grouping: stored, by: \.content.count).mapValues(\.count)
+        #expect(Set(sizes.keys) == [300, 5_120], "every size is one of the mix, exactly: \(sizes.keys.sorted())")
+        #expect(Self.withinBounds(sizes[300] ?? 0, of: messages, share: 0.7), "\(sizes)")
+        let counts = Dictionary(grouping: stored, by: \.recipients.count).mapValues(\.count)
+        #expect(Set(counts.keys) == [1, 3], "\(counts.keys.sorted())")
+        #expect(Self.withinBounds(counts[1] ?? 0, of: messages, share: 0.5), "\(counts)")
+        #expect(stored.filter { $0.recipients.count == 3 }.allSatisfy {
+            $0.recipients.map(\.address) == ["rcpt1@sink.test", "rcpt2@sink.test", "rcpt3@sink.test"]
+        })
+        let result = try BenchCommandTests.object(run.output)
+        #expect(result["sizes"] as? String == "300:70,5120:30")
+        #expect(result["recipientCounts"] as? String == "1:50,3:50")
+        let total = stored.reduce(0) { $0 + $1.content.count }
+        #expect(result["size"] as? Int == total / messages, "the mean size of what was accepted")
+        await sink.shutdown()
+    }
+
+    @Test func aUniformRangeCoversItsSpanAndASeedRepeatsARun() async throws {
+        let sink = try await startSink()
+        let arguments = ["--target", "127.0.0.1:\(sink.localAddress.port)", "--security", "none", "--messages", "1000",
+                         "--connections", "2", "--size", "1k-4k", "--recipients", "1-4", "--seed", "42"]
+        guard let first = try await BenchCommandTests.bench(arguments) else { return }
+        #expect(first.status == 0, "\(first.error)")
+        #expect(first.output.contains("messages of 1024-4096 (mean"), "\(first.output)")
+        #expect(first.output.contains("seed 42"), "\(first.output)")
+        let firstRun = try await sink.waitForMessages(count: 1000)
+        let sizes = firstRun.map(\.content.count)
+        #expect(sizes.allSatisfy { (1_024...4_096).contains($0) })
+        #expect(sizes.min()! < 1_100 && sizes.max()! > 4_000, "the draws reach both ends")
+        let mean = Double(sizes.reduce(0, +)) / 1000
+        // A uniform over 3,073 values has a standard deviation of about 887; the mean of a
+        // thousand draws, about 28.
+        #expect(abs(mean - 2_560) < 5 * 28, "mean \(mean)")
+        #expect(Set(firstRun.map(\.recipients.count)) == [1, 2, 3, 4])
+
+        guard let second = try await BenchCommandTests.bench(arguments) else { return }
+        #expect(second.status == 0, "\(second.error)")
+        let both = try await sink.waitForMessages(count: 2000)
+        /// Message number → (size, recipients), from the number in each Message-ID.
+        func drawn(_ messages: ArraySlice<StoredMessage>) -> [Int: [Int]] {
+            var result: [Int: [Int]] = [:]
+            for message in messages {
+                let text = String(decoding: message.content, as: UTF8.self)
+                guard let id = text.split(separator: "\r\n").first(where: { $0.hasPrefix("Message-ID: <") }),
+                      let number = Int(id.dropFirst("Message-ID: <".count).prefix(16)) else { continue }
+                result[number] = [message.content.count, message.recipients.count]
+            }
+            return result
+        }
+        #expect(drawn(both[..<1000]).count == 1000)
+        #expect(drawn(both[..<1000]) == drawn(both[1000...]), "the same seed draws the same size and recipients for each number")
+        await sink.shutdown()
+    }
+
+    @Test func checksummedMessagesPassAVerifyingSinkAndACorruptedOneFails() async throws {
+        // The embedded sink verifies what --checksum adds.
+        guard let embedded = try await BenchCommandTests.bench(["--messages", "500", "--connections", "2", "--size", "1k-20k",
+                                                                "--checksum", "--json"])
+        else { return }
+        #expect(embedded.status == 0, "\(embedded.error)")
+        let result = try BenchCommandTests.object(embedded.output)
+        #expect(result["sinkChecksums"] as? [String: Int] == ["verified": 500, "mismatched": 0])
+
+        // A message whose body changed after it was checksummed, as corruption on the way
+        // would change it: `sluice sink --verify` refuses every copy.
+        let sink = try await startSink { $0.verifiesChecksums = true }
+        let body = "The body as it was checksummed\r\n"
+        let field = String(decoding: ContentChecksum.field(forBody: Array(body.utf8)), as: UTF8.self)
+        let file = try SendCommandTests.emlFile("From: a@example.com\r\nTo: b@example.org\r\nSubject: s\r\n\(field)\r\n"
+                                                + body.replacingOccurrences(of: "checksummed", with: "Checksummed"))
+        defer { try? FileManager.default.removeItem(atPath: file) }
+        guard let corrupted = try await BenchCommandTests.bench([
+            "--target", "127.0.0.1:\(sink.localAddress.port)", "--security", "none", "--messages", "20", "--connections", "2",
+            "--eml", file, "--json"])
+        else { return }
+        #expect(corrupted.status == 1, "\(corrupted.output)")
+        let failures = try #require(try BenchCommandTests.object(corrupted.output)["failures"] as? [String: Int])
+        #expect(failures.values.reduce(0, +) == 20 && failures.keys.allSatisfy { $0.hasSuffix(" 554") }, "\(failures)")
+        #expect(sink.statistics.checksumMismatches == 20 && sink.statistics.messages == 0)
+        await sink.shutdown()
+    }
+
+    @Test(arguments: [["--size", "1k-"], ["--size", "4k-1k"], ["--size", "1k:0,2k:5"], ["--size-mix", "1k"],
+                      ["--size", "1k", "--size-mix", "1k:1,2k:1"], ["--recipients", "0-3"], ["--recipients", "1:x"],
+                      ["--size", "100"], ["--eml", "/dev/null", "--size-mix", "1k:1,2k:1"]])
+    func badMixesAreUsageErrors(arguments: [String]) async throws {
+        guard let run = try await BenchCommandTests.bench(arguments) else { return }
+        #expect(run.status == 64, "\(arguments): \(run.error)")
+        #expect(run.error.contains("--size") || run.error.contains("--recipients"), "names the flag: \(run.error)")
+    }
+}
