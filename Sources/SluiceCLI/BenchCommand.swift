@@ -444,9 +444,7 @@ struct Tally {
         if report.outcome == .accepted { acceptedBytes += size }
         if report.outcome != .accepted { failures[Self.failureKey(report), default: 0] += 1 }
         if firstError == nil, let error = report.error { firstError = "\(error)" }
-        let (seconds, attoseconds) = elapsed.components  // one Int128 division, not two
-        let micros = seconds * 1_000_000 + attoseconds / 1_000_000_000_000
-        _ = latency.record(UInt64(max(1, micros)))
+        latency.record(latency: elapsed)
     }
 }
 
@@ -572,8 +570,7 @@ struct BenchResult {
             "elapsedSeconds": elapsed.seconds, "messagesPerSecond": messagesPerSecond,
             "acceptedPerSecond": acceptedPerSecond, "accepted": tally.accepted, "failures": tally.failures,
             "megabytesPerSecond": megabytesPerSecond,
-            "latencyMilliseconds": ["p50": percentile(50), "p90": percentile(90), "p99": percentile(99),
-                                    "max": Double(tally.latency.max) / 1000],
+            "latencyMilliseconds": tally.latency.millisecondsSummary,
             "clientCPUSeconds": clientCPU, "clientCPUMicrosecondsPerMessage": clientCPUPerMessage,
         ]
         if let sinkCPU { object["sinkCPUSeconds"] = sinkCPU }
@@ -713,8 +710,7 @@ struct TimeSeries {
         flush(through: Int((now - start).seconds))
         messages += 1
         if report.outcome == .accepted { accepted += 1 }
-        let (seconds, attoseconds) = elapsed.components
-        _ = latency.record(UInt64(max(1, seconds * 1_000_000 + attoseconds / 1_000_000_000_000)))
+        latency.record(latency: elapsed)
     }
 
     /// Writes every second before `current`.
@@ -726,11 +722,9 @@ struct TimeSeries {
     }
 
     private mutating func write() {
-        func milliseconds(_ p: Double) -> Double { messages == 0 ? 0 : Double(latency.valueAtPercentile(p)) / 1000 }
         let object: [String: Any] = [
             "second": second, "messages": messages, "accepted": accepted, "failed": messages - accepted,
-            "latencyMilliseconds": ["p50": milliseconds(50), "p90": milliseconds(90), "p99": milliseconds(99),
-                                    "max": messages == 0 ? 0 : Double(latency.max) / 1000],
+            "latencyMilliseconds": latency.millisecondsSummary,
         ]
         let data = (try? JSONSerialization.data(withJSONObject: object, options: [.sortedKeys])) ?? Data()
         file.write(data + Data("\n".utf8))
@@ -744,5 +738,22 @@ struct TimeSeries {
         flush(through: Int((now - start).seconds))
         if messages > 0 { write() }
         try? file.close()
+    }
+}
+
+/// Latencies in whole microseconds, as both the run's tally and each second of the time
+/// series keep them.
+extension Histogram where Count == UInt64 {
+    /// Records `elapsed`, at least one microsecond.
+    mutating func record(latency elapsed: Duration) {
+        let (seconds, attoseconds) = elapsed.components  // one Int128 division, not two
+        _ = record(UInt64(Swift.max(1, seconds * 1_000_000 + attoseconds / 1_000_000_000_000)))
+    }
+
+    /// p50, p90, p99 and the maximum in milliseconds, for JSON; zeros with nothing recorded.
+    var millisecondsSummary: [String: Double] {
+        func milliseconds(_ value: UInt64) -> Double { totalCount == 0 ? 0 : Double(value) / 1000 }
+        return ["p50": milliseconds(valueAtPercentile(50)), "p90": milliseconds(valueAtPercentile(90)),
+                "p99": milliseconds(valueAtPercentile(99)), "max": milliseconds(max)]
     }
 }
