@@ -222,15 +222,15 @@ public final class OutboxWorker: Sendable {
         logger.info("outbox worker started", metadata: ["owner": "\(configuration.owner)"])
         var lastRenewal = ContinuousClock.now
         var lastHousekeeping = ContinuousClock.now - .seconds(3_600)
-        var stopping = false
         var storeFailures = 0
         /// Since when the store has failed without a success between, and since when the
-        /// worker has been stopping: it gives up recording once both are older than its patience.
+        /// worker has been stopping (nil: it is not): it gives up recording once both are
+        /// older than its patience.
         var failingSince: ContinuousClock.Instant?
         var stoppingSince: ContinuousClock.Instant?
         while true {
+            var stopping: Bool { stoppingSince != nil }
             if Task.isCancelled || stopRequested.load(ordering: .relaxed), !stopping {
-                stopping = true
                 stoppingSince = .now
                 logger.info("outbox worker stopping: finishing what it holds")
             }
