@@ -306,8 +306,8 @@ struct ClientInteropTests {
         try await withCleanup {
             var configuration = SMTPClient.Configuration(host: "127.0.0.1", port: port, security: .none)
             configuration.pool.maximumConnections = 4
-            let transcript = LogLines()
-            var logger = Logger(label: "test") { _ in CapturingHandler(lines: transcript, taggingConnections: true) }
+            let transcript = LoggedEvents()
+            var logger = Logger(label: "test") { _ in RecordingHandler(events: transcript) }
             logger.logLevel = .trace
             configuration.logger = logger
             let client = try SMTPClient(configuration: configuration)
@@ -326,7 +326,7 @@ struct ClientInteropTests {
             // least a MAIL was followed by its RCPT before any reply came (pipelining; without
             // it every command waits for the reply to the one before).
             var byConnection: [String: [String]] = [:]
-            for line in transcript.all {
+            for line in transcript.messages(taggedBy: "smtp.connection") {
                 let parts = line.split(separator: " ", maxSplits: 1).map(String.init)
                 if parts.count == 2 { byConnection[parts[0], default: []].append(parts[1]) }
             }
@@ -358,12 +358,12 @@ struct ClientInteropTests {
         guard let postfix = try await PostfixInstance.start(tlsCertificate: certificates.good.certificate,
                                                             tlsKey: certificates.good.key) else { return }
         try await withCleanup {
-            let lines = LogLines()
+            let lines = LoggedEvents()
             var configuration = SMTPClient.Configuration(host: "127.0.0.1", port: postfix.port, security: .startTLS)
             configuration.tls = .client(trustRoots: .pemFile(certificates.caFile))
             configuration.tlsServerName = "localhost"
             configuration.pool.maximumConnections = 4
-            var logger = Logger(label: "test") { _ in CapturingHandler(lines: lines) }
+            var logger = Logger(label: "test") { _ in RecordingHandler(events: lines) }
             logger.logLevel = .trace
             configuration.logger = logger
             let client = try SMTPClient(configuration: configuration)
@@ -389,8 +389,8 @@ struct ClientInteropTests {
             }
             await client.shutdown()
             #expect(queueIDs.count == 60, "60 distinct queue IDs")
-            #expect(lines.all.contains { $0.hasPrefix("C: STARTTLS") }, "STARTTLS was used")
-            #expect(lines.all.contains { $0.hasPrefix("C: BDAT") }, "Postfix offers CHUNKING and it was used")
+            #expect(lines.messages.contains { $0.hasPrefix("C: STARTTLS") }, "STARTTLS was used")
+            #expect(lines.messages.contains { $0.hasPrefix("C: BDAT") }, "Postfix offers CHUNKING and it was used")
             // Postfix delivers on its own time: wait for every file, then compare bytes.
             try await waitUntil(within: .seconds(30)) { queueIDs.keys.allSatisfy { postfix.delivered(queueID: $0) != nil } }
             for (queueID, index) in queueIDs {

@@ -145,8 +145,16 @@ final class LoggedEvents: Sendable {
     private let events = Locked<[Event]>([])
     func append(_ event: Event) { events.withLock { $0.append(event) } }
     var all: [Event] { events.withLock { $0 } }
+    /// Just the messages.
+    var messages: [String] { all.map(\.message) }
+    /// Each message after the value of its `key` metadata (`-` without one): which
+    /// connection logged a transcript line, say.
+    func messages(taggedBy key: String) -> [String] {
+        all.map { "\($0.metadata[key].map { "\($0)" } ?? "-") \($0.message)" }
+    }
 }
 
+/// Records every log message into ``LoggedEvents``.
 struct RecordingHandler: LogHandler {
     let events: LoggedEvents
     var metadata: Logger.Metadata = [:]

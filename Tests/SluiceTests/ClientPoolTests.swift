@@ -152,19 +152,19 @@ struct ClientPoolTests {
         // the sink stops reading, the first message's MAIL goes out and can get no reply, so
         // the second can only wait (one connection, no pipelining) until it is cancelled.
         // (An earlier version raced 150 ms reply delays and lost on a loaded machine.)
-        let lines = LogLines()
+        let lines = LoggedEvents()
         try await withSinkAndClient(client: {
             $0.pool.maximumConnections = 1
             $0.pool.checkAfterIdle = .seconds(3_600)  // no RSET probe before the first MAIL
             $0.pipelining.enabled = false
-            var logger = Logger(label: "test") { _ in CapturingHandler(lines: lines) }
+            var logger = Logger(label: "test") { _ in RecordingHandler(events: lines) }
             logger.logLevel = .trace
             $0.logger = logger
         }) { sink, client in
             #expect(try await client.send(testMessage("warm-up"), envelope: envelope()).outcome == .accepted)
             sink.pauseReading()
             let first = Task { try await client.send(testMessage("first"), envelope: envelope()) }
-            try await waitUntil { lines.all.filter { $0.hasPrefix("C: MAIL FROM:") }.count == 2 }
+            try await waitUntil { lines.messages.filter { $0.hasPrefix("C: MAIL FROM:") }.count == 2 }
             let second = Task { try await client.send(testMessage("second"), envelope: envelope()) }
             try await Task.sleep(for: .milliseconds(20))
             second.cancel()
@@ -176,7 +176,7 @@ struct ClientPoolTests {
             let stored = sink.messages.map { String(decoding: $0.content, as: UTF8.self) }
             #expect(stored.map { ["warm-up", "first", "second"].filter($0.contains) } == [["warm-up"], ["first"]],
                     "the cancelled message was not stored")
-            #expect(lines.all.filter { $0.hasPrefix("C: MAIL FROM:") }.count == 2, "the second never started")
+            #expect(lines.messages.filter { $0.hasPrefix("C: MAIL FROM:") }.count == 2, "the second never started")
         }
     }
 
@@ -187,22 +187,22 @@ struct ClientPoolTests {
         // get no reply; the cancellation reaches the connection (its log says so) and only
         // then does the sink read again. (An earlier version raced 2.5 s reply delays, which a
         // sanitizer on a loaded machine lost.)
-        let lines = LogLines()
+        let lines = LoggedEvents()
         try await withSinkAndClient(client: {
             $0.pool.maximumConnections = 1
             $0.pool.checkAfterIdle = .seconds(3_600)  // no RSET probe before the second MAIL
             $0.pipelining.enabled = pipelining
             $0.pipelining.chunking = false
-            var logger = Logger(label: "test") { _ in CapturingHandler(lines: lines) }
+            var logger = Logger(label: "test") { _ in RecordingHandler(events: lines) }
             logger.logLevel = .trace
             $0.logger = logger
         }) { sink, client in
             #expect(try await client.send(testMessage("first"), envelope: envelope()).outcome == .accepted)
             sink.pauseReading()
             let send = Task { try await client.send(testMessage("cancelled"), envelope: envelope()) }
-            try await waitUntil { lines.all.filter { $0.hasPrefix("C: MAIL FROM:") }.count == 2 }
+            try await waitUntil { lines.messages.filter { $0.hasPrefix("C: MAIL FROM:") }.count == 2 }
             send.cancel()
-            try await waitUntil { lines.all.contains { $0.hasPrefix("send cancelled") } }
+            try await waitUntil { lines.messages.contains { $0.hasPrefix("send cancelled") } }
             sink.resumeReading()
             let error = await smtpError { try await send.value }
             #expect(error?.kind == .cancelled)

@@ -102,47 +102,23 @@ struct ClientSecurityTests {
     }
 
     @Test func theTranscriptIsLoggedAtTraceWithAUTHRedacted() async throws {
-        let lines = LogLines()
+        let lines = LoggedEvents()
         try await withSinkAndClient(sink: Self.tlsSink(), client: {
             Self.verifying()(&$0)
             $0.credentials = .password(username: "app", password: "s3cret pass")
             $0.authenticationMechanism = .plain
-            var logger = Logger(label: "test") { _ in CapturingHandler(lines: lines) }
+            var logger = Logger(label: "test") { _ in RecordingHandler(events: lines) }
             logger.logLevel = .trace
             $0.logger = logger
         }) { _, client in
             _ = try await client.send(testMessage(), envelope: envelope())
         }
-        let transcript = lines.all
+        let transcript = lines.messages
         #expect(transcript.contains("C: MAIL FROM:<sender@example.com> SIZE=\(testMessage().size)")
                 || transcript.contains { $0.hasPrefix("C: MAIL FROM:<sender@example.com>") })
         #expect(transcript.contains("C: AUTH PLAIN [redacted]") || transcript.contains("C: AUTH PLAIN"))
         let secret = Data("\u{0}app\u{0}s3cret pass".utf8).base64EncodedString()
         #expect(!transcript.contains { $0.contains("s3cret") || $0.contains(secret) }, "no secret in the log")
         #expect(transcript.contains { $0.hasPrefix("S: 235") })
-    }
-}
-
-/// Lines a test logger captured.
-final class LogLines: Sendable {
-    private let lines = Locked<[String]>([])
-    func append(_ line: String) { lines.withLock { $0.append(line) } }
-    var all: [String] { lines.withLock { $0 } }
-}
-
-/// Records each log message; with `taggingConnections`, prefixed with the connection that
-/// logged it (its `smtp.connection` metadata, or `-`).
-struct CapturingHandler: LogHandler {
-    let lines: LogLines
-    var taggingConnections = false
-    var metadata: Logger.Metadata = [:]
-    var logLevel: Logger.Level = .trace
-    subscript(metadataKey key: String) -> Logger.Metadata.Value? {
-        get { metadata[key] }
-        set { metadata[key] = newValue }
-    }
-    func log(event: LogEvent) {
-        guard taggingConnections else { return lines.append(event.message.description) }
-        lines.append("\(metadata["smtp.connection"].map { "\($0)" } ?? "-") \(event.message)")
     }
 }
