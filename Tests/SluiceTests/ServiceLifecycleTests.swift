@@ -48,12 +48,11 @@ struct ServiceLifecycleTests {
     @Test func aGracefulShutdownStopsTheSinkListening() async throws {
         let sink = try await startSink { $0.drainGrace = .seconds(2) }
         let port = sink.localAddress.port
-        let client = try SMTPClient(configuration: {
-            var configuration = SMTPClient.Configuration(host: "127.0.0.1", port: port, security: .none)
-            configuration.retry.maximumAttempts = 1
-            configuration.pool.connectAttempts = 1
-            return configuration
-        }())
+        // One try, one connect: the send after the shutdown must fail at once.
+        var configuration = SMTPClient.Configuration(host: "127.0.0.1", port: port, security: .none)
+        configuration.retry.maximumAttempts = 1
+        configuration.pool.connectAttempts = 1
+        let client = try SMTPClient(configuration: configuration)
         _ = try await client.send(testMessage(), envelope: envelope())
         await client.shutdown()
         try await testGracefulShutdown { trigger in
@@ -64,12 +63,7 @@ struct ServiceLifecycleTests {
             }
         }
         #expect(sink.statistics.messages == 1)
-        let refused = try SMTPClient(configuration: {
-            var configuration = SMTPClient.Configuration(host: "127.0.0.1", port: port, security: .none)
-            configuration.retry.maximumAttempts = 1
-            configuration.pool.connectAttempts = 1
-            return configuration
-        }())
+        let refused = try SMTPClient(configuration: configuration)
         await #expect(throws: SMTPError.self, "nothing listens after the shutdown") {
             try await refused.send(testMessage("late"), envelope: envelope())
         }
