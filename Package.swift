@@ -151,7 +151,7 @@ let package = Package(
         .target(name: "CSpawn", path: "Tests/CSpawn"),  // glibc's posix_spawn extensions
         .target(
             name: "SluiceTestSupport",
-            dependencies: ["SluiceTransport", "SluiceSink", "CSpawn"],
+            dependencies: ["SluiceCore", "SluiceTransport", "SluiceSink", "CSpawn"],
             path: "Tests/SluiceTestSupport",
             swiftSettings: strict
         ),

@@ -69,4 +69,21 @@ struct ServiceLifecycleTests {
         }
         await refused.shutdown()
     }
+
+    @Test func aSessionStillInItsContentWhenTheGraceRunsOutIsClosed() async throws {
+        let sink = try await startSink { $0.drainGrace = .milliseconds(300) }
+        let group = EventLoopGroup(numberOfLoops: 1)
+        let session = try await RawSession.open(to: sink.localAddress, on: group.loops[0])
+        try await session.send("EHLO c.example\r\nMAIL FROM:<s@example.com>\r\nRCPT TO:<a@example.com>\r\nDATA\r\n")
+        await session.replies(atLeast: 5)
+        try await session.send("Subject: never finished\r\n")  // and no end of data
+        try await testGracefulShutdown { trigger in
+            let running = Task { try await sink.run() }  // inherits the test's shutdown trigger
+            trigger.triggerGracefulShutdown()
+            try await withDeadline(.seconds(10), "the sink's run() after its grace") { try await running.value }
+        }
+        try await waitUntil(within: .seconds(5)) { session.collector.isClosed }  // long before the 300 s idle timeout
+        #expect(sink.statistics.messages == 0)
+        await group.shutdown()
+    }
 }

@@ -1,16 +1,12 @@
-import Foundation
-import SluiceCore
-import SluiceSink
-import SluiceTestSupport
-import SluiceTransport
-import Testing
+public import SluiceCore
+public import SluiceTransport
 
 /// A raw SMTP client over the transport: sends bytes as given, reads replies as they come.
-struct RawSession {
-    let connection: Connection
-    let collector: Collector
+public struct RawSession: Sendable {
+    public let connection: Connection
+    public let collector: Collector
 
-    static func open(to address: SocketAddress, on loop: EventLoop, tls: TLSContext? = nil) async throws -> RawSession {
+    public static func open(to address: SocketAddress, on loop: EventLoop, tls: TLSContext? = nil) async throws -> RawSession {
         let collector = Collector()
         let connection = try await Connection.connect(
             to: address.host, port: address.port, on: loop, tls: tls, serverName: tls == nil ? nil : "localhost") { _ in
@@ -19,11 +15,11 @@ struct RawSession {
         return RawSession(connection: connection, collector: collector)
     }
 
-    func send(_ text: String) async throws { try await connection.write(Array(text.utf8)) }
-    func send(_ bytes: [UInt8]) async throws { try await connection.write(bytes) }
+    public func send(_ text: String) async throws { try await connection.write(Array(text.utf8)) }
+    public func send(_ bytes: [UInt8]) async throws { try await connection.write(bytes) }
 
     /// The replies read so far, parsed from everything received.
-    var replies: [SMTPReply] {
+    public var replies: [SMTPReply] {
         var parser = ReplyParser(limits: { var limits = ReplyParser.Limits(); limits.maximumReplyLength = 1 << 24; return limits }())
         parser.append(collector.kept)
         var all: [SMTPReply] = []
@@ -34,7 +30,7 @@ struct RawSession {
     /// Waits until at least `count` replies have arrived (or the connection closed), for at
     /// most 10 s (stretched under the sanitizers, as every test deadline is).
     @discardableResult
-    func replies(atLeast count: Int) async -> [SMTPReply] {
+    public func replies(atLeast count: Int) async -> [SMTPReply] {
         let clock = ContinuousClock()
         let deadline = clock.now + scaled(.seconds(10))
         while clock.now < deadline {
@@ -53,6 +49,5 @@ struct RawSession {
         return replies
     }
 
-    var codes: [Int] { replies.map(\.code.rawValue) }
+    public var codes: [Int] { replies.map(\.code.rawValue) }
 }
-
