@@ -259,9 +259,23 @@ struct SinkTests {
             let text = (try? String(contentsOfFile: mbox, encoding: .utf8)) ?? ""
             return text.split(separator: "\n").filter { $0.hasPrefix("From ") }.count
         }
+        // Wait until the store and the count agree and stay so for 200 ms: a message written
+        // to the mbox is counted a moment later, so one equal reading taken while stores are
+        // still going on can be followed by an unequal one.
         let clock = ContinuousClock()
         let deadline = clock.now + scaled(.seconds(10))
-        while clock.now < deadline, storedCount() == 0 || sink.statistics.messages != storedCount() {
+        var settled: (stored: Int, counted: Int, since: ContinuousClock.Instant)?
+        while clock.now < deadline {
+            let (stored, counted) = (storedCount(), sink.statistics.messages)
+            if stored > 0, stored == counted {
+                if let last = settled, last.stored == stored, last.counted == counted {
+                    if clock.now - last.since >= .milliseconds(200) { break }
+                } else {
+                    settled = (stored, counted, clock.now)
+                }
+            } else {
+                settled = nil
+            }
             try await Task.sleep(for: .milliseconds(20))
         }
         #expect(storedCount() > 0, "some messages were stored before their clients left")
