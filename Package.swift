@@ -183,6 +183,7 @@ let package = Package(
             name: "SluiceTests",
             dependencies: [
                 "Sluice",
+                "SluiceCLI",  // the bench's pure parts (its schedules and draws), tested directly
                 "SluiceSink",
                 "SluiceTestSupport",
                 .product(name: "Logging", package: "swift-log"),

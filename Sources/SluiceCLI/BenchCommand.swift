@@ -59,6 +59,17 @@ struct BenchCommand: AsyncParsableCommand {
         "The open model: messages arrive at this many a second whatever the server does, and latency counts from each one's intended start.",
         discussion: "Without it, the closed model: a fixed number in flight (--in-flight), each message sent as soon as one reports."))
     var rate: Double?
+    @Option(help: ArgumentHelp(
+        "A load profile: DURATION:VALUE or DURATION:FROM-TO stages, comma-separated (30s:0-2000,2m:2000,30s:2000-0).",
+        discussion: "Each stage moves its value linearly (D:V from where the stage before ended). In the open model (the default with --stages) the values are arrival rates; with --model closed they are messages in flight. The stages decide how long the run lasts."))
+    var stages: String?
+    @Option(help: "open or closed (default: open with --rate or --stages, else closed).")
+    var model: ModelName?
+
+    enum ModelName: String, ExpressibleByArgument, CaseIterable {
+        case open, closed
+    }
+
     @Option(name: .customLong("max-lateness"),
             help: "With --rate: a message that cannot start within this many seconds of its intended start is dropped, and counted.")
     var maxLateness: Double = 1
@@ -86,6 +97,14 @@ struct BenchCommand: AsyncParsableCommand {
         }
         if let duration, duration <= 0 { throw ValidationError("--duration must be positive") }
         if let rate, rate <= 0 { throw ValidationError("--rate must be positive") }
+        if let stages {
+            _ = try BenchStages(parsing: stages)
+            if rate != nil { throw ValidationError("--stages gives the rates; it cannot be combined with --rate") }
+            if duration != nil { throw ValidationError("--stages decides how long the run lasts; it cannot be combined with --duration") }
+        } else if model == .open, rate == nil {
+            throw ValidationError("--model open needs --rate or --stages: the rate at which messages arrive")
+        }
+        if model == .closed, rate != nil { throw ValidationError("--rate is the open model's; it cannot be combined with --model closed") }
         if maxLateness <= 0 { throw ValidationError("--max-lateness must be positive") }
         if let messagesPerConnection, messagesPerConnection <= 0 { throw ValidationError("--messages-per-connection must be positive") }
         if let inFlight, inFlight <= 0 { throw ValidationError("--in-flight must be positive") }
@@ -185,29 +204,46 @@ struct BenchCommand: AsyncParsableCommand {
         configuration.eventLoopGroup = clientGroup
         let smtp = try settingUp("bench", nothingSent: true) { try SMTPClient(configuration: configuration) }
 
+        let profile = try stages.map(BenchStages.init(parsing:))
+        let isOpen = model == .open || rate != nil || (profile != nil && model != .closed)
+        // The schedule of the open model: the stages, or one stage at the constant rate that
+        // lasts the run's duration, or long enough for --messages.
+        let schedule = profile ?? rate.map {
+            BenchStages([.init(duration: duration ?? Double(messages) / $0 + 1, from: $0, to: $0)])
+        }
+        let runDuration = duration ?? profile?.totalDuration
         let clock = ContinuousClock()
         let start = clock.now
-        let deadline = duration.map { start + .milliseconds(Int64($0 * 1000)) }
-        let total = duration == nil ? messages : Int.max
+        let deadline = runDuration.map { start + .milliseconds(Int64($0 * 1000)) }
+        let total = runDuration == nil ? messages : Int.max
         let sinkCPUStart = await sinkGroup?.threadCPUTime() ?? .zero
         let cpuStart = processCPUTime()
 
         var series = try settingUp("bench", nothingSent: true) { try timeseries.map { try TimeSeries(path: $0, start: start) } }
         var tally = Tally()
-        var progress = Progress(total: duration == nil ? messages : nil, duration: duration, start: start)
-        let maximumInFlight = inFlight ?? connections * 64
+        var progress = Progress(total: runDuration == nil ? messages : nil, duration: runDuration, start: start)
+        let maximumInFlight = inFlight ?? (profile != nil && !isOpen ? Int(profile!.peak.rounded(.up)) : connections * 64)
         var arrivals: OpenArrivals?
-        if let rate {
+        if isOpen, let schedule {
             // The open model: arrivals on a schedule, latency from each intended start (wrk2's
             // correction for coordinated omission), what cannot start in time dropped (k6's).
-            let schedule = OpenArrivals(load: load, count: total, deadline: deadline,
-                                        start: start, rate: rate, maximumLateness: .milliseconds(Int64(maxLateness * 1000)))
-            arrivals = schedule
-            for try await report in smtp.send(contentsOf: schedule, maximumInFlight: maximumInFlight) {
+            let open = OpenArrivals(load: load, count: total, schedule: schedule, start: start,
+                                    maximumLateness: .milliseconds(Int64(maxLateness * 1000)))
+            arrivals = open
+            for try await report in smtp.send(contentsOf: open, maximumInFlight: maximumInFlight) {
                 let number = load.number(of: report)
-                let latency = clock.now - schedule.due(number ?? 1)
+                let latency = clock.now - open.due(number ?? 1)
                 tally.add(report, latency: latency, size: load.size(of: report, number: number))
                 series?.add(report, latency: latency, now: clock.now)
+                progress.update(done: tally.count, errors: tally.count - tally.accepted, now: clock.now, to: stderr)
+            }
+        } else if let profile {
+            // The closed model with the number in flight following the stages.
+            let sequence = ClosedStages(load: load, stages: profile, start: start)
+            for try await report in smtp.send(contentsOf: sequence, maximumInFlight: max(1, maximumInFlight)) {
+                sequence.finished()
+                tally.add(report, latency: report.elapsed, size: load.size(of: report))
+                series?.add(report, latency: report.elapsed, now: clock.now)
                 progress.update(done: tally.count, errors: tally.count - tally.accepted, now: clock.now, to: stderr)
             }
         } else {
@@ -234,8 +270,8 @@ struct BenchCommand: AsyncParsableCommand {
             connections: connections, seed: seed, sizes: load.messages.sizeDescription,
             recipients: load.envelopes.counts.description, checksum: checksum,
             pipelining: !noPipelining, chunking: !noChunking,
-            model: rate.map { .open(rate: $0, dropped: arrivals?.dropped ?? 0, maximumLateness: maxLateness) }
-                ?? .closed(inFlight: maximumInFlight),
+            model: arrivals.map { .open(rate: rate, stages: profile?.description, dropped: $0.dropped, maximumLateness: maxLateness) }
+                ?? .closed(inFlight: maximumInFlight, stages: profile?.description),
             tally: tally, elapsed: elapsed,
             clientCPU: cpu - sinkCPU.seconds, sinkCPU: sink == nil ? nil : sinkCPU.seconds,
             sinkTLSSessions: sink?.statistics.tlsSessions,
@@ -599,62 +635,71 @@ extension Int {
 
 /// How load is offered.
 enum LoadModel {
-    /// A fixed number in flight: each message goes as soon as one reports (`smtp-source`'s
-    /// model). Latency is from submission, so a stalled server slows the arrivals and hides.
-    case closed(inFlight: Int)
-    /// Arrivals at `rate` a second whatever the server does; latency from each message's
-    /// intended start; `dropped` could not start within `maximumLateness` seconds.
-    case open(rate: Double, dropped: Int, maximumLateness: Double)
+    /// A fixed number in flight (or, with `stages`, a number that follows them): each
+    /// message goes as soon as one reports (`smtp-source`'s model). Latency is from
+    /// submission, so a stalled server slows the arrivals and hides.
+    case closed(inFlight: Int, stages: String?)
+    /// Arrivals at `rate` a second (or at the rates of `stages`) whatever the server does;
+    /// latency from each message's intended start; `dropped` could not start within
+    /// `maximumLateness` seconds.
+    case open(rate: Double?, stages: String?, dropped: Int, maximumLateness: Double)
 
     var text: String {
         switch self {
-        case .closed(let inFlight):
-            "closed, \(inFlight.grouped) in flight; latency from each message's submission"
-        case .open(let rate, let dropped, let lateness):
-            String(format: "open, %@ msg/s arriving; latency from each message's intended start; "
-                   + "dropped %@ (could not start within %g s)", Int(rate.rounded()).grouped, dropped.grouped, lateness)
+        case .closed(let inFlight, let stages):
+            (stages.map { "closed, in flight by stages \($0)" } ?? "closed, \(inFlight.grouped) in flight")
+                + "; latency from each message's submission"
+        case .open(let rate, let stages, let dropped, let lateness):
+            String(format: "open, %@; latency from each message's intended start; dropped %@ (could not start within %g s)",
+                   stages.map { "arrivals by stages \($0) (msg/s)" } ?? "\(Int((rate ?? 0).rounded()).grouped) msg/s arriving",
+                   dropped.grouped, lateness)
         }
     }
 
     var json: [String: Any] {
+        var object: [String: Any]
         switch self {
-        case .closed(let inFlight): ["name": "closed", "inFlight": inFlight]
-        case .open(let rate, let dropped, let lateness):
-            ["name": "open", "rate": rate, "dropped": dropped, "maximumLatenessSeconds": lateness]
+        case .closed(let inFlight, let stages):
+            object = ["name": "closed", "inFlight": inFlight]
+            if let stages { object["stages"] = stages }
+        case .open(let rate, let stages, let dropped, let lateness):
+            object = ["name": "open", "dropped": dropped, "maximumLatenessSeconds": lateness]
+            if let rate { object["rate"] = rate }
+            if let stages { object["stages"] = stages }
         }
+        return object
     }
 }
 
-/// The open model's arrivals: message n (from 1) is due at `start + (n - 1) / rate`. The
-/// bulk send asks for the next message once the one before has room, so a message asked for
-/// later than its due time plus `maximumLateness` could not start in time: it is dropped,
-/// counted, and the schedule goes on with the first message still in time.
+/// The open model's arrivals: message n (from 1) is due when the schedule's rate, integrated
+/// from the start, reaches n - 1 (at `(n - 1) / rate` for a constant rate). The bulk send
+/// asks for the next message once the one before has room, so a message asked for later than
+/// its due time plus `maximumLateness` could not start in time: it is dropped, counted, and
+/// the schedule goes on with the first message still in time.
 final class OpenArrivals: AsyncSequence, Sendable {
     typealias Element = OutgoingMail
     let load: BenchLoad
+    /// Arrivals in all: at most the count asked for, and no more than the schedule holds.
     let count: Int
-    let deadline: ContinuousClock.Instant?
+    let schedule: BenchStages
     let start: ContinuousClock.Instant
-    let rate: Double
     let maximumLateness: Duration
     private let droppedCount = Atomic<Int>(0)
 
-    init(load: BenchLoad, count: Int, deadline: ContinuousClock.Instant?,
-         start: ContinuousClock.Instant, rate: Double, maximumLateness: Duration) {
+    init(load: BenchLoad, count: Int, schedule: BenchStages, start: ContinuousClock.Instant, maximumLateness: Duration) {
         self.load = load
-        self.count = count
-        self.deadline = deadline
+        self.count = Swift.min(count, schedule.totalArrivals)
+        self.schedule = schedule
         self.start = start
-        self.rate = rate
         self.maximumLateness = maximumLateness
     }
 
     /// Messages that could not start in time.
     var dropped: Int { droppedCount.load(ordering: .relaxed) }
 
-    /// When message `number` (from 1) is due.
+    /// When message `number` (from 1) is due (for a number past the end, the end).
     func due(_ number: Int) -> ContinuousClock.Instant {
-        start + .nanoseconds(Int64((Double(number - 1) / rate * 1e9).rounded()))
+        start + .nanoseconds(Int64(((schedule.due(number) ?? schedule.totalDuration) * 1e9).rounded()))
     }
 
     struct AsyncIterator: AsyncIteratorProtocol {
@@ -666,14 +711,13 @@ final class OpenArrivals: AsyncSequence, Sendable {
             while next <= arrivals.count {
                 let due = arrivals.due(next)
                 let now = clock.now
-                if let deadline = arrivals.deadline, due >= deadline { return nil }
                 if now > due + arrivals.maximumLateness {
-                    // Too late: every message due before now - lateness is dropped at once.
-                    // (`count` is Int.max for a run of a duration: nothing here adds to it.)
+                    // Too late: every message due before now - lateness is dropped at once:
+                    // those the schedule's rate brought by then.
                     let lateness = (now - arrivals.maximumLateness - arrivals.start).seconds
-                    let firstInTime = Swift.max(next + 1, Int((lateness * arrivals.rate).rounded(.up)) + 1)
-                    let skipped = firstInTime > arrivals.count ? arrivals.count - next + 1 : firstInTime - next
-                    arrivals.droppedCount.add(skipped, ordering: .relaxed)
+                    let brought = arrivals.schedule.arrivals(by: lateness).rounded(.up)
+                    let firstInTime = brought >= Double(arrivals.count) ? arrivals.count + 1 : Swift.max(next + 1, Int(brought) + 1)
+                    arrivals.droppedCount.add(firstInTime - next, ordering: .relaxed)
                     next = firstInTime
                     continue
                 }
@@ -686,6 +730,48 @@ final class OpenArrivals: AsyncSequence, Sendable {
     }
 
     func makeAsyncIterator() -> AsyncIterator { AsyncIterator(arrivals: self) }
+}
+
+/// The closed model under `--stages`: the number of messages in flight follows the stages.
+/// A message goes when fewer than the stage's value are in flight (the value rounded, and
+/// checked again every millisecond while the limit is reached), until the last stage ends.
+final class ClosedStages: AsyncSequence, Sendable {
+    typealias Element = OutgoingMail
+    let load: BenchLoad
+    let stages: BenchStages
+    let start: ContinuousClock.Instant
+    private let issued = Atomic<Int>(0)
+    private let reported = Atomic<Int>(0)
+
+    init(load: BenchLoad, stages: BenchStages, start: ContinuousClock.Instant) {
+        self.load = load
+        self.stages = stages
+        self.start = start
+    }
+
+    /// Counts a report: its message is no longer in flight.
+    func finished() { reported.add(1, ordering: .relaxed) }
+
+    struct AsyncIterator: AsyncIteratorProtocol {
+        let sequence: ClosedStages
+
+        func next() async throws -> OutgoingMail? {
+            let clock = ContinuousClock()
+            while true {
+                let elapsed = (clock.now - sequence.start).seconds
+                if elapsed >= sequence.stages.totalDuration { return nil }
+                let limit = Int(sequence.stages.value(at: elapsed).rounded())
+                let inFlight = sequence.issued.load(ordering: .relaxed) - sequence.reported.load(ordering: .relaxed)
+                if inFlight < limit {
+                    let number = sequence.issued.add(1, ordering: .relaxed).newValue
+                    return sequence.load.mail(number)
+                }
+                try await Task.sleep(for: .milliseconds(1))
+            }
+        }
+    }
+
+    func makeAsyncIterator() -> AsyncIterator { AsyncIterator(sequence: self) }
 }
 
 /// `--timeseries`: one JSON line for each second of the run, as reports arrive (a second in

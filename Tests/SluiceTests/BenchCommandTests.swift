@@ -123,6 +123,47 @@ struct BenchCommandTests {
         }
     }
 
+    @Test func openStagesSendTheirArrivalsAndTheHoldShowsInTheTimeSeries() async throws {
+        let path = FileManager.default.temporaryDirectory.appendingPathComponent("sluice-stages-\(UUID().uuidString).jsonl").path
+        defer { try? FileManager.default.removeItem(atPath: path) }
+        guard let run = try await Self.bench(["--stages", "1s:0-200,1s:200,1s:200-0", "--connections", "2", "--json",
+                                               "--timeseries", path])
+        else { return }
+        #expect(run.status == 0, "\(run.error)")
+        let result = try Self.object(run.output)
+        let model = try #require(result["model"] as? [String: Any])
+        #expect(model["name"] as? String == "open" && model["stages"] as? String == "1s:0-200,1s:200,1s:200-0", "\(model)")
+        let dropped = try #require(model["dropped"] as? Int)
+        // The ramps bring 100 each and the hold 200: every one is sent or counted as dropped.
+        #expect((result["messages"] as? Int ?? 0) + dropped == 400, "\(result)")
+        #expect((result["elapsedSeconds"] as? Double ?? 0) < 3.5 * testTimeScale, "the stages end the run")
+        let seconds = try String(contentsOfFile: path, encoding: .utf8).split(separator: "\n").map { try Self.object(String($0)) }
+        let counts = seconds.map { $0["messages"] as? Int ?? 0 }
+        // The sanitizers slow the machine several times over, and then arrivals run late; the
+        // profile's shape is checked only at full speed.
+        if testTimeScale == 1, dropped == 0, counts.count >= 3 {
+            #expect((170...230).contains(counts[1]), "the hold at 200 a second: \(counts)")
+            #expect((70...130).contains(counts[0]) && (70...130).contains(counts[2]), "each ramp brings 100: \(counts)")
+        }
+    }
+
+    @Test func closedStagesSetHowManyAreInFlight() async throws {
+        // Replies held 100 ms: in flight N, about 10·N messages a second.
+        let sink = try await startSink { $0.replyDelay = .fixed(.milliseconds(100)) }
+        guard let run = try await Self.bench(["--target", "127.0.0.1:\(sink.localAddress.port)", "--security", "none",
+                                               "--stages", "1s:2,1s:8", "--model", "closed", "--connections", "8", "--json"])
+        else { return }
+        #expect(run.status == 0, "\(run.error)")
+        let result = try Self.object(run.output)
+        let model = try #require(result["model"] as? [String: Any])
+        #expect(model["name"] as? String == "closed" && model["inFlight"] as? Int == 8 && model["stages"] as? String == "1s:2,1s:2-8", "D:V ramps from where the stage before ended: \(model)")
+        let messages = try #require(result["messages"] as? Int)
+        // At most 2 in flight for 1 s, then 2 rising to 8 (a reply takes over 100 ms, and pipelined
+        // replies come in the sink's order): fewer than 20 + 80 can have been sent.
+        #expect(messages > 0 && messages <= 100 + 8, "\(messages)")
+        await sink.shutdown()
+    }
+
     @Test func oneMessageAConnectionMakesASessionForEveryMessage() async throws {
         let sink = try await startSink()
         guard let run = try await Self.bench(["--target", "127.0.0.1:\(sink.localAddress.port)", "--security", "none",
@@ -235,7 +276,9 @@ struct BenchCommandTests {
 
     @Test(arguments: [["--size", "10"], ["--connections", "0"], ["--target", "nohost:99999"], ["--rate", "-1"],
                       ["--eml", "/nonexistent/sluice.eml"], ["--to", "a@b.example,c@d.example", "--recipients", "3"],
-                      ["--header", "no colon"], ["--from", "not an address"]])
+                      ["--header", "no colon"], ["--from", "not an address"], ["--stages", "10s"],
+                      ["--stages", "1s:10", "--rate", "5"], ["--stages", "1s:10", "--duration", "5"], ["--model", "open"],
+                      ["--model", "closed", "--rate", "5"]])
     func badFlagsAreUsageErrors(arguments: [String]) async throws {
         guard let run = try await Self.bench(arguments) else { return }
         #expect(run.status == 64, "\(arguments): \(run.error)")
