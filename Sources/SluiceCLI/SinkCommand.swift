@@ -82,6 +82,14 @@ struct SinkCommand: AsyncParsableCommand {
     var dropAfterData: String?
     @Option(help: "Delay before replies: MS, or MIN-MAX milliseconds.")
     var delay: String?
+    @Option(help: ArgumentHelp(
+        "Replies by recipient domain, from FILE: lines of DOMAIN RATE CODE [ENHANCED] TEXT (gmail.test 2% 421 4.7.0 Rate limited).",
+        discussion: "RATE is 0.02, 2% or 1/50; DOMAIN * is any domain; the first matching rule that fires answers the RCPT, and a 421 also closes the connection, as providers' rate limits do."))
+    var replies: String?
+    @Option(help: "Greylist as Postgrey does: a new (client, sender, recipient) triplet gets 450 4.7.1 until it retries this many seconds later.")
+    var greylist: Double?
+    @Option(help: "Hold every RCPT's reply this many milliseconds (a tarpit).")
+    var tarpit: Int?
     @Option(help: "Seed for the fault and delay generator.")
     var seed: UInt64 = 1
     @Option(name: .customLong("stats-interval"), help: "Print statistics every this many seconds (0: only at exit).")
@@ -261,6 +269,24 @@ struct SinkCommand: AsyncParsableCommand {
                 }
                 faults.disconnectPhase = value
             }
+        }
+        if let replies {
+            do {
+                faults.replies = try ReplyRule.parse(try String(contentsOfFile: replies, encoding: .utf8))
+            } catch let error as ReplyRuleError {
+                throw ValidationError("--replies \(replies): \(error)")
+            } catch {
+                throw ValidationError("--replies \(replies): cannot read it: \(error.localizedDescription)")
+            }
+            if faults.replies.isEmpty { throw ValidationError("--replies \(replies): no rules in it") }
+        }
+        if let greylist {
+            guard greylist > 0, greylist.isFinite else { throw ValidationError("--greylist takes a positive number of seconds") }
+            faults.greylist = .milliseconds(Int64(greylist * 1000))
+        }
+        if let tarpit {
+            guard tarpit > 0 else { throw ValidationError("--tarpit takes a positive number of milliseconds") }
+            faults.tarpit = .milliseconds(tarpit)
         }
         configuration.faults = faults
         if let delay {

@@ -1,4 +1,4 @@
-import SluiceCore
+public import SluiceCore
 import SluiceTransport
 
 /// How often a fault fires: with a probability, or on every Nth occasion.
@@ -80,6 +80,15 @@ public struct SinkFaults: Hashable, Sendable {
     /// A close without a reply after the end of data, whatever ``disconnectPhase`` is (so a
     /// run can have 421s mid-session and drops after the terminator together).
     public var dropAfterData: FaultRate?
+    /// Replies by recipient domain, as a mailbox provider gives them (`--replies FILE`): the
+    /// first rule whose domain matches and whose rate fires answers the RCPT.
+    public var replies: [ReplyRule] = []
+    /// Greylisting, as Postgrey does it: the first RCPT of a new (client address, sender,
+    /// recipient) triplet is answered `450 4.7.1`, and so is every retry until this long has
+    /// passed since; after that the triplet passes, then and later.
+    public var greylist: Duration?
+    /// A tarpit: every RCPT's reply (and what follows it) is held this long.
+    public var tarpit: Duration?
     /// The generator's seed.
     public var seed: UInt64 = 1
 
@@ -89,11 +98,76 @@ public struct SinkFaults: Hashable, Sendable {
     /// Whether any fault is configured.
     public var isEmpty: Bool {
         rejectRecipients == nil && deferRecipients == nil && rejectData == nil && deferData == nil && disconnect == nil
-            && dropAfterData == nil
+            && dropAfterData == nil && replies.isEmpty && greylist == nil && tarpit == nil
     }
 }
 
-/// The shared generator and counters behind every connection's ``FaultPolicy``.
+/// A reply some of one domain's recipients get: a line of `sluice sink --replies FILE`.
+public struct ReplyRule: Hashable, Sendable {
+    /// The recipient domain (lower-case), or `*` for every domain.
+    public var domain: String
+    /// How often it answers a recipient of that domain.
+    public var rate: FaultRate
+    /// The reply: a 421 also closes the connection, as a provider's rate limit does.
+    public var reply: SMTPReply
+
+    public init(domain: String, rate: FaultRate, reply: SMTPReply) {
+        self.domain = domain.lowercased()
+        self.rate = rate
+        self.reply = reply
+    }
+
+    /// Parses rules, one a line: `DOMAIN RATE CODE [ENHANCED] TEXT`, with RATE a probability
+    /// (`0.02`), a percentage (`2%`) or `1/N`, CODE a 4xx or 5xx. Blank lines and `#` comments
+    /// are skipped; a line that does not parse is an error naming it.
+    public static func parse(_ text: String) throws -> [ReplyRule] {
+        var rules: [ReplyRule] = []
+        for (index, raw) in text.split(separator: "\n", omittingEmptySubsequences: false).enumerated() {
+            let line = raw.split(separator: "#", maxSplits: 1, omittingEmptySubsequences: false)[0]
+            let words = line.split(whereSeparator: { $0 == " " || $0 == "\t" || $0 == "\r" })
+            guard !words.isEmpty else { continue }
+            func failure(_ why: String) -> ReplyRuleError { ReplyRuleError(line: index + 1, text: String(raw), reason: why) }
+            guard words.count >= 4 else { throw failure("expected DOMAIN RATE CODE [ENHANCED] TEXT") }
+            let rateText = words[1]
+            let rate: FaultRate? =
+                if rateText.hasSuffix("%"), let percent = Double(rateText.dropLast()), (0...100).contains(percent) {
+                    .probability(percent / 100)
+                } else {
+                    FaultRate(rateText)
+                }
+            guard let rate else { throw failure("'\(rateText)' is not a rate (0.02, 2% or 1/50)") }
+            guard let number = Int(words[2]), (400...599).contains(number), let code = SMTPStatusCode(rawValue: number) else {
+                throw failure("'\(words[2])' is not a 4xx or 5xx reply code")
+            }
+            var rest = words[3...]
+            let enhanced = EnhancedStatusCode(String(rest.first!))
+            if enhanced != nil {
+                guard String(rest.first!.prefix(1)) == String(words[2].prefix(1)) else {
+                    throw failure("the enhanced code \(rest.first!) does not have the reply code's class")
+                }
+                rest = rest.dropFirst()
+            }
+            guard !rest.isEmpty else { throw failure("the reply has no text") }
+            let domain = String(words[0])
+            guard domain == "*" || (domain.contains(".") && !domain.contains("@")) else {
+                throw failure("'\(domain)' is not a domain (example.com) or *")
+            }
+            rules.append(ReplyRule(domain: domain, rate: rate, reply: SMTPReply(code, enhanced, rest.joined(separator: " "))))
+        }
+        return rules
+    }
+}
+
+/// A line of a replies file that does not parse.
+public struct ReplyRuleError: Error, CustomStringConvertible {
+    public let line: Int
+    public let text: String
+    public let reason: String
+    public var description: String { "line \(line) ('\(text)'): \(reason)" }
+}
+
+/// The shared generator and counters behind every connection's ``FaultPolicy``, and the
+/// greylist's triplets.
 final class FaultState: Sendable {
     private struct State {
         var random: SplitMix64
@@ -101,10 +175,31 @@ final class FaultState: Sendable {
     }
     private let state: Locked<State>
     let faults: SinkFaults
+    /// When each greylisted triplet was first seen.
+    private let greylist = Locked<[String: ContinuousClock.Instant]>([:])
+    /// Past this many triplets, the older half is forgotten (their senders are greylisted
+    /// again, as Postgrey does with entries past their age).
+    static let greylistCapacity = 1_000_000
 
     init(_ faults: SinkFaults) {
         self.faults = faults
         state = Locked(State(random: SplitMix64(seed: faults.seed)))
+    }
+
+    /// Whether the triplet must wait: seen first less than the greylist's delay ago (now, if
+    /// it is new).
+    func isGreylisted(client: String, sender: String, recipient: String, delay: Duration) -> Bool {
+        let key = client + "\u{0}" + sender + "\u{0}" + recipient
+        let now = ContinuousClock.now
+        return greylist.withLock { seen in
+            if let first = seen[key] { return now - first < delay }
+            if seen.count >= Self.greylistCapacity {
+                let newest = seen.values.sorted()[seen.count / 2]
+                seen = seen.filter { $0.value >= newest }
+            }
+            seen[key] = now
+            return true
+        }
     }
 
     /// Whether `rate` fires on this occasion of `counter`.
@@ -123,6 +218,8 @@ final class FaultState: Sendable {
 /// The sink's fault policy for one connection.
 struct FaultPolicy: ServerPolicy {
     let state: FaultState
+    /// The client's address, for greylisting.
+    let client: String
 
     mutating func decide(_ event: ServerPolicyEvent) -> ServerFault? {
         let faults = state.faults
@@ -140,7 +237,20 @@ struct FaultPolicy: ServerPolicy {
             default: nil
             }
             if let phase, phase == faults.disconnectPhase, state.fires(faults.disconnect, "disconnect") { return closing }
-        case .recipient:
+        case .recipient(let address, let sender):
+            if !faults.replies.isEmpty {
+                let domain = address.domain.lowercased()
+                for (index, rule) in faults.replies.enumerated() where rule.domain == "*" || rule.domain == domain {
+                    if state.fires(rule.rate, "reply \(index)") {
+                        return rule.reply.code == .serviceNotAvailable ? .replyAndClose(rule.reply) : .reply(rule.reply)
+                    }
+                }
+            }
+            if let delay = faults.greylist,
+               state.isGreylisted(client: client, sender: sender?.address ?? "", recipient: address.address.lowercased(), delay: delay) {
+                return .reply(SMTPReply(.mailboxBusy, EnhancedStatusCode("4.7.1"),
+                                        "Greylisted, try again in \(delay.components.seconds) seconds (injected)"))
+            }
             if state.fires(faults.rejectRecipients, "reject-rcpt") {
                 let code = SMTPStatusCode(rawValue: faults.rejectRecipientCode) ?? .mailboxUnavailable
                 return .reply(SMTPReply(code, EnhancedStatusCode("5.1.1"), "Recipient rejected (injected)"))
@@ -148,6 +258,7 @@ struct FaultPolicy: ServerPolicy {
             if state.fires(faults.deferRecipients, "defer-rcpt") {
                 return .reply(SMTPReply(.mailboxBusy, EnhancedStatusCode("4.2.1"), "Recipient deferred (injected)"))
             }
+            if let tarpit = faults.tarpit { return .delay(tarpit) }
         case .endOfData:
             if faults.disconnectPhase == .afterData, state.fires(faults.disconnect, "disconnect") { return .closeWithoutReply }
             if state.fires(faults.dropAfterData, "drop-after-data") { return .closeWithoutReply }

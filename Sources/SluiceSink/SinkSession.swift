@@ -124,9 +124,11 @@ final class SinkSession: ConnectionHandler, EndOfIterationWork, @unchecked Senda
     @exclusivity(unchecked) private var deadlineTimer: LoopTimer?
     @exclusivity(unchecked) private var deadlineFor: (ServerStateMachine.InputProgress, Int) = (.idle, 0)
     @exclusivity(unchecked) private var delayTimer: LoopTimer?
-    /// Ends the hold after a failed AUTH.
+    /// Ends the hold after a failed AUTH or a tarpit's hold.
     @exclusivity(unchecked) private var holdTimer: LoopTimer?
-    @exclusivity(unchecked) private var outbox: [Out] = []
+    /// Output held by a reply delay or a penalty, in order, each with when it is due (never
+    /// before the one in front of it).
+    @exclusivity(unchecked) private var outbox: [(out: Out, due: ContinuousClock.Instant)] = []
     @exclusivity(unchecked) private var isClosed = false
     /// Replies not yet written: they go out at the end of the loop's iteration (see
     /// ``write(_:)``).
@@ -143,7 +145,7 @@ final class SinkSession: ConnectionHandler, EndOfIterationWork, @unchecked Senda
     init(connection: Connection, shared: SinkShared, secure: Bool) {
         self.connection = connection
         self.shared = shared
-        let policy: any ServerPolicy = shared.faults.map { FaultPolicy(state: $0) } ?? NoFaults()
+        let policy: any ServerPolicy = shared.faults.map { FaultPolicy(state: $0, client: connection.remoteAddress?.host ?? "") } ?? NoFaults()
         machine = ServerStateMachine(configuration: shared.configuration.server, policy: policy)
         shared.counters.sessions.add(1, ordering: .relaxed)
         shared.counters.activeSessions.add(1, ordering: .relaxed)
@@ -266,6 +268,13 @@ final class SinkSession: ConnectionHandler, EndOfIterationWork, @unchecked Senda
                 deliver(message)
             case .authenticationFailed(let failures):
                 penalty = authenticationFailed(failures: failures)
+            case .hold(let duration):
+                // A tarpit: what follows waits, and so does the reading.
+                penalty = duration
+                holdTimer = connection.eventLoop.scheduleTimer(after: duration) { [self] in
+                    perform(machine.holdEnded())
+                    updateDeadline()
+                }
             }
         }
     }
@@ -367,22 +376,31 @@ final class SinkSession: ConnectionHandler, EndOfIterationWork, @unchecked Senda
     // MARK: Output, with the optional reply delay
 
     /// Carries `out` out now, or after the sink's reply delay or a `penalty` (a failed
-    /// AUTH), whichever is longer; what is already held keeps its place in front of it.
+    /// AUTH, a tarpit), whichever is longer; what is already held keeps its place in front
+    /// of it, and a penalty counts from now even when output is held already.
     private func send(_ out: Out, penalty: Duration? = nil) {
         // The longer of the two, without an array per reply (this runs for every reply).
         let configured = shared.replyDelay()
         let delay = configured.map { configured in penalty.map { max($0, configured) } ?? configured } ?? penalty
-        if delay == nil, delayTimer == nil {
+        if delay == nil, outbox.isEmpty {
             execute(out)
             return
         }
-        outbox.append(out)
-        guard delayTimer == nil else { return }
-        delayTimer = connection.eventLoop.scheduleTimer(after: delay ?? .zero) { [self] in
+        let due = max(ContinuousClock.now + (delay ?? .zero), outbox.last?.due ?? ContinuousClock.now)
+        outbox.append((out, due))
+        if delayTimer == nil { scheduleHeldOutput(at: outbox[0].due) }
+    }
+
+    /// Writes the held output that is due when the timer fires, and waits again for the rest.
+    private func scheduleHeldOutput(at due: ContinuousClock.Instant) {
+        delayTimer = connection.eventLoop.scheduleTimer(after: max(.zero, due - ContinuousClock.now)) { [self] in
             delayTimer = nil
-            let due = outbox
-            outbox = []
-            for out in due where !isClosed { execute(out) }
+            let now = ContinuousClock.now
+            let ready = outbox.prefix { $0.due <= now }.count
+            let released = outbox[..<ready].map(\.out)
+            outbox.removeFirst(ready)
+            for out in released where !isClosed { execute(out) }
+            if let next = outbox.first, !isClosed { scheduleHeldOutput(at: next.due) }
         }
     }
 

@@ -165,6 +165,18 @@ struct SinkCommandRobustnessTests {
         }
     }
 
+    @Test func aRepliesFileThatDoesNotParseIsAUsageErrorNamingTheLine() async throws {
+        guard let sluice = sluiceCommand() else { return }
+        let file = FileManager.default.temporaryDirectory.appendingPathComponent("sluice-replies-\(UUID()).txt").path
+        defer { try? FileManager.default.removeItem(atPath: file) }
+        try "gmail.test 2% 421 4.7.0 Rate limited\nyahoo.test often 550 No\n".write(toFile: file, atomically: true, encoding: .utf8)
+        let result = try await runInBackground(sluice, ["sink", "--listen", "127.0.0.1:0", "--replies", file])
+        #expect(result.status == 64, "\(result.output) \(result.error)")
+        #expect(result.error.contains("line 2") && result.error.contains("'often' is not a rate"), "\(result.error)")
+        let greylist = try await runInBackground(sluice, ["sink", "--listen", "127.0.0.1:0", "--greylist", "-1"])
+        #expect(greylist.status == 64 && greylist.error.contains("--greylist"), "\(greylist.error)")
+    }
+
     @Test func benchRefusesMoreConnectionsThanItsDescriptorsAllow() async throws {
         guard let sluice = sluiceCommand() else { return }
         let result = try await runInBackground(

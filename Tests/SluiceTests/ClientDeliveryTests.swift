@@ -152,3 +152,20 @@ struct ClientDeliveryTests {
         #expect { try SMTPClient(configuration: configuration) } throws: { ($0 as? SMTPError)?.kind == .invalidInput }
     }
 }
+
+@Suite("SMTPClient against a greylisting sink")
+struct ClientGreylistTests {
+    @Test func theClientsRetriesGetAGreylistedMessageThrough() async throws {
+        let sink = try await startSink { $0.faults.greylist = .milliseconds(300) }
+        let client = try makeClient(for: sink) {
+            $0.retry.maximumAttempts = 6
+            $0.retry.backoff = Backoff(initial: .milliseconds(150), maximum: .milliseconds(300))
+        }
+        let report = try await client.send(testMessage(), envelope: try Envelope(from: "s@example.com", to: ["a@example.org"]))
+        #expect(report.outcome == .accepted, "\(report)")
+        #expect(report.attempts >= 2, "greylisted first (450 4.7.1), accepted on a later try: \(report.attempts)")
+        #expect((sink.statistics.rejectionsByCode["450"] ?? 0) >= 1)
+        await client.shutdown()
+        await sink.shutdown()
+    }
+}

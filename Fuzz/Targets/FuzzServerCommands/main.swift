@@ -32,7 +32,7 @@ public func fuzz(_ data: UnsafePointer<UInt8>, _ size: Int) -> Int32 {
             for action in actions {
                 switch action {
                 case .deliver: next += machine.deliveryFinished(.stored(id: "1"))
-                case .authenticationFailed: next += machine.holdEnded()
+                case .authenticationFailed, .hold: next += machine.holdEnded()
                 case .write, .close, .startTLS: break
                 }
             }

@@ -29,6 +29,9 @@ public struct ServerStateMachine: Sendable {
         /// follows, input is held until ``holdEnded()``: the driver slows a guesser down by
         /// holding the reply and the next command for a while.
         case authenticationFailed(failures: Int)
+        /// Hold the writes that follow (and read nothing more) for this long, then call
+        /// ``holdEnded()``: a policy's tarpit (``ServerFault/delay(_:)``).
+        case hold(Duration)
     }
 
     /// What this server offers and enforces.
@@ -142,7 +145,7 @@ public struct ServerStateMachine: Sendable {
     /// The connection is up (after the handshake, for implicit TLS): greet.
     public mutating func connected(secure: Bool) -> [Action] {
         isSecure = secure
-        if let fault = policy.decide(.connected) {
+        if let fault = immediate(policy.decide(.connected)) {
             apply(fault)
         } else {
             reply(.serviceReady, nil, "\(configuration.hostname) ESMTP Sluice")
@@ -430,7 +433,7 @@ public struct ServerStateMachine: Sendable {
             reply(.commandUnrecognized, EnhancedStatusCode("5.5.2"), "Error: command is not valid UTF-8")
             return
         }
-        if let fault = policy.decide(.command(verb)) {
+        if let fault = immediate(policy.decide(.command(verb))) {
             apply(fault)
             return
         }
@@ -593,12 +596,19 @@ public struct ServerStateMachine: Sendable {
         guard current.recipients.count < configuration.maximumRecipients else {
             return reply(.insufficientStorage, EnhancedStatusCode("4.5.3"), "Error: too many recipients")
         }
-        if let fault = policy.decide(.recipient(address)) {
+        var delay: Duration?
+        switch policy.decide(.recipient(address, sender: current.from)) {
+        case .delay(let duration)?:
+            delay = duration
+        case let fault?:
             apply(fault)
             return
+        case nil:
+            break
         }
         current.recipients.append(address)
         transaction = current
+        if let delay { hold(for: delay) }
         reply(.ok, EnhancedStatusCode("2.1.5"), "Ok")
     }
 
@@ -712,7 +722,7 @@ public struct ServerStateMachine: Sendable {
             content = []
             return reply(.exceededStorageAllocation, EnhancedStatusCode("5.3.4"), "Error: message too large")
         }
-        if let fault = policy.decide(.endOfData) {
+        if let fault = immediate(policy.decide(.endOfData)) {
             transaction = nil
             content = []
             apply(fault)
@@ -846,7 +856,27 @@ public struct ServerStateMachine: Sendable {
             close()
         case .closeWithoutReply:
             close()
+        case .delay:
+            break  // filtered out by immediate(_:) and by the recipient's own handling
         }
+    }
+
+    /// `fault`, unless it is a ``ServerFault/delay(_:)``: only a recipient's answer can be
+    /// held, so elsewhere a delay is the normal answer.
+    private func immediate(_ fault: ServerFault?) -> ServerFault? {
+        if case .delay = fault { return nil }
+        return fault
+    }
+
+    /// Holds what is written from here on, and the reading, for `duration`: the replies so
+    /// far go out first.
+    private mutating func hold(for duration: Duration) {
+        if !output.isEmpty {
+            actions.append(.write(output))
+            output = []
+        }
+        actions.append(.hold(duration))
+        phase = .held
     }
 
     /// Appends a one-line reply straight to the output (no reply value, no strings).
@@ -932,8 +962,10 @@ public enum ServerPolicyEvent: Hashable, Sendable {
     case connected
     /// A command arrived (its verb, upper-cased), before it is handled.
     case command(String)
-    /// A recipient passed the checks and would be accepted.
-    case recipient(EnvelopeAddress)
+    /// A recipient passed the checks and would be accepted; `sender` is the transaction's
+    /// envelope sender (nil for the null sender `<>`), so that a policy can greylist a
+    /// sender and recipient pair.
+    case recipient(EnvelopeAddress, sender: EnvelopeAddress?)
     /// A message's content ended and would be stored.
     case endOfData
 }
@@ -946,6 +978,10 @@ public enum ServerFault: Hashable, Sendable {
     case replyAndClose(SMTPReply)
     /// Close without a word.
     case closeWithoutReply
+    /// Answer as normal, but only after this long, and read nothing more meanwhile (a tarpit,
+    /// as some providers hold each RCPT). Only for a ``ServerPolicyEvent/recipient(_:sender:)``;
+    /// elsewhere it answers at once.
+    case delay(Duration)
 }
 
 /// Decides faults for tests and load work; the sink's is seeded so runs repeat.

@@ -10,7 +10,7 @@ struct ScriptedFaults: ServerPolicy {
         switch event {
         case .connected: nil
         case .command(let verb): onCommand[verb]
-        case .recipient(let address): onRecipient[address.address]
+        case .recipient(let address, _): onRecipient[address.address]
         case .endOfData: onEndOfData
         }
     }
@@ -38,7 +38,7 @@ struct ServerHarness {
             case .write(let bytes): written += String(decoding: bytes, as: UTF8.self)
             case .startTLS: startedTLS = true
             case .close: closed = true
-            case .authenticationFailed:
+            case .authenticationFailed, .hold:
                 written += apply(machine.holdEnded())
             case .deliver(let message):
                 if holdDeliveries {
@@ -478,5 +478,42 @@ struct ClientServerTests {
             // EHLO, one group, then one write per message (content with the next envelope), QUIT.
             #expect(result.writes <= 10 + 3, "one write per message: \(result.writes)")
         }
+    }
+}
+
+@Suite("Server state machine: a policy's tarpit")
+struct ServerTarpitTests {
+    @Test func aDelayedRecipientHoldsItsReplyAndTheReadingUntilTheHoldEnds() {
+        var faults = ScriptedFaults()
+        faults.onRecipient["slow@example.com"] = .delay(.seconds(3))
+        var machine = Server(configuration: .init(), policy: faults)
+        _ = machine.connected(secure: false)
+        let actions = machine.bytesReceived(Array(
+            "EHLO c\r\nMAIL FROM:<s@example.com>\r\nRCPT TO:<slow@example.com>\r\nRCPT TO:<b@example.com>\r\n".utf8))
+        func text(_ action: Server.Action) -> String? {
+            if case .write(let bytes) = action { return String(decoding: bytes, as: UTF8.self) }
+            return nil
+        }
+        // The replies before the held one go out first; then the hold; then the held reply;
+        // and the second RCPT is not read yet.
+        guard actions.count == 3, let before = text(actions[0]), case .hold(let duration) = actions[1], let held = text(actions[2])
+        else {
+            Issue.record("expected a write, a hold and a write: \(actions)")
+            return
+        }
+        #expect(duration == .seconds(3))
+        #expect(ServerHarness.codes(before) == ["250", "250"], "EHLO and MAIL: \(before)")
+        #expect(ServerHarness.codes(held) == ["250"], "the held RCPT's own reply: \(held)")
+        #expect(machine.bytesReceived(Array("NOOP\r\n".utf8)).isEmpty, "nothing is read while held")
+        let after = machine.holdEnded().compactMap(text).joined()
+        #expect(ServerHarness.codes(after) == ["250", "250"], "the second RCPT and the NOOP, once the hold ends: \(after)")
+    }
+
+    @Test func aDelayAnywhereButARecipientAnswersAtOnce() {
+        var faults = ScriptedFaults()
+        faults.onCommand["MAIL"] = .delay(.seconds(3))
+        var h = ServerHarness(faults: faults)
+        _ = h.connect()
+        #expect(ServerHarness.codes(h.client("EHLO c\r\nMAIL FROM:<s@example.com>\r\n")) == ["250", "250"])
     }
 }
