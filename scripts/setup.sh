@@ -2,8 +2,9 @@
 # Installs what Sluice needs on a fresh Debian or Ubuntu machine that has only the Swift
 # toolchain: the C libraries it links (libuv, OpenSSL, libidn2, SQLite, libpq), pkg-config, and
 # the independent peers its tests talk to: the openssl command, Postfix's smtp-source and
-# smtp-sink, swaks (with Net::SSLeay for TLS), Python 3, and PostgreSQL's server (the outbox
-# tests start a private cluster of their own; the package's default cluster is not used).
+# smtp-sink, swaks (with Net::SSLeay for TLS), Python 3, PostgreSQL's server (the outbox
+# tests start a private cluster of their own; the package's default cluster is not used), and
+# headless Chromium with a font, which looks at `sluice bench --report`'s page as a person would.
 # Each package is installed only if missing, so a second run does nothing. Neither Postfix's
 # daemon nor PostgreSQL's is needed running (policy-rc.d keeps them stopped in containers).
 # Python peers (aiosmtpd, dkimpy) come from PyPI into a virtual environment at
@@ -13,7 +14,8 @@
 set -euo pipefail
 
 packages=(pkg-config libuv1-dev libssl-dev libidn2-dev libsqlite3-dev libpq-dev openssl ca-certificates
-          postfix swaks libnet-ssleay-perl libauthen-sasl-perl python3 python3-venv postgresql)
+          postfix swaks libnet-ssleay-perl libauthen-sasl-perl python3 python3-venv postgresql
+          chromium fonts-dejavu-core)
 
 missing=()
 for package in "${packages[@]}"; do

@@ -31,6 +31,8 @@ struct BenchCommand: AsyncParsableCommand {
     var messagesPerConnection: Int?
     @Option(help: "Write one JSON line a second: messages, accepted, failed, rate and latency percentiles in that second.")
     var timeseries: String?
+    @Option(help: "Write a report to look at: one self-contained HTML file with throughput and latency over time, the percentile spectrum, the failures and the run's settings.")
+    var report: String?
     @Option(help: ArgumentHelp(
         "Recipients per message: N, a uniform range LO-HI, or a mix N:WEIGHT,… (default 1, or as many as --to lists).",
         discussion: "A message with k recipients goes to the first k addresses."))
@@ -219,7 +221,12 @@ struct BenchCommand: AsyncParsableCommand {
         let sinkCPUStart = await sinkGroup?.threadCPUTime() ?? .zero
         let cpuStart = processCPUTime()
 
-        var series = try settingUp("bench", nothingSent: true) { try timeseries.map { try TimeSeries(path: $0, start: start) } }
+        var series = try settingUp("bench", nothingSent: true) {
+            if let report, !FileManager.default.createFile(atPath: report, contents: nil) {
+                throw ValidationError("--report: cannot write \(report)")  // found now, not after the run
+            }
+            return timeseries == nil && report == nil ? nil : try TimeSeries(path: timeseries, start: start)
+        }
         var tally = Tally()
         var progress = Progress(total: runDuration == nil ? messages : nil, duration: runDuration, start: start)
         let maximumInFlight = inFlight ?? (profile != nil && !isOpen ? Int(profile!.peak.rounded(.up)) : connections * 64)
@@ -277,6 +284,14 @@ struct BenchCommand: AsyncParsableCommand {
             sinkTLSSessions: sink?.statistics.tlsSessions,
             sinkChecksums: checksum ? sink.map { ($0.statistics.checksumsVerified, $0.statistics.checksumMismatches) } : nil)
         print(json ? result.json : result.text)
+        if let report, let series {
+            do {
+                try BenchReport.write(result, seconds: series.seconds, to: report)
+            } catch {
+                stderr.write(Data("sluice bench: \(error)\n".utf8))
+                throw ExitCode(1)
+            }
+        }
         if tally.accepted != tally.count {
             let reason = "sluice bench: \((tally.count - tally.accepted).grouped) of \(tally.count.grouped) messages were not "
                 + "accepted (\(tally.failureSummary))\n"
@@ -569,6 +584,11 @@ struct BenchResult {
     var clientCPUPerMessage: Double { clientCPU / Double(max(1, tally.count)) * 1e6 }
     func percentile(_ p: Double) -> Double { Double(tally.latency.valueAtPercentile(p)) / 1000 }
 
+    /// What was run, in one line: the text's first line after the target.
+    var headline: String {
+        String(text.prefix { $0 != "\n" }.drop { $0 != ":" }.dropFirst()).trimmingCharacters(in: .whitespaces)
+    }
+
     var text: String {
         var lines = [
             "sluice bench → \(target): \(tally.count.grouped) messages of \(Int(sizes).map(\.grouped) ?? sizes + " (mean \(meanSize.grouped))") bytes, "
@@ -774,21 +794,42 @@ final class ClosedStages: AsyncSequence, Sendable {
     func makeAsyncIterator() -> AsyncIterator { AsyncIterator(sequence: self) }
 }
 
-/// `--timeseries`: one JSON line for each second of the run, as reports arrive (a second in
-/// which none arrived is a line of zeros, written when the next one comes or at the end).
+/// The run second by second, as reports arrive (a second in which none arrived is a line of
+/// zeros, made when the next one comes or at the end): for `--timeseries`, one JSON line a
+/// second written as it ends, and for `--report`, kept.
 struct TimeSeries {
-    private let file: FileHandle
+    /// One second of the run.
+    struct Second {
+        let second: Int
+        let messages: Int
+        let accepted: Int
+        /// p50, p90, p99 and max, in milliseconds.
+        let latency: [String: Double]
+
+        var json: [String: Any] {
+            ["second": second, "messages": messages, "accepted": accepted, "failed": messages - accepted,
+             "latencyMilliseconds": latency]
+        }
+    }
+
+    private let file: FileHandle?
     private let start: ContinuousClock.Instant
+    private(set) var seconds: [Second] = []
     private var second = 0
     private var messages = 0
     private var accepted = 0
     private var latency = Histogram<UInt64>(highestTrackableValue: 600_000_000, numberOfSignificantValueDigits: .two)
 
-    init(path: String, start: ContinuousClock.Instant) throws {
-        guard FileManager.default.createFile(atPath: path, contents: nil), let file = FileHandle(forWritingAtPath: path) else {
-            throw ValidationError("--timeseries: cannot write \(path)")
+    /// Writes each second to `path` as it ends, if given.
+    init(path: String?, start: ContinuousClock.Instant) throws {
+        if let path {
+            guard FileManager.default.createFile(atPath: path, contents: nil), let file = FileHandle(forWritingAtPath: path) else {
+                throw ValidationError("--timeseries: cannot write \(path)")
+            }
+            self.file = file
+        } else {
+            file = nil
         }
-        self.file = file
         self.start = start
     }
 
@@ -799,31 +840,31 @@ struct TimeSeries {
         latency.record(latency: elapsed)
     }
 
-    /// Writes every second before `current`.
+    /// Ends every second before `current`.
     private mutating func flush(through current: Int) {
         while second < current {
-            write()
+            end()
             second += 1
         }
     }
 
-    private mutating func write() {
-        let object: [String: Any] = [
-            "second": second, "messages": messages, "accepted": accepted, "failed": messages - accepted,
-            "latencyMilliseconds": latency.millisecondsSummary,
-        ]
-        let data = (try? JSONSerialization.data(withJSONObject: object, options: [.sortedKeys])) ?? Data()
-        file.write(data + Data("\n".utf8))
+    private mutating func end() {
+        let record = Second(second: second, messages: messages, accepted: accepted, latency: latency.millisecondsSummary)
+        seconds.append(record)
+        if let file {
+            let data = (try? JSONSerialization.data(withJSONObject: record.json, options: [.sortedKeys])) ?? Data()
+            file.write(data + Data("\n".utf8))
+        }
         messages = 0
         accepted = 0
         latency.reset()
     }
 
-    /// Writes the seconds left, the last one partial.
+    /// Ends the seconds left, the last one partial.
     mutating func finish(now: ContinuousClock.Instant) {
         flush(through: Int((now - start).seconds))
-        if messages > 0 { write() }
-        try? file.close()
+        if messages > 0 { end() }
+        try? file?.close()
     }
 }
 

@@ -1,4 +1,5 @@
 import Foundation
+import Sluice
 import SluiceSink
 import SluiceTestSupport
 import Testing
@@ -414,5 +415,137 @@ struct BenchMixTests {
         guard let run = try await BenchCommandTests.bench(arguments) else { return }
         #expect(run.status == 64, "\(arguments): \(run.error)")
         #expect(run.error.contains("--size") || run.error.contains("--recipients"), "names the flag: \(run.error)")
+    }
+}
+
+/// `sluice bench --report`: read by Python's HTML parser and looked at in headless Chromium.
+@Suite("sluice bench: the HTML report")
+struct BenchReportTests {
+    /// Python that reads a report with `html.parser` and prints what it found as JSON: the
+    /// title, each chart's title and series (with their point counts), the tables' cells and
+    /// the embedded data.
+    static let reader = """
+        import html.parser, json, sys
+        class Reader(html.parser.HTMLParser):
+            def __init__(self):
+                super().__init__(); self.found = {"svg": [], "cells": [], "scripts": 0}; self.stack = []; self.text = ""
+            def handle_starttag(self, tag, attrs):
+                attrs = dict(attrs); self.stack.append(tag); self.text = ""
+                if tag == "svg": self.found["svg"].append({"label": attrs.get("aria-label"), "series": {}})
+                if tag == "polyline": self.found["svg"][-1]["series"][attrs["data-series"]] = len(attrs["points"].split())
+                if tag == "script":
+                    self.found["scripts"] += 1; self.found["scriptType"] = attrs.get("type")
+            def handle_endtag(self, tag):
+                if tag in ("td", "th"): self.found["cells"].append(self.text.strip())
+                if tag == "title": self.found["title"] = self.text.strip()
+                if tag == "script": self.found["data"] = json.loads(self.text)
+                if self.stack: self.stack.pop()
+            def handle_data(self, data): self.text += data
+        reader = Reader(); reader.feed(open(sys.argv[1], encoding="utf-8").read()); print(json.dumps(reader.found))
+        """
+
+    /// Python that decodes a PNG (8-bit RGB or RGBA, any filter) with zlib alone and prints
+    /// its size and how many pixels have each of the colours asked for.
+    static let pixels = """
+        import json, struct, sys, zlib
+        data = open(sys.argv[1], "rb").read(); assert data[:8] == b"\\x89PNG\\r\\n\\x1a\\n"
+        pos, idat = 8, b""
+        while pos < len(data):
+            length, kind = struct.unpack(">I4s", data[pos:pos + 8]); body = data[pos + 8:pos + 8 + length]; pos += 12 + length
+            if kind == b"IHDR": width, height, depth, colour = struct.unpack(">IIBB", body[:10])
+            if kind == b"IDAT": idat += body
+        assert depth == 8 and colour in (2, 6); bpp = 3 if colour == 2 else 4
+        raw = zlib.decompress(idat); stride = width * bpp; rows, previous, pos = [], bytearray(stride), 0
+        for _ in range(height):
+            f = raw[pos]; line = bytearray(raw[pos + 1:pos + 1 + stride]); pos += 1 + stride
+            for i in range(stride):
+                a = line[i - bpp] if i >= bpp else 0; b = previous[i]; c = previous[i - bpp] if i >= bpp else 0
+                if f == 1: line[i] = (line[i] + a) & 255
+                elif f == 2: line[i] = (line[i] + b) & 255
+                elif f == 3: line[i] = (line[i] + (a + b) // 2) & 255
+                elif f == 4:
+                    p = a + b - c; pa, pb, pc = abs(p - a), abs(p - b), abs(p - c)
+                    line[i] = (line[i] + (a if pa <= pb and pa <= pc else b if pb <= pc else c)) & 255
+            rows.append(line); previous = line
+        wanted = {c: tuple(int(c[i:i + 2], 16) for i in (0, 2, 4)) for c in sys.argv[2:]}
+        counts = {c: 0 for c in wanted}
+        for line in rows:
+            for i in range(0, stride, bpp):
+                pixel = tuple(line[i:i + 3])
+                for c, rgb in wanted.items():
+                    if all(abs(p - q) <= 24 for p, q in zip(pixel, rgb)): counts[c] += 1
+        print(json.dumps({"width": width, "height": height, "counts": counts}))
+        """
+
+    @Test func theReportHoldsEveryChartTheFailuresAndTheDataAndNothingAPeerSentRunsInIt() async throws {
+        guard let python = await peerPython(importing: []) else { return }
+        let directory = FileManager.default.temporaryDirectory.appendingPathComponent("sluice-report-\(UUID().uuidString)").path
+        try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        // A server whose refusal carries markup: it must reach the report as text.
+        let sink = try await startSink {
+            $0.faults.replies = [ReplyRule(domain: "x.test", rate: .everyNth(4),
+                                           reply: SMTPReply(.mailboxUnavailable, nil, "<script>alert(1)</script> no"))]
+        }
+        let report = directory + "/report.html"
+        guard let run = try await BenchCommandTests.bench([
+            "--target", "127.0.0.1:\(sink.localAddress.port)", "--security", "none", "--to", "u{n}@x.test",
+            "--rate", "400", "--messages", "800", "--connections", "2", "--report", report, "--json"])
+        else { return }
+        #expect(run.status == 1, "a quarter were refused: \(run.error)")
+        let html = try String(contentsOfFile: report, encoding: .utf8)
+        #expect(!html.contains("<script>alert"), "a peer's text is escaped")
+        #expect(html.contains("&lt;script&gt;alert(1)&lt;/script&gt;"))
+        #expect(!html.contains("http://") || !html.contains("src=\"http"), "nothing is fetched from the network")
+
+        let read = try await runInBackground(python, ["-c", Self.reader, report])
+        #expect(read.status == 0, "\(read.error)")
+        let found = try #require(try JSONSerialization.jsonObject(with: Data(read.output.utf8)) as? [String: Any])
+        #expect((found["title"] as? String)?.hasPrefix("sluice bench → 127.0.0.1:") == true)
+        let charts = try #require(found["svg"] as? [[String: Any]])
+        #expect(charts.compactMap { $0["label"] as? String } == ["Throughput", "Latency by second", "Latency by percentile"])
+        let data = try #require(found["data"] as? [String: Any])
+        let seconds = try #require(data["seconds"] as? [[String: Any]])
+        #expect(seconds.count >= 2, "800 at 400 a second")
+        #expect(seconds.reduce(0) { $0 + ($1["messages"] as? Int ?? 0) } == 800)
+        let throughput = try #require(charts[0]["series"] as? [String: Int])
+        #expect(throughput == ["accepted": seconds.count, "not accepted": seconds.count], "a point a second: \(throughput)")
+        #expect((charts[1]["series"] as? [String: Int]).map { Set($0.keys) } == ["p50", "p90", "p99", "max"])
+        #expect((charts[2]["series"] as? [String: Int])?["latency"] == 52, "51 percentiles and the maximum")
+        #expect(((data["result"] as? [String: Any])?["failures"] as? [String: Int]) == ["RCPT 550": 200])
+        let cells = try #require(found["cells"] as? [String])
+        #expect(cells.contains("RCPT 550") && cells.contains("200") && cells.contains("25.00%"), "\(cells.prefix(12))")
+        #expect(found["scripts"] as? Int == 1 && found["scriptType"] as? String == "application/json", "no script runs")
+        await sink.shutdown()
+    }
+
+    @Test(.needsPeers(executables: ["chromium"]))
+    func headlessChromiumShowsTheCharts() async throws {
+        guard let python = await peerPython(importing: []) else { return }
+        guard let chromium = requirePeer("chromium", install: "apt-get install chromium") else { return }
+        let directory = FileManager.default.temporaryDirectory.appendingPathComponent("sluice-report-\(UUID().uuidString)").path
+        try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        let report = directory + "/report.html"
+        guard let run = try await BenchCommandTests.bench(["--messages", "3000", "--rate", "1500", "--connections", "2",
+                                                           "--report", report])
+        else { return }
+        #expect(run.status == 0, "\(run.error)")
+        let screenshot = directory + "/report.png"
+        let shot = try await withDeadline(.seconds(120), "chromium's screenshot") {
+            try await runInBackground(chromium, ["--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
+                                                 "--user-data-dir=\(directory)/profile", "--screenshot=\(screenshot)",
+                                                 "--window-size=1200,1400", "file://\(report)"])
+        }
+        #expect(FileManager.default.fileExists(atPath: screenshot), "chromium: \(shot.error.suffix(2000))")
+        // The accepted-throughput blue, the spectrum's purple and the p99 orange, drawn.
+        let decoded = try await runInBackground(python, ["-c", Self.pixels, screenshot, "2a7ab0", "8e44ad", "e67e22"])
+        #expect(decoded.status == 0, "\(decoded.error)")
+        let image = try #require(try JSONSerialization.jsonObject(with: Data(decoded.output.utf8)) as? [String: Any])
+        #expect(image["width"] as? Int == 1200)
+        let counts = try #require(image["counts"] as? [String: Int])
+        for (colour, count) in counts {
+            #expect(count > 100, "a line in #\(colour) is on the page: \(counts)")
+        }
     }
 }
