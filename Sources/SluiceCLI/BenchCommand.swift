@@ -55,7 +55,7 @@ struct BenchCommand: AsyncParsableCommand {
     var subject = "sluice bench"
     @Option(help: "Add a header, 'Name: value'; repeatable.")
     var header: [String] = []
-    @Option(help: "Send this RFC 5322 message (each copy with its own Message-ID) instead of a generated one.")
+    @Option(help: "Send this RFC 5322 message instead of a generated one, or replay a corpus round-robin: a directory of messages or an mbox file (each copy with its own Message-ID).")
     var eml: String?
     @Option(help: ArgumentHelp(
         "The open model: messages arrive at this many a second whatever the server does, and latency counts from each one's intended start.",
@@ -161,7 +161,7 @@ struct BenchCommand: AsyncParsableCommand {
         let seed = seed ?? UInt64.random(in: 0...UInt64.max)
         let load = try settingUp("bench", nothingSent: true) {
             let envelopes = try makeEnvelopes()
-            let mails = try eml.map { try BenchMessages.file($0, from: from, signers: configuration.dkim, checksum: checksum, seed: seed) }
+            let mails = try eml.map { try BenchMessages.corpus($0, from: from, signers: configuration.dkim, checksum: checksum, seed: seed) }
                 ?? BenchMessages.generated(sizes: try sizes(), from: from, to: envelopes.first.recipients[0].address.address,
                                            subject: subject, headers: try checkedHeaders(), signers: configuration.dkim,
                                            checksum: checksum, seed: seed)

@@ -14,17 +14,24 @@ import Synchronization
 ///
 /// A message is `Message-ID`, the checksum field, the other header fields, the blank line and
 /// the body. When the body never changes (one size, or `--eml`) the whole message is made
-/// once and each copy only rewrites the Message-ID's digits.
+/// once and each copy only rewrites the Message-ID's digits. A corpus (`--eml DIR` or an
+/// mbox) is several such messages, sent round-robin: copy n is message (n - 1) mod count.
 struct BenchMessages: Sendable {
-    /// The header fields after the Message-ID and checksum fields, the blank line included.
-    private let headers: [UInt8]
-    private let body: Body
+    /// One message of the corpus (a generated message is a corpus of one).
+    private struct Variant: Sendable {
+        /// The header fields after the Message-ID and checksum fields, the blank line included.
+        let headers: [UInt8]
+        let body: Body
+        /// With a body that never changes: the whole message, its Message-ID's number at
+        /// the messages' `digits`.
+        let template: [UInt8]?
+    }
+
+    private let variants: [Variant]
     private let signers: [DKIMSigner]
     private let checksums: ChecksumCache?
     /// The run's Message-ID with sixteen zeros where each copy's number goes.
     private let messageID: [UInt8]
-    /// With a body that never changes: the whole message, its Message-ID's number at `digits`.
-    private let template: [UInt8]?
     private let digits: Range<Int>
     let seed: UInt64
 
@@ -45,64 +52,80 @@ struct BenchMessages: Sendable {
         String(repeating: "0", count: max(0, width - text.count)) + text
     }
 
-    /// `headers` are CRLF header fields with no Message-ID, the blank line included.
-    private init(headers: [UInt8], body: Body, domain: String, signers: [DKIMSigner], checksum: Bool, seed: UInt64) {
+    /// Each of `messages` is its CRLF header fields with no Message-ID, the blank line
+    /// included, and its body.
+    private init(_ messages: [(headers: [UInt8], body: Body)], domain: String, signers: [DKIMSigner], checksum: Bool,
+                 seed: UInt64) {
         let run = Self.padded(String(UInt64.random(in: 0...UInt64.max), radix: 36), to: Self.runIDLength)
-        messageID = Array("<\(String(repeating: "0", count: Self.digitCount)).\(run)@\(domain)>".utf8)
+        let messageID = Array("<\(String(repeating: "0", count: Self.digitCount)).\(run)@\(domain)>".utf8)
+        self.messageID = messageID
         digits = (Self.fieldStart.count + 1)..<(Self.fieldStart.count + 1 + Self.digitCount)
-        self.headers = headers
-        self.body = body
         self.signers = signers
         self.seed = seed
         checksums = checksum ? ChecksumCache() : nil
-        if case .fixed(let bytes) = body {
-            template = Self.fieldStart + messageID + [13, 10] + (checksum ? ContentChecksum.field(forBody: bytes) : []) + headers + bytes
-        } else {
-            template = nil
+        variants = messages.map { headers, body in
+            guard case .fixed(let bytes) = body else { return Variant(headers: headers, body: body, template: nil) }
+            let field = checksum ? ContentChecksum.field(forBody: bytes) : []
+            return Variant(headers: headers, body: body, template: Self.fieldStart + messageID + [13, 10] + field + headers + bytes)
         }
     }
 
-    /// The octets every message has besides its body (before any DKIM signature).
-    private var overhead: Int {
-        Self.fieldStart.count + messageID.count + 2 + (checksums == nil ? 0 : ContentChecksum.fieldLength) + headers.count
+    /// The octets `variant` has besides its body (before any DKIM signature).
+    private func overhead(_ variant: Variant) -> Int {
+        Self.fieldStart.count + messageID.count + 2 + (checksums == nil ? 0 : ContentChecksum.fieldLength) + variant.headers.count
     }
 
-    /// What the sizes are: one number, or the distribution they are drawn from.
+    /// The variant copy `number` is made from.
+    private func variant(_ number: Int) -> Variant {
+        variants.count == 1 ? variants[0] : variants[(number - 1) % variants.count]
+    }
+
+    /// The sizes of the corpus's messages, or nil when sizes are drawn.
+    private var fixedSizes: [Int]? {
+        var sizes: [Int] = []
+        for variant in variants {
+            guard case .fixed(let bytes) = variant.body else { return nil }
+            sizes.append(overhead(variant) + bytes.count)
+        }
+        return sizes
+    }
+
+    /// What the sizes are: one number, the distribution they are drawn from, or a corpus's.
     var sizeDescription: String {
-        switch body {
-        case .fixed(let bytes): String(overhead + bytes.count)
-        case .drawn(let sizes): sizes.description
+        if let sizes = fixedSizes {
+            return sizes.count == 1 ? String(sizes[0]) : "\(sizes.min()!)-\(sizes.max()!) (\(sizes.count) messages)"
         }
+        if case .drawn(let sizes) = variants[0].body { return sizes.description }
+        return "?"
     }
 
-    /// The expected size of a message.
-    var meanSize: Double {
-        switch body {
-        case .fixed(let bytes): Double(overhead + bytes.count)
-        case .drawn(let sizes): sizes.mean
-        }
-    }
+    /// The number of messages the copies cycle through.
+    var corpusCount: Int { variants.count }
 
     /// The size of copy `number` before any DKIM signature.
     func size(of number: Int) -> Int {
-        switch body {
-        case .fixed(let bytes): overhead + bytes.count
-        case .drawn(let sizes): sizes.value(for: number, seed: seed)
+        let variant = variant(number)
+        switch variant.body {
+        case .fixed(let bytes): return overhead(variant) + bytes.count
+        case .drawn(let sizes): return sizes.value(for: number, seed: seed)
         }
     }
 
     /// The largest size a message can have.
     var largest: Int {
-        switch body {
-        case .fixed(let bytes): overhead + bytes.count
-        case .drawn(let sizes): sizes.maximum
-        }
+        variants.map { variant in
+            switch variant.body {
+            case .fixed(let bytes): overhead(variant) + bytes.count
+            case .drawn(let sizes): sizes.maximum
+            }
+        }.max() ?? 0
     }
 
     /// Whether every message has the same size.
     var hasOneSize: Bool {
-        if case .drawn(let sizes) = body { return sizes.isFixed }
-        return true
+        if let sizes = fixedSizes { return Set(sizes).count == 1 }
+        if case .drawn(let sizes) = variants[0].body { return sizes.isFixed }
+        return false
     }
 
     /// The copy's number in a Message-ID this run made (`<NNNNNNNNNNNNNNNN.RUN@DOMAIN>`).
@@ -114,10 +137,12 @@ struct BenchMessages: Sendable {
 
     /// Copy `number`, with its own Message-ID (and checksum, and signature).
     func message(_ number: Int) -> EncodedMessage {
+        let variant = variant(number)
         var bytes: [UInt8]
-        if let template {
+        if let template = variant.template {
             bytes = template
         } else {
+            let overhead = overhead(variant)
             let body = Self.generatedBody(length: size(of: number) - overhead)
             bytes = []
             bytes.reserveCapacity(overhead + body.count)
@@ -125,7 +150,7 @@ struct BenchMessages: Sendable {
             bytes += messageID
             bytes += [13, 10]
             if let checksums { bytes += checksums.field(for: body) }
-            bytes += headers
+            bytes += variant.headers
             bytes += body
         }
         var value = number
@@ -170,41 +195,73 @@ struct BenchMessages: Sendable {
         text += "Date: \(MessageEncoder.dateString(Date()))\r\nMIME-Version: 1.0\r\nContent-Type: text/plain; charset=us-ascii\r\n"
         for header in headers { text += header + "\r\n" }
         text += "\r\n"
-        let sample = BenchMessages(headers: Array(text.utf8), body: .fixed([]), domain: domain(of: from), signers: [],
-                                   checksum: checksum, seed: seed)
-        let smallest = sample.overhead + 2
-        guard sizes.minimum >= smallest else {
-            throw ValidationError("--size \(sizes) is too small for these headers; give at least \(smallest)")
+        let headers = Array(text.utf8)
+        let sample = BenchMessages([(headers, .fixed([]))], domain: domain(of: from), signers: [], checksum: checksum, seed: seed)
+        let overhead = sample.overhead(sample.variants[0])
+        guard sizes.minimum >= overhead + 2 else {
+            throw ValidationError("--size \(sizes) is too small for these headers; give at least \(overhead + 2)")
         }
-        let body: Body = sizes.isFixed ? .fixed(generatedBody(length: sizes.minimum - sample.overhead)) : .drawn(sizes)
-        return try checked(BenchMessages(headers: Array(text.utf8), body: body, domain: domain(of: from), signers: signers,
-                                         checksum: checksum, seed: seed))
+        let body: Body = sizes.isFixed ? .fixed(generatedBody(length: sizes.minimum - overhead)) : .drawn(sizes)
+        return try checked(BenchMessages([(headers, body)], domain: domain(of: from), signers: signers, checksum: checksum, seed: seed))
     }
 
-    /// An existing message, its own Message-ID fields replaced by the per-message one.
-    static func file(_ path: String, from: String, signers: [DKIMSigner], checksum: Bool, seed: UInt64) throws -> BenchMessages {
-        let raw: RawMessage
-        do {
-            raw = try RawMessage(contentsOfFile: path)
-        } catch {
-            throw ValidationError("--eml \(path): \(error)")
+    /// Existing messages, sent round-robin, their own Message-ID fields replaced by each
+    /// copy's: `path` is one message (`.eml`), a directory of them (every regular file in
+    /// it, by name, dot files left out), or an mbox file (it starts with `From `).
+    static func corpus(_ path: String, from: String, signers: [DKIMSigner], checksum: Bool, seed: UInt64) throws -> BenchMessages {
+        var isDirectory: ObjCBool = false
+        guard FileManager.default.fileExists(atPath: path, isDirectory: &isDirectory) else {
+            throw ValidationError("--eml \(path): no such file or directory")
         }
-        let bytes = raw.removingHeaders(named: "Message-ID").bytes
-        let body = ContentChecksum.body(of: bytes)
-        var headers = Array(bytes[..<body.startIndex])
-        if body.startIndex == bytes.count, !bytes.suffix(4).elementsEqual([13, 10, 13, 10]) {
-            headers += [13, 10]  // a message that is all header: give it its blank line
+        var raws: [(name: String, bytes: [UInt8])] = []
+        if isDirectory.boolValue {
+            let names = try FileManager.default.contentsOfDirectory(atPath: path).filter { !$0.hasPrefix(".") }.sorted()
+            for name in names {
+                var isSubdirectory: ObjCBool = false
+                let file = path + "/" + name
+                guard FileManager.default.fileExists(atPath: file, isDirectory: &isSubdirectory), !isSubdirectory.boolValue else { continue }
+                guard let data = FileManager.default.contents(atPath: file) else {
+                    throw ValidationError("--eml \(file): cannot read it")
+                }
+                raws.append((file, Array(data)))
+            }
+            guard !raws.isEmpty else { throw ValidationError("--eml \(path): the directory holds no messages") }
+        } else {
+            guard let data = FileManager.default.contents(atPath: path) else { throw ValidationError("--eml \(path): cannot read it") }
+            let bytes = Array(data)
+            if bytes.starts(with: Array("From ".utf8)) {
+                raws = Mbox.messages(in: bytes).enumerated().map { ("\(path), message \($0.offset + 1)", $0.element) }
+                guard !raws.isEmpty else { throw ValidationError("--eml \(path): the mbox holds no messages") }
+            } else {
+                raws = [(path, bytes)]
+            }
         }
-        return try checked(BenchMessages(headers: headers, body: .fixed(Array(body)), domain: domain(of: from),
-                                         signers: signers, checksum: checksum, seed: seed))
+        let messages = try raws.map { name, bytes -> ([UInt8], Body) in
+            let raw: RawMessage
+            do {
+                raw = try RawMessage(bytes)
+            } catch {
+                throw ValidationError("--eml \(name): \(error)")
+            }
+            let message = raw.removingHeaders(named: "Message-ID").bytes
+            let body = ContentChecksum.body(of: message)
+            var headers = Array(message[..<body.startIndex])
+            if body.startIndex == message.count, !message.suffix(4).elementsEqual([13, 10, 13, 10]) {
+                headers += [13, 10]  // a message that is all header: give it its blank line
+            }
+            return (headers, .fixed(Array(body)))
+        }
+        return try checked(BenchMessages(messages, domain: domain(of: from), signers: signers, checksum: checksum, seed: seed))
     }
 
-    /// `messages`, once a copy is known to be a message that can be sent.
+    /// `messages`, once a copy of each is known to be a message that can be sent.
     private static func checked(_ messages: BenchMessages) throws -> BenchMessages {
-        do {
-            _ = try RawMessage(messages.message(1).bytes)
-        } catch {
-            throw ValidationError("the bench message is not one that can be sent: \(error)")
+        for number in 1...messages.variants.count {
+            do {
+                _ = try RawMessage(messages.message(number).bytes)
+            } catch {
+                throw ValidationError("the bench message\(messages.variants.count > 1 ? " \(number)" : "") is not one that can be sent: \(error)")
+            }
         }
         return messages
     }
@@ -224,5 +281,40 @@ private final class ChecksumCache: Sendable {
         let field = ContentChecksum.field(forBody: body)
         fields.withLock { $0[body.count] = field }
         return field
+    }
+}
+
+/// Reading an mbox file: messages start at lines beginning `From ` (the separator line
+/// itself is not part of the message), and a body line quoted as `>From ` (mboxrd: any
+/// number of `>` before `From `) loses one `>`.
+enum Mbox {
+    static func messages(in bytes: [UInt8]) -> [[UInt8]] {
+        let from = Array("From ".utf8)
+        var messages: [[UInt8]] = []
+        var current: [UInt8]?
+        var lineStart = 0
+        while lineStart < bytes.count {
+            let lineEnd = bytes[lineStart...].firstIndex(of: 10).map { $0 + 1 } ?? bytes.count
+            let line = bytes[lineStart..<lineEnd]
+            if line.starts(with: from) {
+                if let message = current { messages.append(message) }
+                current = []
+            } else if current != nil {
+                let quotes = line.prefix { $0 == UInt8(ascii: ">") }.count
+                if quotes > 0, line.dropFirst(quotes).starts(with: from) {
+                    current! += line.dropFirst()
+                } else {
+                    current! += line
+                }
+            }
+            lineStart = lineEnd
+        }
+        if let message = current { messages.append(message) }
+        // The blank line mbox writers put before each separator belongs to no message.
+        return messages.map { message in
+            var message = message
+            if message.suffix(2) == [10, 10] { message.removeLast() } else if message.suffix(4) == [13, 10, 13, 10] { message.removeLast(2) }
+            return message
+        }
     }
 }
