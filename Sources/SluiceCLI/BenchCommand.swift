@@ -204,6 +204,10 @@ struct BenchCommand: AsyncParsableCommand {
         let clientGroup = EventLoopGroup(
             numberOfLoops: loops ?? (sink == nil ? EventLoopGroup.coreCount : max(1, EventLoopGroup.coreCount / 2)))
         configuration.eventLoopGroup = clientGroup
+        // The live line's open connections, counted only where there is a line to show them.
+        let liveLine = isatty(2) != 0
+        let connectionCount = liveLine ? ConnectionCount() : nil
+        if let connectionCount { configuration.metrics.factory = connectionCount }
         let smtp = try settingUp("bench", nothingSent: true) { try SMTPClient(configuration: configuration) }
 
         let profile = try stages.map(BenchStages.init(parsing:))
@@ -225,10 +229,18 @@ struct BenchCommand: AsyncParsableCommand {
             if let report, !FileManager.default.createFile(atPath: report, contents: nil) {
                 throw ValidationError("--report: cannot write \(report)")  // found now, not after the run
             }
-            return timeseries == nil && report == nil ? nil : try TimeSeries(path: timeseries, start: start)
+            return timeseries == nil && report == nil && !liveLine ? nil : try TimeSeries(path: timeseries, start: start)
         }
         var tally = Tally()
-        var progress = Progress(total: runDuration == nil ? messages : nil, duration: runDuration, start: start)
+        var progress = Progress(total: runDuration == nil ? messages : nil, duration: runDuration, start: start, isTerminal: liveLine)
+        /// Counts a report whose message took `latency` and was `size` octets.
+        func record(_ report: DeliveryReport, latency: Duration, size: Int) {
+            let now = clock.now
+            tally.add(report, latency: latency, size: size)
+            series?.add(report, latency: latency, now: now)
+            progress.update(done: tally.count, errors: tally.count - tally.accepted, lastSecond: series?.seconds.last,
+                            open: connectionCount?.open, now: now, to: stderr)
+        }
         let maximumInFlight = inFlight ?? (profile != nil && !isOpen ? Int(profile!.peak.rounded(.up)) : connections * 64)
         var arrivals: OpenArrivals?
         if isOpen, let schedule {
@@ -239,26 +251,19 @@ struct BenchCommand: AsyncParsableCommand {
             arrivals = open
             for try await report in smtp.send(contentsOf: open, maximumInFlight: maximumInFlight) {
                 let number = load.number(of: report)
-                let latency = clock.now - open.due(number ?? 1)
-                tally.add(report, latency: latency, size: load.size(of: report, number: number))
-                series?.add(report, latency: latency, now: clock.now)
-                progress.update(done: tally.count, errors: tally.count - tally.accepted, now: clock.now, to: stderr)
+                record(report, latency: clock.now - open.due(number ?? 1), size: load.size(of: report, number: number))
             }
         } else if let profile {
             // The closed model with the number in flight following the stages.
             let sequence = ClosedStages(load: load, stages: profile, start: start)
             for try await report in smtp.send(contentsOf: sequence, maximumInFlight: max(1, maximumInFlight)) {
                 sequence.finished()
-                tally.add(report, latency: report.elapsed, size: load.size(of: report))
-                series?.add(report, latency: report.elapsed, now: clock.now)
-                progress.update(done: tally.count, errors: tally.count - tally.accepted, now: clock.now, to: stderr)
+                record(report, latency: report.elapsed, size: load.size(of: report))
             }
         } else {
             let sequence = BenchMails(load: load, count: total, deadline: deadline)
             for try await report in smtp.send(contentsOf: sequence, maximumInFlight: maximumInFlight) {
-                tally.add(report, latency: report.elapsed, size: load.size(of: report))
-                series?.add(report, latency: report.elapsed, now: clock.now)
-                progress.update(done: tally.count, errors: tally.count - tally.accepted, now: clock.now, to: stderr)
+                record(report, latency: report.elapsed, size: load.size(of: report))
             }
         }
         let elapsed = clock.now - start
@@ -496,57 +501,6 @@ struct Tally {
         if report.outcome != .accepted { failures[Self.failureKey(report), default: 0] += 1 }
         if firstError == nil, let error = report.error { firstError = "\(error)" }
         latency.record(latency: elapsed)
-    }
-}
-
-/// A progress bar on a terminal, a line every five seconds elsewhere; on stderr.
-struct Progress {
-    let total: Int?
-    let duration: Double?
-    let start: ContinuousClock.Instant
-    let isTerminal = isatty(2) != 0
-    var lastDraw: ContinuousClock.Instant?
-    var drew = false
-
-    init(total: Int?, duration: Double?, start: ContinuousClock.Instant) {
-        self.total = total
-        self.duration = duration
-        self.start = start
-    }
-
-    mutating func update(done: Int, errors: Int, now: ContinuousClock.Instant, to handle: FileHandle) {
-        let interval: Duration = isTerminal ? .milliseconds(200) : .seconds(5)
-        if let lastDraw, now - lastDraw < interval { return }
-        if lastDraw == nil { lastDraw = now; return }
-        lastDraw = now
-        let seconds = (now - start).seconds
-        let rate = Double(done) / max(seconds, 1e-9)
-        var fraction: Double?
-        var eta = ""
-        if let total {
-            fraction = Double(done) / Double(total)
-            eta = String(format: "ETA %.0fs", Double(total - done) / max(rate, 1e-9))
-        } else if let duration {
-            fraction = min(1, seconds / duration)
-            eta = String(format: "%.0fs left", max(0, duration - seconds))
-        }
-        var line = String(format: "%@ msgs  %@ msg/s  %@  errors %d",
-                          done.grouped, Int(rate).grouped, eta, errors)
-        if isTerminal {
-            if let fraction {
-                let width = 30
-                let filled = Int(fraction * Double(width))
-                line = "[" + String(repeating: "=", count: filled) + String(repeating: " ", count: width - filled) + "] " + line
-            }
-            handle.write(Data(("\r\u{1B}[2K" + line).utf8))
-            drew = true
-        } else {
-            handle.write(Data((line + "\n").utf8))
-        }
-    }
-
-    func finish(to handle: FileHandle) {
-        if drew { handle.write(Data("\r\u{1B}[2K".utf8)) }
     }
 }
 
