@@ -95,7 +95,7 @@ struct BenchCommand: AsyncParsableCommand {
         _ = try sizes()
         _ = try recipientCounts()
         if eml != nil, size != nil || sizeMix != nil || !header.isEmpty || subject != "sluice bench" {
-            throw ValidationError("--eml sends that message; it cannot be combined with --size, --size-mix, --subject or --header")
+            throw ValidationError("--eml sends the messages it names; it cannot be combined with --size, --size-mix, --subject or --header")
         }
         if let duration, duration <= 0 { throw ValidationError("--duration must be positive") }
         if let rate, rate <= 0 { throw ValidationError("--rate must be positive") }
@@ -397,14 +397,22 @@ struct BenchEnvelopes: Sendable {
     /// By recipient count; nil for counts that cannot be drawn.
     private let byCount: [Envelope?]
 
+    /// The most addresses all the envelopes may hold together (about 64 MB).
+    static let addressLimit = 1_000_000
+
     init(from: String, addresses: [String], counts: BenchDistribution) throws {
-        var byCount = [Envelope?](repeating: nil, count: counts.maximum + 1)
         let possible: [Int] =
             switch counts.shape {
             case .fixed(let value): [value]
             case .uniform(let range): Array(range)
             case .mix(let entries, _): entries.map(\.value)
             }
+        let total = Set(possible).reduce(0) { $0 + $1 }
+        guard total <= Self.addressLimit else {
+            throw ValidationError("--recipients \(counts) needs \(total.grouped) addresses across its envelopes; "
+                                  + "the most is \(Self.addressLimit.grouped) (a smaller range, or a mix of a few counts)")
+        }
+        var byCount = [Envelope?](repeating: nil, count: counts.maximum + 1)
         for count in possible where byCount[count] == nil {
             byCount[count] = try Envelope(from: from, to: Array(addresses.prefix(count)))
         }

@@ -131,19 +131,23 @@ public final class SMTPSink: Sendable {
         let (limit, hostname) = (configuration.maximumConnections, configuration.server.hostname)
         func makeHandler(secure: Bool) -> @Sendable (Connection) -> any ConnectionHandler {
             { connection in
-                if shared.counters.activeSessions.load(ordering: .relaxed) >= limit {
+                // The slot is taken before the check, atomically: connections accepted at once
+                // on two loops cannot both see room for one (a load, then an add, let them).
+                if shared.counters.activeSessions.add(1, ordering: .relaxed).newValue > limit {
+                    shared.counters.activeSessions.subtract(1, ordering: .relaxed)
                     shared.counters.sessions.add(1, ordering: .relaxed)
                     shared.counters.refusedSessions.add(1, ordering: .relaxed)
                     return RefusedSession(connection: connection, reply: "421 4.7.0 \(hostname) Error: too many connections")
                 }
                 if let address = connection.remoteAddress?.host, shared.isLockedOut(address) {
+                    shared.counters.activeSessions.subtract(1, ordering: .relaxed)
                     shared.counters.sessions.add(1, ordering: .relaxed)
                     shared.counters.refusedSessions.add(1, ordering: .relaxed)
                     return RefusedSession(
                         connection: connection,
                         reply: "421 4.7.0 \(hostname) Error: too many failed authentications from \(address)")
                 }
-                return SinkSession(connection: connection, shared: shared, secure: secure)
+                return SinkSession(connection: connection, shared: shared, secure: secure)  // holds the slot taken above
             }
         }
 

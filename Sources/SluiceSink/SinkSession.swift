@@ -142,13 +142,14 @@ final class SinkSession: ConnectionHandler, EndOfIterationWork, @unchecked Senda
     }
 
     /// Starts the session on `connection` (on its loop) and sends the greeting.
+    /// The session holds a slot of ``SinkCounters/activeSessions`` its caller has already
+    /// taken, and gives it back when it closes.
     init(connection: Connection, shared: SinkShared, secure: Bool) {
         self.connection = connection
         self.shared = shared
         let policy: any ServerPolicy = shared.faults.map { FaultPolicy(state: $0, client: connection.remoteAddress?.host ?? "") } ?? NoFaults()
         machine = ServerStateMachine(configuration: shared.configuration.server, policy: policy)
         shared.counters.sessions.add(1, ordering: .relaxed)
-        shared.counters.activeSessions.add(1, ordering: .relaxed)
         if secure { shared.counters.tlsSessions.add(1, ordering: .relaxed) }
         perform(machine.connected(secure: secure))
         if shared.register(self) {

@@ -203,6 +203,46 @@ struct SinkTests {
         await group.shutdown()
     }
 
+    @Test func connectionsArrivingAtOnceOnSeveralLoopsNeverPassTheLimit() async throws {
+        // The sink accepts on two loops (a listening socket each); thirty connections arrive
+        // together from two more. The limit used to be read, and the session counted later:
+        // two accepts at once could both see room for one. That window is narrow, and this
+        // test did not hit it in fifteen rounds on the old code here; under ASan it let
+        // ClientPoolTests' second connection in instead of refusing it. It guards the limit.
+        let sinkGroup = EventLoopGroup(numberOfLoops: 2)
+        var configuration = SinkConfiguration()
+        configuration.port = 0
+        configuration.maximumConnections = 1
+        let sink = try await SMTPSink.start(configuration, group: sinkGroup)
+        let group = EventLoopGroup(numberOfLoops: 2)
+        for round in 0..<5 {
+            let sessions = try await withThrowingTaskGroup(of: RawSession.self) { tasks in
+                for index in 0..<30 {
+                    tasks.addTask { try await RawSession.open(to: sink.localAddress, on: group.loops[index % 2]) }
+                }
+                return try await tasks.reduce(into: []) { $0.append($1) }
+            }
+            var greeted = 0
+            for session in sessions {
+                let codes = await session.replies(atLeast: 1).map(\.code.rawValue)
+                if codes.first == 220 { greeted += 1 }
+            }
+            #expect(greeted == 1, "round \(round): \(greeted) sessions were served at once for a limit of one")
+            for session in sessions { await session.connection.close() }
+            try await waitUntilNoSessions(sink)
+        }
+        await sink.shutdown()
+        await sinkGroup.shutdown()
+        await group.shutdown()
+    }
+
+    /// Waits until the sink has no session open (at most 10 s, scaled).
+    func waitUntilNoSessions(_ sink: SMTPSink) async throws {
+        let deadline = ContinuousClock.now + scaled(.seconds(10))
+        while sink.statistics.activeSessions > 0, ContinuousClock.now < deadline { try await Task.sleep(for: .milliseconds(5)) }
+        try #require(sink.statistics.activeSessions == 0)
+    }
+
     @Test func anIdleClientGets421AndIsClosed() async throws {
         let sink = try await startSink { $0.idleTimeout = .milliseconds(200) }
         let group = EventLoopGroup(numberOfLoops: 1)

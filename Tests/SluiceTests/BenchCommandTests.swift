@@ -517,7 +517,7 @@ struct BenchMixTests {
 
     @Test(arguments: [["--size", "1k-"], ["--size", "4k-1k"], ["--size", "1k:0,2k:5"], ["--size-mix", "1k"],
                       ["--size", "1k", "--size-mix", "1k:1,2k:1"], ["--recipients", "0-3"], ["--recipients", "1:x"],
-                      ["--size", "100"], ["--eml", "/dev/null", "--size-mix", "1k:1,2k:1"]])
+                      ["--size", "100"], ["--eml", "/dev/null", "--size-mix", "1k:1,2k:1"], ["--recipients", "1-5000"]])
     func badMixesAreUsageErrors(arguments: [String]) async throws {
         guard let run = try await BenchCommandTests.bench(arguments) else { return }
         #expect(run.status == 64, "\(arguments): \(run.error)")
