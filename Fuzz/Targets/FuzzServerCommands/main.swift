@@ -64,7 +64,7 @@ func check(_ actions: [ServerStateMachine.Action], limit: Int) -> Bool {
             require(previous != 13, "a bare CR was delivered as the content's last byte")
         case .close:
             closed = true
-        case .startTLS, .authenticationFailed:
+        case .startTLS, .authenticationFailed, .hold:
             break
         }
     }
