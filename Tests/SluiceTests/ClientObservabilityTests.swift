@@ -121,7 +121,11 @@ struct ClientObservabilityTests {
 
     @Test func aRelayThatCannotBeReachedIsAWarningWithItsCause() async throws {
         let events = LoggedEvents()
-        var configuration = SMTPClient.Configuration(host: "127.0.0.1", port: try unusedPort(), security: .none)
+        // A port bound and never listened on: a port found free and closed again was taken by
+        // another test's sink in a CI run, and this "unreachable" relay accepted the message.
+        let refused = try RefusedPort()
+        defer { refused.close() }
+        var configuration = SMTPClient.Configuration(host: "127.0.0.1", port: refused.port, security: .none)
         configuration.logger = Logger(label: "client") { _ in RecordingHandler(events: events) }
         configuration.pool.connectAttempts = 1
         configuration.retry.maximumAttempts = 1
