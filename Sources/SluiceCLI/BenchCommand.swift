@@ -385,7 +385,7 @@ struct BenchLoad: Sendable {
 
     /// The size of the message `report` is about (`number` if already known).
     func size(of report: DeliveryReport, number: Int? = nil) -> Int {
-        if messages.hasOneSize { return messages.size(of: 1) }
+        if let size = messages.oneSize { return size }
         return messages.size(of: number ?? self.number(of: report) ?? 1)
     }
 }

@@ -34,6 +34,9 @@ struct BenchMessages: Sendable {
     private let messageID: [UInt8]
     private let digits: Range<Int>
     let seed: UInt64
+    /// The size of every copy when they all have one (before any DKIM signature), else nil.
+    /// Found once: the bench asks for each report.
+    private(set) var oneSize: Int?
 
     enum Body: Sendable {
         /// The same body for every message.
@@ -68,6 +71,11 @@ struct BenchMessages: Sendable {
             let field = checksum ? ContentChecksum.field(forBody: bytes) : []
             return Variant(headers: headers, body: body, template: Self.fieldStart + messageID + [13, 10] + field + headers + bytes)
         }
+        if let sizes = fixedSizes, Set(sizes).count == 1 {
+            oneSize = sizes[0]
+        } else if case .drawn(let sizes) = variants[0].body, sizes.isFixed {
+            oneSize = sizes.minimum
+        }
     }
 
     /// The octets `variant` has besides its body (before any DKIM signature).
@@ -99,9 +107,6 @@ struct BenchMessages: Sendable {
         return "?"
     }
 
-    /// The number of messages the copies cycle through.
-    var corpusCount: Int { variants.count }
-
     /// The size of copy `number` before any DKIM signature.
     func size(of number: Int) -> Int {
         let variant = variant(number)
@@ -121,12 +126,6 @@ struct BenchMessages: Sendable {
         }.max() ?? 0
     }
 
-    /// Whether every message has the same size.
-    var hasOneSize: Bool {
-        if let sizes = fixedSizes { return Set(sizes).count == 1 }
-        if case .drawn(let sizes) = variants[0].body { return sizes.isFixed }
-        return false
-    }
 
     /// The copy's number in a Message-ID this run made (`<NNNNNNNNNNNNNNNN.RUN@DOMAIN>`).
     func number(inMessageID messageID: String) -> Int? {
