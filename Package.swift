@@ -6,7 +6,8 @@
 //
 //   SluiceCLI ─┬─ SluiceOutbox ─ Sluice ─┬─ SluiceTransport ─┬─ CLibUV
 //              │  (CSQLite, CLibPQ)      │                   └─ COpenSSL
-//              └─ SluiceSink ────────────┘
+//              ├─ SluiceSink ────────────┘
+//              └─ CZlib (HdrHistogram interval logs)
 //                    Sluice ─ SluiceMIME ─ SluiceCore (pure Swift, no I/O; SluiceMIME
 //                                          links GNU libidn2 for IDNA, through CIDN2)
 //
@@ -79,6 +80,11 @@ let package = Package(
             providers: [.apt(["libpq-dev"])]
         ),
         .systemLibrary(
+            name: "CZlib",
+            pkgConfig: "zlib",
+            providers: [.apt(["zlib1g-dev"])]
+        ),
+        .systemLibrary(
             name: "CIDN2",
             pkgConfig: "libidn2",
             providers: [.apt(["libidn2-dev"])]
@@ -136,6 +142,7 @@ let package = Package(
                 "SluiceMIME",
                 "SluiceSink",
                 "SluiceTransport",
+                "CZlib",  // HdrHistogram's interval logs (--hdr-out, bench merge) are zlib-compressed
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "Histogram", package: "hdrhistogram-swift"),

@@ -1,19 +1,19 @@
 #!/usr/bin/env bash
 # Installs what Sluice needs on a fresh Debian or Ubuntu machine that has only the Swift
-# toolchain: the C libraries it links (libuv, OpenSSL, libidn2, SQLite, libpq), pkg-config, and
+# toolchain: the C libraries it links (libuv, OpenSSL, libidn2, SQLite, libpq, zlib), pkg-config, and
 # the independent peers its tests talk to: the openssl command, Postfix's smtp-source and
 # smtp-sink, swaks (with Net::SSLeay for TLS), Python 3, PostgreSQL's server (the outbox
 # tests start a private cluster of their own; the package's default cluster is not used), and
 # headless Chromium with a font, which looks at `sluice bench --report`'s page as a person would.
 # Each package is installed only if missing, so a second run does nothing. Neither Postfix's
 # daemon nor PostgreSQL's is needed running (policy-rc.d keeps them stopped in containers).
-# Python peers (aiosmtpd, dkimpy) come from PyPI into a virtual environment at
-# .build/peers-venv, which the tests use.
+# Python peers (aiosmtpd, dkimpy, and hdrhistogram, which reads `--hdr-out` logs) come from PyPI
+# into a virtual environment at .build/peers-venv, which the tests use.
 #
 #   scripts/setup.sh            # build and test dependencies
 set -euo pipefail
 
-packages=(pkg-config libuv1-dev libssl-dev libidn2-dev libsqlite3-dev libpq-dev openssl ca-certificates
+packages=(pkg-config libuv1-dev libssl-dev libidn2-dev libsqlite3-dev libpq-dev zlib1g-dev openssl ca-certificates
           postfix swaks libnet-ssleay-perl libauthen-sasl-perl python3 python3-venv postgresql
           chromium fonts-dejavu-core)
 
@@ -40,12 +40,12 @@ fi
 # Python peers from PyPI, in a virtual environment beside the build.
 root="$(cd "$(dirname "$0")/.." && pwd)"
 venv="$root/.build/peers-venv"
-if ! "$venv/bin/python" -c "import aiosmtpd, dkim, nacl" >/dev/null 2>&1; then
-    echo "setup: installing aiosmtpd, dkimpy and pynacl (dkimpy's Ed25519) into $venv"
+if ! "$venv/bin/python" -c "import aiosmtpd, dkim, nacl, hdrh" >/dev/null 2>&1; then
+    echo "setup: installing aiosmtpd, dkimpy, pynacl (dkimpy's Ed25519) and hdrhistogram into $venv"
     python3 -m venv "$venv"
-    "$venv/bin/python" -m pip install -q --disable-pip-version-check aiosmtpd dkimpy pynacl
+    "$venv/bin/python" -m pip install -q --disable-pip-version-check aiosmtpd dkimpy pynacl hdrhistogram
 fi
 
 command -v swift >/dev/null 2>&1 || { echo "setup: the Swift toolchain is not on PATH" >&2; exit 1; }
-pkg-config --exists libuv openssl libidn2 sqlite3 libpq || { echo "setup: pkg-config cannot find libuv, openssl, libidn2, sqlite3 and libpq" >&2; exit 1; }
+pkg-config --exists libuv openssl libidn2 sqlite3 libpq zlib || { echo "setup: pkg-config cannot find libuv, openssl, libidn2, sqlite3, libpq and zlib" >&2; exit 1; }
 echo "setup: libuv $(pkg-config --modversion libuv), OpenSSL $(pkg-config --modversion openssl), $(swift --version 2>&1 | head -1)"

@@ -15,7 +15,8 @@ struct BenchCommand: AsyncParsableCommand {
             Every message has its own Message-ID; with DKIM keys each is signed on its own. With the \
             embedded sink, --security starttls or tls runs real TLS with a certificate made at \
             start-up (and verified); without --security it runs in plaintext. The output says which.
-            """
+            """,
+        subcommands: [BenchMergeCommand.self]
     )
 
     @Option(help: "The server to drive, HOST:PORT; without it an embedded sink is started.")
@@ -31,6 +32,12 @@ struct BenchCommand: AsyncParsableCommand {
     var messagesPerConnection: Int?
     @Option(help: "Write one JSON line a second: messages, accepted, failed, rate and latency percentiles in that second.")
     var timeseries: String?
+    @Option(name: .customLong("hdr-out"),
+            help: "Write each second's latencies as HdrHistogram's interval log (microseconds), which its tools and sluice bench merge read.")
+    var hdrOut: String?
+    @Option(name: .customLong("start-at"),
+            help: "Start sending at this time (seconds since the epoch, or ISO 8601 such as 2026-12-05T16:40:00Z): runs on several hosts start together, for sluice bench merge.")
+    var startAt: String?
     @Option(help: "Write a report to look at: one self-contained HTML file with throughput and latency over time, the percentile spectrum, the failures and the run's settings.")
     var report: String?
     @Option(help: ArgumentHelp(
@@ -112,6 +119,19 @@ struct BenchCommand: AsyncParsableCommand {
         if let inFlight, inFlight <= 0 { throw ValidationError("--in-flight must be positive") }
         if let loops, loops <= 0 { throw ValidationError("--loops must be positive") }
         if let target { _ = try ClientOptions.parseServer(target) }
+        if let startAt {
+            let wait = try Self.startTime(startAt) - Date().timeIntervalSince1970
+            if wait < -1 { throw ValidationError("--start-at \(startAt) passed \(Int(-wait)) s ago") }
+            if wait > 86_400 { throw ValidationError("--start-at \(startAt) is more than a day away") }
+        }
+    }
+
+    /// `--start-at`'s time in seconds since the epoch: a number of seconds, or ISO 8601.
+    static func startTime(_ text: String) throws -> Double {
+        if let seconds = Double(text), seconds.isFinite { return seconds }
+        if let date = try? Date(text, strategy: .iso8601) { return date.timeIntervalSince1970 }
+        if let date = try? Date(text, strategy: Date.ISO8601FormatStyle(includingFractionalSeconds: true)) { return date.timeIntervalSince1970 }
+        throw ValidationError("--start-at \(text): give seconds since the epoch (\(Int(Date().timeIntervalSince1970) + 10)) or an ISO 8601 time with its zone (2026-12-05T16:40:00Z)")
     }
 
     /// `--size` or `--size-mix` (not both), or the default of 1k.
@@ -218,8 +238,14 @@ struct BenchCommand: AsyncParsableCommand {
             BenchStages([.init(duration: duration ?? Double(messages) / $0 + 1, from: $0, to: $0)])
         }
         let runDuration = duration ?? profile?.totalDuration
+        if let startAt {
+            // Set up first, then wait: every host starts sending at the same moment.
+            let wait = try Self.startTime(startAt) - Date().timeIntervalSince1970
+            if wait > 0 { try await Task.sleep(for: .milliseconds(Int64(wait * 1000))) }
+        }
         let clock = ContinuousClock()
         let start = clock.now
+        let wallStart = Date().timeIntervalSince1970
         let deadline = runDuration.map { start + .milliseconds(Int64($0 * 1000)) }
         let total = runDuration == nil ? messages : Int.max
         let sinkCPUStart = await sinkGroup?.threadCPUTime() ?? .zero
@@ -229,7 +255,9 @@ struct BenchCommand: AsyncParsableCommand {
             if let report, !FileManager.default.createFile(atPath: report, contents: nil) {
                 throw ValidationError("--report: cannot write \(report)")  // found now, not after the run
             }
-            return timeseries == nil && report == nil && !liveLine ? nil : try TimeSeries(path: timeseries, start: start)
+            let log = try hdrOut.map { try HistogramLogWriter(path: $0, startTime: wallStart) }
+            return timeseries == nil && report == nil && hdrOut == nil && !liveLine ? nil
+                : try TimeSeries(path: timeseries, log: log, start: start)
         }
         var tally = Tally()
         var progress = Progress(total: runDuration == nil ? messages : nil, duration: runDuration, start: start, isTerminal: liveLine)
@@ -289,6 +317,10 @@ struct BenchCommand: AsyncParsableCommand {
             sinkTLSSessions: sink?.statistics.tlsSessions,
             sinkChecksums: checksum ? sink.map { ($0.statistics.checksumsVerified, $0.statistics.checksumMismatches) } : nil)
         print(json ? result.json : result.text)
+        if let log = series?.log {
+            log.comment(BenchRecord.commentPrefix + BenchRecord(result, acceptedBySecond: series?.seconds.map(\.accepted) ?? []).encoded + "]")
+            log.close()
+        }
         if let report, let series {
             do {
                 try BenchReport.write(result, seconds: series.seconds, to: report)
@@ -297,12 +329,7 @@ struct BenchCommand: AsyncParsableCommand {
                 throw ExitCode(1)
             }
         }
-        if tally.accepted != tally.count {
-            let reason = "sluice bench: \((tally.count - tally.accepted).grouped) of \(tally.count.grouped) messages were not "
-                + "accepted (\(tally.failureSummary))\n"
-            stderr.write(Data(reason.utf8))
-            throw ExitCode(1)
-        }
+        try tally.failUnlessAllAccepted("sluice bench")
     }
 
     /// The envelopes messages go with: `--from`, and the first k of `--to`'s addresses (or of
@@ -456,7 +483,7 @@ struct Tally {
     /// Octets of the messages accepted (before any DKIM signature).
     var acceptedBytes = 0
     var firstError: String?
-    var latency = Histogram<UInt64>(highestTrackableValue: 600_000_000, numberOfSignificantValueDigits: .three)
+    var latency = Histogram<UInt64>.latencies()
     /// Counts per outcome, in `allCases` order: a report costs no hashing.
     private var counts = [Int](repeating: 0, count: DeliveryReport.Outcome.allCases.count)
 
@@ -509,6 +536,25 @@ struct Tally {
         if report.outcome != .accepted { failures[Self.failureKey(report), default: 0] += 1 }
         if firstError == nil, let error = report.error { firstError = "\(error)" }
         latency.record(latency: elapsed)
+    }
+
+    /// Exits with status 1, saying how many and why, unless every message was accepted.
+    func failUnlessAllAccepted(_ command: String) throws {
+        guard accepted != count else { return }
+        let reason = "\(command): \((count - accepted).grouped) of \(count.grouped) messages were not accepted (\(failureSummary))\n"
+        FileHandle.standardError.write(Data(reason.utf8))
+        throw ExitCode(1)
+    }
+
+    /// Adds another run's counts (`sluice bench merge`); its latencies are added apart.
+    mutating func add(outcomes: [String: Int], failures: [String: Int], acceptedBytes: Int) {
+        for (name, count) in outcomes {
+            guard let outcome = DeliveryReport.Outcome(rawValue: name) else { continue }
+            counts[Self.index(of: outcome)] += count
+            self.count += count
+        }
+        self.failures.merge(failures, uniquingKeysWith: +)
+        self.acceptedBytes += acceptedBytes
     }
 }
 
@@ -780,10 +826,13 @@ struct TimeSeries {
     private var second = 0
     private var messages = 0
     private var accepted = 0
-    private var latency = Histogram<UInt64>(highestTrackableValue: 600_000_000, numberOfSignificantValueDigits: .two)
+    private var latency = Histogram<UInt64>.latencies()
+    /// With `--hdr-out`, each second's histogram as an interval of HdrHistogram's log.
+    let log: HistogramLogWriter?
 
-    /// Writes each second to `path` as it ends, if given.
-    init(path: String?, start: ContinuousClock.Instant) throws {
+    /// Writes each second to `path` as it ends, and its histogram to `log`, if given.
+    init(path: String?, log: HistogramLogWriter? = nil, start: ContinuousClock.Instant) throws {
+        self.log = log
         if let path {
             guard FileManager.default.createFile(atPath: path, contents: nil), let file = FileHandle(forWritingAtPath: path) else {
                 throw ValidationError("--timeseries: cannot write \(path)")
@@ -810,9 +859,10 @@ struct TimeSeries {
         }
     }
 
-    private mutating func end() {
+    private mutating func end(length: Double = 1) {
         let record = Second(second: second, messages: messages, accepted: accepted, latency: latency.millisecondsSummary)
         seconds.append(record)
+        log?.interval(start: Double(second), length: length, histogram: latency)
         if let file {
             let data = (try? JSONSerialization.data(withJSONObject: record.json, options: [.sortedKeys])) ?? Data()
             file.write(data + Data("\n".utf8))
@@ -824,8 +874,9 @@ struct TimeSeries {
 
     /// Ends the seconds left, the last one partial.
     mutating func finish(now: ContinuousClock.Instant) {
-        flush(through: Int((now - start).seconds))
-        if messages > 0 { end() }
+        let elapsed = (now - start).seconds
+        flush(through: Int(elapsed))
+        if messages > 0 { end(length: elapsed - Double(second)) }
         try? file?.close()
     }
 }
