@@ -19,8 +19,13 @@ struct BenchCommand: AsyncParsableCommand {
         subcommands: [BenchMergeCommand.self]
     )
 
-    @Option(help: "The server to drive, HOST:PORT; without it an embedded sink is started.")
-    var target: String?
+    @Option(help: ArgumentHelp(
+        "The server to drive, HOST:PORT[=WEIGHT]; repeatable. Without it an embedded sink is started.",
+        discussion: "With several, the connections are split by weight (1 by default), and so are the open model's arrivals."))
+    var target: [String] = []
+    @Option(name: .customLong("tls-share"),
+            help: "The percentage of connections over TLS (--security's, starttls by default); the rest are plaintext.")
+    var tlsShare: Double?
     @Option(help: "Messages to send (ignored with --duration).")
     var messages = 100_000
     @Option(help: "Send for this many seconds instead of a fixed count.")
@@ -118,7 +123,17 @@ struct BenchCommand: AsyncParsableCommand {
         if let messagesPerConnection, messagesPerConnection <= 0 { throw ValidationError("--messages-per-connection must be positive") }
         if let inFlight, inFlight <= 0 { throw ValidationError("--in-flight must be positive") }
         if let loops, loops <= 0 { throw ValidationError("--loops must be positive") }
-        if let target { _ = try ClientOptions.parseServer(target) }
+        for target in target { _ = try BenchTarget(parsing: target) }
+        if let tlsShare {
+            guard (0...100).contains(tlsShare) else { throw ValidationError("--tls-share is a percentage, 0 to 100") }
+            if client.security == .tls || client.security == ClientOptions.SecurityMode.none {
+                throw ValidationError("--tls-share splits connections between STARTTLS and plaintext on one port: "
+                                      + "give --security starttls (the default) or starttls-opportunistic")
+            }
+            if client.user != nil, tlsShare < 100, !client.allowPlaintextAuth {
+                throw ValidationError("--tls-share \(tlsShare.formatted()) leaves connections in plaintext, where AUTH needs --allow-plaintext-auth")
+            }
+        }
         if let startAt {
             let wait = try Self.startTime(startAt) - Date().timeIntervalSince1970
             if wait < -1 { throw ValidationError("--start-at \(startAt) passed \(Int(-wait)) s ago") }
@@ -165,19 +180,21 @@ struct BenchCommand: AsyncParsableCommand {
         // Each connection takes a descriptor, and with the embedded sink (in this process)
         // its other end takes one more; past the limit connects fail with EMFILE mid-run.
         let descriptorLimit = raiseDescriptorLimit()
-        let needed = connections * (target == nil ? 2 : 1) + Self.descriptorOverhead
+        let needed = connections * (target.isEmpty ? 2 : 1) + Self.descriptorOverhead
         if needed > descriptorLimit {
             try settingUp("bench", nothingSent: true) {
                 throw ValidationError(
-                    "--connections \(connections) needs about \(needed) file descriptors\(target == nil ? " (the embedded sink holds the other end of each)" : ""); "
+                    "--connections \(connections) needs about \(needed) file descriptors\(target.isEmpty ? " (the embedded sink holds the other end of each)" : ""); "
                         + "the limit here is \(descriptorLimit) (ulimit -n): raise it, or use at most "
-                        + "\(max(0, (descriptorLimit - Self.descriptorOverhead) / (target == nil ? 2 : 1))) connections")
+                        + "\(max(0, (descriptorLimit - Self.descriptorOverhead) / (target.isEmpty ? 2 : 1))) connections")
             }
         }
         var sink: SMTPSink?
         var sinkGroup: EventLoopGroup?
-        let (host, port) = try target.map(ClientOptions.parseServer) ?? ("127.0.0.1", nil)
-        var configuration = try settingUp("bench", nothingSent: true) { try client.configuration(host: host, port: port) }
+        let targets = try settingUp("bench", nothingSent: true) { try target.map(BenchTarget.init(parsing:)) }
+        var configuration = try settingUp("bench", nothingSent: true) {
+            try client.configuration(host: targets.first?.host ?? "127.0.0.1", port: targets.first?.port)
+        }
         let seed = seed ?? UInt64.random(in: 0...UInt64.max)
         let load = try settingUp("bench", nothingSent: true) {
             let envelopes = try makeEnvelopes()
@@ -189,7 +206,9 @@ struct BenchCommand: AsyncParsableCommand {
         }
         var certificateDirectory: String?
         defer { certificateDirectory.map(removeDirectory) }
-        if target == nil {
+        // With the embedded sink: its ports, plaintext (and STARTTLS) and implicit TLS.
+        var embeddedPorts: (plain: Int, implicitTLS: Int)?
+        if targets.isEmpty {
             // The embedded sink runs on loops of its own, so its CPU can be told from the client's.
             let group = EventLoopGroup(numberOfLoops: max(1, EventLoopGroup.coreCount / 2))
             var sinkConfiguration = SinkConfiguration()
@@ -197,7 +216,7 @@ struct BenchCommand: AsyncParsableCommand {
             sinkConfiguration.server.maximumRecipients = max(1000, load.envelopes.counts.maximum)
             sinkConfiguration.verifiesChecksums = checksum
             sinkConfiguration.server.maximumMessageSize = max(sinkConfiguration.server.maximumMessageSize, load.messages.largest + 65_536)
-            let security = client.security ?? .none
+            let security = client.security ?? (tlsShare == nil ? .none : .starttls)
             if security != .none {
                 // Real TLS, with a certificate made now that the client verifies.
                 let directory = try settingUp("bench", nothingSent: true) { try makeTemporaryDirectory("sluice-bench") }
@@ -212,10 +231,9 @@ struct BenchCommand: AsyncParsableCommand {
             let started = try await SMTPSink.start(sinkConfiguration, group: group)
             sink = started
             sinkGroup = group
-            configuration.port = (security == .tls ? started.implicitTLSAddress : started.localAddress)?.port ?? 0
+            embeddedPorts = (started.localAddress.port, started.implicitTLSAddress?.port ?? 0)
             configuration.security = security.security
         }
-        configuration.pool.maximumConnections = connections
         configuration.pool.maximumMessagesPerConnection = messagesPerConnection ?? Int.max
         configuration.pool.maximumConnectionLifetime = .seconds(86_400)
         configuration.pipelining.enabled = !noPipelining
@@ -228,7 +246,24 @@ struct BenchCommand: AsyncParsableCommand {
         let liveLine = isatty(2) != 0
         let connectionCount = liveLine ? ConnectionCount() : nil
         if let connectionCount { configuration.metrics.factory = connectionCount }
-        let smtp = try settingUp("bench", nothingSent: true) { try SMTPClient(configuration: configuration) }
+        let lanes = try settingUp("bench", nothingSent: true) {
+            try BenchLane.plan(targets: targets.isEmpty ? [BenchTarget(host: "127.0.0.1", port: nil, name: "embedded sink")] : targets,
+                               connections: connections, security: configuration.security, tlsPercent: tlsShare)
+        }
+        let clients = try settingUp("bench", nothingSent: true) {
+            try lanes.map { lane in
+                var laneConfiguration = configuration
+                laneConfiguration.host = lane.host
+                laneConfiguration.security = lane.security
+                if let embeddedPorts {
+                    laneConfiguration.port = lane.security == .implicitTLS ? embeddedPorts.implicitTLS : embeddedPorts.plain
+                } else {
+                    laneConfiguration.port = lane.port ?? configuration.security.defaultPort  // one port for both kinds of lane
+                }
+                laneConfiguration.pool.maximumConnections = lane.connections
+                return try SMTPClient(configuration: laneConfiguration)
+            }
+        }
 
         let profile = try stages.map(BenchStages.init(parsing:))
         let isOpen = model == .open || rate != nil || (profile != nil && model != .closed)
@@ -251,7 +286,7 @@ struct BenchCommand: AsyncParsableCommand {
         let sinkCPUStart = await sinkGroup?.threadCPUTime() ?? .zero
         let cpuStart = processCPUTime()
 
-        var series = try settingUp("bench", nothingSent: true) {
+        let series = try settingUp("bench", nothingSent: true) {
             if let report, !FileManager.default.createFile(atPath: report, contents: nil) {
                 throw ValidationError("--report: cannot write \(report)")  // found now, not after the run
             }
@@ -259,69 +294,88 @@ struct BenchCommand: AsyncParsableCommand {
             return timeseries == nil && report == nil && hdrOut == nil && !liveLine ? nil
                 : try TimeSeries(path: timeseries, log: log, start: start)
         }
-        var tally = Tally()
-        var progress = Progress(total: runDuration == nil ? messages : nil, duration: runDuration, start: start, isTerminal: liveLine)
-        /// Counts a report whose message took `latency` and was `size` octets.
-        func record(_ report: DeliveryReport, latency: Duration, size: Int) {
-            let now = clock.now
-            tally.add(report, latency: latency, size: size)
-            series?.add(report, latency: latency, now: now)
-            progress.update(done: tally.count, errors: tally.count - tally.accepted, lastSecond: series?.seconds.last,
-                            open: connectionCount?.open, now: now, to: stderr)
-        }
+        let recorder = BenchRecorder(
+            series: series, lanes: lanes.count, connectionCount: connectionCount,
+            progress: Progress(total: runDuration == nil ? messages : nil, duration: runDuration, start: start, isTerminal: liveLine))
         let maximumInFlight = inFlight ?? (profile != nil && !isOpen ? Int(profile!.peak.rounded(.up)) : connections * 64)
-        var arrivals: OpenArrivals?
-        if isOpen, let schedule {
-            // The open model: arrivals on a schedule, latency from each intended start (wrk2's
-            // correction for coordinated omission), what cannot start in time dropped (k6's).
-            let open = OpenArrivals(load: load, count: total, schedule: schedule, start: start,
-                                    maximumLateness: .milliseconds(Int64(maxLateness * 1000)))
-            arrivals = open
-            for try await report in smtp.send(contentsOf: open, maximumInFlight: maximumInFlight) {
-                let number = load.number(of: report)
-                record(report, latency: clock.now - open.due(number ?? 1), size: load.size(of: report, number: number))
+        // What each lane sends: the open model gives each its own arrivals (its share of the
+        // numbers); the closed ones share one source, taken from as each has room.
+        let feed: BenchFeed =
+            if isOpen, let schedule {
+                .open(lanes.map {
+                    OpenArrivals(load: load, count: total, schedule: schedule, start: start,
+                                 maximumLateness: .milliseconds(Int64(maxLateness * 1000)), share: $0.share)
+                })
+            } else if let profile {
+                .closedStages(ClosedStages(load: load, stages: profile, start: start))
+            } else {
+                .closed(BenchMails(load: load, count: total, deadline: deadline))
             }
-        } else if let profile {
-            // The closed model with the number in flight following the stages.
-            let sequence = ClosedStages(load: load, stages: profile, start: start)
-            for try await report in smtp.send(contentsOf: sequence, maximumInFlight: max(1, maximumInFlight)) {
-                sequence.finished()
-                record(report, latency: report.elapsed, size: load.size(of: report))
+        try await withThrowingTaskGroup(of: Void.self) { group in
+            for (index, lane) in lanes.enumerated() {
+                let smtp = clients[index]
+                // Each lane's share of what may be in flight, as its share of the connections.
+                let laneInFlight = max(1, maximumInFlight * lane.connections / connections)
+                group.addTask {
+                    switch feed {
+                    case .open(let arrivals):
+                        // The open model: arrivals on a schedule, latency from each intended
+                        // start (wrk2's correction for coordinated omission), what cannot start
+                        // in time dropped (k6's).
+                        let open = arrivals[index]
+                        for try await report in smtp.send(contentsOf: open, maximumInFlight: laneInFlight) {
+                            let number = load.number(of: report)
+                            recorder.record(report, latency: clock.now - open.due(number ?? 1),
+                                            size: load.size(of: report, number: number), lane: index, to: stderr)
+                        }
+                    case .closedStages(let sequence):
+                        // The closed model with the number in flight following the stages.
+                        for try await report in smtp.send(contentsOf: sequence, maximumInFlight: max(1, maximumInFlight)) {
+                            sequence.finished()
+                            recorder.record(report, latency: report.elapsed, size: load.size(of: report), lane: index, to: stderr)
+                        }
+                    case .closed(let mails):
+                        for try await report in smtp.send(contentsOf: mails, maximumInFlight: laneInFlight) {
+                            recorder.record(report, latency: report.elapsed, size: load.size(of: report), lane: index, to: stderr)
+                        }
+                    }
+                }
             }
-        } else {
-            let sequence = BenchMails(load: load, count: total, deadline: deadline)
-            for try await report in smtp.send(contentsOf: sequence, maximumInFlight: maximumInFlight) {
-                record(report, latency: report.elapsed, size: load.size(of: report))
-            }
+            try await group.waitForAll()
         }
         let elapsed = clock.now - start
-        series?.finish(now: clock.now)
+        let run = recorder.finish(now: clock.now, to: stderr)
         let cpu = processCPUTime() - cpuStart
         let sinkCPU = (await sinkGroup?.threadCPUTime() ?? .zero) - sinkCPUStart
-        progress.finish(to: stderr)
-        await smtp.shutdown()
+        for smtp in clients { await smtp.shutdown() }
         await clientGroup.shutdown()
         await sink?.shutdown()
         await sinkGroup?.shutdown()
 
+        let dropped = if case .open(let arrivals) = feed { arrivals.reduce(0) { $0 + $1.dropped } } else { 0 }
+        let tally = run.tally
         let result = BenchResult(
-            target: target ?? "embedded sink", security: Self.describe(configuration.security, embedded: sink != nil,
-                                                                       signed: !configuration.dkim.isEmpty),
+            target: targets.isEmpty ? "embedded sink" : targets.map(\.name).joined(separator: ", "),
+            security: Self.describe(lanes: lanes, embedded: sink != nil, signed: !configuration.dkim.isEmpty),
             connections: connections, seed: seed, sizes: load.messages.sizeDescription,
             recipients: load.envelopes.counts.description, checksum: checksum,
             pipelining: !noPipelining, chunking: !noChunking,
-            model: arrivals.map { .open(rate: rate, stages: profile?.description, dropped: $0.dropped, maximumLateness: maxLateness) }
-                ?? .closed(inFlight: maximumInFlight, stages: profile?.description),
+            model: isOpen ? .open(rate: rate, stages: profile?.description, dropped: dropped, maximumLateness: maxLateness)
+                : .closed(inFlight: maximumInFlight, stages: profile?.description),
             tally: tally, elapsed: elapsed,
             clientCPU: cpu - sinkCPU.seconds, sinkCPU: sink == nil ? nil : sinkCPU.seconds,
             sinkTLSSessions: sink?.statistics.tlsSessions,
-            sinkChecksums: checksum ? sink.map { ($0.statistics.checksumsVerified, $0.statistics.checksumMismatches) } : nil)
+            sinkChecksums: checksum ? sink.map { ($0.statistics.checksumsVerified, $0.statistics.checksumMismatches) } : nil,
+            lanes: lanes.count == 1 ? [] : zip(lanes, run.lanes).map {
+                BenchResult.Lane(target: $0.target, security: Self.describe($0.security, embedded: false, signed: false),
+                                 connections: $0.connections, messages: $1.messages, accepted: $1.accepted)
+            })
         print(json ? result.json : result.text)
-        if let log = series?.log {
-            log.comment(BenchRecord.commentPrefix + BenchRecord(result, acceptedBySecond: series?.seconds.map(\.accepted) ?? []).encoded + "]")
+        if let log = run.series?.log {
+            log.comment(BenchRecord.commentPrefix + BenchRecord(result, acceptedBySecond: run.series?.seconds.map(\.accepted) ?? []).encoded + "]")
             log.close()
         }
-        if let report, let series {
+        if let report, let series = run.series {
             do {
                 try BenchReport.write(result, seconds: series.seconds, to: report)
             } catch {
@@ -363,6 +417,19 @@ struct BenchCommand: AsyncParsableCommand {
             let (name, value) = try parseHeaderFlag(line)
             return "\(name): \(value)"
         }
+    }
+
+    /// What the output says of the connections: one kind, or with `--tls-share` how many of
+    /// each.
+    static func describe(lanes: [BenchLane], embedded: Bool, signed: Bool) -> String {
+        let kinds = Dictionary(grouping: lanes, by: \.security)
+        guard kinds.count > 1, let secured = lanes.first(where: { $0.security != .none }) else {
+            return describe(lanes[0].security, embedded: embedded, signed: signed)
+        }
+        let total = lanes.reduce(0) { $0 + $1.connections }
+        let tls = kinds[secured.security, default: []].reduce(0) { $0 + $1.connections }
+        return describe(secured.security, embedded: embedded, signed: signed)
+            + "; on \(tls) of \(total) connections (the rest in plaintext)"
     }
 
     /// What the output says of the connection: `starttls`, and how its certificate came.
@@ -455,26 +522,35 @@ struct BenchEnvelopes: Sendable {
     }
 }
 
-/// `count` messages, or as many as go until `deadline`, each its own copy.
-private struct BenchMails: Sequence, Sendable {
+/// `count` messages, or as many as go until `deadline`, each its own copy: one source that
+/// every lane of a closed run takes from as it has room.
+final class BenchMails: Sequence, Sendable {
     let load: BenchLoad
     let count: Int
     let deadline: ContinuousClock.Instant?
+    private let taken = Atomic<Int>(0)
+    private let ended = Atomic<Bool>(false)
+
+    init(load: BenchLoad, count: Int, deadline: ContinuousClock.Instant?) {
+        self.load = load
+        self.count = count
+        self.deadline = deadline
+    }
 
     struct Iterator: IteratorProtocol {
-        let load: BenchLoad
-        var sent = 0
-        let count: Int
-        let deadline: ContinuousClock.Instant?
+        let mails: BenchMails
         mutating func next() -> OutgoingMail? {
-            guard sent < count else { return nil }
-            if let deadline, sent % 64 == 0, ContinuousClock.now >= deadline { return nil }
-            sent += 1
-            return load.mail(sent)
+            guard !mails.ended.load(ordering: .relaxed) else { return nil }
+            let number = mails.taken.add(1, ordering: .relaxed).newValue
+            if number > mails.count || (number % 64 == 0 && mails.deadline.map { ContinuousClock.now >= $0 } == true) {
+                mails.ended.store(true, ordering: .relaxed)
+                return nil
+            }
+            return mails.load.mail(number)
         }
     }
 
-    func makeIterator() -> Iterator { Iterator(load: load, count: count, deadline: deadline) }
+    func makeIterator() -> Iterator { Iterator(mails: self) }
 }
 
 /// Outcomes and latencies so far.
@@ -581,6 +657,16 @@ struct BenchResult {
     /// With `--checksum`, the messages whose checksum the embedded sink verified, and those
     /// whose body did not match it.
     let sinkChecksums: (verified: Int, mismatched: Int)?
+    /// With several targets or `--tls-share`, what went through each lane.
+    var lanes: [Lane] = []
+
+    struct Lane {
+        let target: String
+        let security: String
+        let connections: Int
+        let messages: Int
+        let accepted: Int
+    }
 
     /// Messages tried a second, whatever became of them.
     var messagesPerSecond: Double { Double(tally.count) / max(elapsed.seconds, 1e-9) }
@@ -620,6 +706,10 @@ struct BenchResult {
         if let sinkChecksums {
             lines.append("checksums: \(sinkChecksums.verified.grouped) verified by the sink, \(sinkChecksums.mismatched.grouped) mismatched")
         }
+        for lane in lanes {
+            lines.append("lane:      \(lane.target), \(lane.security), \(lane.connections.grouped) connections: "
+                         + "\(lane.messages.grouped) messages, \(lane.accepted.grouped) accepted")
+        }
         if !tally.failures.isEmpty { lines.append("failures:  " + tally.failureSummary) }
         if let error = tally.firstError { lines.append("first error: \(error)") }
         return lines.joined(separator: "\n")
@@ -643,6 +733,12 @@ struct BenchResult {
             object["sinkChecksums"] = ["verified": sinkChecksums.verified, "mismatched": sinkChecksums.mismatched]
         }
         if let error = tally.firstError { object["firstError"] = error }
+        if !lanes.isEmpty {
+            object["lanes"] = lanes.map {
+                ["target": $0.target, "security": $0.security, "connections": $0.connections, "messages": $0.messages,
+                 "accepted": $0.accepted] as [String: Any]
+            }
+        }
         let data = try! JSONSerialization.data(withJSONObject: object, options: [.sortedKeys])
         return String(decoding: data, as: UTF8.self)
     }
@@ -712,9 +808,13 @@ final class OpenArrivals: AsyncSequence, Sendable {
     let schedule: BenchStages
     let start: ContinuousClock.Instant
     let maximumLateness: Duration
+    /// The numbers this sequence sends (a lane's share; all of them by default).
+    let share: LaneShare
     private let droppedCount = Atomic<Int>(0)
 
-    init(load: BenchLoad, count: Int, schedule: BenchStages, start: ContinuousClock.Instant, maximumLateness: Duration) {
+    init(load: BenchLoad, count: Int, schedule: BenchStages, start: ContinuousClock.Instant, maximumLateness: Duration,
+         share: LaneShare = .all) {
+        self.share = share
         self.load = load
         self.count = Swift.min(count, schedule.totalArrivals)
         self.schedule = schedule
@@ -732,7 +832,12 @@ final class OpenArrivals: AsyncSequence, Sendable {
 
     struct AsyncIterator: AsyncIteratorProtocol {
         let arrivals: OpenArrivals
-        var next = 1
+        var next: Int
+
+        init(arrivals: OpenArrivals) {
+            self.arrivals = arrivals
+            next = arrivals.share.first(atOrAfter: 1)
+        }
 
         mutating func next() async throws -> OutgoingMail? {
             let clock = ContinuousClock()
@@ -745,12 +850,12 @@ final class OpenArrivals: AsyncSequence, Sendable {
                     let lateness = (now - arrivals.maximumLateness - arrivals.start).seconds
                     let brought = arrivals.schedule.arrivals(by: lateness).rounded(.up)
                     let firstInTime = brought >= Double(arrivals.count) ? arrivals.count + 1 : Swift.max(next + 1, Int(brought) + 1)
-                    arrivals.droppedCount.add(firstInTime - next, ordering: .relaxed)
-                    next = firstInTime
+                    arrivals.droppedCount.add(arrivals.share.count(in: next..<firstInTime), ordering: .relaxed)
+                    next = arrivals.share.first(atOrAfter: firstInTime)
                     continue
                 }
                 if due > now { try await Task.sleep(until: due, clock: clock) }
-                defer { next += 1 }
+                defer { next = arrivals.share.first(atOrAfter: next + 1) }
                 return arrivals.load.mail(next)
             }
             return nil

@@ -1,0 +1,87 @@
+import Foundation
+@testable import SluiceCLI
+import SluiceSink
+import SluiceTestSupport
+import Testing
+
+/// Several `--target`s with weights, and `--tls-share`: the lanes a run is split into.
+@Suite struct BenchLanesTests {
+    @Test func aLaneShareOwnsItsBlockOfEveryCycleAndCountsItExactly() {
+        let shares = [LaneShare(offset: 0, width: 3, cycle: 7), LaneShare(offset: 3, width: 1, cycle: 7),
+                      LaneShare(offset: 4, width: 3, cycle: 7)]
+        for number in 1...60 {
+            let owners = shares.filter { $0.first(atOrAfter: number) == number }
+            #expect(owners.count == 1, "number \(number) belongs to one lane")
+        }
+        for share in shares {
+            let owned = (1...200).filter { share.first(atOrAfter: $0) == $0 }
+            for start in stride(from: 1, to: 100, by: 7) {
+                for end in [start, start + 1, start + 5, start + 33, start + 98] {
+                    #expect(share.count(in: start..<end) == owned.filter { (start..<end).contains($0) }.count)
+                }
+                #expect(share.first(atOrAfter: start) == owned.first { $0 >= start })
+            }
+        }
+    }
+
+    @Test func connectionsSplitByWeightAndTLSShare() throws {
+        #expect(BenchLane.apportion(16, by: [3, 1]) == [12, 4])
+        #expect(BenchLane.apportion(10, by: [1, 1, 1]) == [4, 3, 3])
+        #expect(BenchLane.apportion(3, by: [100, 1, 1]) == [1, 1, 1], "each target at least one")
+        let lanes = try BenchLane.plan(targets: [try BenchTarget(parsing: "a.test:25=3"), try BenchTarget(parsing: "[::1]:2525")],
+                                       connections: 16, security: .startTLS, tlsPercent: 25)
+        #expect(lanes.map(\.target) == ["a.test:25", "a.test:25", "[::1]:2525", "[::1]:2525"])
+        #expect(lanes.map(\.connections) == [3, 9, 1, 3])
+        #expect(lanes.map(\.security) == [.startTLS, .none, .startTLS, .none])
+        #expect(lanes.map(\.share.offset) == [0, 3, 12, 13])
+        #expect(throws: (any Error).self) { try BenchTarget(parsing: "a.test:25=0") }
+        #expect(throws: (any Error).self) { try BenchLane.plan(targets: [try BenchTarget(parsing: "a.test")], connections: 2,
+                                                               security: .startTLS, tlsPercent: 10) }
+    }
+
+    @Test func theOpenModelSplitsArrivalsByWeightAcrossTwoSinks() async throws {
+        let first = try await startSink { _ in }
+        let second = try await startSink { _ in }
+        guard let run = try await BenchCommandTests.bench([
+            "--target", "127.0.0.1:\(first.localAddress.port)=3", "--target", "127.0.0.1:\(second.localAddress.port)",
+            "--security", "none", "--rate", "2000", "--max-lateness", "600", "--messages", "2000", "--connections", "4", "--json"])
+        else { return }
+        #expect(run.status == 0, "\(run.error)")
+        let result = try BenchCommandTests.object(run.output)
+        #expect(result["messages"] as? Int == 2000)
+        #expect(first.statistics.messages == 1500)
+        #expect(second.statistics.messages == 500)
+        let lanes = try #require(result["lanes"] as? [[String: Any]])
+        #expect(lanes.map { $0["messages"] as? Int } == [1500, 500])
+        #expect(lanes.map { $0["connections"] as? Int } == [3, 1])
+        await first.shutdown()
+        await second.shutdown()
+    }
+
+    @Test func aTLSShareRunsTLSOnThatShareOfTheConnections() async throws {
+        guard let run = try await BenchCommandTests.bench(["--tls-share", "25", "--connections", "8", "--messages", "3000", "--json"])
+        else { return }
+        #expect(run.status == 0, "\(run.error)")
+        let result = try BenchCommandTests.object(run.output)
+        #expect(result["sinkTLSSessions"] as? Int == 2, "two of eight connections made a TLS handshake")
+        let lanes = try #require(result["lanes"] as? [[String: Any]])
+        #expect(lanes.map { $0["connections"] as? Int } == [2, 6])
+        #expect(lanes.compactMap { $0["messages"] as? Int }.reduce(0, +) == 3000)
+        #expect((lanes.first?["messages"] as? Int ?? 0) > 0, "the TLS lane sent")
+        #expect((result["security"] as? String)?.contains("on 2 of 8 connections") == true, "\(result["security"] ?? "")")
+    }
+
+    @Test func aTLSShareThatCannotBeKeptIsRefusedBeforeAnythingIsSent() async throws {
+        for (arguments, wanted) in [
+            (["--tls-share", "50", "--security", "tls"], "--tls-share splits connections between STARTTLS and plaintext"),
+            (["--tls-share", "150"], "--tls-share is a percentage"),
+            (["--tls-share", "5", "--connections", "4"], "less than one"),
+            (["--tls-share", "50", "--user", "u", "--password-env", "HOME"], "AUTH needs --allow-plaintext-auth"),
+            (["--target", "127.0.0.1:1=x"], "the weight after '='"),
+        ] {
+            guard let run = try await BenchCommandTests.bench(arguments + ["--messages", "10"]) else { return }
+            #expect(run.status != 0)
+            #expect(run.error.contains(wanted), "\(arguments): \(run.error)")
+        }
+    }
+}
