@@ -242,10 +242,10 @@ struct BenchCommand: AsyncParsableCommand {
         let clientGroup = EventLoopGroup(
             numberOfLoops: loops ?? (sink == nil ? EventLoopGroup.coreCount : max(1, EventLoopGroup.coreCount / 2)))
         configuration.eventLoopGroup = clientGroup
-        // The live line's open connections, counted only where there is a line to show them.
+        // Connections open (for the live line), and how long each phase of opening one took.
         let liveLine = isatty(2) != 0
-        let connectionCount = liveLine ? ConnectionCount() : nil
-        if let connectionCount { configuration.metrics.factory = connectionCount }
+        let benchMetrics = BenchMetrics()
+        configuration.metrics.factory = benchMetrics
         let lanes = try settingUp("bench", nothingSent: true) {
             try BenchLane.plan(targets: targets.isEmpty ? [BenchTarget(host: "127.0.0.1", port: nil, name: "embedded sink")] : targets,
                                connections: connections, security: configuration.security, tlsPercent: tlsShare)
@@ -295,7 +295,7 @@ struct BenchCommand: AsyncParsableCommand {
                 : try TimeSeries(path: timeseries, log: log, start: start)
         }
         let recorder = BenchRecorder(
-            series: series, lanes: lanes.count, connectionCount: connectionCount,
+            series: series, lanes: lanes.count, connectionCount: liveLine ? benchMetrics : nil,
             progress: Progress(total: runDuration == nil ? messages : nil, duration: runDuration, start: start, isTerminal: liveLine))
         let maximumInFlight = inFlight ?? (profile != nil && !isOpen ? Int(profile!.peak.rounded(.up)) : connections * 64)
         // What each lane sends: the open model gives each its own arrivals (its share of the
@@ -369,7 +369,8 @@ struct BenchCommand: AsyncParsableCommand {
             lanes: lanes.count == 1 ? [] : zip(lanes, run.lanes).map {
                 BenchResult.Lane(target: $0.target, security: Self.describe($0.security, embedded: false, signed: false),
                                  connections: $0.connections, messages: $1.messages, accepted: $1.accepted)
-            })
+            },
+            setup: benchMetrics.setup)
         print(json ? result.json : result.text)
         if let log = run.series?.log {
             log.comment(BenchRecord.commentPrefix + BenchRecord(result, acceptedBySecond: run.series?.seconds.map(\.accepted) ?? []).encoded + "]")
@@ -659,6 +660,9 @@ struct BenchResult {
     let sinkChecksums: (verified: Int, mismatched: Int)?
     /// With several targets or `--tls-share`, what went through each lane.
     var lanes: [Lane] = []
+    /// How long each phase of opening a connection's session took (microseconds), in the
+    /// order a session goes through them.
+    var setup: [(phase: String, latency: Histogram<UInt64>)] = []
 
     struct Lane {
         let target: String
@@ -706,6 +710,12 @@ struct BenchResult {
         if let sinkChecksums {
             lines.append("checksums: \(sinkChecksums.verified.grouped) verified by the sink, \(sinkChecksums.mismatched.grouped) mismatched")
         }
+        if !setup.isEmpty {
+            lines.append("setup:     " + setup.map {
+                String(format: "%@ p50 %.2f ms, p99 %.2f ms ×%@", $0.phase, Double($0.latency.valueAtPercentile(50)) / 1000,
+                       Double($0.latency.valueAtPercentile(99)) / 1000, Int($0.latency.totalCount).grouped)
+            }.joined(separator: "; "))
+        }
         for lane in lanes {
             lines.append("lane:      \(lane.target), \(lane.security), \(lane.connections.grouped) connections: "
                          + "\(lane.messages.grouped) messages, \(lane.accepted.grouped) accepted")
@@ -733,6 +743,13 @@ struct BenchResult {
             object["sinkChecksums"] = ["verified": sinkChecksums.verified, "mismatched": sinkChecksums.mismatched]
         }
         if let error = tally.firstError { object["firstError"] = error }
+        if !setup.isEmpty {
+            object["setupMilliseconds"] = Dictionary(uniqueKeysWithValues: setup.map {
+                var summary = $0.latency.millisecondsSummary
+                summary["count"] = Double($0.latency.totalCount)
+                return ($0.phase, summary)
+            })
+        }
         if !lanes.isEmpty {
             object["lanes"] = lanes.map {
                 ["target": $0.target, "security": $0.security, "connections": $0.connections, "messages": $0.messages,

@@ -144,12 +144,12 @@ final class BenchRecorder: Sendable {
         var series: TimeSeries?
         var progress: Progress
         var lanes: [LaneCount]
-        let connectionCount: ConnectionCount?
+        let connectionCount: BenchMetrics?
     }
 
     private let state: Mutex<Run>
 
-    init(series: TimeSeries?, lanes: Int, connectionCount: ConnectionCount?, progress: Progress) {
+    init(series: TimeSeries?, lanes: Int, connectionCount: BenchMetrics?, progress: Progress) {
         state = Mutex(Run(series: series, progress: progress, lanes: Array(repeating: LaneCount(), count: lanes),
                           connectionCount: connectionCount))
     }

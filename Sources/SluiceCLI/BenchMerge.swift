@@ -84,6 +84,13 @@ struct BenchRecord: Codable {
     var sinkCPUSeconds: Double?
     /// Messages accepted in each second of the run (the log's intervals, in order).
     var acceptedBySecond: [Int]
+    /// Each phase of opening a session and its latencies, in HdrHistogram's encoding.
+    var setup: [Phase]?
+
+    struct Phase: Codable {
+        var phase: String
+        var histogram: String
+    }
 
     static let commentPrefix = "[Sluice-Result: "
 
@@ -117,6 +124,7 @@ struct BenchRecord: Codable {
         clientCPUSeconds = result.clientCPU
         sinkCPUSeconds = result.sinkCPU
         self.acceptedBySecond = acceptedBySecond
+        setup = result.setup.map { Phase(phase: $0.phase, histogram: HistogramCodec.encode($0.latency)) }
     }
 
     var loadModel: LoadModel {
@@ -140,6 +148,8 @@ struct BenchRun {
     let record: BenchRecord
     /// Its intervals' histograms and starts (seconds since the epoch).
     let intervals: [HistogramLog.Interval]
+    /// Its phases of opening sessions, decoded.
+    let setup: [(phase: String, latency: Histogram<UInt64>)]
 
     init(path: String) throws {
         let log = try HistogramLog(path: path)
@@ -148,6 +158,13 @@ struct BenchRun {
         }
         do {
             record = try JSONDecoder().decode(BenchRecord.self, from: Data(line.dropFirst(BenchRecord.commentPrefix.count).dropLast().utf8))
+            var setup: [(phase: String, latency: Histogram<UInt64>)] = []
+            for phase in record.setup ?? [] {
+                var histogram = Histogram<UInt64>.latencies()
+                try HistogramCodec.decode(phase.histogram[...], into: &histogram)
+                setup.append((phase.phase, histogram))
+            }
+            self.setup = setup
         } catch {
             throw ValidationError("\(path): its sluice bench result cannot be read: \(error)")
         }
@@ -162,6 +179,19 @@ struct BenchRun {
         let seconds: [TimeSeries.Second]
         let result: BenchResult
         let record: BenchRecord
+    }
+
+    /// Every run's phases of opening sessions added, in the order they first appear.
+    static func mergedSetup(_ runs: [BenchRun]) -> [(phase: String, latency: Histogram<UInt64>)] {
+        var merged: [(phase: String, latency: Histogram<UInt64>)] = []
+        for (phase, latency) in runs.flatMap(\.setup) {
+            if let index = merged.firstIndex(where: { $0.phase == phase }) {
+                merged[index].latency.add(latency)
+            } else {
+                merged.append((phase, latency))
+            }
+        }
+        return merged
     }
 
     static func merge(_ runs: [BenchRun]) -> Merged {
@@ -215,7 +245,8 @@ struct BenchRun {
             chunking: records.allSatisfy(\.chunking), model: model, tally: tally,
             elapsed: .milliseconds(Int64(((end - startTime) * 1000).rounded())),
             clientCPU: records.reduce(0) { $0 + $1.clientCPUSeconds },
-            sinkCPU: sinkCPUs.isEmpty ? nil : sinkCPUs.reduce(0, +), sinkTLSSessions: nil, sinkChecksums: nil)
+            sinkCPU: sinkCPUs.isEmpty ? nil : sinkCPUs.reduce(0, +), sinkTLSSessions: nil, sinkChecksums: nil,
+            setup: mergedSetup(runs))
         return Merged(startTime: startTime, histograms: histograms, seconds: seconds, result: result,
                       record: BenchRecord(result, acceptedBySecond: accepted))
     }

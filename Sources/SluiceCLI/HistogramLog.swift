@@ -118,7 +118,9 @@ enum HistogramCodec {
                 continue
             }
             if word > 0 {
-                let value = layout.value(at: index)
+                // The bucket's highest value, as HdrHistogram reports a bucket (Swift's
+                // percentiles are clamped to the largest value recorded).
+                let value = layout.highestValue(at: index)
                 guard value <= histogram.highestTrackableValue, histogram.record(value, count: UInt64(word)) else {
                     throw DecodingError(description: "a value (\(value)) beyond the merged histogram's range")
                 }
@@ -153,14 +155,22 @@ enum HistogramCodec {
             return ((bucket + 1) << subBucketHalfCountMagnitude) + subBucket - subBucketHalfCount
         }
 
+        /// The lowest and the highest value counted at `index`.
         func value(at index: Int) -> UInt64 {
-            var bucket = (index >> subBucketHalfCountMagnitude) - 1
-            var subBucket = (index & (subBucketHalfCount - 1)) + subBucketHalfCount
-            if bucket < 0 {
-                subBucket -= subBucketHalfCount
-                bucket = 0
-            }
-            return UInt64(subBucket) << UInt64(bucket + unitMagnitude)
+            let (subBucket, shift) = position(of: index)
+            return UInt64(subBucket) << shift
+        }
+
+        func highestValue(at index: Int) -> UInt64 {
+            let (subBucket, shift) = position(of: index)
+            return (UInt64(subBucket + 1) << shift) - 1
+        }
+
+        /// The sub-bucket of `index` and the shift that scales it to a value.
+        private func position(of index: Int) -> (subBucket: Int, shift: UInt64) {
+            let bucket = (index >> subBucketHalfCountMagnitude) - 1
+            let subBucket = (index & (subBucketHalfCount - 1)) + subBucketHalfCount
+            return bucket < 0 ? (subBucket - subBucketHalfCount, UInt64(unitMagnitude)) : (subBucket, UInt64(bucket + unitMagnitude))
         }
     }
 

@@ -17,6 +17,9 @@ struct ClientMetrics: Sendable {
     let connectionsFailed: Counter
     let connectionsRetired: Counter
     private let latency: Metrics.Timer
+    /// How long each phase of opening a session took, in ``ClientStateMachine/SetupPhase``
+    /// order.
+    private let setupPhases: [Metrics.Timer]
 
     init(server: MessageObservation.Server, options: MetricsOptions) {
         let factory = options.factory ?? MetricsSystem.factory
@@ -45,6 +48,15 @@ struct ClientMetrics: Sendable {
         latency = Metrics.Timer(label: "messaging.client.operation.duration",
                                 dimensions: smtp + [("messaging.operation.name", "send")],
                                 preferredDisplayUnit: .seconds, factory: factory)
+        setupPhases = ClientStateMachine.SetupPhase.allCases.map { phase in
+            Metrics.Timer(label: "smtp.client.connection.setup.duration", dimensions: base + [("smtp.setup.phase", phase.rawValue)],
+                          preferredDisplayUnit: .seconds, factory: factory)
+        }
+    }
+
+    /// A connection finished `phase` of its opening in `duration`.
+    func recordSetup(_ phase: ClientStateMachine.SetupPhase, _ duration: Duration) {
+        setupPhases[ClientStateMachine.SetupPhase.allCases.firstIndex(of: phase)!].recordNanoseconds(duration.wholeNanoseconds)  // every case has a timer
     }
 
     func record(_ report: DeliveryReport) {

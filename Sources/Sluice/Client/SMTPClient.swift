@@ -408,6 +408,11 @@ public final class SMTPClient: Sendable {
         })
     }
 
+    /// One of the pool's connections finished `phase` of opening its session in `duration`.
+    func setupPhaseFinished(_ phase: ClientStateMachine.SetupPhase, in duration: Duration) {
+        metrics.recordSetup(phase, duration)
+    }
+
     /// A transport connection was attached to one of the pool's connections.
     func transportOpened() {
         state.withLock { $0.openTransports += 1 }

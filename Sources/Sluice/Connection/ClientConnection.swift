@@ -56,6 +56,8 @@ final class ClientConnection: ConnectionHandler, EndOfIterationWork, @unchecked 
     @exclusivity(unchecked) private var outgoingCommands: [UInt8] = []
     /// A flush is due at the end of this loop iteration.
     @exclusivity(unchecked) private var flushScheduled = false
+    /// The opening phase being timed and when it began; nil once the session is ready.
+    @exclusivity(unchecked) private var setup: (phase: ClientStateMachine.SetupPhase, since: ContinuousClock.Instant)?
     /// When the connection last became idle (nil while it has work).
     @exclusivity(unchecked) private var idleSince: Moment?
     /// Emptied arrays for the machine's actions, kept with their storage so the two events of
@@ -74,6 +76,7 @@ final class ClientConnection: ConnectionHandler, EndOfIterationWork, @unchecked 
         logger[metadataKey: "smtp.connection"] = "\(id)"
         self.logger = logger
         tracing = logger.logLevel <= .trace
+        setup = (.connect, .now)
     }
 
     // MARK: Transport events
@@ -87,6 +90,17 @@ final class ClientConnection: ConnectionHandler, EndOfIterationWork, @unchecked 
         logger.debug("connected", metadata: ["smtp.remote": "\(connection.remoteAddress.map { "\($0)" } ?? "?")"])
         traceTLS(connection)  // implicit TLS: the handshake is done before the handler is attached
         perform(self.machine.connected())
+    }
+
+    /// Times the session's opening: when the machine has moved to another phase (or to none,
+    /// ready), the one it left is recorded. Costs one comparison per event once ready.
+    private func timeSetup() {
+        guard let current = setup else { return }
+        let phase = machine.setupPhase
+        guard phase != current.phase else { return }
+        let now = ContinuousClock.now
+        client.setupPhaseFinished(current.phase, in: now - current.since)
+        setup = phase.map { ($0, now) }
     }
 
     /// Puts what a finished handshake settled in the transcript: version, cipher, the
@@ -209,6 +223,7 @@ final class ClientConnection: ConnectionHandler, EndOfIterationWork, @unchecked 
         performing = true
         body()
         guard outermost else { return }
+        if setup != nil { timeSetup() }
         while !arrived.isEmpty {
             swap(&arrived, &arriving)  // what these jobs' actions hand over goes to the emptied array
             defer { arriving.removeAll(keepingCapacity: true) }

@@ -148,6 +148,35 @@ public struct ClientStateMachine: Sendable {
     private let configuration: Configuration
     private let cryptography: any SASLCryptography
     private var state = State.idle
+
+    /// The part of a session's opening a connection is in, which the client times.
+    public enum SetupPhase: String, CaseIterable, Sendable {
+        /// Opening the TCP connection (and, for implicit TLS, its handshake).
+        case connect
+        /// Waiting for the server's 220 greeting.
+        case greeting
+        /// EHLO (or HELO) and its reply; twice with STARTTLS, before and after.
+        case ehlo
+        /// STARTTLS and its reply.
+        case startTLS = "starttls"
+        /// The TLS handshake after STARTTLS.
+        case tlsHandshake = "tls"
+        /// AUTH, to its final reply.
+        case authentication = "auth"
+    }
+
+    /// The opening phase the session is in; nil before the connection is up and once the
+    /// session is ready (or closing).
+    public var setupPhase: SetupPhase? {
+        switch state {
+        case .awaitingGreeting: .greeting
+        case .awaitingEHLO, .awaitingHELO: .ehlo
+        case .awaitingStartTLS: .startTLS
+        case .tlsHandshake: .tlsHandshake
+        case .authenticating: .authentication
+        case .idle, .ready, .quitting, .closed: nil
+        }
+    }
     private var parser: ReplyParser
     private var capabilities = SMTPCapabilities() {
         didSet { features = Features(capabilities, configuration) }
