@@ -67,6 +67,8 @@ struct BenchCommand: AsyncParsableCommand {
     var subject = "sluice bench"
     @Option(help: "Add a header, 'Name: value'; repeatable.")
     var header: [String] = []
+    @Option(help: "Attach this file to the generated message (repeatable): a multipart/mixed message, each file in base64.")
+    var attach: [String] = []
     @Option(help: "Send this RFC 5322 message instead of a generated one, or replay a corpus round-robin: a directory of messages or an mbox file (each copy with its own Message-ID).")
     var eml: String?
     @Option(help: ArgumentHelp(
@@ -106,8 +108,11 @@ struct BenchCommand: AsyncParsableCommand {
         }
         _ = try sizes()
         _ = try recipientCounts()
-        if eml != nil, size != nil || sizeMix != nil || !header.isEmpty || subject != "sluice bench" {
-            throw ValidationError("--eml sends the messages it names; it cannot be combined with --size, --size-mix, --subject or --header")
+        if eml != nil, size != nil || sizeMix != nil || !header.isEmpty || subject != "sluice bench" || !attach.isEmpty {
+            throw ValidationError("--eml sends the messages it names; it cannot be combined with --size, --size-mix, --subject, --header or --attach")
+        }
+        if !attach.isEmpty, size != nil || sizeMix != nil {
+            throw ValidationError("--attach makes a message as large as its files; it cannot be combined with --size or --size-mix")
         }
         if let duration, duration <= 0 { throw ValidationError("--duration must be positive") }
         if let rate, rate <= 0 { throw ValidationError("--rate must be positive") }
@@ -198,7 +203,10 @@ struct BenchCommand: AsyncParsableCommand {
         let seed = seed ?? UInt64.random(in: 0...UInt64.max)
         let load = try settingUp("bench", nothingSent: true) {
             let envelopes = try makeEnvelopes()
+            let to = envelopes.first.recipients[0].address.address
             let mails = try eml.map { try BenchMessages.corpus($0, from: from, signers: configuration.dkim, checksum: checksum, seed: seed) }
+                ?? (attach.isEmpty ? nil : try BenchMessages.withAttachments(attach, from: from, to: to, subject: subject, headers: header,
+                                                                             signers: configuration.dkim, checksum: checksum, seed: seed))
                 ?? BenchMessages.generated(sizes: try sizes(), from: from, to: envelopes.first.recipients[0].address.address,
                                            subject: subject, headers: try checkedHeaders(), signers: configuration.dkim,
                                            checksum: checksum, seed: seed)

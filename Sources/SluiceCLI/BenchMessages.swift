@@ -235,12 +235,42 @@ struct BenchMessages: Sendable {
                 raws = [(path, bytes)]
             }
         }
+        return try replayed(raws, from: from, signers: signers, checksum: checksum, seed: seed)
+    }
+
+    /// A generated message with `attachments` (files, base64 in a multipart/mixed message, as
+    /// Sluice's own encoder writes them for `sluice send --attach`): made once, each copy with
+    /// its own Message-ID.
+    static func withAttachments(_ attachments: [String], from: String, to: String, subject: String, headers: [String],
+                                signers: [DKIMSigner], checksum: Bool, seed: UInt64) throws -> BenchMessages {
+        var message = Message(from: try Mailbox(from), to: [try Mailbox(to)], subject: subject)
+        message.textBody = "A sluice bench message with \(attachments.count) attachment(s).\n"
+        for path in attachments {
+            guard FileManager.default.isReadableFile(atPath: path) else { throw ValidationError("--attach: cannot read \(path)") }
+            message.attachments.append(Attachment(contentsOfFile: path))
+        }
+        for line in headers {
+            let (name, value) = try parseHeaderFlag(line)
+            message.headers.append(Header(name, value))
+        }
+        let raw: RawMessage
+        do {
+            raw = try message.encoded()
+        } catch {
+            throw ValidationError("--attach: \(error)")
+        }
+        return try replayed([("--attach", raw.bytes)], from: from, signers: signers, checksum: checksum, seed: seed)
+    }
+
+    /// Whole messages sent round-robin, their Message-ID fields replaced by each copy's.
+    private static func replayed(_ raws: [(name: String, bytes: [UInt8])], from: String, signers: [DKIMSigner],
+                                 checksum: Bool, seed: UInt64) throws -> BenchMessages {
         let messages = try raws.map { name, bytes -> ([UInt8], Body) in
             let raw: RawMessage
             do {
                 raw = try RawMessage(bytes)
             } catch {
-                throw ValidationError("--eml \(name): \(error)")
+                throw ValidationError("\(name.hasPrefix("--") ? name : "--eml " + name): \(error)")
             }
             let message = raw.removingHeaders(named: "Message-ID").bytes
             let body = ContentChecksum.body(of: message)

@@ -85,3 +85,51 @@ import Testing
         }
     }
 }
+
+/// `sluice bench --attach`: the files arrive whole, as Python's `email` reads them.
+@Suite struct BenchAttachmentTests {
+    @Test func attachedFilesArriveWholeInEveryCopy() async throws {
+        guard let python = await peerPython(importing: ["mailbox"]) else { return }
+        let directory = try makeTemporaryDirectory("sluice-attach")
+        defer { removeDirectory(directory) }
+        var generator = SystemRandomNumberGenerator()
+        let binary = (0..<50_000).map { _ in UInt8.random(in: 0...255, using: &generator) }
+        try Data(binary).write(to: URL(fileURLWithPath: directory + "/report.bin"))
+        try Data("name,count\nada,1\n".utf8).write(to: URL(fileURLWithPath: directory + "/list.csv"))
+        try FileManager.default.createDirectory(atPath: directory + "/maildir", withIntermediateDirectories: true)
+        let sink = try await startSink { $0.store = .maildir(directory + "/maildir") }
+        guard let run = try await BenchCommandTests.bench([
+            "--target", "127.0.0.1:\(sink.localAddress.port)", "--security", "none", "--messages", "5", "--connections", "1",
+            "--attach", directory + "/report.bin", "--attach", directory + "/list.csv", "--json"])
+        else { return }
+        await sink.shutdown()
+        #expect(run.status == 0, "\(run.error)")
+        let script = """
+            import hashlib, json, mailbox, sys
+            found = []
+            for message in mailbox.Maildir(sys.argv[1], factory=None, create=False):
+                parts = [(p.get_filename(), hashlib.sha256(p.get_payload(decode=True)).hexdigest())
+                         for p in message.walk() if p.get_filename()]
+                found.append({"type": message.get_content_type(), "id": message["Message-ID"], "parts": parts})
+            files = [[path.rsplit("/", 1)[1], hashlib.sha256(open(path, "rb").read()).hexdigest()] for path in sys.argv[2:]]
+            print(json.dumps({"messages": found, "files": files}))
+            """
+        let read = try await runInBackground(python, ["-c", script, directory + "/maildir", directory + "/report.bin", directory + "/list.csv"])
+        #expect(read.status == 0, "\(read.error)")
+        let found = try BenchCommandTests.object(read.output)
+        let messages = try #require(found["messages"] as? [[String: Any]])
+        #expect(messages.count == 5)
+        #expect(Set(messages.compactMap { $0["id"] as? String }).count == 5, "each copy has its own Message-ID")
+        let wanted = try #require(found["files"] as? [[String]])
+        for message in messages {
+            #expect(message["type"] as? String == "multipart/mixed")
+            #expect(message["parts"] as? [[String]] == wanted)
+        }
+
+        for (arguments, said) in [(["--attach", directory + "/missing.pdf"], "--attach: cannot read \(directory)/missing.pdf"),
+                                  (["--attach", directory + "/list.csv", "--size", "2k"], "cannot be combined with --size")] {
+            guard let refused = try await BenchCommandTests.bench(arguments + ["--messages", "1"]) else { return }
+            #expect(refused.status == 64 && refused.error.contains(said), "\(refused.error)")
+        }
+    }
+}
