@@ -254,6 +254,7 @@ struct BenchCommand: AsyncParsableCommand {
         let liveLine = isatty(2) != 0
         let benchMetrics = BenchMetrics()
         configuration.metrics.factory = benchMetrics
+        configuration.metrics.timesTransactionPhases = true
         let lanes = try settingUp("bench", nothingSent: true) {
             try BenchLane.plan(targets: targets.isEmpty ? [BenchTarget(host: "127.0.0.1", port: nil, name: "embedded sink")] : targets,
                                connections: connections, security: configuration.security, tlsPercent: tlsShare)
@@ -378,7 +379,7 @@ struct BenchCommand: AsyncParsableCommand {
                 BenchResult.Lane(target: $0.target, security: Self.describe($0.security, embedded: false, signed: false),
                                  connections: $0.connections, messages: $1.messages, accepted: $1.accepted)
             },
-            setup: benchMetrics.setup)
+            phases: benchMetrics.phaseLatencies)
         print(json ? result.json : result.text)
         if let log = run.series?.log {
             log.comment(BenchRecord.commentPrefix + BenchRecord(result, acceptedBySecond: run.series?.seconds.map(\.accepted) ?? []).encoded + "]")
@@ -668,9 +669,9 @@ struct BenchResult {
     let sinkChecksums: (verified: Int, mismatched: Int)?
     /// With several targets or `--tls-share`, what went through each lane.
     var lanes: [Lane] = []
-    /// How long each phase of opening a connection's session took (microseconds), in the
-    /// order a session goes through them.
-    var setup: [(phase: String, latency: Histogram<UInt64>)] = []
+    /// How long each phase of opening a connection's session and of a transaction took
+    /// (microseconds), in the order they come.
+    var phases: [(phase: String, latency: Histogram<UInt64>)] = []
 
     struct Lane {
         let target: String
@@ -718,8 +719,8 @@ struct BenchResult {
         if let sinkChecksums {
             lines.append("checksums: \(sinkChecksums.verified.grouped) verified by the sink, \(sinkChecksums.mismatched.grouped) mismatched")
         }
-        if !setup.isEmpty {
-            lines.append("setup:     " + setup.map {
+        if !phases.isEmpty {
+            lines.append("phases:    " + phases.map {
                 String(format: "%@ p50 %.2f ms, p99 %.2f ms ×%@", $0.phase, Double($0.latency.valueAtPercentile(50)) / 1000,
                        Double($0.latency.valueAtPercentile(99)) / 1000, Int($0.latency.totalCount).grouped)
             }.joined(separator: "; "))
@@ -751,8 +752,8 @@ struct BenchResult {
             object["sinkChecksums"] = ["verified": sinkChecksums.verified, "mismatched": sinkChecksums.mismatched]
         }
         if let error = tally.firstError { object["firstError"] = error }
-        if !setup.isEmpty {
-            object["setupMilliseconds"] = Dictionary(uniqueKeysWithValues: setup.map {
+        if !phases.isEmpty {
+            object["phaseMilliseconds"] = Dictionary(uniqueKeysWithValues: phases.map {
                 var summary = $0.latency.millisecondsSummary
                 summary["count"] = Double($0.latency.totalCount)
                 return ($0.phase, summary)

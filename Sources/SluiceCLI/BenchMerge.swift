@@ -84,8 +84,9 @@ struct BenchRecord: Codable {
     var sinkCPUSeconds: Double?
     /// Messages accepted in each second of the run (the log's intervals, in order).
     var acceptedBySecond: [Int]
-    /// Each phase of opening a session and its latencies, in HdrHistogram's encoding.
-    var setup: [Phase]?
+    /// Each phase of opening a session or of a transaction, and its latencies in
+    /// HdrHistogram's encoding.
+    var phases: [Phase]?
 
     struct Phase: Codable {
         var phase: String
@@ -124,7 +125,7 @@ struct BenchRecord: Codable {
         clientCPUSeconds = result.clientCPU
         sinkCPUSeconds = result.sinkCPU
         self.acceptedBySecond = acceptedBySecond
-        setup = result.setup.map { Phase(phase: $0.phase, histogram: HistogramCodec.encode($0.latency)) }
+        phases = result.phases.map { Phase(phase: $0.phase, histogram: HistogramCodec.encode($0.latency)) }
     }
 
     var loadModel: LoadModel {
@@ -148,8 +149,8 @@ struct BenchRun {
     let record: BenchRecord
     /// Its intervals' histograms and starts (seconds since the epoch).
     let intervals: [HistogramLog.Interval]
-    /// Its phases of opening sessions, decoded.
-    let setup: [(phase: String, latency: Histogram<UInt64>)]
+    /// Its phases of opening sessions and of transactions, decoded.
+    let phases: [(phase: String, latency: Histogram<UInt64>)]
 
     init(path: String) throws {
         let log = try HistogramLog(path: path)
@@ -158,13 +159,13 @@ struct BenchRun {
         }
         do {
             record = try JSONDecoder().decode(BenchRecord.self, from: Data(line.dropFirst(BenchRecord.commentPrefix.count).dropLast().utf8))
-            var setup: [(phase: String, latency: Histogram<UInt64>)] = []
-            for phase in record.setup ?? [] {
+            var phases: [(phase: String, latency: Histogram<UInt64>)] = []
+            for phase in record.phases ?? [] {
                 var histogram = Histogram<UInt64>.latencies()
                 try HistogramCodec.decode(phase.histogram[...], into: &histogram)
-                setup.append((phase.phase, histogram))
+                phases.append((phase.phase, histogram))
             }
-            self.setup = setup
+            self.phases = phases
         } catch {
             throw ValidationError("\(path): its sluice bench result cannot be read: \(error)")
         }
@@ -181,10 +182,10 @@ struct BenchRun {
         let record: BenchRecord
     }
 
-    /// Every run's phases of opening sessions added, in the order they first appear.
-    static func mergedSetup(_ runs: [BenchRun]) -> [(phase: String, latency: Histogram<UInt64>)] {
+    /// Every run's phases added, in the order they first appear.
+    static func mergedPhases(_ runs: [BenchRun]) -> [(phase: String, latency: Histogram<UInt64>)] {
         var merged: [(phase: String, latency: Histogram<UInt64>)] = []
-        for (phase, latency) in runs.flatMap(\.setup) {
+        for (phase, latency) in runs.flatMap(\.phases) {
             if let index = merged.firstIndex(where: { $0.phase == phase }) {
                 merged[index].latency.add(latency)
             } else {
@@ -246,7 +247,7 @@ struct BenchRun {
             elapsed: .milliseconds(Int64(((end - startTime) * 1000).rounded())),
             clientCPU: records.reduce(0) { $0 + $1.clientCPUSeconds },
             sinkCPU: sinkCPUs.isEmpty ? nil : sinkCPUs.reduce(0, +), sinkTLSSessions: nil, sinkChecksums: nil,
-            setup: mergedSetup(runs))
+            phases: mergedPhases(runs))
         return Merged(startTime: startTime, histograms: histograms, seconds: seconds, result: result,
                       record: BenchRecord(result, acceptedBySecond: accepted))
     }

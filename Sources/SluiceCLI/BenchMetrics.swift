@@ -5,21 +5,22 @@ import Synchronization
 
 /// The bench's metrics backend: it counts the client's connections opened and closed (the
 /// live line's "open") and keeps a histogram of each phase of opening a session
-/// (`smtp.client.connection.setup.duration`); every other metric goes nowhere.
+/// (`smtp.client.connection.setup.duration`) and of each transaction
+/// (`smtp.client.transaction.duration`); every other metric goes nowhere.
 final class BenchMetrics: MetricsFactory, Sendable {
     private let opened = Tally()
     private let closed = Tally()
-    private let phases = ClientStateMachine.SetupPhase.allCases.map(PhaseTimer.init)
+    private let phases = (ClientStateMachine.SetupPhase.allCases.map(\.rawValue) + ["envelope", "data"]).map(PhaseTimer.init)
 
     /// Connections open now.
     var open: Int { max(0, opened.value.load(ordering: .relaxed) - closed.value.load(ordering: .relaxed)) }
 
-    /// Each phase that occurred, in the order a session goes through them, with its
-    /// latencies in microseconds.
-    var setup: [(phase: String, latency: Histogram<UInt64>)] {
+    /// Each phase that occurred, in the order a session and a transaction go through them,
+    /// with its latencies in microseconds.
+    var phaseLatencies: [(phase: String, latency: Histogram<UInt64>)] {
         phases.compactMap { timer in
             let histogram = timer.histogram.withLock { $0 }
-            return histogram.totalCount == 0 ? nil : (timer.phase.rawValue, histogram)
+            return histogram.totalCount == 0 ? nil : (timer.phase, histogram)
         }
     }
 
@@ -30,10 +31,10 @@ final class BenchMetrics: MetricsFactory, Sendable {
     }
 
     final class PhaseTimer: TimerHandler, Sendable {
-        let phase: ClientStateMachine.SetupPhase
+        let phase: String
         let histogram = Mutex(Histogram<UInt64>.latencies())
 
-        init(_ phase: ClientStateMachine.SetupPhase) { self.phase = phase }
+        init(_ phase: String) { self.phase = phase }
 
         func recordNanoseconds(_ duration: Int64) {
             histogram.withLock { $0.record(latency: .nanoseconds(duration)) }
@@ -49,9 +50,9 @@ final class BenchMetrics: MetricsFactory, Sendable {
     }
 
     func makeTimer(label: String, dimensions: [(String, String)]) -> any TimerHandler {
-        guard label == "smtp.client.connection.setup.duration",
-              let name = dimensions.first(where: { $0.0 == "smtp.setup.phase" })?.1,
-              let timer = phases.first(where: { $0.phase.rawValue == name })
+        let key = label == "smtp.client.connection.setup.duration" ? "smtp.setup.phase"
+            : label == "smtp.client.transaction.duration" ? "smtp.transaction.phase" : nil
+        guard let key, let name = dimensions.first(where: { $0.0 == key })?.1, let timer = phases.first(where: { $0.phase == name })
         else { return NOOPMetricsHandler.instance }
         return timer
     }

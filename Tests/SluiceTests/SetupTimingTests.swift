@@ -5,8 +5,8 @@ import SluiceSink
 import SluiceTestSupport
 import Testing
 
-/// `smtp.client.connection.setup.duration`: each phase of opening a session timed, as
-/// `sluice bench` reports it.
+/// `smtp.client.connection.setup.duration` and `smtp.client.transaction.duration`: each phase
+/// of opening a session and of a transaction timed, as `sluice bench` reports them.
 @Suite struct SetupTimingTests {
     @Test func everyPhaseOfASTARTTLSAndAUTHSessionIsTimedOncePerConnection() async throws {
         let sink = try await startSink(ClientSecurityTests.tlsSink())
@@ -17,6 +17,8 @@ import Testing
             $0.pool.maximumMessagesPerConnection = 1  // a session for every message
             $0.pool.maximumConnections = 1
             $0.metrics.factory = metrics
+            $0.metrics.timesTransactionPhases = true
+            $0.pipelining.chunking = false  // DATA: the content waits for the envelope's replies
         }
         for number in 1...3 {
             let report = try await client.send(
@@ -26,10 +28,20 @@ import Testing
         }
         await client.shutdown()
         await sink.shutdown()
-        let setup = metrics.setup
-        #expect(setup.map(\.phase) == ["connect", "greeting", "ehlo", "starttls", "tls", "auth"])
-        #expect(setup.map(\.latency.totalCount) == [3, 3, 6, 3, 3, 3], "EHLO before and after STARTTLS")
+        let setup = metrics.phaseLatencies
+        #expect(setup.map(\.phase) == ["connect", "greeting", "ehlo", "starttls", "tls", "auth", "envelope", "data"])
+        #expect(setup.map(\.latency.totalCount) == [3, 3, 6, 3, 3, 3, 3, 3], "EHLO before and after STARTTLS")
         #expect(setup.allSatisfy { $0.latency.min >= 1 && $0.latency.max < 60_000_000 })
+    }
+
+    @Test func transactionPhasesAreTimedOnlyWhenAskedFor() async throws {
+        let sink = try await startSink()
+        let metrics = BenchMetrics()
+        let client = try makeClient(for: sink) { $0.metrics.factory = metrics }
+        _ = try await client.send(EncodedMessage(bytes: Array("From: a@example.com\r\n\r\nHi\r\n".utf8)), envelope: envelope("b@example.org"))
+        await client.shutdown()
+        await sink.shutdown()
+        #expect(metrics.phaseLatencies.map(\.phase) == ["connect", "greeting", "ehlo"], "no clock read per message by default")
     }
 
     @Test func benchReportsThePhasesAndMergeAddsThem() async throws {
@@ -40,11 +52,13 @@ import Testing
             "--hdr-out", directory + "/a.hlog", "--json"])
         else { return }
         #expect(run.status == 0, "\(run.error)")
-        let setup = try #require(try BenchCommandTests.object(run.output)["setupMilliseconds"] as? [String: [String: Double]])
-        #expect(setup.mapValues { $0["count"] } == ["connect": 30, "greeting": 30, "ehlo": 60, "starttls": 30, "tls": 30])
+        let setup = try #require(try BenchCommandTests.object(run.output)["phaseMilliseconds"] as? [String: [String: Double]])
+        #expect(setup.mapValues { $0["count"] } == ["connect": 30, "greeting": 30, "ehlo": 60, "starttls": 30, "tls": 30,
+                                                   "envelope": 30, "data": 30])
         guard let merged = try await BenchCommandTests.bench(["--json", "merge", directory + "/a.hlog", directory + "/a.hlog"]) else { return }
-        let twice = try #require(try BenchCommandTests.object(merged.output)["setupMilliseconds"] as? [String: [String: Double]])
-        #expect(twice.mapValues { $0["count"] } == ["connect": 60, "greeting": 60, "ehlo": 120, "starttls": 60, "tls": 60])
+        let twice = try #require(try BenchCommandTests.object(merged.output)["phaseMilliseconds"] as? [String: [String: Double]])
+        #expect(twice.mapValues { $0["count"] } == ["connect": 60, "greeting": 60, "ehlo": 120, "starttls": 60, "tls": 60,
+                                                   "envelope": 60, "data": 60])
         // The same run twice has the same percentiles, within the histograms' three digits
         // (a decoded bucket reads as its highest value; the run's own, as its largest recorded).
         let (once, doubled) = (try #require(setup["tls"]?["p99"]), try #require(twice["tls"]?["p99"]))

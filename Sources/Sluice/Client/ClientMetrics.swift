@@ -20,6 +20,8 @@ struct ClientMetrics: Sendable {
     /// How long each phase of opening a session took, in ``ClientStateMachine/SetupPhase``
     /// order.
     private let setupPhases: [Metrics.Timer]
+    private let envelope: Metrics.Timer
+    private let endOfData: Metrics.Timer
 
     init(server: MessageObservation.Server, options: MetricsOptions) {
         let factory = options.factory ?? MetricsSystem.factory
@@ -48,10 +50,20 @@ struct ClientMetrics: Sendable {
         latency = Metrics.Timer(label: "messaging.client.operation.duration",
                                 dimensions: smtp + [("messaging.operation.name", "send")],
                                 preferredDisplayUnit: .seconds, factory: factory)
+        envelope = Metrics.Timer(label: "smtp.client.transaction.duration", dimensions: base + [("smtp.transaction.phase", "envelope")],
+                                 preferredDisplayUnit: .seconds, factory: factory)
+        endOfData = Metrics.Timer(label: "smtp.client.transaction.duration", dimensions: base + [("smtp.transaction.phase", "data")],
+                                  preferredDisplayUnit: .seconds, factory: factory)
         setupPhases = ClientStateMachine.SetupPhase.allCases.map { phase in
             Metrics.Timer(label: "smtp.client.connection.setup.duration", dimensions: base + [("smtp.setup.phase", phase.rawValue)],
                           preferredDisplayUnit: .seconds, factory: factory)
         }
+    }
+
+    /// A transaction's envelope and (if its content was sent) end of data took these.
+    func recordTransaction(envelope: Duration, endOfData: Duration?) {
+        self.envelope.recordNanoseconds(envelope.wholeNanoseconds)
+        if let endOfData { self.endOfData.recordNanoseconds(endOfData.wholeNanoseconds) }
     }
 
     /// A connection finished `phase` of its opening in `duration`.

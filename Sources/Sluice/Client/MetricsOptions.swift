@@ -14,6 +14,11 @@ public struct MetricsOptions: Sendable {
     public var includesServer = true
     /// The backend; nil for the process's (`MetricsSystem.factory`).
     public var factory: (any MetricsFactory)?
+    /// Whether each transaction's phases are timed (`smtp.client.transaction.duration` by
+    /// `smtp.transaction.phase`: `envelope`, from the attempt's start on its connection to
+    /// the content's write, and `data`, from that write to the final reply). Off by default:
+    /// it reads the clock three times a message.
+    public var timesTransactionPhases = false
 
     /// Every metric with the server's dimensions, none added, to the process's backend.
     public init() {}

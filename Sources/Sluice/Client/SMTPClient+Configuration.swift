@@ -180,6 +180,7 @@ extension SMTPClient {
         /// | `smtp.client.bounces` | counter | `smtp.recipient.status`, `smtp.bounce.class` |
         /// | `smtp.client.connections.opened` / `.failed` / `.closed` | counter | |
         /// | `smtp.client.connection.setup.duration` | timer (seconds) | `smtp.setup.phase`: `connect`, `greeting`, `ehlo`, `starttls`, `tls`, `auth` |
+        /// | `smtp.client.transaction.duration` | timer (seconds) | `smtp.transaction.phase`: `envelope`, `data` (with ``MetricsOptions/timesTransactionPhases``) |
         public var metrics = MetricsOptions()
         #if DistributedTracingSupport
         /// The tracer for a span per send and per attempt; nil takes

@@ -408,6 +408,14 @@ public final class SMTPClient: Sendable {
         })
     }
 
+    /// Whether connections time each transaction's phases.
+    var timesTransactionPhases: Bool { configuration.metrics.timesTransactionPhases }
+
+    /// A transaction's envelope and end of data took these (see ``MetricsOptions/timesTransactionPhases``).
+    func transactionPhasesFinished(envelope: Duration, endOfData: Duration?) {
+        metrics.recordTransaction(envelope: envelope, endOfData: endOfData)
+    }
+
     /// One of the pool's connections finished `phase` of opening its session in `duration`.
     func setupPhaseFinished(_ phase: ClientStateMachine.SetupPhase, in duration: Duration) {
         metrics.recordSetup(phase, duration)

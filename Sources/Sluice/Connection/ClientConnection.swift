@@ -57,7 +57,10 @@ final class ClientConnection: ConnectionHandler, EndOfIterationWork, @unchecked 
     /// A flush is due at the end of this loop iteration.
     @exclusivity(unchecked) private var flushScheduled = false
     /// The opening phase being timed and when it began; nil once the session is ready.
-    @exclusivity(unchecked) private var setup: (phase: ClientStateMachine.SetupPhase, since: ContinuousClock.Instant)?
+    @exclusivity(unchecked) private var setup: (phase: ClientStateMachine.SetupPhase, since: Moment)?
+    /// Whether each transaction's envelope and end of data are timed
+    /// (``MetricsOptions/timesTransactionPhases``).
+    private let timesTransactions: Bool
     /// When the connection last became idle (nil while it has work).
     @exclusivity(unchecked) private var idleSince: Moment?
     /// Emptied arrays for the machine's actions, kept with their storage so the two events of
@@ -76,6 +79,7 @@ final class ClientConnection: ConnectionHandler, EndOfIterationWork, @unchecked 
         logger[metadataKey: "smtp.connection"] = "\(id)"
         self.logger = logger
         tracing = logger.logLevel <= .trace
+        timesTransactions = client.timesTransactionPhases
         setup = (.connect, .now)
     }
 
@@ -98,7 +102,7 @@ final class ClientConnection: ConnectionHandler, EndOfIterationWork, @unchecked 
         guard let current = setup else { return }
         let phase = machine.setupPhase
         guard phase != current.phase else { return }
-        let now = ContinuousClock.now
+        let now = Moment.now
         client.setupPhaseFinished(current.phase, in: now - current.since)
         setup = phase.map { ($0, now) }
     }
@@ -240,6 +244,7 @@ final class ClientConnection: ConnectionHandler, EndOfIterationWork, @unchecked 
                     continue
                 }
                 self.jobs.append(job)
+                if timesTransactions { job.phaseTimes = (.now, nil) }
                 var actions = actionBuffers.popLast() ?? []
                 machine.transactionEnqueued(job.transaction, into: &actions)
                 run(actions)
@@ -291,6 +296,12 @@ final class ClientConnection: ConnectionHandler, EndOfIterationWork, @unchecked 
                 armIdleTimerIfIdle()
             case .transactionFinished(let outcome):
                 guard let job = takeJob(outcome.id) else { continue }
+                if timesTransactions, let (started, written) = job.phaseTimes {
+                    // The envelope runs to the content's write (with CHUNKING that is at once:
+                    // nothing waits for the envelope's replies); the end of data to the reply.
+                    let now = Moment.now
+                    client.transactionPhasesFinished(envelope: (written ?? now) - started, endOfData: written.map { now - $0 })
+                }
                 client.attemptFinished(job, outcome: outcome, connection: self)
                 armIdleTimerIfIdle()
             case .transactionNotAttempted(let transaction):
@@ -361,6 +372,7 @@ final class ClientConnection: ConnectionHandler, EndOfIterationWork, @unchecked 
                 outgoingCommands += bytes
             case .data(let id), .chunk(let id):
                 guard let content = content(of: output, id) else { continue }
+                if timesTransactions, let job = jobs.first(where: { $0.id == id }) { job.phaseTimes?.contentWritten = .now }
                 sealCommands()
                 outgoing.append(contentsOf: content)
             }

@@ -32,6 +32,9 @@ final class DeliveryJob: @unchecked Sendable {
     private var lastError: SMTPError?
     /// The connection the job is on, while it is on one (its shard's lock).
     var connectionID: Int?
+    /// With transaction phases timed: when its attempt began on a connection, and when its
+    /// content was written. Touched on that connection's loop only.
+    var phaseTimes: (started: Moment, contentWritten: Moment?)?
     /// The pool shard the job was last submitted to.
     let shard = Atomic<Int>(0)
     /// The task that sent it was cancelled.
