@@ -53,12 +53,14 @@ import Testing
         else { return }
         #expect(run.status == 0, "\(run.error)")
         let setup = try #require(try BenchCommandTests.object(run.output)["phaseMilliseconds"] as? [String: [String: Double]])
-        #expect(setup.mapValues { $0["count"] } == ["connect": 30, "greeting": 30, "ehlo": 60, "starttls": 30, "tls": 30,
-                                                   "envelope": 30, "data": 30])
+        // A session for every message (the pool may open one more than it uses, at the end).
+        let sessions = try #require(setup["connect"]?["count"])
+        #expect((30...32).contains(sessions), "\(setup)")
+        #expect(setup.mapValues { $0["count"] } == ["connect": sessions, "greeting": sessions, "ehlo": 2 * sessions,
+                                                   "starttls": sessions, "tls": sessions, "envelope": 30, "data": 30])
         guard let merged = try await BenchCommandTests.bench(["--json", "merge", directory + "/a.hlog", directory + "/a.hlog"]) else { return }
         let twice = try #require(try BenchCommandTests.object(merged.output)["phaseMilliseconds"] as? [String: [String: Double]])
-        #expect(twice.mapValues { $0["count"] } == ["connect": 60, "greeting": 60, "ehlo": 120, "starttls": 60, "tls": 60,
-                                                   "envelope": 60, "data": 60])
+        #expect(twice.mapValues { $0["count"] } == setup.mapValues { $0["count"].map { 2 * $0 } })
         // The same run twice has the same percentiles, within the histograms' three digits
         // (a decoded bucket reads as its highest value; the run's own, as its largest recorded).
         let (once, doubled) = (try #require(setup["tls"]?["p99"]), try #require(twice["tls"]?["p99"]))
