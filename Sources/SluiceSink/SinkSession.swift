@@ -106,7 +106,7 @@ final class SinkShared: Sendable {
 }
 
 /// One SMTP session: the server state machine joined to a connection, on its loop.
-final class SinkSession: ConnectionHandler, EndOfIterationWork, @unchecked Sendable {
+final class SinkSession: ConnectionHandler, @unchecked Sendable {
     // Every mutable field is touched on the connection's loop thread only: the handler
     // methods run there, and each closure that captures the session (timers, the store's
     // completion) runs there or hops there with loop.execute before touching anything.
@@ -130,10 +130,6 @@ final class SinkSession: ConnectionHandler, EndOfIterationWork, @unchecked Senda
     /// before the one in front of it).
     @exclusivity(unchecked) private var outbox: [(out: Out, due: ContinuousClock.Instant)] = []
     @exclusivity(unchecked) private var isClosed = false
-    /// Replies not yet written: they go out at the end of the loop's iteration (see
-    /// ``write(_:)``).
-    @exclusivity(unchecked) private var unwritten: [UInt8] = []
-    @exclusivity(unchecked) private var flushScheduled = false
 
     private enum Out {
         case write([UInt8])
@@ -410,10 +406,8 @@ final class SinkSession: ConnectionHandler, EndOfIterationWork, @unchecked Senda
         case .write(let bytes):
             write(bytes)
         case .close:
-            flush()
-            connection.close()
+            connection.close()  // graceful: the replies written go first
         case .startTLS:
-            flush()
             guard let context = shared.configuration.tls else {
                 connection.close(error: TransportError(.invalidArgument, "STARTTLS without a certificate"))
                 return
@@ -426,33 +420,10 @@ final class SinkSession: ConnectionHandler, EndOfIterationWork, @unchecked Senda
         }
     }
 
-    /// Queues `bytes` to be written once the loop has handled every connection ready in this
-    /// iteration, with whatever else this session answers meanwhile. Writing each reply at
-    /// once woke a client that had gone to sleep between its connections' replies (one
-    /// wake-up, paid by the writer, per message); replies written back to back find it
-    /// awake. A close or STARTTLS flushes first, at once.
+    /// Queues `bytes` with whatever else this session answers in this loop iteration: the
+    /// transport writes them together at its end (see ``Connection/bufferWrite(_:)-([UInt8])``).
     private func write(_ bytes: [UInt8]) {
-        if unwritten.isEmpty {
-            unwritten = bytes
-        } else {
-            unwritten += bytes
-        }
-        guard !flushScheduled else { return }
-        flushScheduled = true
-        connection.eventLoop.deferToEndOfIteration(self)
-    }
-
-    /// The flush ``write(_:)`` deferred (the loop calls it).
-    func endOfIteration() {
-        flushScheduled = false
-        flush()
-    }
-
-    /// Writes the queued replies now.
-    private func flush() {
-        guard !unwritten.isEmpty else { return }
-        connection.enqueueWrite(unwritten)
-        unwritten.removeAll(keepingCapacity: true)
+        connection.bufferWrite(bytes)
     }
 }
 

@@ -5,7 +5,7 @@ import SluiceTransport
 /// One pooled SMTP connection: the client state machine joined to a transport connection,
 /// on one event loop. The I/O layer is thin: bytes in, one call to the machine, one switch
 /// over its actions.
-final class ClientConnection: ConnectionHandler, EndOfIterationWork, @unchecked Sendable {
+final class ClientConnection: ConnectionHandler, @unchecked Sendable {
     // Every mutable field is touched on `loop`'s thread only: the handler methods run there,
     // the client hops there (loop.execute) before calling enqueue/retire/cancel, and timer
     // bodies run there.
@@ -47,15 +47,6 @@ final class ClientConnection: ConnectionHandler, EndOfIterationWork, @unchecked 
     /// The batch of ``arrived`` being started; its storage is kept, as a job arrives with
     /// nearly every message.
     @exclusivity(unchecked) private var arriving: [DeliveryJob] = []
-    /// What this loop iteration's events wrote: message contents, and command bytes gathered
-    /// after the last of them. It goes out in one write at the end of the iteration (see
-    /// ``scheduleFlush()``), so a message's content and the next envelope share a segment (a
-    /// server that does not set TCP_NODELAY would otherwise hold its second reply for our
-    /// delayed ACK).
-    @exclusivity(unchecked) private var outgoing: [SharedBytes] = []
-    @exclusivity(unchecked) private var outgoingCommands: [UInt8] = []
-    /// A flush is due at the end of this loop iteration.
-    @exclusivity(unchecked) private var flushScheduled = false
     /// The opening phase being timed and when it began; nil once the session is ready.
     @exclusivity(unchecked) private var setup: (phase: ClientStateMachine.SetupPhase, since: Moment)?
     /// Whether each transaction's envelope and end of data are timed
@@ -251,28 +242,7 @@ final class ClientConnection: ConnectionHandler, EndOfIterationWork, @unchecked 
                 recycle(&actions)
             }
         }
-        scheduleFlush()
         performing = false
-    }
-
-    /// Writes this connection's output once the loop has handled every connection ready in
-    /// this iteration, rather than after each event (as Redis writes its replies before the
-    /// loop sleeps). Writing at once woke the server for every message: a single-threaded
-    /// server such as Postfix's smtp-sink drained one connection and slept before the next
-    /// write came, and waking it cost the writer more than the write. Back to back, the
-    /// writes of one iteration find it awake: against smtp-sink, 0.68 wake-ups per message
-    /// became 0.05, and the client's CPU per message on one loop fell from 42 to 36 µs
-    /// (medians of 12 runs). A close or STARTTLS still flushes first, at once.
-    private func scheduleFlush() {
-        guard !flushScheduled, !outgoing.isEmpty || !outgoingCommands.isEmpty else { return }
-        flushScheduled = true
-        loop.deferToEndOfIteration(self)
-    }
-
-    /// The flush ``scheduleFlush()`` deferred (the loop calls it).
-    func endOfIteration() {
-        flushScheduled = false
-        flush()
     }
 
     /// Keeps `actions`, carried out, for a later event.
@@ -287,8 +257,7 @@ final class ClientConnection: ConnectionHandler, EndOfIterationWork, @unchecked 
             case .write(let outputs):
                 write(outputs)
             case .startTLS:
-                flush()
-                startTLS()
+                startTLS()  // the transport writes STARTTLS's batch in the clear first
             case .sessionReady(let capabilities):
                 ready = true
                 logger.debug("session ready", metadata: ["smtp.capabilities": "\(capabilities.extensions.keys.sorted())"])
@@ -315,8 +284,7 @@ final class ClientConnection: ConnectionHandler, EndOfIterationWork, @unchecked 
                 cancelTimer(&replyTimer)
             case .close(let error):
                 if let error { logger.debug("closing", metadata: ["smtp.error": "\(error)"]) }
-                flush()
-                connection?.close()
+                connection?.close()  // graceful: what was written goes first
                 closed(error: transportCloseError ?? error.map(SMTPError.init)
                     ?? SMTPError(.connection, "closed after QUIT", isTransient: true))
             }
@@ -363,36 +331,22 @@ final class ClientConnection: ConnectionHandler, EndOfIterationWork, @unchecked 
     private var machineIsIdle: Bool { Self.isIdle(&machine) }
     private static func isIdle(_ machine: inout ClientStateMachine) -> Bool { machine.isIdle }
 
-    /// Adds what the machine wrote to the output gathered for this iteration.
+    /// Adds what the machine wrote to what the transport writes at the end of this loop
+    /// iteration (``Connection/bufferWrite(_:)-(UnsafeRawBufferPointer)``): commands copied in,
+    /// message contents shared.
     private func write(_ outputs: [ClientOutput]) {
+        guard let connection else { return }
         if tracing { traceCommands(outputs) }
         for output in outputs {
             switch output {
             case .bytes(let bytes):
-                outgoingCommands += bytes
+                connection.bufferWrite(bytes)
             case .data(let id), .chunk(let id):
                 guard let content = content(of: output, id) else { continue }
                 if timesTransactions, let job = jobs.first(where: { $0.id == id }) { job.phaseTimes?.contentWritten = .now }
-                sealCommands()
-                outgoing.append(contentsOf: content)
+                connection.bufferWrite(contentsOf: content)
             }
         }
-    }
-
-    /// Writes the output gathered so far, in one write: the commands after the last content
-    /// are copied only if the socket does not take them at once.
-    private func flush() {
-        guard let connection, !outgoing.isEmpty || !outgoingCommands.isEmpty else { return }
-        connection.enqueueWrite(outgoing, then: outgoingCommands)
-        outgoing.removeAllKeepingCapacity()
-        outgoingCommands.removeAll(keepingCapacity: true)
-    }
-
-    /// Moves the command bytes gathered so far into `outgoing`, after what is there.
-    private func sealCommands() {
-        guard !outgoingCommands.isEmpty else { return }
-        outgoing.append(outgoingCommands.withUnsafeBytes { SharedBytes(copying: $0) })
-        outgoingCommands.removeAll(keepingCapacity: true)
     }
 
     /// The message bytes a `.data` (dot-stuffed, with the terminator) or `.chunk`

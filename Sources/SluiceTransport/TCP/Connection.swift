@@ -9,11 +9,13 @@ import Glibc
 /// - From any task: ``write(_:)-(SharedBytes)``, ``startTLS(context:serverName:)``, ``close()``
 ///   suspend until the loop says the work is done.
 /// - From its ``ConnectionHandler``, on the loop: ``enqueueWrite(_:completion:)-1mksg``,
-///   ``pauseReading()``, ``resumeReading()``, ``close(error:)`` act at once, without a hop.
+///   ``pauseReading()``, ``resumeReading()``, ``close(error:)`` act at once, without a hop;
+///   ``bufferWrite(_:)-(UnsafeRawBufferPointer)`` gathers what one loop iteration writes and
+///   writes it once, at the iteration's end (or at ``flush()``).
 ///
 /// Memory: the libuv handle is heap-allocated; its `data` holds this object retained, and both
 /// are released only in the close callback. A write owns its buffers until its write callback.
-public final class Connection: @unchecked Sendable, LoopResource {
+public final class Connection: @unchecked Sendable, LoopResource, EndOfIterationWork {
     // Thread-safety: `eventLoop`, `options`, `handle` (the pointer) are immutable. `addresses`
     // is guarded by its lock. Every other field is touched on `eventLoop`'s thread only.
 
@@ -62,6 +64,14 @@ public final class Connection: @unchecked Sendable, LoopResource {
 
     /// Bytes handed to libuv and not yet written. Loop thread only.
     public private(set) var pendingWriteBytes = 0
+
+    /// What `bufferWrite` gathered this loop iteration: shared chunks, then the bytes written
+    /// after the last of them (copied in, as commands and replies are small), flushed as one
+    /// vectored write at the end of the iteration. Loop thread only; every access is from a
+    /// call that returns before the next, so the exclusivity checks are skipped.
+    @exclusivity(unchecked) private var batchedChunks: [SharedBytes] = []
+    @exclusivity(unchecked) private var batchedBytes: [UInt8] = []
+    @exclusivity(unchecked) private var flushScheduled = false
 
     /// Creates the connection's handle on `loop`. Loop thread only.
     init(on loop: EventLoop, options: ConnectionOptions, remote: SocketAddress?) {
@@ -272,6 +282,7 @@ public final class Connection: @unchecked Sendable, LoopResource {
         context: TLSContext, serverName: String?, completion: @escaping (Result<Void, TransportError>) -> Void
     ) {
         eventLoop.assertInEventLoop()
+        flush()  // what was written before STARTTLS goes in the clear, before the handshake
         guard state == .open else {
             completion(.failure(closedError("starting TLS")))
             return
@@ -325,6 +336,69 @@ public final class Connection: @unchecked Sendable, LoopResource {
 
     // MARK: Writing
 
+    /// Adds `bytes` to what this loop iteration writes. Everything written in one iteration
+    /// goes out in one vectored write once the loop has handled every event ready in it (or
+    /// at ``flush()``, ``startTLS(context:serverName:completion:)`` or a graceful
+    /// ``close(error:)``, which flush first). Writing each reply or command at once woke a
+    /// peer that had gone to sleep between messages, one wake-up per message paid by the
+    /// writer; written back to back, they find it awake, and a message's content and the next
+    /// envelope share a segment (a server without TCP_NODELAY would otherwise hold its second
+    /// reply for the delayed ACK). Measured when the client first batched its writes: against
+    /// Postfix's smtp-sink, 0.68 wake-ups a message became 0.05, and the client's CPU a message
+    /// on one loop fell from 42 to 36 µs (medians of 12 runs). Loop thread only.
+    public func bufferWrite(_ bytes: UnsafeRawBufferPointer) {
+        batchedBytes.append(contentsOf: bytes)
+        scheduleFlush()
+    }
+
+    /// Adds `bytes` to what this loop iteration writes (see ``bufferWrite(_:)-(UnsafeRawBufferPointer)``).
+    public func bufferWrite(_ bytes: [UInt8]) {
+        batchedBytes += bytes  // into storage kept from the last flush
+        scheduleFlush()
+    }
+
+    /// Adds shared `chunks` to what this loop iteration writes, without copying them (see
+    /// ``bufferWrite(_:)-(UnsafeRawBufferPointer)``).
+    public func bufferWrite(contentsOf chunks: [SharedBytes]) {
+        if !batchedBytes.isEmpty {
+            batchedChunks.append(batchedBytes.withUnsafeBytes { SharedBytes(copying: $0) })
+            batchedBytes.removeAll(keepingCapacity: true)
+        }
+        batchedChunks.append(contentsOf: chunks)
+        scheduleFlush()
+    }
+
+    /// Hands what ``bufferWrite(_:)-(UnsafeRawBufferPointer)`` gathered to the socket now. Loop
+    /// thread only.
+    public func flush() {
+        guard !batchedChunks.isEmpty || !batchedBytes.isEmpty else { return }
+        // Taken out and put back emptied, so the batch's storage serves the next iteration
+        // (the write copies what the socket does not take at once).
+        var chunks: [SharedBytes] = []
+        var bytes: [UInt8] = []
+        swap(&chunks, &batchedChunks)
+        swap(&bytes, &batchedBytes)
+        enqueueWrite(chunks, then: bytes)
+        if batchedChunks.isEmpty, batchedBytes.isEmpty {
+            chunks.removeAll(keepingCapacity: true)
+            bytes.removeAll(keepingCapacity: true)
+            swap(&chunks, &batchedChunks)
+            swap(&bytes, &batchedBytes)
+        }
+    }
+
+    private func scheduleFlush() {
+        guard !flushScheduled else { return }
+        flushScheduled = true
+        eventLoop.deferToEndOfIteration(self)
+    }
+
+    /// The flush ``bufferWrite(_:)-(UnsafeRawBufferPointer)`` deferred (the loop calls it).
+    package func endOfIteration() {
+        flushScheduled = false
+        flush()
+    }
+
     /// Queues `chunks` to be written in order, as one vectored write (encrypted first, if TLS
     /// is on). `completion` runs once the bytes are written, or with the error that stopped
     /// them. Loop thread only.
@@ -346,6 +420,7 @@ public final class Connection: @unchecked Sendable, LoopResource {
     public func enqueueWrite(_ chunks: [SharedBytes], then tail: [UInt8],
                              completion: ((TransportError?) -> Void)? = nil) {
         eventLoop.assertInEventLoop()
+        flush()  // what bufferWrite gathered goes first
         guard state == .open else {
             completion?(closedError("writing"))
             return
@@ -488,6 +563,7 @@ public final class Connection: @unchecked Sendable, LoopResource {
         case .shuttingDown, .closing, .closed:
             return  // already on its way
         }
+        flush()
         state = .shuttingDown
         if case .established(let session) = tls {
             session.shutdown()
