@@ -35,7 +35,7 @@ struct BenchCommand: AsyncParsableCommand {
     @Option(name: .customLong("messages-per-connection"),
             help: "Close each connection after this many messages (1: a new connection, greeting, EHLO, STARTTLS and AUTH for every message).")
     var messagesPerConnection: Int?
-    @Option(help: "Write one JSON line a second: messages, accepted, failed, rate and latency percentiles in that second.")
+    @Option(help: "Write one line a second: messages, accepted, failed, latency percentiles and connections open (JSON lines, or CSV for a name ending in .csv).")
     var timeseries: String?
     @Option(name: .customLong("hdr-out"),
             help: "Write each second's latencies as HdrHistogram's interval log (microseconds), which its tools and sluice bench merge read.")
@@ -301,7 +301,7 @@ struct BenchCommand: AsyncParsableCommand {
             }
             let log = try hdrOut.map { try HistogramLogWriter(path: $0, startTime: wallStart) }
             return timeseries == nil && report == nil && hdrOut == nil && !liveLine ? nil
-                : try TimeSeries(path: timeseries, log: log, start: start)
+                : try TimeSeries(path: timeseries, log: log, metrics: benchMetrics, start: start)
         }
         let recorder = BenchRecorder(
             series: series, lanes: lanes.count, connectionCount: liveLine ? benchMetrics : nil,
@@ -944,14 +944,30 @@ struct TimeSeries {
         let accepted: Int
         /// p50, p90, p99 and max, in milliseconds.
         let latency: [String: Double]
+        /// Connections open as the second ended (unknown for merged runs).
+        var connections: Int?
 
         var json: [String: Any] {
-            ["second": second, "messages": messages, "accepted": accepted, "failed": messages - accepted,
-             "latencyMilliseconds": latency]
+            var object: [String: Any] = ["second": second, "messages": messages, "accepted": accepted, "failed": messages - accepted,
+                                         "latencyMilliseconds": latency]
+            if let connections { object["connections"] = connections }
+            return object
+        }
+
+        static let csvHeader = "second,messages,accepted,failed,p50_ms,p90_ms,p99_ms,max_ms,connections\n"
+
+        var csv: String {
+            "\(second),\(messages),\(accepted),\(messages - accepted),"
+                + ["p50", "p90", "p99", "max"].map { String(format: "%.3f", latency[$0] ?? 0) }.joined(separator: ",")
+                + ",\(connections.map(String.init) ?? "")\n"
         }
     }
 
     private let file: FileHandle?
+    /// The file is CSV (its name ends in `.csv`), else JSON lines.
+    private let isCSV: Bool
+    /// Where the connections open come from, if counted.
+    private let metrics: BenchMetrics?
     private let start: ContinuousClock.Instant
     private(set) var seconds: [Second] = []
     private var second = 0
@@ -961,14 +977,18 @@ struct TimeSeries {
     /// With `--hdr-out`, each second's histogram as an interval of HdrHistogram's log.
     let log: HistogramLogWriter?
 
-    /// Writes each second to `path` as it ends, and its histogram to `log`, if given.
-    init(path: String?, log: HistogramLogWriter? = nil, start: ContinuousClock.Instant) throws {
+    /// Writes each second to `path` as it ends (CSV if its name ends in `.csv`, else JSON
+    /// lines), and its histogram to `log`, if given; `metrics` counts the connections open.
+    init(path: String?, log: HistogramLogWriter? = nil, metrics: BenchMetrics? = nil, start: ContinuousClock.Instant) throws {
         self.log = log
+        self.metrics = metrics
+        isCSV = path?.lowercased().hasSuffix(".csv") ?? false
         if let path {
             guard FileManager.default.createFile(atPath: path, contents: nil), let file = FileHandle(forWritingAtPath: path) else {
                 throw ValidationError("--timeseries: cannot write \(path)")
             }
             self.file = file
+            if isCSV { file.write(Data(Second.csvHeader.utf8)) }
         } else {
             file = nil
         }
@@ -991,12 +1011,17 @@ struct TimeSeries {
     }
 
     private mutating func end(length: Double = 1) {
-        let record = Second(second: second, messages: messages, accepted: accepted, latency: latency.millisecondsSummary)
+        let record = Second(second: second, messages: messages, accepted: accepted, latency: latency.millisecondsSummary,
+                            connections: metrics?.open)
         seconds.append(record)
         log?.interval(start: Double(second), length: length, histogram: latency)
         if let file {
-            let data = (try? JSONSerialization.data(withJSONObject: record.json, options: [.sortedKeys])) ?? Data()
-            file.write(data + Data("\n".utf8))
+            if isCSV {
+                file.write(Data(record.csv.utf8))
+            } else {
+                let data = (try? JSONSerialization.data(withJSONObject: record.json, options: [.sortedKeys])) ?? Data()
+                file.write(data + Data("\n".utf8))
+            }
         }
         messages = 0
         accepted = 0

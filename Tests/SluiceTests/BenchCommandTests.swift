@@ -156,6 +156,32 @@ struct BenchCommandTests {
         }
     }
 
+    @Test func aTimeSeriesNamedCSVIsCSVThatPythonReads() async throws {
+        guard let python = await peerPython(importing: ["csv"]) else { return }
+        let path = FileManager.default.temporaryDirectory.appendingPathComponent("sluice-series-\(UUID().uuidString).csv").path
+        defer { try? FileManager.default.removeItem(atPath: path) }
+        guard let run = try await Self.bench(["--messages", "300", "--rate", "150", "--max-lateness", "600", "--connections", "2",
+                                               "--timeseries", path])
+        else { return }
+        #expect(run.status == 0, "\(run.error)")
+        let script = """
+            import csv, json, sys
+            rows = list(csv.DictReader(open(sys.argv[1], newline="")))
+            print(json.dumps({"columns": list(rows[0].keys()), "messages": sum(int(r["messages"]) for r in rows),
+                              "failed": sum(int(r["failed"]) for r in rows), "p99": [float(r["p99_ms"]) for r in rows],
+                              "connections": [int(r["connections"]) for r in rows], "seconds": [int(r["second"]) for r in rows]}))
+            """
+        let read = try await runInBackground(python, ["-c", script, path])
+        #expect(read.status == 0, "\(read.error)")
+        let table = try Self.object(read.output)
+        #expect(table["columns"] as? [String] == ["second", "messages", "accepted", "failed", "p50_ms", "p90_ms", "p99_ms", "max_ms",
+                                                  "connections"])
+        #expect(table["messages"] as? Int == 300 && table["failed"] as? Int == 0)
+        let seconds = try #require(table["seconds"] as? [Int])
+        #expect(seconds == Array(0..<seconds.count))
+        #expect((table["connections"] as? [Int])?.allSatisfy { (1...2).contains($0) } == true, "\(table["connections"] ?? "")")
+    }
+
     @Test func openStagesSendTheirArrivalsAndTheHoldShowsInTheTimeSeries() async throws {
         let path = FileManager.default.temporaryDirectory.appendingPathComponent("sluice-stages-\(UUID().uuidString).jsonl").path
         defer { try? FileManager.default.removeItem(atPath: path) }
