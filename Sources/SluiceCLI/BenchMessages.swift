@@ -142,15 +142,15 @@ struct BenchMessages: Sendable {
             bytes = template
         } else {
             let overhead = overhead(variant)
-            let body = Self.generatedBody(length: size(of: number) - overhead)
+            let length = size(of: number) - overhead
             bytes = []
-            bytes.reserveCapacity(overhead + body.count)
+            bytes.reserveCapacity(overhead + length)
             bytes += Self.fieldStart
             bytes += messageID
             bytes += [13, 10]
-            if let checksums { bytes += checksums.field(for: body) }
+            if let checksums { bytes += checksums.field(forBodyLength: length) }
             bytes += variant.headers
-            bytes += body
+            Self.appendBody(length: length, to: &bytes)
         }
         var value = number
         bytes.withUnsafeMutableBufferPointer { buffer in
@@ -173,18 +173,40 @@ struct BenchMessages: Sendable {
     static func generatedBody(length: Int) -> [UInt8] {
         var body: [UInt8] = []
         body.reserveCapacity(length)
-        var remaining = length
-        while remaining > 0 {
-            var line = min(76, remaining)
-            if remaining - line == 1 { line -= 1 }
-            body += fullLine.prefix(line - 2)
-            body += [13, 10]
-            remaining -= line
-        }
+        appendBody(length: length, to: &body)
         return body
     }
 
+    /// Appends the body ``generatedBody(length:)`` makes: whole lines copied from a block of
+    /// them made once (a drawn size costs a copy, not a loop over its lines), then the last
+    /// one or two. A length of 76·k + 1 ends in a 75-octet line and a bare CRLF.
+    static func appendBody(length: Int, to bytes: inout [UInt8]) {
+        var whole = length / 76
+        var rest = length % 76
+        if rest == 1 {
+            whole -= 1
+            rest = 77
+        }
+        var lines = whole * 76
+        while lines > 0 {
+            let piece = min(lines, lineBlock.count)
+            bytes += lineBlock[..<piece]
+            lines -= piece
+        }
+        if rest == 77 {
+            bytes += fullLine.prefix(73)
+            bytes += [13, 10]
+            rest = 2
+        }
+        if rest >= 2 {
+            bytes += fullLine.prefix(rest - 2)
+            bytes += [13, 10]
+        }
+    }
+
     private static let fullLine = Array("0123456789abcdefghijklmnopqrstuvwxyz0123456789abcdefghijklmnopqrstuvwxyz01".utf8)
+    /// 13,797 whole lines (about 1 MiB), made on first use.
+    private static let lineBlock: [UInt8] = Array(repeating: fullLine + [13, 10], count: 13_797).flatMap { $0 }
 
     /// A plain-text message whose sizes (before any DKIM signature) are drawn from `sizes`:
     /// headers, then 76-character lines.
@@ -305,10 +327,11 @@ struct BenchMessages: Sendable {
 private final class ChecksumCache: Sendable {
     private let fields = Mutex<[Int: [UInt8]]>([:])
 
-    func field(for body: [UInt8]) -> [UInt8] {
-        if let known = fields.withLock({ $0[body.count] }) { return known }
-        let field = ContentChecksum.field(forBody: body)
-        fields.withLock { $0[body.count] = field }
+    /// The field for the generated body of `length` octets, made (and the body hashed) once.
+    func field(forBodyLength length: Int) -> [UInt8] {
+        if let known = fields.withLock({ $0[length] }) { return known }
+        let field = ContentChecksum.field(forBody: BenchMessages.generatedBody(length: length))
+        fields.withLock { $0[length] = field }
         return field
     }
 }

@@ -135,3 +135,29 @@ import Testing
         }
     }
 }
+
+/// The generated body, copied from a block of whole lines, is the one built line by line.
+@Suite struct BenchBodyTests {
+    /// The body as it was first built: 76-octet lines, CRLF included, and never a last line
+    /// too short for its CRLF.
+    static func lineByLine(_ length: Int) -> [UInt8] {
+        let line = Array("0123456789abcdefghijklmnopqrstuvwxyz0123456789abcdefghijklmnopqrstuvwxyz01".utf8)
+        var body: [UInt8] = []
+        var remaining = length
+        while remaining > 0 {
+            var size = min(76, remaining)
+            if remaining - size == 1 { size -= 1 }
+            body += line.prefix(size - 2) + [13, 10]
+            remaining -= size
+        }
+        return body
+    }
+
+    @Test func everyLengthMatchesTheLineByLineBody() {
+        for length in Array(2...400) + [76 * 13_797 - 1, 76 * 13_797, 76 * 13_797 + 1, 76 * 13_797 + 2, 2_500_001] {
+            let body = BenchMessages.generatedBody(length: length)
+            #expect(body.count == length)
+            #expect(body == Self.lineByLine(length), "length \(length)")
+        }
+    }
+}
