@@ -186,19 +186,22 @@ final class FaultState: Sendable {
         state = Locked(State(random: SplitMix64(seed: faults.seed)))
     }
 
-    /// Whether the triplet must wait: seen first less than the greylist's delay ago (now, if
-    /// it is new).
-    func isGreylisted(client: String, sender: String, recipient: String, delay: Duration) -> Bool {
+    /// How long the triplet must still wait, if it must: seen first less than the greylist's
+    /// delay ago (now, if it is new); nil once it may pass.
+    func greylistWait(client: String, sender: String, recipient: String, delay: Duration) -> Duration? {
         let key = client + "\u{0}" + sender + "\u{0}" + recipient
         let now = ContinuousClock.now
         return greylist.withLock { seen in
-            if let first = seen[key] { return now - first < delay }
+            if let first = seen[key] {
+                let waited = now - first
+                return waited < delay ? delay - waited : nil
+            }
             if seen.count >= Self.greylistCapacity {
                 let newest = seen.values.sorted()[seen.count / 2]
                 seen = seen.filter { $0.value >= newest }
             }
             seen[key] = now
-            return true
+            return delay
         }
     }
 
@@ -247,9 +250,13 @@ struct FaultPolicy: ServerPolicy {
                 }
             }
             if let delay = faults.greylist,
-               state.isGreylisted(client: client, sender: sender?.address ?? "", recipient: address.address.lowercased(), delay: delay) {
+               let wait = state.greylistWait(client: client, sender: sender?.address ?? "", recipient: address.address.lowercased(),
+                                             delay: delay) {
+                // What is left of the wait, in whole seconds rounded up: never "0 seconds".
+                let (whole, fraction) = wait.components
+                let seconds = max(1, Int(whole) + (fraction > 0 ? 1 : 0))
                 return .reply(SMTPReply(.mailboxBusy, EnhancedStatusCode("4.7.1"),
-                                        "Greylisted, try again in \(delay.components.seconds) seconds (injected)"))
+                                        "Greylisted, try again in \(seconds) second\(seconds == 1 ? "" : "s") (injected)"))
             }
             if state.fires(faults.rejectRecipients, "reject-rcpt") {
                 let code = SMTPStatusCode(rawValue: faults.rejectRecipientCode) ?? .mailboxUnavailable
