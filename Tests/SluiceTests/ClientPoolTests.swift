@@ -147,6 +147,28 @@ struct ClientPoolTests {
         }
     }
 
+    @Test func aConnectionThatSatIdlePastTheCheckIsProbedWithRSETBeforeItsNextMessage() async throws {
+        let lines = LoggedEvents()
+        try await withSinkAndClient(client: {
+            $0.pool.maximumConnections = 1
+            $0.pool.checkAfterIdle = .milliseconds(50)
+            $0.pipelining.chunking = false  // with BDAT every later transaction begins with RSET anyway
+            var logger = Logger(label: "test") { _ in RecordingHandler(events: lines) }
+            logger.logLevel = .trace
+            $0.logger = logger
+        }) { _, client in
+            #expect(try await client.send(testMessage("first"), envelope: envelope()).outcome == .accepted)
+            #expect(try await client.send(testMessage("at once"), envelope: envelope()).outcome == .accepted)
+            try await Task.sleep(for: .milliseconds(200))
+            #expect(try await client.send(testMessage("after a pause"), envelope: envelope()).outcome == .accepted)
+            let commands = lines.messages.filter { $0.hasPrefix("C: MAIL FROM:") || $0.hasPrefix("C: RSET") }
+            // The second message may follow the first within the check or not (a slow machine),
+            // so only the message after the pause is sure to be probed.
+            #expect(commands.last?.hasPrefix("C: MAIL FROM:") == true)
+            #expect(commands.count >= 4 && commands[commands.count - 2] == "C: RSET", "RSET before the MAIL after the pause: \(commands)")
+        }
+    }
+
     @Test func cancellingAQueuedSendCancelsOnlyThatMessage() async throws {
         // No clock decides this test either: a warm-up message readies the one connection,
         // the sink stops reading, the first message's MAIL goes out and can get no reply, so

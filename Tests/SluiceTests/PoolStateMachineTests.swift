@@ -16,10 +16,11 @@ struct PoolStateMachineTests {
     static let start = Moment(nanoseconds: 1_000_000_000_000)
 
     static func configuration(connections: Int = 2, perConnection: Int = 8, messagesPerConnection: Int = 1_000,
-                              lifetime: Duration = .seconds(600), connectAttempts: Int = 3,
-                              rateLimit: SMTPClient.RateLimit? = nil) -> Pool.Configuration {
+                              lifetime: Duration = .seconds(600), idleTimeout: Duration = .seconds(30),
+                              connectAttempts: Int = 3, rateLimit: SMTPClient.RateLimit? = nil) -> Pool.Configuration {
         Pool.Configuration(maximumConnections: connections, maximumMessagesPerConnection: messagesPerConnection,
-                           maximumConnectionLifetime: lifetime, transactionsPerConnection: perConnection,
+                           maximumConnectionLifetime: lifetime, idleTimeout: idleTimeout, checkAfterIdle: .seconds(1),
+                           transactionsPerConnection: perConnection,
                            connectAttempts: connectAttempts,
                            connectBackoff: Backoff(initial: .milliseconds(100), maximum: .seconds(1)),
                            rateLimit: rateLimit)
@@ -29,6 +30,8 @@ struct PoolStateMachineTests {
     struct Asked {
         var connects: [Int] = []
         var dispatches: [(job: String, connection: Int)] = []
+        /// The jobs dispatched with a check of their idle connection first.
+        var probed: [String] = []
         var retires: [Int] = []
         var failed: [String] = []
         var failure: SMTPError?
@@ -40,7 +43,9 @@ struct PoolStateMachineTests {
             for action in actions {
                 switch action {
                 case .connect(let id): connects.append(id)
-                case .dispatch(let job, let id): dispatches.append((job.name, id))
+                case .dispatch(let job, let id, let probeFirst):
+                    dispatches.append((job.name, id))
+                    if probeFirst { probed.append(job.name) }
                 case .retire(let id): retires.append(id)
                 case .fail(let jobs, let error):
                     failed += jobs.map(\.name)
@@ -111,16 +116,37 @@ struct PoolStateMachineTests {
         #expect(finished.retires == [0])
     }
 
-    @Test func anIdleConnectionIsRetiredWhenItsIdleTimeIsUpUnlessWorkArrived() {
-        var pool = Pool(configuration: Self.configuration(connections: 1))
+    @Test func theIdleTimeIsThePoolsToKeepAndAnIdleConnectionIsRetiredWhenItIsUp() {
+        var pool = Pool(configuration: Self.configuration(connections: 1, idleTimeout: .seconds(30)))
         _ = pool.submitted(Job("a"), now: Self.start)
         _ = pool.connected(0, capacity: 8, now: Self.start)
-        let whileBusy = pool.idleTimedOut(0)
-        #expect(!whileBusy, "busy: not idle")
-        _ = pool.transactionFinished(on: 0, now: Self.start)
-        let whileIdle = pool.idleTimedOut(0)
-        #expect(whileIdle)
-        #expect(Asked(pool.submitted(Job("b"), now: Self.start)).dispatches.isEmpty, "a retiring connection takes nothing")
+        // Idle at +5 s: the pool asks to be woken when its idle time is up.
+        #expect(Asked(pool.transactionFinished(on: 0, now: Self.start + .seconds(5))).wakes == [Self.start + .seconds(35)])
+        // Work at +20 s, idle again at +21 s: the wake already asked for comes first.
+        #expect(Asked(pool.submitted(Job("b"), now: Self.start + .seconds(20))).dispatchedJobs == ["b"])
+        #expect(Asked(pool.transactionFinished(on: 0, now: Self.start + .seconds(21))).wakes.isEmpty)
+        // At +35 s it has been idle 14 s: kept, and the next wake is at +51 s.
+        let early = Asked(pool.wake(now: Self.start + .seconds(35)))
+        #expect(early.retires.isEmpty, "work arrived meanwhile")
+        #expect(early.wakes == [Self.start + .seconds(51)])
+        let woken = Asked(pool.wake(now: Self.start + .seconds(51)))
+        #expect(woken.retires == [0], "idle 30 s")
+        #expect(Asked(pool.submitted(Job("c"), now: Self.start + .seconds(52))).dispatches.isEmpty, "a retiring connection takes nothing")
+    }
+
+    @Test func aConnectionIdleLongerThanTheCheckIsProbedBeforeItsNextMessage() {
+        var pool = Pool(configuration: Self.configuration(connections: 1))
+        _ = pool.submitted(Job("a"), now: Self.start)
+        let first = Asked(pool.connected(0, capacity: 8, now: Self.start))
+        #expect(first.dispatchedJobs == ["a"] && first.probed.isEmpty, "a new session needs no check")
+        _ = pool.transactionFinished(on: 0, now: Self.start + .milliseconds(10))
+        let soon = Asked(pool.submitted(Job("b"), now: Self.start + .milliseconds(500)))
+        #expect(soon.dispatchedJobs == ["b"] && soon.probed.isEmpty, "idle half a second")
+        #expect(Asked(pool.submitted(Job("c"), now: Self.start + .seconds(3))).probed.isEmpty, "busy: not idle")
+        _ = pool.transactionFinished(on: 0, now: Self.start + .seconds(4))
+        _ = pool.transactionFinished(on: 0, now: Self.start + .seconds(4))
+        let late = Asked(pool.submitted(Job("d"), now: Self.start + .seconds(6)))
+        #expect(late.probed == ["d"], "idle two seconds, past the check")
     }
 
     @Test func aConnectionTheServerClosedWhileIdleIsForgottenAndWorkOpensAnother() {

@@ -151,6 +151,7 @@ public final class SMTPClient: Sendable {
                 maximumConnections: share,
                 maximumMessagesPerConnection: max(1, pool.maximumMessagesPerConnection),
                 maximumConnectionLifetime: pool.maximumConnectionLifetime,
+                idleTimeout: pool.idleTimeout, checkAfterIdle: pool.checkAfterIdle,
                 transactionsPerConnection: max(1, configuration.pipelining.transactionsPerConnection),
                 connectAttempts: max(1, pool.connectAttempts), connectBackoff: pool.connectBackoff,
                 rateLimit: configuration.rateLimit, firstConnectionID: index, connectionIDStride: shardCount)))
@@ -437,10 +438,6 @@ public final class SMTPClient: Sendable {
         for waiter in waiters { waiter.resume() }
     }
 
-    func idleTimedOut(_ connection: ClientConnection) -> Bool {
-        shards[connection.shard].state.withLock { $0.pool.idleTimedOut(connection.id) }
-    }
-
     /// The pool gets the connection's slot back before the report goes out: a caller that
     /// sends its next message as soon as it has the report must find the slot free, not see
     /// a busy pool and make it open a connection it does not need.
@@ -497,11 +494,12 @@ public final class SMTPClient: Sendable {
                 let connection = ClientConnection(id: id, loop: shard.loop, shard: shard.index, client: self, logger: logger)
                 state.connections[id] = connection
                 effects.append(.start(connection))
-            case .dispatch(let job, let id):
+            case .dispatch(let job, let id, let probeFirst):
                 guard let connection = state.connections[id] else {
                     preconditionFailure("the pool dispatched to connection \(id), which it does not have")
                 }
                 job.connectionID = id
+                job.probeFirst = probeFirst
                 effects.append(.dispatch(job, connection))
             case .retire(let id):
                 if let connection = state.connections[id] { effects.append(.retire(connection)) }

@@ -27,7 +27,6 @@ final class ClientConnection: ConnectionHandler, @unchecked Sendable {
     /// transactions in flight), so a search beats hashing the id three times per message.
     @exclusivity(unchecked) private var jobs: [DeliveryJob] = []
     @exclusivity(unchecked) private var replyTimer: LoopTimer?
-    @exclusivity(unchecked) private var idleTimer: LoopTimer?
     /// Timers cancelled whose handles have not closed yet, and whether the transport has
     /// closed without the client being told: it is told once both are done, so the client's
     /// shutdown never returns with a handle of ours still open.
@@ -52,8 +51,6 @@ final class ClientConnection: ConnectionHandler, @unchecked Sendable {
     /// Whether each transaction's envelope and end of data are timed
     /// (``MetricsOptions/timesTransactionPhases``).
     private let timesTransactions: Bool
-    /// When the connection last became idle (nil while it has work).
-    @exclusivity(unchecked) private var idleSince: Moment?
     /// Emptied arrays for the machine's actions, kept with their storage so the two events of
     /// every message (its reply, the next message's arrival) allocate none. More than one
     /// when events nest (a completion that retires this connection mid-batch).
@@ -181,7 +178,6 @@ final class ClientConnection: ConnectionHandler, @unchecked Sendable {
         if machine.cancelPending(id: job.id) {
             jobs.remove(at: index)
             client.cancelledOnConnection(job, connection: self)
-            armIdleTimerIfIdle()
         } else {
             // Started: stopped before its end of data if it is not too late (the outcome
             // then says cancelled), else it runs to its real outcome.
@@ -192,7 +188,6 @@ final class ClientConnection: ConnectionHandler, @unchecked Sendable {
     /// QUIT once the work in flight is done, then close.
     func retire() {
         loop.assertInEventLoop()
-        cancelTimer(&idleTimer)
         logger.debug("retiring")
         perform(machine.quitRequested())
     }
@@ -222,14 +217,12 @@ final class ClientConnection: ConnectionHandler, @unchecked Sendable {
         while !arrived.isEmpty {
             swap(&arrived, &arriving)  // what these jobs' actions hand over goes to the emptied array
             defer { arriving.removeAll(keepingCapacity: true) }
-            cancelTimer(&idleTimer)
-            if let since = idleSince {
-                idleSince = nil
-                if Moment.now - since >= client.poolSettings.checkAfterIdle {
+            for job in arriving {
+                if job.probeFirst {
+                    // The pool saw this connection sit idle long enough to check it first.
+                    job.probeFirst = false
                     run(machine.idleConnectionReused())
                 }
-            }
-            for job in arriving {
                 if job.cancelRequested.load(ordering: .relaxed) {
                     client.cancelledOnConnection(job, connection: self)
                     continue
@@ -262,7 +255,6 @@ final class ClientConnection: ConnectionHandler, @unchecked Sendable {
                 ready = true
                 logger.debug("session ready", metadata: ["smtp.capabilities": "\(capabilities.extensions.keys.sorted())"])
                 client.connectionReady(self, capacity: capacity(for: capabilities))
-                armIdleTimerIfIdle()
             case .transactionFinished(let outcome):
                 guard let job = takeJob(outcome.id) else { continue }
                 if timesTransactions, let (started, written) = job.phaseTimes {
@@ -272,7 +264,6 @@ final class ClientConnection: ConnectionHandler, @unchecked Sendable {
                     client.transactionPhasesFinished(envelope: (written ?? now) - started, endOfData: written.map { now - $0 })
                 }
                 client.attemptFinished(job, outcome: outcome, connection: self)
-                armIdleTimerIfIdle()
             case .transactionNotAttempted(let transaction):
                 guard let job = takeJob(transaction.id) else { continue }
                 client.notAttempted(job, connection: self)
@@ -299,7 +290,6 @@ final class ClientConnection: ConnectionHandler, @unchecked Sendable {
     /// Tells the client once that this connection is gone.
     private func closed(error: SMTPError) {
         cancelTimer(&replyTimer)
-        cancelTimer(&idleTimer)
         guard !reportedClosed else { return }
         reportedClosed = true
         client.connectionEnded(self, wasReady: ready, error: error)
@@ -312,24 +302,6 @@ final class ClientConnection: ConnectionHandler, @unchecked Sendable {
         return max(1, configuration.transactionsPerConnection)
     }
 
-    private func armIdleTimerIfIdle() {
-        guard ready, machineIsIdle, !reportedClosed else { return }
-        if idleSince == nil { idleSince = .now }
-        let timeout = client.poolSettings.idleTimeout
-        if idleTimer?.reschedule(after: timeout) == true { return }
-        idleTimer = loop.scheduleTimer(after: timeout) { [self] in
-            idleTimer = nil
-            guard machineIsIdle, client.idleTimedOut(self) else { return }
-            logger.debug("idle, retiring")
-            perform(machine.quitRequested())
-        }
-    }
-
-    /// Whether the machine has nothing queued or in flight. Read through `inout`: a plain
-    /// `machine.isIdle` copied the whole machine (every array and dictionary retained and
-    /// released) once per message.
-    private var machineIsIdle: Bool { Self.isIdle(&machine) }
-    private static func isIdle(_ machine: inout ClientStateMachine) -> Bool { machine.isIdle }
 
     /// Adds what the machine wrote to what the transport writes at the end of this loop
     /// iteration (``Connection/bufferWrite(_:)-(UnsafeRawBufferPointer)``): commands copied in,

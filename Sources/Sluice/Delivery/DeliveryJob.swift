@@ -32,6 +32,9 @@ final class DeliveryJob: @unchecked Sendable {
     private var lastError: SMTPError?
     /// The connection the job is on, while it is on one (its shard's lock).
     var connectionID: Int?
+    /// Its connection sat idle long enough that it is checked (RSET) before this job starts:
+    /// the pool's decision, carried out by the connection.
+    var probeFirst = false
     /// With transaction phases timed: when its attempt began on a connection, and when its
     /// content was written. Touched on that connection's loop only.
     var phaseTimes: (started: Moment, contentWritten: Moment?)?

@@ -1,9 +1,11 @@
 import SluiceCore
 
 /// The connection pool's decisions, as a state machine: which connection takes a message,
-/// when to open one, when to retire one, when to back off, when the rate limit holds a
-/// message back. It does no I/O and reads no clock (every event carries `now`); the client
-/// keeps it under a lock and carries out its actions after unlocking.
+/// when to open one, when to retire one (its message limit, its lifetime, its idle time),
+/// when to back off, when the rate limit holds a message back, and when a connection that
+/// sat idle should be checked before it is used. It does no I/O and reads no clock (every
+/// event carries `now`, and it asks for a ``Action/wake(at:)`` when time alone will change
+/// something); the client keeps it under a lock and carries out its actions after unlocking.
 ///
 /// `Job` is the client's message handle; the machine only keeps and hands back references.
 struct PoolStateMachine<Job: AnyObject> {
@@ -11,6 +13,10 @@ struct PoolStateMachine<Job: AnyObject> {
         var maximumConnections: Int
         var maximumMessagesPerConnection: Int
         var maximumConnectionLifetime: Duration
+        /// A connection idle this long is retired.
+        var idleTimeout: Duration = .seconds(30)
+        /// A connection idle this long is checked (RSET) before its next message.
+        var checkAfterIdle: Duration = .seconds(1)
         /// Transactions one connection takes before its session says what it can do.
         var transactionsPerConnection: Int
         var connectAttempts: Int
@@ -28,8 +34,9 @@ struct PoolStateMachine<Job: AnyObject> {
     enum Action {
         /// Open connection `id`.
         case connect(Int)
-        /// Send the job on connection `id` (it is ready).
-        case dispatch(Job, to: Int)
+        /// Send the job on connection `id` (it is ready); `probeFirst` when the connection sat
+        /// idle long enough that the server may have dropped it: check it first.
+        case dispatch(Job, to: Int, probeFirst: Bool)
         /// Send QUIT on connection `id` once its work is done, and close it.
         case retire(Int)
         /// These waiting jobs cannot be sent: no connection could be made.
@@ -37,7 +44,7 @@ struct PoolStateMachine<Job: AnyObject> {
         /// These waiting jobs cannot be sent from this pool (its connects failed), but
         /// another pool of the client has a ready connection: send them there.
         case handOff([Job])
-        /// Call ``wake(now:)`` at this time (rate limit or connect backoff).
+        /// Call ``wake(now:)`` at this time (rate limit, connect backoff or an idle timeout).
         case wake(at: Moment)
         /// Shutting down and nothing is left: the client can stop.
         case drained
@@ -55,6 +62,8 @@ struct PoolStateMachine<Job: AnyObject> {
         var load = 0
         var sent = 0
         var openedAt: Moment
+        /// When it last had nothing in flight (set while ``isIdle``).
+        var idleSince: Moment?
 
         /// Ready, with a free slot by load (its message limit and lifetime aside).
         var hasFreeSlot: Bool {
@@ -143,7 +152,10 @@ struct PoolStateMachine<Job: AnyObject> {
     mutating func connected(_ id: Int, capacity: Int, now: Moment) -> Actions {
         guard let entry = connections[id] else { return [] }
         if case .connecting = entry.state { connectingCount -= 1 }
-        update(id) { $0.state = .ready(capacity: max(1, capacity)) }
+        update(id) {
+            $0.state = .ready(capacity: max(1, capacity))
+            $0.idleSince = now
+        }
         consecutiveFailures = 0
         backoffUntil = nil
         return pump(now: now)
@@ -178,15 +190,11 @@ struct PoolStateMachine<Job: AnyObject> {
     /// the work needs no hop to another loop.
     mutating func transactionFinished(on id: Int, now: Moment) -> Actions {
         guard connections[id] != nil else { return pump(now: now) }
-        update(id) { $0.load -= 1 }
+        update(id) {
+            $0.load -= 1
+            if $0.load == 0 { $0.idleSince = now }
+        }
         return pump(now: now, preferring: id)
-    }
-
-    /// Connection `id` is idle and its idle time is up: retire it unless work arrived.
-    mutating func idleTimedOut(_ id: Int) -> Bool {
-        guard connections[id]?.isIdle == true else { return false }
-        update(id) { $0.state = .retiring }
-        return true
     }
 
     /// Connection `id` closed (after QUIT, or because it failed after its session was ready).
@@ -232,15 +240,18 @@ struct PoolStateMachine<Job: AnyObject> {
                 actions.append(.drained)
             }
         }
+        if idleCount > 0 { scheduleIdleWake(preferring: preferred, into: &actions) }
         assert(countsAreRight, "the pool's counts of free and idle connections went wrong")
         return actions
     }
 
-    /// Retires connection `id` if it is idle and reached its message limit or lifetime.
+    /// Retires connection `id` if it is idle and reached its message limit, its lifetime or
+    /// its idle time.
     private mutating func retireIfExpired(_ id: Int, now: Moment, into actions: inout Actions) {
         guard let entry = connections[id], entry.isIdle else { return }
         if entry.sent >= configuration.maximumMessagesPerConnection
-            || now - entry.openedAt >= configuration.maximumConnectionLifetime {
+            || now - entry.openedAt >= configuration.maximumConnectionLifetime
+            || entry.idleSince.map({ now - $0 >= configuration.idleTimeout }) == true {
             update(id) { $0.state = .retiring }
             actions.append(.retire(id))
         }
@@ -261,11 +272,17 @@ struct PoolStateMachine<Job: AnyObject> {
             let job = waiting[waitingHead]!
             waiting[waitingHead] = nil
             waitingHead += 1
+            var probeFirst = false
+            let checkAfterIdle = configuration.checkAfterIdle
             update(id) {
+                if let since = $0.idleSince, $0.load == 0 {
+                    probeFirst = now - since >= checkAfterIdle
+                }
+                $0.idleSince = nil
                 $0.load += 1
                 $0.sent += 1
             }
-            actions.append(.dispatch(job, to: id))
+            actions.append(.dispatch(job, to: id, probeFirst: probeFirst))
         }
         if waitingHead == waiting.count {
             waiting.removeAllKeepingCapacity()
@@ -336,6 +353,19 @@ struct PoolStateMachine<Job: AnyObject> {
         let wait = (1 - tokens) / limit.messagesPerSecond
         scheduleWake(at: now + .nanoseconds(Int64((wait * 1e9).rounded(.up))), into: &actions)
         return false
+    }
+
+    /// Asks to be woken when the first idle connection's idle time is up: the connection that
+    /// just went idle's (a later one's is later than any asked for already), or after a scan,
+    /// the earliest.
+    private mutating func scheduleIdleWake(preferring preferred: Int?, into actions: inout Actions) {
+        let earliest: Moment?
+        if let preferred {
+            earliest = connections[preferred].flatMap { $0.isIdle ? $0.idleSince : nil }
+        } else {
+            earliest = connections.values.compactMap { $0.isIdle ? $0.idleSince : nil }.min()
+        }
+        if let earliest { scheduleWake(at: earliest + configuration.idleTimeout, into: &actions) }
     }
 
     private mutating func scheduleWake(at instant: Moment, into actions: inout Actions) {
