@@ -51,17 +51,27 @@ enum HistogramCodec {
                 putZigZag(Int64(clamping: count), into: &payload)
             }
         }
-        var plain: [UInt8] = []
-        plain.reserveCapacity(headerSize + payload.count)
-        put32(encodingCookie, into: &plain)
-        put32(UInt32(payload.count), into: &plain)
-        put32(0, into: &plain)  // normalizing index offset
-        put32(UInt32(histogram.numberOfSignificantValueDigits.rawValue), into: &plain)
-        put64(histogram.lowestDiscernibleValue, into: &plain)
-        put64(histogram.highestTrackableValue, into: &plain)
-        put64((1.0 as Double).bitPattern, into: &plain)  // integer-to-double conversion ratio
+        var plain = header(length: payload.count, digits: Int(histogram.numberOfSignificantValueDigits.rawValue),
+                           lowest: histogram.lowestDiscernibleValue, highest: histogram.highestTrackableValue)
         plain += payload
+        return wrap(plain)
+    }
 
+    /// The V2 header for a histogram of these parameters, its payload `length` octets.
+    static func header(length: Int, digits: Int, lowest: UInt64, highest: UInt64) -> [UInt8] {
+        var plain: [UInt8] = []
+        put32(encodingCookie, into: &plain)
+        put32(UInt32(length), into: &plain)
+        put32(0, into: &plain)  // normalizing index offset
+        put32(UInt32(digits), into: &plain)
+        put64(lowest, into: &plain)
+        put64(highest, into: &plain)
+        put64((1.0 as Double).bitPattern, into: &plain)  // integer-to-double conversion ratio
+        return plain
+    }
+
+    /// An uncompressed encoding compressed and in Base64, as a log carries it.
+    static func wrap(_ plain: [UInt8]) -> String {
         var compressed = [UInt8](repeating: 0, count: Int(compressBound(uLong(plain.count))))
         var length = uLong(compressed.count)
         let status = compressed.withUnsafeMutableBufferPointer { out in
@@ -108,16 +118,27 @@ enum HistogramCodec {
             throw DecodingError(description: "a header out of range (lowest \(lowest), highest \(highest))")
         }
         let layout = Layout(lowest: lowest, digits: digits)
+        // HdrHistogram's own bound: a layout past it cannot index a 64-bit value.
+        guard layout.unitMagnitude + layout.subBucketHalfCountMagnitude <= 61 else {
+            throw DecodingError(description: "a header out of range (lowest \(lowest), \(digits.rawValue) digits)")
+        }
+        // The last index whose values the merged histogram can hold.
+        let lastIndex = layout.index(of: histogram.highestTrackableValue)
         var position = headerSize
         let end = headerSize + payloadLength
         var index = 0
         while position < end {
             let word = try getZigZag(plain, at: &position, end: end)
             if word < 0 {
+                // A run of zeros; one past the last index could only precede a count too far.
+                guard word >= -Int64(lastIndex) - 1 else { throw DecodingError(description: "a run of zeros past the range") }
                 index += Int(-word)
                 continue
             }
             if word > 0 {
+                guard index <= lastIndex else {
+                    throw DecodingError(description: "a count at index \(index), beyond the merged histogram's range")
+                }
                 // The bucket's highest value, as HdrHistogram reports a bucket (Swift's
                 // percentiles are clamped to the largest value recorded).
                 let value = layout.highestValue(at: index)

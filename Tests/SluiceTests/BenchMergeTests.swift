@@ -70,6 +70,27 @@ import Testing
         }
     }
 
+    @Test func aHostileEncodingIsRefusedNotTrappedOn() throws {
+        func encoding(lowest: UInt64 = 1, digits: Int = 3, words: [Int64]) -> Substring {
+            var payload: [UInt8] = []
+            for word in words { HistogramCodec.putZigZag(word, into: &payload) }
+            return HistogramCodec.wrap(HistogramCodec.header(length: payload.count, digits: digits, lowest: lowest,
+                                                             highest: 1 << 40) + payload)[...]
+        }
+        let hostile: [(Substring, String)] = [
+            (encoding(words: [.min, 1]), "a run of zeros past the range"),
+            (encoding(words: [-1_000_000_000, 5]), "a run of zeros past the range"),
+            (encoding(words: [-10_000, -10_000, -10_000, 1]), "beyond the merged histogram's range"),
+            (encoding(lowest: 1 << 62, words: [1]), "a header out of range"),
+            (encoding(digits: 9, words: [1]), "significant digits"),
+        ]
+        for (text, said) in hostile {
+            var histogram = Histogram<UInt64>.latencies()
+            #expect { try HistogramCodec.decode(text, into: &histogram) } throws: { "\($0)".contains(said) }
+            #expect(histogram.totalCount == 0)
+        }
+    }
+
     @Test func twoBenchesStartedTogetherMergeIntoOneResultThatHdrHistogramAgreesWith() async throws {
         guard let python = await peerPython(importing: ["hdrh"]), let sluice = sluiceCommand() else { return }
         let directory = try makeTemporaryDirectory("sluice-merge")
@@ -78,8 +99,9 @@ import Testing
             $0.faults.replies = [ReplyRule(domain: "refused.test", rate: .everyNth(4), reply: SMTPReply(.mailboxUnavailable, nil, "no"))]
         }
         defer { Task { await sink.shutdown() } }
-        // Far enough ahead for both processes to set up, even under a sanitizer.
-        let startAt = String(Int(Date().timeIntervalSince1970) + 6)
+        // Far enough ahead for both processes to start and set up, even under a sanitizer with
+        // the whole suite running (a start 6 s ahead had passed when one began under ASan).
+        let startAt = String(Int(Date().timeIntervalSince1970 + 6 * testTimeScale))
         let logs = ["a", "b"].map { "\(directory)/\($0).hlog" }
         // Two processes, as two hosts would run them: the second refuses a quarter (a recipient
         // domain the sink refuses), so the merge has failures to add.
@@ -90,7 +112,7 @@ import Testing
             "bench", "--target", "127.0.0.1:\(sink.localAddress.port)", "--security", "none", "--messages", "2000",
             "--connections", "3", "--to", "a@sink.test,b@sink.test,c@sink.test,d@refused.test", "--recipients", "4",
             "--start-at", startAt, "--hdr-out", logs[1], "--json"]) }
-        let runs = try await withDeadline(.seconds(120), "two benches") { [try await firstRun.value, try await secondRun.value] }
+        let runs = try await withDeadline(scaled(.seconds(120)), "two benches") { [try await firstRun.value, try await secondRun.value] }
         #expect(runs[0].status == 0, "\(runs[0].error)")
         let started = try BenchCommandTests.object(runs[0].output)
         #expect(started["messages"] as? Int == 3000)
