@@ -1,6 +1,7 @@
 import ArgumentParser
 import Foundation
 import Sluice
+import SluiceTransport
 import Synchronization
 
 /// A `--target HOST:PORT[=WEIGHT]`: a server and its share of the connections.
@@ -147,10 +148,10 @@ final class BenchRecorder: Sendable {
         let connectionCount: BenchMetrics?
     }
 
-    private let state: Mutex<Run>
+    private let state: Locked<Run>
 
     init(series: TimeSeries?, lanes: Int, connectionCount: BenchMetrics?, progress: Progress) {
-        state = Mutex(Run(series: series, progress: progress, lanes: Array(repeating: LaneCount(), count: lanes),
+        state = Locked(Run(series: series, progress: progress, lanes: Array(repeating: LaneCount(), count: lanes),
                           connectionCount: connectionCount))
     }
 

@@ -1,6 +1,7 @@
 import ArgumentParser
 import Foundation
 import Sluice
+import SluiceTransport
 import SluiceMIME
 import SluiceSink
 import Synchronization
@@ -325,7 +326,7 @@ struct BenchMessages: Sendable {
 /// The checksum field for each body length a run draws, made once per length: a body is a
 /// function of its length alone.
 private final class ChecksumCache: Sendable {
-    private let fields = Mutex<[Int: [UInt8]]>([:])
+    private let fields = Locked<[Int: [UInt8]]>([:])
 
     /// The field for the generated body of `length` octets, made (and the body hashed) once.
     func field(forBodyLength length: Int) -> [UInt8] {

@@ -1,6 +1,7 @@
 import Histogram
 import Metrics
 import Sluice
+import SluiceTransport
 import Synchronization
 
 /// The bench's metrics backend: it counts the client's connections opened and closed (the
@@ -32,7 +33,7 @@ final class BenchMetrics: MetricsFactory, Sendable {
 
     final class PhaseTimer: TimerHandler, Sendable {
         let phase: String
-        let histogram = Mutex(Histogram<UInt64>.latencies())
+        let histogram = Locked(Histogram<UInt64>.latencies())
 
         init(_ phase: String) { self.phase = phase }
 

@@ -1,6 +1,7 @@
 import ArgumentParser
 import Foundation
 import Sluice
+import SluiceTransport
 import SluiceSink
 import Synchronization
 
@@ -182,7 +183,7 @@ struct SoakCommand: AsyncParsableCommand {
         let mails = OverloadMails(count: count, size: size, taken: taken)
         let before = ResourceSample.now(at: .zero)
         sink.pauseReading()
-        let reports = Mutex<[DeliveryReport.Outcome: Int]>([:])
+        let reports = Locked<[DeliveryReport.Outcome: Int]>([:])
         let consumer = Task {
             for try await report in client.send(contentsOf: mails, maximumInFlight: maximumInFlight) {
                 reports.withLock { $0[report.outcome, default: 0] += 1 }

@@ -9,7 +9,7 @@ import Testing
 struct BenchCommandTests {
     static func bench(_ arguments: [String]) async throws -> (status: Int32, output: String, error: String)? {
         guard let sluice = sluiceCommand() else { return nil }
-        return try await withDeadline(.seconds(120), "sluice bench") {
+        return try await withDeadline(scaled(.seconds(120)), "sluice bench") {
             try await runInBackground(sluice, ["bench"] + arguments)
         }
     }

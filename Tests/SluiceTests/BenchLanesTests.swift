@@ -42,6 +42,7 @@ import Testing
     @Test func theOpenModelSplitsArrivalsByWeightAcrossTwoSinks() async throws {
         let first = try await startSink { _ in }
         let second = try await startSink { _ in }
+        try await shuttingDown(first, second) {
         guard let run = try await BenchCommandTests.bench([
             "--target", "127.0.0.1:\(first.localAddress.port)=3", "--target", "127.0.0.1:\(second.localAddress.port)",
             "--security", "none", "--rate", "2000", "--max-lateness", "600", "--messages", "2000", "--connections", "4", "--json"])
@@ -54,8 +55,7 @@ import Testing
         let lanes = try #require(result["lanes"] as? [[String: Any]])
         #expect(lanes.map { $0["messages"] as? Int } == [1500, 500])
         #expect(lanes.map { $0["connections"] as? Int } == [3, 1])
-        await first.shutdown()
-        await second.shutdown()
+        }
     }
 
     @Test func aTLSShareRunsTLSOnThatShareOfTheConnections() async throws {
@@ -100,11 +100,12 @@ import Testing
         try Data("name,count\nada,1\n".utf8).write(to: URL(fileURLWithPath: directory + "/list.csv"))
         try FileManager.default.createDirectory(atPath: directory + "/maildir", withIntermediateDirectories: true)
         let sink = try await startSink { $0.store = .maildir(directory + "/maildir") }
-        guard let run = try await BenchCommandTests.bench([
-            "--target", "127.0.0.1:\(sink.localAddress.port)", "--security", "none", "--messages", "5", "--connections", "1",
-            "--attach", directory + "/report.bin", "--attach", directory + "/list.csv", "--json"])
-        else { return }
-        await sink.shutdown()
+        let sent = try await shuttingDown(sink) {
+            try await BenchCommandTests.bench([
+                "--target", "127.0.0.1:\(sink.localAddress.port)", "--security", "none", "--messages", "5", "--connections", "1",
+                "--attach", directory + "/report.bin", "--attach", directory + "/list.csv", "--json"])
+        }
+        guard let run = sent else { return }
         #expect(run.status == 0, "\(run.error)")
         let script = """
             import hashlib, json, mailbox, sys

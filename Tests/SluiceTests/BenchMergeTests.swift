@@ -98,7 +98,7 @@ import Testing
         let sink = try await startSink {
             $0.faults.replies = [ReplyRule(domain: "refused.test", rate: .everyNth(4), reply: SMTPReply(.mailboxUnavailable, nil, "no"))]
         }
-        defer { Task { await sink.shutdown() } }
+        try await shuttingDown(sink) {
         // Far enough ahead for both processes to start and set up, even under a sanitizer with
         // the whole suite running (a start 6 s ahead had passed when one began under ASan).
         let startAt = String(Int(Date().timeIntervalSince1970 + 6 * testTimeScale))
@@ -172,6 +172,7 @@ import Testing
             #expect(abs((merged["elapsedSeconds"] as? Double ?? 0) - elapsed) < 0.5, "\(merged["elapsedSeconds"] ?? "") against \(elapsed)")
         }
         #expect(sink.statistics.messages == 5000, "a message refused one recipient of four is still delivered")
+        }
     }
 
     @Test func aLogWithoutAResultADamagedLineAndAStartInThePastAreRefusedClearly() async throws {

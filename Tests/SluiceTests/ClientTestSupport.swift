@@ -59,3 +59,16 @@ func smtpError(_ body: () async throws -> DeliveryReport) async -> SMTPError? {
         return nil
     }
 }
+
+/// Runs `body`, then shuts `sinks` down whether it returned or threw: a sink left running
+/// keeps its loop threads, and the test process cannot exit.
+func shuttingDown<T>(_ sinks: SMTPSink..., after body: () async throws -> T) async throws -> T {
+    do {
+        let result = try await body()
+        for sink in sinks { await sink.shutdown() }
+        return result
+    } catch {
+        for sink in sinks { await sink.shutdown() }
+        throw error
+    }
+}

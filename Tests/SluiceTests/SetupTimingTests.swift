@@ -20,6 +20,7 @@ import Testing
             $0.metrics.timesTransactionPhases = true
             $0.pipelining.chunking = false  // DATA: the content waits for the envelope's replies
         }
+        try await shuttingDown(sink) {
         for number in 1...3 {
             let report = try await client.send(
                 EncodedMessage(bytes: Array("From: a@example.com\r\nSubject: \(number)\r\n\r\nHi\r\n".utf8)),
@@ -27,7 +28,7 @@ import Testing
             #expect(report.outcome == .accepted)
         }
         await client.shutdown()
-        await sink.shutdown()
+        }
         let setup = metrics.phaseLatencies
         #expect(setup.map(\.phase) == ["connect", "greeting", "ehlo", "starttls", "tls", "auth", "envelope", "data"])
         #expect(setup.map(\.latency.totalCount) == [3, 3, 6, 3, 3, 3, 3, 3], "EHLO before and after STARTTLS")
@@ -37,10 +38,11 @@ import Testing
     @Test func transactionPhasesAreTimedOnlyWhenAskedFor() async throws {
         let sink = try await startSink()
         let metrics = BenchMetrics()
-        let client = try makeClient(for: sink) { $0.metrics.factory = metrics }
-        _ = try await client.send(EncodedMessage(bytes: Array("From: a@example.com\r\n\r\nHi\r\n".utf8)), envelope: envelope("b@example.org"))
-        await client.shutdown()
-        await sink.shutdown()
+        try await shuttingDown(sink) {
+            let client = try makeClient(for: sink) { $0.metrics.factory = metrics }
+            _ = try await client.send(EncodedMessage(bytes: Array("From: a@example.com\r\n\r\nHi\r\n".utf8)), envelope: envelope("b@example.org"))
+            await client.shutdown()
+        }
         #expect(metrics.phaseLatencies.map(\.phase) == ["connect", "greeting", "ehlo"], "no clock read per message by default")
     }
 
