@@ -382,7 +382,7 @@ struct BenchCommand: AsyncParsableCommand {
             phases: benchMetrics.phaseLatencies)
         print(json ? result.json : result.text)
         if let log = run.series?.log {
-            log.comment(BenchRecord.commentPrefix + BenchRecord(result, acceptedBySecond: run.series?.seconds.map(\.accepted) ?? []).encoded + "]")
+            log.comment(BenchRecord(result, acceptedBySecond: run.series?.seconds.map(\.accepted) ?? []).comment)
             log.close()
         }
         if let report, let series = run.series {

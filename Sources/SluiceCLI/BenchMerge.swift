@@ -45,7 +45,7 @@ struct BenchMergeCommand: ParsableCommand {
                 for (second, histogram) in merged.histograms.enumerated() {
                     log.interval(start: Double(second), length: 1, histogram: histogram)
                 }
-                log.comment(BenchRecord.commentPrefix + merged.record.encoded + "]")
+                log.comment(merged.record.comment)
                 log.close()
             }
         } catch {
@@ -133,6 +133,9 @@ struct BenchRecord: Codable {
             ? .open(rate: rate, stages: stages, dropped: dropped ?? 0, maximumLateness: maximumLateness ?? 0)
             : .closed(inFlight: inFlight ?? 0, stages: stages)
     }
+
+    /// The log's comment that carries it (without the `#`).
+    var comment: String { Self.commentPrefix + encoded + "]" }
 
     /// One line of JSON.
     var encoded: String {

@@ -176,12 +176,7 @@ enum HistogramCodec {
             return ((bucket + 1) << subBucketHalfCountMagnitude) + subBucket - subBucketHalfCount
         }
 
-        /// The lowest and the highest value counted at `index`.
-        func value(at index: Int) -> UInt64 {
-            let (subBucket, shift) = position(of: index)
-            return UInt64(subBucket) << shift
-        }
-
+        /// The highest value counted at `index`.
         func highestValue(at index: Int) -> UInt64 {
             let (subBucket, shift) = position(of: index)
             return (UInt64(subBucket + 1) << shift) - 1
