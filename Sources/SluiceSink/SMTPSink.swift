@@ -73,6 +73,10 @@ public struct SinkConfiguration: Sendable {
     /// How long a graceful shutdown of the sink as a `Service` lets transactions in progress
     /// finish (see ``SMTPSink/drain(grace:)``).
     public var drainGrace: Duration = .seconds(10)
+    /// How long a draining session between commands may take to send its next command
+    /// before it gets its 421: a client that has just had its 250 is usually about to QUIT,
+    /// and is answered 221 if it does.
+    public var drainSettle: Duration = .milliseconds(250)
 
     /// The defaults: 127.0.0.1:2525, every extension but STARTTLS and AUTH, discard.
     public init() {}

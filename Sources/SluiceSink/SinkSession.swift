@@ -126,6 +126,8 @@ final class SinkSession: ConnectionHandler, @unchecked Sendable {
     @exclusivity(unchecked) private var delayTimer: LoopTimer?
     /// Ends the hold after a failed AUTH or a tarpit's hold.
     @exclusivity(unchecked) private var holdTimer: LoopTimer?
+    /// Ends the wait for a draining session's next command.
+    @exclusivity(unchecked) private var drainTimer: LoopTimer?
     /// Output held by a reply delay or a penalty, in order, each with when it is due (never
     /// before the one in front of it).
     @exclusivity(unchecked) private var outbox: [(out: Out, due: ContinuousClock.Instant)] = []
@@ -224,10 +226,19 @@ final class SinkSession: ConnectionHandler, @unchecked Sendable {
     }
 
     /// The sink is shutting down: the session finishes the content it is reading, then closes.
+    ///
+    /// A session between commands has ``SinkConfiguration/drainSettle`` to send its next command
+    /// (a client that has just had its 250 is usually about to QUIT, and deserves its 221);
+    /// then it gets its 421.
     func drain() {
         connection.eventLoop.execute { [self] in
             guard !isClosed else { return }
             perform(machine.drainRequested())
+            guard !isClosed else { return }
+            drainTimer = connection.eventLoop.scheduleTimer(after: shared.configuration.drainSettle) { [self] in
+                guard !isClosed else { return }
+                perform(machine.drainSettled())
+            }
         }
     }
 
@@ -239,6 +250,7 @@ final class SinkSession: ConnectionHandler, @unchecked Sendable {
         deadlineTimer?.cancel()
         delayTimer?.cancel()
         holdTimer?.cancel()
+        drainTimer?.cancel()
         shared.counters.activeSessions.subtract(1, ordering: .relaxed)
     }
 

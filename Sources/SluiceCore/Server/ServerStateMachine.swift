@@ -120,8 +120,18 @@ public struct ServerStateMachine: Sendable {
     /// AUTH attempts that failed on this connection (each ``Action/authenticationFailed(failures:)``
     /// tells the driver the count).
     private var authenticationFailures = 0
-    /// Shutting down: the transaction whose content is arriving may finish; nothing else starts.
-    private var draining = false
+    /// Shutting down: the transaction whose content is arriving may finish, and a QUIT is
+    /// answered; nothing else starts.
+    private var drain = Drain.no
+
+    /// How far a shutdown has come for this session.
+    private enum Drain {
+        case no
+        /// Draining: the next command decides (QUIT gets its 221, anything else a 421).
+        case awaitingNextCommand
+        /// The settling time is over: a session between commands is closed at once.
+        case closing
+    }
 
     private struct Transaction: Sendable {
         var from: EnvelopeAddress?
@@ -212,11 +222,8 @@ public struct ServerStateMachine: Sendable {
             write(reply)
         }
         transaction = nil
-        if draining {
-            closeForShutdown()
-            return finish()
-        }
         process()
+        if drain == .closing, case .command = phase { closeForShutdown() }
         return finish()
     }
 
@@ -258,16 +265,32 @@ public struct ServerStateMachine: Sendable {
     }
 
     /// The server is shutting down: a transaction whose content is arriving (or being stored)
-    /// finishes and gets its reply; every other command is answered 421, and the connection
-    /// closes. A session between commands gets the 421 at once.
+    /// finishes and gets its reply. The next command decides the rest: QUIT gets its 221, as
+    /// RFC 5321 asks, and anything else a 421 and the close. A session in the middle of its
+    /// greeting, TLS or AUTH gets the 421 at once.
+    ///
+    /// A client that has just had its reply is usually about to QUIT; so the driver waits a
+    /// moment for that before it calls ``drainSettled()``, which closes a session that is
+    /// still between commands.
     public mutating func drainRequested() -> [Action] {
-        draining = true
+        guard drain == .no else { return [] }
+        drain = .awaitingNextCommand
         switch phase {
-        case .data, .chunk, .delivering, .closed:
-            break  // the end of the content (or the close) comes first
-        case .greeting, .awaitingTLS, .command, .authentication, .discardingLine, .held:
+        case .data, .chunk, .delivering, .command, .closed:
+            break  // the end of the content, the next command (or the close) comes first
+        case .greeting, .awaitingTLS, .authentication, .discardingLine, .held:
             closeForShutdown()
         }
+        return finish()
+    }
+
+    /// The moment for a draining session's next command is over: a session between commands
+    /// gets its 421 and is closed now; one whose content is still arriving is closed as soon
+    /// as that content has its reply.
+    public mutating func drainSettled() -> [Action] {
+        guard drain != .no else { return [] }
+        drain = .closing
+        if case .command = phase { closeForShutdown() }
         return finish()
     }
 
@@ -417,7 +440,7 @@ public struct ServerStateMachine: Sendable {
     // MARK: Commands
 
     private mutating func command(_ line: [UInt8]) {
-        if draining {
+        if drain != .no, Verb(line.prefix { $0 != UInt8(ascii: " ") }) != .quit {
             closeForShutdown()
             return
         }

@@ -119,6 +119,51 @@ struct ServerStateMachineTests {
         #expect(ServerHarness.codes(refused) == ["451", "221"])
     }
 
+    @Test func aDrainingSessionIsAnsweredByItsNextCommandQUITWithA221() {
+        var quitting = ServerHarness()
+        _ = quitting.connect()
+        _ = quitting.client("EHLO c\r\n")
+        #expect(quitting.apply(quitting.machine.drainRequested()).isEmpty, "between commands, the next command decides")
+        #expect(!quitting.closed)
+        #expect(ServerHarness.codes(quitting.client("QUIT\r\n")) == ["221"])
+        #expect(quitting.closed)
+
+        var mailing = ServerHarness()
+        _ = mailing.connect()
+        _ = mailing.client("EHLO c\r\n")
+        _ = mailing.apply(mailing.machine.drainRequested())
+        let refused = mailing.client("MAIL FROM:<s@example.com>\r\nQUIT\r\n")
+        #expect(ServerHarness.codes(refused) == ["421"], "nothing new starts, and nothing after the 421 is read")
+        #expect(mailing.closed)
+
+        var silent = ServerHarness()
+        _ = silent.connect()
+        _ = silent.client("EHLO c\r\n")
+        _ = silent.apply(silent.machine.drainRequested())
+        let settled = silent.apply(silent.machine.drainSettled())
+        #expect(ServerHarness.codes(settled) == ["421"] && silent.closed, "the moment is over: \(settled)")
+    }
+
+    @Test func contentInFlightAtTheDrainGetsItsReplyThenQUITOrThe421() {
+        var h = ServerHarness()
+        h.holdDeliveries = true
+        _ = h.connect()
+        _ = h.client(Self.session)
+        _ = h.apply(h.machine.drainRequested())
+        #expect(ServerHarness.codes(h.apply(h.machine.deliveryFinished(.stored(id: "Q1")))) == ["250", "221"],
+                "the QUIT sent behind the content is answered")
+
+        var late = ServerHarness()
+        late.holdDeliveries = true
+        _ = late.connect()
+        _ = late.client("EHLO c\r\nMAIL FROM:<s@example.com>\r\nRCPT TO:<a@example.com>\r\nDATA\r\nx\r\n.\r\n")
+        _ = late.apply(late.machine.drainRequested())
+        _ = late.apply(late.machine.drainSettled())
+        #expect(!late.closed, "the message being stored is not cut off")
+        let replies = late.apply(late.machine.deliveryFinished(.stored(id: "Q1")))
+        #expect(ServerHarness.codes(replies) == ["250", "421"] && late.closed, "\(replies)")
+    }
+
     @Test func smuggledSecondMessageIsNeverStored() {
         for attack in ["a\n.\nMAIL FROM:<evil@example.com>\r\n", "a\r.\rMAIL FROM:<evil@example.com>\r\n",
                        "a\r\n.\nMAIL FROM:<evil@example.com>\r\n", "a\n.\r\nMAIL FROM:<evil@example.com>\r\n"] {
