@@ -173,7 +173,7 @@ struct ClientAuthenticationBoundsTests {
         #expect(h.isClosed, "the exchange is bounded")
         #expect(h.closeError?.kind == .authenticationFailed)
         #expect(h.writes.filter { $0 == "*\r\n" }.count <= 1, "one cancel, not one per challenge")
-        #expect(answers <= Machine.maximumAuthenticationChallenges)
+        #expect(answers <= OpeningStateMachine.maximumAuthenticationChallenges)
     }
 
     @Test func scramRefusesAnIterationCountAboveTheCap() {
