@@ -167,6 +167,8 @@ let package = Package(
             dependencies: [
                 "SluiceCore",
                 "Sluice",  // the client's OpenSSL primitives for the SASL test vectors
+                "SluiceSink",  // the server machine reads encoded commands back
+                "SluiceTestSupport",  // the server harness, for client and server together
                 .product(name: "PropertyBased", package: "swift-property-based"),
             ],
             swiftSettings: strict

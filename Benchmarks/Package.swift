@@ -16,7 +16,7 @@ let package = Package(
     ],
     targets: [
         suite("TransportBenchmarks", ["SluiceTransport"]),
-        suite("CoreBenchmarks", ["SluiceCore", "SluiceTransport"]),
+        suite("CoreBenchmarks", ["SluiceCore", "SluiceSink", "SluiceTransport"]),
         suite("ClientBenchmarks", ["Sluice", "SluiceSink"]),
         suite("MIMEBenchmarks", ["SluiceMIME"]),
         suite("DKIMBenchmarks", ["Sluice"]),

@@ -17,7 +17,7 @@ let package = Package(
         .target(name: "FuzzSupport", dependencies: ["CLibFuzzer"], path: "Targets/FuzzSupport",
                 swiftSettings: [.swiftLanguageMode(.v6)]),
         fuzzer("FuzzReplyParser", ["SluiceCore"]),
-        fuzzer("FuzzServerCommands", ["SluiceCore"]),
+        fuzzer("FuzzServerCommands", ["SluiceCore", "SluiceSink"]),
         fuzzer("FuzzAddresses", ["SluiceCore", "SluiceMIME"]),
         fuzzer("FuzzRawMessage", ["SluiceMIME"]),
         fuzzer("FuzzClientStateMachine", ["SluiceCore"]),

@@ -1,5 +1,5 @@
 public import Logging
-public import SluiceCore
+import SluiceCore
 public import SluiceTransport
 #if DistributedTracingSupport
 public import Tracing
@@ -82,7 +82,7 @@ public struct SinkConfiguration: Sendable {
     public init() {}
 }
 
-/// A fast SMTP sink on SluiceTransport's loops and SluiceCore's server state machine: it takes
+/// A fast SMTP sink on SluiceTransport's loops and its server state machine: it takes
 /// mail (to discard, memory, a Maildir or an mbox), can misbehave on demand, and counts.
 ///
 /// ```swift

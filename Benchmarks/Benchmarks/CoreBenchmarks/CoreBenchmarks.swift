@@ -1,5 +1,6 @@
 import Benchmark
 import SluiceCore
+import SluiceSink
 import SluiceTransport
 
 /// Protocol-core benchmarks: instructions and allocations per reply parsed, per command
@@ -120,7 +121,7 @@ func respond(_ server: inout ServerStateMachine, _ input: [UInt8]) -> [UInt8] {
             switch action {
             case .write(let bytes): out += bytes
             case .deliver: next += server.deliveryFinished(.stored(id: "x"))
-            case .startTLS, .close, .authenticationFailed: break
+            case .startTLS, .close, .authenticationFailed, .hold: break
             }
         }
         actions = next

@@ -1,5 +1,6 @@
 import FuzzSupport
 import SluiceCore
+import SluiceSink
 
 /// Arbitrary client bytes through the sink's server state machine (AUTH users, small limits):
 /// it never traps, answers with replies that end in CRLF, never delivers content that exceeds

@@ -53,7 +53,7 @@ public struct SMTPReply: Hashable, Sendable, CustomStringConvertible {
 
     /// Appends one reply line — `250-text` or `250 2.1.0 text`, then CRLF — without building
     /// a reply value or any intermediate string (the server's hot path).
-    static func encodeLine(
+    package static func encodeLine(
         code: SMTPStatusCode, enhancedCode: EnhancedStatusCode?, text: String, isLast: Bool, into bytes: inout [UInt8]
     ) {
         bytes.appendDecimal(code.rawValue)

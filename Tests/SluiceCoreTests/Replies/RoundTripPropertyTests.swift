@@ -2,6 +2,7 @@ import PropertyBased
 import Synchronization
 import Testing
 @testable import SluiceCore
+import SluiceSink  // the server reads an encoded address back
 
 @Suite("Round-trip properties")
 struct RoundTripPropertyTests {

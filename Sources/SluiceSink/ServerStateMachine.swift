@@ -1,3 +1,5 @@
+public import SluiceCore
+
 /// The server side of one SMTP connection, as a state machine: fed the client's bytes, it
 /// returns the replies to write and what to do. The sink runs on it.
 ///
