@@ -256,6 +256,11 @@ struct SendResult: Encodable {
         let command: String?
         /// Whether a later try may succeed.
         let transient: Bool
+        /// The reply code that decided it, if a reply did.
+        let code: Int?
+        /// The enhanced status code: the server's, or for a message refused here the one that
+        /// says why (`5.3.4` too large for the server's SIZE).
+        let enhancedCode: String?
         let message: String
     }
     let outcome: String
@@ -271,7 +276,8 @@ struct SendResult: Encodable {
                       enhancedCode: $0.enhancedCode.map { "\($0)" }, text: $0.text, bounceClass: $0.bounceClass?.rawValue)
         }
         self.error = error.map {
-            Failure(kind: Self.kindName($0.kind), command: $0.command, transient: $0.isTransient, message: $0.description)
+            Failure(kind: Self.kindName($0.kind), command: $0.command, transient: $0.isTransient, code: $0.code,
+                    enhancedCode: $0.enhancedCode.map { "\($0)" }, message: $0.description)
         }
     }
 

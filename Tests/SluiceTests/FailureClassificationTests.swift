@@ -105,6 +105,9 @@ struct FailureClassificationTests {
              message: "SMTP timeout (the greeting): no reply in time", bounceClass: .connection),
         Cell(name: "a protocol violation", peer: scripted(["DATA": "250 2.0.0 taken without content\r\n"]),
              outcome: .deferred, kind: "protocolViolation", command: "DATA", code: 250, recipientsCarryTheReply: false, bounceClass: .protocol),
+        Cell(name: "a malformed reply", peer: scripted(["MAIL": "25O ok\r\n"]),
+             outcome: .deferred, kind: "protocolViolation", command: "MAIL",
+             message: "SMTP protocol (MAIL): malformed reply: 25O ok", bounceClass: .protocol),
     ]
 
     /// The peer started for `cell`, its port, and how to stop it.

@@ -99,6 +99,8 @@ struct HostilePeerTests {
         #expect(run.status == 3, "exit 3: the server's limit refuses the message: \(run.output) \(run.error)")
         #expect(run.report?.outcome == "rejected")
         #expect(run.report?.error?.message.contains("takes at most 100") == true, "\(run.output)")
+        #expect(run.report?.error?.enhancedCode == "5.3.4", "the code that says why, with no reply: \(run.output)")
+        #expect(run.report?.error?.code == nil)
         #expect(run.report?.recipients.map(\.bounceClass) == ["message-too-large"], "\(run.output)")
     }
 

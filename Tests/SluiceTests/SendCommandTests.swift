@@ -21,6 +21,8 @@ struct SendCommandTests {
             let kind: String
             let command: String?
             let transient: Bool?
+            let code: Int?
+            let enhancedCode: String?
             let message: String
         }
         let outcome: String

@@ -68,8 +68,9 @@ public struct SMTPError: Error, Sendable, Hashable, CustomStringConvertible {
     public var detail: String { storage.fields.detail }
     /// Whether trying again later may succeed (a 4xx, a lost connection, a timeout).
     public var isTransient: Bool { storage.fields.isTransient }
-    /// The session error from the protocol layer, when there was one.
-    public var sessionError: SMTPSessionError? { storage.fields.sessionError }
+    /// The session error from the protocol layer, when there was one. Not public: everything
+    /// it says is in ``kind``, ``command``, ``reply``, ``detail`` and ``enhancedCode``.
+    package var sessionError: SMTPSessionError? { storage.fields.sessionError }
     /// The transport error (connect, TLS, socket), when there was one.
     public var transportError: TransportError? { storage.fields.transportError }
 
@@ -100,8 +101,11 @@ public struct SMTPError: Error, Sendable, Hashable, CustomStringConvertible {
 
     /// The reply code, if a reply decided it.
     public var code: Int? { reply?.code.rawValue }
-    /// The enhanced status code, if the server sent one.
-    public var enhancedCode: EnhancedStatusCode? { reply?.enhancedCode }
+    /// The enhanced status code: the server's, if its reply had one; for a message refused
+    /// here before anything was sent, the code that says why (`5.3.4` larger than the
+    /// server's SIZE, `5.6.7` an address that needs SMTPUTF8, `5.6.3` 8-bit content without
+    /// 8BITMIME).
+    public var enhancedCode: EnhancedStatusCode? { reply?.enhancedCode ?? sessionError?.enhancedCode }
     /// The server's text, if a reply decided it.
     public var text: String? { reply?.text }
     /// The message's report: every recipient's status (nil for errors that are not about

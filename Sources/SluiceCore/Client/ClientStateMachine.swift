@@ -245,7 +245,8 @@ public struct ClientStateMachine: Sendable {
             do {
                 reply = try parser.nextReply()
             } catch {
-                fail(SMTPSessionError(.protocolViolation, "\(error)"))
+                // The parser's kind and detail; "protocol" is said by the session error's kind.
+                fail(SMTPSessionError(.protocolViolation, "\(error.kind): \(error.detail)", command: awaitedCommand))
                 return
             }
             guard let reply else { break }
@@ -278,12 +279,19 @@ public struct ClientStateMachine: Sendable {
         switch state {
         case .closed, .idle:
             return []
-        case .opening:
-            fail(SMTPSessionError(.timeout, "no reply in time", command: opening.awaitedName))
-        case .ready, .quitting:
-            fail(SMTPSessionError(.timeout, "no reply in time", command: pipeline.awaitedCommand ?? "the server"))
+        case .opening, .ready, .quitting:
+            fail(SMTPSessionError(.timeout, "no reply in time", command: awaitedCommand ?? "the server"))
         }
         return finish()
+    }
+
+    /// The command whose reply is awaited first (or the part of the opening), for errors.
+    private var awaitedCommand: String? {
+        switch state {
+        case .opening: opening.awaitedName
+        case .ready, .quitting: pipeline.awaitedCommand
+        case .idle, .closed: nil
+        }
     }
 
     /// A message to send on this connection.
