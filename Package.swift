@@ -96,6 +96,7 @@ let package = Package(
         .target(
             name: "SluiceTransport",
             dependencies: [
+                "SluiceCore",  // SASL's primitives are given to it from OpenSSL here
                 "CLibUV",
                 "COpenSSL",
                 .product(name: "Logging", package: "swift-log"),
@@ -166,7 +167,7 @@ let package = Package(
             name: "SluiceCoreTests",
             dependencies: [
                 "SluiceCore",
-                "Sluice",  // the client's OpenSSL primitives for the SASL test vectors
+                "SluiceTransport",  // OpenSSL's primitives for the SASL test vectors
                 "SluiceSink",  // the server machine reads encoded commands back
                 "SluiceTestSupport",  // the server harness, for client and server together
                 .product(name: "PropertyBased", package: "swift-property-based"),

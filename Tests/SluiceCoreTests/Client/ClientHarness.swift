@@ -1,6 +1,6 @@
 import Testing
 @testable import SluiceCore
-@testable import Sluice  // OpenSSLCryptography
+import SluiceTransport  // OpenSSLCryptography, as the client wires it
 
 /// A transaction with its body, which the harness keeps to render what the machine writes.
 struct TestTransaction {

@@ -1,5 +1,5 @@
 import Testing
-@testable import Sluice  // OpenSSLCryptography, as the client wires it
+import SluiceTransport  // OpenSSLCryptography, as the client wires it
 @testable import SluiceCore
 
 /// Every reply answers one command that has already been written. A reply that comes before

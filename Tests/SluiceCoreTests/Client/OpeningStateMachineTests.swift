@@ -1,6 +1,6 @@
 import Testing
 @testable import SluiceCore
-@testable import Sluice  // OpenSSLCryptography
+import SluiceTransport  // OpenSSLCryptography, as the client wires it
 
 /// The opening on its own: replies in, one step out, no parser, timer or transport.
 @Suite("Client opening state machine")

@@ -1,5 +1,5 @@
 import Testing
-@testable import Sluice  // OpenSSLCryptography, as the client wires it
+import SluiceTransport  // OpenSSLCryptography, as the client wires it
 @testable import SluiceCore
 
 private func text(_ command: SMTPCommand) -> String { String(decoding: command.encoded, as: UTF8.self) }
