@@ -218,52 +218,33 @@ public struct RawMessage: Sendable, Hashable {
 public struct MessageError: Error, Hashable, Sendable, CustomStringConvertible {
     /// What is wrong.
     public struct Kind: Hashable, Sendable, CustomStringConvertible {
-        private enum Base: Hashable, Sendable {
-            case nulByte, lineTooLong, noHeaders, malformedHeader, missingFrom, unreadable
-            case invalidHeader, reservedHeader, invalidMessageID, invalidContentType, needsSMTPUTF8
-        }
-        private let base: Base
-        private init(_ base: Base) { self.base = base }
+        /// The kind in words, as messages say it.
+        public let description: String
+        private init(_ description: String) { self.description = description }
 
         /// A NUL byte, which is never sent.
-        public static let nulByte = Kind(.nulByte)
+        public static let nulByte = Kind("NUL byte")
         /// A line longer than 998 octets; the content must be encoded.
-        public static let lineTooLong = Kind(.lineTooLong)
+        public static let lineTooLong = Kind("line too long")
         /// The message does not start with a header section.
-        public static let noHeaders = Kind(.noHeaders)
+        public static let noHeaders = Kind("no header section")
         /// A header line that is not `Name: value` or a continuation.
-        public static let malformedHeader = Kind(.malformedHeader)
+        public static let malformedHeader = Kind("malformed header")
         /// No `From` header (RFC 5322 §3.6 requires one).
-        public static let missingFrom = Kind(.missingFrom)
+        public static let missingFrom = Kind("missing From header")
         /// The file could not be read.
-        public static let unreadable = Kind(.unreadable)
+        public static let unreadable = Kind("unreadable file")
         /// A header name that is not printable ASCII without `:`, or a value (or file name)
         /// with CR, LF or NUL, which could inject a header.
-        public static let invalidHeader = Kind(.invalidHeader)
+        public static let invalidHeader = Kind("invalid header")
         /// A custom header that ``Message`` writes from its own properties (From, Bcc, …).
-        public static let reservedHeader = Kind(.reservedHeader)
+        public static let reservedHeader = Kind("reserved header")
         /// A Message-ID, In-Reply-To, References or Content-ID that is not `id@domain`.
-        public static let invalidMessageID = Kind(.invalidMessageID)
+        public static let invalidMessageID = Kind("invalid message ID")
         /// A content type that is not `type/subtype`.
-        public static let invalidContentType = Kind(.invalidContentType)
+        public static let invalidContentType = Kind("invalid content type")
         /// A mailbox with a UTF-8 local part, in a message not encoded for SMTPUTF8.
-        public static let needsSMTPUTF8 = Kind(.needsSMTPUTF8)
-
-        public var description: String {
-            switch base {
-            case .nulByte: "NUL byte"
-            case .lineTooLong: "line too long"
-            case .noHeaders: "no header section"
-            case .malformedHeader: "malformed header"
-            case .missingFrom: "missing From header"
-            case .unreadable: "unreadable file"
-            case .invalidHeader: "invalid header"
-            case .reservedHeader: "reserved header"
-            case .invalidMessageID: "invalid message ID"
-            case .invalidContentType: "invalid content type"
-            case .needsSMTPUTF8: "needs SMTPUTF8"
-            }
-        }
+        public static let needsSMTPUTF8 = Kind("needs SMTPUTF8")
     }
 
     /// What is wrong.

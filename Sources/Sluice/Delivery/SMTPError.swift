@@ -10,52 +10,33 @@ import SluiceTransport
 public struct SMTPError: Error, Sendable, Hashable, CustomStringConvertible {
     /// What kind of failure it is, in a form that can be matched.
     public struct Kind: Hashable, Sendable, CustomStringConvertible {
-        private enum Base: Hashable, Sendable {
-            case rejected, deferred, unknownOutcome, connection, tls, authentication, timeout
-            case protocolViolation, invalidInput, cancelled, shutdown
-        }
-        private let base: Base
-        private init(_ base: Base) { self.base = base }
+        /// The kind in words, as messages say it.
+        public let description: String
+        private init(_ description: String) { self.description = description }
 
         /// The server refused the message or every recipient permanently (5xx).
-        public static let rejected = Kind(.rejected)
+        public static let rejected = Kind("rejected")
         /// The server refused for now (4xx), after every retry the policy allowed.
-        public static let deferred = Kind(.deferred)
+        public static let deferred = Kind("deferred")
         /// The end of the data was written and no reply came: it may have been delivered.
-        public static let unknownOutcome = Kind(.unknownOutcome)
+        public static let unknownOutcome = Kind("unknown outcome")
         /// The connection could not be made, was refused, closed, or the server said 421.
-        public static let connection = Kind(.connection)
+        public static let connection = Kind("connection")
         /// TLS failed or was required and not available (certificates, STARTTLS refused,
         /// injection after STARTTLS).
-        public static let tls = Kind(.tls)
+        public static let tls = Kind("tls")
         /// AUTH failed, or credentials would have gone over plaintext.
-        public static let authentication = Kind(.authentication)
+        public static let authentication = Kind("authentication")
         /// A reply or the connection did not come in time.
-        public static let timeout = Kind(.timeout)
+        public static let timeout = Kind("timeout")
         /// The server broke the protocol.
-        public static let protocolViolation = Kind(.protocolViolation)
+        public static let protocolViolation = Kind("protocol")
         /// The message or envelope cannot be sent as given; nothing went on the wire for it.
-        public static let invalidInput = Kind(.invalidInput)
+        public static let invalidInput = Kind("invalid input")
         /// The task was cancelled before the message's data was sent.
-        public static let cancelled = Kind(.cancelled)
+        public static let cancelled = Kind("cancelled")
         /// The client was shut down before the message could be sent.
-        public static let shutdown = Kind(.shutdown)
-
-        public var description: String {
-            switch base {
-            case .rejected: "rejected"
-            case .deferred: "deferred"
-            case .unknownOutcome: "unknown outcome"
-            case .connection: "connection"
-            case .tls: "tls"
-            case .authentication: "authentication"
-            case .timeout: "timeout"
-            case .protocolViolation: "protocol"
-            case .invalidInput: "invalid input"
-            case .cancelled: "cancelled"
-            case .shutdown: "shutdown"
-            }
-        }
+        public static let shutdown = Kind("shutdown")
     }
 
     /// What failed.

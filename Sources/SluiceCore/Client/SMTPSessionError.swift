@@ -2,59 +2,37 @@
 public struct SMTPSessionError: Error, Hashable, Sendable, CustomStringConvertible {
     /// The kind of failure, in a form that can be matched.
     public struct Kind: Hashable, Sendable, CustomStringConvertible {
-        private enum Base: Hashable, Sendable {
-            case greetingRefused, ehloRejected, tlsRequired, tlsInjection, tlsFailed
-            case authenticationFailed, authenticationNotAllowed, serviceClosing, protocolViolation
-            case timeout, connectionLost, refusedLocally, cancelled
-        }
-        private let base: Base
-        private init(_ base: Base) { self.base = base }
+        /// The kind in words, as messages say it.
+        public let description: String
+        private init(_ description: String) { self.description = description }
 
         /// The server's greeting was not 220 (e.g. 554: no SMTP service here).
-        public static let greetingRefused = Kind(.greetingRefused)
+        public static let greetingRefused = Kind("greeting refused")
         /// Both EHLO and HELO were refused.
-        public static let ehloRejected = Kind(.ehloRejected)
+        public static let ehloRejected = Kind("EHLO rejected")
         /// TLS is required, but the server does not offer STARTTLS or refused it.
-        public static let tlsRequired = Kind(.tlsRequired)
+        public static let tlsRequired = Kind("TLS required")
         /// Bytes arrived after the 220 to STARTTLS and before the handshake (CVE-2011-0411).
-        public static let tlsInjection = Kind(.tlsInjection)
+        public static let tlsInjection = Kind("STARTTLS injection")
         /// The TLS handshake failed.
-        public static let tlsFailed = Kind(.tlsFailed)
+        public static let tlsFailed = Kind("TLS failed")
         /// The server refused the credentials or the exchange (535, 534, 538, 454, …).
-        public static let authenticationFailed = Kind(.authenticationFailed)
+        public static let authenticationFailed = Kind("authentication failed")
         /// Credentials would have gone over plaintext, or no common mechanism exists.
-        public static let authenticationNotAllowed = Kind(.authenticationNotAllowed)
+        public static let authenticationNotAllowed = Kind("authentication not allowed")
         /// The server said 421 and closed.
-        public static let serviceClosing = Kind(.serviceClosing)
+        public static let serviceClosing = Kind("service closing")
         /// The server broke the protocol.
-        public static let protocolViolation = Kind(.protocolViolation)
+        public static let protocolViolation = Kind("protocol violation")
         /// A reply did not come in time.
-        public static let timeout = Kind(.timeout)
+        public static let timeout = Kind("timeout")
         /// The connection closed or failed.
-        public static let connectionLost = Kind(.connectionLost)
+        public static let connectionLost = Kind("connection lost")
         /// Refused here before any byte was sent (e.g. a UTF-8 address without SMTPUTF8, a
         /// message larger than the server's SIZE).
-        public static let refusedLocally = Kind(.refusedLocally)
+        public static let refusedLocally = Kind("refused locally")
         /// The transaction was cancelled before the end of its data was sent.
-        public static let cancelled = Kind(.cancelled)
-
-        public var description: String {
-            switch base {
-            case .greetingRefused: "greeting refused"
-            case .ehloRejected: "EHLO rejected"
-            case .tlsRequired: "TLS required"
-            case .tlsInjection: "STARTTLS injection"
-            case .tlsFailed: "TLS failed"
-            case .authenticationFailed: "authentication failed"
-            case .authenticationNotAllowed: "authentication not allowed"
-            case .serviceClosing: "service closing"
-            case .protocolViolation: "protocol violation"
-            case .timeout: "timeout"
-            case .connectionLost: "connection lost"
-            case .refusedLocally: "refused locally"
-            case .cancelled: "cancelled"
-            }
-        }
+        public static let cancelled = Kind("cancelled")
     }
 
     /// What failed.

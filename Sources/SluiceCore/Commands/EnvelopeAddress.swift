@@ -230,42 +230,26 @@ extension Character {
 public struct AddressError: Error, Hashable, Sendable, CustomStringConvertible {
     /// What is wrong, in a form that can be matched.
     public struct Kind: Hashable, Sendable, CustomStringConvertible {
-        private enum Base: Hashable, Sendable {
-            case empty, missingAt, invalidLocalPart, invalidDomain, tooLong, controlCharacter, needsSMTPUTF8
-            case invalidDisplayName
-        }
-        private let base: Base
-        private init(_ base: Base) { self.base = base }
+        /// The kind in words, as messages say it.
+        public let description: String
+        private init(_ description: String) { self.description = description }
 
         /// The address is empty.
-        public static let empty = Kind(.empty)
+        public static let empty = Kind("empty address")
         /// There is no `@` between a local part and a domain.
-        public static let missingAt = Kind(.missingAt)
+        public static let missingAt = Kind("no @ between local part and domain")
         /// The local part is neither a dot-string nor a quoted string.
-        public static let invalidLocalPart = Kind(.invalidLocalPart)
+        public static let invalidLocalPart = Kind("invalid local part")
         /// The domain is neither a host name nor an address literal.
-        public static let invalidDomain = Kind(.invalidDomain)
+        public static let invalidDomain = Kind("invalid domain")
         /// A part, or the path, is longer than RFC 5321 allows.
-        public static let tooLong = Kind(.tooLong)
+        public static let tooLong = Kind("too long")
         /// A control character (CR, LF, NUL, …) is in the address.
-        public static let controlCharacter = Kind(.controlCharacter)
+        public static let controlCharacter = Kind("control character")
         /// A UTF-8 address, but the server did not offer SMTPUTF8 or it was not requested.
-        public static let needsSMTPUTF8 = Kind(.needsSMTPUTF8)
+        public static let needsSMTPUTF8 = Kind("needs SMTPUTF8")
         /// A display name (or the text around an address) that is not words and quoted strings.
-        public static let invalidDisplayName = Kind(.invalidDisplayName)
-
-        public var description: String {
-            switch base {
-            case .empty: "empty address"
-            case .missingAt: "no @ between local part and domain"
-            case .invalidLocalPart: "invalid local part"
-            case .invalidDomain: "invalid domain"
-            case .tooLong: "too long"
-            case .controlCharacter: "control character"
-            case .needsSMTPUTF8: "needs SMTPUTF8"
-            case .invalidDisplayName: "invalid display name"
-            }
-        }
+        public static let invalidDisplayName = Kind("invalid display name")
     }
 
     /// What is wrong.

@@ -86,32 +86,20 @@ public struct SASLCredentials: Sendable, Hashable, CustomStringConvertible {
 public struct SASLError: Error, Hashable, Sendable, CustomStringConvertible {
     /// What kind of failure, in a form that can be matched.
     public struct Kind: Hashable, Sendable, CustomStringConvertible {
-        private enum Base: Hashable, Sendable {
-            case invalidCredentials, noCommonMechanism, malformedChallenge, serverNotAuthenticated, serverError
-        }
-        private let base: Base
-        private init(_ base: Base) { self.base = base }
+        /// The kind in words, as messages say it.
+        public let description: String
+        private init(_ description: String) { self.description = description }
 
         /// The credentials cannot be sent (empty, or with CR, LF or NUL).
-        public static let invalidCredentials = Kind(.invalidCredentials)
+        public static let invalidCredentials = Kind("invalid credentials")
         /// The server offers no mechanism these credentials can use.
-        public static let noCommonMechanism = Kind(.noCommonMechanism)
+        public static let noCommonMechanism = Kind("no common mechanism")
         /// A 334 challenge was not valid base64 or not what the mechanism expects.
-        public static let malformedChallenge = Kind(.malformedChallenge)
+        public static let malformedChallenge = Kind("malformed challenge")
         /// SCRAM: the server's signature did not prove it knows the password.
-        public static let serverNotAuthenticated = Kind(.serverNotAuthenticated)
+        public static let serverNotAuthenticated = Kind("server not authenticated")
         /// The server reported an error inside the SASL exchange (SCRAM `e=`, OAuth JSON).
-        public static let serverError = Kind(.serverError)
-
-        public var description: String {
-            switch base {
-            case .invalidCredentials: "invalid credentials"
-            case .noCommonMechanism: "no common mechanism"
-            case .malformedChallenge: "malformed challenge"
-            case .serverNotAuthenticated: "server not authenticated"
-            case .serverError: "server error"
-            }
-        }
+        public static let serverError = Kind("server error")
     }
 
     /// What failed.

@@ -3,45 +3,25 @@
 public struct SMTPProtocolError: Error, Hashable, Sendable, CustomStringConvertible {
     /// What kind of violation, in a form that can be matched.
     public struct Kind: Hashable, Sendable, CustomStringConvertible {
-        private enum Base: Hashable, Sendable {
-            case malformedReply
-            case mixedReplyCodes
-            case lineTooLong
-            case replyTooLong
-            case unexpectedReply
-            case unexpectedBytes
-            case malformedChallenge
-        }
-        private let base: Base
-        private init(_ base: Base) { self.base = base }
+        /// The kind in words, as messages say it.
+        public let description: String
+        private init(_ description: String) { self.description = description }
 
         /// A reply line that is not `code[ -]text CRLF` with a code from 200 to 599.
-        public static let malformedReply = Kind(.malformedReply)
+        public static let malformedReply = Kind("malformed reply")
         /// The lines of one multiline reply carry different codes.
-        public static let mixedReplyCodes = Kind(.mixedReplyCodes)
+        public static let mixedReplyCodes = Kind("mixed codes in a multiline reply")
         /// A line longer than the configured limit.
-        public static let lineTooLong = Kind(.lineTooLong)
+        public static let lineTooLong = Kind("line too long")
         /// A multiline reply larger than the configured limit.
-        public static let replyTooLong = Kind(.replyTooLong)
+        public static let replyTooLong = Kind("reply too long")
         /// A reply arrived when no command was waiting for one, or a reply the command
         /// cannot have (e.g. 354 to RCPT).
-        public static let unexpectedReply = Kind(.unexpectedReply)
+        public static let unexpectedReply = Kind("unexpected reply")
         /// Bytes arrived where none may (e.g. after the 220 to STARTTLS, before TLS).
-        public static let unexpectedBytes = Kind(.unexpectedBytes)
+        public static let unexpectedBytes = Kind("unexpected bytes")
         /// A 334 challenge that is not valid base64 or not what the mechanism expects.
-        public static let malformedChallenge = Kind(.malformedChallenge)
-
-        public var description: String {
-            switch base {
-            case .malformedReply: "malformed reply"
-            case .mixedReplyCodes: "mixed codes in a multiline reply"
-            case .lineTooLong: "line too long"
-            case .replyTooLong: "reply too long"
-            case .unexpectedReply: "unexpected reply"
-            case .unexpectedBytes: "unexpected bytes"
-            case .malformedChallenge: "malformed challenge"
-            }
-        }
+        public static let malformedChallenge = Kind("malformed challenge")
     }
 
     /// The violation.

@@ -8,54 +8,29 @@ import COpenSSL
 public struct TLSError: Error, Sendable, Hashable, CustomStringConvertible {
     /// The kind of TLS failure, in a form that can be matched.
     public struct Kind: Hashable, Sendable, CustomStringConvertible {
-        private enum Base: Hashable, Sendable {
-            case certificateExpired
-            case certificateNotYetValid
-            case certificateUntrusted
-            case selfSignedCertificate
-            case hostnameMismatch
-            case certificateInvalid
-            case handshakeFailed
-            case protocolError
-            case invalidConfiguration
-        }
-
-        private let base: Base
-        private init(_ base: Base) { self.base = base }
+        /// The kind in words, as messages say it.
+        public let description: String
+        private init(_ description: String) { self.description = description }
 
         /// The peer's certificate (or one in its chain) has expired.
-        public static let certificateExpired = Kind(.certificateExpired)
+        public static let certificateExpired = Kind("certificate expired")
         /// The peer's certificate is not valid yet.
-        public static let certificateNotYetValid = Kind(.certificateNotYetValid)
+        public static let certificateNotYetValid = Kind("certificate not yet valid")
         /// The peer's certificate does not chain to a trusted root.
-        public static let certificateUntrusted = Kind(.certificateUntrusted)
+        public static let certificateUntrusted = Kind("certificate untrusted")
         /// The peer presented a self-signed certificate that is not trusted.
-        public static let selfSignedCertificate = Kind(.selfSignedCertificate)
+        public static let selfSignedCertificate = Kind("self-signed certificate")
         /// The certificate is valid but not for the host name or IP address connected to.
-        public static let hostnameMismatch = Kind(.hostnameMismatch)
+        public static let hostnameMismatch = Kind("host name mismatch")
         /// The certificate failed verification for another reason (revoked, bad signature,
         /// wrong purpose); ``TLSError/verifyMessage`` says which.
-        public static let certificateInvalid = Kind(.certificateInvalid)
+        public static let certificateInvalid = Kind("certificate invalid")
         /// The handshake failed (no shared protocol or cipher, the peer sent an alert).
-        public static let handshakeFailed = Kind(.handshakeFailed)
+        public static let handshakeFailed = Kind("handshake failed")
         /// A TLS record after the handshake could not be processed.
-        public static let protocolError = Kind(.protocolError)
+        public static let protocolError = Kind("TLS protocol error")
         /// A certificate, key or trust file could not be loaded, or they do not match.
-        public static let invalidConfiguration = Kind(.invalidConfiguration)
-
-        public var description: String {
-            switch base {
-            case .certificateExpired: "certificate expired"
-            case .certificateNotYetValid: "certificate not yet valid"
-            case .certificateUntrusted: "certificate untrusted"
-            case .selfSignedCertificate: "self-signed certificate"
-            case .hostnameMismatch: "host name mismatch"
-            case .certificateInvalid: "certificate invalid"
-            case .handshakeFailed: "handshake failed"
-            case .protocolError: "TLS protocol error"
-            case .invalidConfiguration: "invalid TLS configuration"
-            }
-        }
+        public static let invalidConfiguration = Kind("invalid TLS configuration")
 
         /// Maps OpenSSL's `X509_V_ERR_*` verify result to a kind.
         static func verification(_ result: Int) -> Kind {

@@ -8,64 +8,35 @@ import CLibUV
 public struct TransportError: Error, Sendable, Hashable, CustomStringConvertible {
     /// What went wrong, in a form that can be matched.
     public struct Kind: Hashable, Sendable, CustomStringConvertible {
-        private enum Base: Hashable, Sendable {
-            case connectionRefused
-            case connectionReset
-            case hostNotFound
-            case lookupFailed
-            case connectTimeout
-            case connectionClosed
-            case eventLoopShutDown
-            case tls
-            case addressInUse
-            case invalidArgument
-            case system
-        }
-
-        private let base: Base
-        private init(_ base: Base) { self.base = base }
+        /// The kind in words, as messages say it.
+        public let description: String
+        private init(_ description: String) { self.description = description }
 
         /// The peer refused the connection (`ECONNREFUSED`).
-        public static let connectionRefused = Kind(.connectionRefused)
+        public static let connectionRefused = Kind("connection refused")
         /// The peer reset or broke the connection (`ECONNRESET`, `EPIPE`).
-        public static let connectionReset = Kind(.connectionReset)
+        public static let connectionReset = Kind("connection reset")
         /// The host name does not exist or has no address (`EAI_NONAME`, `EAI_NODATA`): the
         /// resolver's final answer.
-        public static let hostNotFound = Kind(.hostNotFound)
+        public static let hostNotFound = Kind("host not found")
         /// The name could not be looked up now: the resolver failed or did not answer
         /// (`EAI_AGAIN`, `EAI_FAIL`). Unlike ``hostNotFound``, a later try may succeed.
-        public static let lookupFailed = Kind(.lookupFailed)
+        public static let lookupFailed = Kind("name lookup failed")
         /// No address answered within the connect timeout.
-        public static let connectTimeout = Kind(.connectTimeout)
+        public static let connectTimeout = Kind("connect timeout")
         /// The connection was already closed when the operation was asked for, or closed
         /// before it finished.
-        public static let connectionClosed = Kind(.connectionClosed)
+        public static let connectionClosed = Kind("connection closed")
         /// The event loop has been shut down and takes no more work.
-        public static let eventLoopShutDown = Kind(.eventLoopShutDown)
+        public static let eventLoopShutDown = Kind("event loop shut down")
         /// The TLS handshake or a TLS record failed; ``TransportError/tls`` says why.
-        public static let tls = Kind(.tls)
+        public static let tls = Kind("TLS")
         /// The address to listen on is taken (`EADDRINUSE`).
-        public static let addressInUse = Kind(.addressInUse)
+        public static let addressInUse = Kind("address in use")
         /// An argument was not acceptable (a malformed address, a bad port).
-        public static let invalidArgument = Kind(.invalidArgument)
+        public static let invalidArgument = Kind("invalid argument")
         /// Any other system error; ``TransportError/systemErrorName`` names it.
-        public static let system = Kind(.system)
-
-        public var description: String {
-            switch base {
-            case .connectionRefused: "connection refused"
-            case .connectionReset: "connection reset"
-            case .hostNotFound: "host not found"
-            case .lookupFailed: "name lookup failed"
-            case .connectTimeout: "connect timeout"
-            case .connectionClosed: "connection closed"
-            case .eventLoopShutDown: "event loop shut down"
-            case .tls: "TLS"
-            case .addressInUse: "address in use"
-            case .invalidArgument: "invalid argument"
-            case .system: "system error"
-            }
-        }
+        public static let system = Kind("system error")
     }
 
     /// What went wrong.
