@@ -83,7 +83,11 @@ public struct TLSError: Error, Sendable, Hashable, CustomStringConvertible {
 
     public var description: String {
         var text = "\(kind) (\(context))"
-        if let verifyMessage, let verifyResult { text += ": verify error \(verifyResult): \(verifyMessage)" }
+        if let verifyResult {
+            text += ": verify error \(verifyResult)"
+            // OpenSSL's words for it, unless they are the kind's own ("self-signed certificate").
+            if let verifyMessage, verifyMessage.lowercased() != kind.description { text += ": \(verifyMessage)" }
+        }
         if !openSSLErrors.isEmpty { text += ": " + openSSLErrors.joined(separator: "; ") }
         return text
     }

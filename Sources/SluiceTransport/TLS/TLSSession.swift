@@ -117,7 +117,8 @@ final class TLSSession {
     private func handshakeError() -> TLSError {
         let queue = TLSError.drainErrorQueue()
         let role = context.configuration.role == .client ? "client" : "server"
-        let what = peerName.map { "\(role) handshake with \($0)" } ?? "\(role) handshake"
+        // The transport says it was the handshake, and with which address.
+        let what = peerName.map { "as the \(role), for \($0)" } ?? "as the \(role)"
         let verify = SSL_get_verify_result(ssl)
         if verify != X509_V_OK {
             let message = String(cString: X509_verify_cert_error_string(verify))
