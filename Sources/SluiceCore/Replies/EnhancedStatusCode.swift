@@ -20,7 +20,20 @@ public struct EnhancedStatusCode: Hashable, Sendable, CustomStringConvertible {
     }
 
     /// Parses `2.1.5`; nil if the text is not exactly an enhanced code.
+    ///
+    /// For a `String` (every literal), this concrete overload is taken: it runs the parser
+    /// specialized here, where the generic one called from another module would run
+    /// unspecialized, with a metadata lookup per character (the sink's replies did).
+    public init?(_ text: String) {
+        self.init(parsing: text)
+    }
+
+    /// Parses `2.1.5`; nil if the text is not exactly an enhanced code.
     public init?(_ text: some StringProtocol) {
+        self.init(parsing: text)
+    }
+
+    private init?(parsing text: some StringProtocol) {
         let utf8 = text.utf8
         guard let (code, length) = EnhancedStatusCode.prefix(of: utf8), length == utf8.count else { return nil }
         self = code
