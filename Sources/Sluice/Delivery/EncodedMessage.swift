@@ -38,30 +38,18 @@ public final class EncodedMessage: Sendable {
     ///
     /// - Throws: ``DataEncoder/ContentError`` for a NUL byte or a line over 1000 octets.
     public init(bytes: [UInt8], messageID: String? = nil) throws(DataEncoder.ContentError) {
-        let normalized = try DataEncoder.normalized(bytes)
+        // One pass normalises the content and notes what the two encodings need to know.
+        let (normalized, traits) = try DataEncoder.normalizedWithTraits(bytes)
         self.messageID = messageID
         chunk = SharedBytes(normalized)
         chunkPieces = [chunk]
-        if Self.hasLineStartingWithDot(normalized) {
+        if traits.hasLineStartingWithDot {
             dataPieces = [SharedBytes(try DataEncoder.dotStuffed(normalized))]
         } else {
             dataPieces = normalized.isEmpty ? [Self.terminator] : [chunk, Self.terminator]
         }
         info = SMTPContentInfo(dataLength: dataPieces.reduce(0) { $0 + $1.count }, chunkLength: normalized.count,
-                               requires8BitMIME: normalized.contains { $0 >= 0x80 })
-    }
-
-    /// Whether dot-stuffing would change the content: a line (the first, or one after a LF)
-    /// starts with a dot.
-    private static func hasLineStartingWithDot(_ bytes: [UInt8]) -> Bool {
-        bytes.withUnsafeBufferPointer { buffer in
-            guard let first = buffer.first else { return false }
-            if first == UInt8(ascii: ".") { return true }
-            for index in 1..<buffer.count where buffer[index] == UInt8(ascii: ".") && buffer[index - 1] == 10 {
-                return true
-            }
-            return false
-        }
+                               requires8BitMIME: traits.has8BitBytes)
     }
 
     /// The message as it is sent (CRLF-normalised; `DATA` adds dot-stuffing on the wire).

@@ -47,38 +47,58 @@ public enum DataEncoder {
     public static func normalized(
         _ content: some Collection<UInt8>, maximumLineLength: Int? = DataEncoder.maximumLineLength
     ) throws(ContentError) -> [UInt8] {
+        try normalizedWithTraits(content, maximumLineLength: maximumLineLength).bytes
+    }
+
+    /// What the normalising pass saw on its way, so that a caller need not read the content
+    /// again for it.
+    package struct Traits: Sendable {
+        /// A line starts with a dot: `DATA` must stuff it.
+        package var hasLineStartingWithDot = false
+        /// A byte is 0x80 or above: the server must offer 8BITMIME (or BINARYMIME).
+        package var has8BitBytes = false
+    }
+
+    /// ``normalized(_:maximumLineLength:)``, with what the pass saw of the content.
+    package static func normalizedWithTraits(
+        _ content: some Collection<UInt8>, maximumLineLength: Int? = DataEncoder.maximumLineLength
+    ) throws(ContentError) -> (bytes: [UInt8], traits: Traits) {
         var output: [UInt8] = []
         output.reserveCapacity(content.count + content.count / 32 + 2)
-        try transform(content, stuffing: false, maximumLineLength: maximumLineLength, into: &output)
-        return output
+        let traits = try transform(content, stuffing: false, maximumLineLength: maximumLineLength, into: &output)
+        return (output, traits)
     }
 
     /// Runs the transform over contiguous bytes: callers from other modules would otherwise
     /// run an unspecialised generic loop (an allocation per byte, measured).
+    @discardableResult
     private static func transform(
         _ content: some Collection<UInt8>, stuffing: Bool, maximumLineLength: Int?, into output: inout [UInt8]
-    ) throws(ContentError) {
-        let result: Result<Void, ContentError>? = content.withContiguousStorageIfAvailable { buffer in
+    ) throws(ContentError) -> Traits {
+        let result: Result<Traits, ContentError>? = content.withContiguousStorageIfAvailable { buffer in
             Result { () throws(ContentError) in
                 try transformContiguous(buffer, stuffing: stuffing, maximumLineLength: maximumLineLength, into: &output)
             }
         }
         if let result { return try result.get() }
         let copy = Array(content)
-        try copy.withUnsafeBufferPointer { buffer throws(ContentError) in
+        return try copy.withUnsafeBufferPointer { buffer throws(ContentError) in
             try transformContiguous(buffer, stuffing: stuffing, maximumLineLength: maximumLineLength, into: &output)
         }
     }
 
     private static func transformContiguous(
         _ content: UnsafeBufferPointer<UInt8>, stuffing: Bool, maximumLineLength: Int?, into output: inout [UInt8]
-    ) throws(ContentError) {
+    ) throws(ContentError) -> Traits {
         let limit = (maximumLineLength ?? Int.max) - 2  // octets before CRLF
         let count = content.count
         var index = 0
         var line = 1
         var lineLength = 0
         var atLineStart = true
+        var traits = Traits()
+        /// Every byte of the content OR-ed together: its top bit says whether one is 8-bit.
+        var bits: UInt8 = 0
         while index < count {
             let byte = content[index]
             if byte == 13 || byte == 10 {
@@ -92,15 +112,18 @@ public enum DataEncoder {
                 continue
             }
             if byte == 0 { throw ContentError(kind: .nulByte, line: line) }
-            if atLineStart, stuffing, byte == UInt8(ascii: ".") {
-                output.append(byte)  // the transparency dot does not count toward the limit
+            if atLineStart, byte == UInt8(ascii: ".") {
+                traits.hasLineStartingWithDot = true
+                if stuffing { output.append(byte) }  // the transparency dot does not count toward the limit
             }
             atLineStart = false
+            bits |= byte
             // Copy the run up to the next CR, LF or NUL in one go.
             var end = index + 1
             while end < count {
                 let next = content[end]
                 if next == 13 || next == 10 || next == 0 { break }
+                bits |= next
                 end += 1
             }
             lineLength += end - index
@@ -112,5 +135,7 @@ public enum DataEncoder {
             output.append(13)
             output.append(10)
         }
+        traits.has8BitBytes = bits >= 0x80
+        return traits
     }
 }

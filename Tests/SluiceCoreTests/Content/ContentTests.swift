@@ -112,3 +112,32 @@ struct ContentTests {
         }
     }
 }
+
+@Suite("DATA content: what the normalising pass notes")
+struct ContentTraitsTests {
+    @Test func theTraitsAgreeWithReadingTheNormalisedContentAgain() throws {
+        var generator = SystemRandomNumberGenerator()
+        let alphabet: [UInt8] = [UInt8(ascii: "."), 13, 10, UInt8(ascii: "a"), UInt8(ascii: " "), 0x80, 0xC3, 0x7F]
+        var dotted = 0
+        var eightBit = 0
+        for _ in 0..<3000 {
+            let content = (0..<Int.random(in: 0...40, using: &generator)).map { _ in
+                alphabet.randomElement(using: &generator)!
+            }
+            guard let (bytes, traits) = try? DataEncoder.normalizedWithTraits(content) else {
+                Issue.record("no NUL and short lines: \(content)")
+                continue
+            }
+            #expect(bytes == (try? DataEncoder.normalized(content)))
+            let startsLineWithDot = bytes.first == UInt8(ascii: ".")
+                || zip(bytes, bytes.dropFirst()).contains { $0 == 10 && $1 == UInt8(ascii: ".") }
+            #expect(traits.hasLineStartingWithDot == startsLineWithDot, "\(content)")
+            #expect(traits.has8BitBytes == bytes.contains { $0 >= 0x80 }, "\(content)")
+            if startsLineWithDot { dotted += 1 }
+            if traits.has8BitBytes { eightBit += 1 }
+        }
+        #expect(dotted > 100 && eightBit > 100, "both traits were seen both ways")
+        #expect(!(try DataEncoder.normalizedWithTraits(Array("a\r\nb.c\r\n".utf8))).traits.hasLineStartingWithDot)
+        #expect((try DataEncoder.normalizedWithTraits(Array("a\n.b".utf8))).traits.hasLineStartingWithDot)
+    }
+}
