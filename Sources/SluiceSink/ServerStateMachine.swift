@@ -946,12 +946,19 @@ public struct ServerStateMachine: Sendable {
                   byte == expected || (byte ^ 0x20 == expected && (0x41...0x5A).contains(expected))
               })
         else { return nil }
-        var rest = Substring(Substring(argument).utf8.dropFirst(keywordBytes.count))
-        while rest.first == " " { rest = rest.dropFirst() }  // tolerate "FROM: <a@b>"
-        guard rest.first == "<", let close = rest.firstIndex(of: ">") else { return nil }
-        let path = String(rest[rest.index(after: rest.startIndex)..<close])
-        let parameters = String(rest[rest.index(after: close)...]).trimmingSpaces
-        return (path, parameters)
+        // The rest is read as bytes: every delimiter is ASCII, so each cut falls between
+        // scalars, and no grapheme breaking is needed to find them.
+        let utf8 = argument.utf8
+        var open = utf8.index(utf8.startIndex, offsetBy: keywordBytes.count)
+        while open < utf8.endIndex, utf8[open] == UInt8(ascii: " ") { open = utf8.index(after: open) }  // "FROM: <a@b>"
+        guard open < utf8.endIndex, utf8[open] == UInt8(ascii: "<") else { return nil }
+        let start = utf8.index(after: open)
+        guard let close = utf8[start...].firstIndex(of: UInt8(ascii: ">")) else { return nil }
+        var first = utf8.index(after: close)
+        var end = utf8.endIndex
+        while first < end, utf8[first] == UInt8(ascii: " ") { first = utf8.index(after: first) }
+        while first < end, utf8[utf8.index(before: end)] == UInt8(ascii: " ") { end = utf8.index(before: end) }
+        return (String(Substring(utf8[start..<close])), String(Substring(utf8[first..<end])))
     }
 }
 

@@ -395,6 +395,22 @@ struct ServerFuzzFindingTests {
         #expect(h.stored.map(\.content) == [Array("ab\r\ncd\r\n".utf8)])
     }
 
+    @Test func thePathIsCutAtItsBracketsAndTheParametersTrimmed() {
+        var h = ServerHarness()
+        _ = h.connect()
+        let replies = h.client("EHLO c\r\n"
+            + "MAIL FROM:  <a@example.com>   SIZE=10  \r\n"      // spaces around both: 250
+            + "RCPT TO:<ü@exämple.com>\r\n"                       // UTF-8 without SMTPUTF8: 553
+            + "RCPT TO:<b@example.com\r\n"                        // no closing bracket: 501
+            + "RCPT TO: b@example.com\r\n"                        // no brackets: 501
+            + "RCPT TO:<\u{301}b@example.com>\r\n"               // a mark after the bracket: 553
+            + "RCPT TO:<>\r\n"                                    // an empty forward path: 501
+            + "RSET\r\nMAIL FROM:<a@example.com> SMTPUTF8 SIZE=x\r\n"  // a bad parameter: 501
+            + "MAIL FROM:<a@example.com> SMTPUTF8\r\nRCPT TO:<ü@exämple.com>\r\n")  // 250 250
+        #expect(ServerHarness.codes(replies) == ["250", "250", "553", "501", "501", "553", "501", "250", "501", "250", "250"],
+                "\(replies)")
+    }
+
     @Test func theFromAndToKeywordsMatchInAnyASCIICaseAndNothingElse() {
         var h = ServerHarness()
         _ = h.connect()
