@@ -727,14 +727,40 @@ public struct ServerStateMachine: Sendable {
     }
 
     /// Whether `bytes` hold a CR not followed by LF or an LF not preceded by CR.
-    private static func containsBareLineEnding(_ bytes: [UInt8]) -> Bool {
-        var previous: UInt8 = 0
-        for byte in bytes {
-            if byte == 10, previous != 13 { return true }
-            if previous == 13, byte != 10 { return true }
-            previous = byte
+    ///
+    /// Every BDAT message is checked whole, so this reads eight bytes at a time and steps
+    /// byte by byte only through a word that holds a CR or an LF (one word in nine or so of
+    /// a text with 70-byte lines). The byte loop alone cost about 1 ns a byte.
+    static func containsBareLineEnding(_ bytes: [UInt8]) -> Bool {
+        bytes.withUnsafeBytes { raw in
+            var previous: UInt8 = 0
+            var index = 0
+            while index < raw.count {
+                if index + 8 <= raw.count {
+                    let word = UInt64(littleEndian: raw.loadUnaligned(fromByteOffset: index, as: UInt64.self))
+                    if !hasByte(word, 13), !hasByte(word, 10) {
+                        if previous == 13 { return true }  // a CR, then no LF
+                        previous = UInt8(truncatingIfNeeded: word >> 56)
+                        index += 8
+                        continue
+                    }
+                }
+                let byte = raw[index]
+                if byte == 10, previous != 13 { return true }
+                if previous == 13, byte != 10 { return true }
+                previous = byte
+                index += 1
+            }
+            return previous == 13
         }
-        return previous == 13
+    }
+
+    /// Whether one of `word`'s eight bytes is `byte` (the test for a zero byte, after an
+    /// XOR that turns `byte` into zero).
+    private static func hasByte(_ word: UInt64, _ byte: UInt8) -> Bool {
+        let ones: UInt64 = 0x0101_0101_0101_0101
+        let x = word ^ (ones &* UInt64(byte))
+        return (x &- ones) & ~x & (ones &* 0x80) != 0
     }
 
     /// The end of a message (DATA terminator or BDAT LAST): refuse it, inject a fault, or

@@ -426,3 +426,44 @@ extension Server.Action {
         if case .write(let bytes) = self { bytes } else { nil }
     }
 }
+
+@Suite("Server state machine: the bare line ending check")
+struct BareLineEndingTests {
+    /// The plain byte-by-byte rule the word-at-a-time check must agree with.
+    static func reference(_ bytes: [UInt8]) -> Bool {
+        var previous: UInt8 = 0
+        for byte in bytes {
+            if byte == 10, previous != 13 { return true }
+            if previous == 13, byte != 10 { return true }
+            previous = byte
+        }
+        return previous == 13
+    }
+
+    @Test func agreesWithTheByteByByteRuleWhereverTheLineEndingsFall() {
+        // A bare CR, a bare LF and CRLFs at every offset of contents up to three words and
+        // a bit, so that each falls inside a word, at its edges and across two words.
+        var checked = 0
+        for length in 0...27 {
+            for position in 0..<max(length, 1) {
+                for insert: [UInt8] in [[13], [10], [13, 10], [10, 13], [13, 13, 10]] {
+                    var bytes = [UInt8](repeating: UInt8(ascii: "a"), count: length)
+                    let end = min(position + insert.count, length)
+                    bytes.replaceSubrange(min(position, length)..<end, with: insert.prefix(end - min(position, length)))
+                    #expect(Server.containsBareLineEnding(bytes) == Self.reference(bytes), "\(bytes)")
+                    checked += 1
+                }
+            }
+        }
+        var generator = SystemRandomNumberGenerator()
+        let alphabet: [UInt8] = [13, 10, 13, 10, UInt8(ascii: "x"), UInt8(ascii: "y"), 0x8A, 0x8D]
+        for _ in 0..<2000 {
+            let bytes = (0..<Int.random(in: 0...200, using: &generator)).map { _ in alphabet.randomElement(using: &generator)! }
+            #expect(Server.containsBareLineEnding(bytes) == Self.reference(bytes), "\(bytes)")
+            checked += 1
+        }
+        #expect(!Server.containsBareLineEnding(Array("line one\r\nline two\r\n".utf8)))
+        #expect(Server.containsBareLineEnding(Array("line one\r\nline\rtwo\r\n".utf8)))
+        #expect(checked > 3800)
+    }
+}
