@@ -219,7 +219,7 @@ public struct ServerStateMachine: Sendable {
         phase = .command
         switch result {
         case .stored(let id):
-            reply(.ok, EnhancedStatusCode("2.0.0"), "Ok: queued as \(id)")
+            reply(.ok, EnhancedStatusCode(2, 0, 0), "Ok: queued as \(id)")
         case .failed(let reply):
             write(reply)
         }
@@ -261,7 +261,7 @@ public struct ServerStateMachine: Sendable {
     public mutating func deadlineExceeded() -> [Action] {
         if case .closed = phase { return [] }
         let what = inputProgress == .content ? "message content" : "command line"
-        reply(.serviceNotAvailable, EnhancedStatusCode("4.4.2"), "\(configuration.hostname) Error: \(what) took too long")
+        reply(.serviceNotAvailable, EnhancedStatusCode(4, 4, 2), "\(configuration.hostname) Error: \(what) took too long")
         close()
         return finish()
     }
@@ -298,7 +298,7 @@ public struct ServerStateMachine: Sendable {
 
     private mutating func closeForShutdown() {
         if case .closed = phase { return }
-        reply(.serviceNotAvailable, EnhancedStatusCode("4.3.2"), "\(configuration.hostname) Error: shutting down")
+        reply(.serviceNotAvailable, EnhancedStatusCode(4, 3, 2), "\(configuration.hostname) Error: shutting down")
         close()
     }
 
@@ -321,7 +321,7 @@ public struct ServerStateMachine: Sendable {
     /// The client was idle too long: 421 and close.
     public mutating func timeoutFired() -> [Action] {
         if case .closed = phase { return [] }
-        reply(.serviceNotAvailable, EnhancedStatusCode("4.4.2"), "\(configuration.hostname) Error: timeout exceeded")
+        reply(.serviceNotAvailable, EnhancedStatusCode(4, 4, 2), "\(configuration.hostname) Error: timeout exceeded")
         close()
         return finish()
     }
@@ -346,7 +346,7 @@ public struct ServerStateMachine: Sendable {
                     contentSize = decoder.size
                     endOfContent(exceeded: decoder.exceededMaximumSize)
                 case .bareLineEnding:
-                    reply(SMTPStatusCode(rawValue: 521)!, EnhancedStatusCode("5.5.2"),
+                    reply(SMTPStatusCode(rawValue: 521)!, EnhancedStatusCode(5, 5, 2),
                           "Error: bare CR or LF in message content; closing")
                     close()
                     return
@@ -379,9 +379,9 @@ public struct ServerStateMachine: Sendable {
                 case .tooLong:
                     // An overlong AUTH response ends the exchange too.
                     if case .authentication = phase { phase = .command }
-                    reply(.commandUnrecognized, EnhancedStatusCode("5.5.2"), "Error: line too long")
+                    reply(.commandUnrecognized, EnhancedStatusCode(5, 5, 2), "Error: line too long")
                 case .bareLineEnding:
-                    reply(.commandUnrecognized, EnhancedStatusCode("5.5.2"), "Error: bare CR or LF in a command; closing")
+                    reply(.commandUnrecognized, EnhancedStatusCode(5, 5, 2), "Error: bare CR or LF in a command; closing")
                     close()
                     return
                 case .line(let text):
@@ -447,7 +447,7 @@ public struct ServerStateMachine: Sendable {
             return
         }
         if line.contains(0) {
-            reply(.commandUnrecognized, EnhancedStatusCode("5.5.2"), "Error: NUL in command")
+            reply(.commandUnrecognized, EnhancedStatusCode(5, 5, 2), "Error: NUL in command")
             return
         }
         let space = line.firstIndex(of: UInt8(ascii: " ")) ?? line.count
@@ -455,7 +455,7 @@ public struct ServerStateMachine: Sendable {
         let verb = known?.rawValue ?? String(decoding: line[..<space], as: UTF8.self).uppercased()
         let argumentBytes = space < line.count ? line[(space + 1)...] : []
         guard let argument = String(validating: argumentBytes, as: UTF8.self) else {
-            reply(.commandUnrecognized, EnhancedStatusCode("5.5.2"), "Error: command is not valid UTF-8")
+            reply(.commandUnrecognized, EnhancedStatusCode(5, 5, 2), "Error: command is not valid UTF-8")
             return
         }
         if let fault = immediate(policy.decide(.command(verb))) {
@@ -470,18 +470,18 @@ public struct ServerStateMachine: Sendable {
         case .bdat: bdat(argument)
         case .rset:
             transaction = nil
-            reply(.ok, EnhancedStatusCode("2.0.0"), "Ok")
-        case .noop: reply(.ok, EnhancedStatusCode("2.0.0"), "Ok")
+            reply(.ok, EnhancedStatusCode(2, 0, 0), "Ok")
+        case .noop: reply(.ok, EnhancedStatusCode(2, 0, 0), "Ok")
         case .quit:
             quitReceived = true
-            reply(.serviceClosingTransmissionChannel, EnhancedStatusCode("2.0.0"), "Bye")
+            reply(.serviceClosingTransmissionChannel, EnhancedStatusCode(2, 0, 0), "Bye")
             close()
-        case .vrfy: reply(.cannotVerifyUserWillAttemptDelivery, EnhancedStatusCode("2.5.2"), "Cannot VRFY user")
-        case .help: reply(.helpMessage, EnhancedStatusCode("2.0.0"), "See RFC 5321")
+        case .vrfy: reply(.cannotVerifyUserWillAttemptDelivery, EnhancedStatusCode(2, 5, 2), "Cannot VRFY user")
+        case .help: reply(.helpMessage, EnhancedStatusCode(2, 0, 0), "See RFC 5321")
         case .startTLS: startTLS(argument)
         case .auth: auth(argument)
         case nil:
-            reply(.commandUnrecognized, EnhancedStatusCode("5.5.2"), "Error: command not recognized")
+            reply(.commandUnrecognized, EnhancedStatusCode(5, 5, 2), "Error: command not recognized")
         }
     }
 
@@ -513,7 +513,7 @@ public struct ServerStateMachine: Sendable {
     private mutating func hello(_ verb: String, _ argument: String) {
         let name = argument.trimmingSpaces
         guard !name.isEmpty, !name.contains(" ") else {
-            reply(.syntaxError, EnhancedStatusCode("5.5.4"), "Syntax: \(verb) hostname")
+            reply(.syntaxError, EnhancedStatusCode(5, 5, 4), "Syntax: \(verb) hostname")
             return
         }
         heloName = name
@@ -544,24 +544,24 @@ public struct ServerStateMachine: Sendable {
 
     private mutating func mail(_ argument: String) {
         guard heloName != nil else {
-            return reply(.badCommandSequence, EnhancedStatusCode("5.5.1"), "Error: send HELO/EHLO first")
+            return reply(.badCommandSequence, EnhancedStatusCode(5, 5, 1), "Error: send HELO/EHLO first")
         }
         if configuration.requireTLS, !isSecure {
-            return reply(.mustIssueStartTlsFirst, EnhancedStatusCode("5.7.0"), "Must issue a STARTTLS command first")
+            return reply(.mustIssueStartTlsFirst, EnhancedStatusCode(5, 7, 0), "Must issue a STARTTLS command first")
         }
         if configuration.requireAuthentication, authenticatedUser == nil {
-            return reply(.mustIssueStartTlsFirst, EnhancedStatusCode("5.7.0"), "Authentication required")
+            return reply(.mustIssueStartTlsFirst, EnhancedStatusCode(5, 7, 0), "Authentication required")
         }
         guard transaction == nil else {
-            return reply(.badCommandSequence, EnhancedStatusCode("5.5.1"), "Error: nested MAIL command")
+            return reply(.badCommandSequence, EnhancedStatusCode(5, 5, 1), "Error: nested MAIL command")
         }
         guard let (path, parameterText) = Self.path(after: "FROM:", in: argument) else {
-            return reply(.syntaxError, EnhancedStatusCode("5.5.4"), "Syntax: MAIL FROM:<address>")
+            return reply(.syntaxError, EnhancedStatusCode(5, 5, 4), "Syntax: MAIL FROM:<address>")
         }
         var from: EnvelopeAddress?
         if !path.isEmpty {
             do { from = try EnvelopeAddress(path) } catch {
-                return reply(.mailboxNameNotAllowed, EnhancedStatusCode("5.1.7"), "Bad sender address syntax")
+                return reply(.mailboxNameNotAllowed, EnhancedStatusCode(5, 1, 7), "Bad sender address syntax")
             }
         }
         var parameters = MailParameters()
@@ -573,10 +573,10 @@ public struct ServerStateMachine: Sendable {
             switch (key, value) {
             case ("SIZE", let value?):
                 guard let size = Int(value), size >= 0 else {
-                    return reply(.syntaxError, EnhancedStatusCode("5.5.4"), "Bad SIZE parameter")
+                    return reply(.syntaxError, EnhancedStatusCode(5, 5, 4), "Bad SIZE parameter")
                 }
                 guard size <= configuration.maximumMessageSize else {
-                    return reply(.exceededStorageAllocation, EnhancedStatusCode("5.3.4"), "Message size exceeds fixed limit")
+                    return reply(.exceededStorageAllocation, EnhancedStatusCode(5, 3, 4), "Message size exceeds fixed limit")
                 }
                 parameters.size = size
             case ("BODY", let value?):
@@ -584,7 +584,7 @@ public struct ServerStateMachine: Sendable {
                 case "7BIT": parameters.body = .sevenBit
                 case "8BITMIME" where configuration.eightBitMIME: parameters.body = .eightBitMIME
                 case "BINARYMIME" where configuration.chunking: parameters.body = .binaryMIME
-                default: return reply(.commandParameterNotImplemented, EnhancedStatusCode("5.5.4"), "Unsupported BODY")
+                default: return reply(.commandParameterNotImplemented, EnhancedStatusCode(5, 5, 4), "Unsupported BODY")
                 }
             case ("SMTPUTF8", nil) where configuration.smtpUTF8:
                 parameters.smtpUTF8 = true
@@ -595,31 +595,31 @@ public struct ServerStateMachine: Sendable {
             case ("AUTH", _):
                 break  // RFC 4954 §5: accepted and ignored
             default:
-                return reply(SMTPStatusCode(rawValue: 555)!, EnhancedStatusCode("5.5.4"), "Unsupported option: \(key)")
+                return reply(SMTPStatusCode(rawValue: 555)!, EnhancedStatusCode(5, 5, 4), "Unsupported option: \(key)")
             }
         }
         if from?.requiresSMTPUTF8 == true, !parameters.smtpUTF8 {
-            return reply(.mailboxNameNotAllowed, EnhancedStatusCode("5.6.7"), "UTF-8 address without SMTPUTF8")
+            return reply(.mailboxNameNotAllowed, EnhancedStatusCode(5, 6, 7), "UTF-8 address without SMTPUTF8")
         }
         transaction = Transaction(from: from, parameters: parameters)
-        reply(.ok, EnhancedStatusCode("2.1.0"), "Ok")
+        reply(.ok, EnhancedStatusCode(2, 1, 0), "Ok")
     }
 
     private mutating func recipient(_ argument: String) {
         guard var current = transaction else {
-            return reply(.badCommandSequence, EnhancedStatusCode("5.5.1"), "Error: need MAIL command")
+            return reply(.badCommandSequence, EnhancedStatusCode(5, 5, 1), "Error: need MAIL command")
         }
         guard let (path, _) = Self.path(after: "TO:", in: argument), !path.isEmpty else {
-            return reply(.syntaxError, EnhancedStatusCode("5.5.4"), "Syntax: RCPT TO:<address>")
+            return reply(.syntaxError, EnhancedStatusCode(5, 5, 4), "Syntax: RCPT TO:<address>")
         }
         guard let address = try? EnvelopeAddress(path) else {
-            return reply(.mailboxNameNotAllowed, EnhancedStatusCode("5.1.3"), "Bad recipient address syntax")
+            return reply(.mailboxNameNotAllowed, EnhancedStatusCode(5, 1, 3), "Bad recipient address syntax")
         }
         if address.requiresSMTPUTF8, !current.parameters.smtpUTF8 {
-            return reply(.mailboxNameNotAllowed, EnhancedStatusCode("5.6.7"), "UTF-8 address without SMTPUTF8")
+            return reply(.mailboxNameNotAllowed, EnhancedStatusCode(5, 6, 7), "UTF-8 address without SMTPUTF8")
         }
         guard current.recipients.count < configuration.maximumRecipients else {
-            return reply(.insufficientStorage, EnhancedStatusCode("4.5.3"), "Error: too many recipients")
+            return reply(.insufficientStorage, EnhancedStatusCode(4, 5, 3), "Error: too many recipients")
         }
         var delay: Duration?
         switch policy.decide(.recipient(address, sender: current.from)) {
@@ -634,7 +634,7 @@ public struct ServerStateMachine: Sendable {
         current.recipients.append(address)
         transaction = current
         if let delay { hold(for: delay) }
-        reply(.ok, EnhancedStatusCode("2.1.5"), "Ok")
+        reply(.ok, EnhancedStatusCode(2, 1, 5), "Ok")
     }
 
     /// The text of the 554 that answers `DATA` or `BDAT` when every recipient was refused
@@ -643,16 +643,16 @@ public struct ServerStateMachine: Sendable {
 
     private mutating func data(_ argument: String) {
         guard let current = transaction else {
-            return reply(.badCommandSequence, EnhancedStatusCode("5.5.1"), "Error: need RCPT command")
+            return reply(.badCommandSequence, EnhancedStatusCode(5, 5, 1), "Error: need RCPT command")
         }
         guard !current.usedBDAT else {
-            return reply(.badCommandSequence, EnhancedStatusCode("5.5.1"), "Error: DATA after BDAT")
+            return reply(.badCommandSequence, EnhancedStatusCode(5, 5, 1), "Error: DATA after BDAT")
         }
         guard !current.recipients.isEmpty else {
-            return reply(.transactionFailed, EnhancedStatusCode("5.5.1"), Self.noValidRecipientsText)
+            return reply(.transactionFailed, EnhancedStatusCode(5, 5, 1), Self.noValidRecipientsText)
         }
         guard argument.trimmingSpaces.isEmpty else {
-            return reply(.syntaxError, EnhancedStatusCode("5.5.4"), "Syntax: DATA")
+            return reply(.syntaxError, EnhancedStatusCode(5, 5, 4), "Syntax: DATA")
         }
         reply(.startMailInput, nil, "End data with <CR><LF>.<CR><LF>")
         content = []
@@ -669,7 +669,7 @@ public struct ServerStateMachine: Sendable {
               words[0].utf8.allSatisfy({ (0x30...0x39).contains($0) }),
               words.count == 1 || words[1].uppercased() == "LAST"
         else {
-            return reply(.syntaxError, EnhancedStatusCode("5.5.4"), "Syntax: BDAT size [LAST]")
+            return reply(.syntaxError, EnhancedStatusCode(5, 5, 4), "Syntax: BDAT size [LAST]")
         }
         // Too many digits for an Int is a size past any limit.
         let size = Int(words[0]) ?? Int.max
@@ -679,7 +679,7 @@ public struct ServerStateMachine: Sendable {
             // staying in step with the stream; the connection ends here.
             transaction = nil
             content = []
-            reply(.exceededStorageAllocation, EnhancedStatusCode("5.3.4"), "Error: message too large; closing")
+            reply(.exceededStorageAllocation, EnhancedStatusCode(5, 3, 4), "Error: message too large; closing")
             close()
             return
         }
@@ -706,22 +706,22 @@ public struct ServerStateMachine: Sendable {
     private mutating func endOfChunk(last: Bool, accepted: Bool) {
         guard accepted else {
             if transaction == nil {
-                reply(.badCommandSequence, EnhancedStatusCode("5.5.1"), "Error: need MAIL command")
+                reply(.badCommandSequence, EnhancedStatusCode(5, 5, 1), "Error: need MAIL command")
             } else {
-                reply(.transactionFailed, EnhancedStatusCode("5.5.1"), Self.noValidRecipientsText)
+                reply(.transactionFailed, EnhancedStatusCode(5, 5, 1), Self.noValidRecipientsText)
                 transaction = nil
             }
             return
         }
         guard last else {
-            reply(.ok, EnhancedStatusCode("2.0.0"), "Ok: \(contentSize) octets")
+            reply(.ok, EnhancedStatusCode(2, 0, 0), "Ok: \(contentSize) octets")
             return
         }
         let exceeded = contentSize > configuration.maximumMessageSize
         if !exceeded, transaction?.parameters.body != .binaryMIME, Self.containsBareLineEnding(content) {
             transaction = nil
             content = []
-            return reply(.transactionFailed, EnhancedStatusCode("5.6.0"), "Error: bare CR or LF in message content")
+            return reply(.transactionFailed, EnhancedStatusCode(5, 6, 0), "Error: bare CR or LF in message content")
         }
         endOfContent(exceeded: exceeded)
     }
@@ -771,7 +771,7 @@ public struct ServerStateMachine: Sendable {
         if exceeded {
             transaction = nil
             content = []
-            return reply(.exceededStorageAllocation, EnhancedStatusCode("5.3.4"), "Error: message too large")
+            return reply(.exceededStorageAllocation, EnhancedStatusCode(5, 3, 4), "Error: message too large")
         }
         if let fault = immediate(policy.decide(.endOfData)) {
             transaction = nil
@@ -793,12 +793,12 @@ public struct ServerStateMachine: Sendable {
 
     private mutating func startTLS(_ argument: String) {
         guard configuration.startTLS, !isSecure else {
-            return reply(.commandNotImplemented, EnhancedStatusCode("5.5.1"), "Error: STARTTLS not available")
+            return reply(.commandNotImplemented, EnhancedStatusCode(5, 5, 1), "Error: STARTTLS not available")
         }
         guard argument.trimmingSpaces.isEmpty else {
-            return reply(.syntaxError, EnhancedStatusCode("5.5.4"), "Syntax: STARTTLS")
+            return reply(.syntaxError, EnhancedStatusCode(5, 5, 4), "Syntax: STARTTLS")
         }
-        reply(.serviceReady, EnhancedStatusCode("2.0.0"), "Ready to start TLS")
+        reply(.serviceReady, EnhancedStatusCode(2, 0, 0), "Ready to start TLS")
         // Whatever the client sent behind STARTTLS is plaintext: it is discarded, never run.
         input.removeAll()
         inputIndex = 0
@@ -812,20 +812,20 @@ public struct ServerStateMachine: Sendable {
 
     private mutating func auth(_ argument: String) {
         guard !configuration.users.isEmpty, heloName != nil, extended else {
-            return reply(.commandNotImplemented, EnhancedStatusCode("5.5.1"), "Error: AUTH not available")
+            return reply(.commandNotImplemented, EnhancedStatusCode(5, 5, 1), "Error: AUTH not available")
         }
         guard authenticatedUser == nil else {
-            return reply(.badCommandSequence, EnhancedStatusCode("5.5.1"), "Error: already authenticated")
+            return reply(.badCommandSequence, EnhancedStatusCode(5, 5, 1), "Error: already authenticated")
         }
         guard transaction == nil else {
-            return reply(.badCommandSequence, EnhancedStatusCode("5.5.1"), "Error: AUTH during a transaction")
+            return reply(.badCommandSequence, EnhancedStatusCode(5, 5, 1), "Error: AUTH during a transaction")
         }
         if (configuration.requireTLS || (configuration.authenticationRequiresTLS && configuration.startTLS)), !isSecure {
-            return reply(.encryptionRequiredForAuthentication, EnhancedStatusCode("5.7.11"), "Encryption required for requested authentication mechanism")
+            return reply(.encryptionRequiredForAuthentication, EnhancedStatusCode(5, 7, 11), "Encryption required for requested authentication mechanism")
         }
         let words = argument.split(separator: " ")
         guard let mechanism = words.first?.uppercased(), words.count <= 2 else {
-            return reply(.syntaxError, EnhancedStatusCode("5.5.4"), "Syntax: AUTH mechanism")
+            return reply(.syntaxError, EnhancedStatusCode(5, 5, 4), "Syntax: AUTH mechanism")
         }
         let initial = words.count == 2 ? String(words[1]) : nil
         switch mechanism {
@@ -844,23 +844,23 @@ public struct ServerStateMachine: Sendable {
                 reply(.serverChallenge, nil, "VXNlcm5hbWU6")
             }
         default:
-            reply(.commandParameterNotImplemented, EnhancedStatusCode("5.5.4"), "Unsupported authentication mechanism")
+            reply(.commandParameterNotImplemented, EnhancedStatusCode(5, 5, 4), "Unsupported authentication mechanism")
         }
     }
 
     private mutating func authenticationLine(_ line: [UInt8], _ state: AuthState) {
         phase = .command
         if line == [UInt8(ascii: "*")] {
-            return authenticationFailed(.syntaxError, EnhancedStatusCode("5.7.0"), "Authentication cancelled")
+            return authenticationFailed(.syntaxError, EnhancedStatusCode(5, 7, 0), "Authentication cancelled")
         }
         guard let decoded = line == [UInt8(ascii: "=")] ? [] : Base64.decode(line) else {
-            return authenticationFailed(.syntaxError, EnhancedStatusCode("5.5.2"), "Invalid base64 data")
+            return authenticationFailed(.syntaxError, EnhancedStatusCode(5, 5, 2), "Invalid base64 data")
         }
         switch state {
         case .plain:
             let parts = decoded.split(separator: 0, omittingEmptySubsequences: false)
             guard parts.count == 3 else {
-                return authenticationFailed(.syntaxError, EnhancedStatusCode("5.5.2"), "Invalid PLAIN response")
+                return authenticationFailed(.syntaxError, EnhancedStatusCode(5, 5, 2), "Invalid PLAIN response")
             }
             verify(username: String(decoding: parts[1], as: UTF8.self), password: String(decoding: parts[2], as: UTF8.self))
         case .loginUsername:
@@ -874,9 +874,9 @@ public struct ServerStateMachine: Sendable {
     private mutating func verify(username: String, password: String) {
         if let expected = configuration.users[username], expected == password {
             authenticatedUser = username
-            reply(.authenticationSucceeded, EnhancedStatusCode("2.7.0"), "Authentication successful")
+            reply(.authenticationSucceeded, EnhancedStatusCode(2, 7, 0), "Authentication successful")
         } else {
-            authenticationFailed(.authenticationCredentialsInvalid, EnhancedStatusCode("5.7.8"), "Error: authentication failed")
+            authenticationFailed(.authenticationCredentialsInvalid, EnhancedStatusCode(5, 7, 8), "Error: authentication failed")
         }
     }
 
@@ -887,7 +887,7 @@ public struct ServerStateMachine: Sendable {
         authenticationFailures += 1
         actions.append(.authenticationFailed(failures: authenticationFailures))
         guard authenticationFailures < configuration.maximumAuthenticationFailures else {
-            reply(.serviceNotAvailable, EnhancedStatusCode("4.7.0"),
+            reply(.serviceNotAvailable, EnhancedStatusCode(4, 7, 0),
                   "\(configuration.hostname) Error: too many failed authentications; closing")
             close()
             return

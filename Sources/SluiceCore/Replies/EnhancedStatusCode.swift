@@ -19,6 +19,16 @@ public struct EnhancedStatusCode: Hashable, Sendable, CustomStringConvertible {
         self.detail = detail
     }
 
+    /// A code written in this package's own source, `EnhancedStatusCode(5, 5, 1)`: checked
+    /// only in debug builds, and made without parsing (the sink answers every command with
+    /// one).
+    package init(_ statusClass: Int, _ subject: Int, _ detail: Int) {
+        assert(EnhancedStatusCode(statusClass: statusClass, subject: subject, detail: detail) != nil, "not a code")
+        self.statusClass = statusClass
+        self.subject = subject
+        self.detail = detail
+    }
+
     /// Parses `2.1.5`; nil if the text is not exactly an enhanced code.
     ///
     /// For a `String` (every literal), this concrete overload is taken: it runs the parser
