@@ -565,11 +565,13 @@ public struct ServerStateMachine: Sendable {
             }
         }
         var parameters = MailParameters()
-        for parameter in parameterText.split(separator: " ") {
-            // Empty pieces kept: a lone "=" is a key of "" (555), never an empty list.
-            let parts = parameter.split(separator: "=", maxSplits: 1, omittingEmptySubsequences: false)
-            let key = parts[0].uppercased()
-            let value = parts.count > 1 ? String(parts[1]) : nil
+        // Read as bytes, keywords upper-cased in ASCII only: an esmtp-keyword is ASCII
+        // (RFC 5321 §4.1.2), and Unicode case rules would read "ſize" as SIZE.
+        for parameter in parameterText.utf8.split(separator: UInt8(ascii: " ")) {
+            // A lone "=" is a key of "" (555), never an empty list.
+            let equals = parameter.firstIndex(of: UInt8(ascii: "="))
+            let key = Self.asciiUppercased(parameter[..<(equals ?? parameter.endIndex)])
+            let value = equals.map { String(Substring(parameter[parameter.index(after: $0)...])) }
             switch (key, value) {
             case ("SIZE", let value?):
                 guard let size = Int(value), size >= 0 else {
@@ -580,7 +582,7 @@ public struct ServerStateMachine: Sendable {
                 }
                 parameters.size = size
             case ("BODY", let value?):
-                switch value.uppercased() {
+                switch Self.asciiUppercased(value.utf8[...]) {
                 case "7BIT": parameters.body = .sevenBit
                 case "8BITMIME" where configuration.eightBitMIME: parameters.body = .eightBitMIME
                 case "BINARYMIME" where configuration.chunking: parameters.body = .binaryMIME
@@ -589,7 +591,7 @@ public struct ServerStateMachine: Sendable {
             case ("SMTPUTF8", nil) where configuration.smtpUTF8:
                 parameters.smtpUTF8 = true
             case ("RET", let value?) where configuration.deliveryStatusNotifications:
-                parameters.returnContent = value.uppercased() == "HDRS" ? .headers : .full
+                parameters.returnContent = Self.asciiUppercased(value.utf8[...]) == "HDRS" ? .headers : .full
             case ("ENVID", let value?) where configuration.deliveryStatusNotifications:
                 try? parameters.setEnvelopeID(value)
             case ("AUTH", _):
@@ -960,6 +962,18 @@ public struct ServerStateMachine: Sendable {
         }
         defer { actions = [] }
         return actions
+    }
+
+    /// `bytes` as a string with the ASCII letters upper-cased and every other byte kept.
+    private static func asciiUppercased(_ bytes: Substring.UTF8View) -> String {
+        String(unsafeUninitializedCapacity: bytes.count) { buffer in
+            var count = 0
+            for byte in bytes {
+                buffer[count] = (0x61...0x7A).contains(byte) ? byte - 0x20 : byte
+                count += 1
+            }
+            return count
+        }
     }
 
     /// Splits `FROM:<path> params` into the path and the parameters.

@@ -411,6 +411,18 @@ struct ServerFuzzFindingTests {
                 "\(replies)")
     }
 
+    @Test func mailParametersMatchInAnyASCIICaseAndNothingElse() {
+        var h = ServerHarness()
+        _ = h.connect()
+        let replies = h.client("EHLO c\r\n"
+            + "MAIL FROM:<a@example.com> size=10 body=8bitmime\r\nRSET\r\n"   // any ASCII case: 250
+            + "MAIL FROM:<a@example.com> \u{17F}ize=10\r\n"                     // "ſize" is not SIZE: 555
+            + "MAIL FROM:<a@example.com> BODY=8b\u{131}tm\u{131}me\r\n"       // nor "8bıtmıme" 8BITMIME: 504
+            + "MAIL FROM:<a@example.com> =\r\n"                                 // a lone "=": 555
+            + "MAIL FROM:<a@example.com> SIZE=\r\n")                            // an empty SIZE: 501
+        #expect(ServerHarness.codes(replies) == ["250", "250", "250", "555", "504", "555", "501"], "\(replies)")
+    }
+
     @Test func theFromAndToKeywordsMatchInAnyASCIICaseAndNothingElse() {
         var h = ServerHarness()
         _ = h.connect()
