@@ -652,7 +652,10 @@ final class Wakeup: Sendable {
     /// Returns on a signal, on cancellation, or after `timeout`.
     func wait(timeout: Duration) async {
         let timer = Task { [self] in
-            try? await Task.sleep(for: timeout)
+            // Only a timeout signals: a timer cancelled because the wait is over must not
+            // leave a signal behind, or every later wait would return at once and the idle
+            // worker would spin, asking the store for work hundreds of times a second.
+            guard (try? await Task.sleep(for: timeout)) != nil else { return }
             signal()
         }
         await withTaskCancellationHandler {

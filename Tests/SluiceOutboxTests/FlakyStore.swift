@@ -8,6 +8,10 @@ final class FlakyStore: OutboxStore {
     static var schemaVersion: Int { SQLiteStore.schemaVersion }
     private let base: any OutboxStore
     private let failing = Atomic<Bool>(false)
+    private let claimCalls = Atomic<Int>(0)
+
+    /// How many times a worker asked for work.
+    var claims: Int { claimCalls.load(ordering: .sequentiallyConsistent) }
 
     init(_ base: any OutboxStore) { self.base = base }
 
@@ -28,6 +32,7 @@ final class FlakyStore: OutboxStore {
     func claim(owner: String, limit: Int, now: Date, leaseUntil: Date, rateLimit: OutboxRateLimit?)
         async throws(OutboxError) -> [ClaimedMessage]
     {
+        claimCalls.add(1, ordering: .sequentiallyConsistent)
         try check(); return try await base.claim(owner: owner, limit: limit, now: now, leaseUntil: leaseUntil, rateLimit: rateLimit)
     }
     func renew(owner: String, ids: [Int64], until: Date) async throws(OutboxError) -> Set<Int64> {

@@ -223,6 +223,32 @@ import Testing
     /// A worker told to stop while the store does not answer keeps trying for its patience,
     /// then returns and leaves what it holds leased; once the leases expire, another worker
     /// sends those messages again: a duplicate for what was delivered, never a loss.
+    @Test func anIdleWorkerThatWasWokenSleepsInsteadOfSpinning() async throws {
+        // A wait that a wake-up ended once left its cancelled timer's signal behind, so every
+        // later wait returned at once: the idle worker asked the store for work hundreds of
+        // times a second, for ever.
+        let (sqlite, _) = try await makeSQLiteOutbox()
+        let flaky = FlakyStore(sqlite.store)
+        let outbox = Outbox(store: flaky)
+        let client = try relayClient(port: 9)  // nothing is due, so nothing is sent
+        _ = try await outbox.enqueue(outboxMessage("later", notBefore: Date().addingTimeInterval(3_600)))
+        let (worker, task) = Self.start(outbox, client) { $0.pollInterval = .milliseconds(500) }
+        try await eventually("the worker has looked for work") { flaky.claims > 0 }
+        for _ in 0..<3 {
+            worker.wake()
+            try await Task.sleep(for: .milliseconds(50))
+        }
+        let before = flaky.claims
+        try await Task.sleep(for: .seconds(1))
+        let asked = flaky.claims - before
+        // One look per poll interval (two in the second), and a spare for a late wake-up.
+        #expect(asked <= 4, "the idle worker asked for work \(asked) times in one second")
+        task.cancel()
+        try await task.value
+        await client.shutdown()
+        await outbox.close()
+    }
+
     @Test func aStoppingWorkerWhoseStoreIsGoneGivesUpAndLosesNothing() async throws {
         // Replies held, so messages are in the worker's hands when the store goes.
         let sink = try await startSink { $0.replyDelay = .fixed(.milliseconds(300)) }
