@@ -67,6 +67,15 @@ import Testing
         #expect(try await fresh.message(id)?.recipients.first?.state == .queued)
     }
 
+    @Test func everyPostgreSQLTransactionRunsWithoutJIT() async throws {
+        // The planner's costs for a claim of 1,000 messages cross jit_above_cost, and compiling
+        // cost about 480 ms a claim: ten times the claim itself.
+        guard let outbox = try await makeOutbox(.postgres), let store = outbox.store as? PostgresStore else { return }
+        #expect(try await store.rows("SHOW jit") == [["off"]])
+        // Set for each transaction, not the session: the session's own setting is untouched.
+        #expect(try await store.rows("SELECT reset_val FROM pg_settings WHERE name = 'jit'") == [["on"]])
+    }
+
     @Test func urlsNameTheirStore() throws {
         #expect(try OutboxURL("sqlite:outbox.db") == .sqlite(path: "outbox.db", synchronous: .full))
         #expect(try OutboxURL("sqlite:///var/lib/o.db?synchronous=normal") == .sqlite(path: "/var/lib/o.db", synchronous: .normal))
