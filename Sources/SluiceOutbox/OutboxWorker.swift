@@ -222,6 +222,9 @@ public final class OutboxWorker: Sendable {
         logger.info("outbox worker started", metadata: ["owner": "\(configuration.owner)"])
         var lastRenewal = ContinuousClock.now
         var lastHousekeeping = ContinuousClock.now - .seconds(3_600)
+        /// Whether the last housekeeping left finished messages past their retention.
+        var purgeBehind = false
+        var claimedAtHousekeeping = 0
         var storeFailures = 0
         /// Since when the store has failed without a success between, and since when the
         /// worker has been stopping (nil: it is not): it gives up recording once both are
@@ -244,8 +247,10 @@ public final class OutboxWorker: Sendable {
                     try await renewLeases()
                     lastRenewal = .now
                 }
-                if !stopping, ContinuousClock.now - lastHousekeeping >= .seconds(10) {
-                    try await housekeeping()
+                if !stopping, ContinuousClock.now - lastHousekeeping >= (purgeBehind ? .seconds(1) : .seconds(10)) {
+                    let claimed = state.withLock { $0.statistics.claimed }
+                    purgeBehind = try await housekeeping(claimedSince: claimed - claimedAtHousekeeping)
+                    claimedAtHousekeeping = claimed
                     lastHousekeeping = .now
                 }
                 storeFailures = 0
@@ -548,11 +553,25 @@ public final class OutboxWorker: Sendable {
         }
     }
 
-    /// Retention and the gauges: every ten seconds, in small steps.
-    private func housekeeping() async throws(OutboxError) {
+    /// Retention and the gauges: every ten seconds, or every second while retention is behind.
+    /// Returns whether finished messages past their retention are left.
+    ///
+    /// Retention deletes in steps of ``purgeStep`` messages, each its own short transaction,
+    /// until none past retention is left, or for ``purgeBudget`` once it has deleted twice
+    /// what this worker claimed since the last time: a queue drained at thousands of messages
+    /// a second finishes that many, and one step every ten seconds (50 a second) let the
+    /// tables grow without bound. Twice the claims lets retention catch up while it keeps pace.
+    private func housekeeping(claimedSince claimed: Int) async throws(OutboxError) -> Bool {
+        var behind = false
         if let retention = configuration.retention {
             let before = outbox.clock.now().addingTimeInterval(-retention.seconds)
-            let purged = try await outbox.store.purge(finishedBefore: before, limit: 500)
+            let started = ContinuousClock.now
+            var purged = 0
+            repeat {
+                let step = try await outbox.store.purge(finishedBefore: before, limit: Self.purgeStep)
+                purged += step
+                behind = step == Self.purgeStep
+            } while behind && (purged < 2 * claimed || ContinuousClock.now - started < Self.purgeBudget)
             if purged > 0 { state.withLock { $0.statistics.purged += purged } }
         }
         metrics.inFlight.record(state.withLock { $0.inHand.count })
@@ -560,7 +579,13 @@ public final class OutboxWorker: Sendable {
         let waiting = try await outbox.store.waiting(now: now)
         metrics.waiting.record(waiting.count)
         metrics.oldestWaiting.record(waiting.oldestDueAt.map { max(0, now.timeIntervalSince($0)) } ?? 0)
+        return behind
     }
+
+    /// Messages one retention step deletes, in one transaction.
+    static let purgeStep = 500
+    /// The longest one housekeeping spends deleting once it has kept pace.
+    static let purgeBudget = Duration.milliseconds(250)
 
     /// What came of handing a message to the client.
     private enum Attempt: Sendable {

@@ -223,6 +223,29 @@ import Testing
     /// A worker told to stop while the store does not answer keeps trying for its patience,
     /// then returns and leaves what it holds leased; once the leases expire, another worker
     /// sends those messages again: a duplicate for what was delivered, never a loss.
+    @Test(arguments: StoreKind.allCases)
+    func retentionDeletesEveryFinishedMessagePastItAtOnce(store kind: StoreKind) async throws {
+        // One step of 500 every ten seconds let a queue drained at full speed grow without
+        // bound: a housekeeping now deletes all that is past retention, in steps.
+        let sink = try await startSink()
+        let clock = ManualClock()
+        guard let outbox = try await makeOutbox(kind, clock: clock) else { return }
+        let client = try relayClient(port: sink.localAddress.port)
+        _ = try await outbox.enqueue(contentsOf: (0..<1_200).map { outboxMessage("r\($0)") })
+        let (worker, task) = Self.start(outbox, client) { $0.retention = .seconds(60) }
+        try await eventually("every message is delivered", within: .seconds(60)) {
+            try await outbox.status().recipients[.delivered] == 1_200
+        }
+        clock.advance(by: .seconds(120))
+        try await eventually("retention deletes", within: .seconds(30)) { worker.statistics.purged > 0 }
+        #expect(worker.statistics.purged == 1_200, "one housekeeping deleted all that was past retention")
+        #expect(try await outbox.status().messagesFinished == 0)
+        task.cancel()
+        try await task.value
+        await client.shutdown()
+        await sink.shutdown()
+    }
+
     @Test func anIdleWorkerThatWasWokenSleepsInsteadOfSpinning() async throws {
         // A wait that a wake-up ended once left its cancelled timer's signal behind, so every
         // later wait returned at once: the idle worker asked the store for work hundreds of
