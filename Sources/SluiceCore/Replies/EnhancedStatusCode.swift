@@ -33,7 +33,7 @@ public struct EnhancedStatusCode: Hashable, Sendable, CustomStringConvertible {
     ///
     /// For a `String` (every literal), this concrete overload is taken: it runs the parser
     /// specialized here, where the generic one called from another module would run
-    /// unspecialized, with a metadata lookup per character (the sink's replies did).
+    /// unspecialized, with a metadata lookup per character.
     public init?(_ text: String) {
         self.init(parsing: text)
     }
