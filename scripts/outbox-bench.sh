@@ -10,23 +10,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 messages="${1:-100000}"
 
-swift build -c release --product sluice >/dev/null
-sluice="$PWD/.build/release/sluice"
-work="$(mktemp -d /tmp/sluice-outbox-bench.XXXXXX)"
-pids=()
-cleanup() {
-    for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
-    if [ -n "${pgdata:-}" ]; then ${asuser} "$bindir/pg_ctl" -D "$pgdata" -m immediate stop >/dev/null 2>&1 || true; fi
-    rm -rf "$work"
-}
-trap cleanup EXIT
-
-python3 scripts/outbox-messages.py "$messages" >"$work/input.jsonl"
-
-"$sluice" sink --listen 127.0.0.1:0 --loops 1 >"$work/sink.out" &
-pids+=($!)
-for _ in $(seq 50); do grep -q "listening on" "$work/sink.out" 2>/dev/null && break; sleep 0.1; done
-port="$(sed -n 's/^listening on .*:\([0-9]*\)$/\1/p' "$work/sink.out" | head -1)"
+source scripts/outbox-lib.sh
+outbox_start outbox-bench "$messages"
 
 # Runs "$@" and prints its wall time, CPU and peak memory after a label.
 timed() {
@@ -58,17 +43,11 @@ url="sqlite:$work/outbox.db"
 timed "SQLite: enqueue (JSON lines)" "$sluice" outbox enqueue --outbox "$url" <"$work/input.jsonl"
 drain "SQLite: drain, 1 worker" "$url" 1
 
-bindir="$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -1)"
-if [ -z "$bindir" ] || [ ! -x "$bindir/initdb" ]; then
+if ! outbox_find_postgres; then
     echo "PostgreSQL's server is not installed (apt-get install postgresql): left out"
     exit 0
 fi
-asuser=""
-if [ "$(id -u)" -eq 0 ]; then asuser="runuser -u postgres --"; chown postgres "$work"; fi
-pgdata="$work/pgdata"
-$asuser "$bindir/initdb" -D "$pgdata" -U postgres -A trust -E UTF8 --no-instructions >/dev/null
-$asuser "$bindir/pg_ctl" -D "$pgdata" -l "$work/pg.log" -w \
-    -o "-k $work -c listen_addresses= -c max_connections=50 -c shared_buffers=256MB" start >/dev/null
+outbox_start_cluster
 for workers in 1 3; do
     "$bindir/createdb" -h "$work" -U postgres "bench$workers"
     url="host=$work user=postgres dbname=bench$workers"
