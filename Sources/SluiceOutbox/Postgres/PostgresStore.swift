@@ -79,10 +79,11 @@ public final class PostgresStore: OutboxStore {
     /// a claim that runs in 50 ms without it. Set in each transaction, not the session, so
     /// that it holds through PgBouncer in transaction mode and leaves the database's own
     /// settings alone.
-    private static let prelude = PostgresConnection.Statement("SELECT set_config('jit', 'off', true)")
+    private static let prelude = PostgresConnection.Statement("SELECT \(jitOff)")
     /// The prelude, and the schema's version checked in the same transaction.
     private static let checkedPrelude = PostgresConnection.Statement(
-        "SELECT set_config('jit', 'off', true), sluice_check_schema(\(PostgresSchema.version))")
+        "SELECT \(jitOff), sluice_check_schema(\(PostgresSchema.version))")
+    private static let jitOff = "set_config('jit', 'off', true)"
 
     /// A missing schema reads as PostgreSQL's "function does not exist": say what to do.
     private static func explained(_ error: OutboxError) -> OutboxError {
