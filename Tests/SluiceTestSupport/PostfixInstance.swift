@@ -129,7 +129,14 @@ public final class PostfixInstance: Sendable {
     /// Stops the instance and removes its directory; returns what it logged.
     @discardableResult
     public func stop() async -> String {
-        _ = try? await runInBackground(postfix, ["-c", directory + "/etc", "stop"])
+        // `postfix stop` once hung for good (its `master -t` blocked connecting to a socket),
+        // holding the test process open after the last test: it gets 30 s, then the master is
+        // stopped anyway.
+        if let child = try? ChildProcess(postfix, ["-c", directory + "/etc", "stop"]) {
+            child.closeInput()
+            _ = await child.outputAndError(quietLimit: .seconds(30))
+            await child.stopped(grace: .seconds(1))
+        }
         let log = await master.stop()
         try? FileManager.default.removeItem(atPath: directory)
         return log
