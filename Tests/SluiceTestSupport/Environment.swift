@@ -150,20 +150,11 @@ public final class BlackHole: Sendable {
     }
 
     private init() throws {
-        let listener = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        let (listener, port) = try plainLoopbackListener(backlog: 0)
         self.listener = listener
-        var address = sockaddr_in()
-        address.sin_family = sa_family_t(AF_INET)
-        address.sin_addr.s_addr = inet_addr("127.0.0.1")
-        var length = socklen_t(MemoryLayout<sockaddr_in>.size)
-        let ok = withUnsafeMutablePointer(to: &address) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { pointer in
-                bind(listener, pointer, length) == 0 && listen(listener, 0) == 0
-                    && getsockname(listener, pointer, &length) == 0
-            }
-        }
-        try #require(ok)
-        port = Int(UInt16(bigEndian: address.sin_port))
+        self.port = port
+        var address = loopbackAddress(port: port)
+        let length = socklen_t(MemoryLayout<sockaddr_in>.size)
         var fillers: [Int32] = []
         for _ in 0..<3 {
             let filler = socket(AF_INET, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_NONBLOCK.rawValue), 0)
@@ -179,6 +170,37 @@ public final class BlackHole: Sendable {
         for filler in fillers { close(filler) }
         close(listener)
     }
+}
+
+/// A TCP socket listening on 127.0.0.1, on a port the kernel picks, made with the plain
+/// socket calls rather than through Sluice: for peers that must misbehave in ways Sluice's own
+/// transport never would. The caller closes the descriptor.
+public func plainLoopbackListener(backlog: Int32) throws -> (descriptor: Int32, port: Int) {
+    let descriptor = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+    guard descriptor >= 0 else { throw POSIXError(POSIXErrorCode(rawValue: errno) ?? .EINVAL) }
+    var address = loopbackAddress(port: 0)
+    var length = socklen_t(MemoryLayout<sockaddr_in>.size)
+    let listening = withUnsafeMutablePointer(to: &address) {
+        $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { pointer in
+            bind(descriptor, pointer, length) == 0 && listen(descriptor, backlog) == 0
+                && getsockname(descriptor, pointer, &length) == 0
+        }
+    }
+    guard listening else {
+        let error = POSIXError(POSIXErrorCode(rawValue: errno) ?? .EINVAL)
+        close(descriptor)
+        throw error
+    }
+    return (descriptor, Int(UInt16(bigEndian: address.sin_port)))
+}
+
+/// 127.0.0.1:`port` as a `sockaddr_in`.
+func loopbackAddress(port: Int) -> sockaddr_in {
+    var address = sockaddr_in()
+    address.sin_family = sa_family_t(AF_INET)
+    address.sin_addr.s_addr = inet_addr("127.0.0.1")
+    address.sin_port = UInt16(port).bigEndian
+    return address
 }
 
 /// Whether we run in CI, where a missing peer is a failure rather than a skip.

@@ -1,4 +1,7 @@
 import Foundation
+#if canImport(Glibc)
+import Glibc
+#endif
 import SluiceTestSupport
 import SluiceTransport
 import Testing
@@ -51,4 +54,54 @@ struct BufferedWriteTests {
         await server.close()
         await group.shutdown()
     }
+
+    /// A graceful close whose flush finds the peer gone (it reset the connection) closes
+    /// once, with the write's error. The failed write used to close the handle and the close
+    /// went on to shut down the socket: the failed shutdown closed the handle a second time
+    /// and libuv aborted the process (seen in `sluice soak` under its drop faults).
+    @Test func aGracefulCloseWhoseFlushFindsThePeerResetClosesOnceWithTheWriteError() async throws {
+        let listener = try ResettingListener()
+        let group = EventLoopGroup(numberOfLoops: 1)
+        let closed = Collector()
+        let connection = try await Connection.connect(to: "127.0.0.1", port: listener.port, on: group.loops[0]) { _ in
+            closed
+        }
+        // Not reading, the connection does not hear the reset before it writes.
+        await withCheckedContinuation { (done: CheckedContinuation<Void, Never>) in
+            connection.eventLoop.execute {
+                connection.pauseReading()
+                done.resume()
+            }
+        }
+        try listener.acceptAndReset()
+        try await Task.sleep(for: .milliseconds(100))  // the RST crosses loopback
+        connection.eventLoop.execute {
+            connection.bufferWrite(Array("QUIT\r\n".utf8))
+            connection.close()
+        }
+        try await withDeadline(.seconds(10), "the close") { await closed.waitForClose() }
+        let error = try #require(closed.closeError, "the write's failure is why it closed")
+        #expect("\(error)".contains("writing to"), "\(error)")
+        await group.shutdown()
+    }
+}
+
+/// A listening socket whose one connection is reset (SO_LINGER of zero, then close).
+private struct ResettingListener: ~Copyable {
+    let descriptor: Int32
+    let port: Int
+
+    init() throws {
+        (descriptor, port) = try plainLoopbackListener(backlog: 1)
+    }
+
+    func acceptAndReset() throws {
+        let accepted = accept(descriptor, nil, nil)
+        guard accepted >= 0 else { throw POSIXError(POSIXErrorCode(rawValue: errno) ?? .EINVAL) }
+        var linger = Glibc.linger(l_onoff: 1, l_linger: 0)
+        setsockopt(accepted, SOL_SOCKET, SO_LINGER, &linger, socklen_t(MemoryLayout<Glibc.linger>.size))
+        Glibc.close(accepted)
+    }
+
+    deinit { Glibc.close(descriptor) }
 }

@@ -564,10 +564,15 @@ public final class Connection: @unchecked Sendable, LoopResource, EndOfIteration
             return  // already on its way
         }
         flush()
+        // A write that fails closes the connection at once (uv_close): the peer may have reset
+        // it. Going on to shut down would then overwrite `.closing`, and the failed uv_shutdown
+        // would close the handle a second time, which libuv aborts on.
+        guard state == .open else { return }
         state = .shuttingDown
         if case .established(let session) = tls {
             session.shutdown()
             flushCiphertext(session)
+            guard state == .shuttingDown else { return }  // as above, for the close_notify
         }
         let request = UnsafeMutablePointer<uv_shutdown_t>.allocate(capacity: 1)
         // Retained while libuv holds the request; released once, in connectionShutDown.
