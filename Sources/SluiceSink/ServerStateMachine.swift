@@ -318,9 +318,17 @@ public struct ServerStateMachine: Sendable {
         return finish()
     }
 
-    /// The client was idle too long: 421 and close.
+    /// The client was idle too long: 421 and close. While a message is being stored, or an
+    /// AUTH penalty holds the session, the wait is the sink's, not the client's: nothing
+    /// happens, and the driver arms its idle timer again once the reply is out. A 421 there
+    /// would answer content already stored, and the client, rightly reading it as "not
+    /// accepted", would send the message again (seen in `sluice soak` under load: 25
+    /// recipients stored twice).
     public mutating func timeoutFired() -> [Action] {
-        if case .closed = phase { return [] }
+        switch phase {
+        case .closed, .delivering, .held: return []
+        default: break
+        }
         reply(.serviceNotAvailable, EnhancedStatusCode(4, 4, 2), "\(configuration.hostname) Error: timeout exceeded")
         close()
         return finish()

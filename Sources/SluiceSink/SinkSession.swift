@@ -198,6 +198,7 @@ final class SinkSession: ConnectionHandler, @unchecked Sendable {
         } else {
             holdTimer = connection.eventLoop.scheduleTimer(after: penalty) { [self] in
                 perform(machine.holdEnded())
+                resetIdleTimer()
                 updateDeadline()
             }
         }
@@ -282,6 +283,7 @@ final class SinkSession: ConnectionHandler, @unchecked Sendable {
                 penalty = duration
                 holdTimer = connection.eventLoop.scheduleTimer(after: duration) { [self] in
                     perform(machine.holdEnded())
+                    resetIdleTimer()
                     updateDeadline()
                 }
             }
@@ -362,6 +364,7 @@ final class SinkSession: ConnectionHandler, @unchecked Sendable {
     private func finish(_ result: DeliveryResult) {
         guard !isClosed else { return }
         perform(machine.deliveryFinished(result))
+        resetIdleTimer()  // the client's idle time starts at its reply (see timeoutFired)
         if machine.bufferedInputCount <= 1 << 20, !shared.readingPaused { connection.resumeReading() }
         updateDeadline()
     }

@@ -274,6 +274,21 @@ struct ServerStateMachineTests {
         #expect(h.closed)
     }
 
+    /// The idle timer running out while the sink stores a message (an fsync under load took
+    /// longer than the soak's 2 s) is the sink's wait, not the client's: the message gets its
+    /// 250. A 421 there answered content already stored, and the client sent it again.
+    @Test func theIdleTimeoutNeverAnswersAMessageBeingStored() {
+        var h = ServerHarness()
+        h.holdDeliveries = true
+        _ = h.connect()
+        _ = h.client("EHLO c\r\nMAIL FROM:<s@example.com>\r\nRCPT TO:<a@example.com>\r\nDATA\r\nx\r\n.\r\n")
+        #expect(h.waiting != nil)
+        #expect(h.apply(h.machine.timeoutFired()).isEmpty && !h.closed)
+        let replies = h.apply(h.machine.deliveryFinished(.stored(id: "Q1")))
+        #expect(ServerHarness.codes(replies) == ["250"], "\(replies)")
+        #expect(ServerHarness.codes(h.apply(h.machine.timeoutFired())) == ["421"] && h.closed, "idle after its reply")
+    }
+
     /// Found by Fuzz/FuzzServerCommands on its own seed: when the terminator arrived in a
     /// read of its own, the machine asked for an empty write before the delivery.
     @Test(arguments: 1...31)
