@@ -77,28 +77,79 @@ struct OutboxCommand: AsyncParsableCommand {
         }
 
         func run() async throws {
-            let messages = try settingUp("outbox enqueue", nothingWritten: true) { () throws -> [(String, OutboxMessage)] in
-                eml.isEmpty ? try Self.readJSONLines(FileHandle.standardInput.readDataToEndOfFile())
-                    : try eml.map { ("--eml \($0)", try emlMessage($0)) }
+            guard eml.isEmpty else {
+                let messages = try settingUp("outbox enqueue", nothingWritten: true) {
+                    try eml.map { ("--eml \($0)", try emlMessage($0)) }
+                }
+                try await options.with("outbox enqueue", maximumMessageSize: maxSize) { outbox in
+                    for (source, message) in messages { try Self.check(message, from: source, in: outbox) }
+                    var writer = BatchWriter(outbox: outbox)
+                    for (_, message) in messages { try await writer.add(message) }
+                    try await writer.finish()
+                }
+                return
             }
+            let input = try settingUp("outbox enqueue", nothingWritten: true) { try InputLines() }
             try await options.with("outbox enqueue", maximumMessageSize: maxSize) { outbox in
-                // Every message is checked before the first is written, then they are written a
-                // thousand to a transaction.
-                for (source, message) in messages {
-                    do throws(OutboxError) {
-                        try outbox.check(message)
-                    } catch {
-                        throw OutboxError(error.kind, "\(source): \(error.message); nothing was enqueued")
+                let decoder = JSONDecoder()
+                // Every line is checked before the first is written; then they are read again
+                // and written a thousand to a transaction.
+                do {
+                    try await input.forEach { number, line in
+                        guard let message = try Self.message(fromLine: line, number: number, decoder: decoder) else { return }
+                        try Self.check(message, from: "line \(number)", in: outbox)
                     }
+                } catch let error as ValidationError {
+                    FileHandle.standardError.write(Data("sluice outbox enqueue: \(error.message); nothing was enqueued\n".utf8))
+                    throw ExitCode(64)
                 }
-                let messages = messages.map(\.1)
+                var writer = BatchWriter(outbox: outbox)
+                do {
+                    try await input.forEach { number, line in
+                        guard let message = try Self.message(fromLine: line, number: number, decoder: decoder) else { return }
+                        try await writer.add(message)
+                    }
+                    try await writer.finish()
+                } catch {
+                    // Only what changed since the check can fail here (a file gone, the store).
+                    let done = "; the first \(writer.written) messages were enqueued (their ids are above), none after them"
+                    if let error = error as? OutboxError { throw OutboxError(error.kind, error.message + done) }
+                    FileHandle.standardError.write(Data("sluice outbox enqueue: \((error as? ValidationError)?.message ?? "\(error)")\(done)\n".utf8))
+                    throw ExitCode(64)
+                }
+            }
+        }
+
+        private static func check(_ message: OutboxMessage, from source: String, in outbox: Outbox) throws(OutboxError) {
+            do throws(OutboxError) {
+                try outbox.check(message)
+            } catch {
+                throw OutboxError(error.kind, "\(source): \(error.message); nothing was enqueued")
+            }
+        }
+
+        /// Writes messages a thousand to a transaction, printing each one's id as its batch is
+        /// written.
+        private struct BatchWriter {
+            let outbox: Outbox
+            private var batch: [OutboxMessage] = []
+            /// Messages written so far.
+            private(set) var written = 0
+
+            init(outbox: Outbox) { self.outbox = outbox }
+
+            mutating func add(_ message: OutboxMessage) async throws {
+                batch.append(message)
+                if batch.count == 1_000 { try await finish() }
+            }
+
+            mutating func finish() async throws {
+                guard !batch.isEmpty else { return }
                 var output = ""
-                for start in stride(from: 0, to: messages.count, by: 1_000) {
-                    let batch = Array(messages[start..<min(messages.count, start + 1_000)])
-                    for result in try await outbox.enqueue(contentsOf: batch) { output += "\(result.id)\n" }
-                    FileHandle.standardOutput.write(Data(output.utf8))
-                    output = ""
-                }
+                for result in try await outbox.enqueue(contentsOf: batch) { output += "\(result.id)\n" }
+                FileHandle.standardOutput.write(Data(output.utf8))
+                written += batch.count
+                batch.removeAll(keepingCapacity: true)
             }
         }
 
@@ -134,46 +185,38 @@ struct OutboxCommand: AsyncParsableCommand {
             var notBefore: String?
         }
 
-        /// The messages of JSON-lines input; a usage error naming the first bad line.
-        static func readJSONLines(_ data: Data) throws -> [(String, OutboxMessage)] {
-            var messages: [(String, OutboxMessage)] = []
-            let decoder = JSONDecoder()
-            // As an array: Data's generic split and slicing cost more than the decoding.
-            let bytes = [UInt8](data)
-            for (index, line) in bytes.split(separator: UInt8(ascii: "\n"), omittingEmptySubsequences: false).enumerated() {
-                let number = index + 1
-                guard !line.allSatisfy({ $0 == 32 || $0 == 9 || $0 == 13 }) else { continue }
-                let entry: Line
-                do {
-                    entry = try decoder.decode(Line.self, from: Data(line))
-                } catch {
-                    throw ValidationError("line \(number): not a message object ({\"from\", \"to\": [...], \"eml\" or \"raw\"}): \(Self.reason(error))")
-                }
-                let content: [UInt8]
-                switch (entry.eml, entry.raw) {
-                case (let path?, nil):
-                    do {
-                        content = try readFile(path)
-                    } catch {
-                        throw ValidationError("line \(number): cannot read \(error.detail ?? path)")
-                    }
-                case (nil, let raw?):
-                    content = Array(raw.utf8)
-                default:
-                    throw ValidationError("line \(number): give \"eml\" (a file) or \"raw\" (the message), one of them")
-                }
-                var notBefore: Date?
-                if let text = entry.notBefore {
-                    guard let date = parseRFC3339(text) else {
-                        throw ValidationError("line \(number): notBefore '\(text)' is not an RFC 3339 time")
-                    }
-                    notBefore = date
-                }
-                messages.append(("line \(number)", OutboxMessage(
-                    sender: entry.from, recipients: entry.to, content: content,
-                    idempotencyKey: entry.idempotencyKey, notBefore: notBefore)))
+        /// The message on one line of JSON-lines input (nil for a blank line); a usage error
+        /// naming the line if it is bad.
+        static func message(fromLine line: ArraySlice<UInt8>, number: Int, decoder: JSONDecoder) throws -> OutboxMessage? {
+            guard !line.allSatisfy({ $0 == 32 || $0 == 9 || $0 == 13 }) else { return nil }
+            let entry: Line
+            do {
+                entry = try decoder.decode(Line.self, from: Data(line))
+            } catch {
+                throw ValidationError("line \(number): not a message object ({\"from\", \"to\": [...], \"eml\" or \"raw\"}): \(Self.reason(error))")
             }
-            return messages
+            let content: [UInt8]
+            switch (entry.eml, entry.raw) {
+            case (let path?, nil):
+                do {
+                    content = try readFile(path)
+                } catch {
+                    throw ValidationError("line \(number): cannot read \(error.detail ?? path)")
+                }
+            case (nil, let raw?):
+                content = Array(raw.utf8)
+            default:
+                throw ValidationError("line \(number): give \"eml\" (a file) or \"raw\" (the message), one of them")
+            }
+            var notBefore: Date?
+            if let text = entry.notBefore {
+                guard let date = parseRFC3339(text) else {
+                    throw ValidationError("line \(number): notBefore '\(text)' is not an RFC 3339 time")
+                }
+                notBefore = date
+            }
+            return OutboxMessage(sender: entry.from, recipients: entry.to, content: content,
+                                 idempotencyKey: entry.idempotencyKey, notBefore: notBefore)
         }
 
         private static func reason(_ error: any Error) -> String {

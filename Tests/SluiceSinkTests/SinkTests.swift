@@ -106,11 +106,11 @@ struct SinkTests {
         await client.replies(atLeast: 1)
         // The peak (VmHWM), not the resident size at the end: a sink that buffered the input
         // and freed it afterwards must fail too.
-        let before = try #require(memoryReading("VmHWM:", of: process.pid), "no VmHWM in /proc/\(process.pid)/status")
+        let before = try #require(process.memoryReading("VmHWM:"), "no VmHWM in /proc/\(process.pid)/status")
         try await pushEndlessLineAndData(client)
         let replies = await client.replies(atLeast: 8)
         #expect(replies.map(\.code.rawValue) == [220, 500, 250, 250, 250, 354, 552, 250])
-        let peak = try #require(memoryReading("VmHWM:", of: process.pid))
+        let peak = try #require(process.memoryReading("VmHWM:"))
         #expect(peak - before < 16 << 20, "the sink's peak grew by \(peak - before) bytes for 64 MiB of input")
         await client.connection.close()
         await group.shutdown()
@@ -340,14 +340,4 @@ struct SinkTests {
         await sink.shutdown()
         await group.shutdown()
     }
-}
-
-/// The resident set size of a process, from /proc/PID/status (VmRSS).
-/// A memory figure of process `pid` in bytes, from the `field` line of /proc/PID/status
-/// (`VmRSS:`, `VmHWM:`); nil when it cannot be read.
-func memoryReading(_ field: String, of pid: Int32) -> Int? {
-    guard let text = try? String(contentsOfFile: "/proc/\(pid)/status", encoding: .utf8),
-          let line = text.split(separator: "\n").first(where: { $0.hasPrefix(field) }),
-          let kilobytes = Int(line.split(separator: " ").dropFirst().first ?? "") else { return nil }
-    return kilobytes * 1024
 }
