@@ -534,8 +534,13 @@ struct FaultyResult {
         }
         if let warm = warmUpSamples.map(\.descriptors).max(), let late = lastQuarter.map(\.descriptors).max() {
             // The pool may still be opening connections during a short warm-up: each is two
-            // descriptors here (client and sink), so a full pool is no growth either.
-            let allowed = max(warm + 4, baseline.descriptors + 2 * connections + 8)
+            // descriptors here (client and sink), so a full pool is no growth either. With 16
+            // connections a full pool measured 43 above the baseline (taken before the event
+            // loops, the listener and the mbox exist): 32 for the connections, 11 for the rest.
+            // Allow those, and 8 for connections being replaced. Under ASan beside the whole
+            // suite the warm-up saw only 42 of the usual 53, and the old allowance of 8 in
+            // all failed the full pool that followed.
+            let allowed = max(warm + 4, baseline.descriptors + 2 * connections + 11 + 8)
             checks.append(Check(
                 name: "open descriptors are flat after warm-up", passed: late <= allowed,
                 detail: "at most \(warm) during warm-up, \(late) late (allowed \(allowed))"))
