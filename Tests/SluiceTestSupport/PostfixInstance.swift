@@ -27,8 +27,48 @@ public final class PostfixInstance: Sendable {
             peerUnavailable("a private Postfix instance needs root (its master runs as root)")
             return nil
         }
-        return try await PostfixInstance(postfix: postfix, tlsCertificate: tlsCertificate, tlsKey: tlsKey, mainCF: mainCF,
-                                         masterCF: masterCF)
+        // The port is free when chosen but not held while Postfix starts, and a test binding
+        // port 0 meanwhile can be given it: the client then talked to that test's silent peer
+        // until its deadline (CI, under ASan). An instance that does not greet as Postfix is
+        // stopped and another started on a new port.
+        for attempt in 1... {
+            let instance = try await PostfixInstance(postfix: postfix, tlsCertificate: tlsCertificate, tlsKey: tlsKey,
+                                                     mainCF: mainCF, masterCF: masterCF)
+            if await offThread({ Self.greetsAsPostfix(port: instance.port) }) { return instance }
+            let log = await instance.stop()
+            if attempt == 3 {
+                throw PostfixNotListening(description: "port \(instance.port) never greeted as Postfix; its log:\n\(log)")
+            }
+        }
+        fatalError("unreachable")
+    }
+
+    /// Whether the server on 127.0.0.1:`port` greets as this instance does (`220
+    /// postfix.sluice.test`), within 10 s (scaled).
+    private static func greetsAsPostfix(port: Int) -> Bool {
+        let descriptor = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        defer { close(descriptor) }
+        let wait = scaled(.seconds(10)).components.seconds
+        var timeout = timeval(tv_sec: Int(wait), tv_usec: 0)
+        setsockopt(descriptor, SOL_SOCKET, SO_RCVTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
+        var address = sockaddr_in()
+        address.sin_family = sa_family_t(AF_INET)
+        address.sin_port = in_port_t(UInt16(port).bigEndian)
+        address.sin_addr.s_addr = inet_addr("127.0.0.1")
+        let connected = withUnsafePointer(to: &address) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
+                connect(descriptor, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) == 0
+            }
+        }
+        guard connected else { return false }
+        var greeting: [UInt8] = []
+        var buffer = [UInt8](repeating: 0, count: 256)
+        while !greeting.contains(10) {
+            let count = buffer.withUnsafeMutableBytes { recv(descriptor, $0.baseAddress, $0.count, 0) }
+            guard count > 0 else { break }
+            greeting += buffer[..<count]
+        }
+        return String(decoding: greeting, as: UTF8.self).hasPrefix("220 postfix.sluice.test")
     }
 
     private init(postfix: String, tlsCertificate: String?, tlsKey: String?, mainCF: String, masterCF: String) async throws {
@@ -141,4 +181,9 @@ public final class PostfixInstance: Sendable {
         try? FileManager.default.removeItem(atPath: directory)
         return log
     }
+}
+
+/// A Postfix instance that never greeted on its port.
+struct PostfixNotListening: Error, CustomStringConvertible {
+    let description: String
 }
