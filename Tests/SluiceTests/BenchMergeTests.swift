@@ -100,8 +100,9 @@ import Testing
         }
         try await shuttingDown(sink) {
         // Far enough ahead for both processes to start and set up, even under a sanitizer with
-        // the whole suite running (a start 6 s ahead had passed when one began under ASan).
-        let startAt = String(Int(Date().timeIntervalSince1970 + 6 * testTimeScale))
+        // the whole suite running (a start 6 s ahead had passed when one began under ASan, and
+        // once without a sanitizer as every suite started at once).
+        let startAt = String(Int(Date().timeIntervalSince1970 + 15 * testTimeScale))
         let logs = ["a", "b"].map { "\(directory)/\($0).hlog" }
         // Two processes, as two hosts would run them: the second refuses a quarter (a recipient
         // domain the sink refuses), so the merge has failures to add.
