@@ -46,21 +46,11 @@ public final class PostfixInstance: Sendable {
     /// Whether the server on 127.0.0.1:`port` greets as this instance does (`220
     /// postfix.sluice.test`), within 10 s (scaled).
     private static func greetsAsPostfix(port: Int) -> Bool {
-        let descriptor = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        guard let descriptor = connectedSocket(port: port) else { return false }
         defer { close(descriptor) }
         let wait = scaled(.seconds(10)).components.seconds
         var timeout = timeval(tv_sec: Int(wait), tv_usec: 0)
         setsockopt(descriptor, SOL_SOCKET, SO_RCVTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
-        var address = sockaddr_in()
-        address.sin_family = sa_family_t(AF_INET)
-        address.sin_port = in_port_t(UInt16(port).bigEndian)
-        address.sin_addr.s_addr = inet_addr("127.0.0.1")
-        let connected = withUnsafePointer(to: &address) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
-                connect(descriptor, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) == 0
-            }
-        }
-        guard connected else { return false }
         var greeting: [UInt8] = []
         var buffer = [UInt8](repeating: 0, count: 256)
         while !greeting.contains(10) {
@@ -146,17 +136,26 @@ public final class PostfixInstance: Sendable {
 
     /// Whether something accepts TCP connections on 127.0.0.1:`port`.
     private static func accepts(port: Int) -> Bool {
+        guard let descriptor = connectedSocket(port: port) else { return false }
+        close(descriptor)
+        return true
+    }
+
+    /// A socket connected to 127.0.0.1:`port` (the caller closes it), or nil.
+    private static func connectedSocket(port: Int) -> Int32? {
         let descriptor = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
-        defer { close(descriptor) }
-        var address = sockaddr_in()
-        address.sin_family = sa_family_t(AF_INET)
-        address.sin_port = in_port_t(UInt16(port).bigEndian)
-        address.sin_addr.s_addr = inet_addr("127.0.0.1")
-        return withUnsafePointer(to: &address) {
+        guard descriptor >= 0 else { return nil }
+        var address = loopbackAddress(port: port)
+        let connected = withUnsafePointer(to: &address) {
             $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
                 connect(descriptor, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) == 0
             }
         }
+        guard connected else {
+            close(descriptor)
+            return nil
+        }
+        return descriptor
     }
 
     /// The delivered message with this queue ID, once it has arrived whole: the pipe writes a
