@@ -1,4 +1,5 @@
 import ArgumentParser
+import Foundation
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -28,7 +29,7 @@ final class InputLines {
             ownsDescriptor = false
             return
         }
-        var template = Array("\(temporaryDirectory())/sluice-input-XXXXXX".utf8CString)
+        var template = Array((NSTemporaryDirectory() + "/sluice-input-XXXXXX").utf8CString)
         let copy = template.withUnsafeMutableBufferPointer { mkstemp($0.baseAddress!) }
         guard copy >= 0 else { throw ValidationError("cannot make a temporary copy of standard input: \(errnoText())") }
         template.withUnsafeBufferPointer { _ = unlink($0.baseAddress!) }
@@ -107,12 +108,6 @@ final class InputLines {
             }
         }
     }
-}
-
-/// `TMPDIR`, or /tmp.
-private func temporaryDirectory() -> String {
-    if let directory = getenv("TMPDIR").map({ String(cString: $0) }), !directory.isEmpty { return directory }
-    return "/tmp"
 }
 
 private func errnoText() -> String { String(cString: strerror(errno)) }
