@@ -46,6 +46,8 @@ export SLUICE_SANITIZER="$sanitizer"
 # the orphaned backtracer then holds the child's output pipes open, and the test reading
 # them waits for ever (seen: a crashed `sluice bench` hung the suite for 13 minutes).
 export SWIFT_BACKTRACE=enable=no
+# Eight tests at a time, as scripts/test.sh explains.
+export SWT_EXPERIMENTAL_MAXIMUM_PARALLELIZATION_WIDTH=${SWT_EXPERIMENTAL_MAXIMUM_PARALLELIZATION_WIDTH:-8}
 echo "sanitize: running the tests under $sanitizer"
 status=0
 swift test --skip-build --sanitize="$sanitizer" --scratch-path "$scratch" "$@" 2>&1 | tee "$log" || status=$?

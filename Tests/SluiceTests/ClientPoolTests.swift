@@ -264,13 +264,15 @@ struct ClientPoolTests {
     }
 }
 
-/// Waits until `condition` holds, for at most `limit`.
-func waitUntil(within limit: Duration = .seconds(10), _ condition: () -> Bool) async throws {
+/// Waits until `condition` holds, for at most `limit`; a miss is recorded at the caller's line.
+func waitUntil(
+    within limit: Duration = .seconds(10), sourceLocation: SourceLocation = #_sourceLocation, _ condition: () -> Bool
+) async throws {
     let limit = scaled(limit)
     let deadline = ContinuousClock.now + limit
     while !condition() {
         guard ContinuousClock.now < deadline else {
-            Issue.record("the condition did not come true within \(limit)")
+            Issue.record("the condition did not come true within \(limit)", sourceLocation: sourceLocation)
             return
         }
         try await Task.sleep(for: .milliseconds(10))
