@@ -1,3 +1,6 @@
+#if canImport(Glibc)
+internal import Glibc
+#endif
 public import SluiceCore
 /// An existing RFC 5322 message (an `.eml` file, a message built elsewhere), checked and
 /// ready to send as it is.
@@ -25,8 +28,53 @@ public struct RawMessage: Sendable, Hashable {
     /// Checks and normalises `bytes`. The common case, an array, gets code specialised for
     /// it here: a caller in another module would otherwise run the generic code, reaching
     /// each byte through the collection's witness table (a thousand allocations for 1 KB).
+    ///
+    /// Bytes already in the form checking gives (the usual case for a message read back from
+    /// a store or written by a program) are kept as they are, with no copy.
     public init(_ bytes: [UInt8]) throws(MessageError) {
-        try self.init(checking: bytes)
+        guard let eightBit = Self.eightBitIfCanonical(bytes) else {
+            try self.init(checking: bytes)
+            return
+        }
+        try self.init(checked: bytes, headerLength: Self.checkHeaderSection(bytes), has8BitBytes: eightBit)
+    }
+
+    private init(checked bytes: [UInt8], headerLength: Int, has8BitBytes: Bool) {
+        self.bytes = bytes
+        self.headerLength = headerLength
+        self.has8BitBytes = has8BitBytes
+    }
+
+    /// Whether `bytes` has 8-bit octets, if it is already what the checking initialiser would
+    /// make of it: every line ends in CRLF, no other CR or LF, no line longer than 998
+    /// octets, no NUL. nil otherwise: the byte-by-byte path then normalises it, or says what
+    /// is wrong and on which line. Whole lines at a time, with memchr.
+    static func eightBitIfCanonical(_ bytes: [UInt8]) -> Bool? {
+        bytes.withUnsafeBufferPointer { buffer -> Bool? in
+            guard let base = buffer.baseAddress, buffer.count > 0, buffer[buffer.count - 1] == 10,
+                  memchr(base, 0, buffer.count) == nil else { return nil }
+            var start = 0
+            while start < buffer.count {
+                // The last byte is an LF, so there is one.
+                let lineFeed = UnsafePointer<UInt8>(memchr(base + start, 10, buffer.count - start)!
+                    .assumingMemoryBound(to: UInt8.self)) - base
+                let end = lineFeed - 1  // where the line's CR must be
+                guard end >= start, buffer[end] == 13, end - start <= 998,
+                      memchr(base + start, 13, end - start) == nil else { return nil }
+                start = lineFeed + 1
+            }
+            var high: UInt64 = 0
+            var index = 0
+            while index + 8 <= buffer.count {
+                high |= UnsafeRawPointer(base + index).loadUnaligned(as: UInt64.self)
+                index += 8
+            }
+            while index < buffer.count {
+                high |= UInt64(buffer[index])
+                index += 1
+            }
+            return high & 0x8080_8080_8080_8080 != 0
+        }
     }
 
     private init(checking bytes: some Collection<UInt8>) throws(MessageError) {

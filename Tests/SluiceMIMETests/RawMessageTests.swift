@@ -73,4 +73,37 @@ struct RawMessageTests {
             ($0 as? MessageError)?.kind == .unreadable
         }
     }
+
+    /// An array already in canonical form is taken without the byte-by-byte pass; anything
+    /// else goes through it. Both must judge every input alike: the same bytes, header
+    /// length, 8-bit flag, or the same error on the same line. An `ArraySlice` always takes
+    /// the byte-by-byte path, so it is the reference.
+    @Test func theCanonicalFastPathJudgesEveryInputAsTheByteByBytePathDoes() {
+        var generator = SystemRandomNumberGenerator()
+        var canonical = 0
+        let pieces: [[UInt8]] = [
+            Array("x".utf8), Array("ü".utf8), [0], [13], [10], [13, 10], [13, 10], [13, 10], [13, 13, 10],
+            Array(": ".utf8), Array(" ".utf8), Array("\t".utf8), Array(String(repeating: "y", count: 400).utf8),
+        ]
+        for _ in 0..<20_000 {
+            var bytes = Array("From: a@b.c\r\n".utf8)
+            if Int.random(in: 0..<8, using: &generator) == 0 { bytes = [] }
+            for _ in 0..<Int.random(in: 0..<12, using: &generator) {
+                bytes += pieces.randomElement(using: &generator)!
+            }
+            if Int.random(in: 0..<2, using: &generator) == 0 { bytes += [13, 10] }
+            let fast = Result { () throws(MessageError) in try RawMessage(bytes) }
+            let reference = Result { () throws(MessageError) in try RawMessage(bytes[...]) }
+            if case .success(let message) = fast, message.bytes == bytes { canonical += 1 }
+            switch (fast, reference) {
+            case (.success(let a), .success(let b)):
+                #expect(a == b, "\(bytes)")
+            case (.failure(let a), .failure(let b)):
+                #expect(a.kind == b.kind && a.line == b.line, "\(bytes): \(a) against \(b)")
+            default:
+                Issue.record("\(bytes): \(fast) against \(reference)")
+            }
+        }
+        #expect(canonical > 1_000, "the inputs reached the fast path often enough: \(canonical)")
+    }
 }
