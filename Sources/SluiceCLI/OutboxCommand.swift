@@ -112,7 +112,8 @@ struct OutboxCommand: AsyncParsableCommand {
                     try await writer.finish()
                 } catch {
                     // Only what changed since the check can fail here (a file gone, the store).
-                    let done = "; the first \(writer.written) messages were enqueued (their ids are above), none after them"
+                    let done = writer.written == 0 ? "; nothing was enqueued"
+                        : "; the first \(writer.written) messages were enqueued (their ids are above), none after them"
                     if let error = error as? OutboxError { throw OutboxError(error.kind, error.message + done) }
                     FileHandle.standardError.write(Data("sluice outbox enqueue: \((error as? ValidationError)?.message ?? "\(error)")\(done)\n".utf8))
                     throw ExitCode(64)
@@ -176,7 +177,7 @@ struct OutboxCommand: AsyncParsableCommand {
         }
 
         /// One line of `enqueue`'s standard input.
-        struct Line: Decodable {
+        struct Line: Decodable, Equatable {
             var from: String
             var to: [String]
             var eml: String?
@@ -190,10 +191,14 @@ struct OutboxCommand: AsyncParsableCommand {
         static func message(fromLine line: ArraySlice<UInt8>, number: Int, decoder: JSONDecoder) throws -> OutboxMessage? {
             guard !line.allSatisfy({ $0 == 32 || $0 == 9 || $0 == 13 }) else { return nil }
             let entry: Line
-            do {
-                entry = try decoder.decode(Line.self, from: Data(line))
-            } catch {
-                throw ValidationError("line \(number): not a message object ({\"from\", \"to\": [...], \"eml\" or \"raw\"}): \(Self.reason(error))")
+            if let simple = EnqueueLineParser.parse(line) {
+                entry = simple
+            } else {
+                do {
+                    entry = try decoder.decode(Line.self, from: Data(line))
+                } catch {
+                    throw ValidationError("line \(number): not a message object ({\"from\", \"to\": [...], \"eml\" or \"raw\"}): \(Self.reason(error))")
+                }
             }
             let content: [UInt8]
             switch (entry.eml, entry.raw) {
