@@ -61,44 +61,41 @@ struct EnqueueLineParser {
     /// leaves to JSONDecoder.
     private mutating func string() -> String? {
         guard take(UInt8(ascii: "\"")) else { return nil }
-        let start = index
-        // The common case: no escape, so the string is the bytes as they are.
+        var decoded: [UInt8] = []  // from the first escape on; until then the string is the bytes as they are
+        var escaped = false
+        var run = index  // where the bytes not yet copied to `decoded` begin
         while index < bytes.count {
             let byte = bytes[index]
+            guard byte == UInt8(ascii: "\"") || byte == UInt8(ascii: "\\") || byte < 0x20 else {
+                index += 1
+                continue
+            }
+            guard byte >= 0x20 else { return nil }  // a control character must be escaped
+            let unescaped = UnsafeBufferPointer(rebasing: bytes[run..<index])
+            index += 1
             if byte == UInt8(ascii: "\"") {
-                index += 1
-                return String(validating: UnsafeBufferPointer(rebasing: bytes[start..<index - 1]), as: UTF8.self)
-            }
-            if byte == UInt8(ascii: "\\") || byte < 0x20 { break }
-            index += 1
-        }
-        var decoded = Array(bytes[start..<index])
-        while index < bytes.count {
-            let byte = bytes[index]
-            index += 1
-            switch byte {
-            case UInt8(ascii: "\""):
+                guard escaped else { return String(validating: unescaped, as: UTF8.self) }
+                decoded.append(contentsOf: unescaped)
                 return String(validating: decoded, as: UTF8.self)
-            case UInt8(ascii: "\\"):
-                guard index < bytes.count else { return nil }
-                let escape = bytes[index]
-                index += 1
-                switch escape {
-                case UInt8(ascii: "\""), UInt8(ascii: "\\"), UInt8(ascii: "/"): decoded.append(escape)
-                case UInt8(ascii: "b"): decoded.append(0x08)
-                case UInt8(ascii: "f"): decoded.append(0x0C)
-                case UInt8(ascii: "n"): decoded.append(0x0A)
-                case UInt8(ascii: "r"): decoded.append(0x0D)
-                case UInt8(ascii: "t"): decoded.append(0x09)
-                case UInt8(ascii: "u"):
-                    guard let scalar = unicodeEscape() else { return nil }
-                    decoded.append(contentsOf: UTF8.encode(scalar)!)
-                default: return nil
-                }
-            default:
-                guard byte >= 0x20 else { return nil }  // a control character must be escaped
-                decoded.append(byte)
             }
+            escaped = true
+            decoded.append(contentsOf: unescaped)
+            guard index < bytes.count else { return nil }
+            let escape = bytes[index]
+            index += 1
+            switch escape {
+            case UInt8(ascii: "\""), UInt8(ascii: "\\"), UInt8(ascii: "/"): decoded.append(escape)
+            case UInt8(ascii: "b"): decoded.append(0x08)
+            case UInt8(ascii: "f"): decoded.append(0x0C)
+            case UInt8(ascii: "n"): decoded.append(0x0A)
+            case UInt8(ascii: "r"): decoded.append(0x0D)
+            case UInt8(ascii: "t"): decoded.append(0x09)
+            case UInt8(ascii: "u"):
+                guard let scalar = unicodeEscape() else { return nil }
+                decoded.append(contentsOf: UTF8.encode(scalar)!)
+            default: return nil
+            }
+            run = index
         }
         return nil  // unterminated
     }
