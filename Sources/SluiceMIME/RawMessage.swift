@@ -129,9 +129,11 @@ public struct RawMessage: Sendable, Hashable {
     public func headerValues(_ name: String) -> [String] {
         let wanted = Array(name.lowercased().utf8)
         var values: [String] = []
-        for field in Self.fields(bytes[0..<headerLength]) where field.name.count == wanted.count {
-            guard zip(field.name, wanted).allSatisfy({ Self.lowercase($0) == $1 }) else { continue }
-            values.append(field.value)
+        // Only the fields asked for are made into strings.
+        Self.forEachField(bytes[0..<headerLength]) { fieldName, value in
+            guard fieldName.count == wanted.count, zip(fieldName, wanted).allSatisfy({ Self.lowercase($0) == $1 }) else { return }
+            let unfolded = bytes[value].filter { $0 != 13 && $0 != 10 }
+            values.append(String(decoding: unfolded, as: UTF8.self).trimmingWhitespace)
         }
         return values
     }
@@ -241,24 +243,27 @@ public struct RawMessage: Sendable, Hashable {
         byte >= 65 && byte <= 90 ? byte | 0x20 : byte
     }
 
-    /// The header fields of a checked header section: names as bytes, values unfolded.
-    private static func fields(_ section: ArraySlice<UInt8>) -> [(name: ArraySlice<UInt8>, value: String)] {
-        var result: [(name: ArraySlice<UInt8>, value: String)] = []
+    /// Calls `body` with each header field of a checked header section, in order: its name,
+    /// and where its value lies (from after the colon to the end of its last continuation
+    /// line, CRLFs included).
+    private static func forEachField(_ section: ArraySlice<UInt8>,
+                                     _ body: (_ name: ArraySlice<UInt8>, _ value: Range<Int>) -> Void) {
+        var field: (name: ArraySlice<UInt8>, value: Range<Int>)?
         var index = section.startIndex
         while index < section.endIndex {
             var end = index
             while section[end] != 13 { end += 1 }
             if end == index { break }
             let first = section[index]
-            if first == 32 || first == 9, !result.isEmpty {
-                result[result.count - 1].value += String(decoding: section[index..<end], as: UTF8.self)
+            if first == 32 || first == 9, let current = field {
+                field = (current.name, current.value.lowerBound..<end)
             } else if let colon = section[index..<end].firstIndex(of: UInt8(ascii: ":")) {
-                let value = String(decoding: section[(colon + 1)..<end], as: UTF8.self)
-                result.append((section[index..<colon], value))
+                if let field { body(field.name, field.value) }
+                field = (section[index..<colon], (colon + 1)..<end)
             }
             index = end + 2
         }
-        return result.map { ($0.name, $0.value.trimmingWhitespace) }
+        if let field { body(field.name, field.value) }
     }
 }
 

@@ -16,6 +16,12 @@ struct RawMessageTests {
         #expect(message.headerValues("subject") == ["a long\tfolded subject"])
         #expect(message.messageID == "<1@b.c>")
         #expect(message.headerValues("body").isEmpty, "the body is not the header section")
+        let several = try RawMessage(Array(("From: a@b.c\r\nReceived: one \r\nTo: a@b.c,\r\n  d@e.f\r\n\t, g@h.i\t\r\n"
+            + "received:\ttwo\r\nX: Grüße\r\n\r\nReceived: body\r\n").utf8))
+        #expect(several.headerValues("Received") == ["one", "two"])
+        #expect(several.headerValues("TO") == ["a@b.c,  d@e.f\t, g@h.i"], "folds joined, the ends trimmed")
+        #expect(several.headerValues("x") == ["Grüße"])
+        #expect(several.headerValues("Receive").isEmpty)
     }
 
     @Test(arguments: [
