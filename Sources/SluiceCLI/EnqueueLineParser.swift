@@ -64,8 +64,12 @@ struct EnqueueLineParser {
         var decoded: [UInt8] = []  // from the first escape on; until then the string is the bytes as they are
         var escaped = false
         var run = index  // where the bytes not yet copied to `decoded` begin
+        var high: UInt64 = 0  // the high bits of the bytes passed: none set, all ASCII
         while index < bytes.count {
+            skipPlainWords(orInto: &high)
+            guard index < bytes.count else { break }
             let byte = bytes[index]
+            high |= UInt64(byte)
             guard byte == UInt8(ascii: "\"") || byte == UInt8(ascii: "\\") || byte < 0x20 else {
                 index += 1
                 continue
@@ -74,9 +78,9 @@ struct EnqueueLineParser {
             let unescaped = UnsafeBufferPointer(rebasing: bytes[run..<index])
             index += 1
             if byte == UInt8(ascii: "\"") {
-                guard escaped else { return String(validating: unescaped, as: UTF8.self) }
+                guard escaped else { return Self.string(unescaped, ascii: high & 0x8080_8080_8080_8080 == 0) }
                 decoded.append(contentsOf: unescaped)
-                return String(validating: decoded, as: UTF8.self)
+                return decoded.withUnsafeBufferPointer { Self.string($0, ascii: false) }
             }
             escaped = true
             decoded.append(contentsOf: unescaped)
@@ -98,6 +102,27 @@ struct EnqueueLineParser {
             run = index
         }
         return nil  // unterminated
+    }
+
+    /// Passes eight bytes at a time while none is a quote, a backslash or a control
+    /// character, adding their high bits to `high`.
+    private mutating func skipPlainWords(orInto high: inout UInt64) {
+        let ones: UInt64 = 0x0101_0101_0101_0101, highs: UInt64 = 0x8080_8080_8080_8080
+        func hasZeroByte(_ word: UInt64) -> Bool { (word &- ones) & ~word & highs != 0 }
+        while index + 8 <= bytes.count {
+            let word = UnsafeRawPointer(bytes.baseAddress! + index).loadUnaligned(as: UInt64.self)
+            // A byte below 0x20 (an ASCII one: the subtraction borrows only from those), a
+            // quote or a backslash: the byte-at-a-time loop takes it from here.
+            guard !hasZeroByte(word ^ (ones &* 0x22)), !hasZeroByte(word ^ (ones &* 0x5C)),
+                  (word &- ones &* 0x20) & ~word & highs == 0 else { return }
+            high |= word
+            index += 8
+        }
+    }
+
+    /// The bytes as a string; nil if they are not UTF-8. ASCII needs no validating.
+    private static func string(_ bytes: UnsafeBufferPointer<UInt8>, ascii: Bool) -> String? {
+        ascii ? String(decoding: bytes, as: UTF8.self) : String(validating: bytes, as: UTF8.self)
     }
 
     /// The scalar of a `\uXXXX` escape whose `\u` has been read, joining a surrogate pair;
