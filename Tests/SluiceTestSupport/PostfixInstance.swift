@@ -31,16 +31,14 @@ public final class PostfixInstance: Sendable {
         // port 0 meanwhile can be given it: the client then talked to that test's silent peer
         // until its deadline (CI, under ASan). An instance that does not greet as Postfix is
         // stopped and another started on a new port.
-        for attempt in 1... {
+        var failure = ""
+        for _ in 1...3 {
             let instance = try await PostfixInstance(postfix: postfix, tlsCertificate: tlsCertificate, tlsKey: tlsKey,
                                                      mainCF: mainCF, masterCF: masterCF)
             if await offThread({ Self.greetsAsPostfix(port: instance.port) }) { return instance }
-            let log = await instance.stop()
-            if attempt == 3 {
-                throw PostfixNotListening(description: "port \(instance.port) never greeted as Postfix; its log:\n\(log)")
-            }
+            failure = "port \(instance.port) never greeted as Postfix; its log:\n\(await instance.stop())"
         }
-        fatalError("unreachable")
+        throw PostfixNotListening(description: failure)
     }
 
     /// Whether the server on 127.0.0.1:`port` greets as this instance does (`220
