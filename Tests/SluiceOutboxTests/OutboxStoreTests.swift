@@ -124,6 +124,55 @@ import Testing
     }
 
     @Test(arguments: StoreKind.allCases)
+    func aClaimGivesBackWhatWasEnqueuedByteForByte(store kind: StoreKind) async throws {
+        let clock = ManualClock()
+        guard let outbox = try await makeOutbox(kind, clock: clock) else { return }
+        // Every octet a message may hold (no NUL, CR or LF outside line ends), and a sender
+        // and recipient beyond ASCII.
+        var content = outboxMessage("bytes").content
+        content.removeLast(2)
+        for byte in UInt8(1)...255 where byte != 13 && byte != 10 { content.append(byte) }
+        content += [13, 10]
+        let message = OutboxMessage(sender: "sénder@example.com", recipients: ["a@example.org", "rcpt@bücher.example"],
+                                    content: content)
+        let now = clock.now()
+        let id = try await outbox.enqueue(message)
+        let first = try #require(try await outbox.store.claim(
+            owner: "A", limit: 10, now: now, leaseUntil: now + 60, rateLimit: nil).first)
+        #expect(first.id == id)
+        #expect(first.sender == message.sender)
+        #expect(first.content == content)
+        #expect(first.firstDueAt == now)
+        #expect(first.attempts == 1)
+        #expect(first.recipients.map(\.position) == [0, 1])
+        #expect(first.recipients.map(\.address) == message.recipients)
+        #expect(try await outbox.store.content(id: id) == content)
+        #expect(try await outbox.store.content(id: id + 1) == nil)
+        // Taken over after the lease: the second attempt, its age still from the first.
+        let again = try #require(try await outbox.store.claim(
+            owner: "B", limit: 10, now: now + 61, leaseUntil: now + 120, rateLimit: nil).first)
+        #expect(again.attempts == 2)
+        #expect(again.firstDueAt == now)
+    }
+
+    @Test func aPostgreSQLClaimFindsItsRowsByIndexHoweverLongTheQueue() async throws {
+        // Joined to the due ids, the planner hashed the whole table for each claim: a scan that
+        // grows with the queue. The claimed rows are found through the primary key.
+        guard let outbox = try await makeOutbox(.postgres), let store = outbox.store as? PostgresStore else { return }
+        for start in stride(from: 0, to: 3_000, by: 1_000) {
+            _ = try await outbox.enqueue(contentsOf: (start..<start + 1_000).map { outboxMessage("q\($0)") })
+        }
+        try await store.execute("ANALYZE")
+        let now = Date()
+        let claim = PostgresStore.claimStatement(owner: "A", limit: 1_000, now: now, leaseUntil: now + 60, rateLimit: nil)
+        let plan = try await store.rows("EXPLAIN " + claim.sql, claim.parameters).compactMap { $0.first ?? nil }
+        #expect(!plan.isEmpty)
+        #expect(!plan.contains { $0.contains("Seq Scan on sluice_messages m") }, "\(plan.joined(separator: "\n"))")
+        #expect(plan.contains { $0.contains("Index Scan using sluice_messages_pkey on sluice_messages m") },
+                "\(plan.joined(separator: "\n"))")
+    }
+
+    @Test(arguments: StoreKind.allCases)
     func theRateLimitIsSharedByEveryWorkerAndNeverOvershoots(store kind: StoreKind) async throws {
         let clock = ManualClock()
         guard let outbox = try await makeOutbox(kind, clock: clock) else { return }

@@ -16,10 +16,14 @@ final class PostgresConnection: @unchecked Sendable {
     struct Statement: Sendable {
         var sql: String
         var parameters: [Parameter?]
+        /// Whether the rows come back in PostgreSQL's binary format, in ``Rows/binary``: bytea
+        /// as its bytes rather than twice as many hex digits, and integers as big-endian words.
+        var binaryResults: Bool
 
-        init(_ sql: String, _ parameters: [Parameter?] = []) {
+        init(_ sql: String, _ parameters: [Parameter?] = [], binaryResults: Bool = false) {
             self.sql = sql
             self.parameters = parameters
+            self.binaryResults = binaryResults
         }
     }
 
@@ -32,6 +36,9 @@ final class PostgresConnection: @unchecked Sendable {
     /// One statement's rows, as text (bytea as its `\x` hex form), NULL as nil.
     struct Rows: Sendable {
         var rows: [[String?]]
+        /// The rows of a statement with ``Statement/binaryResults``, each value's bytes in
+        /// the binary format (``rows`` is then empty).
+        var binary: [[[UInt8]?]] = []
         /// Rows changed, for INSERT, UPDATE and DELETE.
         var affected: Int
     }
@@ -215,7 +222,8 @@ final class PostgresConnection: @unchecked Sendable {
         return storage.withUnsafeBufferPointer { buffer in
             buffer.baseAddress!.withMemoryRebound(to: CChar.self, capacity: buffer.count) { base in
                 let values: [UnsafePointer<CChar>?] = offsets.map { $0 < 0 ? nil : base + $0 }
-                return PQsendQueryParams(connection, statement.sql, Int32(count), nil, values, lengths, formats, 0) == 1
+                return PQsendQueryParams(connection, statement.sql, Int32(count), nil, values, lengths, formats,
+                                         statement.binaryResults ? 1 : 0) == 1
             }
         }
     }
@@ -274,6 +282,27 @@ final class PostgresConnection: @unchecked Sendable {
     private static func rows(of result: OpaquePointer) -> Rows {
         let rowCount = Int(PQntuples(result))
         let columns = PQnfields(result)
+        let affected = Int(String(cString: PQcmdTuples(result))) ?? 0
+        if rowCount > 0, PQfformat(result, 0) == 1 {
+            var binary: [[[UInt8]?]] = []
+            binary.reserveCapacity(rowCount)
+            for row in 0..<Int32(rowCount) {
+                var values: [[UInt8]?] = []
+                values.reserveCapacity(Int(columns))
+                for column in 0..<columns {
+                    guard PQgetisnull(result, row, column) == 0, let value = PQgetvalue(result, row, column) else {
+                        values.append(nil)
+                        continue
+                    }
+                    let length = Int(PQgetlength(result, row, column))
+                    values.append(value.withMemoryRebound(to: UInt8.self, capacity: length) {
+                        Array(UnsafeBufferPointer(start: $0, count: length))
+                    })
+                }
+                binary.append(values)
+            }
+            return Rows(rows: [], binary: binary, affected: affected)
+        }
         var rows: [[String?]] = []
         rows.reserveCapacity(rowCount)
         for row in 0..<Int32(rowCount) {
@@ -284,7 +313,7 @@ final class PostgresConnection: @unchecked Sendable {
             }
             rows.append(values)
         }
-        return Rows(rows: rows, affected: Int(String(cString: PQcmdTuples(result))) ?? 0)
+        return Rows(rows: rows, affected: affected)
     }
 
     private static func error(of result: OpaquePointer) -> OutboxError {
