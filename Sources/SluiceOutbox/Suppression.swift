@@ -66,6 +66,55 @@ public struct Suppression: Sendable, Hashable, Codable {
     /// without a leading `@`.
     /// - Throws: ``OutboxError/Kind/invalidInput`` when it is not an address or a domain.
     public static func normalized(_ target: String) throws(OutboxError) -> String {
+        // Every address a worker checks at each claim comes here: ASCII, the usual case, is
+        // read as bytes, where a character is a byte. Anything else is read by characters.
+        if let ascii = normalizedASCII(target) {
+            guard let result = ascii else {
+                throw OutboxError(.invalidInput, "\"\(target)\" is not an address or a domain")
+            }
+            return result
+        }
+        return try normalizedByCharacters(target)
+    }
+
+    /// ``normalized(_:)`` of an ASCII target, read as bytes: nil when `target` is not ASCII,
+    /// `.some(nil)` when it is neither an address nor a domain.
+    static func normalizedASCII(_ target: String) -> String?? {
+        var target = target
+        target.makeContiguousUTF8()
+        return target.utf8.withContiguousStorageIfAvailable { bytes -> String?? in
+            guard !bytes.contains(where: { $0 >= 0x80 }) else { return nil }
+            var start = bytes.startIndex, end = bytes.endIndex
+            while start < end, bytes[start] == 0x20 || bytes[start] == 0x09 { start += 1 }
+            while end > start, bytes[end - 1] == 0x20 || bytes[end - 1] == 0x09 || bytes[end - 1] == 0x0D { end -= 1 }
+            if end - start >= 2, bytes[start] == UInt8(ascii: "<"), bytes[end - 1] == UInt8(ascii: ">") {
+                start += 1
+                end -= 1
+            }
+            if start < end, bytes[start] == UInt8(ascii: "@") { start += 1 }
+            var lowered = [UInt8](bytes[start..<end])
+            var at: Int?
+            for index in lowered.indices {
+                let byte = lowered[index]
+                switch byte {
+                case UInt8(ascii: "A")...UInt8(ascii: "Z"): lowered[index] = byte + 32
+                case 0..<0x21, UInt8(ascii: "<"), UInt8(ascii: ">"), UInt8(ascii: ","), 0x7F: return .some(nil)
+                case UInt8(ascii: "@"): at = index
+                default: break
+                }
+            }
+            guard !lowered.isEmpty, lowered.count <= 320 else { return .some(nil) }
+            if let at {
+                guard at > 0, isDomain(lowered[(at + 1)...]) else { return .some(nil) }
+            } else {
+                guard isDomain(lowered[...]) else { return .some(nil) }
+            }
+            return .some(String(decoding: lowered, as: UTF8.self))
+        } ?? nil
+    }
+
+    /// ``normalized(_:)`` by characters, for targets beyond ASCII.
+    static func normalizedByCharacters(_ target: String) throws(OutboxError) -> String {
         var text = Substring(target).drop { $0 == " " || $0 == "\t" }
         while text.last == " " || text.last == "\t" || text.last == "\r" { text.removeLast() }
         if text.first == "<", text.last == ">" { text = text.dropFirst().dropLast() }
@@ -94,12 +143,24 @@ public struct Suppression: Sendable, Hashable, Codable {
     /// The targets that would suppress `address`: the address itself and its domain.
     static func targets(of address: String) -> [String] {
         guard let address = try? normalized(address) else { return [] }
-        guard let at = address.lastIndex(of: "@") else { return [address] }
-        return [address, String(address[address.index(after: at)...])]
+        guard let at = address.utf8.lastIndex(of: UInt8(ascii: "@")) else { return [address] }
+        return [address, String(address[address.utf8.index(after: at)...])]
     }
 
     private static func isDomain(_ text: Substring) -> Bool {
         !text.isEmpty && !text.hasPrefix(".") && !text.hasSuffix(".") && !text.contains("..") && !text.contains("@")
+    }
+
+    /// ``isDomain(_:)`` of ASCII bytes.
+    private static func isDomain(_ bytes: ArraySlice<UInt8>) -> Bool {
+        let dot = UInt8(ascii: ".")
+        guard let first = bytes.first, let last = bytes.last, first != dot, last != dot else { return false }
+        var previous: UInt8 = 0
+        for byte in bytes {
+            if byte == UInt8(ascii: "@") || (byte == dot && previous == dot) { return false }
+            previous = byte
+        }
+        return true
     }
 }
 

@@ -181,6 +181,40 @@ import Testing
         #expect(try await outbox.message(next)?.recipients.map(\.state) == [.suppressed])
     }
 
+    @Test func theASCIIPathNormalizesAsTheCharacterPathDoes() throws {
+        // A worker normalizes every address it claims, so ASCII is read as bytes; it must agree
+        // with the reading by characters, target for target, on what it keeps and what it refuses.
+        let pieces = ["a", "B", "z", "Z", "0", "@", "@", ".", ".", "-", "_", " ", "\t", "\r", "\n", "<", ">", ",",
+                      "\u{7F}", "\u{01}", "\"", "example", "ORG", "user"]
+        var generator = SystemRandomNumberGenerator()
+        var compared = 0
+        for _ in 0..<20_000 {
+            let target = (0..<Int.random(in: 0...12, using: &generator))
+                .map { _ in pieces.randomElement(using: &generator)! }.joined()
+            let byCharacters = try? Suppression.normalizedByCharacters(target)
+            guard let byBytes = Suppression.normalizedASCII(target) else {
+                Issue.record("ASCII \(target.debugDescription) was not read as bytes")
+                continue
+            }
+            #expect(byBytes == byCharacters, "\(target.debugDescription)")
+            if byCharacters != nil { compared += 1 }
+        }
+        #expect(compared > 500, "too few valid targets to compare")
+        // Beyond ASCII, the characters decide (a space joined to a combining accent is no space).
+        #expect(Suppression.normalizedASCII("b@bücher.example") == nil)
+        #expect((try? Suppression.normalized(" \u{301}a@example.org")) == nil)
+        #expect(try Suppression.normalized(" <B@Bücher.Example>\r") == "b@bücher.example")
+    }
+
+    @Test func aPostgreSQLArrayLiteralCarriesEveryValueAsItIs() async throws {
+        guard let outbox = try await makeOutbox(.postgres), let store = outbox.store as? PostgresStore else { return }
+        let values: [String?] = ["plain", "with \"quotes\"", "back\\slash\\", "{braces},comma", "", nil, "NULL",
+                                 "ünïcødé ✉︎", "nul\u{0}dropped", " spaced "]
+        let rows = try await store.rows("SELECT v FROM unnest($1::text[]) WITH ORDINALITY AS t(v, n) ORDER BY n",
+                                        [.text(pgArray(values))])
+        #expect(rows.map { $0[0] } == values.map { $0?.replacingOccurrences(of: "\u{0}", with: "") })
+    }
+
     @Test(arguments: ["", " ", "a@", "@", "a@b@", "a b@example.org", "a@example..org", "a@.example.org", "x,y@example.org"])
     func aTargetThatIsNeitherAnAddressNorADomainIsRefused(target: String) {
         #expect(throws: OutboxError.self) { try Suppression.normalized(target) }

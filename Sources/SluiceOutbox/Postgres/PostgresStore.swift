@@ -737,21 +737,26 @@ public final class PostgresStore: OutboxStore {
 
 /// A PostgreSQL array literal of text values (NULL for nil), every element quoted.
 func pgArray(_ values: [String?]) -> String {
-    var text = "{"
+    // Built as UTF-8 bytes: appending to a String a scalar at a time cost a sixth of a
+    // worker's CPU. Only ASCII is inserted, and NUL (which PostgreSQL's text cannot hold, and
+    // which in UTF-8 is only ever the byte 0) dropped, so the bytes stay valid UTF-8.
+    var bytes: [UInt8] = [UInt8(ascii: "{")]
+    bytes.reserveCapacity(values.reduce(2) { $0 + ($1?.utf8.count ?? 4) + 3 })
     for (index, value) in values.enumerated() {
-        if index > 0 { text += "," }
+        if index > 0 { bytes.append(UInt8(ascii: ",")) }
         guard let value else {
-            text += "NULL"
+            bytes += "NULL".utf8
             continue
         }
-        text += "\""
-        for character in value.unicodeScalars where character != "\0" {
-            if character == "\"" || character == "\\" { text += "\\" }
-            text.unicodeScalars.append(character)
+        bytes.append(UInt8(ascii: "\""))
+        for byte in value.utf8 where byte != 0 {
+            if byte == UInt8(ascii: "\"") || byte == UInt8(ascii: "\\") { bytes.append(UInt8(ascii: "\\")) }
+            bytes.append(byte)
         }
-        text += "\""
+        bytes.append(UInt8(ascii: "\""))
     }
-    return text + "}"
+    bytes.append(UInt8(ascii: "}"))
+    return String(decoding: bytes, as: UTF8.self)
 }
 
 func pgArray(_ values: [String]) -> String { pgArray(values.map { Optional($0) }) }
