@@ -238,10 +238,24 @@ public final class OutboxWorker: Sendable {
                 logger.info("outbox worker stopping: finishing what it holds")
             }
             do {
-                try await recordDone()
                 var claimedFull = false
-                if !stopping {
-                    claimedFull = try await claimAndSend()
+                let batch: ClaimedBatch?
+                do {
+                    batch = stopping ? nil : try await claim()
+                } catch {
+                    // Outcomes are written even while claims fail.
+                    try await recordDone()
+                    throw error
+                }
+                if let batch {
+                    // The store writes the last outcomes while this task prepares the batch it
+                    // just claimed: the two no longer wait for each other.
+                    async let recording: Void = recordDone()
+                    handOver(batch.held)
+                    try await recording
+                    claimedFull = batch.full
+                } else {
+                    try await recordDone()
                 }
                 if ContinuousClock.now - lastRenewal >= configuration.lease / 3 {
                     try await renewLeases()
@@ -290,19 +304,26 @@ public final class OutboxWorker: Sendable {
         return min(configuration.pollInterval, .milliseconds(max(1, Int64(until * 1000) + 1)))
     }
 
-    /// Claims what there is room for and hands it to the client; true when the claim was
-    /// full (more may be waiting).
-    private func claimAndSend() async throws(OutboxError) -> Bool {
+    /// A claim: the messages with their recipients on the suppression list taken out, and
+    /// whether it was full (more may be waiting).
+    private struct ClaimedBatch {
+        var held: [(ClaimedMessage, [(position: Int, entry: Suppression)])]
+        var full: Bool
+    }
+
+    /// Claims what there is room for and takes it in hand; nil when there is no room or nothing
+    /// was due.
+    private func claim() async throws(OutboxError) -> ClaimedBatch? {
         let holding = state.withLock { $0.inHand.count }
         let room = configuration.concurrency - holding
         // Claim in whole batches once there is room for half of one: fewer, fuller claims.
         let wanted = min(configuration.batchSize, room)
-        guard wanted > 0, wanted >= min(configuration.batchSize, configuration.concurrency) / 2 else { return false }
+        guard wanted > 0, wanted >= min(configuration.batchSize, configuration.concurrency) / 2 else { return nil }
         let now = outbox.clock.now()
         let claimed = try await outbox.store.claim(
             owner: configuration.owner, limit: wanted, now: now,
             leaseUntil: now.addingTimeInterval(configuration.lease.seconds), rateLimit: configuration.rateLimit)
-        guard !claimed.isEmpty else { return false }
+        guard !claimed.isEmpty else { return nil }
         let held = try await withoutSuppressed(claimed, now: now)
         let started = ContinuousClock.now
         state.withLock { state in
@@ -312,6 +333,11 @@ public final class OutboxWorker: Sendable {
             }
         }
         metrics.claimed.increment(by: claimed.count)
+        return ClaimedBatch(held: held, full: claimed.count == wanted)
+    }
+
+    /// Hands a claimed batch to the client.
+    private func handOver(_ held: [(ClaimedMessage, [(position: Int, entry: Suppression)])]) {
         for (message, _) in held {
             if message.recipients.isEmpty {
                 finished(message.id, .notSent)
@@ -319,7 +345,6 @@ public final class OutboxWorker: Sendable {
                 send(message)
             }
         }
-        return claimed.count == wanted
     }
 
     /// Takes out of each claimed message the recipients on the suppression list now (added

@@ -9,6 +9,7 @@ final class FlakyStore: OutboxStore {
     private let base: any OutboxStore
     private let failing = Atomic<Bool>(false)
     private let claimCalls = Atomic<Int>(0)
+    private let claimsAllowed = Atomic<Int>(.max)
 
     /// How many times a worker asked for work.
     var claims: Int { claimCalls.load(ordering: .sequentiallyConsistent) }
@@ -17,6 +18,9 @@ final class FlakyStore: OutboxStore {
 
     /// From now on every call fails (or, with `false`, none does).
     func fail(_ on: Bool = true) { failing.store(on, ordering: .sequentiallyConsistent) }
+
+    /// Claims after the first `count` fail, every other call succeeds.
+    func failClaims(after count: Int) { claimsAllowed.store(count, ordering: .sequentiallyConsistent) }
 
     private func check() throws(OutboxError) {
         if failing.load(ordering: .sequentiallyConsistent) {
@@ -32,7 +36,10 @@ final class FlakyStore: OutboxStore {
     func claim(owner: String, limit: Int, now: Date, leaseUntil: Date, rateLimit: OutboxRateLimit?)
         async throws(OutboxError) -> [ClaimedMessage]
     {
-        claimCalls.add(1, ordering: .sequentiallyConsistent)
+        let call = claimCalls.add(1, ordering: .sequentiallyConsistent).newValue
+        if call > claimsAllowed.load(ordering: .sequentiallyConsistent) {
+            throw OutboxError(.unavailable, "the test refused the claim")
+        }
         try check(); return try await base.claim(owner: owner, limit: limit, now: now, leaseUntil: leaseUntil, rateLimit: rateLimit)
     }
     func renew(owner: String, ids: [Int64], until: Date) async throws(OutboxError) -> Set<Int64> {

@@ -278,6 +278,29 @@ import Testing
         await outbox.close()
     }
 
+    @Test func outcomesAreWrittenWhileClaimsFail() async throws {
+        // The worker writes outcomes beside its next claim: a claim that fails must not keep
+        // what it learned from the store. Replies are held, so the outcomes come in after the
+        // one claim that succeeds.
+        let sink = try await startSink { $0.replyDelay = .fixed(.milliseconds(200)) }
+        let (sqlite, _) = try await makeSQLiteOutbox()
+        let flaky = FlakyStore(sqlite.store)
+        flaky.failClaims(after: 1)
+        let outbox = Outbox(store: flaky)
+        let client = try relayClient(port: sink.localAddress.port)
+        _ = try await outbox.enqueue(contentsOf: (0..<10).map { outboxMessage("c\($0)") })
+        let (worker, task) = Self.start(outbox, client)
+        try await eventually("the outcomes are written", within: .seconds(20)) {
+            try await sqlite.status().recipients[.delivered] == 10
+        }
+        #expect(flaky.claims > 1, "the worker went on claiming")
+        task.cancel()
+        try await task.value
+        #expect(worker.statistics.delivered == 10)
+        await client.shutdown()
+        await sink.shutdown()
+    }
+
     @Test func aStoppingWorkerWhoseStoreIsGoneGivesUpAndLosesNothing() async throws {
         // Replies held, so messages are in the worker's hands when the store goes.
         let sink = try await startSink { $0.replyDelay = .fixed(.milliseconds(300)) }
