@@ -82,6 +82,7 @@ struct OutboxCommand: AsyncParsableCommand {
                     try eml.map { ("--eml \($0)", try emlMessage($0)) }
                 }
                 try await options.with("outbox enqueue", maximumMessageSize: maxSize) { outbox in
+                    try await Self.checkSchema(of: outbox)
                     for (source, message) in messages { try Self.check(message, from: source, in: outbox) }
                     var writer = BatchWriter(outbox: outbox)
                     for (_, message) in messages { try await writer.add(message) }
@@ -91,6 +92,7 @@ struct OutboxCommand: AsyncParsableCommand {
             }
             let input = try settingUp("outbox enqueue", nothingWritten: true) { try InputLines() }
             try await options.with("outbox enqueue", maximumMessageSize: maxSize) { outbox in
+                try await Self.checkSchema(of: outbox)
                 let decoder = JSONDecoder()
                 // Every line is checked before the first is written; then they are read again
                 // and written a thousand to a transaction.
@@ -118,6 +120,16 @@ struct OutboxCommand: AsyncParsableCommand {
                     FileHandle.standardError.write(Data("sluice outbox enqueue: \((error as? ValidationError)?.message ?? "\(error)")\(done)\n".utf8))
                     throw ExitCode(64)
                 }
+            }
+        }
+
+        /// A store without a schema, or with one too new, is refused before any input is read:
+        /// reading a large input in full only to be told to run `outbox init` wastes the wait.
+        private static func checkSchema(of outbox: Outbox) async throws(OutboxError) {
+            do throws(OutboxError) {
+                try await outbox.store.checkSchema()
+            } catch {
+                throw OutboxError(error.kind, "\(error.message); nothing was enqueued")
             }
         }
 

@@ -128,7 +128,8 @@ import Testing
         try await outbox.initialize()
         try await (outbox.store as! SQLiteStore).execute("UPDATE sluice_schema SET version = 7")
         await outbox.close()
-        for arguments in [["outbox", "init"], ["outbox", "status"], ["worker", "--server", "127.0.0.1:1", "--security", "none"]] {
+        for arguments in [["outbox", "init"], ["outbox", "status"], ["worker", "--server", "127.0.0.1:1", "--security", "none"],
+                          ["outbox", "enqueue"]] {
             let run = try #require(try await Self.sluice(arguments + ["--outbox", url]))
             #expect(run.status == 69, "\(arguments)")
             #expect(run.error.contains("schema version 7, newer than this Sluice knows"), "\(run.error)")
@@ -139,6 +140,13 @@ import Testing
             try run("/usr/bin/env", ["SLUICE_OUTBOX=\(url)", command, "outbox", "status"])
         }
         #expect(fromEnvironment.status == 69 && fromEnvironment.error.contains("schema version 7"))
+
+        // enqueue says so before it reads its input: a bad line is not what it reports.
+        let bare = "sqlite:\(directory)/bare.db"
+        let lines = #"{"from": "a@example.com", "to": ["b@example.org"], "raw": "From: a@example.com\r\nSubject: x\r\n\r\nhi\r\n"}"# + "\nnot json\n"
+        let uninitialised = try #require(try await Self.sluice(["outbox", "enqueue", "--outbox", bare], input: lines))
+        #expect(uninitialised.status == 69, "\(uninitialised.error)")
+        #expect(uninitialised.error.contains("run `sluice outbox init` first; nothing was enqueued"), "\(uninitialised.error)")
     }
 
     /// `outbox enqueue` checks every line before it writes one, so it reads its input twice;
