@@ -165,15 +165,15 @@ import Testing
             }.joined()
             let command = memoryMeasuredCommand([sluice, "outbox", "enqueue", "--outbox", url])
             let child = try ChildProcess(command[0], Array(command.dropFirst()))
+            let peak = child.peakResidentBytesSampler()
             Thread {
                 child.writeInput(input.utf8)
                 child.closeInput()
             }.start()
-            async let peak = child.peakResidentBytesUntilExit()
             let (output, error) = await child.outputAndError()
             let status = await child.exitStatus()
             let ids = output.split(separator: UInt8(ascii: "\n")).count
-            return (status, ids, String(decoding: error, as: UTF8.self), try #require(await peak))
+            return (status, ids, String(decoding: error, as: UTF8.self), try #require(await peak()))
         }
         let batch = try await enqueue(1_000)
         let many = try await enqueue(10_000)

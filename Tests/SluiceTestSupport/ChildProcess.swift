@@ -197,17 +197,30 @@ public final class ChildProcess: @unchecked Sendable {
         return kilobytes * 1024
     }
 
-    /// The child's peak resident memory (VmHWM), read every few milliseconds until it exits:
-    /// the last reading before then (nil if there was none). Not the `ru_maxrss` its reaping
-    /// gives: a child that posix_spawn starts shares this process's memory until its exec,
-    /// and Linux keeps that peak as the child's (it read 104 MiB for a 40 MiB child).
-    public func peakResidentBytesUntilExit() async -> Int? {
-        var peak: Int?
-        while isRunning {
-            if let reading = memoryReading("VmHWM:") { peak = max(peak ?? 0, reading) }
-            try? await Task.sleep(for: .milliseconds(5))
+    /// Starts reading the child's peak resident memory (VmHWM) every few milliseconds until
+    /// it exits, on a thread of its own; the function returned gives the last reading before
+    /// then (nil if there was none). Started at once and off the concurrency pool: a reader
+    /// that was a task waited behind the busy pool past a short child's exit, and read
+    /// nothing. Not the `ru_maxrss` its reaping gives: a child that posix_spawn starts shares
+    /// this process's memory until its exec, and Linux keeps that peak as the child's (it read
+    /// 104 MiB for a 40 MiB child).
+    public func peakResidentBytesSampler() -> @Sendable () async -> Int? {
+        let peak = Locked<Int?>(nil)
+        let finished = DispatchSemaphore(value: 0)
+        Thread { [self] in
+            while isRunning {
+                if let reading = memoryReading("VmHWM:") { peak.withLock { $0 = max($0 ?? 0, reading) } }
+                usleep(5_000)
+            }
+            finished.signal()
+        }.start()
+        return {
+            await offThread {
+                finished.wait()
+                finished.signal()
+                return peak.withLock { $0 }
+            }
         }
-        return peak
     }
 
     /// Waits for the child to exit (blocking) and returns its exit status: the code it
