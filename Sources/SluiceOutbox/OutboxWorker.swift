@@ -251,7 +251,7 @@ public final class OutboxWorker: Sendable {
                     // The store writes the last outcomes while this task prepares the batch it
                     // just claimed: the two no longer wait for each other.
                     async let recording: Void = recordDone()
-                    handOver(batch.held)
+                    handOver(batch)
                     try await recording
                     claimedFull = batch.full
                 } else {
@@ -337,8 +337,8 @@ public final class OutboxWorker: Sendable {
     }
 
     /// Hands a claimed batch to the client.
-    private func handOver(_ held: [(ClaimedMessage, [(position: Int, entry: Suppression)])]) {
-        for (message, _) in held {
+    private func handOver(_ batch: ClaimedBatch) {
+        for (message, _) in batch.held {
             if message.recipients.isEmpty {
                 finished(message.id, .notSent)
             } else {

@@ -313,8 +313,9 @@ public final class PostgresStore: OutboxStore {
         // The claimed rows are found by their ids through the primary key: joined to `due`,
         // the planner hashed the whole table, a scan that grows with the queue (8 ms a claim
         // at 20,000 waiting). `sluice_ms` is written out: declared immutable over a stable
-        // `extract`, it is not inlined, and ran as a query a row. The rows come back binary: each content as its bytes, not twice as many hex digits
-        // for the server to write and the worker to read.
+        // `extract`, it is not inlined, and ran as a query a row. The rows come back binary:
+        // each content as its bytes, not twice as many hex digits for the server to write and
+        // the worker to read.
         return .init(sql, parameters, binaryResults: true)
     }
 
@@ -769,4 +770,3 @@ func bigEndianInteger(_ bytes: [UInt8]) -> Int64? {
     for byte in bytes { value = value << 8 | Int64(byte) }
     return value
 }
-
