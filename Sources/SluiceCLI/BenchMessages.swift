@@ -26,6 +26,9 @@ struct BenchMessages: Sendable {
         /// With a body that never changes: the whole message, its Message-ID's number at
         /// the messages' `digits`.
         let template: [UInt8]?
+        /// `template` prepared once; each copy rewrites only its Message-ID (nil when the
+        /// template keeps a dot-stuffed copy, which cannot be rewritten in place).
+        let prepared: EncodedMessage?
     }
 
     private let variants: [Variant]
@@ -68,9 +71,16 @@ struct BenchMessages: Sendable {
         self.seed = seed
         checksums = checksum ? ChecksumCache() : nil
         variants = messages.map { headers, body in
-            guard case .fixed(let bytes) = body else { return Variant(headers: headers, body: body, template: nil) }
+            guard case .fixed(let bytes) = body else {
+                return Variant(headers: headers, body: body, template: nil, prepared: nil)
+            }
             let field = checksum ? ContentChecksum.field(forBody: bytes) : []
-            return Variant(headers: headers, body: body, template: Self.fieldStart + messageID + [13, 10] + field + headers + bytes)
+            let template = Self.fieldStart + messageID + [13, 10] + field + headers + bytes
+            // Kept only when a copy can be made from it (a signed copy is signed anew).
+            let prepared = signers.isEmpty ? try? EncodedMessage(bytes: template) : nil
+            return Variant(headers: headers, body: body, template: template,
+                           prepared: prepared?.copy(withMessageID: String(decoding: messageID, as: UTF8.self),
+                                                    at: Self.messageIDRange(messageID)))
         }
         if let sizes = fixedSizes, Set(sizes).count == 1 {
             oneSize = sizes[0]
@@ -135,9 +145,31 @@ struct BenchMessages: Sendable {
         return Int(Substring(digits))
     }
 
+    /// Where a message holds its Message-ID: first, after ``fieldStart``.
+    private static func messageIDRange(_ messageID: [UInt8]) -> Range<Int> {
+        fieldStart.count..<(fieldStart.count + messageID.count)
+    }
+
+    /// The Message-ID of copy `number`, made with one allocation.
+    private func messageID(_ number: Int) -> String {
+        String(unsafeUninitializedCapacity: messageID.count) { buffer in
+            _ = buffer.initialize(fromContentsOf: messageID)
+            var value = number
+            for index in (1...Self.digitCount).reversed() {
+                buffer[index] = UInt8(ascii: "0") + UInt8(value % 10)
+                value /= 10
+            }
+            return messageID.count
+        }
+    }
+
     /// Copy `number`, with its own Message-ID (and checksum, and signature).
     func message(_ number: Int) -> EncodedMessage {
         let variant = variant(number)
+        if let prepared = variant.prepared,
+           let copy = prepared.copy(withMessageID: messageID(number), at: Self.messageIDRange(messageID)) {
+            return copy
+        }
         var bytes: [UInt8]
         if let template = variant.template {
             bytes = template

@@ -32,4 +32,48 @@ struct EncodedMessageTests {
         let dotted = try EncodedMessage(bytes: Array("Subject: x\r\n\r\n.hidden\r\n".utf8))
         #expect(dotted.dataPieces.count == 1 && dotted.dataPieces[0] !== dotted.chunk)
     }
+
+    /// A copy with its Message-ID rewritten must be exactly the message a fresh preparation of
+    /// the rewritten content gives, or nil: the rewrite skips the preparation's checks, so it
+    /// may only make changes those checks cannot see.
+    @Test func aCopyWithAnotherMessageIDIsWhatPreparingItsContentGivesOrNothing() throws {
+        var generator = SystemRandomNumberGenerator()
+        let idAlphabet = Array("<>@.a0\r\n ".utf8) + [0x80, 0xE9]
+        var made = 0
+        for _ in 0..<5_000 {
+            let message = try EncodedMessage(bytes: Self.randomContent(&generator) + Array("<id>".utf8))
+            let content = message.chunk.array
+            let lower = Int.random(in: 0...content.count, using: &generator)
+            let upper = Int.random(in: lower...min(content.count, lower + 6), using: &generator)
+            let idLength = Bool.random(using: &generator) ? upper - lower : Int.random(in: 0...6, using: &generator)
+            let id = (0..<idLength).map { _ in idAlphabet.randomElement(using: &generator)! }
+            guard let copy = message.copy(withMessageID: String(decoding: id, as: UTF8.self), at: lower..<upper) else {
+                continue
+            }
+            made += 1
+            let fresh = try EncodedMessage(bytes: Array(content[..<lower]) + id + Array(content[upper...]))
+            #expect(copy.chunk.array == fresh.chunk.array, "\(content) \(lower)..<\(upper) \(id)")
+            #expect(copy.dataPieces.flatMap(\.array) == fresh.dataPieces.flatMap(\.array), "\(content) \(id)")
+            #expect(copy.info == fresh.info, "\(content) \(id)")
+            #expect(copy.messageID == String(decoding: id, as: UTF8.self))
+            #expect(message.chunk.array == content, "the original is untouched")
+        }
+        #expect(made > 100, "so few copies could be made that the comparison proves little: \(made)")
+    }
+
+    @Test func aMessageIDRewriteThatCouldChangeWhatWasCheckedIsRefused() throws {
+        let content = "Message-ID: <0001@x>\r\n.dot\r\n"
+        let plain = try EncodedMessage(bytes: Array("Message-ID: <0001@x>\r\nSubject: y\r\n\r\nbody\r\n".utf8))
+        let range = 12..<20
+        #expect(plain.copy(withMessageID: "<0002@x>", at: range)?.chunk.array
+                == Array("Message-ID: <0002@x>\r\nSubject: y\r\n\r\nbody\r\n".utf8))
+        #expect(plain.copy(withMessageID: "<002@x>", at: range) == nil, "a shorter id would move every later octet")
+        #expect(plain.copy(withMessageID: "<00\r\n@x>", at: range) == nil, "a line break")
+        #expect(plain.copy(withMessageID: "<0é2@x>", at: range) == nil, "an 8-bit octet")
+        #expect(plain.copy(withMessageID: "<00 2@x>", at: range) == nil, "a space is not in a msg-id")
+        #expect(plain.copy(withMessageID: "Subject:", at: 22..<30) == nil, "the range starts a line, so a dot could")
+        #expect(plain.copy(withMessageID: "<000002@", at: 16..<24) == nil, "the range holds the line's CRLF")
+        let dotted = try EncodedMessage(bytes: Array(content.utf8))
+        #expect(dotted.copy(withMessageID: "<0002@x>", at: range) == nil, "the dot-stuffed copy would keep the old id")
+    }
 }

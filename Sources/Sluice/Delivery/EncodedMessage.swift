@@ -52,6 +52,42 @@ public final class EncodedMessage: Sendable {
                                requires8BitMIME: traits.has8BitBytes)
     }
 
+    private init(messageID: String?, chunk: SharedBytes, dataPieces: [SharedBytes], info: SMTPContentInfo) {
+        self.messageID = messageID
+        self.chunk = chunk
+        self.dataPieces = dataPieces
+        chunkPieces = [chunk]
+        self.info = info
+    }
+
+    /// A copy whose `Message-ID`, held at `range` of the content, is `id`: how a load
+    /// generator gives each copy of one prepared message its own identity without preparing
+    /// the whole message again (a scan and two copies of it).
+    ///
+    /// The checks made when this message was prepared must still hold for the copy, so both
+    /// the octets replaced and `id` must be printable ASCII (no CR, LF, NUL or 8-bit octet:
+    /// no line changes length and no line is added) and the range must not start a line (so
+    /// no line comes to start with a dot). Nil when they are not, when `id` is not as long as
+    /// the range, or when this message keeps a dot-stuffed copy for `DATA`.
+    package func copy(withMessageID id: String, at range: Range<Int>) -> EncodedMessage? {
+        guard dataPieces.count == 2, dataPieces[0] === chunk, range.lowerBound > 0, range.upperBound <= chunk.count,
+              id.utf8.count == range.count, id.utf8.allSatisfy(Self.isPrintable)
+        else { return nil }
+        let source = chunk.bytes
+        guard source[range.lowerBound - 1] != 10, source[range].allSatisfy(Self.isPrintable) else { return nil }
+        let copy = SharedBytes(count: source.count) { buffer in
+            buffer.copyMemory(from: source)
+            var index = range.lowerBound
+            for byte in id.utf8 {
+                buffer[index] = byte
+                index += 1
+            }
+        }
+        return EncodedMessage(messageID: id, chunk: copy, dataPieces: [copy, Self.terminator], info: info)
+    }
+
+    private static func isPrintable(_ byte: UInt8) -> Bool { byte > 0x20 && byte < 0x7F }
+
     /// The message as it is sent (CRLF-normalised; `DATA` adds dot-stuffing on the wire).
     public var bytes: [UInt8] { chunk.array }
 
