@@ -10,13 +10,20 @@ import Testing
 /// order written, before anything written at once and before a close.
 @Suite("Buffered writes")
 struct BufferedWriteTests {
-    @Test func bufferedAndImmediateWritesKeepTheirOrderAndACloseFlushesFirst() async throws {
+    /// A connection on a loop of its own to an echo server, whose echo `collector` keeps.
+    private static func connectedToAnEchoServer() async throws
+        -> (group: EventLoopGroup, server: TCPServer, collector: Collector, connection: Connection) {
         let group = EventLoopGroup(numberOfLoops: 1)
         let (server, _) = try await startEchoServer(on: group)
         let collector = Collector()
         let connection = try await Connection.connect(to: "127.0.0.1", port: server.localAddress.port, on: group.loops[0]) { _ in
             collector
         }
+        return (group, server, collector, connection)
+    }
+
+    @Test func bufferedAndImmediateWritesKeepTheirOrderAndACloseFlushesFirst() async throws {
+        let (group, server, collector, connection) = try await Self.connectedToAnEchoServer()
         let pending = Locked<[Int]>([])
         connection.eventLoop.execute {
             connection.bufferWrite(Array("MAIL\r\n".utf8))
@@ -30,6 +37,43 @@ struct BufferedWriteTests {
         try await withDeadline(.seconds(10), "the echo") { try await collector.waitForBytes(expected.utf8.count) }
         #expect(String(decoding: collector.kept, as: UTF8.self) == expected)
         #expect(pending.withLock { $0 } == [0], "nothing was handed to the socket while the iteration gathered")
+
+        connection.eventLoop.execute { connection.close() }
+        await collector.waitForClose()
+        await server.close()
+        await group.shutdown()
+    }
+
+    /// More in one iteration than the socket takes at once: what it does not take waits in a
+    /// request, the runs of batched bytes between the chunks copied out in their places.
+    @Test func aBatchLargerThanTheSocketTakesGoesOutWholeAndInOrder() async throws {
+        let (group, server, collector, connection) = try await Self.connectedToAnEchoServer()
+        var expected: [UInt8] = []
+        var parts: [(command: [UInt8], chunk: SharedBytes)] = []
+        for index in 0..<24 {
+            let command = Array("BDAT \(index)\r\n".utf8)
+            let chunk = [UInt8](repeating: UInt8(ascii: "a") + UInt8(index), count: 200_000 + index)
+            expected += command + chunk
+            parts.append((command, SharedBytes(chunk)))
+        }
+        expected += Array("QUIT\r\n".utf8)
+        let queued = Locked(0)
+        connection.eventLoop.execute { [parts] in
+            for (command, chunk) in parts {
+                connection.bufferWrite(command)
+                connection.bufferWrite(contentsOf: [chunk])
+            }
+            connection.bufferWrite(Array("QUIT\r\n".utf8))
+            connection.flush()
+            queued.withLock { $0 = connection.pendingWriteBytes }
+        }
+        let total = expected.count
+        try await withDeadline(.seconds(30), "the echo") { try await collector.waitForBytes(total) }
+        #expect(queued.withLock { $0 } > 0, "the socket took it all at once, so the queued path went untested")
+        let kept = collector.kept
+        let firstDifference = kept == expected ? nil : zip(kept, expected).enumerated().first { $0.element.0 != $0.element.1 }?.offset
+            ?? min(kept.count, expected.count)
+        #expect(firstDifference == nil, "the bytes echoed differ from those written from octet \(firstDifference ?? 0)")
 
         connection.eventLoop.execute { connection.close() }
         await collector.waitForClose()

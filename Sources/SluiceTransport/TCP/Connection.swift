@@ -65,12 +65,15 @@ public final class Connection: @unchecked Sendable, LoopResource, EndOfIteration
     /// Bytes handed to libuv and not yet written. Loop thread only.
     public private(set) var pendingWriteBytes = 0
 
-    /// What `bufferWrite` gathered this loop iteration: shared chunks, then the bytes written
-    /// after the last of them (copied in, as commands and replies are small), flushed as one
-    /// vectored write at the end of the iteration. Loop thread only; every access is from a
-    /// call that returns before the next, so the exclusivity checks are skipped.
-    @exclusivity(unchecked) private var batchedChunks: [SharedBytes] = []
+    /// What `bufferWrite` gathered this loop iteration, flushed as one vectored write at the
+    /// end of the iteration: shared chunks, and between them runs of `batchedBytes` (commands
+    /// and replies are small, so they are copied in; the run before a chunk is written from
+    /// there, not copied again). Loop thread only; every access is from a call that returns
+    /// before the next, so the exclusivity checks are skipped.
+    @exclusivity(unchecked) private var batchedPieces: [WritePiece] = []
     @exclusivity(unchecked) private var batchedBytes: [UInt8] = []
+    /// How much of `batchedBytes` a piece already covers.
+    @exclusivity(unchecked) private var batchedBytesInPieces = 0
     @exclusivity(unchecked) private var flushScheduled = false
 
     /// Creates the connection's handle on `loop`. Loop thread only.
@@ -328,7 +331,7 @@ public final class Connection: @unchecked Sendable, LoopResource, EndOfIteration
 
     private func flushCiphertext(_ session: TLSSession, completion: ((TransportError?) -> Void)? = nil) {
         if let ciphertext = session.takeCiphertext() {
-            writeToSocket([ciphertext], completion: completion)
+            writeToSocket([.shared(ciphertext)], batched: [], completion: completion)
         } else {
             completion?(nil)
         }
@@ -360,29 +363,35 @@ public final class Connection: @unchecked Sendable, LoopResource, EndOfIteration
     /// Adds shared `chunks` to what this loop iteration writes, without copying them (see
     /// ``bufferWrite(_:)-(UnsafeRawBufferPointer)``).
     public func bufferWrite(contentsOf chunks: [SharedBytes]) {
-        if !batchedBytes.isEmpty {
-            batchedChunks.append(batchedBytes.withUnsafeBytes { SharedBytes(copying: $0) })
-            batchedBytes.removeAll(keepingCapacity: true)
-        }
-        batchedChunks.append(contentsOf: chunks)
+        closeBatchedRun()
+        for chunk in chunks { batchedPieces.append(.shared(chunk)) }
         scheduleFlush()
+    }
+
+    /// Makes the bytes batched since the last piece a piece of their own.
+    private func closeBatchedRun() {
+        guard batchedBytes.count > batchedBytesInPieces else { return }
+        batchedPieces.append(.batched(upTo: batchedBytes.count))
+        batchedBytesInPieces = batchedBytes.count
     }
 
     /// Hands what ``bufferWrite(_:)-(UnsafeRawBufferPointer)`` gathered to the socket now. Loop
     /// thread only.
     public func flush() {
-        guard !batchedChunks.isEmpty || !batchedBytes.isEmpty else { return }
+        closeBatchedRun()
+        guard !batchedPieces.isEmpty else { return }
         // Taken out and put back emptied, so the batch's storage serves the next iteration
         // (the write copies what the socket does not take at once).
-        var chunks: [SharedBytes] = []
+        var pieces: [WritePiece] = []
         var bytes: [UInt8] = []
-        swap(&chunks, &batchedChunks)
+        swap(&pieces, &batchedPieces)
         swap(&bytes, &batchedBytes)
-        enqueueWrite(chunks, then: bytes)
-        if batchedChunks.isEmpty, batchedBytes.isEmpty {
-            chunks.removeAll(keepingCapacity: true)
+        batchedBytesInPieces = 0
+        write(pieces, batched: bytes, completion: nil)
+        if batchedPieces.isEmpty, batchedBytes.isEmpty {
+            pieces.removeAll(keepingCapacity: true)
             bytes.removeAll(keepingCapacity: true)
-            swap(&chunks, &batchedChunks)
+            swap(&pieces, &batchedPieces)
             swap(&bytes, &batchedBytes)
         }
     }
@@ -421,19 +430,29 @@ public final class Connection: @unchecked Sendable, LoopResource, EndOfIteration
                              completion: ((TransportError?) -> Void)? = nil) {
         eventLoop.assertInEventLoop()
         flush()  // what bufferWrite gathered goes first
+        var pieces = chunks.map(WritePiece.shared)
+        if !tail.isEmpty { pieces.append(.batched(upTo: tail.count)) }
+        write(pieces, batched: tail, completion: completion)
+    }
+
+    /// Writes `pieces` in order, the `.batched` ones from `batched`.
+    private func write(_ pieces: [WritePiece], batched: [UInt8], completion: ((TransportError?) -> Void)?) {
         guard state == .open else {
             completion?(closedError("writing"))
             return
         }
         switch tls {
         case .none:
-            writeToSocket(chunks, then: tail, completion: completion)
+            writeToSocket(pieces, batched: batched, completion: completion)
         case .handshaking:
-            writesAwaitingHandshake.append((tail.isEmpty ? chunks : chunks + [SharedBytes(tail)], completion))
+            writesAwaitingHandshake.append((WritePiece.sharedChunks(pieces, batched: batched), completion))
         case .established(let session):
             do {
-                for chunk in chunks { try session.write(chunk.bytes) }
-                try tail.withUnsafeBytes { bytes in Result { () throws(TLSError) in try session.write(bytes) } }.get()
+                try batched.withUnsafeBytes { batched in
+                    Result { () throws(TLSError) in
+                        try WritePiece.forEach(pieces, batched: batched) { bytes throws(TLSError) in try session.write(bytes) }
+                    }
+                }.get()
             } catch {
                 let failure = TransportError.tls(error, "writing to \(remoteDescription)")
                 completion?(failure)
@@ -444,10 +463,8 @@ public final class Connection: @unchecked Sendable, LoopResource, EndOfIteration
         }
     }
 
-    private func writeToSocket(_ chunks: [SharedBytes], then tail: [UInt8] = [],
-                               completion: ((TransportError?) -> Void)?) {
-        var chunks = chunks
-        var total = chunks.reduce(tail.count) { $0 + $1.count }
+    private func writeToSocket(_ pieces: [WritePiece], batched: [UInt8], completion: ((TransportError?) -> Void)?) {
+        var total = WritePiece.byteCount(pieces)
         guard total > 0 else {
             completion?(nil)
             return
@@ -456,13 +473,14 @@ public final class Connection: @unchecked Sendable, LoopResource, EndOfIteration
         if state == .open, pendingWriteBytes == 0 {
             // Nothing is queued, so the bytes may go straight to the socket, in one writev
             // and without a request; only what the socket does not take is queued.
-            let status = tail.withUnsafeBytes { tail in
-                withUnsafeTemporaryAllocation(of: uv_buf_t.self, capacity: chunks.count + 1) { buffers in
-                    for (index, chunk) in chunks.enumerated() {
-                        buffers[index] = cuv_buf(UnsafeMutableRawPointer(mutating: chunk.bytes.baseAddress), chunk.count)
+            let status = batched.withUnsafeBytes { batched in
+                withUnsafeTemporaryAllocation(of: uv_buf_t.self, capacity: pieces.count) { buffers in
+                    var count = 0
+                    WritePiece.forEach(pieces, batched: batched) { bytes in
+                        buffers[count] = cuv_buf(UnsafeMutableRawPointer(mutating: bytes.baseAddress), bytes.count)
+                        count += 1
                     }
-                    buffers[chunks.count] = cuv_buf(UnsafeMutableRawPointer(mutating: tail.baseAddress), tail.count)
-                    return uv_try_write(stream, buffers.baseAddress, UInt32(chunks.count + (tail.isEmpty ? 0 : 1)))
+                    return uv_try_write(stream, buffers.baseAddress, UInt32(count))
                 }
             }
             if status == Int32(total) {
@@ -477,8 +495,8 @@ public final class Connection: @unchecked Sendable, LoopResource, EndOfIteration
             }
             written = max(0, Int(status))
         }
-        // The rest waits for the socket, so the tail is copied after all.
-        if !tail.isEmpty { chunks.append(SharedBytes(tail)) }
+        // The rest waits for the socket, so the batched bytes are copied after all.
+        var chunks = WritePiece.sharedChunks(pieces, batched: batched)
         if written > 0 {
             chunks = Self.dropping(written, from: chunks)
             total -= written
@@ -698,6 +716,61 @@ private func connectionHandleClosed(_ handle: UnsafeMutablePointer<uv_handle_t>?
 
 /// One `uv_write`: owns its request, its buffer array, and the chunks they point into, until
 /// libuv's write callback.
+/// One part of a vectored write: a shared chunk, or the batched bytes from where the last
+/// `.batched` piece ended up to an offset.
+enum WritePiece {
+    case shared(SharedBytes)
+    case batched(upTo: Int)
+
+    /// Calls `body` with each piece's bytes, in order, skipping empty ones.
+    static func forEach<Failure>(_ pieces: [WritePiece], batched: UnsafeRawBufferPointer,
+                                 _ body: (UnsafeRawBufferPointer) throws(Failure) -> Void) throws(Failure) {
+        var start = 0
+        for piece in pieces {
+            switch piece {
+            case .shared(let chunk):
+                if chunk.count > 0 { try body(chunk.bytes) }
+            case .batched(let end):
+                if end > start { try body(UnsafeRawBufferPointer(rebasing: batched[start..<end])) }
+                start = end
+            }
+        }
+    }
+
+    /// The octets `pieces` hold.
+    static func byteCount(_ pieces: [WritePiece]) -> Int {
+        var total = 0
+        var start = 0
+        for piece in pieces {
+            switch piece {
+            case .shared(let chunk): total += chunk.count
+            case .batched(let end):
+                total += end - start
+                start = end
+            }
+        }
+        return total
+    }
+
+    /// `pieces` as shared chunks, the batched runs copied: for writes that must wait.
+    static func sharedChunks(_ pieces: [WritePiece], batched: [UInt8]) -> [SharedBytes] {
+        var chunks: [SharedBytes] = []
+        chunks.reserveCapacity(pieces.count)
+        batched.withUnsafeBytes { batched in
+            var start = 0
+            for piece in pieces {
+                switch piece {
+                case .shared(let chunk): chunks.append(chunk)
+                case .batched(let end):
+                    if end > start { chunks.append(SharedBytes(copying: UnsafeRawBufferPointer(rebasing: batched[start..<end]))) }
+                    start = end
+                }
+            }
+        }
+        return chunks
+    }
+}
+
 final class WriteRequest {
     let connection: Connection
     let request: UnsafeMutablePointer<uv_write_t>
