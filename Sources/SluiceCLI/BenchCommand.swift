@@ -473,9 +473,17 @@ func removeDirectory(_ path: String) {
 }
 
 /// What message number n of a run is: its content and its envelope.
-struct BenchLoad: Sendable {
+///
+/// A class: every lane asks it for each message, and a struct held by the lanes was copied
+/// for each call, a retain and a release of every array it holds.
+final class BenchLoad: Sendable {
     let messages: BenchMessages
     let envelopes: BenchEnvelopes
+
+    init(messages: BenchMessages, envelopes: BenchEnvelopes) {
+        self.messages = messages
+        self.envelopes = envelopes
+    }
 
     /// Message `number` (from 1) with the envelope for the recipient count drawn for it.
     func mail(_ number: Int) -> OutgoingMail {

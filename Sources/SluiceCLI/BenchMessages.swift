@@ -96,7 +96,11 @@ struct BenchMessages: Sendable {
 
     /// The variant copy `number` is made from.
     private func variant(_ number: Int) -> Variant {
-        variants.count == 1 ? variants[0] : variants[(number - 1) % variants.count]
+        variants[variantIndex(number)]
+    }
+
+    private func variantIndex(_ number: Int) -> Int {
+        variants.count == 1 ? 0 : (number - 1) % variants.count
     }
 
     /// The sizes of the corpus's messages, or nil when sizes are drawn.
@@ -165,11 +169,12 @@ struct BenchMessages: Sendable {
 
     /// Copy `number`, with its own Message-ID (and checksum, and signature).
     func message(_ number: Int) -> EncodedMessage {
-        let variant = variant(number)
-        if let prepared = variant.prepared,
-           let copy = prepared.copy(withMessageID: messageID(number), at: Self.messageIDRange(messageID)) {
+        // The variant is read in place: copying it would retain each of its arrays.
+        if let copy = variants[variantIndex(number)].prepared?.copy(withMessageID: messageID(number),
+                                                                    at: Self.messageIDRange(messageID)) {
             return copy
         }
+        let variant = variant(number)
         var bytes: [UInt8]
         if let template = variant.template {
             bytes = template
