@@ -33,6 +33,12 @@ struct OutputBuffer: Sendable {
     private var bytes: [UInt8] = []
     /// `pieces` (and `bytes`, if not empty) went out in the last ``take()``.
     private var handedOver = false
+    /// The last of `pieces` is `bytes` itself, added by ``take()``.
+    private var bytesArePiece = false
+    /// Command buffers sealed into earlier pieces, emptied once those went out: a content
+    /// piece seals the commands before it, and taking a kept buffer for the commands after
+    /// it costs no allocation (a new one did, for every message).
+    private var spareBuffers: [[UInt8]] = []
 
     mutating func append(_ command: SMTPCommand) {
         reclaim()
@@ -57,7 +63,10 @@ struct OutputBuffer: Sendable {
     mutating func take() -> [ClientOutput]? {
         reclaim()
         // `bytes` is not emptied here: the piece shares its storage until reclaimed.
-        if !bytes.isEmpty { appendPiece(.bytes(bytes)) }
+        if !bytes.isEmpty {
+            appendPiece(.bytes(bytes))
+            bytesArePiece = true
+        }
         guard !pieces.isEmpty else { return nil }
         handedOver = true
         return pieces
@@ -66,14 +75,22 @@ struct OutputBuffer: Sendable {
     private mutating func reclaim() {
         guard handedOver else { return }
         handedOver = false
+        if bytesArePiece {
+            pieces.removeLast()
+            bytesArePiece = false
+        }
+        let firstNew = spareBuffers.count
+        for case .bytes(let sealed) in pieces { spareBuffers.append(sealed) }
         pieces.removeAll(keepingCapacity: true)
+        // Unique again now that the pieces are gone, so they keep their storage.
+        for index in firstNew..<spareBuffers.count { spareBuffers[index].removeAll(keepingCapacity: true) }
         bytes.removeAll(keepingCapacity: true)
     }
 
     private mutating func sealBytes() {
         guard !bytes.isEmpty else { return }
         appendPiece(.bytes(bytes))
-        bytes.removeAll(keepingCapacity: true)
+        bytes = spareBuffers.popLast() ?? []
     }
 
     private mutating func appendPiece(_ piece: ClientOutput) {
