@@ -100,7 +100,7 @@ public final class SMTPSink: Sendable {
     /// Where the implicit-TLS listener listens, if there is one.
     public let implicitTLSAddress: SocketAddress?
     private let servers: [TCPServer]
-    private let shared: SinkShared
+    let shared: SinkShared
     private let group: EventLoopGroup
     private let ownsGroup: Bool
 

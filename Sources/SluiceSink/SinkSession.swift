@@ -115,7 +115,7 @@ final class SinkSession: ConnectionHandler, @unchecked Sendable {
     // access-set update each; a message made 23 here against smtp-source). No access can
     // overlap another: the machine's mutating calls return actions, carried out once the call
     // has returned. The compiler's static checks still apply.
-    private let connection: Connection
+    let connection: Connection
     private let shared: SinkShared
     @exclusivity(unchecked) private var machine: ServerStateMachine
     @exclusivity(unchecked) private var idleTimer: LoopTimer?
@@ -132,6 +132,10 @@ final class SinkSession: ConnectionHandler, @unchecked Sendable {
     /// before the one in front of it).
     @exclusivity(unchecked) private var outbox: [(out: Out, due: ContinuousClock.Instant)] = []
     @exclusivity(unchecked) private var isClosed = false
+    /// Bytes read after a sink-wide pause began and before the connection stopped reading
+    /// (that takes a hop to this loop): held unread, so that from the moment
+    /// ``SMTPSink/pauseReading()`` returns the session answers nothing until it resumes.
+    @exclusivity(unchecked) private var heldInput: [UInt8] = []
 
     private enum Out {
         case write([UInt8])
@@ -167,6 +171,12 @@ final class SinkSession: ConnectionHandler, @unchecked Sendable {
                 idleTimer = nil
                 connection.pauseReading()
             } else {
+                if !heldInput.isEmpty {
+                    let held = heldInput
+                    heldInput = []
+                    held.withUnsafeBytes { process($0) }
+                    guard !isClosed else { return }
+                }
                 resetIdleTimer()
                 if machine.bufferedInputCount <= 1 << 20 { connection.resumeReading() }
             }
@@ -174,6 +184,15 @@ final class SinkSession: ConnectionHandler, @unchecked Sendable {
     }
 
     func connection(_ connection: Connection, didReceive bytes: UnsafeRawBufferPointer) {
+        if !heldInput.isEmpty || shared.readingPaused {
+            heldInput.append(contentsOf: bytes)
+            connection.pauseReading()
+            return
+        }
+        process(bytes)
+    }
+
+    private func process(_ bytes: UnsafeRawBufferPointer) {
         resetIdleTimer()
         perform(machine.bytesReceived(bytes))
         // Input waits while a message is stored; do not let a client pile it up.
