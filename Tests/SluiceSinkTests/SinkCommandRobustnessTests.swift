@@ -118,6 +118,10 @@ struct SinkCommandRobustnessTests {
         let after = cpuSeconds(sink.pid)
         let greeted = sessions.filter { !$0.replies.isEmpty }.count
         #expect(greeted > 0 && greeted < 60, "some sessions were served, the rest wait: \(greeted) of 60")
+        // Paused, it leaves room: libdispatch's worker monitor opens /proc/<tid>/stat every
+        // second and crashes the process (SIGILL) when it cannot.
+        let descriptors = (try? FileManager.default.contentsOfDirectory(atPath: "/proc/\(sink.pid)/fd").count) ?? 40
+        #expect(descriptors <= 40 - 8, "a sink that cannot accept leaves descriptors free: \(descriptors) of 40 open")
         if let before, let after {
             #expect(after - before < 0.5, "the sink idles while it cannot accept: \(after - before) s of CPU in 2 s")
         } else {

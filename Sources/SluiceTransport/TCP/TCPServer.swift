@@ -116,6 +116,13 @@ private struct ListenerSetup: Sendable {
 /// ever (a core burned and a log flooded). Here the listener stops polling instead, for a
 /// back-off that doubles from 50 ms to 1 s: clients wait in the backlog and are served once
 /// descriptors are free. It logs once per 10 seconds with a count, and counts every pause.
+///
+/// While it accepts it holds a few spare descriptors, and it lets them go when it pauses: the
+/// process must never sit at its limit. libdispatch's worker monitor opens
+/// `/proc/<tid>/stat` every second while a queue has work, and crashes the process
+/// ("registered worker exited prematurely", SIGILL) when that open fails: a flood of clients
+/// killed `sluice sink` that way. The spares are taken back before accepting resumes; while
+/// they cannot be, the pause goes on.
 private final class Listener: @unchecked Sendable, LoopResource {
     let loop: EventLoop
     let setup: ListenerSetup
@@ -128,6 +135,10 @@ private final class Listener: @unchecked Sendable, LoopResource {
     private var pausesSinceLog = 0
     private var lastLog: ContinuousClock.Instant?
     private var closeWaiters: [() -> Void] = []
+    /// Descriptors held while accepting, let go while paused (see the type's comment).
+    private var spares: [Int32] = []
+
+    static let spareCount = 8
 
     static let firstBackoff = Duration.milliseconds(50)
     static let longestBackoff = Duration.seconds(1)
@@ -148,6 +159,7 @@ private final class Listener: @unchecked Sendable, LoopResource {
             throw .uv(status, "listening")
         }
         loop.handleOpened()
+        _ = takeSpares()
         // Retained for the handle's life; released once, in pollClosed.
         poll.pointee.data = Unmanaged.passRetained(self).toOpaque()
         loop.register(self)
@@ -168,16 +180,21 @@ private final class Listener: @unchecked Sendable, LoopResource {
     }
 
     private func acceptPending() {
+        var served = false
         for _ in 0..<Self.acceptsPerWakeUp {
             guard state == .listening else { return }
             let accepted = cuv_accept(setup.descriptor)
             if accepted >= 0 {
                 backoff = Self.firstBackoff
                 serve(accepted)
+                served = true
                 continue
             }
             switch accepted {
             case -EAGAIN, -EWOULDBLOCK:
+                // The last accept may have taken the last descriptor: then pause now, spares
+                // released, rather than sit at the limit until the next client comes.
+                if served, !Self.hasDescriptorToSpare() { pause(UV_EMFILE.rawValue) }
                 return
             case -EINTR, -ECONNABORTED:
                 continue
@@ -225,6 +242,7 @@ private final class Listener: @unchecked Sendable, LoopResource {
     private func pause(_ status: Int32) {
         state = .paused
         uv_poll_stop(poll)
+        releaseSpares()
         pauses.count.add(1, ordering: .relaxed)
         pausesSinceLog += 1
         let now = ContinuousClock.now
@@ -245,14 +263,51 @@ private final class Listener: @unchecked Sendable, LoopResource {
     private func resume() {
         guard state == .paused else { return }
         resumeTimer = nil
+        guard takeSpares() else {
+            // Still no room to spare: accepting now would take the process to its limit.
+            pause(UV_EMFILE.rawValue)
+            return
+        }
         state = .listening
         uv_poll_start(poll, Int32(UV_READABLE.rawValue), listenerReadable)
+    }
+
+    /// Whether the process can open one more descriptor (it opens and closes one).
+    private static func hasDescriptorToSpare() -> Bool {
+        let descriptor = open("/dev/null", O_RDONLY | O_CLOEXEC)
+        guard descriptor >= 0 else { return false }
+        Glibc.close(descriptor)
+        return true
+    }
+
+    /// Opens the spare descriptors, and checks that one more could be opened besides;
+    /// false (holding none) when the process has not that much room.
+    private func takeSpares() -> Bool {
+        while spares.count < Self.spareCount {
+            let descriptor = open("/dev/null", O_RDONLY | O_CLOEXEC)
+            guard descriptor >= 0 else {
+                releaseSpares()
+                return false
+            }
+            spares.append(descriptor)
+        }
+        guard Self.hasDescriptorToSpare() else {
+            releaseSpares()
+            return false
+        }
+        return true
+    }
+
+    private func releaseSpares() {
+        for descriptor in spares { Glibc.close(descriptor) }
+        spares.removeAll()
     }
 
     func close(dueTo error: TransportError) {
         guard state == .listening || state == .paused else { return }
         resumeTimer?.cancel()
         resumeTimer = nil
+        releaseSpares()
         state = .closing
         uv_close(UnsafeMutablePointer(OpaquePointer(poll)), pollClosed)
     }
