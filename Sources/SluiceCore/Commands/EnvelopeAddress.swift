@@ -7,10 +7,10 @@
 /// character, CR, LF or NUL, and no stray `<`, `>` or space, can pass: an injection such as
 /// `a@b.com>\r\nRCPT TO:<x@y>` is refused here.
 public struct EnvelopeAddress: Hashable, Sendable, CustomStringConvertible {
-    /// The local part, exactly as it goes on the wire (quotes included, if quoted).
-    public let localPart: String
-    /// The domain or address literal.
-    public let domain: String
+    /// `local@domain`, exactly as given and validated.
+    public let address: String
+    /// The offset, in UTF-8 octets, of the `@` that ends the local part.
+    private let atOffset: Int
     /// Whether the address has non-ASCII characters and so needs SMTPUTF8.
     public let requiresSMTPUTF8: Bool
 
@@ -18,7 +18,35 @@ public struct EnvelopeAddress: Hashable, Sendable, CustomStringConvertible {
     /// `postmaster@[192.0.2.1]`). Surrounding angle brackets are not accepted: give the bare
     /// mailbox.
     public init(_ address: String) throws(AddressError) {
-        let bytes = Array(address.utf8)
+        // The checks read the string's own octets: a MAIL and an RCPT per message pass here,
+        // on both sides, and nothing is copied unless the address is refused.
+        var text = address
+        text.makeContiguousUTF8()
+        let parsed = text.utf8.withContiguousStorageIfAvailable { bytes in
+            Result { () throws(AddressError) in try Self.parse(bytes, text) }
+        } ?? .failure(AddressError(.invalidLocalPart, address, "its text is not contiguous UTF-8"))
+        (atOffset, requiresSMTPUTF8) = try parsed.get()
+        self.address = text
+    }
+
+    /// The local part, exactly as it goes on the wire (quotes included, if quoted).
+    public var localPart: String { String(Substring(address.utf8.prefix(atOffset))) }
+
+    /// The domain or address literal.
+    public var domain: String { String(Substring(address.utf8.dropFirst(atOffset + 1))) }
+
+    /// Appends `local@domain` as UTF-8, with no string built in between (a MAIL and an RCPT
+    /// per message).
+    func encode(into bytes: inout [UInt8]) {
+        bytes.append(contentsOf: address.utf8)
+    }
+    public var description: String { address }
+
+    /// Validates the octets of `address`; returns the offset of the `@` that ends the local
+    /// part, and whether any octet is not ASCII.
+    private static func parse(
+        _ bytes: UnsafeBufferPointer<UInt8>, _ address: String
+    ) throws(AddressError) -> (at: Int, requiresSMTPUTF8: Bool) {
         guard !bytes.isEmpty else { throw AddressError(.empty, address) }
         if let bad = bytes.first(where: { $0 < 0x20 || $0 == 0x7F }) {
             throw AddressError(.controlCharacter, address, "byte 0x\(String(bad, radix: 16))")
@@ -26,7 +54,7 @@ public struct EnvelopeAddress: Hashable, Sendable, CustomStringConvertible {
         // Find the "@" that ends the local part: after a closing quote if the local part is quoted.
         let at: Int
         if bytes.first == UInt8(ascii: "\"") {
-            guard let close = Self.endOfQuotedString(bytes) else {
+            guard let close = endOfQuotedString(bytes) else {
                 throw AddressError(.invalidLocalPart, address, "an unterminated quoted string")
             }
             guard close + 1 < bytes.count, bytes[close + 1] == UInt8(ascii: "@") else {
@@ -37,8 +65,8 @@ public struct EnvelopeAddress: Hashable, Sendable, CustomStringConvertible {
             guard let index = bytes.firstIndex(of: UInt8(ascii: "@")) else { throw AddressError(.missingAt, address) }
             at = index
         }
-        let local = Array(bytes[..<at])
-        let domain = Array(bytes[(at + 1)...])
+        let local = UnsafeBufferPointer(rebasing: bytes[..<at])
+        let domain = UnsafeBufferPointer(rebasing: bytes[(at + 1)...])
         guard !local.isEmpty else { throw AddressError(.invalidLocalPart, address, "it is empty") }
         guard local.count <= 64 else {
             throw AddressError(.tooLong, address, "the local part is \(local.count) octets; at most 64")
@@ -51,41 +79,31 @@ public struct EnvelopeAddress: Hashable, Sendable, CustomStringConvertible {
             throw AddressError(.tooLong, address, "the path is \(bytes.count + 2) octets; at most 256")
         }
         if local.first == UInt8(ascii: "\"") {
-            try Self.validateQuotedString(local, address)
+            try validateQuotedString(local, address)
         } else {
-            try Self.validateDotString(local, address)
+            try validateDotString(local, address)
         }
-        try Self.validateDomain(domain, address)
-        localPart = String(decoding: local, as: UTF8.self)
-        self.domain = String(decoding: domain, as: UTF8.self)
-        requiresSMTPUTF8 = bytes.contains { $0 >= 0x80 }
+        try validateDomain(domain, address)
+        return (at, bytes.contains { $0 >= 0x80 })
     }
-
-    /// `local@domain`.
-    public var address: String { "\(localPart)@\(domain)" }
-
-    /// Appends `local@domain` as UTF-8, with no string built in between (a MAIL and an RCPT
-    /// per message).
-    func encode(into bytes: inout [UInt8]) {
-        bytes.append(contentsOf: localPart.utf8)
-        bytes.append(UInt8(ascii: "@"))
-        bytes.append(contentsOf: domain.utf8)
-    }
-    public var description: String { address }
 
     // MARK: Grammar (RFC 5321 §4.1.2)
 
     private static func isAtext(_ byte: UInt8) -> Bool {
         switch byte {
         case UInt8(ascii: "a")...UInt8(ascii: "z"), UInt8(ascii: "A")...UInt8(ascii: "Z"),
-            UInt8(ascii: "0")...UInt8(ascii: "9"):
+            UInt8(ascii: "0")...UInt8(ascii: "9"), 0x80...0xFF,
+            UInt8(ascii: "!"), UInt8(ascii: "#"), UInt8(ascii: "$"), UInt8(ascii: "%"), UInt8(ascii: "&"),
+            UInt8(ascii: "'"), UInt8(ascii: "*"), UInt8(ascii: "+"), UInt8(ascii: "-"), UInt8(ascii: "/"),
+            UInt8(ascii: "="), UInt8(ascii: "?"), UInt8(ascii: "^"), UInt8(ascii: "_"), UInt8(ascii: "`"),
+            UInt8(ascii: "{"), UInt8(ascii: "|"), UInt8(ascii: "}"), UInt8(ascii: "~"):
             return true
         default:
-            return byte >= 0x80 || Array("!#$%&'*+-/=?^_`{|}~".utf8).contains(byte)
+            return false
         }
     }
 
-    private static func validateDotString(_ local: [UInt8], _ address: String) throws(AddressError) {
+    private static func validateDotString(_ local: UnsafeBufferPointer<UInt8>, _ address: String) throws(AddressError) {
         var atomLength = 0
         for byte in local {
             if byte == UInt8(ascii: ".") {
@@ -105,6 +123,10 @@ public struct EnvelopeAddress: Hashable, Sendable, CustomStringConvertible {
     /// The index of the quote that closes the quoted string opening at `start` (quoted pairs
     /// skipped); shared with the message parser.
     package static func endOfQuotedString(_ bytes: [UInt8], from start: Int = 0) -> Int? {
+        bytes.withUnsafeBufferPointer { endOfQuotedString($0, from: start) }
+    }
+
+    private static func endOfQuotedString(_ bytes: UnsafeBufferPointer<UInt8>, from start: Int = 0) -> Int? {
         var index = start + 1
         while index < bytes.count {
             switch bytes[index] {
@@ -116,7 +138,7 @@ public struct EnvelopeAddress: Hashable, Sendable, CustomStringConvertible {
         return nil
     }
 
-    private static func validateQuotedString(_ local: [UInt8], _ address: String) throws(AddressError) {
+    private static func validateQuotedString(_ local: UnsafeBufferPointer<UInt8>, _ address: String) throws(AddressError) {
         // qtextSMTP = %d32-33 / %d35-91 / %d93-126 (and UTF-8); quoted-pairSMTP = "\" %d32-126
         var index = 1
         while index < local.count - 1 {
@@ -135,7 +157,7 @@ public struct EnvelopeAddress: Hashable, Sendable, CustomStringConvertible {
         }
     }
 
-    private static func validateDomain(_ domain: [UInt8], _ address: String) throws(AddressError) {
+    private static func validateDomain(_ domain: UnsafeBufferPointer<UInt8>, _ address: String) throws(AddressError) {
         if domain.first == UInt8(ascii: "[") {
             guard domain.last == UInt8(ascii: "]"), domain.count > 2 else {
                 throw AddressError(.invalidDomain, address, "an unterminated address literal")
@@ -155,8 +177,17 @@ public struct EnvelopeAddress: Hashable, Sendable, CustomStringConvertible {
     /// octets, not starting or ending with a hyphen; at most 255 octets. Calls `fail` with
     /// the reason otherwise.
     static func validateHostName(_ name: [UInt8], fail: (String) throws(AddressError) -> Void) throws(AddressError) {
+        try name.withUnsafeBufferPointer { (buffer) throws(AddressError) in try validateHostName(buffer, fail: fail) }
+    }
+
+    static func validateHostName(
+        _ name: UnsafeBufferPointer<UInt8>, fail: (String) throws(AddressError) -> Void
+    ) throws(AddressError) {
         guard !name.isEmpty, name.count <= 255 else { return try fail("a host name has 1 to 255 octets") }
-        for label in name.split(separator: UInt8(ascii: "."), omittingEmptySubsequences: false) {
+        var start = 0
+        while true {
+            let end = name[start...].firstIndex(of: UInt8(ascii: ".")) ?? name.count
+            let label = name[start..<end]
             guard !label.isEmpty else { return try fail("an empty label") }
             guard label.count <= 63 else { return try fail("a label longer than 63 octets") }
             guard label.first != UInt8(ascii: "-"), label.last != UInt8(ascii: "-") else {
@@ -170,6 +201,8 @@ public struct EnvelopeAddress: Hashable, Sendable, CustomStringConvertible {
                     return try fail("'\(Character(Unicode.Scalar(byte)))' is not allowed in a host name")
                 }
             }
+            guard end < name.count else { return }
+            start = end + 1
         }
     }
 

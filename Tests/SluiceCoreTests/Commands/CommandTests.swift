@@ -59,6 +59,24 @@ struct EnvelopeAddressTests {
         #expect { try EnvelopeAddress(address(length: 255)) } throws: { ($0 as? AddressError)?.kind == .tooLong }
     }
 
+    @Test(arguments: [
+        ("user@example.com", "user", "example.com"),
+        ("\"a@b\"@example.com", "\"a@b\"", "example.com"),
+        ("\"q\\\"@x\"@[IPv6:2001:db8::1]", "\"q\\\"@x\"", "[IPv6:2001:db8::1]"),
+        ("用户@例子.广告", "用户", "例子.广告"),
+        ("a@b", "a", "b"),
+    ])
+    func theLocalPartEndsAtTheAtOutsideItsQuotes(_ address: String, _ local: String, _ domain: String) throws {
+        let parsed = try EnvelopeAddress(address)
+        #expect(parsed.localPart == local)
+        #expect(parsed.domain == domain)
+        var wire: [UInt8] = []
+        parsed.encode(into: &wire)
+        #expect(wire == Array(address.utf8))
+        #expect(parsed == (try EnvelopeAddress(address)))
+        #expect(parsed != (try EnvelopeAddress(local + "@other.example")))
+    }
+
     @Test func utf8AddressesAreFlaggedForSMTPUTF8() throws {
         let address = try EnvelopeAddress("用户@例子.广告")
         #expect(address.requiresSMTPUTF8)
