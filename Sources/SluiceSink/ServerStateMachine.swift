@@ -108,6 +108,9 @@ public struct ServerStateMachine: Sendable {
     private var phase = Phase.greeting
     private var input: [UInt8] = []
     private var inputIndex = 0
+    /// The storage each command line is copied into, kept between lines: a message's MAIL,
+    /// RCPT and BDAT or DATA cost no allocation for their text.
+    private var lineStorage: [UInt8] = []
     private var output: [UInt8] = []
     private var actions: [Action] = []
     private var isSecure = false
@@ -392,12 +395,19 @@ public struct ServerStateMachine: Sendable {
                     reply(.commandUnrecognized, EnhancedStatusCode(5, 5, 2), "Error: bare CR or LF in a command; closing")
                     close()
                     return
-                case .line(let text):
+                case .line(let range):
+                    // Copied out of the input (a command may replace the input), into storage
+                    // reused from line to line; it goes back once the line is handled.
+                    var text: [UInt8] = []
+                    swap(&text, &lineStorage)
+                    text.removeAll(keepingCapacity: true)
+                    text.append(contentsOf: input[range])
                     if case .authentication(let state) = phase {
                         authenticationLine(text, state)
                     } else {
                         command(text)
                     }
+                    swap(&text, &lineStorage)
                 }
             }
         }
@@ -405,7 +415,8 @@ public struct ServerStateMachine: Sendable {
     }
 
     private enum Line {
-        case line([UInt8])
+        /// The line's octets in `input`, without its CRLF.
+        case line(Range<Int>)
         case tooLong
         case bareLineEnding
     }
@@ -419,7 +430,7 @@ public struct ServerStateMachine: Sendable {
             if byte == 13 {
                 guard index + 1 < input.count else { break }
                 guard input[index + 1] == 10 else { return .bareLineEnding }
-                let line = Array(input[inputIndex..<index])
+                let line = inputIndex..<index
                 inputIndex = index + 2
                 inputSequence &+= 1
                 if line.count + 2 > limit { return .tooLong }
