@@ -222,7 +222,7 @@ public struct ServerStateMachine: Sendable {
         phase = .command
         switch result {
         case .stored(let id):
-            reply(.ok, EnhancedStatusCode(2, 0, 0), "Ok: queued as \(id)")
+            reply(.ok, EnhancedStatusCode(2, 0, 0), "Ok: queued as ", then: id)
         case .failed(let reply):
             write(reply)
         }
@@ -586,7 +586,13 @@ public struct ServerStateMachine: Sendable {
         var parameters = MailParameters()
         // Read as bytes, keywords upper-cased in ASCII only: an esmtp-keyword is ASCII
         // (RFC 5321 §4.1.2), and Unicode case rules would read "ſize" as SIZE.
-        for parameter in parameterText.utf8.split(separator: UInt8(ascii: " ")) {
+        var rest = parameterText.utf8[...]
+        while !rest.isEmpty {
+            // The next word, runs of spaces skipped; no array of words is built.
+            let end = rest.firstIndex(of: UInt8(ascii: " ")) ?? rest.endIndex
+            let parameter = rest[..<end]
+            rest = end == rest.endIndex ? rest[end...] : rest[rest.index(after: end)...]
+            if parameter.isEmpty { continue }
             // A lone "=" is a key of "" (555), never an empty list.
             let equals = parameter.firstIndex(of: UInt8(ascii: "="))
             let key = Self.asciiUppercased(parameter[..<(equals ?? parameter.endIndex)])
@@ -683,17 +689,21 @@ public struct ServerStateMachine: Sendable {
     }
 
     private mutating func bdat(_ argument: String) {
-        let words = argument.split(separator: " ", omittingEmptySubsequences: false)
+        // "size" or "size LAST", one space between: read as bytes, with no array of words.
+        let utf8 = argument.utf8
+        let space = utf8.firstIndex(of: UInt8(ascii: " ")) ?? utf8.endIndex
+        let digits = utf8[..<space]
+        let last = space != utf8.endIndex
         // The size is ASCII digits only (RFC 3030): `+5` or `-0` would frame the stream
         // differently from what the client meant, and the next command would be eaten as data.
-        guard configuration.chunking, (1...2).contains(words.count), !words[0].isEmpty,
-              words[0].utf8.allSatisfy({ (0x30...0x39).contains($0) }),
-              words.count == 1 || words[1].uppercased() == "LAST"
+        // LAST is matched in ASCII only: Unicode case rules would read "laſt" as LAST.
+        guard configuration.chunking, !digits.isEmpty, digits.allSatisfy({ (0x30...0x39).contains($0) }),
+              !last || Self.asciiUppercased(utf8[utf8.index(after: space)...]) == "LAST"
         else {
             return reply(.syntaxError, EnhancedStatusCode(5, 5, 4), "Syntax: BDAT size [LAST]")
         }
         // Too many digits for an Int is a size past any limit.
-        let size = Int(words[0]) ?? Int.max
+        let size = Int(Substring(digits)) ?? Int.max
         let sizeSoFar = transaction?.usedBDAT == true ? contentSize : 0
         if size > configuration.maximumMessageSize - sizeSoFar {
             // Refused from its declared size: the chunk is never read, so there is no
@@ -704,7 +714,6 @@ public struct ServerStateMachine: Sendable {
             close()
             return
         }
-        let last = words.count == 2
         // The chunk's bytes follow whatever the verdict: read them, keep them only if valid.
         var accepted = false
         if var current = transaction, !current.recipients.isEmpty {
@@ -806,10 +815,10 @@ public struct ServerStateMachine: Sendable {
         content = []
         phase = .delivering
         if !output.isEmpty {
-            actions.append(.write(output))  // replies so far go out before the store begins
+            act(.write(output))  // replies so far go out before the store begins
             output = []
         }
-        actions.append(.deliver(message))
+        act(.deliver(message))
     }
 
     private mutating func startTLS(_ argument: String) {
@@ -823,9 +832,9 @@ public struct ServerStateMachine: Sendable {
         // Whatever the client sent behind STARTTLS is plaintext: it is discarded, never run.
         input.removeAll()
         inputIndex = 0
-        actions.append(.write(output))
+        act(.write(output))
         output = []
-        actions.append(.startTLS)
+        act(.startTLS)
         phase = .awaitingTLS  // nothing is read until tlsEstablished()
     }
 
@@ -906,7 +915,7 @@ public struct ServerStateMachine: Sendable {
     /// connection closes. (The driver slows the replies down as the count grows.)
     private mutating func authenticationFailed(_ code: SMTPStatusCode, _ enhanced: EnhancedStatusCode?, _ text: String) {
         authenticationFailures += 1
-        actions.append(.authenticationFailed(failures: authenticationFailures))
+        act(.authenticationFailed(failures: authenticationFailures))
         guard authenticationFailures < configuration.maximumAuthenticationFailures else {
             reply(.serviceNotAvailable, EnhancedStatusCode(4, 7, 0),
                   "\(configuration.hostname) Error: too many failed authentications; closing")
@@ -944,21 +953,48 @@ public struct ServerStateMachine: Sendable {
     /// far go out first.
     private mutating func hold(for duration: Duration) {
         if !output.isEmpty {
-            actions.append(.write(output))
+            act(.write(output))
             output = []
         }
-        actions.append(.hold(duration))
+        act(.hold(duration))
         phase = .held
     }
 
     /// Appends a one-line reply straight to the output (no reply value, no strings).
     private mutating func reply(_ code: SMTPStatusCode, _ enhanced: EnhancedStatusCode?, _ text: String) {
+        reserveOutput()
         SMTPReply.encodeLine(code: code, enhancedCode: configuration.enhancedStatusCodes ? enhanced : nil, text: text,
                              isLast: true, into: &output)
     }
 
+    /// A one-line reply whose text is `text` then `detail` (a store's message id), with no
+    /// string built for the two.
+    private mutating func reply(
+        _ code: SMTPStatusCode, _ enhanced: EnhancedStatusCode?, _ text: String, then detail: String
+    ) {
+        reply(code, enhanced, text)
+        output.removeLast(2)  // the CRLF goes after the detail
+        output.append(contentsOf: detail.utf8)
+        output.append(13)
+        output.append(10)
+    }
+
     private mutating func write(_ reply: SMTPReply) {
+        reserveOutput()
         reply.encode(into: &output)
+    }
+
+    /// Each batch of replies leaves in an array of its own (a write action); room for a
+    /// message's replies at once saves growing it from nothing a few octets at a time.
+    private mutating func reserveOutput() {
+        if output.capacity == 0 { output.reserveCapacity(256) }
+    }
+
+    /// Adds an action for the driver. A batch's list leaves with it; most batches end a
+    /// message, with a write and a delivery, so the next list starts with room for a few.
+    private mutating func act(_ action: Action) {
+        if actions.capacity == 0 { actions.reserveCapacity(4) }
+        actions.append(action)
     }
 
     private mutating func close() {
@@ -968,15 +1004,15 @@ public struct ServerStateMachine: Sendable {
         transaction = nil
         content = []
         if !output.isEmpty {
-            actions.append(.write(output))
+            act(.write(output))
             output = []
         }
-        actions.append(.close)
+        act(.close)
     }
 
     private mutating func finish() -> [Action] {
         if !output.isEmpty {
-            actions.append(.write(output))
+            act(.write(output))
             output = []
         }
         defer { actions = [] }
