@@ -249,6 +249,14 @@ public struct ServerStateMachine: Sendable {
     /// a driver whether the half-sent thing is the one it set its deadline for, or the next.
     public private(set) var inputSequence = 0
 
+    /// ``inputProgress`` and ``inputSequence`` together, read in place. For a driver that keeps
+    /// the machine in a class's stored property: there a getter that is not a plain stored
+    /// property first copies the whole machine (a retain and a release for each of its
+    /// references), and the driver asks after every batch of input.
+    public mutating func progress() -> (InputProgress, Int) {
+        (inputProgress, inputSequence)
+    }
+
     /// What the client is in the middle of sending.
     public var inputProgress: InputProgress {
         switch phase {
@@ -633,7 +641,9 @@ public struct ServerStateMachine: Sendable {
     }
 
     private mutating func recipient(_ argument: String) {
-        guard var current = transaction else {
+        // The transaction is read and changed in place: a copy of it would retain each of its
+        // references, and appending to the copy's recipients would copy their array.
+        guard transaction != nil else {
             return reply(.badCommandSequence, EnhancedStatusCode(5, 5, 1), "Error: need MAIL command")
         }
         guard let (path, _) = Self.path(after: "TO:", in: argument), !path.isEmpty else {
@@ -642,14 +652,14 @@ public struct ServerStateMachine: Sendable {
         guard let address = try? EnvelopeAddress(path) else {
             return reply(.mailboxNameNotAllowed, EnhancedStatusCode(5, 1, 3), "Bad recipient address syntax")
         }
-        if address.requiresSMTPUTF8, !current.parameters.smtpUTF8 {
+        if address.requiresSMTPUTF8, transaction?.parameters.smtpUTF8 != true {
             return reply(.mailboxNameNotAllowed, EnhancedStatusCode(5, 6, 7), "UTF-8 address without SMTPUTF8")
         }
-        guard current.recipients.count < configuration.maximumRecipients else {
+        guard let count = transaction?.recipients.count, count < configuration.maximumRecipients else {
             return reply(.insufficientStorage, EnhancedStatusCode(4, 5, 3), "Error: too many recipients")
         }
         var delay: Duration?
-        switch policy.decide(.recipient(address, sender: current.from)) {
+        switch policy.decide(.recipient(address, sender: transaction?.from)) {
         case .delay(let duration)?:
             delay = duration
         case let fault?:
@@ -658,8 +668,7 @@ public struct ServerStateMachine: Sendable {
         case nil:
             break
         }
-        current.recipients.append(address)
-        transaction = current
+        transaction?.recipients.append(address)
         if let delay { hold(for: delay) }
         reply(.ok, EnhancedStatusCode(2, 1, 5), "Ok")
     }
@@ -716,13 +725,12 @@ public struct ServerStateMachine: Sendable {
         }
         // The chunk's bytes follow whatever the verdict: read them, keep them only if valid.
         var accepted = false
-        if var current = transaction, !current.recipients.isEmpty {
-            if !current.usedBDAT {
+        if transaction?.recipients.isEmpty == false {
+            if transaction?.usedBDAT == false {
                 content = []
                 contentSize = 0
             }
-            current.usedBDAT = true
-            transaction = current
+            transaction?.usedBDAT = true
             accepted = true
         }
         inputSequence &+= 1

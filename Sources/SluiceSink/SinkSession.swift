@@ -227,7 +227,7 @@ final class SinkSession: ConnectionHandler, @unchecked Sendable {
     /// Arms the deadline for the command line or content the client is in the middle of,
     /// once per line or content; cancels it when nothing is half-sent.
     private func updateDeadline() {
-        let now = (machine.inputProgress, machine.inputSequence)
+        let now = machine.progress()
         guard now != deadlineFor else { return }
         deadlineFor = now
         deadlineTimer?.cancel()
