@@ -766,23 +766,26 @@ public struct ServerStateMachine: Sendable {
 
     /// Whether `bytes` hold a CR not followed by LF or an LF not preceded by CR.
     ///
-    /// Every BDAT message is checked whole, so this reads eight bytes at a time and steps
-    /// byte by byte only through a word that holds a CR or an LF (one word in nine or so of
-    /// a text with 70-byte lines). The byte loop alone cost about 1 ns a byte.
+    /// Every BDAT message is checked whole, so this reads eight bytes at a time with no branch
+    /// per word: in each word it marks the CRs and the LFs, and the LF marks must be the CR
+    /// marks moved on by one byte (the last byte's CR carried into the next word). The
+    /// earlier loop, which stepped byte by byte through every word holding a CR or an LF, was
+    /// about half of the sink's CPU for 100 KB messages.
     static func containsBareLineEnding(_ bytes: [UInt8]) -> Bool {
         bytes.withUnsafeBytes { raw in
-            var previous: UInt8 = 0
+            var mismatch: UInt64 = 0
+            var carry: UInt64 = 0  // 0x80 when the previous word ended with a CR
             var index = 0
+            while index + 8 <= raw.count {
+                let word = UInt64(littleEndian: raw.loadUnaligned(fromByteOffset: index, as: UInt64.self))
+                let crs = marks(of: 13, in: word)
+                mismatch |= marks(of: 10, in: word) ^ (crs << 8 | carry)
+                carry = crs >> 56
+                index += 8
+            }
+            if mismatch != 0 { return true }
+            var previous: UInt8 = carry != 0 ? 13 : 0
             while index < raw.count {
-                if index + 8 <= raw.count {
-                    let word = UInt64(littleEndian: raw.loadUnaligned(fromByteOffset: index, as: UInt64.self))
-                    if !hasByte(word, 13), !hasByte(word, 10) {
-                        if previous == 13 { return true }  // a CR, then no LF
-                        previous = UInt8(truncatingIfNeeded: word >> 56)
-                        index += 8
-                        continue
-                    }
-                }
                 let byte = raw[index]
                 if byte == 10, previous != 13 { return true }
                 if previous == 13, byte != 10 { return true }
@@ -793,12 +796,12 @@ public struct ServerStateMachine: Sendable {
         }
     }
 
-    /// Whether one of `word`'s eight bytes is `byte` (the test for a zero byte, after an
-    /// XOR that turns `byte` into zero).
-    private static func hasByte(_ word: UInt64, _ byte: UInt8) -> Bool {
-        let ones: UInt64 = 0x0101_0101_0101_0101
-        let x = word ^ (ones &* UInt64(byte))
-        return (x &- ones) & ~x & (ones &* 0x80) != 0
+    /// 0x80 in each byte of `word` that is `byte`, and 0 in every other: exact, with no
+    /// false mark from a borrow (each byte's low seven bits are added on their own).
+    private static func marks(of byte: UInt8, in word: UInt64) -> UInt64 {
+        let lows: UInt64 = 0x7F7F_7F7F_7F7F_7F7F
+        let x = word ^ (0x0101_0101_0101_0101 &* UInt64(byte))
+        return ~(((x & lows) &+ lows) | x) & ~lows
     }
 
     /// The end of a message (DATA terminator or BDAT LAST): refuse it, inject a fault, or
