@@ -253,4 +253,108 @@ struct PoolStateMachineTests {
         #expect(closed.drained)
         #expect(!Asked(pool.wake(now: Self.start)).drained, "reported once")
     }
+
+    /// Many connections, random events, against a model of the rules: each message goes to the
+    /// connection it finished on while that one has room, otherwise to one with the most room;
+    /// nothing goes to a connection at its message limit or past its lifetime; and after each
+    /// event, no idle connection whose time is up is left unretired.
+    @Test(arguments: [1, 2, 3])
+    func amongManyConnectionsWorkGoesWhereTheRulesSayAndExpiredIdleConnectionsAreRetired(seed: UInt64) {
+        struct SplitMix {
+            var state: UInt64
+            mutating func next(_ bound: Int) -> Int {
+                state &+= 0x9E37_79B9_7F4A_7C15
+                var z = state
+                z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
+                z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
+                return Int((z ^ (z >> 31)) % UInt64(bound))
+            }
+        }
+        struct Model {
+            var capacity: Int?  // nil while connecting
+            var retiring = false
+            var load = 0
+            var sent = 0
+            var openedAt: Moment
+            var idleSince: Moment?
+        }
+        let (limit, lifetime, idleTimeout) = (25, Duration.seconds(60), Duration.seconds(5))
+        var pool = Pool(configuration: Self.configuration(connections: 40, perConnection: 4, messagesPerConnection: limit,
+                                                          lifetime: lifetime, idleTimeout: idleTimeout))
+        var random = SplitMix(state: seed)
+        var model: [Int: Model] = [:]
+        var now = Self.start
+        var jobs = 0
+        func hasRoom(_ entry: Model) -> Bool {
+            guard let capacity = entry.capacity, !entry.retiring else { return false }
+            return entry.load < capacity && entry.sent < limit && now - entry.openedAt < lifetime
+        }
+        func isExpiredIdle(_ entry: Model) -> Bool {
+            guard entry.capacity != nil, !entry.retiring, entry.load == 0 else { return false }
+            return entry.sent >= limit || now - entry.openedAt >= lifetime
+                || entry.idleSince.map { now - $0 >= idleTimeout } == true
+        }
+        for step in 0..<4_000 {
+            now = now + .milliseconds(random.next(300))
+            let finished = model.filter { $0.value.load > 0 }.keys.sorted()
+            let connecting = model.filter { $0.value.capacity == nil }.keys.sorted()
+            let retired = model.filter { $0.value.retiring }.keys.sorted()
+            let actions: Pool.Actions
+            var preferred: Int?
+            switch random.next(10) {
+            case 0...3:
+                jobs += 1
+                actions = pool.submitted(Job("m\(jobs)"), now: now)
+            case 4...6 where !finished.isEmpty:
+                let id = finished[random.next(finished.count)]
+                model[id]!.load -= 1
+                if model[id]!.load == 0 { model[id]!.idleSince = now }
+                preferred = id
+                actions = pool.transactionFinished(on: id, now: now)
+            case 7 where !connecting.isEmpty:
+                let id = connecting[random.next(connecting.count)]
+                let capacity = 1 + random.next(6)
+                model[id]!.capacity = capacity
+                model[id]!.idleSince = now
+                actions = pool.connected(id, capacity: capacity, now: now)
+            case 8 where !retired.isEmpty:
+                let id = retired[random.next(retired.count)]
+                model[id] = nil
+                actions = pool.connectionClosed(id, now: now)
+            default:
+                actions = pool.wake(now: now)
+            }
+            for action in actions {
+                switch action {
+                case .connect(let id):
+                    #expect(model[id] == nil, "step \(step): connection \(id) opened twice")
+                    model[id] = Model(openedAt: now)
+                case .dispatch(_, let id, _):
+                    let entry = model[id]!
+                    #expect(hasRoom(entry), "step \(step): connection \(id) took work without room: \(entry)")
+                    if let preferred, hasRoom(model[preferred]!) {
+                        #expect(id == preferred, "step \(step): the connection that finished has room")
+                    } else {
+                        let most = model.values.filter(hasRoom).map { $0.capacity! - $0.load }.max()
+                        #expect(entry.capacity! - entry.load == most, "step \(step): \(id) is not among the least loaded")
+                    }
+                    model[id]!.load += 1
+                    model[id]!.sent += 1
+                    model[id]!.idleSince = nil
+                case .retire(let id):
+                    #expect(isExpiredIdle(model[id]!), "step \(step): \(id) retired before its time: \(model[id]!)")
+                    model[id]!.retiring = true
+                case .fail, .handOff, .drained:
+                    Issue.record("step \(step): \(action)")
+                case .wake:
+                    break
+                }
+            }
+            let checked = preferred.map { [$0] } ?? Array(model.keys)
+            for id in checked where isExpiredIdle(model[id]!) {
+                Issue.record("step \(step): connection \(id) is idle past its time and was not retired: \(model[id]!)")
+            }
+        }
+        #expect(jobs > 1_000 && model.count > 10, "the run reached a busy pool: \(jobs) jobs, \(model.count) connections")
+    }
 }
