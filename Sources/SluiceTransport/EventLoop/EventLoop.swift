@@ -16,7 +16,7 @@ public final class EventLoop: @unchecked Sendable {
     //   touched only on the loop thread (after init) and freed by the loop thread as it exits.
     // - `queue`: guarded by its lock.
     // - `thread`, `loopThread`: written before init returns (init waits on `started`), read-only after.
-    // - `resources`, `deferred`, `running`: loop thread only. `deferred` and `running` skip
+    // - `resources`, `deferred`, `running`, `readBuffer`, `readBufferLent`: loop thread only. `deferred` and `running` skip
     //   the runtime's exclusivity checks (two per deferral, and a busy loop defers a write per
     //   connection per iteration): no access to them overlaps another, since deferred work
     //   runs from the swapped-out batch and defers into the emptied array.
@@ -31,6 +31,11 @@ public final class EventLoop: @unchecked Sendable {
     @exclusivity(unchecked) private var running: [DeferredWork] = []
     /// The loop's position in its group, for names and logs.
     public let index: Int
+    /// The read buffer this loop's connections share, as libuv advises for `uv_alloc_cb`: a
+    /// read's bytes are handed on before its callback returns, so one buffer serves every
+    /// connection in turn, and 10,000 connections do not keep 10,000 buffers of 64 KB.
+    @exclusivity(unchecked) private var readBuffer = UnsafeMutableRawBufferPointer(start: nil, count: 0)
+    @exclusivity(unchecked) private var readBufferLent = false
 
     private struct JobQueue {
         var jobs: [@Sendable () -> Void] = []
@@ -88,6 +93,25 @@ public final class EventLoop: @unchecked Sendable {
         }
     }
 
+    /// Lends the loop's shared read buffer, `size` bytes of it, until ``returnReadBuffer()``;
+    /// nil while it is lent already (a handler that makes another connection read meanwhile:
+    /// that connection reads into a buffer of its own). Loop thread only.
+    func borrowReadBuffer(size: Int) -> UnsafeMutableRawBufferPointer? {
+        guard !readBufferLent else { return nil }
+        if readBuffer.count < size {
+            readBuffer.deallocate()
+            readBuffer = .allocate(byteCount: size, alignment: 16)
+        }
+        readBufferLent = true
+        return UnsafeMutableRawBufferPointer(rebasing: readBuffer[0..<size])
+    }
+
+    /// Takes back the buffer ``borrowReadBuffer(size:)`` lent. Loop thread only.
+    func returnReadBuffer() {
+        assert(readBufferLent, "the loop's read buffer was returned but not lent")
+        readBufferLent = false
+    }
+
     /// The loop thread's body: run until every handle is closed, then free the loop.
     private func run(signalling started: UnsafeMutablePointer<uv_sem_t>) {
         loopThread = pthread_self()
@@ -102,6 +126,8 @@ public final class EventLoop: @unchecked Sendable {
         uvLoop.deallocate()
         wakeup.deallocate()
         check.deallocate()
+        readBuffer.deallocate()
+        readBuffer = UnsafeMutableRawBufferPointer(start: nil, count: 0)
         let waiters = queue.withLock { queue in
             queue.finished = true
             defer { queue.shutdownWaiters = [] }

@@ -31,7 +31,13 @@ public final class Connection: @unchecked Sendable, LoopResource, EndOfIteration
     private let addresses: Locked<Addresses>
 
     let handle: UnsafeMutablePointer<uv_tcp_t>
-    private var readBuffer: UnsafeMutableRawBufferPointer
+    /// Where the read libuv is making goes: the loop's shared buffer (while
+    /// `borrowsLoopBuffer`), or this connection's own when another held the loop's.
+    private var readBuffer = UnsafeMutableRawBufferPointer(start: nil, count: 0)
+    private var borrowsLoopBuffer = false
+    /// Allocated only when the loop's buffer was lent to someone else (a handler that made
+    /// this connection read while it handled another's bytes); kept for the connection's life.
+    private var ownReadBuffer: UnsafeMutableRawBufferPointer?
 
     enum State {
         case connecting
@@ -86,7 +92,6 @@ public final class Connection: @unchecked Sendable, LoopResource, EndOfIteration
         handle = .allocate(capacity: 1)
         uv_tcp_init(loop.uvLoop, handle)
         loop.handleOpened()
-        readBuffer = .allocate(byteCount: max(options.readBufferSize, 1024), alignment: 16)
         // Retained for the handle's life; released once, in connectionHandleClosed.
         handle.pointee.data = Unmanaged.passRetained(self).toOpaque()
         loop.register(self)
@@ -218,11 +223,32 @@ public final class Connection: @unchecked Sendable, LoopResource, EndOfIteration
         }
     }
 
+    /// libuv asks where its next read goes; ``read(count:)`` always follows.
     fileprivate func allocate() -> uv_buf_t {
-        cuv_buf(readBuffer.baseAddress, readBuffer.count)
+        let (buffer, borrowed) = takeReadBuffer()
+        readBuffer = buffer
+        borrowsLoopBuffer = borrowed
+        return cuv_buf(buffer.baseAddress, buffer.count)
+    }
+
+    /// A buffer for reading into: the loop's shared one when it is free (`borrowed`; give it
+    /// back with `eventLoop.returnReadBuffer()`), else this connection's own.
+    private func takeReadBuffer() -> (buffer: UnsafeMutableRawBufferPointer, borrowed: Bool) {
+        let size = max(options.readBufferSize, 1024)
+        if let shared = eventLoop.borrowReadBuffer(size: size) { return (shared, true) }
+        if ownReadBuffer == nil { ownReadBuffer = .allocate(byteCount: size, alignment: 16) }
+        return (ownReadBuffer!, false)
+    }
+
+    /// Gives the loop its buffer back once the bytes libuv read into it are handed on.
+    private func releaseReadBuffer() {
+        guard borrowsLoopBuffer else { return }
+        borrowsLoopBuffer = false
+        eventLoop.returnReadBuffer()
     }
 
     fileprivate func read(count: Int) {
+        defer { releaseReadBuffer() }
         if count > 0 {
             received(UnsafeRawBufferPointer(rebasing: readBuffer[0..<count]))
         } else if count < 0 {
@@ -240,9 +266,11 @@ public final class Connection: @unchecked Sendable, LoopResource, EndOfIteration
             handler?.connection(self, didReceive: bytes)
         case .handshaking(let session, _):
             session.receive(bytes)
+            releaseReadBuffer()  // TLS has the ciphertext: the buffer is free for what it decrypts
             continueHandshake()
         case .established(let session):
             session.receive(bytes)
+            releaseReadBuffer()
             deliverDecryptedBytes()
         }
     }
@@ -250,12 +278,13 @@ public final class Connection: @unchecked Sendable, LoopResource, EndOfIteration
     /// Hands the handler every plaintext byte TLS can decrypt now, while it keeps reading.
     private func deliverDecryptedBytes() {
         guard case .established(let session) = tls else { return }
+        let (buffer, borrowed) = takeReadBuffer()
+        defer { if borrowed { eventLoop.returnReadBuffer() } }
         while handler != nil, !pausedByHandler, state == .open || state == .shuttingDown {
             do {
-                // The read buffer is free: what the socket read was already copied into TLS.
-                switch try session.read(into: readBuffer) {
+                switch try session.read(into: buffer) {
                 case .bytes(let count):
-                    handler?.connection(self, didReceive: UnsafeRawBufferPointer(rebasing: readBuffer[0..<count]))
+                    handler?.connection(self, didReceive: UnsafeRawBufferPointer(rebasing: buffer[0..<count]))
                 case .needsMoreData:
                     flushCiphertext(session)
                     return
@@ -632,7 +661,8 @@ public final class Connection: @unchecked Sendable, LoopResource, EndOfIteration
         state = .closed
         eventLoop.deregister(self)
         eventLoop.handleClosed()
-        readBuffer.deallocate()
+        ownReadBuffer?.deallocate()
+        ownReadBuffer = nil
         readBuffer = UnsafeMutableRawBufferPointer(start: nil, count: 0)
         let failure = closeError ?? closedError("the handshake")
         if case .handshaking(_, let completion) = tls { completion(.failure(failure)) }
@@ -682,7 +712,7 @@ private func connectionAllocate(
 private func connectionRead(
     _ stream: UnsafeMutablePointer<uv_stream_t>?, _ count: Int, _ buffer: UnsafePointer<uv_buf_t>?
 ) {
-    // Safe: as above; the bytes are in the connection's own read buffer.
+    // Safe: as above; the bytes are in the buffer `allocate` gave libuv for this read.
     let connection = Unmanaged<Connection>.fromOpaque(stream!.pointee.data).takeUnretainedValue()
     connection.read(count: count)
 }

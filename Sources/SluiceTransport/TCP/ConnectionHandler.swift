@@ -25,7 +25,8 @@ extension ConnectionHandler {
 
 /// Tuning for one connection.
 public struct ConnectionOptions: Sendable, Hashable {
-    /// The size of the connection's reused read buffer.
+    /// The most one read takes in. Reads go into a buffer the event loop's connections
+    /// share (or, rarely, one of the connection's own), so this costs memory per loop.
     public var readBufferSize: Int = 64 * 1024
     /// Above this many bytes waiting to be written, the connection is not writable.
     public var writeHighWatermark: Int = 256 * 1024
