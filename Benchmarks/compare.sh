@@ -5,7 +5,13 @@
 # run is bounded by its message count. Each cell is the median of ROUNDS runs, taken in turn.
 # A first row measures the kernel's floor: Benchmarks/floor.c makes the system calls Sluice
 # makes against smtp-sink (one writev and one read per message) and nothing else.
-# Below the table: the Sluice client's CPU per message over smtp-source's, round by round.
+# The last three rows are the floors for CHUNKING, one per side: `floor.c -c 8` sends as Sluice
+# does to a server that offers CHUNKING (8 transactions in flight a session, several in each
+# write), and Benchmarks/floor-sink.c answers as `sluice sink` does (every ready connection
+# read, then each one's replies in one write) with nothing else; each Sluice side runs against
+# the other side's floor.
+# Below the table: the Sluice client's CPU per message over smtp-source's, round by round, and
+# each Sluice side's CPU per message above its floor.
 #
 #   Benchmarks/compare.sh                                   # 10 sessions, 50,000 messages of 1 KB
 #   SESSIONS=100 MESSAGES=20000 SIZE=4096 ROUNDS=3 Benchmarks/compare.sh
@@ -23,7 +29,9 @@ bash scripts/setup.sh >/dev/null
 swift build -c release --product sluice >/dev/null
 SLUICE=.build/release/sluice
 FLOOR=.build/floor
+FLOOR_SINK=.build/floor-sink
 "$(command -v cc || command -v clang)" -O2 -o "$FLOOR" Benchmarks/floor.c
+"$(command -v cc || command -v clang)" -O2 -o "$FLOOR_SINK" Benchmarks/floor-sink.c
 TICKS=$(getconf CLK_TCK)
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
@@ -46,6 +54,8 @@ client_run() {
             -f sender@example.com -t rcpt@example.com "127.0.0.1:$port"
     elif [ "$client" = floor ]; then
         timed "$FLOOR" "$port" "$SESSIONS" "$MESSAGES" "$SIZE"
+    elif [ "$client" = floor-chunking ]; then
+        timed "$FLOOR" -c 8 "$port" "$SESSIONS" "$MESSAGES" "$SIZE"
     else
         out=$("$SLUICE" bench --target "127.0.0.1:$port" --security none --messages "$MESSAGES" \
                   --connections "$SESSIONS" --size "$SIZE" ${LOOPS:+--loops "$LOOPS"} --json 2>/dev/null)
@@ -69,6 +79,8 @@ measure() {
     if [ "$sink" = smtp-sink ]; then
         if [ "$(id -u)" -eq 0 ]; then smtp-sink -u nobody "127.0.0.1:$port" 1024 & pid=$!
         else smtp-sink "127.0.0.1:$port" 1024 & pid=$!; fi
+    elif [ "$sink" = floor-sink ]; then
+        "$FLOOR_SINK" "$port" >/dev/null & pid=$!
     else
         "$SLUICE" sink --listen "127.0.0.1:$port" >/dev/null 2>&1 & pid=$!
     fi
@@ -83,7 +95,8 @@ measure() {
 loops_used=${LOOPS:+$LOOPS event loop(s)}
 printf '%s sessions, %s messages of %s bytes, median of %s rounds; sluice bench on %s\n\n' \
     "$SESSIONS" "$MESSAGES" "$SIZE" "$ROUNDS" "${loops_used:-one event loop per core}"
-pairs=("floor smtp-sink" "smtp-source smtp-sink" "sluice smtp-sink" "smtp-source sluice" "sluice sluice")
+pairs=("floor smtp-sink" "smtp-source smtp-sink" "sluice smtp-sink" "smtp-source sluice" "sluice sluice"
+       "floor-chunking floor-sink" "sluice floor-sink" "floor-chunking sluice")
 # Rounds go round-robin over the pairs, so a slow spell of the machine falls on all of them
 # rather than on one; each cell is the run with the median wall time.
 declare -A runs
@@ -102,9 +115,14 @@ for pair in "${pairs[@]}"; do
     case $client in
         sluice) name="sluice bench" ;;
         floor) name="floor.c" ;;
+        floor-chunking) name="floor.c -c 8" ;;
         *) name="smtp-source -d" ;;
     esac
-    name="$name -> $([ "$sink" = sluice ] && echo "sluice sink" || echo "smtp-sink")"
+    case $sink in
+        sluice) name="$name -> sluice sink" ;;
+        floor-sink) name="$name -> floor-sink.c" ;;
+        *) name="$name -> smtp-sink" ;;
+    esac
     awk -v n="$name" -v w="$wall" -v c="$clientcpu" -v k="$sinkcpu" -v m="$MESSAGES" \
         'BEGIN{printf "| %-30s | %10.0f | %19.1f µs | %17.1f µs |\n", n, m/w, c/m*1e6, k/m*1e6}'
 done
@@ -113,10 +131,16 @@ done
 # smtp-sink, taken round by round (each pair ran back to back, so a slow spell of the machine
 # falls on both): its median and range, and how many rounds came in at half or under.
 # Then what Sluice spends above the floor, round by round.
-python3 - "${runs[smtp-source smtp-sink]}" "${runs[sluice smtp-sink]}" "${runs[floor smtp-sink]}" "$MESSAGES" <<'PY'
+python3 - "${runs[smtp-source smtp-sink]}" "${runs[sluice smtp-sink]}" "${runs[floor smtp-sink]}" "$MESSAGES" \
+    "${runs[sluice floor-sink]}" "${runs[floor-chunking floor-sink]}" "${runs[floor-chunking sluice]}" <<'PY'
 import statistics, sys
-source, sluice, floor = ([float(line.split()[1]) for line in runs.split("\n") if line.strip()] for runs in sys.argv[1:4])
+def column(runs, index):
+    return [float(line.split()[index]) for line in runs.split("\n") if line.strip()]
+source, sluice, floor = (column(runs, 1) for runs in sys.argv[1:4])
 messages = int(sys.argv[4])
+def report_above(label, side, floors):
+    gaps = sorted((s - f) / messages * 1e6 for s, f in zip(side, floors))
+    print(f"{label}, round by round: median {statistics.median(gaps):.1f} µs, range {gaps[0]:.1f}-{gaps[-1]:.1f}")
 ratios = sorted(s / o for s, o in zip(sluice, source))
 above = sorted((s - f) / messages * 1e6 for s, f in zip(sluice, floor))
 print()
@@ -125,4 +149,8 @@ print("sluice bench / smtp-source client CPU per message against smtp-sink, roun
       f"{sum(r <= 0.5 for r in ratios)} of {len(ratios)} rounds at 0.5 or under")
 print("sluice bench's client CPU per message above the floor's, round by round: "
       f"median {statistics.median(above):.1f} µs, range {above[0]:.1f}-{above[-1]:.1f}")
+report_above("sluice bench's client CPU per message above floor.c -c 8's (both into floor-sink.c)",
+      column(sys.argv[5], 1), column(sys.argv[6], 1))
+report_above("sluice sink's CPU per message above floor-sink.c's (both fed by floor.c -c 8)",
+      column(sys.argv[7], 2), column(sys.argv[6], 2))
 PY

@@ -7,8 +7,13 @@
 // them together. Its CPU per message is what the kernel charges for those calls; a real
 // client's CPU above it is its own work.
 //
+// With `-c WINDOW` it is the floor for CHUNKING (RFC 3030) instead, as Sluice sends to a
+// server that offers it: each session keeps WINDOW transactions in flight, each a MAIL, an RCPT
+// and a `BDAT n LAST` with the content after it, and whenever a read completes some of them it
+// sends as many new ones in one writev — several transactions per write and per read.
+//
 //   cc -O2 -o floor Benchmarks/floor.c
-//   ./floor PORT SESSIONS MESSAGES SIZE      # 127.0.0.1 only; bounded by MESSAGES and 120 s
+//   ./floor [-c WINDOW] PORT SESSIONS MESSAGES SIZE   # 127.0.0.1 only; bounded by MESSAGES and 120 s
 //
 // Every reply is checked (220, 250, 354, 250): a server that refuses anything is an error,
 // not a fast run.
@@ -24,16 +29,22 @@
 #include <sys/uio.h>
 #include <unistd.h>
 
-enum phase { GREETING, EHLO, ENVELOPE, MESSAGE_AND_ENVELOPE, LAST_MESSAGE, DONE };
+enum phase { GREETING, EHLO, ENVELOPE, MESSAGE_AND_ENVELOPE, LAST_MESSAGE, DONE, CHUNKING };
+
+enum { MAXIMUM_WINDOW = 64 };
 
 struct session {
     int fd;
     enum phase phase;
     char replies[8192];
     size_t length;
-    // What goes out at the end of this wake-up.
-    struct iovec out[2];
+    // What goes out at the end of this wake-up: with CHUNKING, two pieces a transaction and QUIT.
+    struct iovec out[2 * MAXIMUM_WINDOW + 1];
     int out_count;
+    // CHUNKING: transactions sent and not yet answered, and the replies of the oldest one
+    // that arrived so far (each transaction has three).
+    int in_flight;
+    int answered;
 };
 
 static const char envelope[] = "MAIL FROM:<sender@example.com>\r\nRCPT TO:<rcpt@example.com>\r\nDATA\r\n";
@@ -74,8 +85,18 @@ static int reply_codes(struct session *s, int *codes, int capacity) {
 }
 
 int main(int argc, char **argv) {
+    int window = 0;
+    if (argc == 7 && strcmp(argv[1], "-c") == 0) {
+        window = atoi(argv[2]);
+        argv += 2;
+        argc -= 2;
+        if (window <= 0 || window > MAXIMUM_WINDOW) {
+            fprintf(stderr, "floor: WINDOW must be 1 to %d\n", MAXIMUM_WINDOW);
+            return 64;
+        }
+    }
     if (argc != 5) {
-        fprintf(stderr, "usage: floor PORT SESSIONS MESSAGES SIZE\n");
+        fprintf(stderr, "usage: floor [-c WINDOW] PORT SESSIONS MESSAGES SIZE\n");
         return 64;
     }
     int port = atoi(argv[1]), sessions = atoi(argv[2]), messages = atoi(argv[3]), size = atoi(argv[4]);
@@ -96,7 +117,11 @@ int main(int argc, char **argv) {
     content[size - 2] = '\r';
     content[size - 1] = '\n';
     memcpy(content + size, ".\r\n", 3);
-    size_t content_length = (size_t)size + 3;
+    // With CHUNKING the content goes as it is, after its BDAT command.
+    size_t content_length = window ? (size_t)size : (size_t)size + 3;
+    char chunked[160];
+    size_t chunked_length = (size_t)snprintf(chunked, sizeof chunked,
+        "MAIL FROM:<sender@example.com>\r\nRCPT TO:<rcpt@example.com>\r\nBDAT %d LAST\r\n", size);
 
     struct sockaddr_in address = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port)};
     inet_pton(AF_INET, "127.0.0.1", &address.sin_addr);
@@ -129,6 +154,34 @@ int main(int argc, char **argv) {
                 continue;
             }
             s->length += (size_t)got;
+            if (s->phase == CHUNKING) {
+                int codes[3 * MAXIMUM_WINDOW + 1];
+                int replies = reply_codes(s, codes, 3 * MAXIMUM_WINDOW + 1);
+                if (replies < 0) continue;
+                s->length = 0;
+                for (int r = 0; r < replies; r++) {
+                    errno = 0;
+                    if (s->in_flight == 0) {
+                        if (codes[r] != 221 || started < messages) die("unexpected reply after the last transaction");
+                        s->phase = DONE;
+                        break;
+                    }
+                    if (codes[r] != 250) die("unexpected reply to MAIL, RCPT or BDAT");
+                    if (++s->answered < 3) continue;
+                    s->answered = 0;
+                    s->in_flight--;
+                    delivered++;
+                    if (started < messages) {
+                        started++;
+                        s->in_flight++;
+                        queue(s, chunked, chunked_length);
+                        queue(s, content, content_length);
+                    } else if (s->in_flight == 0) {
+                        queue(s, "QUIT\r\n", 6);
+                    }
+                }
+                continue;
+            }
             int codes[8];
             int replies = reply_codes(s, codes, 8);
             // Replies answered per phase: greeting; EHLO; MAIL, RCPT, DATA; the message's
@@ -151,6 +204,16 @@ int main(int argc, char **argv) {
                 if (started == messages) {
                     queue(s, "QUIT\r\n", 6);
                     s->phase = DONE;
+                    break;
+                }
+                if (window) {
+                    for (int t = 0; t < window && started < messages; t++) {
+                        started++;
+                        s->in_flight++;
+                        queue(s, chunked, chunked_length);
+                        queue(s, content, content_length);
+                    }
+                    s->phase = CHUNKING;
                     break;
                 }
                 started++;
@@ -182,6 +245,8 @@ int main(int argc, char **argv) {
             case DONE:
                 if (codes[0] != 221) die("unexpected reply to QUIT");
                 break;
+            case CHUNKING:
+                break;  // handled above
             }
         }
         for (int k = 0; k < count; k++) flush(&all[ready[k].data.u32]);
