@@ -345,9 +345,7 @@ struct PoolStateMachine<Job: AnyObject> {
     /// Whether a connection is ready and can take one more transaction now. A connection past
     /// its message limit or lifetime takes nothing new.
     private func hasRoom(_ entry: Entry, now: Moment) -> Bool {
-        guard case .ready(let capacity) = entry.state else { return false }
-        return entry.load < capacity && entry.sent < configuration.maximumMessagesPerConnection
-            && now - entry.openedAt < configuration.maximumConnectionLifetime
+        isCandidate(entry) && now - entry.openedAt < configuration.maximumConnectionLifetime
     }
 
     /// Opens connections while waiting messages outnumber what the connections being
