@@ -16,10 +16,12 @@ public final class EventLoop: @unchecked Sendable {
     //   touched only on the loop thread (after init) and freed by the loop thread as it exits.
     // - `queue`: guarded by its lock.
     // - `thread`, `loopThread`: written before init returns (init waits on `started`), read-only after.
-    // - `resources`, `deferred`, `running`, `readBuffer`, `readBufferLent`: loop thread only. `deferred` and `running` skip
-    //   the runtime's exclusivity checks (two per deferral, and a busy loop defers a write per
-    //   connection per iteration): no access to them overlaps another, since deferred work
-    //   runs from the swapped-out batch and defers into the emptied array.
+    // - `resources`, `deferred`, `running`, `readBuffer`, `readBufferLent`: loop thread only.
+    //   `deferred` and `running` skip the runtime's exclusivity checks (two per deferral, and
+    //   a busy loop defers a write per connection per iteration): no access to them overlaps
+    //   another, since deferred work runs from the swapped-out batch and defers into the
+    //   emptied array. `readBuffer` and `readBufferLent` skip them too (a borrow and a return
+    //   per read): each access is a whole read or write of the field, inside one call.
     // - `liveHandleCounter`: atomic.
     let uvLoop: UnsafeMutablePointer<uv_loop_t>
     private let wakeup: UnsafeMutablePointer<uv_async_t>
