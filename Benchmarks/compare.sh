@@ -142,13 +142,11 @@ def report_above(label, side, floors):
     gaps = sorted((s - f) / messages * 1e6 for s, f in zip(side, floors))
     print(f"{label}, round by round: median {statistics.median(gaps):.1f} µs, range {gaps[0]:.1f}-{gaps[-1]:.1f}")
 ratios = sorted(s / o for s, o in zip(sluice, source))
-above = sorted((s - f) / messages * 1e6 for s, f in zip(sluice, floor))
 print()
 print("sluice bench / smtp-source client CPU per message against smtp-sink, round by round: "
       f"median {statistics.median(ratios):.2f}, range {ratios[0]:.2f}-{ratios[-1]:.2f}, "
       f"{sum(r <= 0.5 for r in ratios)} of {len(ratios)} rounds at 0.5 or under")
-print("sluice bench's client CPU per message above the floor's, round by round: "
-      f"median {statistics.median(above):.1f} µs, range {above[0]:.1f}-{above[-1]:.1f}")
+report_above("sluice bench's client CPU per message above the floor's", sluice, floor)
 report_above("sluice bench's client CPU per message above floor.c -c 8's (both into floor-sink.c)",
       column(sys.argv[5], 1), column(sys.argv[6], 1))
 report_above("sluice sink's CPU per message above floor-sink.c's (both fed by floor.c -c 8)",
