@@ -16,12 +16,13 @@ public final class EventLoop: @unchecked Sendable {
     //   touched only on the loop thread (after init) and freed by the loop thread as it exits.
     // - `queue`: guarded by its lock.
     // - `thread`, `loopThread`: written before init returns (init waits on `started`), read-only after.
-    // - `resources`, `deferred`, `running`, `readBuffer`, `readBufferLent`: loop thread only.
+    // - `resources`, `deferred`, `running`, `readBuffer`, `readBufferLent`, `sealing`: loop thread only.
     //   `deferred` and `running` skip the runtime's exclusivity checks (two per deferral, and
     //   a busy loop defers a write per connection per iteration): no access to them overlaps
     //   another, since deferred work runs from the swapped-out batch and defers into the
     //   emptied array. `readBuffer` and `readBufferLent` skip them too (a borrow and a return
-    //   per read): each access is a whole read or write of the field, inside one call.
+    //   per read): each access is a whole read or write of the field, inside one call. So does
+    //   `sealing`.
     // - `liveHandleCounter`: atomic.
     let uvLoop: UnsafeMutablePointer<uv_loop_t>
     private let wakeup: UnsafeMutablePointer<uv_async_t>
@@ -38,6 +39,8 @@ public final class EventLoop: @unchecked Sendable {
     /// connection in turn, and 10,000 connections do not keep 10,000 buffers of 64 KB.
     @exclusivity(unchecked) private var readBuffer = UnsafeMutableRawBufferPointer(start: nil, count: 0)
     @exclusivity(unchecked) private var readBufferLent = false
+    /// Where TLS gathers a write's small pieces into one record (``sealingBuffer()``).
+    @exclusivity(unchecked) private var sealing = UnsafeMutableRawBufferPointer(start: nil, count: 0)
 
     private struct JobQueue {
         var jobs: [@Sendable () -> Void] = []
@@ -114,6 +117,14 @@ public final class EventLoop: @unchecked Sendable {
         readBufferLent = false
     }
 
+    /// A buffer of one TLS record's plaintext (16 KB) that a connection gathers a write in
+    /// before sealing it. Used only within one call that does not return to the loop, so
+    /// every connection of the loop shares it without lending. Loop thread only.
+    func sealingBuffer() -> UnsafeMutableRawBufferPointer {
+        if sealing.baseAddress == nil { sealing = .allocate(byteCount: 16_384, alignment: 16) }
+        return sealing
+    }
+
     /// The loop thread's body: run until every handle is closed, then free the loop.
     private func run(signalling started: UnsafeMutablePointer<uv_sem_t>) {
         loopThread = pthread_self()
@@ -130,6 +141,8 @@ public final class EventLoop: @unchecked Sendable {
         check.deallocate()
         readBuffer.deallocate()
         readBuffer = UnsafeMutableRawBufferPointer(start: nil, count: 0)
+        sealing.deallocate()
+        sealing = UnsafeMutableRawBufferPointer(start: nil, count: 0)
         let waiters = queue.withLock { queue in
             queue.finished = true
             defer { queue.shutdownWaiters = [] }

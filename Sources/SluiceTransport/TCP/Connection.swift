@@ -479,7 +479,7 @@ public final class Connection: @unchecked Sendable, LoopResource, EndOfIteration
             do {
                 try batched.withUnsafeBytes { batched in
                     Result { () throws(TLSError) in
-                        try WritePiece.forEach(pieces, batched: batched) { bytes throws(TLSError) in try session.write(bytes) }
+                        try session.write(pieces, batched: batched, staging: eventLoop.sealingBuffer())
                     }
                 }.get()
             } catch {

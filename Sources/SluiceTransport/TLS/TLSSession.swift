@@ -164,6 +164,37 @@ final class TLSSession {
         }
     }
 
+    /// Encrypts `pieces` (the `.batched` ones from `batched`) in as few records as they fill.
+    /// Pieces smaller than `staging` are gathered in it and sealed a stagingful at a time; a
+    /// piece as large is sealed where it lies. Sealed one by one, a flush of eight messages
+    /// with CHUNKING was sixteen records, and each record costs the writer a seal and the
+    /// reader an `SSL_read`, whatever its size: the per-record work, not AES, was most of
+    /// what TLS added to a message.
+    func write(_ pieces: [WritePiece], batched: UnsafeRawBufferPointer,
+               staging: UnsafeMutableRawBufferPointer) throws(TLSError) {
+        var staged = 0
+        try WritePiece.forEach(pieces, batched: batched) { bytes throws(TLSError) in
+            if bytes.count >= staging.count {
+                if staged > 0 { try write(UnsafeRawBufferPointer(rebasing: staging[..<staged])) }
+                staged = 0
+                try write(bytes)
+                return
+            }
+            var offset = 0
+            while offset < bytes.count {
+                let count = min(bytes.count - offset, staging.count - staged)
+                (staging.baseAddress! + staged).copyMemory(from: bytes.baseAddress! + offset, byteCount: count)
+                staged += count
+                offset += count
+                if staged == staging.count {
+                    try write(UnsafeRawBufferPointer(staging))
+                    staged = 0
+                }
+            }
+        }
+        if staged > 0 { try write(UnsafeRawBufferPointer(rebasing: staging[..<staged])) }
+    }
+
     /// Starts a clean close: queues a close_notify alert for the peer.
     func shutdown() {
         ERR_clear_error()
