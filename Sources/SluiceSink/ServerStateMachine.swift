@@ -480,8 +480,11 @@ public struct ServerStateMachine: Sendable {
         let space = line.firstIndex(of: UInt8(ascii: " ")) ?? line.count
         let known = Verb(line[..<space])
         let verb = known?.rawValue ?? String(decoding: line[..<space], as: UTF8.self).uppercased()
-        let argumentBytes = space < line.count ? line[(space + 1)...] : []
-        guard let argument = String(validating: argumentBytes, as: UTF8.self) else {
+        // The argument stays bytes: MAIL, RCPT and BDAT, three commands a message, are read
+        // without a string. It is checked as UTF-8 all the same, so every later cut between
+        // ASCII delimiters falls between scalars and each string made from it is exact.
+        let argument = space < line.count ? line[(space + 1)...] : line[line.count...]
+        guard Self.isValidUTF8(argument) else {
             reply(.commandUnrecognized, EnhancedStatusCode(5, 5, 2), "Error: command is not valid UTF-8")
             return
         }
@@ -490,7 +493,7 @@ public struct ServerStateMachine: Sendable {
             return
         }
         switch known {
-        case .ehlo, .helo: hello(verb, argument)
+        case .ehlo, .helo: hello(verb, String(decoding: argument, as: UTF8.self))
         case .mail: mail(argument)
         case .rcpt: recipient(argument)
         case .data: data(argument)
@@ -505,8 +508,8 @@ public struct ServerStateMachine: Sendable {
             close()
         case .vrfy: reply(.cannotVerifyUserWillAttemptDelivery, EnhancedStatusCode(2, 5, 2), "Cannot VRFY user")
         case .help: reply(.helpMessage, EnhancedStatusCode(2, 0, 0), "See RFC 5321")
-        case .startTLS: startTLS(argument)
-        case .auth: auth(argument)
+        case .startTLS: startTLS(String(decoding: argument, as: UTF8.self))
+        case .auth: auth(String(decoding: argument, as: UTF8.self))
         case nil:
             reply(.commandUnrecognized, EnhancedStatusCode(5, 5, 2), "Error: command not recognized")
         }
@@ -519,22 +522,48 @@ public struct ServerStateMachine: Sendable {
         case helo = "HELO", noop = "NOOP", quit = "QUIT", vrfy = "VRFY", help = "HELP"
         case startTLS = "STARTTLS", auth = "AUTH"
 
-        init?(_ bytes: ArraySlice<UInt8>) {
-            guard let verb = Self.allCases.first(where: { Self.matches(bytes, $0.rawValue) }) else { return nil }
-            self = verb
+        /// Each verb's octets packed into an integer, with its length: a command's verb is
+        /// packed the same way (ASCII letters upper-cased, nothing else folded) and compared
+        /// with each, one integer comparison a verb.
+        private static let packed: [(length: Int, key: UInt64, verb: Verb)] = allCases.map { verb in
+            let bytes = Array(verb.rawValue.utf8)
+            return (bytes.count, ServerStateMachine.packedUppercased(bytes[...])!, verb)
         }
 
-        private static func matches(_ bytes: ArraySlice<UInt8>, _ upper: String) -> Bool {
-            var index = bytes.startIndex
-            for expected in upper.utf8 {
-                guard index < bytes.endIndex else { return false }
-                let byte = bytes[index]
-                // Only ASCII letters fold: a byte that is not one must match exactly.
-                guard byte == expected || byte == expected | 0x20 else { return false }
-                index += 1
+        init?(_ bytes: ArraySlice<UInt8>) {
+            guard let key = ServerStateMachine.packedUppercased(bytes) else { return nil }
+            for entry in Self.packed where entry.key == key && entry.length == bytes.count {
+                self = entry.verb
+                return
             }
-            return index == bytes.endIndex
+            return nil
         }
+    }
+
+    /// Up to eight octets packed into an integer, ASCII letters upper-cased; nil for more.
+    private static func packedUppercased(_ bytes: ArraySlice<UInt8>) -> UInt64? {
+        guard bytes.count <= 8 else { return nil }
+        var key: UInt64 = 0
+        for byte in bytes { key = key << 8 | UInt64(asciiUppercased(byte)) }
+        return key
+    }
+
+    private static func asciiUppercased(_ byte: UInt8) -> UInt8 {
+        (0x61...0x7A).contains(byte) ? byte - 0x20 : byte
+    }
+
+    /// Whether `bytes` equal `keyword` (upper case ASCII) with ASCII letters in either case:
+    /// Unicode case rules would read "ſize" as SIZE.
+    private static func matches(_ bytes: ArraySlice<UInt8>, _ keyword: StaticString) -> Bool {
+        guard bytes.count == keyword.utf8CodeUnitCount else { return false }
+        let expected = UnsafeBufferPointer(start: keyword.utf8Start, count: keyword.utf8CodeUnitCount)
+        return zip(bytes, expected).allSatisfy { asciiUppercased($0) == $1 }
+    }
+
+    /// Whether `bytes` are UTF-8: a scan for ASCII, which commands almost always are, and the
+    /// standard library's check for the rest.
+    private static func isValidUTF8(_ bytes: ArraySlice<UInt8>) -> Bool {
+        bytes.allSatisfy { $0 < 0x80 } || String(validating: bytes, as: UTF8.self) != nil
     }
 
     private mutating func hello(_ verb: String, _ argument: String) {
@@ -569,7 +598,7 @@ public struct ServerStateMachine: Sendable {
         write(SMTPReply(code: .ok, lines: lines))
     }
 
-    private mutating func mail(_ argument: String) {
+    private mutating func mail(_ argument: ArraySlice<UInt8>) {
         guard heloName != nil else {
             return reply(.badCommandSequence, EnhancedStatusCode(5, 5, 1), "Error: send HELO/EHLO first")
         }
@@ -587,50 +616,53 @@ public struct ServerStateMachine: Sendable {
         }
         var from: EnvelopeAddress?
         if !path.isEmpty {
-            do { from = try EnvelopeAddress(path) } catch {
+            do { from = try EnvelopeAddress(String(decoding: path, as: UTF8.self)) } catch {
                 return reply(.mailboxNameNotAllowed, EnhancedStatusCode(5, 1, 7), "Bad sender address syntax")
             }
         }
         var parameters = MailParameters()
         // Read as bytes, keywords upper-cased in ASCII only: an esmtp-keyword is ASCII
         // (RFC 5321 §4.1.2), and Unicode case rules would read "ſize" as SIZE.
-        var rest = parameterText.utf8[...]
+        var rest = parameterText
         while !rest.isEmpty {
             // The next word, runs of spaces skipped; no array of words is built.
             let end = rest.firstIndex(of: UInt8(ascii: " ")) ?? rest.endIndex
             let parameter = rest[..<end]
-            rest = end == rest.endIndex ? rest[end...] : rest[rest.index(after: end)...]
+            rest = end == rest.endIndex ? rest[end...] : rest[(end + 1)...]
             if parameter.isEmpty { continue }
             // A lone "=" is a key of "" (555), never an empty list.
             let equals = parameter.firstIndex(of: UInt8(ascii: "="))
-            let key = Self.asciiUppercased(parameter[..<(equals ?? parameter.endIndex)])
-            let value = equals.map { String(Substring(parameter[parameter.index(after: $0)...])) }
-            switch (key, value) {
-            case ("SIZE", let value?):
-                guard let size = Int(value), size >= 0 else {
+            let key = parameter[..<(equals ?? parameter.endIndex)]
+            let value = equals.map { parameter[($0 + 1)...] }
+            if Self.matches(key, "SIZE"), let value {
+                guard let size = Int(String(decoding: value, as: UTF8.self)), size >= 0 else {
                     return reply(.syntaxError, EnhancedStatusCode(5, 5, 4), "Bad SIZE parameter")
                 }
                 guard size <= configuration.maximumMessageSize else {
                     return reply(.exceededStorageAllocation, EnhancedStatusCode(5, 3, 4), "Message size exceeds fixed limit")
                 }
                 parameters.size = size
-            case ("BODY", let value?):
-                switch Self.asciiUppercased(value.utf8[...]) {
-                case "7BIT": parameters.body = .sevenBit
-                case "8BITMIME" where configuration.eightBitMIME: parameters.body = .eightBitMIME
-                case "BINARYMIME" where configuration.chunking: parameters.body = .binaryMIME
-                default: return reply(.commandParameterNotImplemented, EnhancedStatusCode(5, 5, 4), "Unsupported BODY")
+            } else if Self.matches(key, "BODY"), let value {
+                if Self.matches(value, "7BIT") {
+                    parameters.body = .sevenBit
+                } else if Self.matches(value, "8BITMIME"), configuration.eightBitMIME {
+                    parameters.body = .eightBitMIME
+                } else if Self.matches(value, "BINARYMIME"), configuration.chunking {
+                    parameters.body = .binaryMIME
+                } else {
+                    return reply(.commandParameterNotImplemented, EnhancedStatusCode(5, 5, 4), "Unsupported BODY")
                 }
-            case ("SMTPUTF8", nil) where configuration.smtpUTF8:
+            } else if Self.matches(key, "SMTPUTF8"), value == nil, configuration.smtpUTF8 {
                 parameters.smtpUTF8 = true
-            case ("RET", let value?) where configuration.deliveryStatusNotifications:
-                parameters.returnContent = Self.asciiUppercased(value.utf8[...]) == "HDRS" ? .headers : .full
-            case ("ENVID", let value?) where configuration.deliveryStatusNotifications:
-                try? parameters.setEnvelopeID(value)
-            case ("AUTH", _):
-                break  // RFC 4954 §5: accepted and ignored
-            default:
-                return reply(SMTPStatusCode(rawValue: 555)!, EnhancedStatusCode(5, 5, 4), "Unsupported option: \(key)")
+            } else if Self.matches(key, "RET"), let value, configuration.deliveryStatusNotifications {
+                parameters.returnContent = Self.matches(value, "HDRS") ? .headers : .full
+            } else if Self.matches(key, "ENVID"), let value, configuration.deliveryStatusNotifications {
+                try? parameters.setEnvelopeID(String(decoding: value, as: UTF8.self))
+            } else if Self.matches(key, "AUTH") {
+                // RFC 4954 §5: accepted and ignored
+            } else {
+                let name = String(decoding: key.map(Self.asciiUppercased), as: UTF8.self)
+                return reply(SMTPStatusCode(rawValue: 555)!, EnhancedStatusCode(5, 5, 4), "Unsupported option: \(name)")
             }
         }
         if from?.requiresSMTPUTF8 == true, !parameters.smtpUTF8 {
@@ -640,7 +672,7 @@ public struct ServerStateMachine: Sendable {
         reply(.ok, EnhancedStatusCode(2, 1, 0), "Ok")
     }
 
-    private mutating func recipient(_ argument: String) {
+    private mutating func recipient(_ argument: ArraySlice<UInt8>) {
         // The transaction is read and changed in place: a copy of it would retain each of its
         // references, and appending to the copy's recipients would copy their array.
         guard transaction != nil else {
@@ -649,7 +681,7 @@ public struct ServerStateMachine: Sendable {
         guard let (path, _) = Self.path(after: "TO:", in: argument), !path.isEmpty else {
             return reply(.syntaxError, EnhancedStatusCode(5, 5, 4), "Syntax: RCPT TO:<address>")
         }
-        guard let address = try? EnvelopeAddress(path) else {
+        guard let address = try? EnvelopeAddress(String(decoding: path, as: UTF8.self)) else {
             return reply(.mailboxNameNotAllowed, EnhancedStatusCode(5, 1, 3), "Bad recipient address syntax")
         }
         if address.requiresSMTPUTF8, transaction?.parameters.smtpUTF8 != true {
@@ -677,7 +709,7 @@ public struct ServerStateMachine: Sendable {
     /// (RFC 2920 §3.1): a consequence of refusals already answered, not a refusal of its own.
     public static let noValidRecipientsText = "Error: no valid recipients"
 
-    private mutating func data(_ argument: String) {
+    private mutating func data(_ argument: ArraySlice<UInt8>) {
         guard let current = transaction else {
             return reply(.badCommandSequence, EnhancedStatusCode(5, 5, 1), "Error: need RCPT command")
         }
@@ -687,7 +719,7 @@ public struct ServerStateMachine: Sendable {
         guard !current.recipients.isEmpty else {
             return reply(.transactionFailed, EnhancedStatusCode(5, 5, 1), Self.noValidRecipientsText)
         }
-        guard argument.trimmingSpaces.isEmpty else {
+        guard argument.allSatisfy({ $0 == UInt8(ascii: " ") }) else {
             return reply(.syntaxError, EnhancedStatusCode(5, 5, 4), "Syntax: DATA")
         }
         reply(.startMailInput, nil, "End data with <CR><LF>.<CR><LF>")
@@ -697,22 +729,30 @@ public struct ServerStateMachine: Sendable {
         phase = .data(DataDecoder(maximumSize: configuration.maximumMessageSize))
     }
 
-    private mutating func bdat(_ argument: String) {
+    private mutating func bdat(_ argument: ArraySlice<UInt8>) {
         // "size" or "size LAST", one space between: read as bytes, with no array of words.
-        let utf8 = argument.utf8
-        let space = utf8.firstIndex(of: UInt8(ascii: " ")) ?? utf8.endIndex
-        let digits = utf8[..<space]
-        let last = space != utf8.endIndex
+        let space = argument.firstIndex(of: UInt8(ascii: " ")) ?? argument.endIndex
+        let digits = argument[..<space]
+        let last = space != argument.endIndex
         // The size is ASCII digits only (RFC 3030): `+5` or `-0` would frame the stream
         // differently from what the client meant, and the next command would be eaten as data.
         // LAST is matched in ASCII only: Unicode case rules would read "laſt" as LAST.
         guard configuration.chunking, !digits.isEmpty, digits.allSatisfy({ (0x30...0x39).contains($0) }),
-              !last || Self.asciiUppercased(utf8[utf8.index(after: space)...]) == "LAST"
+              !last || Self.matches(argument[(space + 1)...], "LAST")
         else {
             return reply(.syntaxError, EnhancedStatusCode(5, 5, 4), "Syntax: BDAT size [LAST]")
         }
         // Too many digits for an Int is a size past any limit.
-        let size = Int(Substring(digits)) ?? Int.max
+        var size = 0
+        for digit in digits {
+            let (times10, overflow) = size.multipliedReportingOverflow(by: 10)
+            let (sum, carry) = times10.addingReportingOverflow(Int(digit - 0x30))
+            if overflow || carry {
+                size = Int.max
+                break
+            }
+            size = sum
+        }
         let sizeSoFar = transaction?.usedBDAT == true ? contentSize : 0
         if size > configuration.maximumMessageSize - sizeSoFar {
             // Refused from its declared size: the chunk is never read, so there is no
@@ -1031,40 +1071,25 @@ public struct ServerStateMachine: Sendable {
     }
 
     /// `bytes` as a string with the ASCII letters upper-cased and every other byte kept.
-    private static func asciiUppercased(_ bytes: Substring.UTF8View) -> String {
-        String(unsafeUninitializedCapacity: bytes.count) { buffer in
-            var count = 0
-            for byte in bytes {
-                buffer[count] = (0x61...0x7A).contains(byte) ? byte - 0x20 : byte
-                count += 1
-            }
-            return count
-        }
-    }
-
     /// Splits `FROM:<path> params` into the path and the parameters.
-    private static func path(after keyword: String, in argument: String) -> (String, String)? {
+    private static func path(after keyword: StaticString, in argument: ArraySlice<UInt8>)
+        -> (path: ArraySlice<UInt8>, parameters: ArraySlice<UInt8>)?
+    {
         // The keyword is matched byte for byte, ASCII letters in either case: uppercasing the
-        // whole argument could turn other characters into ASCII ("ı" becomes "I").
-        let keywordBytes = keyword.utf8
-        guard argument.utf8.count >= keywordBytes.count,
-              zip(argument.utf8, keywordBytes).allSatisfy({ byte, expected in
-                  byte == expected || (byte ^ 0x20 == expected && (0x41...0x5A).contains(expected))
-              })
-        else { return nil }
-        // The rest is read as bytes: every delimiter is ASCII, so each cut falls between
-        // scalars, and no grapheme breaking is needed to find them.
-        let utf8 = argument.utf8
-        var open = utf8.index(utf8.startIndex, offsetBy: keywordBytes.count)
-        while open < utf8.endIndex, utf8[open] == UInt8(ascii: " ") { open = utf8.index(after: open) }  // "FROM: <a@b>"
-        guard open < utf8.endIndex, utf8[open] == UInt8(ascii: "<") else { return nil }
-        let start = utf8.index(after: open)
-        guard let close = utf8[start...].firstIndex(of: UInt8(ascii: ">")) else { return nil }
-        var first = utf8.index(after: close)
-        var end = utf8.endIndex
-        while first < end, utf8[first] == UInt8(ascii: " ") { first = utf8.index(after: first) }
-        while first < end, utf8[utf8.index(before: end)] == UInt8(ascii: " ") { end = utf8.index(before: end) }
-        return (String(Substring(utf8[start..<close])), String(Substring(utf8[first..<end])))
+        // whole argument could turn other characters into ASCII ("ı" becomes "I"). Every
+        // delimiter is ASCII, so each cut falls between scalars.
+        let keywordEnd = argument.startIndex + keyword.utf8CodeUnitCount
+        guard argument.count >= keyword.utf8CodeUnitCount, matches(argument[..<keywordEnd], keyword) else { return nil }
+        var open = keywordEnd
+        while open < argument.endIndex, argument[open] == UInt8(ascii: " ") { open += 1 }  // "FROM: <a@b>"
+        guard open < argument.endIndex, argument[open] == UInt8(ascii: "<") else { return nil }
+        let start = open + 1
+        guard let close = argument[start...].firstIndex(of: UInt8(ascii: ">")) else { return nil }
+        var first = close + 1
+        var end = argument.endIndex
+        while first < end, argument[first] == UInt8(ascii: " ") { first += 1 }
+        while first < end, argument[end - 1] == UInt8(ascii: " ") { end -= 1 }
+        return (argument[start..<close], argument[first..<end])
     }
 }
 
