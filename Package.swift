@@ -6,7 +6,7 @@
 //
 //   SluiceCLI ─┬─ SluiceOutbox ─ Sluice ─┬─ SluiceTransport ─┬─ CLibUV
 //              │  (CSQLite, CLibPQ)      │                   └─ COpenSSL
-//              ├─ SluiceSink ────────────┘
+//              ├─ SluiceSink ────────────┘  (and CScan, its vector scan of content)
 //              └─ CZlib (HdrHistogram interval logs)
 //                    Sluice ─ SluiceMIME ─ SluiceCore (pure Swift, no I/O; SluiceMIME
 //                                          links GNU libidn2 for IDNA, through CIDN2)
@@ -116,9 +116,10 @@ let package = Package(
             ],
             swiftSettings: strict
         ),
+        .target(name: "CScan"),  // vector scans of message content
         .target(
             name: "SluiceSink",
-            dependencies: ["SluiceCore", "SluiceTransport", serviceLifecycle, tracing],
+            dependencies: ["SluiceCore", "SluiceTransport", "CScan", serviceLifecycle, tracing],
             swiftSettings: strict
         ),
         .target(
