@@ -71,14 +71,42 @@ public struct DataDecoder: Sendable {
                 // The first dot of a line is transparency ("..x" is ".x"; a client that did
                 // not stuff loses the dot, as RFC 5321 §4.5.2 says). Then copy the run up to
                 // the next CR or LF in one go.
-                var end = index
-                while end < count, input[end] != 13, input[end] != 10 { end += 1 }
+                let end = Self.lineEnding(in: input, from: index)
                 emit(run: UnsafeBufferPointer(rebasing: input[(index - 1)..<end]), into: &output)
                 index = end
                 state = .middle
             }
         }
         return .needsMoreData
+    }
+
+    /// The index of the first CR or LF at or after `start`, or the end: eight bytes a step,
+    /// since a line's run is most of what DATA carries. A byte at a time, this loop was the
+    /// sink's largest cost for 100 KB messages sent with DATA.
+    private static func lineEnding(in input: UnsafeBufferPointer<UInt8>, from start: Int) -> Int {
+        var index = start
+        let count = input.count
+        if let base = input.baseAddress {
+            let raw = UnsafeRawPointer(base)
+            while index + 8 <= count {
+                let word = UInt64(littleEndian: raw.loadUnaligned(fromByteOffset: index, as: UInt64.self))
+                let found = marks(of: 13, in: word) | marks(of: 10, in: word)
+                // Little-endian: the lowest marked byte comes first.
+                if found != 0 { return index + found.trailingZeroBitCount / 8 }
+                index += 8
+            }
+        }
+        while index < count, input[index] != 13, input[index] != 10 { index += 1 }
+        return index
+    }
+
+    /// 0x80 in each byte of `word` that is `byte`, and 0 in every other: exact, with no false
+    /// mark from a borrow (each byte's low seven bits are added on their own).
+    @inline(__always)
+    private static func marks(of byte: UInt8, in word: UInt64) -> UInt64 {
+        let lows: UInt64 = 0x7F7F_7F7F_7F7F_7F7F
+        let x = word ^ (0x0101_0101_0101_0101 &* UInt64(byte))
+        return ~(((x & lows) &+ lows) | x) & ~lows
     }
 
     @inline(__always)

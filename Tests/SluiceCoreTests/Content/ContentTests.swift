@@ -141,3 +141,65 @@ struct ContentTraitsTests {
         #expect((try DataEncoder.normalizedWithTraits(Array("a\n.b".utf8))).traits.hasLineStartingWithDot)
     }
 }
+
+/// The DATA decoder against the rule applied a byte at a time, on wires where CR, LF and dots
+/// fall at every offset of the eight-byte steps the decoder scans in.
+@Suite("DATA decoding against a byte-at-a-time reference")
+struct DataDecoderReferenceTests {
+    /// RFC 5321 §4.5.2 with only CRLF ending a line, one byte at a time.
+    static func reference(_ wire: [UInt8]) -> (content: [UInt8], progress: DataDecoder.Progress) {
+        enum State { case lineStart, middle, carriageReturn, dot, dotCarriageReturn }
+        var state = State.lineStart
+        var content: [UInt8] = []
+        for (index, byte) in wire.enumerated() {
+            switch (state, byte) {
+            case (.lineStart, UInt8(ascii: ".")): state = .dot
+            case (.lineStart, 13), (.middle, 13): state = .carriageReturn
+            case (.carriageReturn, 10):
+                content += [13, 10]
+                state = .lineStart
+            case (.dot, 13): state = .dotCarriageReturn
+            case (.dotCarriageReturn, 10): return (content, .complete(consumed: index + 1))
+            case (_, 10), (.carriageReturn, _), (.dotCarriageReturn, _): return (content, .bareLineEnding(consumed: index + 1))
+            case (.dot, _), (.lineStart, _), (.middle, _):
+                content.append(byte)
+                state = .middle
+            }
+        }
+        return (content, .needsMoreData)
+    }
+
+    @Test func agreesWithTheByteAtATimeRule() {
+        var generator = SystemRandomNumberGenerator()
+        // 0x8A and 0x8D share CR's and LF's low bits; 0x0B and 0x0C are what a word-wide test
+        // with a borrow would also mark after an LF or a CR.
+        let rare: [UInt8] = [13, 10, UInt8(ascii: "."), 0x8A, 0x8D, 0x0B, 0x0C]
+        var endings = 0
+        for trial in 0..<3000 {
+            // Mostly plain bytes, so that runs are long enough for several steps.
+            let length = Int.random(in: 0...300, using: &generator)
+            let rareShare = trial % 3 == 0 ? 2 : 30
+            var wire = (0..<length).map { _ in
+                Int.random(in: 0..<rareShare, using: &generator) == 0
+                    ? rare.randomElement(using: &generator)! : UInt8(ascii: "x")
+            }
+            if trial % 2 == 0 {
+                // Well-formed lines of every length, then maybe a terminator.
+                wire = []
+                for _ in 0..<Int.random(in: 0...6, using: &generator) {
+                    if Bool.random(using: &generator) { wire.append(UInt8(ascii: ".")) }
+                    wire += (0..<Int.random(in: 0...40, using: &generator)).map { _ in UInt8(ascii: "y") }
+                    wire += [13, 10]
+                }
+                if Bool.random(using: &generator) { wire += Array(".\r\nMAIL".utf8) }
+            }
+            var decoder = DataDecoder(maximumSize: .max)
+            var content: [UInt8] = []
+            let progress = decoder.decode(wire, into: &content)
+            let expected = Self.reference(wire)
+            #expect(content == expected.content && progress == expected.progress, "\(wire)")
+            if case .needsMoreData = progress {} else { endings += 1 }
+        }
+        #expect(endings > 500, "terminators and bare line endings were both exercised")
+    }
+}
