@@ -29,7 +29,10 @@ graphs="$(mktemp -d)"
 trap 'rm -rf "$graphs"' EXIT
 
 clang_flags=()
-for map in Sources/C*/module.modulemap; do clang_flags+=(-Xcc "-fmodule-map-file=$map"); done
+# The system-library bridges' own module maps, and those SwiftPM writes for C targets (CScan).
+for map in Sources/C*/module.modulemap "$(swift build --show-bin-path)"/C*.build/module.modulemap; do
+    clang_flags+=(-Xcc "-fmodule-map-file=$map")
+done
 for library in libuv openssl libidn2 sqlite3 libpq; do
     for flag in $(pkg-config --cflags-only-I "$library"); do clang_flags+=(-Xcc "$flag"); done
 done
