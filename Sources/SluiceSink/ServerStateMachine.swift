@@ -744,16 +744,7 @@ public struct ServerStateMachine: Sendable {
             return reply(.syntaxError, EnhancedStatusCode(5, 5, 4), "Syntax: BDAT size [LAST]")
         }
         // Too many digits for an Int is a size past any limit.
-        var size = 0
-        for digit in digits {
-            let (times10, overflow) = size.multipliedReportingOverflow(by: 10)
-            let (sum, carry) = times10.addingReportingOverflow(Int(digit - 0x30))
-            if overflow || carry {
-                size = Int.max
-                break
-            }
-            size = sum
-        }
+        let size = Int(String(decoding: digits, as: UTF8.self)) ?? Int.max
         let sizeSoFar = transaction?.usedBDAT == true ? contentSize : 0
         if size > configuration.maximumMessageSize - sizeSoFar {
             // Refused from its declared size: the chunk is never read, so there is no
