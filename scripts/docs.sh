@@ -23,14 +23,15 @@ output="${1:-$root/.build/documentation/Sluice.doccarchive}"
 
 swift build --target SluiceOutbox >/dev/null
 swift build --target SluiceSink >/dev/null
-modules="$(swift build --show-bin-path)/Modules"
+bin="$(swift build --show-bin-path)"
+modules="$bin/Modules"
 triple="$(uname -m)-unknown-linux-gnu"
 graphs="$(mktemp -d)"
 trap 'rm -rf "$graphs"' EXIT
 
 clang_flags=()
 # The system-library bridges' own module maps, and those SwiftPM writes for C targets (CScan).
-for map in Sources/C*/module.modulemap "$(swift build --show-bin-path)"/C*.build/module.modulemap; do
+for map in Sources/C*/module.modulemap "$bin"/C*.build/module.modulemap; do
     clang_flags+=(-Xcc "-fmodule-map-file=$map")
 done
 for library in libuv openssl libidn2 sqlite3 libpq; do
