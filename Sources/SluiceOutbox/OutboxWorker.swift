@@ -239,24 +239,23 @@ public final class OutboxWorker: Sendable {
             }
             do {
                 var claimedFull = false
+                // The store writes the outcomes that came in while it claims the next batch,
+                // and while this task hands that batch over: a store that can (PostgreSQL,
+                // over two connections) does both at once.
+                async let recording: Void = recordDone()
                 let batch: ClaimedBatch?
                 do {
                     batch = stopping ? nil : try await claim()
                 } catch {
                     // Outcomes are written even while claims fail.
-                    try await recordDone()
+                    try await recording
                     throw error
                 }
                 if let batch {
-                    // The store writes the last outcomes while this task prepares the batch it
-                    // just claimed: the two no longer wait for each other.
-                    async let recording: Void = recordDone()
                     handOver(batch)
-                    try await recording
                     claimedFull = batch.full
-                } else {
-                    try await recordDone()
                 }
+                try await recording
                 if ContinuousClock.now - lastRenewal >= configuration.lease / 3 {
                     try await renewLeases()
                     lastRenewal = .now

@@ -172,6 +172,46 @@ import Testing
                 "\(plan.joined(separator: "\n"))")
     }
 
+    @Test func aPostgreSQLClaimDoesNotWaitForTheLastBatchsOutcomes() async throws {
+        // A worker writes one batch's outcomes while it claims the next. Over one connection
+        // the claim queued behind the record; over two, a record that waits (here on a row
+        // lock another session holds) does not hold the claim up.
+        guard let cluster = try await PostgresCluster.shared() else { return }
+        let url = try await cluster.createDatabase()
+        let outbox = try await openOutbox(url)
+        try await outbox.initialize()
+        let locker = try #require(try await openOutbox(url).store as? PostgresStore)
+        let watcher = try #require(try await openOutbox(url).store as? PostgresStore)
+        let store = outbox.store
+        let held = try await outbox.enqueue(outboxMessage("held"))
+        let next = try await outbox.enqueue(outboxMessage("next"))
+        let now = Date()
+        #expect(try await store.claim(owner: "W", limit: 1, now: now, leaseUntil: now + 60, rateLimit: nil).map(\.id) == [held])
+
+        let lockReleased = Locked(false)
+        let locking = Task {
+            try await locker.execute(
+                "SELECT pg_sleep(5) FROM (SELECT id FROM sluice_messages WHERE id = \(held) FOR UPDATE) AS l")
+            lockReleased.withLock { $0 = true }
+        }
+        @Sendable func sessions(_ condition: String) async throws -> Bool {
+            try await watcher.rows(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND \(condition)") == [["1"]]
+        }
+        try await eventually("another session holds the lock") { try await sessions("query LIKE 'SELECT pg_sleep(5)%'") }
+        let outcome = MessageOutcome(id: held, recipients: [.init(position: 0, state: .delivered, code: 250)],
+                                     nextAttemptAt: nil, error: nil)
+        let recording = Task { try await store.record([outcome], owner: "W", now: now + 1) }
+        try await eventually("the record waits on the lock") { try await sessions("wait_event_type = 'Lock'") }
+
+        let claimed = try await store.claim(owner: "W", limit: 10, now: now + 1, leaseUntil: now + 60, rateLimit: nil)
+        #expect(claimed.map(\.id) == [next])
+        #expect(lockReleased.withLock { $0 } == false, "the claim waited for the record")
+        try await locking.value
+        #expect(try await recording.value.isEmpty)
+        #expect(try await outbox.message(held)?.recipients.map(\.state) == [.delivered])
+    }
+
     @Test(arguments: StoreKind.allCases)
     func theRateLimitIsSharedByEveryWorkerAndNeverOvershoots(store kind: StoreKind) async throws {
         let clock = ManualClock()

@@ -19,7 +19,20 @@ public final class PostgresStore: OutboxStore {
 
     private struct State {
         var connection: PostgresConnection?
+        /// The connection for what a worker holds (``record(_:owner:now:)``, ``renew(owner:ids:until:)``,
+        /// ``release(owner:ids:now:)``), opened on first use.
+        var holdingConnection: PostgresConnection?
         var listeners: [@Sendable () -> Void] = []
+    }
+
+    /// Which connection a statement goes over. A worker writes the outcomes of one batch while
+    /// it claims the next; over one connection the two waited for each other, and PostgreSQL
+    /// worked one backend on a machine with idle cores. Everything about the messages a worker
+    /// holds goes over the second, in the order it was asked, so that a renewal and a record
+    /// never lock the same rows from two sides.
+    private enum Lane {
+        case main
+        case holding
     }
 
     /// Connects to the database `conninfo` names (a libpq URI or `key=value` string; the
@@ -32,16 +45,22 @@ public final class PostgresStore: OutboxStore {
     }
 
     public func close() async {
-        let connection = state.withLock { state in
-            defer { state.connection = nil }
-            return state.connection
+        let connections = state.withLock { state in
+            defer { (state.connection, state.holdingConnection) = (nil, nil) }
+            return [state.connection, state.holdingConnection]
         }
-        await connection?.close()
+        for connection in connections { await connection?.close() }
         await group.shutdown()
     }
 
-    /// The open connection, or a new one if there is none or it broke.
-    private func connection() async throws(OutboxError) -> PostgresConnection {
+    /// The open connection of `lane`, or a new one if there is none or it broke.
+    private func connection(_ lane: Lane = .main) async throws(OutboxError) -> PostgresConnection {
+        if lane == .holding {
+            if let current = state.withLock({ $0.holdingConnection }), await !current.isBroken { return current }
+            let fresh = try await PostgresConnection.connect(conninfo, loop: group.next()) { _ in }
+            state.withLock { $0.holdingConnection = fresh }
+            return fresh
+        }
         if let current = state.withLock({ $0.connection }), await !current.isBroken { return current }
         let fresh = try await PostgresConnection.connect(conninfo, loop: group.next()) { [weak self] channel in
             guard channel == "sluice_outbox", let self else { return }
@@ -56,10 +75,10 @@ public final class PostgresStore: OutboxStore {
     }
 
     /// Runs one pipeline; a lost connection is dropped so that the next call opens another.
-    private func run(_ statements: [PostgresConnection.Statement], checked: Bool = true) async throws(OutboxError)
-        -> [PostgresConnection.Rows]
+    private func run(_ statements: [PostgresConnection.Statement], checked: Bool = true, lane: Lane = .main)
+        async throws(OutboxError) -> [PostgresConnection.Rows]
     {
-        let connection = try await connection()
+        let connection = try await connection(lane)
         let all = [checked ? Self.checkedPrelude : Self.prelude] + statements
         do {
             let results = try await connection.execute(all)
@@ -68,6 +87,7 @@ public final class PostgresStore: OutboxStore {
             if error.kind == .unavailable {
                 state.withLock { state in
                     if state.connection === connection { state.connection = nil }
+                    if state.holdingConnection === connection { state.holdingConnection = nil }
                 }
             }
             throw Self.explained(error)
@@ -323,7 +343,8 @@ public final class PostgresStore: OutboxStore {
         let rows = try await run([.init("""
             UPDATE sluice_messages SET lease_expires_at = sluice_at($3::bigint), due_at = sluice_at($3::bigint)
             WHERE id = ANY ($1::bigint[]) AND lease_owner = $2 RETURNING id
-            """, [.text(pgArray(ids.map(String.init))), .text(owner), .text(String(until.milliseconds))])], checked: false)
+            """, [.text(pgArray(ids.map(String.init))), .text(owner), .text(String(until.milliseconds))])],
+            checked: false, lane: .holding)
         return Set(rows[0].rows.compactMap { $0[0].flatMap { Int64($0) } })
     }
 
@@ -332,7 +353,8 @@ public final class PostgresStore: OutboxStore {
             UPDATE sluice_messages SET lease_owner = NULL, lease_expires_at = NULL, due_at = sluice_at($3::bigint),
                 attempts = greatest(0, attempts - 1)
             WHERE id = ANY ($1::bigint[]) AND lease_owner = $2
-            """, [.text(pgArray(ids.map(String.init))), .text(owner), .text(String(now.milliseconds))])], checked: false)
+            """, [.text(pgArray(ids.map(String.init))), .text(owner), .text(String(now.milliseconds))])],
+            checked: false, lane: .holding)
     }
 
     // MARK: Recording
@@ -399,12 +421,12 @@ public final class PostgresStore: OutboxStore {
                 """,
                   [.text(ids), .text(pgArray(outcomes.map { $0.nextAttemptAt.map { String($0.milliseconds) } })),
                    .text(pgArray(outcomes.map(\.error))), .text(now), .text(owner)]),
-        ], checked: false)
+        ], checked: false, lane: .holding)
         let written = Set(results[2].rows.compactMap { $0[0].flatMap { Int64($0) } })
         // Hard bounces of the outcomes written join the suppression list: rarely any, so a
         // statement of their own only when there are.
         let suppress = outcomes.filter { written.contains($0.id) }.flatMap(\.suppress)
-        if !suppress.isEmpty { _ = try await run([Self.upsert(suppress)], checked: false) }
+        if !suppress.isEmpty { _ = try await run([Self.upsert(suppress)], checked: false, lane: .holding) }
         return outcomes.map(\.id).filter { !written.contains($0) }
     }
 
