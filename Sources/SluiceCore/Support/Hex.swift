@@ -2,13 +2,20 @@
 package enum Hex {
     /// Lower-case hexadecimal, two digits a byte (CRAM-MD5's digest, the outbox's MACs).
     package static func lowercase(_ bytes: some Collection<UInt8>) -> String {
-        var text: [UInt8] = []
-        text.reserveCapacity(bytes.count * 2)
-        for byte in bytes {
-            text.append(digit(byte >> 4, upper: false))
-            text.append(digit(byte & 0xF, upper: false))
+        // Called from other modules, the generic loop is not specialised: a byte at a time
+        // through the protocol's witnesses. Contiguous bytes take the concrete loop.
+        if let text = bytes.withContiguousStorageIfAvailable(lowercase) { return text }
+        return Array(bytes).withUnsafeBufferPointer { lowercase($0) }
+    }
+
+    private static func lowercase(_ bytes: UnsafeBufferPointer<UInt8>) -> String {
+        String(unsafeUninitializedCapacity: bytes.count * 2) { text in
+            for (index, byte) in bytes.enumerated() {
+                text[2 * index] = digit(byte >> 4, upper: false)
+                text[2 * index + 1] = digit(byte & 0xF, upper: false)
+            }
+            return bytes.count * 2
         }
-        return String(decoding: text, as: UTF8.self)
     }
 
     /// The ASCII digit for `value` (0 to 15).
