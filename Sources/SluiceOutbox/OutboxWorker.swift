@@ -517,8 +517,18 @@ public final class OutboxWorker: Sendable {
         case .notSent:
             return MessageOutcome(id: message.id, recipients: [], nextAttemptAt: nil, error: nil)
         }
-        let delay = configuration.retry.delay(afterAttempt: max(1, message.attempts), random: Double.random(in: 0..<1))
-        let next = now.addingTimeInterval(delay.seconds)
+        // When a deferred recipient is tried next: drawn only if one is, since the jitter's
+        // random number is a system call (getrandom), and most attempts defer nothing.
+        var drawn: Date?
+        var next: Date {
+            get {
+                if let drawn { return drawn }
+                let delay = configuration.retry.delay(afterAttempt: max(1, message.attempts), random: Double.random(in: 0..<1))
+                let next = now.addingTimeInterval(delay.seconds)
+                drawn = next
+                return next
+            }
+        }
         let expires = message.firstDueAt.addingTimeInterval(configuration.maximumAge.seconds)
         var recipients: [MessageOutcome.Recipient] = []
         recipients.reserveCapacity(message.recipients.count)
