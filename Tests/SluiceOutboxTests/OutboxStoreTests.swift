@@ -155,6 +155,21 @@ import Testing
         #expect(again.firstDueAt == now)
     }
 
+    @Test(arguments: StoreKind.allCases)
+    func aNullReversePathIsKeptEmptyNotMissing(store kind: StoreKind) async throws {
+        // A notification sent from <> (no bounces wanted) has an empty sender: it is stored
+        // as an empty string, not as SQL NULL, and claimed as such.
+        guard let outbox = try await makeOutbox(kind) else { return }
+        var message = outboxMessage("null-sender")
+        message.sender = ""
+        let id = try await outbox.enqueue(message)
+        let now = Date() + 1
+        let claimed = try await outbox.store.claim(owner: "A", limit: 10, now: now, leaseUntil: now + 60, rateLimit: nil)
+        #expect(claimed.map(\.id) == [id])
+        #expect(claimed.first?.sender == "")
+        #expect(try await outbox.message(id)?.sender == "")
+    }
+
     @Test func aPostgreSQLClaimFindsItsRowsByIndexHoweverLongTheQueue() async throws {
         // Joined to the due ids, the planner hashed the whole table for each claim: a scan that
         // grows with the queue. The claimed rows are found through the primary key.

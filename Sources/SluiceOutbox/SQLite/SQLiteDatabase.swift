@@ -130,7 +130,16 @@ final class SQLiteStatement {
     @discardableResult
     func bind(_ index: Int32, _ value: String?) -> Self {
         if let value {
-            sqlite3_bind_text(handle, index, value, -1, csqlite_transient())
+            // The UTF-8 in place, with its length: passed as a C string, each value was
+            // copied into a new array first (String.utf8CString), an allocation a parameter.
+            let bound = value.utf8.withContiguousStorageIfAvailable { bytes in
+                bytes.withMemoryRebound(to: CChar.self) { text in
+                    // No address for an empty string, and a nil pointer would bind NULL.
+                    guard let base = text.baseAddress else { return sqlite3_bind_text(handle, index, "", 0, nil) }
+                    return sqlite3_bind_text(handle, index, base, Int32(text.count), csqlite_transient())
+                }
+            }
+            if bound == nil { sqlite3_bind_text(handle, index, value, -1, csqlite_transient()) }
         } else {
             sqlite3_bind_null(handle, index)
         }
