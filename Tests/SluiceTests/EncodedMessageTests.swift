@@ -25,6 +25,41 @@ struct EncodedMessageTests {
         }
     }
 
+    @Test func theFastCheckOfNormalisedContentAgreesWithTheNormalisingPass() {
+        // Contents that are often already normalised (lines of CRLF) and often not (bare CR
+        // or LF, a NUL, no final CRLF, a line over the limit), with dots and 8-bit bytes, at
+        // lengths on both sides of the eight-byte and sixteen-byte steps.
+        var generator = SystemRandomNumberGenerator()
+        let pieces: [[UInt8]] = [Array("\r\n".utf8), Array("\r\n".utf8), Array("\r\n".utf8), [13], [10], [0],
+                                 Array(".".utf8), Array("ab".utf8), [0xC3, 0xA9], [0x7F], Array(repeating: 0x61, count: 9)]
+        var fast = 0
+        var slow = 0
+        for round in 0..<4000 {
+            var content: [UInt8] = []
+            for _ in 0..<Int.random(in: 0...12, using: &generator) {
+                content += pieces.randomElement(using: &generator)!
+            }
+            if round % 2 == 0, content.last != 10 { content += Array("\r\n".utf8) }
+            let limit = [8, 12, 1000].randomElement(using: &generator)!
+            let traits = content.withUnsafeBufferPointer { EncodedMessage.traitsIfNormalized($0, maximumLineLength: limit) }
+            let expected = try? DataEncoder.normalizedWithTraits(content, maximumLineLength: limit)
+            if let traits {
+                fast += 1
+                #expect(expected?.bytes == content, "\(content) is not normalised")
+                #expect(expected?.traits.hasLineStartingWithDot == traits.hasLineStartingWithDot, "\(content)")
+                #expect(expected?.traits.has8BitBytes == traits.has8BitBytes, "\(content)")
+            } else {
+                slow += 1
+                #expect(expected?.bytes != content, "\(content) is normalised and within \(limit)")
+            }
+        }
+        #expect(fast > 500 && slow > 500, "both ways were seen: \(fast) fast, \(slow) not")
+        // Eight-bit and dotted lines past the first word.
+        let long = Array("0123456789abcdef\r\n.x\r\n0123456789abcd\u{e9}\r\n".utf8)
+        let traits = long.withUnsafeBufferPointer { EncodedMessage.traitsIfNormalized($0) }
+        #expect(traits?.hasLineStartingWithDot == true && traits?.has8BitBytes == true)
+    }
+
     @Test func contentWithoutADotAtALineStartIsHeldOnce() throws {
         let message = try EncodedMessage(bytes: Array("Subject: x\r\n\r\nline one\r\nline.two\r\n".utf8))
         #expect(message.dataPieces.count == 2)

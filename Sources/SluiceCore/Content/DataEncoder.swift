@@ -57,6 +57,11 @@ public enum DataEncoder {
         package var hasLineStartingWithDot = false
         /// A byte is 0x80 or above: the server must offer 8BITMIME (or BINARYMIME).
         package var has8BitBytes = false
+
+        package init(hasLineStartingWithDot: Bool = false, has8BitBytes: Bool = false) {
+            self.hasLineStartingWithDot = hasLineStartingWithDot
+            self.has8BitBytes = has8BitBytes
+        }
     }
 
     /// ``normalized(_:maximumLineLength:)``, with what the pass saw of the content.
