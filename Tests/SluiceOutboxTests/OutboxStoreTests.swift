@@ -170,6 +170,28 @@ import Testing
         #expect(try await outbox.message(id)?.sender == "")
     }
 
+    @Test func contentsGoToPostgreSQLAsBinaryArraysOfBoundedSize() throws {
+        // array_send's layout: one dimension, no NULLs, bytea's OID, the length and lower
+        // bound, then each element's length and bytes, all big-endian.
+        #expect(pgBinaryByteaArray([[1, 2], []][...]) == [
+            0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 17, 0, 0, 0, 2, 0, 0, 0, 1,
+            0, 0, 0, 2, 1, 2, 0, 0, 0, 0,
+        ])
+        // At most six bytes a statement; a larger content goes alone.
+        let contents: [[UInt8]] = [[1, 1, 1], [2, 2, 2], [3, 3, 3], Array(repeating: 4, count: 10), [5]]
+        let statements = PostgresStore.contentStatements(contents, ids: [10, 11, 12, 13, 14], maximumBytes: 6)
+        let ids = statements.map { statement -> String? in
+            guard case .text(let text)? = statement.parameters[0] else { return nil }
+            return text
+        }
+        #expect(ids == [["10", "11"], ["12"], ["13"], ["14"]].map(pgArray))
+        let sizes = statements.map { statement -> Int? in
+            guard case .bytes(let bytes)? = statement.parameters[1] else { return nil }
+            return bytes.count
+        }
+        #expect(sizes == [20 + 2 * 7, 20 + 7, 20 + 14, 20 + 5])
+    }
+
     @Test func aPostgreSQLClaimFindsItsRowsByIndexHoweverLongTheQueue() async throws {
         // Joined to the due ids, the planner hashed the whole table for each claim: a scan that
         // grows with the queue. The claimed rows are found through the primary key.

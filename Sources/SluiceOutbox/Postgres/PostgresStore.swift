@@ -194,18 +194,6 @@ public final class PostgresStore: OutboxStore {
         var senders: [String?] = [], messageIDs: [String?] = [], sizes: [String?] = [], notBefores: [String?] = []
         var pending: [String?] = []
         var recipientMessages: [String?] = [], positions: [String?] = [], addresses: [String?] = [], states: [String?] = []
-        // The contents go as raw bytes, two parameters a message, in statements of at most
-        // 10,000 messages (PostgreSQL takes 65,535 parameters a statement).
-        var contents: [PostgresConnection.Statement] = []
-        var contentValues: [String] = []
-        var contentParameters: [PostgresConnection.Parameter?] = []
-        func flushContents() {
-            guard !contentValues.isEmpty else { return }
-            contents.append(.init("INSERT INTO sluice_contents (message_id, content) VALUES "
-                                  + contentValues.joined(separator: ", "), contentParameters))
-            contentValues = []
-            contentParameters = []
-        }
         for (prepared, id) in zip(messages, ids) {
             let message = prepared.message
             senders.append(message.sender)
@@ -219,12 +207,7 @@ public final class PostgresStore: OutboxStore {
                 addresses.append(address)
                 states.append(prepared.suppressed.contains(position) ? "suppressed" : "queued")
             }
-            let base = contentParameters.count
-            contentValues.append("($\(base + 1)::bigint, $\(base + 2)::bytea)")
-            contentParameters += [.text(String(id)), .bytes(message.content)]
-            if contentValues.count == 10_000 { flushContents() }
         }
-        flushContents()
         return [
             .init("""
                 INSERT INTO sluice_messages (id, sender, message_id, size, created_at, not_before, age_from, due_at, finished_at)
@@ -237,7 +220,7 @@ public final class PostgresStore: OutboxStore {
                 """,
                   [.text(pgArray(ids.map(String.init))), .text(pgArray(senders)), .text(pgArray(messageIDs)),
                    .text(pgArray(sizes)), .text(pgArray(notBefores)), .text(pgArray(pending)), .text(now)]),
-        ] + contents + [
+        ] + contentStatements(messages.map(\.message.content), ids: ids) + [
             .init("""
                 INSERT INTO sluice_recipients (message_id, position, address, state)
                 SELECT * FROM unnest($1::bigint[], $2::integer[], $3::text[], $4::text[])
@@ -245,6 +228,30 @@ public final class PostgresStore: OutboxStore {
                   [.text(pgArray(recipientMessages)), .text(pgArray(positions)), .text(pgArray(addresses)),
                    .text(pgArray(states))]),
         ]
+    }
+
+    /// The contents as binary `bytea[]` parameters: each message's bytes as they are, in
+    /// statements of at most `maximumBytes` (a value must stay under PostgreSQL's 1 GB); a
+    /// larger content goes alone. A VALUES list of two parameters a message took PostgreSQL
+    /// longer to parse, plan and run.
+    static func contentStatements(_ contents: [[UInt8]], ids: [Int64], maximumBytes: Int = 64 << 20)
+        -> [PostgresConnection.Statement]
+    {
+        var statements: [PostgresConnection.Statement] = []
+        var start = 0
+        while start < contents.count {
+            var end = start
+            var bytes = 0
+            while end < contents.count, end == start || bytes + contents[end].count <= maximumBytes {
+                bytes += contents[end].count
+                end += 1
+            }
+            statements.append(.init(
+                "INSERT INTO sluice_contents (message_id, content) SELECT * FROM unnest($1::bigint[], $2::bytea[])",
+                [.text(pgArray(ids[start..<end].map(String.init))), .bytes(pgBinaryByteaArray(contents[start..<end]))]))
+            start = end
+        }
+        return statements
     }
 
     // MARK: Claiming
@@ -780,6 +787,26 @@ func pgArray(_ values: [String?]) -> String {
     }
     bytes.append(UInt8(ascii: "}"))
     return String(decoding: bytes, as: UTF8.self)
+}
+
+/// A one-dimensional `bytea[]` in PostgreSQL's binary format (`array_send`): dimensions,
+/// no NULLs, the element type's OID, then each element's length and bytes, big-endian.
+func pgBinaryByteaArray(_ elements: ArraySlice<[UInt8]>) -> [UInt8] {
+    var out: [UInt8] = []
+    out.reserveCapacity(20 + elements.reduce(0) { $0 + 4 + $1.count })
+    func append(_ value: Int32) {
+        withUnsafeBytes(of: value.bigEndian) { out.append(contentsOf: $0) }
+    }
+    append(1)  // dimensions
+    append(0)  // no NULLs
+    append(17)  // bytea
+    append(Int32(elements.count))
+    append(1)  // lower bound
+    for element in elements {
+        append(Int32(element.count))
+        out += element
+    }
+    return out
 }
 
 func pgArray(_ values: [String]) -> String { pgArray(values.map { Optional($0) }) }
