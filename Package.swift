@@ -108,7 +108,6 @@ let package = Package(
             dependencies: [
                 "SluiceCore",
                 "SluiceMIME",
-                "CScan",
                 "SluiceTransport",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "Metrics", package: "swift-metrics"),

@@ -32,11 +32,11 @@ public struct RawMessage: Sendable, Hashable {
     /// Bytes already in the form checking gives (the usual case for a message read back from
     /// a store or written by a program) are kept as they are, with no copy.
     public init(_ bytes: [UInt8]) throws(MessageError) {
-        guard let eightBit = Self.eightBitIfCanonical(bytes) else {
+        guard let traits = bytes.withUnsafeBufferPointer({ Self.canonicalTraits($0) }) else {
             try self.init(checking: bytes)
             return
         }
-        try self.init(checked: bytes, headerLength: Self.checkHeaderSection(bytes), has8BitBytes: eightBit)
+        try self.init(checked: bytes, headerLength: Self.checkHeaderSection(bytes), has8BitBytes: traits.has8BitBytes)
     }
 
     private init(checked bytes: [UInt8], headerLength: Int, has8BitBytes: Bool) {
@@ -45,36 +45,41 @@ public struct RawMessage: Sendable, Hashable {
         self.has8BitBytes = has8BitBytes
     }
 
-    /// Whether `bytes` has 8-bit octets, if it is already what the checking initialiser would
-    /// make of it: every line ends in CRLF, no other CR or LF, no line longer than 998
-    /// octets, no NUL. nil otherwise: the byte-by-byte path then normalises it, or says what
-    /// is wrong and on which line. Whole lines at a time, with memchr.
-    static func eightBitIfCanonical(_ bytes: [UInt8]) -> Bool? {
-        bytes.withUnsafeBufferPointer { buffer -> Bool? in
-            guard let base = buffer.baseAddress, buffer.count > 0, buffer[buffer.count - 1] == 10,
-                  memchr(base, 0, buffer.count) == nil else { return nil }
-            var start = 0
-            while start < buffer.count {
-                // The last byte is an LF, so there is one.
-                let lineFeed = UnsafePointer<UInt8>(memchr(base + start, 10, buffer.count - start)!
-                    .assumingMemoryBound(to: UInt8.self)) - base
-                let end = lineFeed - 1  // where the line's CR must be
-                guard end >= start, buffer[end] == 13, end - start <= 998,
-                      memchr(base + start, 13, end - start) == nil else { return nil }
-                start = lineFeed + 1
-            }
-            var high: UInt64 = 0
-            var index = 0
-            while index + 8 <= buffer.count {
-                high |= UnsafeRawPointer(base + index).loadUnaligned(as: UInt64.self)
-                index += 8
-            }
-            while index < buffer.count {
-                high |= UInt64(buffer[index])
-                index += 1
-            }
-            return high & 0x8080_8080_8080_8080 != 0
+    /// What ``DataEncoder`` notes of `buffer` (an 8-bit octet, a line starting with a dot),
+    /// if it is already what the checking initialiser, and DataEncoder's normalising pass,
+    /// would make of it: not empty, every line ends in CRLF, no other CR or LF, no line longer
+    /// than `maximumLineLength` with its CRLF (998 octets before it), no NUL. nil otherwise:
+    /// the byte-by-byte path then normalises it, or says what is wrong and on which line.
+    /// Whole lines at a time, with memchr; `EncodedMessage` reads stored content with it too.
+    package static func canonicalTraits(
+        _ buffer: UnsafeBufferPointer<UInt8>, maximumLineLength: Int = DataEncoder.maximumLineLength
+    ) -> DataEncoder.Traits? {
+        guard let base = buffer.baseAddress, buffer.count > 0, buffer[buffer.count - 1] == 10,
+              memchr(base, 0, buffer.count) == nil else { return nil }
+        var traits = DataEncoder.Traits()
+        var start = 0
+        while start < buffer.count {
+            // The last byte is an LF, so there is one.
+            let lineFeed = UnsafePointer<UInt8>(memchr(base + start, 10, buffer.count - start)!
+                .assumingMemoryBound(to: UInt8.self)) - base
+            let end = lineFeed - 1  // where the line's CR must be
+            guard end >= start, buffer[end] == 13, end - start <= maximumLineLength - 2,
+                  memchr(base + start, 13, end - start) == nil else { return nil }
+            if buffer[start] == UInt8(ascii: ".") { traits.hasLineStartingWithDot = true }
+            start = lineFeed + 1
         }
+        var high: UInt64 = 0
+        var index = 0
+        while index + 8 <= buffer.count {
+            high |= UnsafeRawPointer(base + index).loadUnaligned(as: UInt64.self)
+            index += 8
+        }
+        while index < buffer.count {
+            high |= UInt64(buffer[index])
+            index += 1
+        }
+        traits.has8BitBytes = high & 0x8080_8080_8080_8080 != 0
+        return traits
     }
 
     private init(checking bytes: some Collection<UInt8>) throws(MessageError) {

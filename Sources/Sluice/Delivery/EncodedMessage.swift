@@ -1,12 +1,6 @@
-import CScan
 import SluiceCore
 import SluiceMIME
 import SluiceTransport
-#if canImport(Glibc)
-import Glibc
-#elseif canImport(Darwin)
-import Darwin
-#endif
 
 /// A message prepared for the wire once, then sent as many times as needed — to many
 /// envelopes, on any connection, on every retry — without another copy.
@@ -45,7 +39,7 @@ public final class EncodedMessage: Sendable {
     /// - Throws: ``DataEncoder/ContentError`` for a NUL byte or a line over 1000 octets.
     public init(bytes: [UInt8], messageID: String? = nil) throws(DataEncoder.ContentError) {
         // Content that is already normalised (all that an outbox or a RawMessage holds) is
-        // checked with vector scans and copied once. Anything else takes the one pass that
+        // checked a line at a time and copied once. Anything else takes the one pass that
         // normalises it and notes what the two encodings need to know, or says what is wrong.
         let normalized: [UInt8]
         let traits: DataEncoder.Traits
@@ -67,43 +61,14 @@ public final class EncodedMessage: Sendable {
     }
 
     /// What ``DataEncoder/normalizedWithTraits(_:maximumLineLength:)`` notes of `content`,
-    /// when it would return `content` unchanged: every line ends in CRLF, the last one too (or
-    /// the content is empty), no NUL, no line over the limit. Nil when it would change the
-    /// content or refuse it. Read with `memchr` and a vector scan for bare CR and LF, not a
-    /// byte at a time, and without a copy.
+    /// when it would return `content` unchanged: empty, or what ``RawMessage`` keeps as it is
+    /// (every line ends in CRLF, the last one too, no NUL, no line over the limit), read a line
+    /// at a time with `memchr` and without a copy. Nil when it would change the content or
+    /// refuse it.
     static func traitsIfNormalized(
         _ content: UnsafeBufferPointer<UInt8>, maximumLineLength: Int = DataEncoder.maximumLineLength
     ) -> DataEncoder.Traits? {
-        let count = content.count
-        guard count > 0 else { return DataEncoder.Traits() }
-        guard let base = content.baseAddress, count >= 2, base[count - 2] == 13, base[count - 1] == 10,
-              memchr(base, 0, count) == nil, cscan_has_bare_line_ending(base, count) == 0
-        else { return nil }
-        var traits = DataEncoder.Traits()
-        let limit = maximumLineLength - 2  // octets before CRLF
-        var start = 0
-        while start < count {
-            if base[start] == UInt8(ascii: ".") { traits.hasLineStartingWithDot = true }
-            // Every LF follows a CR (no bare line endings) and the content ends in CRLF.
-            guard let found = memchr(base + start, 10, count - start) else { return nil }
-            let lineFeed = UnsafeRawPointer(base).distance(to: UnsafeRawPointer(found))
-            if lineFeed - 1 - start > limit { return nil }
-            start = lineFeed + 1
-        }
-        // Eight bytes at a time: any top bit set.
-        var bits: UInt64 = 0
-        var index = 0
-        let raw = UnsafeRawPointer(base)
-        while index + 8 <= count {
-            bits |= raw.loadUnaligned(fromByteOffset: index, as: UInt64.self)
-            index += 8
-        }
-        while index < count {
-            bits |= UInt64(base[index])
-            index += 1
-        }
-        traits.has8BitBytes = bits & 0x8080_8080_8080_8080 != 0
-        return traits
+        content.isEmpty ? DataEncoder.Traits() : RawMessage.canonicalTraits(content, maximumLineLength: maximumLineLength)
     }
 
     private init(messageID: String?, chunk: SharedBytes, dataPieces: [SharedBytes], info: SMTPContentInfo) {
