@@ -4,10 +4,14 @@ import SluiceTransport
 
 /// One SQLite connection, used only on the thread of the ``SQLiteThread`` that opened it.
 ///
-/// Statements are prepared once and kept, by their SQL text.
+/// Statements are prepared once and kept: a literal one by the address of its text, a built
+/// one by its text.
 final class SQLiteDatabase {
     private let handle: OpaquePointer
     private var statements: [String: SQLiteStatement] = [:]
+    /// The literal statements, by the address of their text. Looking one up by its text hashed
+    /// every byte of it, hundreds a statement and several statements a message.
+    private var literalStatements: [UnsafeRawPointer: SQLiteStatement] = [:]
 
     /// Opens (creating if need be) the database at `path`.
     init(path: String, create: Bool) throws(OutboxError) {
@@ -42,8 +46,21 @@ final class SQLiteDatabase {
         }
     }
 
-    /// The statement for `sql`, prepared once and reset for another use.
-    func statement(_ sql: String) throws(OutboxError) -> SQLiteStatement {
+    /// The statement for the literal `sql`, prepared once and reset for another use.
+    func statement(_ sql: StaticString) throws(OutboxError) -> SQLiteStatement {
+        guard sql.hasPointerRepresentation else { return try statement(built: sql.description) }
+        let key = UnsafeRawPointer(sql.utf8Start)
+        if let statement = literalStatements[key] {
+            statement.reset()
+            return statement
+        }
+        let statement = try statement(built: sql.description)
+        literalStatements[key] = statement
+        return statement
+    }
+
+    /// The statement for `sql`, text built at run time, prepared once and reset for another use.
+    func statement(built sql: String) throws(OutboxError) -> SQLiteStatement {
         if let statement = statements[sql] {
             statement.reset()
             return statement

@@ -194,7 +194,7 @@ public final class SQLiteStore: OutboxStore {
                     let id = database.lastInsertedRowID
                     try database.statement("INSERT INTO sluice_contents (message_id, content) VALUES (?1, ?2)")
                         .bind(1, id).bind(2, blob: message.content).run()
-                    let insert = "INSERT INTO sluice_recipients (message_id, position, address, state) VALUES (?1, ?2, ?3, ?4)"
+                    let insert: StaticString = "INSERT INTO sluice_recipients (message_id, position, address, state) VALUES (?1, ?2, ?3, ?4)"
                     for (position, address) in message.recipients.enumerated() {
                         let state: RecipientState = prepared.suppressed.contains(position) ? .suppressed : .queued
                         try database.statement(insert).bind(1, id).bind(2, position).bind(3, address)
@@ -638,7 +638,7 @@ public final class SQLiteStore: OutboxStore {
                         AND ?3 IS NOT NULL ORDER BY r.message_id LIMIT ?4
                     """
             }
-            let ids = try database.statement(query)
+            let ids = try database.statement(built: query)
             ids.bind(1, afterID).bind(2, state?.rawValue).bind(3, now).bind(4, limit)
             var found: [Int64] = []
             while try ids.step() { found.append(ids.int64(0)) }
@@ -728,12 +728,12 @@ public final class SQLiteStore: OutboxStore {
                 let scope = id == nil ? "?1 IS NULL" : "message_id = ?1"
                 // The messages first (while their recipients still have the old states): due
                 // now, unless a worker holds one, and the retry schedule's age starts again.
-                try database.statement("""
+                try database.statement(built: """
                     UPDATE sluice_messages SET due_at = CASE WHEN lease_owner IS NULL THEN ?2 ELSE due_at END,
                         finished_at = NULL, age_from = ?2
                     WHERE id IN (SELECT message_id FROM sluice_recipients WHERE \(scope) AND state IN (\(list)))
                     """).bind(1, id).bind(2, now).run()
-                try database.statement("""
+                try database.statement(built: """
                     UPDATE sluice_recipients SET state = 'queued' WHERE \(scope) AND state IN (\(list))
                     """).bind(1, id).run()
                 return database.changes
