@@ -123,6 +123,42 @@ import Testing
         #expect(retry.first?.recipients.map(\.address) == ["b@example.org"])
     }
 
+    /// A record makes its message due again while any recipient is pending, even one the
+    /// worker never held: an operator's retry of a failed recipient while the message was out.
+    /// With none pending, the message is finished.
+    @Test(arguments: StoreKind.allCases)
+    func aRecordLeavesTheMessageDueWhileAnyRecipientIsPending(store kind: StoreKind) async throws {
+        let clock = ManualClock()
+        guard let outbox = try await makeOutbox(kind, clock: clock) else { return }
+        let store = outbox.store
+        let id = try await outbox.enqueue(outboxMessage("pending", to: ["a@example.org", "b@example.org"]))
+        let now = clock.now()
+        _ = try await store.claim(owner: "A", limit: 10, now: now, leaseUntil: now + 60, rateLimit: nil)
+        let first = MessageOutcome(id: id, recipients: [
+            .init(position: 0, state: .deferred, code: 451, reply: "later"),
+            .init(position: 1, state: .failed, code: 550, reply: "no such user"),
+        ], nextAttemptAt: now + 300, error: nil)
+        #expect(try await store.record([first], owner: "A", now: now + 1).isEmpty)
+        // Out again, with only the deferred recipient; meanwhile the failed one is retried.
+        let second = try await store.claim(owner: "A", limit: 10, now: now + 300, leaseUntil: now + 360, rateLimit: nil)
+        #expect(second.first?.recipients.map(\.position) == [0])
+        #expect(try await outbox.retry(state: .failed) == 1)
+        let delivered = MessageOutcome(id: id, recipients: [.init(position: 0, state: .delivered, code: 250)],
+                                       nextAttemptAt: nil, error: nil)
+        #expect(try await store.record([delivered], owner: "A", now: now + 301).isEmpty)
+        let record = try #require(try await outbox.message(id))
+        #expect(record.recipients.map(\.state) == [.delivered, .queued])
+        #expect(record.dueAt == now + 301, "due at once for the recipient still pending")
+        #expect(try await store.hasPendingWork())
+        let third = try await store.claim(owner: "A", limit: 10, now: now + 301, leaseUntil: now + 361, rateLimit: nil)
+        #expect(third.first?.recipients.map(\.position) == [1])
+        let last = MessageOutcome(id: id, recipients: [.init(position: 1, state: .delivered, code: 250)],
+                                  nextAttemptAt: nil, error: nil)
+        #expect(try await store.record([last], owner: "A", now: now + 302).isEmpty)
+        #expect(try await outbox.message(id)?.dueAt == nil)
+        #expect(try await store.hasPendingWork() == false, "finished once no recipient is pending")
+    }
+
     @Test(arguments: StoreKind.allCases)
     func aClaimGivesBackWhatWasEnqueuedByteForByte(store kind: StoreKind) async throws {
         let clock = ManualClock()

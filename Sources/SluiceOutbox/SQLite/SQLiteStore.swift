@@ -370,15 +370,14 @@ public final class SQLiteStore: OutboxStore {
                             .bind(9, happened ? 1 : 0).bind(10, recipient.bounceClass?.rawValue).run()
                     }
                     for entry in outcome.suppress { try Self.write(entry, to: database) }
-                    // Due again if a recipient is still pending, else finished: one statement.
+                    // Due again if a recipient is still pending, else finished: one statement,
+                    // which looks for a pending recipient once for both columns.
                     try database.statement("""
                         UPDATE sluice_messages SET lease_owner = NULL, lease_expires_at = NULL,
-                            due_at = CASE WHEN EXISTS (SELECT 1 FROM sluice_recipients
-                                                       WHERE message_id = ?1 AND state IN ('queued', 'deferred'))
-                                          THEN coalesce(?2, ?3) END,
-                            finished_at = CASE WHEN EXISTS (SELECT 1 FROM sluice_recipients
-                                                            WHERE message_id = ?1 AND state IN ('queued', 'deferred'))
-                                               THEN NULL ELSE ?3 END,
+                            (due_at, finished_at) = (
+                                SELECT CASE WHEN pending THEN coalesce(?2, ?3) END, CASE WHEN pending THEN NULL ELSE ?3 END
+                                FROM (SELECT EXISTS (SELECT 1 FROM sluice_recipients
+                                                     WHERE message_id = ?1 AND state IN ('queued', 'deferred')) AS pending)),
                             last_error = ?4
                         WHERE id = ?1
                         """)
