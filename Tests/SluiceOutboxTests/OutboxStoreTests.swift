@@ -245,6 +245,29 @@ import Testing
                 "\(plan.joined(separator: "\n"))")
     }
 
+    @Test func aPostgreSQLRecordFindsItsRowsByIndexHoweverManyTheTablesHold() async throws {
+        // The record touches only the rows of its batch. Costing each index probe as a read
+        // from disk, the planner scanned and hashed both whole tables instead, finished rows
+        // and all: a cost that grows with every message kept for the retention period.
+        guard let outbox = try await makeOutbox(.postgres), let store = outbox.store as? PostgresStore else { return }
+        for start in stride(from: 0, to: 3_000, by: 1_000) {
+            _ = try await outbox.enqueue(contentsOf: (start..<start + 1_000).map { outboxMessage("r\($0)") })
+        }
+        let now = Date()
+        let claimed = try await store.claim(owner: "A", limit: 1_000, now: now, leaseUntil: now + 60, rateLimit: nil)
+        try await store.execute("ANALYZE")
+        let outcomes = claimed.map { message in
+            MessageOutcome(id: message.id, recipients: [.init(position: 0, state: .delivered, code: 250, reply: "ok")],
+                           nextAttemptAt: nil, error: nil)
+        }
+        for statement in PostgresStore.recordStatements(outcomes, owner: "A", now: now) {
+            let plan = try await store.rows("EXPLAIN " + statement.sql, statement.parameters, holding: true)
+                .compactMap { $0.first ?? nil }
+            #expect(!plan.isEmpty)
+            #expect(!plan.contains { $0.contains("Seq Scan") }, "\(plan.joined(separator: "\n"))")
+        }
+    }
+
     @Test func aPostgreSQLClaimDoesNotWaitForTheLastBatchsOutcomes() async throws {
         // A worker writes one batch's outcomes while it claims the next. Over one connection
         // the claim queued behind the record; over two, a record that waits (here on a row
