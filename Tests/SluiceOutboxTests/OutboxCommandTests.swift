@@ -16,9 +16,7 @@ import Testing
     }
 
     static func temporaryDirectory() throws -> String {
-        let directory = FileManager.default.temporaryDirectory.appendingPathComponent("sluice-cli-\(UUID().uuidString)").path
-        try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
-        return directory
+        try makeTestDirectory("sluice-cli")
     }
 
     struct StatusJSON: Decodable {

@@ -87,9 +87,7 @@ func execute(_ sql: String, on outbox: Outbox) async throws {
 
 /// A fresh SQLite outbox in a temporary directory, initialised.
 func makeSQLiteOutbox(clock: any OutboxClock = SystemOutboxClock(), initialize: Bool = true) async throws -> (Outbox, String) {
-    let directory = FileManager.default.temporaryDirectory.appendingPathComponent("sluice-outbox-\(UUID().uuidString)")
-    try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
-    let path = directory.appendingPathComponent("outbox.db").path
+    let path = try makeTestDirectory("sluice-outbox") + "/outbox.db"
     let outbox = try await openOutbox("sqlite:\(path)", clock: clock)
     if initialize { try await outbox.initialize() }
     return (outbox, path)

@@ -356,3 +356,23 @@ public func withCleanup<T>(_ body: () async throws -> T, cleanup: () async -> Vo
     await cleanup()
     return result
 }
+
+/// A new directory under the system's temporary directory, named `prefix-` and a UUID, removed
+/// with everything in it when the test process exits: a store or a server may still hold
+/// files in it when the test that made it returns, and a run leaves nothing behind.
+public func makeTestDirectory(_ prefix: String) throws -> String {
+    let directory = FileManager.default.temporaryDirectory.appendingPathComponent("\(prefix)-\(UUID().uuidString)").path
+    try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+    let first = testDirectories.withLock { directories in
+        directories.append(directory)
+        return directories.count == 1
+    }
+    if first {
+        atexit {
+            for directory in testDirectories.withLock({ $0 }) { try? FileManager.default.removeItem(atPath: directory) }
+        }
+    }
+    return directory
+}
+
+private let testDirectories = Mutex<[String]>([])
