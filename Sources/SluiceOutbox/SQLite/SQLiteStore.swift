@@ -342,11 +342,22 @@ public final class SQLiteStore: OutboxStore {
         let now = now.milliseconds
         return try await thread.run { (database) throws(OutboxError) in
             try database.transaction { () throws(OutboxError) in
+                // Which of them this worker still holds, in one statement for the batch: the
+                // transaction holds the write lock, so nobody takes one over before it ends.
+                var ids = "["
+                for outcome in outcomes {
+                    if ids.utf8.count > 1 { ids += "," }
+                    ids += String(outcome.id)
+                }
+                ids += "]"
+                let holder = try database.statement(
+                    "SELECT id FROM sluice_messages WHERE id IN (SELECT value FROM json_each(?1)) AND lease_owner = ?2")
+                holder.bind(1, ids).bind(2, owner)
+                var held = Set<Int64>(minimumCapacity: outcomes.count)
+                while try holder.step() { held.insert(holder.int64(0)) }
                 var lost: [Int64] = []
                 for outcome in outcomes {
-                    let holder = try database.statement("SELECT lease_owner FROM sluice_messages WHERE id = ?1")
-                    holder.bind(1, outcome.id)
-                    guard try holder.step(), holder.string(0) == owner else {
+                    guard held.contains(outcome.id) else {
                         lost.append(outcome.id)
                         continue
                     }
