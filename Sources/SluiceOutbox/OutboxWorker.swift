@@ -180,6 +180,8 @@ public final class OutboxWorker: Sendable {
         var inHand: [Int64: InHand] = [:]
         /// Attempts waiting to be recorded.
         var done: [(id: Int64, attempt: Attempt)] = []
+        /// How many attempts the store is writing now, taken out of `done`.
+        var recording = 0
         var statistics = Statistics()
         /// The outbox's secret as an HMAC key (made once), for each message's ENVID.
         var key: Digest.HMACKey?
@@ -337,11 +339,12 @@ public final class OutboxWorker: Sendable {
 
     /// Hands a claimed batch to the client.
     private func handOver(_ batch: ClaimedBatch) {
+        let key = self.key
         for (message, _) in batch.held {
             if message.recipients.isEmpty {
                 finished(message.id, .notSent)
             } else {
-                send(message)
+                send(message, key: key)
             }
         }
     }
@@ -367,10 +370,10 @@ public final class OutboxWorker: Sendable {
     }
 
     /// Prepares one message and hands it to the client.
-    private func send(_ message: ClaimedMessage) {
+    private func send(_ message: ClaimedMessage, key: Digest.HMACKey) {
         let mail: OutgoingMail
         do {
-            mail = try prepare(message)
+            mail = try prepare(message, key: key)
         } catch {
             // Unsendable as stored (a DKIM key that cannot sign it, say): every recipient fails.
             finished(message.id, .unsendable("not sent: \(error)"))
@@ -382,7 +385,6 @@ public final class OutboxWorker: Sendable {
         }
         // VERP: a transaction a recipient, each from its own return path; the message's
         // outcome is written once every one has reported.
-        let key = self.key
         let reports = Locked([DeliveryReport?](repeating: nil, count: mail.envelope.recipients.count))
         for (index, recipient) in mail.envelope.recipients.enumerated() {
             var single = mail
@@ -409,7 +411,7 @@ public final class OutboxWorker: Sendable {
         return key
     }
 
-    private func prepare(_ message: ClaimedMessage) throws -> OutgoingMail {
+    private func prepare(_ message: ClaimedMessage, key: Digest.HMACKey) throws -> OutgoingMail {
         let sender = message.sender.isEmpty ? nil : try EnvelopeAddress(message.sender)
         // ENVID names the message (authenticated), ORCPT each recipient as enqueued, and only
         // the headers come back: a report that comes back later is matched by them (RFC 3461).
@@ -437,15 +439,20 @@ public final class OutboxWorker: Sendable {
     private func finished(_ id: Int64, _ result: Attempt) {
         let wake = state.withLock { state in
             state.done.append((id, result))
-            return state.done.count >= configuration.batchSize / 2 || state.done.count == state.inHand.count
+            return state.done.count >= configuration.batchSize / 2 || state.done.count + state.recording == state.inHand.count
         }
         if wake { wakeup.signal() }
     }
 
     /// Writes the outcomes of the reports that came in, in one transaction.
     private func recordDone() async throws(OutboxError) {
+        // Taken out whole: the loops append what comes in meanwhile to an empty list, and the
+        // attempts are let go after the lock, not copied or destroyed under it.
         let (done, inHand) = state.withLock { state in
-            (state.done, state.done.map { state.inHand[$0.id] })
+            let done = state.done
+            state.done = []
+            state.recording = done.count
+            return (done, done.map { state.inHand[$0.id] })
         }
         guard !done.isEmpty else { return }
         let now = outbox.clock.now()
@@ -471,12 +478,22 @@ public final class OutboxWorker: Sendable {
             metrics.attemptDuration.recordNanoseconds(
                 (ContinuousClock.now - held.started).wholeNanoseconds)
         }
-        let lost = try await outbox.store.record(outcomes, owner: configuration.owner, now: now)
+        let lost: [Int64]
+        do {
+            lost = try await outbox.store.record(outcomes, owner: configuration.owner, now: now)
+        } catch {
+            // Not written: back ahead of any that came in meanwhile, for the next try.
+            state.withLock { state in
+                state.done.insert(contentsOf: done, at: 0)
+                state.recording = 0
+            }
+            throw error
+        }
         if !lost.isEmpty {
             configuration.logger.warning("\(lost.count) message(s) were taken over by another worker before their outcome was written; they will be sent again")
         }
         state.withLock { state in
-            state.done.removeFirst(done.count)
+            state.recording = 0
             for entry in done { state.inHand[entry.id] = nil }
             state.statistics.delivered += tally.delivered
             state.statistics.deferred += tally.deferred

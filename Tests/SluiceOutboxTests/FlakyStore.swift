@@ -10,9 +10,13 @@ final class FlakyStore: OutboxStore {
     private let failing = Atomic<Bool>(false)
     private let claimCalls = Atomic<Int>(0)
     private let claimsAllowed = Atomic<Int>(.max)
+    private let recordsToRefuse = Atomic<Int>(0)
+    private let recordCalls = Atomic<Int>(0)
 
     /// How many times a worker asked for work.
     var claims: Int { claimCalls.load(ordering: .sequentiallyConsistent) }
+    /// How many times a worker asked to write outcomes, refused or not.
+    var records: Int { recordCalls.load(ordering: .sequentiallyConsistent) }
 
     init(_ base: any OutboxStore) { self.base = base }
 
@@ -21,6 +25,9 @@ final class FlakyStore: OutboxStore {
 
     /// Claims after the first `count` fail, every other call succeeds.
     func failClaims(after count: Int) { claimsAllowed.store(count, ordering: .sequentiallyConsistent) }
+
+    /// The next `count` records fail, having written nothing.
+    func failRecords(_ count: Int) { recordsToRefuse.store(count, ordering: .sequentiallyConsistent) }
 
     private func check() throws(OutboxError) {
         if failing.load(ordering: .sequentiallyConsistent) {
@@ -49,6 +56,11 @@ final class FlakyStore: OutboxStore {
         try check(); try await base.release(owner: owner, ids: ids, now: now)
     }
     func record(_ outcomes: [MessageOutcome], owner: String, now: Date) async throws(OutboxError) -> [Int64] {
+        recordCalls.add(1, ordering: .sequentiallyConsistent)
+        if !outcomes.isEmpty, recordsToRefuse.load(ordering: .sequentiallyConsistent) > 0 {
+            recordsToRefuse.subtract(1, ordering: .sequentiallyConsistent)
+            throw OutboxError(.unavailable, "the test refused the record")
+        }
         try check(); return try await base.record(outcomes, owner: owner, now: now)
     }
     func status(now: Date) async throws(OutboxError) -> OutboxStatus { try check(); return try await base.status(now: now) }

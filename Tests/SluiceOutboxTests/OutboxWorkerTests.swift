@@ -283,22 +283,43 @@ import Testing
         // what it learned from the store. Replies are held, so the outcomes come in after the
         // one claim that succeeds.
         let sink = try await startSink { $0.replyDelay = .fixed(.milliseconds(200)) }
+        let (flaky, worker) = try await Self.deliver(10, into: sink) { $0.failClaims(after: 1) }
+        #expect(flaky.claims > 1, "the worker went on claiming")
+        #expect(worker.statistics.delivered == 10)
+        await sink.shutdown()
+    }
+
+    @Test func outcomesARecordFailedToWriteAreWrittenByTheNextAndNotSentAgain() async throws {
+        // The worker keeps the outcomes of a record that failed and writes them with the next,
+        // ahead of those that came in meanwhile; the messages are not sent again.
+        let sink = try await startSink()
+        let (flaky, worker) = try await Self.deliver(30, into: sink) { $0.failRecords(2) }
+        #expect(flaky.records > 2, "the failed records were tried again")
+        #expect(worker.statistics.delivered == 30)
+        #expect(sink.statistics.messages == 30, "each message was sent once")
+        await sink.shutdown()
+    }
+
+    /// Enqueues `count` messages in a SQLite outbox seen through a ``FlakyStore`` that
+    /// `breakStore` sets up, and runs a worker into `sink` until the store has every recipient
+    /// delivered.
+    private static func deliver(_ count: Int, into sink: SMTPSink, _ breakStore: (FlakyStore) -> Void)
+        async throws -> (FlakyStore, OutboxWorker)
+    {
         let (sqlite, _) = try await makeSQLiteOutbox()
         let flaky = FlakyStore(sqlite.store)
-        flaky.failClaims(after: 1)
+        breakStore(flaky)
         let outbox = Outbox(store: flaky)
         let client = try relayClient(port: sink.localAddress.port)
-        _ = try await outbox.enqueue(contentsOf: (0..<10).map { outboxMessage("c\($0)") })
+        _ = try await outbox.enqueue(contentsOf: (0..<count).map { outboxMessage("m\($0)") })
         let (worker, task) = Self.start(outbox, client)
         try await eventually("the outcomes are written", within: .seconds(20)) {
-            try await sqlite.status().recipients[.delivered] == 10
+            try await sqlite.status().recipients[.delivered] == count
         }
-        #expect(flaky.claims > 1, "the worker went on claiming")
         task.cancel()
         try await task.value
-        #expect(worker.statistics.delivered == 10)
         await client.shutdown()
-        await sink.shutdown()
+        return (flaky, worker)
     }
 
     @Test func aStoppingWorkerWhoseStoreIsGoneGivesUpAndLosesNothing() async throws {
