@@ -233,6 +233,8 @@ public final class OutboxWorker: Sendable {
         /// older than its patience.
         var failingSince: ContinuousClock.Instant?
         var stoppingSince: ContinuousClock.Instant?
+        /// The last batch claimed, being prepared and handed to the client.
+        var handing: Task<Void, Never>?
         while true {
             var stopping: Bool { stoppingSince != nil }
             if Task.isCancelled || stopRequested.load(ordering: .relaxed), !stopping {
@@ -254,7 +256,11 @@ public final class OutboxWorker: Sendable {
                     throw error
                 }
                 if let batch {
-                    handOver(batch)
+                    // Handed over beside the next record and claim: a store on one thread
+                    // (SQLite) runs those one after the other, and preparing a batch took as
+                    // long again. One batch at a time.
+                    await handing?.value
+                    handing = Task { [self] in handOver(batch) }
                     claimedFull = batch.full
                 }
                 try await recording
@@ -294,6 +300,7 @@ public final class OutboxWorker: Sendable {
                 await wakeup.wait(timeout: .milliseconds(min(5_000, 100 * (1 << min(storeFailures, 6)))))
             }
         }
+        await handing?.value
         logger.info("outbox worker stopped", metadata: ["owner": "\(configuration.owner)"])
     }
 
@@ -307,7 +314,7 @@ public final class OutboxWorker: Sendable {
 
     /// A claim: the messages with their recipients on the suppression list taken out, and
     /// whether it was full (more may be waiting).
-    private struct ClaimedBatch {
+    private struct ClaimedBatch: Sendable {
         var held: [(ClaimedMessage, [(position: Int, entry: Suppression)])]
         var full: Bool
     }
