@@ -257,8 +257,8 @@ public final class OutboxWorker: Sendable {
                 }
                 if let batch {
                     // Handed over beside the next record and claim: a store on one thread
-                    // (SQLite) runs those one after the other, and preparing a batch took as
-                    // long again. One batch at a time.
+                    // (SQLite) runs those one after the other, and sat idle while the batch
+                    // was prepared and submitted. One batch at a time.
                     await handing?.value
                     handing = Task { [self] in handOver(batch) }
                     claimedFull = batch.full
