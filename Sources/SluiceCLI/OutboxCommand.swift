@@ -83,9 +83,11 @@ struct OutboxCommand: AsyncParsableCommand {
                 }
                 try await options.with("outbox enqueue", maximumMessageSize: maxSize) { outbox in
                     try await Self.checkSchema(of: outbox)
-                    for (source, message) in messages { try Self.check(message, from: source, in: outbox) }
+                    let checked = try messages.map { (source, message) throws(OutboxError) in
+                        try Self.check(message, from: source, in: outbox)
+                    }
                     var writer = BatchWriter(outbox: outbox)
-                    for (_, message) in messages { try await writer.add(message) }
+                    for message in checked { try await writer.add(message) }
                     try await writer.finish()
                 }
                 return
@@ -109,11 +111,12 @@ struct OutboxCommand: AsyncParsableCommand {
                 do {
                     try await input.forEach { number, line in
                         guard let message = try Self.message(fromLine: line, number: number, decoder: decoder) else { return }
-                        try await writer.add(message)
+                        try await writer.add(Self.recheck(message, from: "line \(number)", in: outbox))
                     }
                     try await writer.finish()
                 } catch {
                     // Only what changed since the check can fail here (a file gone, the store).
+                    await writer.abandon()
                     let done = writer.written == 0 ? "; nothing was enqueued"
                         : "; the first \(writer.written) messages were enqueued (their ids are above), none after them"
                     if let error = error as? OutboxError { throw OutboxError(error.kind, error.message + done) }
@@ -133,36 +136,81 @@ struct OutboxCommand: AsyncParsableCommand {
             }
         }
 
-        private static func check(_ message: OutboxMessage, from source: String, in outbox: Outbox) throws(OutboxError) {
+        @discardableResult
+        private static func check(_ message: OutboxMessage, from source: String, in outbox: Outbox) throws(OutboxError)
+            -> PreparedMessage
+        {
             do throws(OutboxError) {
-                try outbox.check(message)
+                return try outbox.check(message)
             } catch {
                 throw OutboxError(error.kind, "\(source): \(error.message); nothing was enqueued")
             }
         }
 
+        /// Checks a line's message again as it is written (a file it names may have changed since
+        /// the first check), without claiming that nothing was enqueued: earlier batches may have been.
+        private static func recheck(_ message: OutboxMessage, from source: String, in outbox: Outbox) throws(OutboxError)
+            -> PreparedMessage
+        {
+            do throws(OutboxError) {
+                return try outbox.check(message)
+            } catch {
+                throw OutboxError(error.kind, "\(source): \(error.message)")
+            }
+        }
+
         /// Writes messages a thousand to a transaction, printing each one's id as its batch is
         /// written.
+        ///
+        /// Messages come checked. A full batch is written in a task of its own while the next is
+        /// read and checked, one batch at a time, so the ids still come out in the input's order.
+        /// Reading and writing each took about half of the work, and in turn they left one core
+        /// idle.
         private struct BatchWriter {
             let outbox: Outbox
-            private var batch: [OutboxMessage] = []
+            private var batch: [PreparedMessage] = []
+            /// The batch being written, and how many messages it holds.
+            private var writing: Task<Int, any Error>?
             /// Messages written so far.
             private(set) var written = 0
 
             init(outbox: Outbox) { self.outbox = outbox }
 
-            mutating func add(_ message: OutboxMessage) async throws {
+            mutating func add(_ message: PreparedMessage) async throws {
                 batch.append(message)
-                if batch.count == 1_000 { try await finish() }
+                if batch.count == 1_000 { try await handOver() }
             }
 
+            /// Writes what is left and waits until every batch is written.
             mutating func finish() async throws {
-                guard !batch.isEmpty else { return }
-                var output = ""
-                for result in try await outbox.enqueue(contentsOf: batch) { output += "\(result.id)\n" }
-                FileHandle.standardOutput.write(Data(output.utf8))
-                written += batch.count
-                batch.removeAll(keepingCapacity: true)
+                if !batch.isEmpty { try await handOver() }
+                try await settle()
+            }
+
+            /// After a failure: waits for the batch in hand, so that ``written`` counts it if it
+            /// was written. Its own error, if any, is not the first and is dropped.
+            mutating func abandon() async {
+                try? await settle()
+            }
+
+            private mutating func handOver() async throws {
+                try await settle()
+                let messages = batch
+                batch = []
+                batch.reserveCapacity(messages.count)
+                let outbox = outbox
+                writing = Task {
+                    var output = ""
+                    for result in try await outbox.enqueue(checked: messages) { output += "\(result.id)\n" }
+                    FileHandle.standardOutput.write(Data(output.utf8))
+                    return messages.count
+                }
+            }
+
+            private mutating func settle() async throws {
+                guard let task = writing else { return }
+                writing = nil
+                written += try await task.value
             }
         }
 

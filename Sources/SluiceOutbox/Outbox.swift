@@ -99,6 +99,15 @@ public final class Outbox: Sendable {
             // (it has a thread a core, and a caller's server shares them).
             if index % 256 == 255 { await Task.yield() }
         }
+        return try await enqueue(checked: prepared)
+    }
+
+    /// Adds messages that ``check(_:)`` returned, in one transaction, all or none.
+    ///
+    /// For callers in this package that check the next batch while this one is written (`sluice
+    /// outbox enqueue`). It is not public: a `PreparedMessage` can be built by hand, unchecked.
+    package func enqueue(checked prepared: [PreparedMessage]) async throws(OutboxError) -> [EnqueueResult] {
+        var prepared = prepared
         let now = clock.now()
         try await markSuppressed(&prepared, now: now)
         return try await store.enqueue(prepared, now: now)
