@@ -111,7 +111,7 @@ struct OutboxCommand: AsyncParsableCommand {
                 do {
                     try await input.forEach { number, line in
                         guard let message = try Self.message(fromLine: line, number: number, decoder: decoder) else { return }
-                        try await writer.add(Self.recheck(message, from: "line \(number)", in: outbox))
+                        try await writer.add(Self.check(message, from: "line \(number)", in: outbox, beforeWriting: false))
                     }
                     try await writer.finish()
                 } catch {
@@ -136,26 +136,17 @@ struct OutboxCommand: AsyncParsableCommand {
             }
         }
 
+        /// Checks a message, naming `source` in the error. The first check of the input says that
+        /// nothing was enqueued. The second, as each line is written (a file it names may have
+        /// changed since), leaves that to the caller: earlier batches may have been written.
         @discardableResult
-        private static func check(_ message: OutboxMessage, from source: String, in outbox: Outbox) throws(OutboxError)
-            -> PreparedMessage
+        private static func check(_ message: OutboxMessage, from source: String, in outbox: Outbox,
+                                  beforeWriting: Bool = true) throws(OutboxError) -> PreparedMessage
         {
             do throws(OutboxError) {
                 return try outbox.check(message)
             } catch {
-                throw OutboxError(error.kind, "\(source): \(error.message); nothing was enqueued")
-            }
-        }
-
-        /// Checks a line's message again as it is written (a file it names may have changed since
-        /// the first check), without claiming that nothing was enqueued: earlier batches may have been.
-        private static func recheck(_ message: OutboxMessage, from source: String, in outbox: Outbox) throws(OutboxError)
-            -> PreparedMessage
-        {
-            do throws(OutboxError) {
-                return try outbox.check(message)
-            } catch {
-                throw OutboxError(error.kind, "\(source): \(error.message)")
+                throw OutboxError(error.kind, "\(source): \(error.message)" + (beforeWriting ? "; nothing was enqueued" : ""))
             }
         }
 
