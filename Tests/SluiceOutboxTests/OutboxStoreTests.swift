@@ -268,6 +268,20 @@ import Testing
         }
     }
 
+    @Test func aPostgreSQLEnqueueLooksItsIDSequenceUpOnceABatch() async throws {
+        // A batch's ids come from the sequence; finding the sequence in the catalogue once a
+        // row cost more than taking the ids.
+        guard let outbox = try await makeOutbox(.postgres), let store = outbox.store as? PostgresStore else { return }
+        let plan = try await store.rows("EXPLAIN (VERBOSE) " + PostgresStore.newIDs, [.text("1000")])
+            .compactMap { $0.first ?? nil }
+        // Looked up a row at a time, the lookup is an argument of each nextval; looked up once,
+        // a node of its own computes it and nextval reads the result.
+        let outputs = plan.filter { $0.contains("Output:") && $0.contains("pg_get_serial_sequence") }
+        #expect(outputs.contains { !$0.contains("nextval(") }, "\(plan.joined(separator: "\n"))")
+        let ids = try await store.rows(PostgresStore.newIDs, [.text("3")]).compactMap { $0.first.flatMap { $0 }.flatMap { Int64($0) } }
+        #expect(ids.count == 3 && Set(ids).count == 3)
+    }
+
     @Test func aPostgreSQLClaimDoesNotWaitForTheLastBatchsOutcomes() async throws {
         // A worker writes one batch's outcomes while it claims the next. Over one connection
         // the claim queued behind the record; over two, a record that waits (here on a row

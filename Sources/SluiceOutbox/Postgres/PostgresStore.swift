@@ -167,9 +167,7 @@ public final class PostgresStore: OutboxStore {
         let plain = messages.indices.filter { messages[$0].message.idempotencyKey == nil }
         var ids: [Int64] = []
         if !plain.isEmpty {
-            let rows = try await run([.init(
-                "SELECT nextval(pg_get_serial_sequence('sluice_messages', 'id')) FROM generate_series(1, $1::integer)",
-                [.text(String(plain.count))])])
+            let rows = try await run([.init(Self.newIDs, [.text(String(plain.count))])])
             ids = rows[0].rows.compactMap { $0[0].flatMap { Int64($0) } }
             guard ids.count == plain.count else { throw OutboxError(.database, "the id sequence gave \(ids.count) ids") }
         }
@@ -200,6 +198,15 @@ public final class PostgresStore: OutboxStore {
         }
         return answers.compactMap { $0 }
     }
+
+    /// `$1` new message ids. The sequence is looked up once (OFFSET 0 keeps the subquery from
+    /// being merged into the outer query): looked up a row at a time, the catalogue search took
+    /// 6.9 ms of the 7.9 that a thousand ids cost.
+    static let newIDs = """
+        SELECT nextval(s.id_sequence)
+        FROM (SELECT pg_get_serial_sequence('sluice_messages', 'id')::regclass AS id_sequence OFFSET 0) AS s,
+            generate_series(1, $1::integer)
+        """
 
     /// The three statements that write `messages` (none with an idempotency key) under `ids`.
     private static func insertStatements(_ messages: [PreparedMessage], ids: [Int64], now: String, nowDate: Date)
