@@ -86,7 +86,7 @@ struct OutboxCommand: AsyncParsableCommand {
                     let checked = try messages.map { (source, message) throws(OutboxError) in
                         try Self.check(message, from: source, in: outbox)
                     }
-                    var writer = BatchWriter(outbox: outbox)
+                    var writer = BatchWriter(outboxes: [outbox])
                     for message in checked { try await writer.add(message) }
                     try await writer.finish()
                 }
@@ -107,16 +107,23 @@ struct OutboxCommand: AsyncParsableCommand {
                     FileHandle.standardError.write(Data("sluice outbox enqueue: \(error.message); nothing was enqueued\n".utf8))
                     throw ExitCode(64)
                 }
-                var writer = BatchWriter(outbox: outbox)
+                // Over PostgreSQL a second connection writes every other batch: one backend,
+                // writing while the command waited, was the limit. Without it (the server at its
+                // connection limit, say), one connection does it all.
+                let second = outbox.store is PostgresStore
+                    ? try? await OutboxOptions.open(options.url, maximumMessageSize: maxSize) : nil
+                var writer = BatchWriter(outboxes: [outbox] + (second.map { [$0] } ?? []))
                 do {
                     try await input.forEach { number, line in
                         guard let message = try Self.message(fromLine: line, number: number, decoder: decoder) else { return }
                         try await writer.add(Self.check(message, from: "line \(number)", in: outbox, beforeWriting: false))
                     }
                     try await writer.finish()
+                    await second?.close()
                 } catch {
                     // Only what changed since the check can fail here (a file gone, the store).
                     await writer.abandon()
+                    await second?.close()
                     let done = writer.written == 0 ? "; nothing was enqueued"
                         : "; the first \(writer.written) messages were enqueued (their ids are above), none after them"
                     if let error = error as? OutboxError { throw OutboxError(error.kind, error.message + done) }
@@ -154,18 +161,21 @@ struct OutboxCommand: AsyncParsableCommand {
         /// written.
         ///
         /// Messages come checked. A full batch is written in a task of its own while the next is
-        /// read and checked, one batch at a time, so the ids still come out in the input's order.
-        /// Reading and writing each took about half of the work, and in turn they left one core
-        /// idle.
+        /// read and checked, so that neither side waits for the other; with two outboxes (two
+        /// connections to one PostgreSQL), two batches are written at once. A batch commits only
+        /// after the one before it, and prints its ids then, so the ids come out in the input's
+        /// order, and a batch that fails leaves every later one unwritten.
         private struct BatchWriter {
-            let outbox: Outbox
+            /// Batch n goes to `outboxes[n % outboxes.count]`.
+            let outboxes: [Outbox]
             private var batch: [PreparedMessage] = []
-            /// The batch being written, and how many messages it holds.
-            private var writing: Task<Int, any Error>?
+            /// The batches being written, oldest first; each task returns its count.
+            private var writing: [Task<Int, any Error>] = []
+            private var handedOver = 0
             /// Messages written so far.
             private(set) var written = 0
 
-            init(outbox: Outbox) { self.outbox = outbox }
+            init(outboxes: [Outbox]) { self.outboxes = outboxes }
 
             mutating func add(_ message: PreparedMessage) async throws {
                 batch.append(message)
@@ -175,33 +185,44 @@ struct OutboxCommand: AsyncParsableCommand {
             /// Writes what is left and waits until every batch is written.
             mutating func finish() async throws {
                 if !batch.isEmpty { try await handOver() }
-                try await settle()
+                while !writing.isEmpty { try await settleOldest() }
             }
 
-            /// After a failure: waits for the batch in hand, so that ``written`` counts it if it
-            /// was written. Its own error, if any, is not the first and is dropped.
+            /// After a failure: waits for the batches in hand, so that ``written`` counts those
+            /// written. Their own errors are not the first and are dropped.
             mutating func abandon() async {
-                try? await settle()
+                while !writing.isEmpty { try? await settleOldest() }
             }
 
             private mutating func handOver() async throws {
-                try await settle()
+                while writing.count >= outboxes.count { try await settleOldest() }
                 let messages = batch
                 batch = []
                 batch.reserveCapacity(messages.count)
-                let outbox = outbox
-                writing = Task {
+                let outbox = outboxes[handedOver % outboxes.count]
+                handedOver += 1
+                let gate = writing.last.map(Self.gate(after:))
+                writing.append(Task {
                     var output = ""
-                    for result in try await outbox.enqueue(checked: messages) { output += "\(result.id)\n" }
+                    for result in try await outbox.enqueue(checked: messages, committingAfter: gate) {
+                        output += "\(result.id)\n"
+                    }
                     FileHandle.standardOutput.write(Data(output.utf8))
                     return messages.count
+                })
+            }
+
+            /// Returns once `previous` is written; throws if it failed.
+            private static func gate(after previous: Task<Int, any Error>) -> @Sendable () async throws(OutboxError) -> Void {
+                { () async throws(OutboxError) in
+                    guard (try? await previous.value) != nil else {
+                        throw OutboxError(.database, "not written: the batch before it failed")
+                    }
                 }
             }
 
-            private mutating func settle() async throws {
-                guard let task = writing else { return }
-                writing = nil
-                written += try await task.value
+            private mutating func settleOldest() async throws {
+                written += try await writing.removeFirst().value
             }
         }
 

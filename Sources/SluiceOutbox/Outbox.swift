@@ -106,10 +106,21 @@ public final class Outbox: Sendable {
     ///
     /// For callers in this package that check the next batch while this one is written (`sluice
     /// outbox enqueue`). It is not public: a `PreparedMessage` can be built by hand, unchecked.
-    package func enqueue(checked prepared: [PreparedMessage]) async throws(OutboxError) -> [EnqueueResult] {
+    ///
+    /// With a `gate`, the messages are committed only once the gate returns, and not at all if
+    /// it throws. Over PostgreSQL the batch is written meanwhile, so that two outboxes (two
+    /// connections) can write two batches at once and still commit them in order.
+    package func enqueue(checked prepared: [PreparedMessage],
+                         committingAfter gate: (@Sendable () async throws(OutboxError) -> Void)? = nil)
+        async throws(OutboxError) -> [EnqueueResult]
+    {
         var prepared = prepared
         let now = clock.now()
         try await markSuppressed(&prepared, now: now)
+        if let gate {
+            if let store = store as? PostgresStore { return try await store.enqueue(prepared, now: now, committingAfter: gate) }
+            try await gate()
+        }
         return try await store.enqueue(prepared, now: now)
     }
 

@@ -298,18 +298,25 @@ extension OutboxCommandTests {
         guard let initialized = try await Self.sluice(["outbox", "init", "--outbox", conninfo]) else { return }
         #expect(initialized.status == 0, "\(initialized.error)")
         #expect(initialized.output.contains("created at schema version 2"))
-        let input = (0..<50).map { #"{"from": "a@example.com", "to": ["r\#($0)@example.org"], "raw": "From: a@example.com\r\nSubject: \#($0)\r\n\r\nbody\r\n"}"# }
+        // Three batches, written two at a time over two connections.
+        let count = 2_500
+        let input = (0..<count).map { #"{"from": "a@example.com", "to": ["r\#($0)@example.org"], "raw": "From: a@example.com\r\nSubject: \#($0)\r\n\r\nbody\r\n"}"# }
             .joined(separator: "\n")
         let enqueued = try #require(try await Self.sluice(["outbox", "enqueue", "--outbox", conninfo], input: input))
         #expect(enqueued.status == 0, "\(enqueued.error)")
-        #expect(enqueued.output.split(separator: "\n").count == 50)
+        // Each line's id is that line's message.
+        let database = String(conninfo.split(separator: "=").last!)
+        let stored = try await cluster.psql(
+            "SELECT message_id || ' ' || address FROM sluice_recipients ORDER BY message_id", database: database)
+        let printed = enqueued.output.split(separator: "\n").enumerated().map { "\($1) r\($0)@example.org" }
+        #expect(Set(stored.split(separator: "\n").map(String.init)) == Set(printed))
+        #expect(printed.count == count)
 
         // A service enqueues inside its own transaction, in SQL.
-        let database = String(conninfo.split(separator: "=").last!)
         let id = try await cluster.psql(
             "BEGIN; SELECT sluice_enqueue('a@example.com', ARRAY['sql@example.org'], convert_to(E'From: a@example.com\\r\\n\\r\\nfrom SQL\\r\\n', 'UTF8'), 'order-17'); COMMIT;",
             database: database)
-        #expect(Int(id.trimmingCharacters(in: .whitespacesAndNewlines)) == 51)
+        #expect(Int(id.trimmingCharacters(in: .whitespacesAndNewlines)) == count + 1)
 
         let sink = try await startSink()
         let worker = try #require(try await Self.sluice([
@@ -319,8 +326,8 @@ extension OutboxCommandTests {
         #expect(worker.status == 0, "\(worker.error)")
         let status = try #require(try await Self.sluice(["outbox", "status", "--json", "--outbox", conninfo]))
         let counts = try JSONDecoder().decode(StatusJSON.self, from: Data(status.output.utf8))
-        #expect(counts.recipients["delivered"] == 51)
-        #expect(sink.statistics.messages == 51)
+        #expect(counts.recipients["delivered"] == count + 1)
+        #expect(sink.statistics.messages == count + 1)
         await sink.shutdown()
 
         for url in ["postgresql://postgres:secret@localhost/x", "host=/tmp password=secret dbname=x"] {

@@ -282,6 +282,59 @@ import Testing
         #expect(ids.count == 3 && Set(ids).count == 3)
     }
 
+    @Test func aGatedPostgreSQLEnqueueCommitsWhenItsGateOpensAndNotAtAllIfItFails() async throws {
+        // `sluice outbox enqueue` writes two batches at once over two connections. The later
+        // commits only after the earlier, and not at all if the earlier failed.
+        guard let (outbox, watcher) = try await makePostgresOutboxAndWatcher() else { return }
+        @Sendable func messages() async throws -> [[String?]] {
+            try await watcher.rows("SELECT count(*) FROM sluice_messages")
+        }
+        let batch = try (0..<3).map { try outbox.check(outboxMessage("gated\($0)")) }
+        let reached = Locked(false)
+        let opened = Locked(false)
+        let writing = Task {
+            try await outbox.enqueue(checked: batch, committingAfter: { () async throws(OutboxError) in
+                reached.withLock { $0 = true }
+                while !opened.withLock({ $0 }) { try? await Task.sleep(for: .milliseconds(10)) }
+            })
+        }
+        try await eventually("the batch is written and waits at its gate") { reached.withLock { $0 } }
+        #expect(try await messages() == [["0"]])  // written, not committed
+        opened.withLock { $0 = true }
+        #expect(try await writing.value.count == 3)
+        #expect(try await messages() == [["3"]])
+
+        let failing = try outbox.check(outboxMessage("after a failed batch"))
+        await #expect(throws: OutboxError.self) {
+            try await outbox.enqueue(checked: [failing], committingAfter: { () async throws(OutboxError) in
+                throw OutboxError(.database, "the batch before it failed")
+            })
+        }
+        // Rolled back, and the connection is fit for the next batch.
+        #expect(try await outbox.enqueue(checked: [try outbox.check(outboxMessage("next"))]).count == 1)
+        #expect(try await messages() == [["4"]])
+    }
+
+    @Test func aPostgreSQLEnqueueWhoseCommitWasNotAcknowledgedChecksWhetherItCommitted() async throws {
+        // A connection lost as the batch commits leaves the caller not knowing. Reported as not
+        // written when it was, the batch would be enqueued again; the store looks instead.
+        guard let outbox = try await makeOutbox(.postgres), let store = outbox.store as? PostgresStore else { return }
+        store.loseNextCommitAcknowledgement()
+        let ids = try await outbox.enqueue(contentsOf: (0..<3).map { outboxMessage("lost ack \($0)") }).map(\.id)
+        #expect(ids.count == 3)
+        for id in ids { #expect(try await outbox.message(id) != nil) }
+        #expect(try await store.rows("SELECT count(*) FROM sluice_messages") == [["3"]])
+
+        // Lost before it committed (here, in its gate): not there, and said so.
+        let batch = try [outbox.check(outboxMessage("never committed"))]
+        await #expect(throws: OutboxError.self) {
+            try await outbox.enqueue(checked: batch, committingAfter: { () async throws(OutboxError) in
+                throw OutboxError(.unavailable, "the PostgreSQL connection failed")
+            })
+        }
+        #expect(try await store.rows("SELECT count(*) FROM sluice_messages") == [["3"]])
+    }
+
     @Test func aPostgreSQLClaimDoesNotWaitForTheLastBatchsOutcomes() async throws {
         // A worker writes one batch's outcomes while it claims the next. Over one connection
         // the claim queued behind the record; over two, a record that waits (here on a row

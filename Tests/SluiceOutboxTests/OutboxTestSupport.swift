@@ -79,6 +79,16 @@ func makeOutbox(_ kind: StoreKind, clock: any OutboxClock = SystemOutboxClock(),
     }
 }
 
+/// A fresh PostgreSQL outbox, initialised, and a second session on its database to watch it
+/// with. Nil when PostgreSQL is not installed (outside CI; under CI that is a failure).
+func makePostgresOutboxAndWatcher() async throws -> (outbox: Outbox, watcher: PostgresStore)? {
+    guard let cluster = try await PostgresCluster.shared() else { return nil }
+    let url = try await cluster.createDatabase()
+    let outbox = try await openOutbox(url)
+    try await outbox.initialize()
+    return (outbox, try #require(try await openOutbox(url).store as? PostgresStore))
+}
+
 /// Runs SQL on the outbox's store directly.
 func execute(_ sql: String, on outbox: Outbox) async throws {
     if let store = outbox.store as? SQLiteStore { try await store.execute(sql) }

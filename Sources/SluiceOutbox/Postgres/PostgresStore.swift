@@ -23,6 +23,8 @@ public final class PostgresStore: OutboxStore {
         /// ``release(owner:ids:now:)``), opened on first use.
         var holdingConnection: PostgresConnection?
         var listeners: [@Sendable () -> Void] = []
+        /// For tests: the next enqueue's commit succeeds, and its acknowledgement is lost.
+        var losesNextCommitAcknowledgement = false
     }
 
     /// Which connection a statement goes over. A worker writes the outcomes of one batch while
@@ -90,14 +92,48 @@ public final class PostgresStore: OutboxStore {
             let results = try await connection.execute(all)
             return Array(results.dropFirst())
         } catch {
-            if error.kind == .unavailable {
-                state.withLock { state in
-                    if state.connection === connection { state.connection = nil }
-                    if state.holdingConnection === connection { state.holdingConnection = nil }
-                }
-            }
-            throw Self.explained(error)
+            throw failed(connection, error)
         }
+    }
+
+    /// Runs `statements` on the main connection in a transaction that commits once `gate`
+    /// returns, and rolls back if it or a statement fails.
+    private func run(_ statements: [PostgresConnection.Statement],
+                     committingAfter gate: @Sendable () async throws(OutboxError) -> Void)
+        async throws(OutboxError) -> [PostgresConnection.Rows]
+    {
+        let connection = try await connection(.main)
+        do throws(OutboxError) {
+            let results: [PostgresConnection.Rows]
+            do throws(OutboxError) {
+                results = try await connection.execute([Self.begin, Self.checkedPrelude] + statements)
+                try await gate()
+            } catch {
+                // An explicit transaction outlives its pipeline, failed or not: end it.
+                _ = try? await connection.execute([Self.rollback])
+                throw error
+            }
+            _ = try await connection.execute([Self.commit])
+            return Array(results.dropFirst(2))
+        } catch {
+            throw failed(connection, error)
+        }
+    }
+
+    private static let begin = PostgresConnection.Statement("BEGIN")
+    private static let commit = PostgresConnection.Statement("COMMIT")
+    private static let rollback = PostgresConnection.Statement("ROLLBACK")
+
+    /// The error to report for `error` on `connection`, which the store stops using if it has
+    /// failed.
+    private func failed(_ connection: PostgresConnection, _ error: OutboxError) -> OutboxError {
+        if error.kind == .unavailable {
+            state.withLock { state in
+                if state.connection === connection { state.connection = nil }
+                if state.holdingConnection === connection { state.holdingConnection = nil }
+            }
+        }
+        return Self.explained(error)
     }
 
     /// Begins every pipeline. JIT compilation is off for the transaction: the planner's costs
@@ -163,6 +199,17 @@ public final class PostgresStore: OutboxStore {
     /// each (it finds an existing key); the others are written set-wise, three statements for
     /// the whole batch, with ids taken from the sequence first. Both in one transaction.
     public func enqueue(_ messages: [PreparedMessage], now: Date) async throws(OutboxError) -> [EnqueueResult] {
+        try await enqueue(messages, now: now, committingAfter: nil)
+    }
+
+    /// Enqueues as ``enqueue(_:now:)`` does. With a `gate`, the transaction commits only once
+    /// the gate returns, and rolls back if it throws: two connections can then each write a
+    /// batch at once and still commit them in order (`sluice outbox enqueue`, where one batch
+    /// failing must leave every later one unwritten).
+    package func enqueue(_ messages: [PreparedMessage], now: Date,
+                         committingAfter gate: (@Sendable () async throws(OutboxError) -> Void)?)
+        async throws(OutboxError) -> [EnqueueResult]
+    {
         let nowText = String(now.milliseconds)
         let plain = messages.indices.filter { messages[$0].message.idempotencyKey == nil }
         var ids: [Int64] = []
@@ -186,7 +233,24 @@ public final class PostgresStore: OutboxStore {
                  prepared.messageID.map { .text($0) }, .text(pgArray(prepared.suppressed.sorted().map(String.init))),
                  .text(nowText)]))
         }
-        let results = try await run(statements)
+        let results: [PostgresConnection.Rows]
+        do throws(OutboxError) {
+            results = if let gate { try await run(statements, committingAfter: gate) } else { try await run(statements) }
+            if state.withLock({ $0.losesNextCommitAcknowledgement }) {
+                state.withLock { $0.losesNextCommitAcknowledgement = false }
+                throw OutboxError(.unavailable, "the PostgreSQL connection failed (a test lost the commit's acknowledgement)")
+            }
+        } catch where error.kind == .unavailable && keyed.isEmpty && !ids.isEmpty {
+            // Lost, perhaps, as the batch committed: then it is in the outbox, and saying it is
+            // not would have the caller enqueue it twice. All or none of its ids are there.
+            switch await committed(ids[0]) {
+            case true?: return ids.map { EnqueueResult(id: $0, existed: false) }
+            case false?: throw error
+            case nil:
+                throw OutboxError(error.kind, error.message
+                    + "; the batch may have been committed as the connection was lost, and checking failed too")
+            }
+        }
         var answers = [EnqueueResult?](repeating: nil, count: messages.count)
         for (index, id) in zip(plain, ids) { answers[index] = EnqueueResult(id: id, existed: false) }
         let keyedResults = results.suffix(keyed.count)
@@ -197,6 +261,21 @@ public final class PostgresStore: OutboxStore {
             answers[index] = EnqueueResult(id: id, existed: row[1] == "t")
         }
         return answers.compactMap { $0 }
+    }
+
+    /// Whether the message `id` is stored; nil when the store cannot say.
+    private func committed(_ id: Int64) async -> Bool? {
+        do throws(OutboxError) {
+            return try await !rows("SELECT 1 FROM sluice_messages WHERE id = $1::bigint", [.text(String(id))]).isEmpty
+        } catch {
+            return nil
+        }
+    }
+
+    /// For tests: the next enqueue commits and then fails as if its connection were lost
+    /// before the acknowledgement came back.
+    func loseNextCommitAcknowledgement() {
+        state.withLock { $0.losesNextCommitAcknowledgement = true }
     }
 
     /// `$1` new message ids. The sequence is looked up once (OFFSET 0 keeps the subquery from
