@@ -313,8 +313,16 @@ import Testing
         let client = try relayClient(port: sink.localAddress.port)
         _ = try await outbox.enqueue(contentsOf: (0..<count).map { outboxMessage("m\($0)") })
         let (worker, task) = Self.start(outbox, client)
-        try await eventually("the outcomes are written", within: .seconds(20)) {
-            try await sqlite.status().recipients[.delivered] == count
+        do {
+            // The default wait: in a full parallel run on a slow day every test here took
+            // about 70 s, and 20 s (60 under CI) ran out although nothing was stuck.
+            try await eventually("the outcomes are written") {
+                try await sqlite.status().recipients[.delivered] == count
+            }
+        } catch {
+            // Say where it stuck: the recipients' states and the worker's count.
+            Issue.record("recipients: \(try await sqlite.status().recipients.filter { $0.value > 0 }); worker: \(worker.statistics)")
+            throw error
         }
         task.cancel()
         try await task.value
@@ -334,7 +342,7 @@ import Testing
             configuration.stoppingPatience = .seconds(1)
             configuration.lease = .seconds(3)
         }
-        try await eventually("the worker holds the messages", within: .seconds(20)) { worker.statistics.claimed == 10 }
+        try await eventually("the worker holds the messages") { worker.statistics.claimed == 10 }
         flaky.fail()
         worker.stop()
         let clock = ContinuousClock()
