@@ -320,8 +320,11 @@ import Testing
                 try await sqlite.status().recipients[.delivered] == count
             }
         } catch {
-            // Say where it stuck: the recipients' states and the worker's count.
-            Issue.record("recipients: \(try await sqlite.status().recipients.filter { $0.value > 0 }); worker: \(worker.statistics)")
+            // Say where it stuck: the recipients' states and the worker's count. A status that
+            // fails too is said as such, and the timeout is still the error thrown.
+            let states: String
+            do { states = "\(try await sqlite.status().recipients.filter { $0.value > 0 })" } catch { states = "unreadable (\(error))" }
+            Issue.record("recipients: \(states); worker: \(worker.statistics)")
             throw error
         }
         task.cancel()

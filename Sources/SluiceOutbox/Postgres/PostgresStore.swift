@@ -236,8 +236,11 @@ public final class PostgresStore: OutboxStore {
         let results: [PostgresConnection.Rows]
         do throws(OutboxError) {
             results = if let gate { try await run(statements, committingAfter: gate) } else { try await run(statements) }
-            if state.withLock({ $0.losesNextCommitAcknowledgement }) {
-                state.withLock { $0.losesNextCommitAcknowledgement = false }
+            let losesAcknowledgement = state.withLock { state in
+                defer { state.losesNextCommitAcknowledgement = false }
+                return state.losesNextCommitAcknowledgement
+            }
+            if losesAcknowledgement {
                 throw OutboxError(.unavailable, "the PostgreSQL connection failed (a test lost the commit's acknowledgement)")
             }
         } catch where error.kind == .unavailable && keyed.isEmpty && !ids.isEmpty {
