@@ -112,7 +112,28 @@ public final class RefusedPort: Sendable {
         }
     }
 
+    /// Listens on the port, so that connections complete and wait to be accepted.
+    fileprivate func listen() throws {
+        try descriptor.withLock { fd in try #require(fd.map { Glibc.listen($0, 16) } == 0) }
+    }
+
     deinit { close() }
+}
+
+/// A port on 127.0.0.1 where the kernel completes each connection and nothing ever answers, for
+/// as long as this object is open: a socket listens on it and never accepts. A peer that
+/// waits for a greeting or a reply waits until its own timeout.
+public final class SilentPort: Sendable {
+    private let socket: RefusedPort
+    public var port: Int { socket.port }
+
+    public init() throws {
+        socket = try RefusedPort()
+        try socket.listen()
+    }
+
+    /// Frees the port; a connection waiting on it is reset.
+    public func close() { socket.close() }
 }
 
 /// A TCP socket bound to a port the kernel picks on 127.0.0.1, and that port.

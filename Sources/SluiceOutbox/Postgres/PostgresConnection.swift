@@ -80,6 +80,32 @@ final class PostgresConnection: @unchecked Sendable {
         if loop.inEventLoop || !loop.execute(finish) { finish() }
     }
 
+    /// What the store asks of libpq where the caller's string does not say otherwise. libpq
+    /// itself waits for a server that accepts and never answers for ever, and notices a peer
+    /// gone silent on an idle connection only after the kernel's two hours: a worker would hang
+    /// with its claims while other workers took them over.
+    static func defaultParameters(environment: [String: String] = ProcessInfo.processInfo.environment)
+        -> KeyValuePairs<String, String>
+    {
+        // `PGCONNECT_TIMEOUT` is libpq's own default for the first; a value given here would
+        // hide it, so it is left to libpq when set.
+        let connectTimeout = environment["PGCONNECT_TIMEOUT"].map { _ in "" } ?? "10"
+        return ["connect_timeout": connectTimeout, "keepalives_idle": "30", "keepalives_interval": "10",
+                "keepalives_count": "3"]
+    }
+
+    /// Opens a connection, blocking: ``defaultParameters(environment:)`` first, then the
+    /// caller's string expanded after them, so that whatever it names wins (libpq takes the
+    /// last value of a keyword given twice, and ignores an empty one).
+    private static func open(_ conninfo: String) -> OpaquePointer? {
+        let pairs = Array(defaultParameters()) + [(key: "dbname", value: conninfo)]
+        let keywords = pairs.map { strdup($0.key) }, values = pairs.map { strdup($0.value) }
+        defer { (keywords + values).forEach { free($0) } }
+        let keywordPointers = keywords.map { UnsafePointer($0) } + [nil]
+        let valuePointers = values.map { UnsafePointer($0) } + [nil]
+        return PQconnectdbParams(keywordPointers, valuePointers, 1)
+    }
+
     /// Connects (on a thread of its own: libpq resolves host names and authenticates
     /// blocking), then hands the connection to `loop` in non-blocking pipeline mode.
     static func connect(_ conninfo: String, loop: EventLoop, onNotification: @escaping @Sendable (String) -> Void)
@@ -87,7 +113,7 @@ final class PostgresConnection: @unchecked Sendable {
     {
         let opened: Result<OpaqueConnection, OutboxError> = await withCheckedContinuation { continuation in
             let thread = Thread {
-                guard let connection = PQconnectdb(conninfo) else {
+                guard let connection = open(conninfo) else {
                     continuation.resume(returning: .failure(OutboxError(.unavailable, "libpq could not allocate a connection")))
                     return
                 }

@@ -1,0 +1,63 @@
+import Foundation
+@testable import SluiceOutbox
+import SluiceTestSupport
+import Synchronization
+import Testing
+
+/// How the PostgreSQL store connects, against servers that misbehave. No PostgreSQL server is
+/// needed: libpq alone talks to a port that never answers.
+@Suite struct PostgresConnectionTests {
+    @Test func theStoresDefaultsLeaveLibpqsOwnEnvironmentVariableItsSay() {
+        let defaults = Dictionary(uniqueKeysWithValues: PostgresConnection.defaultParameters(environment: [:]).map { ($0.key, $0.value) })
+        #expect(defaults["connect_timeout"] == "10")
+        #expect(defaults["keepalives_idle"] == "30" && defaults["keepalives_interval"] == "10" && defaults["keepalives_count"] == "3")
+        // An empty value is no value to libpq: PGCONNECT_TIMEOUT then applies.
+        let withVariable = PostgresConnection.defaultParameters(environment: ["PGCONNECT_TIMEOUT": "3"])
+        #expect(withVariable.first { $0.key == "connect_timeout" }?.value == "")
+    }
+
+    /// A server that accepts the connection and never answers: libpq, left to itself, waits
+    /// for ever, and `sluice outbox` or a worker with it.
+    @Test func aServerThatNeverAnswersIsGivenUpOnAfterTheDefaultTimeout() async throws {
+        let silent = try SilentPort()
+        let opened = try await opening("host=127.0.0.1 port=\(silent.port) user=sluice dbname=sluice", whileOpen: silent)
+        let (error, took) = try #require(opened, "no answer after 40 s: the connection waits for ever")
+        #expect(error.kind == .unavailable && error.message.contains("timeout expired"), "\(error)")
+        #expect(took >= .seconds(9), "the default is 10 s, not less: \(took)")
+    }
+
+    @Test func aTimeoutTheURLGivesWinsOverTheDefault() async throws {
+        let silent = try SilentPort()
+        let url = "postgresql://sluice@127.0.0.1:\(silent.port)/sluice?connect_timeout=2"
+        let opened = try await opening(url, whileOpen: silent)
+        let (error, took) = try #require(opened, "no answer after 40 s: the connection waits for ever")
+        #expect(error.kind == .unavailable && error.message.contains("timeout expired"), "\(error)")
+        #expect(took < .seconds(8), "the URL's 2 s, not the default 10: \(took)")
+    }
+
+    /// Opens `url`, which must fail, and returns its error and how long it took; nil if it has
+    /// not failed after 40 s. `port` is closed before returning, which ends a connection still
+    /// waiting on it.
+    private func opening(_ url: String, whileOpen port: SilentPort) async throws -> (OutboxError, Duration)? {
+        let started = ContinuousClock.now
+        let result = Mutex<(OutboxError, Duration)?>(nil)
+        let task = Task {
+            do throws(OutboxError) {
+                let outbox = try await Outbox.open(url)
+                await outbox.close()
+                Issue.record("a port that never answers opened as an outbox")
+            } catch {
+                result.withLock { $0 = (error, ContinuousClock.now - started) }
+            }
+        }
+        do {
+            try await eventually("the connection fails", within: .seconds(40)) { result.withLock { $0 != nil } }
+        } catch is OutboxTestTimeout {
+            port.close()
+            _ = await task.result
+            return nil
+        }
+        port.close()
+        return result.withLock { $0 }
+    }
+}
