@@ -1,3 +1,4 @@
+import CLibPQ
 import Foundation
 @testable import SluiceOutbox
 import SluiceTestSupport
@@ -26,13 +27,29 @@ import Testing
         #expect(took >= .seconds(9), "the default is 10 s, not less: \(took)")
     }
 
-    @Test func aTimeoutTheURLGivesWinsOverTheDefault() async throws {
-        let silent = try SilentPort()
-        let url = "postgresql://sluice@127.0.0.1:\(silent.port)/sluice?connect_timeout=2"
-        let opened = try await opening(url, whileOpen: silent)
-        let (error, took) = try #require(opened, "no answer after 40 s: the connection waits for ever")
-        #expect(error.kind == .unavailable && error.message.contains("timeout expired"), "\(error)")
-        #expect(took < .seconds(8), "the URL's 2 s, not the default 10: \(took)")
+    /// What libpq was given, read back from the failed connection (a refused port fails at
+    /// once): the URL's own values win over the store's defaults, which fill in the rest.
+    @Test(arguments: [
+        ("postgresql://sluice@127.0.0.1:PORT/sluice?connect_timeout=2&keepalives_idle=7", "2", "7"),
+        ("host=127.0.0.1 port=PORT user=sluice dbname=sluice connect_timeout=3", "3", "30"),
+        ("postgresql://sluice@127.0.0.1:PORT/sluice", "10", "30"),
+    ])
+    func theURLsOwnValuesWinOverTheDefaults(url: String, connectTimeout: String, keepalivesIdle: String) throws {
+        let refused = try RefusedPort()
+        let connection = try #require(PostgresConnection.open(url.replacingOccurrences(of: "PORT", with: "\(refused.port)")))
+        defer { PQfinish(connection) }
+        #expect(PQstatus(connection) == CONNECTION_BAD)
+        var given: [String: String] = [:]
+        if let options = PQconninfo(connection) {
+            defer { PQconninfoFree(options) }
+            var option = options
+            while let keyword = option.pointee.keyword {
+                if let value = option.pointee.val { given[String(cString: keyword)] = String(cString: value) }
+                option += 1
+            }
+        }
+        #expect(given["connect_timeout"] == connectTimeout && given["keepalives_idle"] == keepalivesIdle, "\(given)")
+        #expect(given["keepalives_interval"] == "10" && given["keepalives_count"] == "3" && given["user"] == "sluice", "\(given)")
     }
 
     /// Opens `url`, which must fail, and returns its error and how long it took; nil if it has

@@ -97,7 +97,7 @@ final class PostgresConnection: @unchecked Sendable {
     /// Opens a connection, blocking: ``defaultParameters(environment:)`` first, then the
     /// caller's string expanded after them, so that whatever it names wins (libpq takes the
     /// last value of a keyword given twice, and ignores an empty one).
-    private static func open(_ conninfo: String) -> OpaquePointer? {
+    static func open(_ conninfo: String) -> OpaquePointer? {
         let pairs = Array(defaultParameters()) + [(key: "dbname", value: conninfo)]
         let keywords = pairs.map { strdup($0.key) }, values = pairs.map { strdup($0.value) }
         defer { (keywords + values).forEach { free($0) } }

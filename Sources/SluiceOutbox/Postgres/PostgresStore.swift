@@ -43,7 +43,14 @@ public final class PostgresStore: OutboxStore {
     public init(conninfo: String) async throws(OutboxError) {
         self.conninfo = conninfo
         group = EventLoopGroup(numberOfLoops: 1)
-        _ = try await connection()
+        do throws(OutboxError) {
+            _ = try await connection()
+        } catch {
+            // Its loop's thread would outlive the store: a service that retries until its
+            // database is up would gather one a try.
+            await group.shutdown()
+            throw error
+        }
     }
 
     public func close() async {
