@@ -107,7 +107,7 @@ final class ClientConnection: ConnectionHandler, @unchecked Sendable {
         handlingEvent {
             var actions = actionBuffers.popLast() ?? []
             machine.bytesReceived(bytes, into: &actions)
-            run(actions)
+            run(&actions)
             recycle(&actions)
         }
     }
@@ -203,7 +203,8 @@ final class ClientConnection: ConnectionHandler, @unchecked Sendable {
     // MARK: Actions
 
     private func perform(_ actions: [ClientStateMachine.Action]) {
-        handlingEvent { run(actions) }
+        var actions = actions
+        handlingEvent { run(&actions) }
     }
 
     /// Runs `body` (which carries out actions), then, if this is the outermost call, starts
@@ -221,7 +222,7 @@ final class ClientConnection: ConnectionHandler, @unchecked Sendable {
                 if job.probeFirst {
                     // The pool saw this connection sit idle long enough to check it first.
                     job.probeFirst = false
-                    run(machine.idleConnectionReused())
+                    perform(machine.idleConnectionReused())
                 }
                 if job.cancelRequested.load(ordering: .relaxed) {
                     client.cancelledOnConnection(job, connection: self)
@@ -231,7 +232,7 @@ final class ClientConnection: ConnectionHandler, @unchecked Sendable {
                 if timesTransactions { job.phaseTimes = (.now, nil) }
                 var actions = actionBuffers.popLast() ?? []
                 machine.transactionEnqueued(job.transaction, into: &actions)
-                run(actions)
+                run(&actions)
                 recycle(&actions)
             }
         }
@@ -244,9 +245,14 @@ final class ClientConnection: ConnectionHandler, @unchecked Sendable {
         actionBuffers.append(actions)
     }
 
-    private func run(_ actions: [ClientStateMachine.Action]) {
-        for action in actions {
-            switch action {
+    /// Carries out `actions`, each moved out of the array in turn (a placeholder left in its
+    /// place): iterated as values, each action and what it carries was retained once more and
+    /// released with the array, several times a message.
+    private func run(_ actions: inout [ClientStateMachine.Action]) {
+        for index in actions.indices {
+            var action = ClientStateMachine.Action.cancelTimer
+            swap(&action, &actions[index])
+            switch consume action {
             case .write(let outputs):
                 write(outputs)
             case .startTLS:

@@ -402,18 +402,22 @@ struct PipelineStateMachine: Sendable {
     }
 
     private static func outcome(of entry: Active, dataReply: SMTPReply?, dataCommand: String?) -> TransactionOutcome {
-        let transaction = entry.transaction
         if let mailReply = entry.mailReply, !mailReply.code.isPositiveCompletion {
-            return uniformOutcome(transaction, status(of: mailReply), reply: mailReply, command: "MAIL", error: nil)
+            return uniformOutcome(entry.transaction, status(of: mailReply), reply: mailReply, command: "MAIL", error: nil)
         }
+        // Read in place, by index: a copy of the transaction, or zipping its arrays, retains
+        // and releases every reference it holds, once a message.
+        let count = min(entry.transaction.recipients.count, entry.recipientReplies.count)
         var recipients: [RecipientOutcome] = []
-        for (recipient, reply) in zip(transaction.recipients, entry.recipientReplies) {
-            if let reply, !reply.code.isPositiveCompletion {
-                recipients.append(RecipientOutcome(address: recipient.address, status: status(of: reply), reply: reply))
-            } else if let dataReply, reply != nil, !entry.emptyTerminator {
-                recipients.append(RecipientOutcome(address: recipient.address, status: status(of: dataReply), reply: dataReply))
+        recipients.reserveCapacity(count)
+        for i in 0..<count {
+            let address = entry.transaction.recipients[i].address
+            if let reply = entry.recipientReplies[i], !reply.code.isPositiveCompletion {
+                recipients.append(RecipientOutcome(address: address, status: status(of: reply), reply: reply))
+            } else if let dataReply, entry.recipientReplies[i] != nil, !entry.emptyTerminator {
+                recipients.append(RecipientOutcome(address: address, status: status(of: dataReply), reply: dataReply))
             } else {
-                recipients.append(RecipientOutcome(address: recipient.address, status: .deferred, reply: reply))
+                recipients.append(RecipientOutcome(address: address, status: .deferred, reply: entry.recipientReplies[i]))
             }
         }
         let status: DeliveryStatus
@@ -436,7 +440,7 @@ struct PipelineStateMachine: Sendable {
             decidingReply = nil
             command = nil
         }
-        return TransactionOutcome(id: transaction.id, status: status, recipients: recipients, reply: decidingReply,
+        return TransactionOutcome(id: entry.id, status: status, recipients: recipients, reply: decidingReply,
                                   command: command, error: nil)
     }
 

@@ -8,9 +8,13 @@ public struct SMTPReply: Hashable, Sendable, CustomStringConvertible {
     /// The text of the first line, after the code and its separator (`250-` / `250 `), with
     /// the enhanced code and its space removed when it starts with it.
     public let firstLine: String
-    /// The text of the lines after the first (most replies have none, and then no array is
-    /// allocated: the client parses several replies per message).
-    private let moreLines: [String]
+    /// The text of the lines after the first, nil when there are none (most replies): then no
+    /// array is allocated, and a copy of the reply (the client makes several a message)
+    /// retains its first line's text alone, not an empty array as well.
+    private let laterLines: [String]?
+
+    /// The text of the lines after the first.
+    private var moreLines: [String] { laterLines ?? [] }
 
     /// The text of each line, after the code and its separator (`250-` / `250 `), with the
     /// enhanced code and its space removed from every line that starts with it.
@@ -25,7 +29,8 @@ public struct SMTPReply: Hashable, Sendable, CustomStringConvertible {
         self.code = code
         self.enhancedCode = enhancedCode
         self.firstLine = firstLine
-        self.moreLines = moreLines
+        // Nil, never empty, so that equal replies compare and hash equal.
+        laterLines = moreLines.isEmpty ? nil : moreLines
     }
 
     /// A one-line reply.
@@ -34,7 +39,7 @@ public struct SMTPReply: Hashable, Sendable, CustomStringConvertible {
     }
 
     /// The text lines joined by a space, for messages and logs.
-    public var text: String { moreLines.isEmpty ? firstLine : lines.joined(separator: " ") }
+    public var text: String { laterLines == nil ? firstLine : lines.joined(separator: " ") }
 
     /// The reply as it appears on the wire, each line ending in CRLF.
     public var encoded: [UInt8] {
@@ -45,7 +50,7 @@ public struct SMTPReply: Hashable, Sendable, CustomStringConvertible {
 
     /// Appends the reply as it appears on the wire.
     public func encode(into bytes: inout [UInt8]) {
-        Self.encodeLine(code: code, enhancedCode: enhancedCode, text: firstLine, isLast: moreLines.isEmpty, into: &bytes)
+        Self.encodeLine(code: code, enhancedCode: enhancedCode, text: firstLine, isLast: laterLines == nil, into: &bytes)
         for (index, line) in moreLines.enumerated() {
             Self.encodeLine(code: code, enhancedCode: enhancedCode, text: line, isLast: index == moreLines.count - 1, into: &bytes)
         }
