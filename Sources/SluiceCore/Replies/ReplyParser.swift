@@ -28,7 +28,10 @@ public struct ReplyParser: Sendable {
     private var buffer: [UInt8] = []
     private var readIndex = 0
     private var pendingCode: Int?
-    private var pendingLines: [ArraySlice<UInt8>] = []
+    /// The text of each line of the reply being read, as indices into `buffer`: slices would
+    /// retain the buffer's storage, several times a reply. The buffer keeps them: it is
+    /// compacted only up to the first of them.
+    private var pendingLines: [Range<Int>] = []
     private var pendingBytes = 0
     private var failure: SMTPProtocolError?
 
@@ -45,12 +48,15 @@ public struct ReplyParser: Sendable {
 
     /// Adds bytes read from the server.
     public mutating func append(_ bytes: some Collection<UInt8>) {
-        if readIndex > 0, readIndex == buffer.count {
+        let keep = pendingLines.first?.lowerBound ?? readIndex
+        if keep > 0, keep == buffer.count {
             buffer.removeAll(keepingCapacity: true)
             readIndex = 0
-        } else if readIndex > 4096, readIndex * 2 > buffer.count {
-            buffer.removeFirst(readIndex)
-            readIndex = 0
+            pendingLines.removeAll(keepingCapacity: true)  // none: a pending line ends before readIndex
+        } else if keep > 4096, keep * 2 > buffer.count {
+            buffer.removeFirst(keep)
+            readIndex -= keep
+            for index in pendingLines.indices { pendingLines[index] = pendingLines[index].lowerBound - keep ..< pendingLines[index].upperBound - keep }
         }
         buffer.append(contentsOf: bytes)
     }
@@ -76,7 +82,7 @@ public struct ReplyParser: Sendable {
     /// detect bytes after the 220 to STARTTLS), leaving the parser empty.
     public mutating func takeUnparsedBytes() -> [UInt8] {
         var taken: [UInt8] = []
-        for line in pendingLines { taken.append(contentsOf: line) }
+        for line in pendingLines { taken.append(contentsOf: buffer[line]) }
         taken.append(contentsOf: buffer[readIndex...])
         buffer.removeAll(keepingCapacity: true)
         readIndex = 0
@@ -98,7 +104,7 @@ public struct ReplyParser: Sendable {
                 }
                 return nil
             }
-            let line = buffer[readIndex..<lineEnd]  // without CRLF
+            let line = readIndex..<lineEnd  // without CRLF
             readIndex = lineEnd + 2
             if line.count + 2 > limits.maximumLineLength {
                 throw SMTPProtocolError(.lineTooLong, "a reply line of \(line.count + 2) bytes")
@@ -107,14 +113,16 @@ public struct ReplyParser: Sendable {
             if pendingBytes > limits.maximumReplyLength {
                 throw SMTPProtocolError(.replyTooLong, "a reply of more than \(limits.maximumReplyLength) bytes")
             }
-            let (code, isLast, text) = try Self.split(line)
+            let (code, isLast, text) = try buffer.withUnsafeBufferPointer { bytes throws(SMTPProtocolError) in
+                try Self.split(line, of: bytes)
+            }
             if let pendingCode, pendingCode != code {
                 throw SMTPProtocolError(.mixedReplyCodes, "\(pendingCode) then \(code) in one reply")
             }
             pendingCode = code
             pendingLines.append(text)
             if isLast {
-                let reply = Self.makeReply(code: code, lines: pendingLines)
+                let reply = buffer.withUnsafeBufferPointer { Self.makeReply(code: code, lines: pendingLines, of: $0) }
                 pendingCode = nil
                 pendingLines.removeAllKeepingCapacity()
                 pendingBytes = 0
@@ -144,8 +152,12 @@ public struct ReplyParser: Sendable {
         return nil
     }
 
-    /// Splits `250-text` into its code, whether it is the last line, and the text.
-    private static func split(_ line: ArraySlice<UInt8>) throws(SMTPProtocolError) -> (Int, Bool, ArraySlice<UInt8>) {
+    /// Splits `250-text`, the bytes `range` of `bytes`, into its code, whether it is the last
+    /// line, and where the text is.
+    private static func split(_ range: Range<Int>, of bytes: UnsafeBufferPointer<UInt8>)
+        throws(SMTPProtocolError) -> (Int, Bool, Range<Int>)
+    {
+        let line = bytes[range]
         let start = line.startIndex
         guard line.count >= 3 else {
             throw SMTPProtocolError(.malformedReply, excerpt(line))
@@ -161,10 +173,10 @@ public struct ReplyParser: Sendable {
         guard (200...599).contains(code) else {
             throw SMTPProtocolError(.malformedReply, "reply code \(code) is outside 200–599: \(excerpt(line))")
         }
-        if line.count == 3 { return (code, true, line[line.endIndex...]) }  // a bare code is valid
+        if line.count == 3 { return (code, true, line.endIndex..<line.endIndex) }  // a bare code is valid
         let separator = line[start + 3]
-        let text = line[(start + 4)...]
-        if text.contains(0) {
+        let text = (start + 4)..<line.endIndex
+        if bytes[text].contains(0) {
             throw SMTPProtocolError(.malformedReply, "NUL in a reply line: \(excerpt(line))")
         }
         switch separator {
@@ -174,11 +186,12 @@ public struct ReplyParser: Sendable {
         }
     }
 
-    private static func excerpt(_ line: ArraySlice<UInt8>) -> String {
+    private static func excerpt(_ line: some Collection<UInt8>) -> String {
         SMTPProtocolError.excerpt(line)
     }
 
-    private static func makeReply(code: Int, lines: [ArraySlice<UInt8>]) -> SMTPReply {
+    private static func makeReply(code: Int, lines ranges: [Range<Int>], of bytes: UnsafeBufferPointer<UInt8>) -> SMTPReply {
+        let lines = ranges.lazy.map { bytes[$0] }
         // Safe: split() checked 200...599.
         let status = SMTPStatusCode(rawValue: code)!
         var enhanced: EnhancedStatusCode?
@@ -189,13 +202,13 @@ public struct ReplyParser: Sendable {
             firstLength = length
         }
         /// The line without its first `codeLength` bytes (the enhanced code) and the space after them.
-        func text(_ line: ArraySlice<UInt8>, codeLength: Int) -> String {
+        func text(_ line: Slice<UnsafeBufferPointer<UInt8>>, codeLength: Int) -> String {
             var text = line.dropFirst(codeLength)
             if codeLength > 0, text.first == UInt8(ascii: " ") { text = text.dropFirst() }
             return String(decoding: text, as: UTF8.self)
         }
         /// A later line loses the enhanced code only where it repeats the first line's.
-        func laterLineText(_ line: ArraySlice<UInt8>) -> String {
+        func laterLineText(_ line: Slice<UnsafeBufferPointer<UInt8>>) -> String {
             guard let enhanced, let (code, length) = EnhancedStatusCode.prefix(of: line), code == enhanced else {
                 return text(line, codeLength: 0)
             }

@@ -120,6 +120,27 @@ struct ReplyParserTests {
         #expect(throws: SMTPProtocolError.self) { try parser.nextReply() }
     }
 
+    /// The lines of an unfinished reply are kept as positions in the parser's buffer, which it
+    /// compacts as it reads: they must survive that, at every point a read can end.
+    @Test func aReplyStillBeingReadSurvivesTheBufferBeingCompacted() throws {
+        let before = String(repeating: "250 2.0.0 Ok: queued as 0123456789\r\n", count: 150)  // over 4 KB, read first
+        let multiline = "250-first line\r\n250-" + String(repeating: "x", count: 3000) + "\r\n250 last line\r\n"
+        let bytes = Array((before + multiline).utf8)
+        for cut in stride(from: before.utf8.count, to: bytes.count, by: 7) {
+            var parser = ReplyParser()
+            var replies: [SMTPReply] = []
+            // Everything read before the multiline reply, then its bytes in two reads, the
+            // second large enough that the parser moves its buffer down first.
+            for piece in [bytes[..<cut], bytes[cut...]] {
+                parser.append(piece)
+                while let reply = try parser.nextReply() { replies.append(reply) }
+            }
+            #expect(replies.count == 151)
+            #expect(replies.last?.lines == ["first line", String(repeating: "x", count: 3000), "last line"], "cut at \(cut)")
+            #expect(replies.dropLast().allSatisfy { $0.text == "Ok: queued as 0123456789" })
+        }
+    }
+
     @Test func unparsedBytesCanBeTakenForTheStartTLSCheck() throws {
         var parser = ReplyParser()
         parser.append(Array("220 go ahead\r\n250-injected\r\n".utf8))
