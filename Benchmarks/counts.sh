@@ -32,18 +32,22 @@ cleanup() {
 }
 trap cleanup EXIT
 
-# Adds a uprobe on FUNCTION in OBJECT under the group GROUP, named after the function.
+# Adds a uprobe on FUNCTION in OBJECT under the group GROUP, named after the function. A
+# probe another tool left on the same function makes perf name this one FUNCTION_1 (with -f;
+# without, it refuses): the name is read back from what perf prints.
 probe() {
     perf probe -q -d "$2:$3" 2>/dev/null || true
-    perf probe -q -f -x "$1" "$2:$3=$3"
-    PROBES+=("$2:$3")
+    local added
+    added=$(perf probe -f -x "$1" "$2:$3=$3" 2>&1 | awk -v group="$2:" 'index($1, group) == 1 { print $1; exit }')
+    [[ -n "$added" ]] || { echo "counts.sh: perf could not add a uprobe on $3" >&2; exit 70; }
+    PROBES+=("$added")
 }
 probe "$LIBC" sluicecounts malloc
 probe "$CORE" sluicecounts swift_allocObject
 probe "$CORE" sluicecounts swift_retain
 probe "$CORE" sluicecounts swift_release
 probe "$SLUICE" sluicecounts __swift_instantiateConcreteTypeFromMangledName
-EVENTS=sluicecounts:malloc,sluicecounts:swift_allocObject,sluicecounts:swift_retain,sluicecounts:swift_release,sluicecounts:__swift_instantiateConcreteTypeFromMangledName
+EVENTS=$(IFS=,; echo "${PROBES[*]}")
 
 PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
 perf stat -x, -o "$WORK/sink.csv" -e "$EVENTS" "$SLUICE" sink --listen "127.0.0.1:$PORT" --loops 1 >/dev/null 2>&1 &
@@ -59,7 +63,7 @@ wait "$SINK" 2>/dev/null || true
 SINK=
 
 python3 - "$MESSAGES" "$WORK" <<'PY'
-import json, sys
+import json, re, sys
 messages, work = int(sys.argv[1]), sys.argv[2]
 accepted = json.load(open(f"{work}/bench.json")).get("accepted", messages)
 if accepted != messages:
@@ -71,7 +75,9 @@ def read(path):
     for line in open(path):
         fields = line.strip().split(",")
         if len(fields) > 2 and fields[0].isdigit():
-            counts[fields[2].split(":")[-1]] = int(fields[0])
+            # The event's name without its group, and without the suffix perf adds when
+            # another probe is on the same function (malloc_1).
+            counts[re.sub(r"_[0-9]+$", "", fields[2].split(":")[-1])] = int(fields[0])
     return counts
 print(f"per message, {messages:,} messages of 1 KB, 16 connections:")
 print(f"| side   | {' | '.join(labels)} |")
