@@ -265,6 +265,13 @@ import Testing
                 .compactMap { $0.first ?? nil }
             #expect(!plan.isEmpty)
             #expect(!plan.contains { $0.contains("Seq Scan") }, "\(plan.joined(separator: "\n"))")
+            // Nor a whole index read in order and filtered: every index scan looks its rows up by
+            // key. A node's own lines (its conditions and filters) run to the next node.
+            for (index, line) in plan.enumerated() where line.contains("Index Scan using") || line.contains("Index Only Scan using") {
+                let details = plan.dropFirst(index + 1).prefix { !$0.contains("->") && !$0.contains("CTE ") }
+                #expect(details.contains { $0.contains("Index Cond") },
+                        "\(plan.joined(separator: "\n"))")
+            }
         }
     }
 
