@@ -17,7 +17,7 @@ struct ServiceLifecycleTests {
             try await withThrowingTaskGroup { tasks in
                 tasks.addTask { try await client.run() }
                 let sending = Task { try await client.send(testMessage(), envelope: envelope()) }
-                try await waitUntil { sink.statistics.sessions >= 1 }
+                try await waitUntil(within: .seconds(30)) { sink.statistics.sessions >= 1 }
                 trigger.triggerGracefulShutdown()
                 let report = try await sending.value
                 #expect(report.outcome == .accepted, "the message in flight is finished, not dropped")
