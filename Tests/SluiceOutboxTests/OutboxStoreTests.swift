@@ -228,6 +228,32 @@ import Testing
         #expect(sizes == [20 + 2 * 7, 20 + 7, 20 + 14, 20 + 5])
     }
 
+    @Test func aSQLiteWALIsCopiedIntoTheDatabaseByTheCheckpointerNotTheWriter() async throws {
+        // A commit that filled the WAL used to copy it into the database itself, with two
+        // fsyncs, while the next batch waited. The checkpointer's connection does it now.
+        let (outbox, path) = try await makeSQLiteOutbox()
+        let store = try #require(outbox.store as? SQLiteStore)
+        #expect(store.checkpoints.last.count == 0)
+        let body = String(repeating: "a line of the body, long enough to fill the WAL quickly.\r\n", count: 70)
+        for batch in 0..<3 {
+            _ = try await outbox.enqueue(contentsOf: (0..<500).map { index in
+                var message = outboxMessage("w\(batch)-\(index)")
+                message.content += Array(body.utf8)
+                return message
+            })
+        }
+        // 1,500 messages of about 4 KB: past the thousand pages at which a checkpoint is asked for.
+        try await eventually("the checkpointer has copied the WAL") { store.checkpoints.last.count >= 1 }
+        let last = store.checkpoints.last
+        #expect(last.frames >= SQLiteStore.checkpointPages && last.checkpointed > 0, "\(last)")
+        #expect(try await outbox.status().recipients[.queued] == 1_500)
+        await outbox.close()
+        // Closed and opened again, everything written is there.
+        let reopened = try await openOutbox("sqlite:\(path)")
+        #expect(try await reopened.status().recipients[.queued] == 1_500)
+        await reopened.close()
+    }
+
     @Test func aPostgreSQLClaimFindsItsRowsByIndexHoweverLongTheQueue() async throws {
         // Joined to the due ids, the planner hashed the whole table for each claim: a scan that
         // grows with the queue. The claimed rows are found through the primary key.

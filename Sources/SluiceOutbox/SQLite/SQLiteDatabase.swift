@@ -103,6 +103,33 @@ final class SQLiteDatabase {
         }
     }
 
+    /// Called on this connection's thread after each commit that wrote to the WAL, with the
+    /// number of pages the WAL holds since it last started again from its beginning.
+    private var walCommitted: ((SQLiteDatabase, Int) -> Void)?
+
+    /// Calls `handler` after each commit of this connection, in place of SQLite's own
+    /// checkpoint after a commit (`wal_autocheckpoint`), which it turns off.
+    func onWALCommit(_ handler: @escaping (SQLiteDatabase, Int) -> Void) {
+        walCommitted = handler
+        // Unretained: the hook goes with the handle, which this object closes as it ends.
+        sqlite3_wal_hook(handle, { context, _, _, pages in
+            guard let context else { return SQLITE_OK }
+            let database = Unmanaged<SQLiteDatabase>.fromOpaque(context).takeUnretainedValue()
+            database.walCommitted?(database, Int(pages))
+            return SQLITE_OK
+        }, Unmanaged.passUnretained(self).toOpaque())
+    }
+
+    /// A passive checkpoint: copies into the database file what it can of the WAL without
+    /// waiting for any reader or writer. Returns the WAL's frames and how many of them are in
+    /// the database now; nil when another connection was checkpointing.
+    @discardableResult
+    func checkpoint() -> (frames: Int, checkpointed: Int)? {
+        var frames: Int32 = 0, checkpointed: Int32 = 0
+        let status = sqlite3_wal_checkpoint_v2(handle, nil, SQLITE_CHECKPOINT_PASSIVE, &frames, &checkpointed)
+        return status == SQLITE_OK ? (Int(frames), Int(checkpointed)) : nil
+    }
+
     /// Rows changed by the last statement.
     var changes: Int { Int(sqlite3_changes(handle)) }
 
@@ -224,11 +251,13 @@ final class SQLiteThread: @unchecked Sendable {
     private var closed = false
 
     /// Opens the database on a new thread.
-    init(open: @escaping @Sendable () throws(OutboxError) -> SQLiteDatabase) async throws(OutboxError) {
+    init(named name: String = "sluice-sqlite", open: @escaping @Sendable () throws(OutboxError) -> SQLiteDatabase)
+        async throws(OutboxError)
+    {
         let opened: Result<Void, OutboxError> = await withCheckedContinuation { continuation in
             let thread = Thread { [self] in
                 // Named for top, perf and gdb (Foundation's name does not reach the OS thread).
-                nameCurrentThread("sluice-sqlite")
+                nameCurrentThread(name)
                 let database: SQLiteDatabase
                 do {
                     database = try open()
@@ -267,6 +296,11 @@ final class SQLiteThread: @unchecked Sendable {
         }
         return try result.get()
     }
+
+    /// Gives `job` to the thread without waiting for it; it gets nil once the thread has
+    /// closed its database. Returns false, not running `job`, when the thread is closed.
+    @discardableResult
+    func post(_ job: @escaping (SQLiteDatabase?) -> Void) -> Bool { submit(job) }
 
     /// Lets the thread finish its queue, close the database and end.
     func close() async {
