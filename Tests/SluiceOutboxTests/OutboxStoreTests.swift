@@ -248,7 +248,9 @@ import Testing
         #expect(last.frames >= SQLiteStore.checkpointPages && last.checkpointed > 0, "\(last)")
         #expect(try await outbox.status().recipients[.queued] == 1_500)
         await outbox.close()
-        // Closed and opened again, everything written is there.
+        // Closed, the last connection has copied the rest and removed the WAL: a copy of the
+        // database file alone holds everything.
+        #expect(!FileManager.default.fileExists(atPath: path + "-wal"))
         let reopened = try await openOutbox("sqlite:\(path)")
         #expect(try await reopened.status().recipients[.queued] == 1_500)
         await reopened.close()

@@ -12,6 +12,7 @@ final class SQLiteDatabase {
     /// The literal statements, by the address of their text. Looking one up by its text hashed
     /// every byte of it, hundreds a statement and several statements a message.
     private var literalStatements: [UnsafeRawPointer: SQLiteStatement] = [:]
+    private var isClosed = false
 
     /// Opens (creating if need be) the database at `path`.
     init(path: String, create: Bool) throws(OutboxError) {
@@ -30,8 +31,16 @@ final class SQLiteDatabase {
         sqlite3_busy_timeout(db, 10_000)
     }
 
-    deinit {
+    deinit { close() }
+
+    /// Finalizes the statements and closes the connection; nothing may use it afterwards.
+    /// The last connection to a database closing copies the WAL into it and removes it.
+    func close() {
+        guard !isClosed else { return }
+        isClosed = true
         for statement in statements.values { statement.finalize() }
+        statements = [:]
+        literalStatements = [:]
         sqlite3_close_v2(handle)
     }
 
@@ -245,10 +254,15 @@ final class SQLiteStatement {
 /// another process's lock), so they never run on an event loop or the concurrency pool.
 /// Jobs run one at a time, in the order they were given.
 final class SQLiteThread: @unchecked Sendable {
-    // `jobs`, `closed` are guarded by `condition`; `database` is touched only on the thread.
+    // `jobs`, `closed`, `ended` and `closers` are guarded by `condition`; `database` is
+    // touched only on the thread.
     private let condition = NSCondition()
     private var jobs: [(SQLiteDatabase?) -> Void] = []
     private var closed = false
+    /// The thread has closed its database (or never opened one) and returned.
+    private var ended = false
+    /// Those waiting in ``close()``.
+    private var closers: [CheckedContinuation<Void, Never>] = []
 
     /// Opens the database on a new thread.
     init(named name: String = "sluice-sqlite", open: @escaping @Sendable () throws(OutboxError) -> SQLiteDatabase)
@@ -263,7 +277,7 @@ final class SQLiteThread: @unchecked Sendable {
                     database = try open()
                 } catch {
                     continuation.resume(returning: .failure(error as! OutboxError))
-                    closeQueue()
+                    end()
                     return
                 }
                 continuation.resume(returning: .success(()))
@@ -302,11 +316,22 @@ final class SQLiteThread: @unchecked Sendable {
     @discardableResult
     func post(_ job: @escaping (SQLiteDatabase?) -> Void) -> Bool { submit(job) }
 
-    /// Lets the thread finish its queue, close the database and end.
+    /// Lets the thread finish its queue, close the database and end; returns once it has.
+    /// (Returning when the queue was done, before the database closed, let a command exit
+    /// with the connection open: its WAL stayed beside the database, uncopied, and a copy of
+    /// the database file alone missed what the WAL held.)
     func close() async {
         await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
-            if !submit({ _ in continuation.resume() }) { continuation.resume() }
-            closeQueue()
+            condition.lock()
+            if ended {
+                condition.unlock()
+                continuation.resume()
+                return
+            }
+            closers.append(continuation)
+            closed = true
+            condition.signal()
+            condition.unlock()
         }
     }
 
@@ -319,11 +344,15 @@ final class SQLiteThread: @unchecked Sendable {
         return true
     }
 
-    private func closeQueue() {
+    /// Marks the thread ended and lets everyone waiting in ``close()`` go on.
+    private func end() {
         condition.lock()
         closed = true
-        condition.signal()
+        ended = true
+        let waiting = closers
+        closers = []
         condition.unlock()
+        for closer in waiting { closer.resume() }
     }
 
     private func run(_ database: SQLiteDatabase) {
@@ -340,7 +369,11 @@ final class SQLiteThread: @unchecked Sendable {
                 database?.resetActiveStatements()
             }
             if finished && batch.isEmpty {
-                database = nil  // closes it
+                // Closed here, not when the last reference goes: the caller of `init` holds one
+                // until its closure returns, after ``close()`` would have returned.
+                database?.close()
+                database = nil
+                end()
                 return
             }
         }
