@@ -11,7 +11,7 @@ import Glibc
 /// 3.5 GB; this way a run holds one block and the batch being written. A regular file given
 /// as standard input is read where it is; anything else (a pipe, a terminal) is first copied
 /// to a temporary file that is unlinked at once, so nothing is left behind.
-final class InputLines {
+final class InputLines: Sendable {
     private let descriptor: Int32
     private let start: off_t
     private let ownsDescriptor: Bool
@@ -51,16 +51,70 @@ final class InputLines {
     /// Calls `body` with each line (without its LF) and its number from 1, in order; a last
     /// line without an LF counts too.
     func forEach(_ body: (_ number: Int, _ line: ArraySlice<UInt8>) async throws -> Void) async throws {
+        try await forEach(in: whole, body)
+    }
+
+    /// The whole input.
+    var whole: Part { Part(start: start, end: nil, firstLine: 1) }
+
+    /// A run of whole lines: from `start` to `end` (the input's end when nil), the first of
+    /// them numbered `firstLine`.
+    struct Part: Sendable {
+        var start: off_t
+        var end: off_t?
+        var firstLine: Int
+    }
+
+    /// The input in two parts, split at the start of a line near its middle, or nil when it is
+    /// under `minimum` bytes or one line: for two threads to check at once.
+    func halves(minimum: Int = 4 << 20) throws -> (Part, Part)? {
+        var information = stat()
+        guard fstat(descriptor, &information) == 0 else { throw ValidationError("cannot read standard input: \(errnoText())") }
+        let size = information.st_size - start
+        guard size >= minimum else { return nil }
+        // The second part starts after the first LF from the middle on; the first part's
+        // lines are counted to number the second's.
+        var block = [UInt8](repeating: 0, count: Self.blockSize)
+        var split: off_t?
+        var offset = start + size / 2
+        while split == nil {
+            let count = try readBlock(into: &block, at: offset)
+            if count == 0 { return nil }
+            if let end = Self.firstNewline(in: block, from: 0, to: count) { split = offset + off_t(end) + 1 }
+            offset += off_t(count)
+        }
+        guard let split, split < start + size else { return nil }
+        var lines = 0
+        offset = start
+        while offset < split {
+            let count = try readBlock(into: &block, at: offset)
+            if count == 0 { break }
+            let counted = min(count, Int(split - offset))
+            lines += block.withUnsafeBytes { bytes in
+                var found = 0, from = bytes.baseAddress!
+                let stop = bytes.baseAddress! + counted
+                while from < stop, let newline = memchr(from, 10, stop - from) {
+                    found += 1
+                    from = UnsafeRawPointer(newline) + 1
+                }
+                return found
+            }
+            offset += off_t(counted)
+        }
+        return (Part(start: start, end: split, firstLine: 1), Part(start: split, end: nil, firstLine: lines + 1))
+    }
+
+    /// Calls `body` with each line of `part` (without its LF) and its number, in order. A last
+    /// line without an LF counts too, and so does an empty one after the input's last LF; a
+    /// part that ends inside the input ends after an LF, and has no such line.
+    func forEach(in part: Part, _ body: (_ number: Int, _ line: ArraySlice<UInt8>) async throws -> Void) async throws {
         var block = [UInt8](repeating: 0, count: Self.blockSize)
         var partial: [UInt8] = []  // a line begun in an earlier block
-        var offset = start
-        var number = 0
-        while true {
-            let count = block.withUnsafeMutableBytes { pread(descriptor, $0.baseAddress, $0.count, offset) }
-            if count < 0 {
-                if errno == EINTR { continue }
-                throw ValidationError("cannot read standard input: \(errnoText())")
-            }
+        var offset = part.start
+        var number = part.firstLine - 1
+        while part.end.map({ offset < $0 }) ?? true {
+            var count = try readBlock(into: &block, at: offset)
+            if let end = part.end { count = min(count, Int(end - offset)) }
             if count == 0 { break }
             offset += off_t(count)
             var lineStart = 0
@@ -78,7 +132,16 @@ final class InputLines {
             partial += block[lineStart..<count]
         }
         // What follows the last LF is a line too (empty after a final LF, as split gives).
-        try await body(number + 1, partial[...])
+        if part.end == nil || !partial.isEmpty { try await body(number + 1, partial[...]) }
+    }
+
+    /// Reads what there is from `offset` on into `block`, up to its size; 0 at the end.
+    private func readBlock(into block: inout [UInt8], at offset: off_t) throws -> Int {
+        while true {
+            let count = block.withUnsafeMutableBytes { pread(descriptor, $0.baseAddress, $0.count, offset) }
+            if count >= 0 { return count }
+            if errno != EINTR { throw ValidationError("cannot read standard input: \(errnoText())") }
+        }
     }
 
     private static func firstNewline(in block: [UInt8], from start: Int, to end: Int) -> Int? {

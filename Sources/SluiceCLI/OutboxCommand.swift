@@ -98,10 +98,15 @@ struct OutboxCommand: AsyncParsableCommand {
                 let decoder = JSONDecoder()
                 // Every line is checked before the first is written; then they are read again
                 // and written a thousand to a transaction.
+                // A large input is checked in two halves at once, one a core: the check took a
+                // fifth of the command's time, and no write can start before it ends.
                 do {
-                    try await input.forEach { number, line in
-                        guard let message = try Self.message(fromLine: line, number: number, decoder: decoder) else { return }
-                        try Self.check(message, from: "line \(number)", in: outbox)
+                    if let (first, second) = try input.halves() {
+                        async let later = Self.firstError(in: second, of: input, for: outbox)
+                        if let error = await Self.firstError(in: first, of: input, for: outbox) { throw error }
+                        if let error = await later { throw error }
+                    } else if let error = await Self.firstError(in: input.whole, of: input, for: outbox) {
+                        throw error
                     }
                 } catch let error as ValidationError {
                     FileHandle.standardError.write(Data("sluice outbox enqueue: \(error.message); nothing was enqueued\n".utf8))
@@ -130,6 +135,22 @@ struct OutboxCommand: AsyncParsableCommand {
                     FileHandle.standardError.write(Data("sluice outbox enqueue: \((error as? ValidationError)?.message ?? "\(error)")\(done)\n".utf8))
                     throw ExitCode(64)
                 }
+            }
+        }
+
+        /// Checks the lines of `part`: the first bad one's error, or nil when every line is good.
+        private static func firstError(in part: InputLines.Part, of input: InputLines, for outbox: Outbox) async -> (any Error)? {
+            let decoder = JSONDecoder()
+            do {
+                try await input.forEach(in: part) { number, line in
+                    // The other half found a bad line before this one's: this one's is not needed.
+                    try Task.checkCancellation()
+                    guard let message = try Self.message(fromLine: line, number: number, decoder: decoder) else { return }
+                    try Self.check(message, from: "line \(number)", in: outbox)
+                }
+                return nil
+            } catch {
+                return error
             }
         }
 

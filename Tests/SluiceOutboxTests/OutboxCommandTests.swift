@@ -151,6 +151,34 @@ import Testing
     /// it keeps the input on disk and holds one batch of messages, not the whole input. Held
     /// in memory, 100,000 lines took 351 MB. Here 10,000 lines of 2 KB may not raise the peak
     /// of 1,000 (one batch) by more than 16 MiB; the old code raised it by about 60.
+    @Test func aLargeInputIsCheckedInHalvesAndTheFirstBadLineIsTheOneNamed() async throws {
+        // Over 4 MB, the two halves of the input are checked at once; the error still names
+        // the first bad line, counted over the whole input (blank lines too), and nothing is
+        // written.
+        guard sluiceCommand() != nil else { return }
+        let directory = try Self.temporaryDirectory()
+        let url = "sqlite:\(directory)/o.db"
+        #expect(try await Self.sluice(["outbox", "init", "--outbox", url])?.status == 0)
+        let body = String(repeating: "the quick brown fox jumps over the lazy dog\\r\\n", count: 45)
+        func input(badAt bad: Set<Int>) -> String {
+            (1...5_000).map { number in
+                if number == 10 { return "\n" }
+                let to = bad.contains(number) ? "not an address" : "r\(number)@example.org"
+                return "{\"from\": \"a@example.com\", \"to\": [\"\(to)\"], \"raw\": \"From: a@example.com\\r\\n\\r\\n\(body)\"}\n"
+            }.joined()
+        }
+        #expect(input(badAt: []).utf8.count > 8 << 20)
+        for (bad, named) in [([4_500], "line 4500:"), ([1_200, 4_500], "line 1200:"), ([2_499, 2_501], "line 2499:"),
+                             ([2_501], "line 2501:")] {
+            let run = try #require(try await Self.sluice(["outbox", "enqueue", "--outbox", url], input: input(badAt: Set(bad))))
+            #expect(run.status == 64 && run.error.contains("\(named) invalid address"), "\(bad): \(run.error)")
+            #expect(run.error.contains("nothing was enqueued") && run.output.isEmpty, "\(run.error)")
+        }
+        let good = try #require(try await Self.sluice(["outbox", "enqueue", "--outbox", url], input: input(badAt: [])))
+        #expect(good.status == 0, "\(good.error)")
+        #expect(good.output.split(separator: "\n").count == 4_999)
+    }
+
     @Test func enqueueFromStandardInputHoldsABatchNotTheWholeInput() async throws {
         guard let sluice = sluiceCommand() else { return }
         let directory = try Self.temporaryDirectory()
