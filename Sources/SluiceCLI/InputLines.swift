@@ -90,14 +90,10 @@ final class InputLines: Sendable {
             let count = try readBlock(into: &block, at: offset)
             if count == 0 { break }
             let counted = min(count, Int(split - offset))
-            lines += block.withUnsafeBytes { bytes in
-                var found = 0, from = bytes.baseAddress!
-                let stop = bytes.baseAddress! + counted
-                while from < stop, let newline = memchr(from, 10, stop - from) {
-                    found += 1
-                    from = UnsafeRawPointer(newline) + 1
-                }
-                return found
+            var from = 0
+            while let newline = Self.firstNewline(in: block, from: from, to: counted) {
+                lines += 1
+                from = newline + 1
             }
             offset += off_t(counted)
         }

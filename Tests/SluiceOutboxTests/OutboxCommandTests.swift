@@ -147,10 +147,6 @@ import Testing
         #expect(uninitialised.error.contains("run `sluice outbox init` first; nothing was enqueued"), "\(uninitialised.error)")
     }
 
-    /// `outbox enqueue` checks every line before it writes one, so it reads its input twice;
-    /// it keeps the input on disk and holds one batch of messages, not the whole input. Held
-    /// in memory, 100,000 lines took 351 MB. Here 10,000 lines of 2 KB may not raise the peak
-    /// of 1,000 (one batch) by more than 16 MiB; the old code raised it by about 60.
     @Test func aLargeInputIsCheckedInHalvesAndTheFirstBadLineIsTheOneNamed() async throws {
         // Over 4 MB, the two halves of the input are checked at once; the error still names
         // the first bad line, counted over the whole input (blank lines too), and nothing is
@@ -179,6 +175,10 @@ import Testing
         #expect(good.output.split(separator: "\n").count == 4_999)
     }
 
+    /// `outbox enqueue` checks every line before it writes one, so it reads its input twice;
+    /// it keeps the input on disk and holds one batch of messages, not the whole input. Held
+    /// in memory, 100,000 lines took 351 MB. Here 10,000 lines of 2 KB may not raise the peak
+    /// of 1,000 (one batch) by more than 16 MiB; the old code raised it by about 60.
     @Test func enqueueFromStandardInputHoldsABatchNotTheWholeInput() async throws {
         guard let sluice = sluiceCommand() else { return }
         let directory = try Self.temporaryDirectory()

@@ -89,7 +89,7 @@ public final class SQLiteStore: OutboxStore {
         await checkpointer.close()
     }
 
-    /// What the checkpointer has done, for tests.
+    /// Whether a checkpoint is asked for, and what the checkpointer has done (for tests).
     final class Checkpoints: Sendable {
         /// A checkpoint is asked for and not yet finished.
         let pending = Atomic<Bool>(false)
