@@ -256,6 +256,37 @@ import Testing
         await reopened.close()
     }
 
+    @Test func aSQLiteWALGrownByABurstIsCutBackWhenItStartsAgain() async throws {
+        // Copied by the checkpointer rather than the writer, the WAL starts again from its
+        // beginning less often and grows larger; SQLite reuses the file without shrinking it.
+        let (outbox, path) = try await makeSQLiteOutbox()
+        let store = try #require(outbox.store as? SQLiteStore)
+        let line = Array("a line of a large message's body, sixty bytes or so long....\r\n".utf8)
+        let body = Array([[UInt8]](repeating: line, count: 56_000).joined())
+        // One transaction of about 20 MB: a WAL larger than the size it is cut back to.
+        _ = try await outbox.enqueue(contentsOf: (0..<6).map { index in
+            var message = outboxMessage("big\(index)")
+            message.content += body
+            return message
+        })
+        let grown = try walSize(path)
+        #expect(grown > SQLiteStore.walBytesKept, "\(grown)")
+        try await eventually("the checkpointer has copied the whole WAL") {
+            let last = store.checkpoints.last
+            return last.count >= 1 && last.checkpointed == last.frames
+        }
+        // The next write starts the WAL again from its beginning, and cuts the file back.
+        _ = try await outbox.enqueue(outboxMessage("small"))
+        let kept = try walSize(path)
+        #expect(kept <= SQLiteStore.walBytesKept, "the WAL was \(grown) bytes and is still \(kept)")
+        #expect(try await outbox.status().recipients[.queued] == 7)
+        await outbox.close()
+    }
+
+    private func walSize(_ path: String) throws -> Int {
+        try #require(FileManager.default.attributesOfItem(atPath: path + "-wal")[.size] as? Int)
+    }
+
     @Test func aPostgreSQLClaimFindsItsRowsByIndexHoweverLongTheQueue() async throws {
         // Joined to the due ids, the planner hashed the whole table for each claim: a scan that
         // grows with the queue. The claimed rows are found through the primary key.

@@ -32,6 +32,10 @@ public final class SQLiteStore: OutboxStore {
     /// The WAL's size at which a commit checkpoints itself, as SQLite would after every
     /// commit past a thousand pages, so that the WAL starts again from its beginning.
     static let inlineCheckpointPages = 16_000
+    /// The size the writer cuts the WAL back to when it starts it again from its beginning.
+    /// Copied by the checkpointer, the WAL would otherwise stay as large as the largest burst
+    /// ever made it (up to ``inlineCheckpointPages`` pages, or one large transaction).
+    static let walBytesKept = 16 << 20
 
     /// Opens the store at `path`, creating the file if it does not exist.
     public init(path: String, synchronous: Synchronous = .full) async throws(OutboxError) {
@@ -41,6 +45,7 @@ public final class SQLiteStore: OutboxStore {
             // WAL: readers never wait for the writer, and a commit is one append.
             try database.execute("PRAGMA journal_mode=WAL")
             try database.execute("PRAGMA synchronous=\(synchronous.rawValue.uppercased())")
+            try database.execute("PRAGMA journal_size_limit=\(Self.walBytesKept)")
             return database
         }
         let checkpointer: SQLiteThread
