@@ -16,10 +16,7 @@ work="$(mktemp -d /tmp/sluice-outbox-compare-pg.XXXXXX)"
 pids=()
 trap outbox_cleanup EXIT
 python3 scripts/outbox-messages.py "$messages" >"$work/input.jsonl"
-"$1" sink --listen 127.0.0.1:0 --loops 1 >"$work/sink.out" 2>/dev/null &
-pids+=($!)
-for _ in $(seq 50); do grep -q "listening on" "$work/sink.out" 2>/dev/null && break; sleep 0.1; done
-port="$(sed -n 's/^listening on .*:\([0-9]*\)$/\1/p' "$work/sink.out" | head -1)"
+outbox_start_sink "$1"
 outbox_start_cluster
 psql() { PGOPTIONS="-c client_min_messages=warning" "$bindir/psql" -h "$work" -U postgres -X -q "$@"; }
 postmaster="$(head -1 "$pgdata/postmaster.pid")"

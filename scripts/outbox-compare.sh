@@ -6,19 +6,15 @@
 #
 #   scripts/outbox-compare.sh MESSAGES ROUNDS OLD_SLUICE NEW_SLUICE [MORE…]
 set -euo pipefail
+source "$(dirname "$0")/outbox-lib.sh"
 messages=$1 rounds=$2
 shift 2
 work="$(mktemp -d /tmp/sluice-outbox-compare.XXXXXX)"
-sinkpid=""
-cleanup() { [ -n "$sinkpid" ] && kill "$sinkpid" 2>/dev/null; rm -rf "$work"; }
-trap cleanup EXIT
+pids=()
+trap outbox_cleanup EXIT
 
 python3 "$(dirname "$0")/outbox-messages.py" "$messages" >"$work/input.jsonl"
-
-"$1" sink --listen 127.0.0.1:0 --loops 1 >"$work/sink.out" 2>/dev/null &
-sinkpid=$!
-for _ in $(seq 50); do grep -q "listening on" "$work/sink.out" 2>/dev/null && break; sleep 0.1; done
-port="$(sed -n 's/^listening on .*:\([0-9]*\)$/\1/p' "$work/sink.out" | head -1)"
+outbox_start_sink "$1"
 ticks() { awk '{print $14 + $15}' "/proc/$sinkpid/stat"; }
 
 for round in $(seq "$rounds"); do

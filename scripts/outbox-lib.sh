@@ -1,4 +1,4 @@
-# What scripts/outbox-bench.sh and scripts/outbox-bloat.sh share: the release build, a
+# What the outbox scripts (bench, bloat, compare, compare-postgres) share: the release build, a
 # temporary directory cleaned up on exit, `sluice sink` on a free loopback port, and a private
 # PostgreSQL cluster (initdb in the temporary directory, run as `postgres` when we are root).
 # Sourced, not run; the caller is in the project's root with `set -euo pipefail`.
@@ -18,10 +18,18 @@ outbox_start() {
     pids=()
     trap outbox_cleanup EXIT
     python3 scripts/outbox-messages.py "$2" >"$work/input.jsonl"
-    "$sluice" sink --listen 127.0.0.1:0 --loops 1 >"$work/sink.out" &
-    pids+=($!)
+    outbox_start_sink "$sluice"
+}
+
+# outbox_start_sink SLUICE: starts SLUICE's sink on a free loopback port, sets `port` and
+# `sinkpid`, and adds the sink to `pids` (killed by outbox_cleanup). Needs `work`.
+outbox_start_sink() {
+    "$1" sink --listen 127.0.0.1:0 --loops 1 >"$work/sink.out" 2>"$work/sink.err" &
+    sinkpid=$!
+    pids+=("$sinkpid")
     for _ in $(seq 50); do grep -q "listening on" "$work/sink.out" 2>/dev/null && break; sleep 0.1; done
     port="$(sed -n 's/^listening on .*:\([0-9]*\)$/\1/p' "$work/sink.out" | head -1)"
+    [ -n "$port" ] || { echo "the sink did not start: $(cat "$work/sink.out" "$work/sink.err")" >&2; return 1; }
 }
 
 outbox_cleanup() {
