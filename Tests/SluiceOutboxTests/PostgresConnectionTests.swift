@@ -12,6 +12,7 @@ import Testing
         let defaults = Dictionary(uniqueKeysWithValues: PostgresConnection.defaultParameters(environment: [:]).map { ($0.key, $0.value) })
         #expect(defaults["connect_timeout"] == "10")
         #expect(defaults["keepalives_idle"] == "30" && defaults["keepalives_interval"] == "10" && defaults["keepalives_count"] == "3")
+        #expect(defaults["tcp_user_timeout"] == "60000", "milliseconds: a query unacknowledged for a minute fails")
         // An empty value is no value to libpq: PGCONNECT_TIMEOUT then applies.
         let withVariable = PostgresConnection.defaultParameters(environment: ["PGCONNECT_TIMEOUT": "3"])
         #expect(withVariable.first { $0.key == "connect_timeout" }?.value == "")
@@ -50,6 +51,7 @@ import Testing
         }
         #expect(given["connect_timeout"] == connectTimeout && given["keepalives_idle"] == keepalivesIdle, "\(given)")
         #expect(given["keepalives_interval"] == "10" && given["keepalives_count"] == "3" && given["user"] == "sluice", "\(given)")
+        #expect(given["tcp_user_timeout"] == "60000", "\(given)")
     }
 
     /// Opens `url`, which must fail, and returns its error and how long it took; nil if it has

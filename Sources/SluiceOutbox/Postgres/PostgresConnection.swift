@@ -83,7 +83,10 @@ final class PostgresConnection: @unchecked Sendable {
     /// What the store asks of libpq where the caller's string does not say otherwise. libpq
     /// itself waits for a server that accepts and never answers for ever, and notices a peer
     /// gone silent on an idle connection only after the kernel's two hours: a worker would hang
-    /// with its claims while other workers took them over.
+    /// with its claims while other workers took them over. Keepalives cover an idle
+    /// connection; `tcp_user_timeout` covers one with a query sent and not acknowledged (a
+    /// host gone, a network cut), which the kernel would otherwise retransmit for about 15
+    /// minutes. Neither limits a query the server is working on.
     static func defaultParameters(environment: [String: String] = ProcessInfo.processInfo.environment)
         -> KeyValuePairs<String, String>
     {
@@ -91,7 +94,7 @@ final class PostgresConnection: @unchecked Sendable {
         // hide it, so it is left to libpq when set.
         let connectTimeout = environment["PGCONNECT_TIMEOUT"].map { _ in "" } ?? "10"
         return ["connect_timeout": connectTimeout, "keepalives_idle": "30", "keepalives_interval": "10",
-                "keepalives_count": "3"]
+                "keepalives_count": "3", "tcp_user_timeout": "60000"]
     }
 
     /// Opens a connection, blocking: ``defaultParameters(environment:)`` first, then the
