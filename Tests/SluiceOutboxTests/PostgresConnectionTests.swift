@@ -23,7 +23,7 @@ import Testing
     @Test func aServerThatNeverAnswersIsGivenUpOnAfterTheDefaultTimeout() async throws {
         let silent = try SilentPort()
         let opened = try await opening("host=127.0.0.1 port=\(silent.port) user=sluice dbname=sluice", whileOpen: silent)
-        let (error, took) = try #require(opened, "no answer after 40 s: the connection waits for ever")
+        let (error, took) = try #require(opened, "no answer after 120 s: the connection waits for ever")
         #expect(error.kind == .unavailable && error.message.contains("timeout expired"), "\(error)")
         #expect(took >= .seconds(9), "the default is 10 s, not less: \(took)")
     }
@@ -55,8 +55,10 @@ import Testing
     }
 
     /// Opens `url`, which must fail, and returns its error and how long it took; nil if it has
-    /// not failed after 40 s. `port` is closed before returning, which ends a connection still
-    /// waiting on it.
+    /// not failed after 120 s. `port` is closed before returning, which ends a connection still
+    /// waiting on it. Alone, the failure comes at 10 s. Beside the whole suite it has come at
+    /// 31 s: libpq gave up at 10 s on its own thread, and the task it resumed then waited 17 s
+    /// for one of the concurrency pool's two threads.
     private func opening(_ url: String, whileOpen port: SilentPort) async throws -> (OutboxError, Duration)? {
         let started = ContinuousClock.now
         let result = Mutex<(OutboxError, Duration)?>(nil)
@@ -70,7 +72,7 @@ import Testing
             }
         }
         do {
-            try await eventually("the connection fails", within: .seconds(40)) { result.withLock { $0 != nil } }
+            try await eventually("the connection fails", within: .seconds(120)) { result.withLock { $0 != nil } }
         } catch is OutboxTestTimeout {
             port.close()
             _ = await task.result
